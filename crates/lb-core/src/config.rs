@@ -1,0 +1,386 @@
+//! What an operator configures, validated once into a [`ValidConfig`] the core trusts.
+//!
+//! Parsing files and flags is the binaries' job (crate `lb-cli`); this module holds plain values
+//! and the rules that make them consistent.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::ids::BackendId;
+
+/// RFC 3261 §17.1.1.1: the round-trip time estimate every SIP timer is a multiple of.
+pub const T1: Duration = Duration::from_millis(500);
+
+/// RFC 3261 §17.1.1.2 Timer B / §17.1.2.2 Timer F: how long a client transaction retransmits
+/// (64×T1 = 32 s). The new-call table's default window.
+pub const WINDOW_DEFAULT: Duration = Duration::from_secs(32);
+
+/// RFC 3261 §16.6 Timer C: a proxy gives up on an INVITE that rang this long (> 3 min).
+pub const TIMER_C: Duration = Duration::from_secs(180);
+
+/// Backends beyond this many are refused by validation; a [`BackendId`] is 16 bits.
+pub const BACKENDS_MAX: usize = 1024;
+
+/// How a backend connection frames SIP messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum BackendMode {
+    /// Unmodified SIP over TCP: the return path is derived from Via / Route.
+    #[default]
+    Plain,
+    /// Each message wrapped in the binary envelope of `docs/envelope.md`.
+    Envelope,
+}
+
+/// How a new call picks its backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Algorithm {
+    /// Each backend in turn.
+    #[default]
+    RoundRobin,
+    /// Smooth weighted round robin: backend `b` gets `weight(b) / Σ weight` of the calls.
+    Weighted,
+    /// The backend reporting the least load (envelope mode), else the fewest calls assigned
+    /// within the window.
+    LeastLoaded,
+}
+
+/// One backend as configured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendConfig {
+    /// Where the balancer connects.
+    pub addr: SocketAddr,
+    /// Share of new calls under [`Algorithm::Weighted`]; 0 takes no new calls.
+    pub weight: u32,
+    /// Wire framing.
+    pub mode: BackendMode,
+    /// Where its tagged traffic goes while it is down; `None` picks one by rendezvous hashing.
+    pub backup: Option<SocketAddr>,
+    /// Takes no new calls, but tagged and table traffic still flows to it.
+    pub draining: bool,
+}
+
+impl BackendConfig {
+    /// A plain-mode backend of weight 1 with no fixed backup.
+    pub fn plain(addr: SocketAddr) -> BackendConfig {
+        BackendConfig { addr, weight: 1, mode: BackendMode::Plain, backup: None, draining: false }
+    }
+}
+
+/// One tag key. The first key of [`Config::tag_keys`] signs new tags; all of them verify, so a
+/// key can be rotated without dropping established calls.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TagKey {
+    /// Carried inside every tag so the verifier picks the right secret.
+    pub id: u8,
+    /// The HMAC secret; at least 16 bytes.
+    pub secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for TagKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TagKey {{ id: {}, secret: <{} bytes> }}", self.id, self.secret.len())
+    }
+}
+
+/// Bounds on everything a peer can make the balancer hold. Every field has a safe default.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest SIP message (headers and body) accepted on a stream.
+    pub message_bytes_max: usize,
+    /// Largest number of header lines in one message.
+    pub headers_max: usize,
+    /// Bytes a connection may hold waiting for the rest of a message.
+    pub buffered_bytes_max: usize,
+    /// Frontend connections open at once; more are closed at accept.
+    pub frontends_max: usize,
+    /// New-call table entries; when full, new calls get 503.
+    pub table_capacity: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            message_bytes_max: 64 * 1024,
+            headers_max: 128,
+            buffered_bytes_max: 256 * 1024,
+            frontends_max: 10_000,
+            table_capacity: 1_000_000,
+        }
+    }
+}
+
+/// Everything the core needs, before validation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Addresses frontends connect to; the driver binds them, the core numbers them.
+    pub listeners: Vec<SocketAddr>,
+    /// `host[:port]` put in the balancer's Record-Route and Via; defaults to the first listener.
+    pub advertise: Option<String>,
+    /// The backend farm.
+    pub backends: Vec<BackendConfig>,
+    /// How new calls pick a backend.
+    pub algorithm: Algorithm,
+    /// New-call table lifetime after creation or after an INVITE's final response.
+    pub window: Duration,
+    /// Longest an INVITE may ring and keep its table entry before the window starts anyway.
+    pub ringing_max: Duration,
+    /// Tag keys; the first signs.
+    pub tag_keys: Vec<TagKey>,
+    /// Also carry the tag in this extension header on initial requests (e.g. `X-LB-Tag`).
+    pub tag_header: Option<String>,
+    /// Value of `Retry-After` on the balancer's own 503s.
+    pub retry_after: Duration,
+    /// First reconnect delay after a backend connection is lost; doubles per failure.
+    pub reconnect_min: Duration,
+    /// Cap of the reconnect delay.
+    pub reconnect_max: Duration,
+    /// Resource bounds.
+    pub limits: Limits,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listeners: Vec::new(),
+            advertise: None,
+            backends: Vec::new(),
+            algorithm: Algorithm::RoundRobin,
+            window: WINDOW_DEFAULT,
+            ringing_max: TIMER_C,
+            tag_keys: Vec::new(),
+            tag_header: None,
+            retry_after: Duration::from_secs(5),
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(10),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// A configuration the core has checked; the only kind [`crate::Balancer::new`] takes.
+#[derive(Clone, Debug)]
+pub struct ValidConfig {
+    pub(crate) config: Config,
+    /// `host[:port]` of the balancer as written into Record-Route and Via.
+    pub(crate) advertise: String,
+    /// Backup of each backend, resolved to ids.
+    pub(crate) backups: Vec<Option<BackendId>>,
+}
+
+impl ValidConfig {
+    /// The configuration as given.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The address written into Record-Route and Via.
+    pub fn advertise(&self) -> &str {
+        &self.advertise
+    }
+}
+
+/// Why a configuration was refused. Each names the key at fault.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// No listen address.
+    #[error("listen: at least one address is needed")]
+    NoListener,
+    /// No backend.
+    #[error("backend: at least one backend is needed")]
+    NoBackend,
+    /// Too many backends or listeners for a 16-bit id.
+    #[error("{key}: at most {max} entries")]
+    TooMany {
+        /// Config key.
+        key: &'static str,
+        /// The bound.
+        max: usize,
+    },
+    /// The same backend address twice.
+    #[error("backend: {0} is listed twice")]
+    DuplicateBackend(SocketAddr),
+    /// A backup address that is not a configured backend.
+    #[error("backend {backend}: backup {backup} is not a configured backend")]
+    UnknownBackup {
+        /// The backend whose backup is wrong.
+        backend: SocketAddr,
+        /// The unknown address.
+        backup: SocketAddr,
+    },
+    /// No tag key.
+    #[error("tag-keys: at least one key is needed")]
+    NoTagKey,
+    /// A tag key too short to be a secret.
+    #[error("tag-keys: key {0} is shorter than 16 bytes")]
+    ShortTagKey(u8),
+    /// Two tag keys with one id.
+    #[error("tag-keys: key id {0} is used twice")]
+    DuplicateTagKey(u8),
+    /// A duration that must be positive.
+    #[error("{0}: must be greater than zero")]
+    ZeroDuration(&'static str),
+    /// A limit that must be positive.
+    #[error("limits.{0}: must be greater than zero")]
+    ZeroLimit(&'static str),
+    /// The advertise address is not `host[:port]`.
+    #[error("advertise: {0:?} is not host[:port]")]
+    BadAdvertise(String),
+    /// The extension header name is not a SIP token.
+    #[error("tag-header: {0:?} is not a header name")]
+    BadTagHeader(String),
+    /// The reconnect cap is below the first delay.
+    #[error("reconnect-max: must not be below reconnect-min")]
+    ReconnectRange,
+}
+
+impl Config {
+    /// Checks the configuration once; the core then relies on what was checked.
+    pub fn validate(self) -> Result<ValidConfig, ConfigError> {
+        if self.listeners.is_empty() {
+            return Err(ConfigError::NoListener);
+        }
+        if self.listeners.len() > usize::from(u16::MAX) {
+            return Err(ConfigError::TooMany { key: "listen", max: usize::from(u16::MAX) });
+        }
+        if self.backends.is_empty() {
+            return Err(ConfigError::NoBackend);
+        }
+        if self.backends.len() > BACKENDS_MAX {
+            return Err(ConfigError::TooMany { key: "backend", max: BACKENDS_MAX });
+        }
+        for (i, b) in self.backends.iter().enumerate() {
+            if self.backends[..i].iter().any(|o| o.addr == b.addr) {
+                return Err(ConfigError::DuplicateBackend(b.addr));
+            }
+        }
+        let mut backups = Vec::with_capacity(self.backends.len());
+        for b in &self.backends {
+            backups.push(match b.backup {
+                None => None,
+                Some(addr) => match self.backends.iter().position(|o| o.addr == addr) {
+                    Some(i) => Some(BackendId::new(i)),
+                    None => {
+                        return Err(ConfigError::UnknownBackup { backend: b.addr, backup: addr })
+                    }
+                },
+            });
+        }
+        if self.tag_keys.is_empty() {
+            return Err(ConfigError::NoTagKey);
+        }
+        for (i, k) in self.tag_keys.iter().enumerate() {
+            if k.secret.len() < 16 {
+                return Err(ConfigError::ShortTagKey(k.id));
+            }
+            if self.tag_keys[..i].iter().any(|o| o.id == k.id) {
+                return Err(ConfigError::DuplicateTagKey(k.id));
+            }
+        }
+        for (name, d) in [
+            ("window", self.window),
+            ("ringing-max", self.ringing_max),
+            ("retry-after", self.retry_after),
+            ("reconnect-min", self.reconnect_min),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::ZeroDuration(name));
+            }
+        }
+        if self.reconnect_max < self.reconnect_min {
+            return Err(ConfigError::ReconnectRange);
+        }
+        let l = &self.limits;
+        for (name, v) in [
+            ("message-bytes-max", l.message_bytes_max),
+            ("headers-max", l.headers_max),
+            ("buffered-bytes-max", l.buffered_bytes_max),
+            ("frontends-max", l.frontends_max),
+            ("table-capacity", l.table_capacity),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::ZeroLimit(name));
+            }
+        }
+        let advertise = match &self.advertise {
+            Some(a) => {
+                if !is_host_port(a) {
+                    return Err(ConfigError::BadAdvertise(a.clone()));
+                }
+                a.clone()
+            }
+            None => self.listeners[0].to_string(),
+        };
+        if let Some(h) = &self.tag_header {
+            if h.is_empty() || !h.bytes().all(is_token_char) {
+                return Err(ConfigError::BadTagHeader(h.clone()));
+            }
+        }
+        Ok(ValidConfig { config: self, advertise, backups })
+    }
+}
+
+/// `host[:port]` as it may appear in a SIP URI: a name, an IPv4 address or a bracketed IPv6
+/// reference, then an optional decimal port.
+fn is_host_port(s: &str) -> bool {
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((v6, tail)) => {
+                if v6.parse::<std::net::Ipv6Addr>().is_err() {
+                    return false;
+                }
+                (v6, tail.strip_prefix(':'))
+            }
+            None => return false,
+        }
+    } else {
+        match s.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (s, None),
+        }
+    };
+    let host_ok = !host.is_empty()
+        && (s.starts_with('[') || host.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'-'));
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0));
+    host_ok && port_ok
+}
+
+/// RFC 3261 §25.1 `token` characters.
+pub(crate) fn is_token_char(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minimal() -> Config {
+        Config {
+            listeners: vec!["127.0.0.1:5060".parse().unwrap()],
+            backends: vec![BackendConfig::plain("127.0.0.1:5070".parse().unwrap())],
+            tag_keys: vec![TagKey { id: 1, secret: vec![7; 32] }],
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn minimal_config_is_valid_and_advertises_the_listener() {
+        let v = minimal().validate().unwrap();
+        assert_eq!(v.advertise(), "127.0.0.1:5060");
+    }
+
+    #[test]
+    fn refusals_name_the_key() {
+        let mut c = minimal();
+        c.backends[0].backup = Some("127.0.0.1:9".parse().unwrap());
+        assert!(matches!(c.validate(), Err(ConfigError::UnknownBackup { .. })));
+        let mut c = minimal();
+        c.tag_keys[0].secret = vec![1; 4];
+        assert_eq!(c.validate().unwrap_err(), ConfigError::ShortTagKey(1));
+        let mut c = minimal();
+        c.advertise = Some("lb.example.com:99999".into());
+        assert!(matches!(c.validate(), Err(ConfigError::BadAdvertise(_))));
+        let mut c = minimal();
+        c.advertise = Some("[::1]:5060".into());
+        assert!(c.validate().is_ok());
+    }
+}

@@ -1,0 +1,131 @@
+//! The values that cross the core's boundary: [`Input`] in, [`Output`] out.
+
+use std::net::SocketAddr;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::ids::{BackendId, ConnId};
+
+/// Something that happened in the world, fed to [`crate::Balancer::handle_input`].
+#[derive(Debug)]
+pub enum Input {
+    /// Bytes read from a connection, in order. Any split is fine: the core reassembles.
+    Received {
+        /// Where they were read.
+        conn: ConnId,
+        /// The bytes; the core keeps slices of them, so hand over a `split_to` of the read buffer.
+        bytes: BytesMut,
+    },
+    /// A backend connection asked for by [`Output::Connect`] is established.
+    Connected {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// A connection is gone: the peer closed it, an error occurred, or the driver carried out
+    /// [`Output::Close`]. Every [`ConnId`] ends with exactly one `Closed`, after which its slot
+    /// may be reused.
+    Closed {
+        /// The connection.
+        conn: ConnId,
+        /// Why, for logs and counters.
+        reason: CloseReason,
+    },
+    /// The operator changed the backend farm.
+    Backends(BackendChange),
+    /// The deadline of [`crate::Balancer::poll_timeout`] has passed (early calls are harmless).
+    Timeout,
+}
+
+/// Why a connection closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The peer closed its side.
+    PeerClosed,
+    /// A socket error (reset, refused, timed out).
+    Error,
+    /// The driver performed an [`Output::Close`] the core asked for.
+    Requested,
+    /// The driver's per-connection output cap was exceeded (a reader too slow).
+    OutputOverflow,
+}
+
+/// An operator's change to the backend farm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendChange {
+    /// Stop giving the backend new calls; its established and ringing calls still reach it.
+    Drain(BackendId),
+    /// Give the backend new calls again.
+    Resume(BackendId),
+}
+
+/// An action for the driver, drained from [`crate::Balancer::poll_output`]. Perform them in
+/// order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Write these bytes to the connection, after everything written before. They are ready for
+    /// the socket: envelope framing included.
+    Send {
+        /// Target connection.
+        conn: ConnId,
+        /// Bytes to write.
+        bytes: Bytes,
+    },
+    /// Open a TCP connection to a backend and register it as `conn`; then report
+    /// [`Input::Connected`] or [`Input::Closed`].
+    Connect {
+        /// The id the core gave the new connection.
+        conn: ConnId,
+        /// The backend it belongs to.
+        backend: BackendId,
+        /// Where to connect.
+        to: SocketAddr,
+    },
+    /// Flush what was sent, close the connection, then report [`Input::Closed`] with
+    /// [`CloseReason::Requested`].
+    Close {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// Something worth a log line or a metric.
+    Event(Event),
+}
+
+/// Operator news from the core. Per-message detail stays in the counters of
+/// [`crate::Stats`]; events are state changes and faults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A backend connection came up; the backend takes calls.
+    BackendUp(BackendId),
+    /// A backend connection was lost or refused; its calls go to its backup.
+    BackendDown(BackendId),
+    /// A backend stopped or resumed taking new calls.
+    BackendDraining {
+        /// The backend.
+        backend: BackendId,
+        /// Draining now.
+        draining: bool,
+    },
+    /// A frontend connection was refused at accept because of `limits.frontends_max`.
+    FrontendRefused(ConnId),
+    /// A connection's stream could not be framed any more; the core closes it.
+    FramingLost {
+        /// The connection.
+        conn: ConnId,
+        /// What was wrong.
+        fault: &'static str,
+    },
+    /// A framed message was malformed; requests got a 400 with this reason.
+    Malformed {
+        /// The connection.
+        conn: ConnId,
+        /// What was wrong.
+        fault: &'static str,
+    },
+    /// A message could not be delivered and was dropped (no response is possible for it).
+    Dropped {
+        /// The connection it came from.
+        conn: ConnId,
+        /// Why.
+        cause: &'static str,
+    },
+}

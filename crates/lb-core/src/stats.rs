@@ -1,0 +1,63 @@
+//! Counters owned by the core as plain integers. Drivers read them for metrics; the simulator
+//! and tests read the same numbers, so there is no global recorder.
+
+/// Monotonic counters since the balancer started, plus a few gauges.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// SIP requests received from frontends.
+    pub frontend_requests_in: u64,
+    /// SIP responses received from frontends.
+    pub frontend_responses_in: u64,
+    /// SIP requests received from backends.
+    pub backend_requests_in: u64,
+    /// SIP responses received from backends.
+    pub backend_responses_in: u64,
+    /// Messages forwarded to a backend.
+    pub to_backend: u64,
+    /// Messages forwarded to a frontend.
+    pub to_frontend: u64,
+    /// Bytes received on all connections.
+    pub bytes_in: u64,
+    /// Bytes handed to the driver for writing.
+    pub bytes_out: u64,
+    /// Messages routed by a valid tag.
+    pub tagged: u64,
+    /// Tags present but failing verification (treated as untagged).
+    pub tag_failures: u64,
+    /// Untagged messages that found their backend in the new-call table (retransmitted INVITEs,
+    /// CANCELs, ACKs of non-2xx responses).
+    pub table_hits: u64,
+    /// New calls: a backend chosen and an entry made.
+    pub new_calls: u64,
+    /// Messages sent to a backup because their backend is down.
+    pub to_backup: u64,
+    /// 503 responses the balancer generated.
+    pub replies_503: u64,
+    /// 400 responses the balancer generated.
+    pub replies_400: u64,
+    /// 481 responses the balancer generated (CANCEL of an unknown call).
+    pub replies_481: u64,
+    /// Framed messages that could not be parsed.
+    pub malformed: u64,
+    /// Connections closed because their framing was lost.
+    pub framing_errors: u64,
+    /// Messages dropped because no response was possible (malformed response, ACK with no
+    /// route, no connection to the next hop).
+    pub dropped: u64,
+    /// CRLF keep-alive pings answered.
+    pub keepalives: u64,
+    /// Frontend connections accepted.
+    pub frontends_accepted: u64,
+    /// Frontend connections refused by the connection limit.
+    pub frontends_refused: u64,
+    /// Inputs naming an unknown or stale connection, ignored.
+    pub stale_inputs: u64,
+    /// Backend connections lost or refused.
+    pub backend_failures: u64,
+    /// Gauge: frontend connections open now.
+    pub frontends_open: u64,
+    /// Gauge: new-call table entries now.
+    pub table_len: u64,
+    /// Largest number of new-call table entries seen.
+    pub table_len_max: u64,
+}
