@@ -61,3 +61,46 @@ pub struct Stats {
     /// Largest number of new-call table entries seen.
     pub table_len_max: u64,
 }
+
+impl std::fmt::Display for Stats {
+    /// One line of `name=value` pairs, every counter, in declaration order: what the binaries
+    /// print at exit and what scripts parse.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pairs: [(&str, u64); 27] = [
+            ("frontend_requests_in", self.frontend_requests_in),
+            ("frontend_responses_in", self.frontend_responses_in),
+            ("backend_requests_in", self.backend_requests_in),
+            ("backend_responses_in", self.backend_responses_in),
+            ("to_backend", self.to_backend),
+            ("to_frontend", self.to_frontend),
+            ("bytes_in", self.bytes_in),
+            ("bytes_out", self.bytes_out),
+            ("tagged", self.tagged),
+            ("tag_failures", self.tag_failures),
+            ("table_hits", self.table_hits),
+            ("new_calls", self.new_calls),
+            ("to_backup", self.to_backup),
+            ("replies_503", self.replies_503),
+            ("replies_400", self.replies_400),
+            ("replies_481", self.replies_481),
+            ("malformed", self.malformed),
+            ("framing_errors", self.framing_errors),
+            ("dropped", self.dropped),
+            ("keepalives", self.keepalives),
+            ("frontends_accepted", self.frontends_accepted),
+            ("frontends_refused", self.frontends_refused),
+            ("stale_inputs", self.stale_inputs),
+            ("backend_failures", self.backend_failures),
+            ("frontends_open", self.frontends_open),
+            ("table_len", self.table_len),
+            ("table_len_max", self.table_len_max),
+        ];
+        for (i, (name, value)) in pairs.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            write!(f, "{name}={value}")?;
+        }
+        Ok(())
+    }
+}
