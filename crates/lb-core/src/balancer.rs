@@ -1,21 +1,113 @@
-//! The balancer: connections, backends and the routing of each message.
+//! The balancer: connections, backends, and the routing of each message.
+//!
+//! Routing order for a message from a frontend (DESIGN.md "Where the tag lives"):
+//! 1. a request whose top Route is the balancer's own entry (`lb=` parameter), or that carries
+//!    the extension tag header: the tag names the backend; the Route entry is popped;
+//! 2. a response whose top Via is the balancer's own (`lb=`): the tag names the backend that
+//!    originated the request; that Via is stripped;
+//! 3. an untagged request: the new-call table by Call-ID (retransmitted INVITE, CANCEL, ACK of a
+//!    non-2xx), else a new call: a backend is chosen, recorded and named in a Record-Route.
+//!
+//! A backend that is down hands its traffic to its backup: the configured one, else the winner
+//! of a rendezvous hash of the Call-ID over the backends that are up.
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::hash::Hasher;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crate::config::ValidConfig;
-use crate::ids::{ConnId, ListenerId};
-use crate::io::{Input, Output};
+use bytes::{Bytes, BytesMut};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use siphasher::sip::SipHasher13;
+use slab::Slab;
+use smallvec::SmallVec;
+
+use crate::config::{BackendConfig, BackendMode, ValidConfig};
+use crate::envelope::{self, Envelope, EnvelopeDecoder, Transport};
+use crate::framing::{Frame, StreamFramer};
+use crate::hops::{HopName, HopTable, ALIASES_PER_CONN_MAX};
+use crate::ids::{BackendId, ConnId, ListenerId};
+use crate::io::{BackendChange, CloseReason, Event, Input, Output};
+use crate::message::{HostPort, Method, Rport, SipMessage, StartLine};
+use crate::new_call_table::NewCallTable;
+use crate::reply::{self, Reply};
+use crate::rewrite::{self, Context, Edit, Edits, Insertion};
+use crate::select::{rendezvous, Candidate, Selector};
 use crate::stats::Stats;
+use crate::tag::TagSigner;
 
 /// The whole balancing method as a state machine. See the crate docs for the driver loop.
 #[derive(Debug)]
 pub struct Balancer {
     config: ValidConfig,
+    conns: Slab<Conn>,
+    generation: u32,
+    backends: Vec<Backend>,
+    table: NewCallTable,
+    selector: Selector,
+    signer: TagSigner,
+    /// Keys the backup choice; shared by every instance with the same tag keys.
+    rendezvous_key: [u8; 16],
+    /// Keys the balancer's own Via branches.
+    branch_key: [u8; 16],
+    hops: HopTable,
+    rng: SmallRng,
+    reconnects: BinaryHeap<Reverse<(Instant, BackendId)>>,
     outputs: VecDeque<Output>,
     stats: Stats,
     now: Instant,
+}
+
+#[derive(Debug)]
+struct Conn {
+    generation: u32,
+    /// The core asked the driver to close it; bytes still arriving are ignored.
+    closing: bool,
+    side: Side,
+    /// Outgoing bytes are written here, then split off as one `Output::Send`.
+    out: BytesMut,
+}
+
+#[derive(Debug)]
+enum Side {
+    Frontend { peer: SocketAddr, framer: StreamFramer, aliases: SmallVec<[HopName; 1]> },
+    Backend { backend: BackendId, reader: BackendReader },
+}
+
+#[derive(Debug)]
+enum BackendReader {
+    Plain(StreamFramer),
+    Envelope(EnvelopeDecoder),
+}
+
+#[derive(Debug)]
+struct Backend {
+    state: BackendState,
+    draining: bool,
+    conn: Option<ConnId>,
+    /// The load an envelope backend last reported.
+    load: Option<u32>,
+    /// Consecutive failed connection attempts, for the backoff.
+    failures: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BackendState {
+    Connecting,
+    Up,
+    Down,
+}
+
+/// Where a message came from, as routing needs it.
+#[derive(Clone, Copy)]
+struct Source {
+    conn: ConnId,
+    /// Frontend peer address (for `received`/`rport` and envelopes to backends).
+    peer: Option<SocketAddr>,
+    /// The envelope it came in, from an envelope backend.
+    envelope: Option<Envelope>,
 }
 
 impl Balancer {
@@ -23,8 +115,50 @@ impl Balancer {
     /// and the keys of its hash tables; `now` is the time origin. Queues an
     /// [`Output::Connect`] for every backend.
     pub fn new(config: ValidConfig, seed: u64, now: Instant) -> Balancer {
-        let _ = seed;
-        Balancer { config, outputs: VecDeque::new(), stats: Stats::default(), now }
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let table_key: [u8; 16] = rng.random();
+        let hop_key: [u8; 16] = rng.random();
+        let branch_key: [u8; 16] = rng.random();
+        let c = &config.config;
+        let signer = TagSigner::new(&c.tag_keys);
+        let backends = c
+            .backends
+            .iter()
+            .map(|b| Backend {
+                state: BackendState::Connecting,
+                draining: b.draining,
+                conn: None,
+                load: None,
+                failures: 0,
+            })
+            .collect();
+        let mut lb = Balancer {
+            table: NewCallTable::new(
+                c.limits.table_capacity,
+                c.window,
+                c.ringing_max,
+                table_key,
+                now,
+            ),
+            selector: Selector::new(c.algorithm, c.backends.len()),
+            rendezvous_key: signer.shared_hash_key(),
+            signer,
+            branch_key,
+            hops: HopTable::new(hop_key),
+            conns: Slab::new(),
+            generation: 0,
+            backends,
+            rng,
+            reconnects: BinaryHeap::new(),
+            outputs: VecDeque::new(),
+            stats: Stats::default(),
+            now,
+            config,
+        };
+        for index in 0..lb.backends.len() {
+            lb.connect_backend(BackendId::new(index));
+        }
+        lb
     }
 
     /// The listeners of the configuration, to bind: report accepted connections with their id.
@@ -32,17 +166,43 @@ impl Balancer {
         self.config.config.listeners.iter().enumerate().map(|(i, a)| (ListenerId::new(i), *a))
     }
 
+    /// The configured backends with their ids, in configuration order.
+    pub fn backends(&self) -> impl Iterator<Item = (BackendId, &BackendConfig)> + '_ {
+        self.config.config.backends.iter().enumerate().map(|(i, b)| (BackendId::new(i), b))
+    }
+
     /// A frontend connection was accepted on `listener` from `peer`; returns its id. When the
     /// frontend limit is reached the id comes with an [`Output::Close`] already queued.
     pub fn accept(&mut self, now: Instant, listener: ListenerId, peer: SocketAddr) -> ConnId {
-        let _ = (now, listener, peer);
-        todo!()
+        self.advance(now);
+        let _ = listener;
+        let full = self.stats.frontends_open as usize >= self.config.config.limits.frontends_max;
+        let side = Side::Frontend { peer, framer: StreamFramer::default(), aliases: SmallVec::new() };
+        let conn = self.insert_conn(side);
+        self.stats.frontends_open += 1;
+        if full {
+            self.stats.frontends_refused += 1;
+            self.outputs.push_back(Output::Event(Event::FrontendRefused(conn)));
+            self.close(conn);
+        } else {
+            self.stats.frontends_accepted += 1;
+            self.hops.add_peer(conn, peer);
+        }
+        conn
     }
 
     /// Feeds one input; all protocol work happens here. Drain [`Balancer::poll_output`] after.
     pub fn handle_input(&mut self, now: Instant, input: Input) {
-        let _ = (now, input);
-        todo!()
+        self.advance(now);
+        match input {
+            Input::Received { conn, bytes } => self.handle_received(conn, bytes),
+            Input::Connected { conn } => self.handle_connected(conn),
+            Input::Closed { conn, reason } => self.handle_closed(conn, reason),
+            Input::Backends(change) => self.handle_backend_change(change),
+            Input::Timeout => self.handle_timeout(),
+        }
+        self.stats.table_len = self.table.len() as u64;
+        self.stats.table_len_max = self.stats.table_len_max.max(self.stats.table_len);
     }
 
     /// The next action, or `None` once drained. Does no work of its own.
@@ -55,11 +215,639 @@ impl Balancer {
     /// any `handle_input` or `accept`.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        None
+        let reconnect = self.reconnects.peek().map(|Reverse((at, _))| *at);
+        match (self.table.next_deadline(), reconnect) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Counters since start.
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// Whether `backend` is connected and takes traffic.
+    pub fn is_backend_up(&self, backend: BackendId) -> bool {
+        self.backends.get(backend.index()).is_some_and(|b| b.state == BackendState::Up)
+    }
+
+    /// `now` never goes backwards inside the core.
+    fn advance(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+    }
+
+    fn insert_conn(&mut self, side: Side) -> ConnId {
+        self.generation = self.generation.wrapping_add(1);
+        let generation = self.generation;
+        let slot = self.conns.insert(Conn { generation, closing: false, side, out: BytesMut::new() });
+        ConnId::new(slot, generation)
+    }
+
+    fn conn(&self, id: ConnId) -> Option<&Conn> {
+        self.conns.get(id.slot()).filter(|c| c.generation == id.generation())
+    }
+
+    fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+        self.conns.get_mut(id.slot()).filter(|c| c.generation == id.generation())
+    }
+
+    fn close(&mut self, id: ConnId) {
+        if let Some(conn) = self.conn_mut(id) {
+            if !conn.closing {
+                conn.closing = true;
+                self.outputs.push_back(Output::Close { conn: id });
+            }
+        }
+    }
+
+    // ----- connections and backends -----
+
+    fn connect_backend(&mut self, backend: BackendId) {
+        let config = &self.config.config.backends[backend.index()];
+        let reader = match config.mode {
+            BackendMode::Plain => BackendReader::Plain(StreamFramer::default()),
+            BackendMode::Envelope => BackendReader::Envelope(EnvelopeDecoder::default()),
+        };
+        let to = config.addr;
+        let conn = self.insert_conn(Side::Backend { backend, reader });
+        let b = &mut self.backends[backend.index()];
+        b.conn = Some(conn);
+        if b.state == BackendState::Down {
+            // Stays down until connected; only the first attempt is "connecting".
+        } else {
+            b.state = BackendState::Connecting;
+        }
+        self.outputs.push_back(Output::Connect { conn, backend, to });
+    }
+
+    fn handle_connected(&mut self, id: ConnId) {
+        let Some(Conn { side: Side::Backend { backend, .. }, closing: false, .. }) = self.conn(id)
+        else {
+            self.stats.stale_inputs += 1;
+            return;
+        };
+        let backend = *backend;
+        let b = &mut self.backends[backend.index()];
+        if b.conn != Some(id) {
+            self.stats.stale_inputs += 1;
+            return;
+        }
+        b.state = BackendState::Up;
+        b.failures = 0;
+        self.outputs.push_back(Output::Event(Event::BackendUp(backend)));
+    }
+
+    fn handle_closed(&mut self, id: ConnId, reason: CloseReason) {
+        if self.conn(id).is_none() {
+            self.stats.stale_inputs += 1;
+            return;
+        }
+        let conn = self.conns.remove(id.slot());
+        tracing::debug!(conn = %id, ?reason, "connection closed");
+        match conn.side {
+            Side::Frontend { peer, aliases, .. } => {
+                self.stats.frontends_open -= 1;
+                self.hops.remove_peer(id, peer);
+                for alias in &aliases {
+                    self.hops.remove_alias(id, alias);
+                }
+            }
+            Side::Backend { backend, .. } => {
+                let b = &mut self.backends[backend.index()];
+                if b.conn != Some(id) {
+                    return;
+                }
+                b.conn = None;
+                b.load = None;
+                b.failures = b.failures.saturating_add(1);
+                let was = std::mem::replace(&mut b.state, BackendState::Down);
+                self.stats.backend_failures += 1;
+                if was != BackendState::Down {
+                    self.outputs.push_back(Output::Event(Event::BackendDown(backend)));
+                }
+                let delay = self.reconnect_delay(backend);
+                self.reconnects.push(Reverse((self.now + delay, backend)));
+            }
+        }
+    }
+
+    /// Exponential backoff from `reconnect_min`, capped at `reconnect_max`, with jitter drawn
+    /// from the seeded generator so a farm restarting together does not reconnect in lockstep.
+    fn reconnect_delay(&mut self, backend: BackendId) -> Duration {
+        let c = &self.config.config;
+        let failures = self.backends[backend.index()].failures.min(16);
+        let full = c.reconnect_min.saturating_mul(1 << (failures - 1).min(15)).min(c.reconnect_max);
+        let half = full / 2;
+        half + half.mul_f64(self.rng.random::<f64>())
+    }
+
+    fn handle_timeout(&mut self) {
+        let now = self.now;
+        self.table.expire(now);
+        while let Some(Reverse((at, backend))) = self.reconnects.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.reconnects.pop();
+            if self.backends[backend.index()].conn.is_none() {
+                self.connect_backend(backend);
+            }
+        }
+    }
+
+    fn handle_backend_change(&mut self, change: BackendChange) {
+        let (backend, draining) = match change {
+            BackendChange::Drain(b) => (b, true),
+            BackendChange::Resume(b) => (b, false),
+        };
+        if let Some(b) = self.backends.get_mut(backend.index()) {
+            if b.draining != draining {
+                b.draining = draining;
+                self.outputs
+                    .push_back(Output::Event(Event::BackendDraining { backend, draining }));
+            }
+        }
+    }
+
+    // ----- bytes in -----
+
+    fn handle_received(&mut self, id: ConnId, bytes: BytesMut) {
+        let message_max = self.config.config.limits.message_bytes_max;
+        let buffered_max = self.config.config.limits.buffered_bytes_max;
+        let Some(conn) = self.conns.get_mut(id.slot()).filter(|c| c.generation == id.generation())
+        else {
+            self.stats.stale_inputs += 1;
+            return;
+        };
+        self.stats.bytes_in += bytes.len() as u64;
+        if conn.closing {
+            return;
+        }
+        match &mut conn.side {
+            Side::Frontend { framer, .. } => framer.push(bytes),
+            Side::Backend { reader: BackendReader::Plain(framer), .. } => framer.push(bytes),
+            Side::Backend { reader: BackendReader::Envelope(decoder), .. } => decoder.push(bytes),
+        }
+        loop {
+            let Some(conn) = self.conn_mut(id) else { return };
+            if conn.closing {
+                return;
+            }
+            let next = match &mut conn.side {
+                Side::Frontend { framer, .. } | Side::Backend { reader: BackendReader::Plain(framer), .. } => {
+                    match framer.next_frame(message_max) {
+                        None => None,
+                        Some(Ok(Frame::Message(m))) => Some(Ok((None, m))),
+                        Some(Ok(Frame::Ping)) => {
+                            self.stats.keepalives += 1;
+                            self.send(id, Bytes::from_static(b"\r\n"));
+                            continue;
+                        }
+                        Some(Err(e)) => Some(Err(e.as_str())),
+                    }
+                }
+                Side::Backend { reader: BackendReader::Envelope(decoder), .. } => {
+                    match decoder.next_envelope(message_max) {
+                        None => None,
+                        Some(Ok((env, m))) => Some(Ok((Some(env), m))),
+                        Some(Err(_)) => Some(Err("bad envelope")),
+                    }
+                }
+            };
+            match next {
+                None => break,
+                Some(Ok((envelope, message))) => self.handle_message(id, envelope, message),
+                Some(Err(fault)) => {
+                    self.framing_lost(id, fault);
+                    return;
+                }
+            }
+        }
+        let buffered = match self.conn(id).map(|c| &c.side) {
+            Some(Side::Frontend { framer, .. })
+            | Some(Side::Backend { reader: BackendReader::Plain(framer), .. }) => {
+                framer.buffered_len()
+            }
+            Some(Side::Backend { reader: BackendReader::Envelope(d), .. }) => d.buffered_len(),
+            None => 0,
+        };
+        if buffered > buffered_max {
+            self.framing_lost(id, "buffered bytes over the limit");
+        }
+    }
+
+    fn framing_lost(&mut self, conn: ConnId, fault: &'static str) {
+        self.stats.framing_errors += 1;
+        tracing::debug!(%conn, fault, "framing lost, closing");
+        self.outputs.push_back(Output::Event(Event::FramingLost { conn, fault }));
+        self.close(conn);
+    }
+
+    fn handle_message(&mut self, conn: ConnId, envelope: Option<Envelope>, bytes: Bytes) {
+        let Some(c) = self.conn(conn) else { return };
+        let (source, from_backend) = match &c.side {
+            Side::Frontend { peer, .. } => (Source { conn, peer: Some(*peer), envelope }, None),
+            Side::Backend { backend, .. } => (Source { conn, peer: None, envelope }, Some(*backend)),
+        };
+        let tag_header = self.config.config.tag_header.as_deref().map(str::as_bytes);
+        let headers_max = self.config.config.limits.headers_max;
+        let message = match SipMessage::parse(bytes.clone(), tag_header, headers_max) {
+            Ok(m) => m,
+            Err(e) => return self.handle_malformed(source, &bytes, e.reason),
+        };
+        match from_backend {
+            None => {
+                if message.is_request() {
+                    self.stats.frontend_requests_in += 1;
+                    self.learn_alias(conn, &message);
+                    self.route_frontend_request(source, message);
+                } else {
+                    self.stats.frontend_responses_in += 1;
+                    self.route_frontend_response(source, message);
+                }
+            }
+            Some(backend) => {
+                if let Some(load) = envelope.and_then(|e| e.load) {
+                    self.backends[backend.index()].load = Some(load);
+                }
+                if message.is_request() {
+                    self.stats.backend_requests_in += 1;
+                    self.route_backend_request(source, backend, message);
+                } else {
+                    self.stats.backend_responses_in += 1;
+                    self.route_backend_response(source, message);
+                }
+            }
+        }
+    }
+
+    fn handle_malformed(&mut self, source: Source, bytes: &Bytes, fault: &'static str) {
+        self.stats.malformed += 1;
+        tracing::debug!(conn = %source.conn, fault, "malformed message");
+        self.outputs.push_back(Output::Event(Event::Malformed { conn: source.conn, fault }));
+        if bytes.starts_with(b"SIP/") || !self.reply(source, bytes, Reply::BadRequest(fault)) {
+            self.drop_message(source.conn, "malformed and unanswerable");
+        } else {
+            self.stats.replies_400 += 1;
+        }
+    }
+
+    /// Remembers the top Via sent-by as a name of this frontend connection.
+    fn learn_alias(&mut self, conn: ConnId, message: &SipMessage) {
+        let sent_by = message.top_via.sent_by;
+        let host = message.slice(sent_by.host);
+        let name = HopName::from_sent_by(host, sent_by.port.unwrap_or(5060));
+        let Some(Conn { side: Side::Frontend { aliases, .. }, .. }) = self.conn_mut(conn) else {
+            return;
+        };
+        if aliases.contains(&name) {
+            return;
+        }
+        if aliases.len() >= ALIASES_PER_CONN_MAX {
+            let oldest = aliases.remove(0);
+            self.hops.remove_alias(conn, &oldest);
+        }
+        let Some(Conn { side: Side::Frontend { aliases, .. }, .. }) = self.conn_mut(conn) else {
+            return;
+        };
+        aliases.push(name.clone());
+        self.hops.add_alias(conn, &name);
+    }
+
+    // ----- routing -----
+
+    fn route_frontend_request(&mut self, source: Source, message: SipMessage) {
+        let call_id = message.call_id();
+        let method = message.method().unwrap_or(Method::Other);
+        let mut edits = Edits::new();
+        let mut target = None;
+        let mut initial = false;
+
+        if let Some(route) = message.top_route.filter(|r| r.lb.is_some()) {
+            // The balancer's own entry: a loose router removes it (RFC 3261 §16.4).
+            edits.push(cut_entry(route.line, route.sole_entry, route.entry_with_comma));
+            let tag = route.lb.map(|s| message.slice(s)).unwrap_or_default();
+            target = self.verify(tag, call_id);
+        }
+        if target.is_none() {
+            if let Some(span) = message.tag_header {
+                target = self.verify(message.slice(span), call_id);
+            }
+        }
+        if target.is_some() {
+            self.stats.tagged += 1;
+        } else {
+            let key = self.table.key(call_id);
+            initial = !message.to_tag
+                && !matches!(method, Method::Ack | Method::Cancel | Method::Register);
+            if let Some(backend) = self.table.lookup(key) {
+                self.stats.table_hits += 1;
+                target = Some(backend);
+            } else {
+                match method {
+                    Method::Ack => return self.drop_message(source.conn, "ACK of an unknown call"),
+                    Method::Cancel => {
+                        self.stats.replies_481 += 1;
+                        self.reply(source, &message.bytes, Reply::NoTransaction);
+                        return;
+                    }
+                    _ => {}
+                }
+                let Some(backend) = self.choose_backend() else {
+                    return self.unavailable(source, &message, "No Backend Available");
+                };
+                if self.table.insert(self.now, key, backend, method == Method::Invite).is_err() {
+                    return self.unavailable(source, &message, "Too Many Calls Being Set Up");
+                }
+                self.stats.new_calls += 1;
+                target = Some(backend);
+            }
+        }
+        let Some(tagged_backend) = target else { return };
+        let Some(backend) = self.available(tagged_backend, call_id) else {
+            if method == Method::Ack {
+                return self.drop_message(source.conn, "ACK for a backend that is down");
+            }
+            return self.unavailable(source, &message, "No Backend Available");
+        };
+
+        if let Some(peer) = source.peer {
+            stamp_via(&message, peer, &mut edits);
+        }
+        if initial {
+            edits.push(Edit::insert(message.start_line_end, Insertion::RecordRoute));
+            if self.config.config.tag_header.is_some() {
+                edits.push(Edit::insert(message.start_line_end, Insertion::TagHeader));
+            }
+        }
+        let envelope = Envelope { addr: source.peer, transport: Transport::Tcp, load: None };
+        self.forward_to_backend(backend, envelope, &message, &mut edits);
+    }
+
+    fn route_frontend_response(&mut self, source: Source, message: SipMessage) {
+        let via = message.top_via;
+        let Some(tag) = via.lb else {
+            return self.drop_message(source.conn, "response without the balancer's Via");
+        };
+        let Some(tagged) = self.verify(message.slice(tag), message.call_id()) else {
+            return self.drop_message(source.conn, "response with a bad tag");
+        };
+        self.stats.tagged += 1;
+        let Some(backend) = self.available(tagged, message.call_id()) else {
+            return self.drop_message(source.conn, "response for a backend that is down");
+        };
+        let mut edits = Edits::new();
+        edits.push(cut_entry(via.line, via.sole_value, via.value_with_comma));
+        let envelope = Envelope { addr: source.peer, transport: Transport::Tcp, load: None };
+        self.forward_to_backend(backend, envelope, &message, &mut edits);
+    }
+
+    fn route_backend_response(&mut self, source: Source, message: SipMessage) {
+        if let StartLine::Response { status } = message.start {
+            if message.cseq_method == Method::Invite && status >= 200 {
+                let key = self.table.key(message.call_id());
+                self.table.settle(self.now, key);
+            }
+        }
+        let conn = match source.envelope.and_then(|e| e.addr) {
+            Some(addr) => self.hops.lookup_addr(addr),
+            None => self.via_hop(&message),
+        };
+        match conn.filter(|c| self.conn(*c).is_some_and(|c| !c.closing)) {
+            Some(conn) => {
+                self.stats.to_frontend += 1;
+                self.send(conn, message.bytes);
+            }
+            None => self.drop_message(source.conn, "no connection to the response's next hop"),
+        }
+    }
+
+    fn route_backend_request(&mut self, source: Source, backend: BackendId, message: SipMessage) {
+        let mut edits = Edits::new();
+        let mut next = message.top_route.map(|r| r.host_port);
+        if let Some(route) = message.top_route.filter(|r| r.lb.is_some()) {
+            edits.push(cut_entry(route.line, route.sole_entry, route.entry_with_comma));
+            next = message.second_route;
+        }
+        let next = next.or(message.request_uri_host);
+        let conn = match source.envelope.and_then(|e| e.addr) {
+            Some(addr) => self.hops.lookup_addr(addr),
+            None => next.and_then(|hp| self.host_port_hop(&message, hp)),
+        };
+        let Some(conn) = conn.filter(|c| self.conn(*c).is_some_and(|c| !c.closing)) else {
+            if message.method() == Some(Method::Ack) {
+                return self.drop_message(source.conn, "ACK with no route to a frontend");
+            }
+            return self.unavailable(source, &message, "No Route To Frontend");
+        };
+        let branch = message.top_via.branch.map_or(message.call_id(), |b| message.slice(b));
+        let mut hasher = SipHasher13::new_with_key(&self.branch_key);
+        hasher.write(branch);
+        edits.push(Edit::insert(
+            message.start_line_end,
+            Insertion::OwnVia { branch: hasher.finish() },
+        ));
+        self.stats.to_frontend += 1;
+        let cx = context(&self.config, &self.signer, backend, message.call_id());
+        let Some(out) = self.conns.get_mut(conn.slot()).map(|c| &mut c.out) else { return };
+        rewrite::write(out, &message.bytes, &mut edits, &cx);
+        let bytes = out.split().freeze();
+        self.send(conn, bytes);
+    }
+
+    /// The frontend a response's top Via names: `received`/`rport` (stamped on the way in),
+    /// else its sent-by.
+    fn via_hop(&self, message: &SipMessage) -> Option<ConnId> {
+        let via = message.top_via;
+        let port = match via.rport {
+            Rport::Value(p) => Some(p),
+            Rport::Absent | Rport::Empty { .. } => None,
+        };
+        if let Some(received) = via.received {
+            let port = port.or(via.sent_by.port).unwrap_or(5060);
+            if let Some(conn) = self.hops.lookup_host(message.slice(received), port) {
+                return Some(conn);
+            }
+        }
+        self.host_port_hop(message, via.sent_by)
+    }
+
+    fn host_port_hop(&self, message: &SipMessage, hp: HostPort) -> Option<ConnId> {
+        self.hops.lookup_host(message.slice(hp.host), hp.port.unwrap_or(5060))
+    }
+
+    fn verify(&mut self, tag: &[u8], call_id: &[u8]) -> Option<BackendId> {
+        match self.signer.verify(tag, call_id) {
+            Ok(b) if b.index() < self.backends.len() => Some(b),
+            Ok(_) | Err(_) => {
+                self.stats.tag_failures += 1;
+                None
+            }
+        }
+    }
+
+    /// A backend for a new call among those up and not draining.
+    fn choose_backend(&mut self) -> Option<BackendId> {
+        let config = &self.config.config;
+        let mut candidates: SmallVec<[Candidate; 16]> = SmallVec::new();
+        for (i, b) in self.backends.iter().enumerate() {
+            if b.state == BackendState::Up && !b.draining {
+                let id = BackendId::new(i);
+                let load = match b.load {
+                    Some(l) => u64::from(l),
+                    None => u64::from(self.table.assigned(id)),
+                };
+                candidates.push(Candidate { id, weight: config.backends[i].weight, load });
+            }
+        }
+        self.selector.select(&candidates, &mut self.rng)
+    }
+
+    /// `backend` if it is up, else its backup: the configured one if up, else the rendezvous
+    /// winner among the backends that are up (draining ones included: they still serve calls).
+    fn available(&mut self, backend: BackendId, call_id: &[u8]) -> Option<BackendId> {
+        if self.is_backend_up(backend) {
+            return Some(backend);
+        }
+        let backup = match self.config.backups[backend.index()].filter(|b| self.is_backend_up(*b))
+        {
+            Some(b) => Some(b),
+            None => {
+                let up = (0..self.backends.len())
+                    .map(BackendId::new)
+                    .filter(|b| self.is_backend_up(*b));
+                rendezvous(self.rendezvous_key, call_id, up)
+            }
+        };
+        if backup.is_some() {
+            self.stats.to_backup += 1;
+        }
+        backup
+    }
+
+
+    // ----- bytes out -----
+
+    fn forward_to_backend(
+        &mut self,
+        backend: BackendId,
+        envelope: Envelope,
+        message: &SipMessage,
+        edits: &mut Edits,
+    ) {
+        let Some(conn) = self.backends[backend.index()].conn else { return };
+        let envelope_mode = self.config.config.backends[backend.index()].mode == BackendMode::Envelope;
+        // The tag written into Record-Route names the backend that actually takes the call.
+        let cx = context(&self.config, &self.signer, backend, message.call_id());
+        let Some(out) = self.conns.get_mut(conn.slot()).map(|c| &mut c.out) else { return };
+        if envelope_mode {
+            let header_start = out.len();
+            envelope::encode_header(out, &envelope, 0);
+            let payload_start = out.len();
+            rewrite::write(out, &message.bytes, edits, &cx);
+            let payload_len = out.len() - payload_start;
+            envelope::set_payload_len(&mut out[header_start..payload_start], payload_len);
+        } else {
+            rewrite::write(out, &message.bytes, edits, &cx);
+        }
+        let bytes = out.split().freeze();
+        self.stats.to_backend += 1;
+        self.send(conn, bytes);
+    }
+
+    fn send(&mut self, conn: ConnId, bytes: Bytes) {
+        self.stats.bytes_out += bytes.len() as u64;
+        self.outputs.push_back(Output::Send { conn, bytes });
+    }
+
+    /// Answers `request` on the connection it came from. Returns `false` when no response can
+    /// be built (a header it must copy is missing).
+    fn reply(&mut self, source: Source, request: &[u8], reply: Reply) -> bool {
+        let envelope_mode = match self.conn(source.conn).map(|c| &c.side) {
+            Some(Side::Backend { reader: BackendReader::Envelope(_), .. }) => true,
+            Some(_) => false,
+            None => return false,
+        };
+        let Some(out) = self.conns.get_mut(source.conn.slot()).map(|c| &mut c.out) else {
+            return false;
+        };
+        let start = out.len();
+        let written = if envelope_mode {
+            // Back to the backend that sent it: the address is its own request's source.
+            let env = Envelope { addr: None, transport: Transport::Tcp, load: None };
+            envelope::encode_header(out, &env, 0);
+            let payload_start = out.len();
+            let ok = reply::write(out, request, reply);
+            let len = out.len() - payload_start;
+            envelope::set_payload_len(&mut out[start..payload_start], len);
+            ok
+        } else {
+            reply::write(out, request, reply)
+        };
+        if !written {
+            out.truncate(start);
+            return false;
+        }
+        let bytes = out.split().freeze();
+        self.send(source.conn, bytes);
+        true
+    }
+
+    /// A stateless 503 for a request nothing can take (never for ACK, RFC 3261 §17.1.1.3).
+    fn unavailable(&mut self, source: Source, message: &SipMessage, reason: &'static str) {
+        if message.method() == Some(Method::Ack) {
+            return self.drop_message(source.conn, reason);
+        }
+        let retry_after = self.config.config.retry_after;
+        if self.reply(source, &message.bytes, Reply::Unavailable { retry_after, reason }) {
+            self.stats.replies_503 += 1;
+        } else {
+            self.drop_message(source.conn, reason);
+        }
+    }
+
+    fn drop_message(&mut self, conn: ConnId, cause: &'static str) {
+        self.stats.dropped += 1;
+        tracing::debug!(%conn, cause, "message dropped");
+        self.outputs.push_back(Output::Event(Event::Dropped { conn, cause }));
+    }
+}
+
+/// What insertions need, borrowed field by field so the target's buffer stays writable.
+fn context<'a>(
+    config: &'a ValidConfig,
+    signer: &'a TagSigner,
+    backend: BackendId,
+    call_id: &'a [u8],
+) -> Context<'a> {
+    Context {
+        advertise: &config.advertise,
+        signer,
+        backend,
+        call_id,
+        tag_header: config.config.tag_header.as_deref(),
+    }
+}
+
+/// The edit removing a Route entry or Via value: the whole line when it is the only one there.
+fn cut_entry(line: crate::message::Span, sole: bool, with_comma: crate::message::Span) -> Edit {
+    Edit::cut(if sole { line } else { with_comma })
+}
+
+/// RFC 3261 §18.2.1: `received` when the sent-by host is not the source address; RFC 3581: the
+/// source port into a bare `rport`.
+fn stamp_via(message: &SipMessage, peer: SocketAddr, edits: &mut Edits) {
+    let via = message.top_via;
+    // Pushed first: when `rport` is the last parameter both insertions share one position, and
+    // its value must come before `;received`.
+    if let Rport::Empty { name_end } = via.rport {
+        edits.push(Edit::insert(name_end, Insertion::RportValue(peer.port())));
+    }
+    if via.received.is_none() {
+        let host = message.slice(via.sent_by.host);
+        if crate::hops::parse_ip(host) != Some(peer.ip()) {
+            edits.push(Edit::insert(via.value.end, Insertion::Received(peer.ip())));
+        }
     }
 }

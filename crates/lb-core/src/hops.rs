@@ -1,1 +1,181 @@
-//! TODO
+//! The hop table: which frontend connection a next hop names.
+//!
+//! A next hop arrives as an address (an envelope's, a Via's `received`/`rport`) or as the
+//! `host:port` a Via sent-by, Route or Request-URI names. Each frontend connection is known by
+//! its peer socket address and by the Via sent-by values of the requests it carried (the
+//! RFC 5923 alias idea: a proxy's Via names its listening port, not the ephemeral source port of
+//! its connection). Lookup order: exact `ip:port`, alias, then the IP alone when exactly one
+//! connection comes from it.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::net::{IpAddr, SocketAddr};
+
+use siphasher::sip::SipHasher13;
+use smallvec::SmallVec;
+
+use crate::ids::ConnId;
+
+/// The aliases one connection may register; older ones are forgotten first. A proxy uses one
+/// sent-by; the bound keeps a peer that varies its Via from growing the table.
+pub(crate) const ALIASES_PER_CONN_MAX: usize = 4;
+
+/// A name an alias is registered under: an address for IP literals, else the lower-cased host.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum HopName {
+    Addr(SocketAddr),
+    Host(Box<[u8]>, u16),
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub(crate) struct HopTable {
+    by_addr: HashMap<SocketAddr, ConnId, Keyed>,
+    by_host: HashMap<(Box<[u8]>, u16), ConnId, Keyed>,
+    by_ip: HashMap<IpAddr, SmallVec<[ConnId; 2]>, Keyed>,
+}
+
+impl HopTable {
+    pub(crate) fn new(key: [u8; 16]) -> HopTable {
+        HopTable {
+            by_addr: HashMap::with_hasher(Keyed(key)),
+            by_host: HashMap::with_hasher(Keyed(key)),
+            by_ip: HashMap::with_hasher(Keyed(key)),
+        }
+    }
+
+    /// A frontend connection from `peer` opened.
+    pub(crate) fn add_peer(&mut self, conn: ConnId, peer: SocketAddr) {
+        self.by_addr.insert(peer, conn);
+        self.by_ip.entry(peer.ip()).or_default().push(conn);
+    }
+
+    /// Registers `name` for `conn`; the newest registration of a name wins.
+    pub(crate) fn add_alias(&mut self, conn: ConnId, name: &HopName) {
+        match name {
+            HopName::Addr(addr) => {
+                self.by_addr.insert(*addr, conn);
+            }
+            HopName::Host(host, port) => {
+                self.by_host.insert((host.clone(), *port), conn);
+            }
+        }
+    }
+
+    /// Forgets an alias, unless another connection took it over since.
+    pub(crate) fn remove_alias(&mut self, conn: ConnId, name: &HopName) {
+        match name {
+            HopName::Addr(addr) => {
+                if self.by_addr.get(addr) == Some(&conn) {
+                    self.by_addr.remove(addr);
+                }
+            }
+            HopName::Host(host, port) => {
+                let key = (host.clone(), *port);
+                if self.by_host.get(&key) == Some(&conn) {
+                    self.by_host.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// The connection from `peer` closed.
+    pub(crate) fn remove_peer(&mut self, conn: ConnId, peer: SocketAddr) {
+        if self.by_addr.get(&peer) == Some(&conn) {
+            self.by_addr.remove(&peer);
+        }
+        if let Some(conns) = self.by_ip.get_mut(&peer.ip()) {
+            conns.retain(|c| *c != conn);
+            if conns.is_empty() {
+                self.by_ip.remove(&peer.ip());
+            }
+        }
+    }
+
+    /// The connection an address names: exact, then by IP when unique.
+    pub(crate) fn lookup_addr(&self, addr: SocketAddr) -> Option<ConnId> {
+        self.by_addr.get(&addr).copied().or_else(|| self.lookup_ip(addr.ip()))
+    }
+
+    /// The connection a `host` (as written in a URI or Via) and port name.
+    pub(crate) fn lookup_host(&self, host: &[u8], port: u16) -> Option<ConnId> {
+        match parse_ip(host) {
+            Some(ip) => self.lookup_addr(SocketAddr::new(ip, port)),
+            None => {
+                let lower: SmallVec<[u8; 64]> = host.iter().map(u8::to_ascii_lowercase).collect();
+                self.by_host.get(&(Box::from(&lower[..]), port)).copied()
+            }
+        }
+    }
+
+    fn lookup_ip(&self, ip: IpAddr) -> Option<ConnId> {
+        match self.by_ip.get(&ip).map(|c| c.as_slice()) {
+            Some([only]) => Some(*only),
+            _ => None,
+        }
+    }
+}
+
+impl HopName {
+    /// The alias for a Via sent-by `host` and port (default 5060, RFC 3261 §18.1.1... for TCP).
+    pub(crate) fn from_sent_by(host: &[u8], port: u16) -> HopName {
+        match parse_ip(host) {
+            Some(ip) => HopName::Addr(SocketAddr::new(ip, port)),
+            None => HopName::Host(host.iter().map(u8::to_ascii_lowercase).collect(), port),
+        }
+    }
+}
+
+/// An IP literal as written in SIP: dotted IPv4, or IPv6 in brackets (or bare).
+pub(crate) fn parse_ip(host: &[u8]) -> Option<IpAddr> {
+    let text = std::str::from_utf8(host).ok()?;
+    let text = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')).unwrap_or(text);
+    text.parse().ok()
+}
+
+/// SipHash-1-3 keyed from the balancer's seed: the keys come from the network (Via hosts), so
+/// an unkeyed or OS-seeded hasher would be either attackable or nondeterministic.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Keyed(pub(crate) [u8; 16]);
+
+impl BuildHasher for Keyed {
+    type Hasher = SipHasher13;
+
+    fn build_hasher(&self) -> SipHasher13 {
+        SipHasher13::new_with_key(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(n: usize) -> ConnId {
+        ConnId::new(n, 1)
+    }
+
+    #[test]
+    fn lookup_order_exact_alias_then_unique_ip() {
+        let mut hops = HopTable::new([1; 16]);
+        let peer: SocketAddr = "192.0.2.1:40000".parse().unwrap();
+        hops.add_peer(conn(1), peer);
+        hops.add_alias(conn(1), &HopName::from_sent_by(b"proxy.example.com", 5060));
+        assert_eq!(hops.lookup_addr(peer), Some(conn(1)));
+        assert_eq!(hops.lookup_host(b"PROXY.example.com", 5060), Some(conn(1)));
+        assert_eq!(hops.lookup_host(b"192.0.2.1", 5060), Some(conn(1)), "unique IP");
+        hops.add_peer(conn(2), "192.0.2.1:40001".parse().unwrap());
+        assert_eq!(hops.lookup_host(b"192.0.2.1", 5060), None, "IP no longer unique");
+        hops.add_alias(conn(2), &HopName::from_sent_by(b"192.0.2.1", 5060));
+        assert_eq!(hops.lookup_host(b"192.0.2.1", 5060), Some(conn(2)));
+        hops.remove_peer(conn(1), peer);
+        hops.remove_alias(conn(1), &HopName::from_sent_by(b"proxy.example.com", 5060));
+        assert_eq!(hops.lookup_host(b"proxy.example.com", 5060), None);
+        assert_eq!(hops.lookup_host(b"192.0.2.1", 7), Some(conn(2)), "unique IP again");
+    }
+
+    #[test]
+    fn ipv6_hosts_are_literals() {
+        assert_eq!(parse_ip(b"[2001:db8::1]"), "2001:db8::1".parse().ok());
+        assert_eq!(parse_ip(b"example.com"), None);
+    }
+}

@@ -1,7 +1,12 @@
 //! A zero-copy view of one framed SIP message: the received `Bytes` plus the offsets of the few
 //! parts the balancer reads or splices (RFC 3261 §7, §20). No maps, no owned strings.
 //!
-//! INTERFACE STUB: the parser is being written; the types below are the contract.
+//! [`SipMessage::parse`] walks the head once, front to back, and looks closely only at the
+//! headers the balancer routes by (Via, Call-ID, CSeq, To, Route, the optional tag header); the
+//! rest is skipped line by line. It is deliberately more lenient than a full user agent where
+//! leniency costs nothing (odd whitespace, unknown schemes, odd display names): the backend sees
+//! the message unchanged and rejects what it must. It is strict where the balancer itself would
+//! otherwise misroute: the start line, CSeq, Call-ID, the top Via and the top Route.
 
 use std::ops::Range;
 
@@ -49,6 +54,24 @@ pub(crate) enum Method {
     Other,
 }
 
+impl Method {
+    /// Case-sensitive, as RFC 3261 §7.1 requires: `invite` is an extension method.
+    fn from_token(token: &[u8]) -> Method {
+        match token {
+            b"INVITE" => Method::Invite,
+            b"ACK" => Method::Ack,
+            b"CANCEL" => Method::Cancel,
+            b"BYE" => Method::Bye,
+            b"REGISTER" => Method::Register,
+            b"OPTIONS" => Method::Options,
+            b"SUBSCRIBE" => Method::Subscribe,
+            b"NOTIFY" => Method::Notify,
+            b"REFER" => Method::Refer,
+            _ => Method::Other,
+        }
+    }
+}
+
 /// The first line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum StartLine {
@@ -84,7 +107,7 @@ pub(crate) struct Via {
     /// The line holds only this value (no `,` and further via-parms).
     pub(crate) sole_value: bool,
     /// When not sole: the span to cut to remove this value: from `value.start` through the comma
-    /// and the whitespace after it.
+    /// and the whitespace after it. When sole: equal to `value`.
     pub(crate) value_with_comma: Span,
     /// `TCP`, `UDP`, `TLS`… as written.
     pub(crate) transport: Span,
@@ -104,10 +127,12 @@ pub(crate) struct Route {
     pub(crate) line: Span,
     /// The line holds only this entry.
     pub(crate) sole_entry: bool,
-    /// When not sole: the span to cut to remove this entry (from `<` through the comma and
-    /// whitespace after it).
+    /// When not sole: the span to cut to remove this entry (from `<` — or the display name, if
+    /// the entry has one — through the comma and whitespace after it). When sole: the entry
+    /// without the whitespace around it.
     pub(crate) entry_with_comma: Span,
-    /// The URI between `<` and `>`.
+    /// The URI between `<` and `>` (for a bare addr-spec, accepted by laxness: the URI up to the
+    /// comma or whitespace, its parameters included).
     pub(crate) uri: Span,
     pub(crate) host_port: HostPort,
     /// Value of the `lb` URI parameter.
@@ -144,15 +169,51 @@ pub(crate) struct ParseError {
     pub(crate) reason: &'static str,
 }
 
+const fn fail(reason: &'static str) -> ParseError {
+    ParseError { reason }
+}
+
+const BAD_REQUEST_LINE: ParseError = fail("Bad Request Line");
+const BAD_STATUS_LINE: ParseError = fail("Bad Status Line");
+const BAD_VERSION: ParseError = fail("Unsupported SIP Version");
+const BAD_REQUEST_URI: ParseError = fail("Bad Request-URI");
+const MALFORMED_HEADER: ParseError = fail("Malformed Header");
+const TOO_MANY_HEADERS: ParseError = fail("Too Many Headers");
+const INCOMPLETE: ParseError = fail("Incomplete Header Block");
+const TOO_LARGE: ParseError = fail("Message Too Large");
+const BAD_VIA: ParseError = fail("Bad Via");
+const BAD_CSEQ: ParseError = fail("Bad CSeq");
+const BAD_CALL_ID: ParseError = fail("Bad Call-ID");
+const BAD_TO: ParseError = fail("Bad To");
+const BAD_ROUTE: ParseError = fail("Bad Route");
+const CSEQ_MISMATCH: ParseError = fail("CSeq Method Mismatch");
+
 impl SipMessage {
     /// Analyses a complete message (headers and body) as framed by [`crate::framing`].
+    ///
+    /// One forward pass over the head, no allocation. `headers_max` bounds the number of header
+    /// fields (a folded field counts once).
     pub(crate) fn parse(
         bytes: Bytes,
         tag_header: Option<&[u8]>,
         headers_max: usize,
     ) -> Result<SipMessage, ParseError> {
-        let _ = (bytes, tag_header, headers_max);
-        todo!("message parser")
+        let head = Head::parse(&bytes, tag_header, headers_max)?;
+        Ok(SipMessage {
+            start: head.start,
+            start_line_end: head.start_line_end,
+            header_end: head.header_end,
+            call_id: head.call_id,
+            cseq_number: head.cseq_number,
+            cseq_method: head.cseq_method,
+            to_tag: head.to_tag,
+            top_via: head.top_via,
+            top_route: head.top_route,
+            second_route: head.second_route,
+            request_uri_host: head.request_uri_host,
+            tag_header: head.tag_header,
+            bytes,
+        })
     }
 
     pub(crate) fn slice(&self, span: Span) -> &[u8] {
@@ -175,6 +236,161 @@ impl SipMessage {
     }
 }
 
+/// Everything [`SipMessage`] holds except the bytes, so the parser can borrow them.
+struct Head {
+    start: StartLine,
+    start_line_end: u32,
+    header_end: u32,
+    call_id: Span,
+    cseq_number: u32,
+    cseq_method: Method,
+    to_tag: bool,
+    top_via: Via,
+    top_route: Option<Route>,
+    second_route: Option<HostPort>,
+    request_uri_host: Option<HostPort>,
+    tag_header: Option<Span>,
+}
+
+impl Head {
+    fn parse(b: &[u8], tag_header: Option<&[u8]>, headers_max: usize) -> Result<Head, ParseError> {
+        if u32::try_from(b.len()).is_err() {
+            return Err(TOO_LARGE);
+        }
+        let (start, start_line_end) = parse_start_line(b)?;
+        let request_uri_host = match start {
+            StartLine::Request { uri, .. } => sip_uri(b, uri.start as usize, uri.end as usize)
+                .ok()
+                .map(|(host_port, _)| host_port),
+            StartLine::Response { .. } => None,
+        };
+
+        let mut via: Option<Via> = None;
+        let mut call_id: Option<Span> = None;
+        let mut cseq: Option<(u32, Method, Range<usize>)> = None;
+        let mut from = false;
+        let mut to_tag: Option<bool> = None;
+        let mut top_route: Option<Route> = None;
+        // The top Route was the last entry of its line: the next Route line holds the second.
+        let mut second_route_pending = false;
+        let mut second_route: Option<HostPort> = None;
+        let mut tag_span: Option<Span> = None;
+        let mut fields = 0usize;
+        let mut pos = start_line_end;
+
+        let header_end = loop {
+            let field = match next_field(b, pos) {
+                Step::End => break pos,
+                Step::Truncated => return Err(INCOMPLETE),
+                Step::Malformed { .. } => return Err(MALFORMED_HEADER),
+                Step::Field(field) => field,
+            };
+            fields += 1;
+            if fields > headers_max {
+                return Err(TOO_MANY_HEADERS);
+            }
+            let name = &b[field.name.clone()];
+            let (vs, ve) = (field.value.start, field.value.end);
+            if let Some(wanted) = tag_header {
+                if tag_span.is_none() && name.eq_ignore_ascii_case(wanted) {
+                    let (s, e) = trim_lws(b, vs, ve);
+                    tag_span = Some(Span::new(s, e));
+                }
+            }
+            match Known::of(name) {
+                Known::Via if via.is_none() => {
+                    via = Some(parse_via(b, Span::new(pos, field.line_end), vs, ve)?);
+                }
+                Known::CallId => {
+                    if call_id.is_some() {
+                        return Err(fail("Duplicate Call-ID"));
+                    }
+                    let (s, e) = trim_lws(b, vs, ve);
+                    if s == e {
+                        return Err(BAD_CALL_ID);
+                    }
+                    call_id = Some(Span::new(s, e));
+                }
+                Known::CSeq => {
+                    if cseq.is_some() {
+                        return Err(fail("Duplicate CSeq"));
+                    }
+                    cseq = Some(parse_cseq(b, vs, ve)?);
+                }
+                Known::From => {
+                    if from {
+                        return Err(fail("Duplicate From"));
+                    }
+                    from = true;
+                }
+                Known::To => {
+                    if to_tag.is_some() {
+                        return Err(fail("Duplicate To"));
+                    }
+                    to_tag = Some(has_tag_param(b, vs, ve)?);
+                }
+                Known::Route if top_route.is_none() => {
+                    let entry = route_entry(b, vs, ve)?;
+                    let line = Span::new(pos, field.line_end);
+                    let (sole_entry, entry_with_comma) = match entry.next {
+                        Some(next) => {
+                            second_route = Some(route_entry(b, next, ve)?.host_port);
+                            (false, Span::new(entry.start, next))
+                        }
+                        None => {
+                            second_route_pending = true;
+                            (true, Span::new(entry.start, entry.end))
+                        }
+                    };
+                    top_route = Some(Route {
+                        line,
+                        sole_entry,
+                        entry_with_comma,
+                        uri: entry.uri,
+                        host_port: entry.host_port,
+                        lb: entry.lb,
+                    });
+                }
+                Known::Route if second_route_pending => {
+                    second_route_pending = false;
+                    second_route = Some(route_entry(b, vs, ve)?.host_port);
+                }
+                _ => {}
+            }
+            pos = field.line_end;
+        };
+
+        let top_via = via.ok_or(fail("Missing Via"))?;
+        let call_id = call_id.ok_or(fail("Missing Call-ID"))?;
+        let (cseq_number, cseq_method, cseq_method_range) = cseq.ok_or(fail("Missing CSeq"))?;
+        if !from {
+            return Err(fail("Missing From"));
+        }
+        let to_tag = to_tag.ok_or(fail("Missing To"))?;
+        if let StartLine::Request { method_span, .. } = start {
+            // RFC 3261 §8.1.1.5; RFC 4475 §3.1.2.17-18. The balancer keys CANCEL and ACK
+            // handling on the method, so a disagreement is a routing ambiguity, not a nit.
+            if b[method_span.range()] != b[cseq_method_range] {
+                return Err(CSEQ_MISMATCH);
+            }
+        }
+        Ok(Head {
+            start,
+            start_line_end: start_line_end as u32,
+            header_end: header_end as u32,
+            call_id,
+            cseq_number,
+            cseq_method,
+            to_tag,
+            top_via,
+            top_route,
+            second_route,
+            request_uri_host,
+            tag_header: tag_span,
+        })
+    }
+}
+
 /// Canonical names of the headers the balancer copies into its own responses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum HeaderName {
@@ -189,7 +405,633 @@ pub(crate) enum HeaderName {
 /// Iterates the header lines of a message head (after the start line, up to the empty line):
 /// each item is the canonical name (long or compact form, any case) and the whole line span with
 /// its CRLF and continuation lines. Used on the cold path (building 400/503).
+///
+/// Works on messages that failed [`SipMessage::parse`] too: a line without a colon is yielded
+/// as [`HeaderName::Other`]; iteration stops at the empty line or at an unterminated line.
 pub(crate) fn header_lines(bytes: &[u8]) -> impl Iterator<Item = (HeaderName, Span)> + '_ {
-    let _ = bytes;
-    std::iter::empty()
+    let mut pos = find_crlf(bytes, 0).map(|p| p + 2);
+    std::iter::from_fn(move || {
+        let start = pos?;
+        let (name, line_end) = match next_field(bytes, start) {
+            Step::Field(field) => (Known::of(&bytes[field.name]).public(), field.line_end),
+            Step::Malformed { line_end } => (HeaderName::Other, line_end),
+            Step::End | Step::Truncated => {
+                pos = None;
+                return None;
+            }
+        };
+        pos = Some(line_end);
+        Some((name, Span::new(start, line_end)))
+    })
 }
+
+// ---------------------------------------------------------------------------------------------
+// Header fields
+// ---------------------------------------------------------------------------------------------
+
+/// The headers the parser and the framer look at, long and compact forms (RFC 3261 §7.3.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Known {
+    Via,
+    From,
+    To,
+    CallId,
+    CSeq,
+    Route,
+    ContentLength,
+    Other,
+}
+
+impl Known {
+    pub(crate) fn of(name: &[u8]) -> Known {
+        let is = |long: &[u8]| name.eq_ignore_ascii_case(long);
+        match name.len() {
+            1 => match name[0].to_ascii_lowercase() {
+                b'v' => Known::Via,
+                b'f' => Known::From,
+                b't' => Known::To,
+                b'i' => Known::CallId,
+                b'l' => Known::ContentLength,
+                _ => Known::Other,
+            },
+            2 if is(b"to") => Known::To,
+            3 if is(b"via") => Known::Via,
+            4 if is(b"from") => Known::From,
+            4 if is(b"cseq") => Known::CSeq,
+            5 if is(b"route") => Known::Route,
+            7 if is(b"call-id") => Known::CallId,
+            14 if is(b"content-length") => Known::ContentLength,
+            _ => Known::Other,
+        }
+    }
+
+    fn public(self) -> HeaderName {
+        match self {
+            Known::Via => HeaderName::Via,
+            Known::From => HeaderName::From,
+            Known::To => HeaderName::To,
+            Known::CallId => HeaderName::CallId,
+            Known::CSeq => HeaderName::CSeq,
+            Known::Route | Known::ContentLength | Known::Other => HeaderName::Other,
+        }
+    }
+}
+
+/// One header field: `name` trimmed, `value` from after the colon to before the final CRLF
+/// (untrimmed, continuation lines included), `line_end` just after the final CRLF.
+pub(crate) struct Field {
+    pub(crate) name: Range<usize>,
+    pub(crate) value: Range<usize>,
+    pub(crate) line_end: usize,
+}
+
+/// What starts at a line boundary of a head.
+pub(crate) enum Step {
+    Field(Field),
+    /// The empty line: the offset given is the header end.
+    End,
+    /// A line that is no header field (no colon, bad name, or a continuation line with nothing
+    /// to continue); `line_end` lets a lenient reader skip it.
+    Malformed { line_end: usize },
+    /// No CRLF ends the line.
+    Truncated,
+}
+
+/// Reads the header field starting at `pos`, which must be at the start of a line. Continuation
+/// lines (CRLF then SP or HTAB, RFC 3261 §7.3.1) belong to the field, so a name is only ever
+/// recognised at the start of a line.
+pub(crate) fn next_field(b: &[u8], pos: usize) -> Step {
+    let Some(rest) = b.get(pos..) else { return Step::Truncated };
+    if rest.starts_with(b"\r\n") {
+        return Step::End;
+    }
+    let mut from = pos;
+    let crlf = loop {
+        let Some(crlf) = find_crlf(b, from) else {
+            return Step::Truncated;
+        };
+        match b.get(crlf + 2) {
+            Some(b' ' | b'\t') => from = crlf + 2,
+            _ => break crlf,
+        }
+    };
+    let line_end = crlf + 2;
+    let Some(colon) = memchr::memchr(b':', &b[pos..crlf]).map(|c| pos + c) else {
+        return Step::Malformed { line_end };
+    };
+    let mut name_end = colon;
+    while name_end > pos && is_wsp(b[name_end - 1]) {
+        name_end -= 1;
+    }
+    if name_end == pos || !b[pos..name_end].iter().all(|&c| is_token(c)) {
+        return Step::Malformed { line_end };
+    }
+    Step::Field(Field { name: pos..name_end, value: colon + 1..crlf, line_end })
+}
+
+/// Offset of the first CRLF at or after `from`. A CR alone is ordinary data.
+pub(crate) fn find_crlf(b: &[u8], mut from: usize) -> Option<usize> {
+    loop {
+        let cr = from + memchr::memchr(b'\r', b.get(from..)?)?;
+        if b.get(cr + 1) == Some(&b'\n') {
+            return Some(cr);
+        }
+        from = cr + 1;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Start line
+// ---------------------------------------------------------------------------------------------
+
+/// The start line and the offset after its CRLF.
+///
+/// Runs of SP between the elements and SP before the CRLF are accepted (RFC 4475 §3.1.2.9 and
+/// §3.1.2.10 allow a liberal element to; the bytes are forwarded unchanged, as they require).
+fn parse_start_line(b: &[u8]) -> Result<(StartLine, usize), ParseError> {
+    let is_response = b.len() >= 4 && b[..4].eq_ignore_ascii_case(b"SIP/");
+    let bad_line = if is_response { BAD_STATUS_LINE } else { BAD_REQUEST_LINE };
+    let line_end = find_crlf(b, 0).ok_or(bad_line)?;
+    let line = &b[..line_end];
+    if is_response {
+        return parse_status_line(line).map(|start| (start, line_end + 2));
+    }
+
+    let method_end = token_end(line, 0, line.len());
+    if method_end == 0 || line.get(method_end) != Some(&b' ') {
+        return Err(BAD_REQUEST_LINE);
+    }
+    let uri_start = skip_sp(line, method_end);
+    let uri_end = uri_start + memchr::memchr(b' ', &line[uri_start..]).ok_or(BAD_REQUEST_LINE)?;
+    if uri_start == uri_end {
+        return Err(BAD_REQUEST_LINE);
+    }
+    let version_start = skip_sp(line, uri_end);
+    let version_end = memchr::memchr(b' ', &line[version_start..])
+        .map_or(line.len(), |at| version_start + at);
+    if skip_sp(line, version_end) != line.len() {
+        // A fourth element: typically whitespace inside the Request-URI (RFC 4475 §3.1.2.8).
+        return Err(BAD_REQUEST_LINE);
+    }
+    check_version(&line[version_start..version_end], BAD_REQUEST_LINE)?;
+    check_request_uri(&line[uri_start..uri_end])?;
+    let start = StartLine::Request {
+        method: Method::from_token(&line[..method_end]),
+        method_span: Span::new(0, method_end),
+        uri: Span::new(uri_start, uri_end),
+    };
+    Ok((start, line_end + 2))
+}
+
+/// `SIP/2.0 SP 3DIGIT SP reason-phrase`; the reason phrase may be empty or any UTF-8.
+fn parse_status_line(line: &[u8]) -> Result<StartLine, ParseError> {
+    let version_end = memchr::memchr(b' ', line).ok_or(BAD_STATUS_LINE)?;
+    check_version(&line[..version_end], BAD_STATUS_LINE)?;
+    let code_start = skip_sp(line, version_end);
+    let code = line.get(code_start..code_start + 3).ok_or(BAD_STATUS_LINE)?;
+    if !code.iter().all(u8::is_ascii_digit) {
+        return Err(BAD_STATUS_LINE);
+    }
+    if !matches!(line.get(code_start + 3), None | Some(b' ')) {
+        // More than three digits (RFC 4475 §3.1.2.19) or junk after the code.
+        return Err(BAD_STATUS_LINE);
+    }
+    let status = code.iter().fold(0u16, |n, &d| n * 10 + u16::from(d - b'0'));
+    if !(100..=699).contains(&status) {
+        return Err(BAD_STATUS_LINE);
+    }
+    Ok(StartLine::Response { status })
+}
+
+fn check_version(version: &[u8], otherwise: ParseError) -> Result<(), ParseError> {
+    if version.eq_ignore_ascii_case(b"SIP/2.0") {
+        Ok(())
+    } else if version.len() >= 4 && version[..4].eq_ignore_ascii_case(b"SIP/") {
+        Err(BAD_VERSION)
+    } else {
+        Err(otherwise)
+    }
+}
+
+/// An absolute URI: `scheme ":" …` with no control characters (rejects `<sip:…>`, RFC 4475
+/// §3.1.2.7). Unknown schemes pass: the backend answers 416 if it must.
+fn check_request_uri(uri: &[u8]) -> Result<(), ParseError> {
+    let scheme_ok = uri.first().is_some_and(u8::is_ascii_alphabetic)
+        && match uri.iter().position(|&c| c == b':') {
+            Some(colon) => uri[..colon]
+                .iter()
+                .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.')),
+            None => false,
+        };
+    if scheme_ok && !uri.iter().any(|&c| c < 0x20 || c == 0x7f) {
+        Ok(())
+    } else {
+        Err(BAD_REQUEST_URI)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Field values
+// ---------------------------------------------------------------------------------------------
+
+/// `CSeq: 1*DIGIT LWS Method`: the number, the method, and where the method is written.
+fn parse_cseq(b: &[u8], vs: usize, ve: usize) -> Result<(u32, Method, Range<usize>), ParseError> {
+    let digits_start = skip_lws(b, vs, ve);
+    let digits_end = digits_end(b, digits_start, ve);
+    let number = parse_u32(&b[digits_start..digits_end]).ok_or(BAD_CSEQ)?;
+    let method_start = skip_lws(b, digits_end, ve);
+    if method_start == digits_end {
+        return Err(BAD_CSEQ);
+    }
+    let method_end = token_end(b, method_start, ve);
+    if method_end == method_start || skip_lws(b, method_end, ve) != ve {
+        return Err(BAD_CSEQ);
+    }
+    let method = Method::from_token(&b[method_start..method_end]);
+    Ok((number, method, method_start..method_end))
+}
+
+/// Whether a To value carries a `tag` header parameter: a `;` outside the display name's quotes
+/// and outside `<>` starts a header parameter (for a bare addr-spec every `;` does, RFC 3261
+/// §20). An unterminated quote or `<` makes the answer unknowable, so it is an error.
+fn has_tag_param(b: &[u8], vs: usize, ve: usize) -> Result<bool, ParseError> {
+    let mut i = vs;
+    let mut in_angle = false;
+    while i < ve {
+        match b[i] {
+            b'"' if !in_angle => i = quoted_end(b, i, ve).ok_or(BAD_TO)?,
+            b'<' => {
+                in_angle = true;
+                i += 1;
+            }
+            b'>' => {
+                in_angle = false;
+                i += 1;
+            }
+            b';' if !in_angle => {
+                let name_start = skip_lws(b, i + 1, ve);
+                let name_end = token_end(b, name_start, ve);
+                if b[name_start..name_end].eq_ignore_ascii_case(b"tag") {
+                    return Ok(true);
+                }
+                i = name_end.max(i + 1);
+            }
+            _ => i += 1,
+        }
+    }
+    if in_angle {
+        return Err(BAD_TO);
+    }
+    Ok(false)
+}
+
+/// The first via-parm of a Via value (RFC 3261 §20.42). Whitespace is accepted wherever the
+/// grammar's SWS/LWS allow it (RFC 4475 §3.1.1.1), including around `/`.
+fn parse_via(b: &[u8], line: Span, vs: usize, ve: usize) -> Result<Via, ParseError> {
+    let value_start = skip_lws(b, vs, ve);
+    // sent-protocol: name SLASH version SLASH transport
+    let name_end = token_end(b, value_start, ve);
+    let mut p = expect_slash(b, value_start, name_end, ve)?;
+    let version_end = token_end(b, p, ve);
+    p = expect_slash(b, p, version_end, ve)?;
+    let transport_start = p;
+    let transport_end = token_end(b, p, ve);
+    if transport_end == transport_start {
+        return Err(BAD_VIA);
+    }
+    let host_start = skip_lws(b, transport_end, ve);
+    if host_start == transport_end {
+        return Err(BAD_VIA);
+    }
+    let host_end = host_end(b, host_start, ve).ok_or(BAD_VIA)?;
+    let mut last = host_end;
+    let mut port = None;
+    let after_host = skip_lws(b, host_end, ve);
+    if b.get(after_host) == Some(&b':') && after_host < ve {
+        let port_start = skip_lws(b, after_host + 1, ve);
+        let port_end = digits_end(b, port_start, ve);
+        port = Some(parse_port(&b[port_start..port_end]).ok_or(BAD_VIA)?);
+        last = port_end;
+    }
+
+    let mut via = Via {
+        line,
+        value: Span::default(),
+        sole_value: true,
+        value_with_comma: Span::default(),
+        transport: Span::new(transport_start, transport_end),
+        sent_by: HostPort { host: Span::new(host_start, host_end), port },
+        branch: None,
+        received: None,
+        rport: Rport::Absent,
+        lb: None,
+    };
+    let mut p = skip_lws(b, last, ve);
+    while p < ve && b[p] == b';' {
+        let name_start = skip_lws(b, p + 1, ve);
+        let name_end = token_end(b, name_start, ve);
+        if name_end == name_start {
+            // `;;` or `;,`: RFC 4475 §3.1.2.1.
+            return Err(BAD_VIA);
+        }
+        last = name_end;
+        let mut value = None;
+        let eq = skip_lws(b, name_end, ve);
+        if eq < ve && b[eq] == b'=' {
+            let value_start = skip_lws(b, eq + 1, ve);
+            let value_end = param_value_end(b, value_start, ve).ok_or(BAD_VIA)?;
+            value = Some(Span::new(value_start, value_end));
+            last = value_end;
+        }
+        let name = &b[name_start..name_end];
+        if name.eq_ignore_ascii_case(b"branch") {
+            via.branch = via.branch.or(value);
+        } else if name.eq_ignore_ascii_case(b"received") {
+            via.received = via.received.or(value);
+        } else if name.eq_ignore_ascii_case(b"lb") {
+            via.lb = via.lb.or(value);
+        } else if name.eq_ignore_ascii_case(b"rport") && via.rport == Rport::Absent {
+            via.rport = match value {
+                None => Rport::Empty { name_end: name_end as u32 },
+                Some(v) => Rport::Value(parse_port(&b[v.range()]).ok_or(BAD_VIA)?),
+            };
+        }
+        p = skip_lws(b, last, ve);
+    }
+    via.value = Span::new(value_start, last);
+    via.value_with_comma = via.value;
+    if p < ve {
+        if b[p] != b',' {
+            return Err(BAD_VIA);
+        }
+        let next = skip_lws(b, p + 1, ve);
+        if next == ve {
+            return Err(BAD_VIA);
+        }
+        via.sole_value = false;
+        via.value_with_comma = Span::new(value_start, next);
+    }
+    Ok(via)
+}
+
+/// After a token ending at `token_end` (which must not be empty): optional LWS, `/`, optional
+/// LWS; returns the offset of what follows.
+fn expect_slash(b: &[u8], token_start: usize, token_end: usize, ve: usize) -> Result<usize, ParseError> {
+    let slash = skip_lws(b, token_end, ve);
+    if token_end == token_start || slash >= ve || b[slash] != b'/' {
+        return Err(BAD_VIA);
+    }
+    Ok(skip_lws(b, slash + 1, ve))
+}
+
+/// End of a generic parameter value: a quoted string, or a run of characters up to the next
+/// separator (token characters, and `[`, `]`, `:` for IPv6 `received` values). Never empty.
+fn param_value_end(b: &[u8], start: usize, ve: usize) -> Option<usize> {
+    if start < ve && b[start] == b'"' {
+        return quoted_end(b, start, ve);
+    }
+    let mut i = start;
+    while i < ve && !matches!(b[i], b';' | b',' | b'"' | b'<' | b'>' | b'?') && !is_lws(b[i]) {
+        i += 1;
+    }
+    (i > start).then_some(i)
+}
+
+/// One route-param of a Route value: where it starts and ends, and where the next begins.
+struct RouteEntry {
+    start: usize,
+    end: usize,
+    next: Option<usize>,
+    uri: Span,
+    host_port: HostPort,
+    lb: Option<Span>,
+}
+
+/// The first entry of a Route value starting at `vs` (RFC 3261 §20.34): `[display-name] <uri>
+/// *(;rr-param)`, or by laxness a bare URI. Its URI must be a `sip:`/`sips:` URI: the balancer
+/// forwards to it.
+fn route_entry(b: &[u8], vs: usize, ve: usize) -> Result<RouteEntry, ParseError> {
+    let start = skip_lws(b, vs, ve);
+    if start == ve {
+        return Err(BAD_ROUTE);
+    }
+    let mut i = start;
+    while i < ve && !matches!(b[i], b'<' | b',' | b';') {
+        if b[i] == b'"' {
+            i = quoted_end(b, i, ve).ok_or(BAD_ROUTE)?;
+        } else {
+            i += 1;
+        }
+    }
+    let (uri_start, uri_end, mut i) = if i < ve && b[i] == b'<' {
+        let uri_start = i + 1;
+        let gt = memchr::memchr(b'>', &b[uri_start..ve]).ok_or(BAD_ROUTE)? + uri_start;
+        (uri_start, gt, gt + 1)
+    } else {
+        let mut end = start;
+        while end < ve && b[end] != b',' && !is_lws(b[end]) {
+            end += 1;
+        }
+        (start, end, end)
+    };
+    let (host_port, lb) = sip_uri(b, uri_start, uri_end).map_err(|()| BAD_ROUTE)?;
+    // rr-params up to the comma that separates entries.
+    while i < ve && b[i] != b',' {
+        if b[i] == b'"' {
+            i = quoted_end(b, i, ve).ok_or(BAD_ROUTE)?;
+        } else {
+            i += 1;
+        }
+    }
+    let mut end = i;
+    while end > start && is_lws(b[end - 1]) {
+        end -= 1;
+    }
+    let next = if i < ve {
+        let next = skip_lws(b, i + 1, ve);
+        if next == ve {
+            return Err(BAD_ROUTE);
+        }
+        Some(next)
+    } else {
+        None
+    };
+    Ok(RouteEntry { start, end, next, uri: Span::new(uri_start, uri_end), host_port, lb })
+}
+
+/// host:port and the `lb` parameter of a `sip:`/`sips:` URI in `b[s..e]` (RFC 3261 §19.1.1).
+/// The userinfo (up to `@`, which cannot occur unescaped elsewhere) is skipped.
+fn sip_uri(b: &[u8], s: usize, e: usize) -> Result<(HostPort, Option<Span>), ()> {
+    let uri = &b[s..e];
+    let scheme_len = if uri.len() >= 4 && uri[..4].eq_ignore_ascii_case(b"sip:") {
+        4
+    } else if uri.len() >= 5 && uri[..5].eq_ignore_ascii_case(b"sips:") {
+        5
+    } else {
+        return Err(());
+    };
+    let host_start = match memchr::memchr(b'@', &uri[scheme_len..]) {
+        Some(at) => s + scheme_len + at + 1,
+        None => s + scheme_len,
+    };
+    let host_end = host_end(b, host_start, e).ok_or(())?;
+    let mut port = None;
+    let mut i = host_end;
+    if i < e && b[i] == b':' {
+        let port_end = digits_end(b, i + 1, e);
+        port = Some(parse_port(&b[i + 1..port_end]).ok_or(())?);
+        i = port_end;
+    }
+    let mut lb = None;
+    while i < e && b[i] == b';' {
+        let name_start = i + 1;
+        let name_end = token_end(b, name_start, e);
+        i = name_end;
+        let mut value = None;
+        if i < e && b[i] == b'=' {
+            let value_start = i + 1;
+            i = value_start;
+            while i < e && !matches!(b[i], b';' | b'?') {
+                i += 1;
+            }
+            value = Some(Span::new(value_start, i));
+        }
+        if lb.is_none() && b[name_start..name_end].eq_ignore_ascii_case(b"lb") {
+            lb = value;
+        }
+        if i == name_start {
+            break;
+        }
+    }
+    Ok((HostPort { host: Span::new(host_start, host_end), port }, lb))
+}
+
+/// End of a host (hostname, IPv4 address or bracketed IPv6 reference) starting at `s`; `None`
+/// if there is none or it is followed by something that cannot follow a host.
+fn host_end(b: &[u8], s: usize, e: usize) -> Option<usize> {
+    let end = if s < e && b[s] == b'[' {
+        let close = s + 1 + memchr::memchr(b']', &b[s + 1..e])?;
+        let inside = &b[s + 1..close];
+        if inside.is_empty() || !inside.iter().all(|&c| c.is_ascii_hexdigit() || c == b':' || c == b'.')
+        {
+            return None;
+        }
+        close + 1
+    } else {
+        let mut i = s;
+        while i < e && (b[i].is_ascii_alphanumeric() || matches!(b[i], b'-' | b'.' | b'_')) {
+            i += 1;
+        }
+        if i == s {
+            return None;
+        }
+        i
+    };
+    match b.get(end) {
+        Some(&c) if end < e && !matches!(c, b':' | b';' | b',' | b'?' | b'>') && !is_lws(c) => None,
+        _ => Some(end),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bytes
+// ---------------------------------------------------------------------------------------------
+
+/// `token` characters of RFC 3261 §25.1.
+const TOKEN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        table[c] = b.is_ascii_alphanumeric()
+            || matches!(b, b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~');
+        c += 1;
+    }
+    table
+};
+
+fn is_token(c: u8) -> bool {
+    TOKEN[c as usize]
+}
+
+fn is_wsp(c: u8) -> bool {
+    c == b' ' || c == b'\t'
+}
+
+/// Inside a field value CR and LF occur only as part of a fold, so all four are LWS.
+fn is_lws(c: u8) -> bool {
+    matches!(c, b' ' | b'\t' | b'\r' | b'\n')
+}
+
+fn skip_lws(b: &[u8], mut i: usize, e: usize) -> usize {
+    while i < e && is_lws(b[i]) {
+        i += 1;
+    }
+    i
+}
+
+fn skip_sp(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && b[i] == b' ' {
+        i += 1;
+    }
+    i
+}
+
+fn trim_lws(b: &[u8], s: usize, e: usize) -> (usize, usize) {
+    let s = skip_lws(b, s, e);
+    let mut e = e;
+    while e > s && is_lws(b[e - 1]) {
+        e -= 1;
+    }
+    (s, e)
+}
+
+fn token_end(b: &[u8], mut i: usize, e: usize) -> usize {
+    while i < e && is_token(b[i]) {
+        i += 1;
+    }
+    i
+}
+
+fn digits_end(b: &[u8], mut i: usize, e: usize) -> usize {
+    while i < e && b[i].is_ascii_digit() {
+        i += 1;
+    }
+    i
+}
+
+/// The offset after the closing quote of the quoted string opening at `open` (backslash
+/// escapes honoured), `None` if unterminated.
+fn quoted_end(b: &[u8], open: usize, e: usize) -> Option<usize> {
+    let mut i = open + 1;
+    while i < e {
+        match b[i] {
+            b'"' => return Some(i + 1),
+            b'\\' => i += 2,
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// Decimal digits only, at least one, overflow checked.
+pub(crate) fn parse_u32(digits: &[u8]) -> Option<u32> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u32, |n, &d| {
+        if d.is_ascii_digit() {
+            n.checked_mul(10)?.checked_add(u32::from(d - b'0'))
+        } else {
+            None
+        }
+    })
+}
+
+fn parse_port(digits: &[u8]) -> Option<u16> {
+    parse_u32(digits).and_then(|n| u16::try_from(n).ok())
+}
+
+#[cfg(test)]
+mod rfc4475_tests;
+

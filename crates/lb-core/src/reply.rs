@@ -1,1 +1,91 @@
-//! TODO
+//! The balancer's own stateless responses (RFC 3261 §8.2.6, §16.11): built from the request's
+//! Via, From, To, Call-ID and CSeq lines, copied as received.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+
+use crate::message::{header_lines, HeaderName};
+use crate::rewrite::BufWriter as Writer;
+
+/// A response the balancer answers with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Reply {
+    /// `400` with the parser's reason phrase.
+    BadRequest(&'static str),
+    /// `481 Call/Transaction Does Not Exist`: a CANCEL for a call the balancer never saw.
+    NoTransaction,
+    /// `503 Service Unavailable` with `Retry-After` (RFC 3261 §21.5.4).
+    Unavailable { retry_after: Duration, reason: &'static str },
+}
+
+/// Appends the response to `request` to `out`. Returns `false`, writing nothing, when the
+/// request lacks a header a response must copy (then no response is possible: drop it).
+pub(crate) fn write(out: &mut BytesMut, request: &[u8], reply: Reply) -> bool {
+    let Some(head_start) = memchr::memmem::find(request, b"\r\n").map(|i| i + 2) else {
+        return false;
+    };
+    let head = &request[head_start..];
+    let mut seen = [false; 4]; // Via, From, To, Call-ID + CSeq counted below
+    let mut cseq = false;
+    for (name, _) in header_lines(head) {
+        match name {
+            HeaderName::Via => seen[0] = true,
+            HeaderName::From => seen[1] = true,
+            HeaderName::To => seen[2] = true,
+            HeaderName::CallId => seen[3] = true,
+            HeaderName::CSeq => cseq = true,
+            HeaderName::Other => {}
+        }
+    }
+    if !(seen.iter().all(|s| *s) && cseq) {
+        return false;
+    }
+    let mut w = Writer(out);
+    let _ = match reply {
+        Reply::BadRequest(reason) => write!(w, "SIP/2.0 400 {reason}\r\n"),
+        Reply::NoTransaction => write!(w, "SIP/2.0 481 Call/Transaction Does Not Exist\r\n"),
+        Reply::Unavailable { reason, .. } => write!(w, "SIP/2.0 503 {reason}\r\n"),
+    };
+    for (name, span) in header_lines(head) {
+        let line = &head[span.range()];
+        match name {
+            HeaderName::Via | HeaderName::From | HeaderName::CallId | HeaderName::CSeq => {
+                out.put_slice(line);
+            }
+            HeaderName::To => write_to(out, line, request),
+            HeaderName::Other => {}
+        }
+    }
+    if let Reply::Unavailable { retry_after, .. } = reply {
+        let _ = write!(Writer(out), "Retry-After: {}\r\n", retry_after.as_secs().max(1));
+    }
+    out.put_slice(b"Content-Length: 0\r\n\r\n");
+    true
+}
+
+/// Copies the To line, adding a To tag when it has none (RFC 3261 §8.2.6.2): derived from the
+/// request so a retransmission gets the same response.
+fn write_to(out: &mut BytesMut, line: &[u8], request: &[u8]) {
+    let body = line.strip_suffix(b"\r\n").unwrap_or(line);
+    out.put_slice(body);
+    if !has_tag_param(body) {
+        out.put_slice(b";tag=lb");
+        let _ = write!(Writer(out), "{:08x}", fnv1a(request) as u32);
+    }
+    out.put_slice(b"\r\n");
+}
+
+/// A `;tag=` parameter after the URI (outside `<>` and quotes).
+fn has_tag_param(line: &[u8]) -> bool {
+    let after_uri = match memchr::memrchr(b'>', line) {
+        Some(i) => &line[i..],
+        None => line,
+    };
+    after_uri.windows(5).any(|w| w.eq_ignore_ascii_case(b";tag="))
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3))
+}

@@ -1,0 +1,163 @@
+//! # lb-cli: the command line, config file and operator output shared by siplb's binaries
+//!
+//! Both drivers (`lb-tokio`, `lb-mio`) start the same way and report the same way; everything
+//! that does not depend on the I/O runtime lives here so the drivers stay a loop around the core:
+//!
+//! - [`parse`] / [`settings_from_args`]: flags and a TOML file merged into [`Settings`] (flags
+//!   win), validated by `lb_core::Config::validate`. Errors are one line, `siplb: <key>: <reason>`,
+//!   exit code 2.
+//! - [`init_logging`]: `tracing-subscriber` with an `EnvFilter`, to stderr.
+//! - [`log_event`], [`log_frontend_open`], [`log_frontend_closed`]: the operator's log lines.
+//! - [`stats_line`]: the `siplb-stats …` line printed at exit.
+//! - [`main_with`]: the whole `main` of a binary around a driver's `run`.
+//! - The driver knobs both binaries share: [`CONNECT_TIMEOUT`], [`SHUTDOWN_FLUSH_MAX`],
+//!   [`READ_CHUNK_BYTES`], [`BATCH_MAX`].
+
+mod settings;
+
+use std::fmt::Display;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use lb_core::{CloseReason, ConnId, Event, Stats, ValidConfig};
+use rand::TryRngCore;
+
+pub use settings::{parse, read_tag_keys, CliError, Settings};
+
+/// How long a backend connect may take before the driver reports it closed; the core then
+/// retries with backoff.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long a driver keeps flushing queued output after SIGINT/SIGTERM before it gives up.
+pub const SHUTDOWN_FLUSH_MAX: Duration = Duration::from_secs(2);
+
+/// Size of one read: large enough that a busy connection drains in a few reads, small enough
+/// that a thousand idle connections hold little.
+pub const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Inputs a driver handles per wake-up before it yields to its runtime, so one busy connection
+/// cannot starve the timer or the others.
+pub const BATCH_MAX: usize = 64;
+
+/// Why a driver stopped with an error after start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A listen address could not be bound.
+    #[error("listen: {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS's reason.
+        source: std::io::Error,
+    },
+    /// The runtime or the poller failed.
+    #[error("runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+/// Parses the process's arguments; on error prints `siplb: <key>: <reason>` (or clap's usage
+/// text) to stderr and exits with code 2 (`--help` and `--version` exit 0).
+pub fn settings_from_args() -> Settings {
+    match parse(std::env::args_os()) {
+        Ok(settings) => settings,
+        Err(CliError::Usage(e)) => e.exit(),
+        Err(e) => {
+            eprintln!("siplb: {e}");
+            std::process::exit(2)
+        }
+    }
+}
+
+/// Installs the `tracing` subscriber (stderr, `settings.log_level` as filter) and logs the
+/// start-up warnings the settings imply. Call once, before the driver starts.
+pub fn init_logging(settings: &Settings) {
+    // The level was checked by `parse`; falling back to `info` only guards a hand-built Settings.
+    let filter = tracing_subscriber::EnvFilter::try_new(&settings.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    if settings.tag_key_generated {
+        tracing::warn!(
+            "no --tag-key-file: using a random tag key; tags will not survive a restart"
+        );
+    }
+}
+
+/// A seed for `Balancer::new` from the OS's randomness, so two instances never share hash keys.
+pub fn os_seed() -> Result<u64, RunError> {
+    rand::rngs::OsRng
+        .try_next_u64()
+        .map_err(|e| RunError::Runtime(std::io::Error::other(e.to_string())))
+}
+
+/// The line printed to stdout at exit: `siplb-stats ` then the stats' `key=value` pairs.
+pub fn stats_line(stats: &Stats) -> String {
+    format!("siplb-stats {stats}")
+}
+
+/// Logs an [`Event`] of the core: backend state changes as operator news, faults of single
+/// messages at `debug` (they are counted in [`Stats`] too).
+pub fn log_event(config: &ValidConfig, event: &Event) {
+    let addr = |b: lb_core::BackendId| config.config().backends.get(b.index()).map(|c| c.addr);
+    match event {
+        Event::BackendUp(b) => {
+            tracing::info!(backend = %b, addr = ?addr(*b), "backend up");
+        }
+        Event::BackendDown(b) => {
+            tracing::warn!(backend = %b, addr = ?addr(*b), "backend down");
+        }
+        Event::BackendDraining { backend, draining } => {
+            tracing::info!(backend = %backend, addr = ?addr(*backend), draining, "backend draining");
+        }
+        Event::FrontendRefused(conn) => {
+            tracing::warn!(conn = %conn, "frontend connection refused: limits.frontends-max");
+        }
+        Event::FramingLost { conn, fault } => {
+            tracing::debug!(conn = %conn, fault, "framing lost, closing");
+        }
+        Event::Malformed { conn, fault } => {
+            tracing::debug!(conn = %conn, fault, "malformed message");
+        }
+        Event::Dropped { conn, cause } => {
+            tracing::debug!(conn = %conn, cause, "message dropped");
+        }
+    }
+}
+
+/// Logs a frontend connection the driver accepted.
+pub fn log_frontend_open(conn: ConnId, peer: SocketAddr) {
+    tracing::info!(conn = %conn, peer = %peer, "frontend connection open");
+}
+
+/// Logs the end of a frontend connection.
+pub fn log_frontend_closed(conn: ConnId, reason: CloseReason) {
+    tracing::info!(conn = %conn, ?reason, "frontend connection closed");
+}
+
+/// A whole binary's `main`: settings from the arguments, `--check-config`, logging, then
+/// `run`; prints the stats line when `run` returns them. Exit codes: 0 after a clean stop,
+/// 1 if `run` failed, 2 for a bad command line or config.
+pub fn main_with<E: Display>(run: impl FnOnce(Settings) -> Result<Stats, E>) -> ExitCode {
+    let settings = settings_from_args();
+    if settings.check_config {
+        let _ = writeln!(std::io::stdout().lock(), "config ok");
+        return ExitCode::SUCCESS;
+    }
+    init_logging(&settings);
+    match run(settings) {
+        Ok(stats) => {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{}", stats_line(&stats));
+            let _ = out.flush();
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("siplb: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,747 @@
+//! Flags and the TOML file, merged into one [`Settings`].
+//!
+//! Every value arrives as text (or a TOML number) and is parsed here, so a flag and the same key
+//! in the file fail with the same one-line message naming the key. Flags override the file;
+//! a repeatable flag (`--listen`, `--backend`) given at all replaces the file's whole list,
+//! because merging two lists of backends has no obvious meaning.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use lb_core::{Algorithm, BackendConfig, BackendMode, Config, ConfigError, TagKey, ValidConfig};
+use rand::TryRngCore;
+use serde::Deserialize;
+
+/// Everything a binary needs to start: the core's validated configuration plus the drivers'
+/// own knobs. Built once by [`parse`] or [`crate::settings_from_args`].
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The core's configuration, already validated.
+    pub core: ValidConfig,
+    /// A `tracing` `EnvFilter` directive, already checked (`info` by default).
+    pub log_level: String,
+    /// Validate, print `config ok`, exit 0 without binding anything.
+    pub check_config: bool,
+    /// Bytes a connection may have queued for writing before the driver closes it.
+    pub output_cap_bytes: usize,
+    /// No key file was given, so the tag key was made at start; tags issued now will not verify
+    /// after a restart. [`crate::init_logging`] warns about it.
+    pub tag_key_generated: bool,
+}
+
+/// Why the command line or config file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// clap's own verdict (bad flag, `--help`, `--version`); [`clap::Error::exit`] prints it and
+    /// exits with clap's code (2 for usage errors, 0 for help).
+    #[error("{0}")]
+    Usage(#[from] clap::Error),
+    /// A value that does not parse, or a file that cannot be read.
+    #[error("{key}: {reason}")]
+    Invalid {
+        /// The flag / config key at fault, without dashes.
+        key: &'static str,
+        /// What was wrong, one line.
+        reason: String,
+    },
+    /// The core's validation refused the merged configuration.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+}
+
+impl CliError {
+    fn invalid(key: &'static str, reason: impl Into<String>) -> CliError {
+        CliError::Invalid { key, reason: reason.into() }
+    }
+
+    /// The config key at fault (`backend`, `window`, `limits.headers-max`…); `None` for clap's
+    /// usage errors.
+    pub fn key(&self) -> Option<String> {
+        let key = match self {
+            CliError::Usage(_) => return None,
+            CliError::Invalid { key, .. } => key,
+            CliError::Config(e) => match e {
+                ConfigError::NoListener => "listen",
+                ConfigError::NoBackend
+                | ConfigError::DuplicateBackend(_)
+                | ConfigError::UnknownBackup { .. } => "backend",
+                ConfigError::TooMany { key, .. } => key,
+                ConfigError::NoTagKey
+                | ConfigError::ShortTagKey(_)
+                | ConfigError::DuplicateTagKey(_) => "tag-keys",
+                ConfigError::ZeroDuration(key) => key,
+                ConfigError::ZeroLimit(key) => return Some(format!("limits.{key}")),
+                ConfigError::BadAdvertise(_) => "advertise",
+                ConfigError::BadTagHeader(_) => "tag-header",
+                ConfigError::ReconnectRange => "reconnect-max",
+            },
+        };
+        Some((*key).to_string())
+    }
+}
+
+/// Parses a command line (the first item is the program name) and the config file it names.
+///
+/// Without `--tag-key-file` this draws a fresh tag key from the OS, so two calls give different
+/// keys.
+pub fn parse<I, T>(args: I) -> Result<Settings, CliError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let args = Args::try_parse_from(args)?;
+    let file = match &args.config {
+        Some(path) => Some((read_file(path)?, path.clone())),
+        None => None,
+    };
+    merge(args, file)
+}
+
+/// Reads a tag key file: one key per line as `ID:HEXSECRET`, blank lines and lines starting with
+/// `#` skipped. The first key signs new tags; the others still verify (rotation).
+pub fn read_tag_keys(path: &Path) -> Result<Vec<TagKey>, CliError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError::invalid("tag-key-file", format!("{}: {e}", path.display())))?;
+    parse_tag_keys(&text)
+        .map_err(|reason| CliError::invalid("tag-key-file", format!("{}: {reason}", path.display())))
+}
+
+/// The command line. Every value is taken as text and parsed by this module so that flags and
+/// file keys share their error messages.
+#[derive(Debug, Parser)]
+#[command(name = "siplb", version, about = "A SIP load balancer over TCP")]
+struct Args {
+    /// TOML config file; flags override its keys
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to accept frontend connections on (repeatable)
+    #[arg(long, value_name = "ADDR")]
+    listen: Vec<String>,
+    /// A backend (repeatable)
+    #[arg(long, value_name = "ADDR[,weight=N][,mode=plain|envelope][,backup=ADDR]")]
+    backend: Vec<String>,
+    /// Mode of backends that do not name one [default: plain]
+    #[arg(long, value_name = "plain|envelope")]
+    backend_mode: Option<String>,
+    /// How new calls pick a backend [default: round-robin]
+    #[arg(long, value_name = "round-robin|weighted|least-loaded")]
+    algorithm: Option<String>,
+    /// New-call table window in seconds, fractions allowed [default: 32]
+    #[arg(long, value_name = "SECS")]
+    window: Option<String>,
+    /// Longest ringing time in seconds that keeps a table entry [default: 180]
+    #[arg(long, value_name = "SECS")]
+    ringing_max: Option<String>,
+    /// host[:port] written into Record-Route and Via [default: the first listen address]
+    #[arg(long, value_name = "HOST[:PORT]")]
+    advertise: Option<String>,
+    /// Tag keys, one `ID:HEXSECRET` per line, the first signs [default: a random key]
+    #[arg(long, value_name = "FILE")]
+    tag_key_file: Option<PathBuf>,
+    /// Also carry the tag in this extension header
+    #[arg(long, value_name = "NAME")]
+    tag_header: Option<String>,
+    /// tracing filter directive, e.g. `info` or `lb_core=debug` [default: info]
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<String>,
+    /// Validate the configuration, print "config ok" and exit
+    #[arg(long)]
+    check_config: bool,
+    /// Bytes queued for one connection before it is closed [default: 4194304]
+    #[arg(long, value_name = "BYTES")]
+    output_cap: Option<String>,
+}
+
+/// The TOML file; keys mirror the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+struct FileConfig {
+    listen: Vec<String>,
+    backend: Vec<FileBackend>,
+    backend_mode: Option<String>,
+    algorithm: Option<String>,
+    window: Option<f64>,
+    ringing_max: Option<f64>,
+    retry_after: Option<f64>,
+    reconnect_min: Option<f64>,
+    reconnect_max: Option<f64>,
+    advertise: Option<String>,
+    tag_key_file: Option<PathBuf>,
+    tag_header: Option<String>,
+    log_level: Option<String>,
+    output_cap: Option<u64>,
+    limits: FileLimits,
+}
+
+/// One `[[backend]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileBackend {
+    addr: String,
+    weight: Option<u32>,
+    mode: Option<String>,
+    backup: Option<String>,
+    #[serde(default)]
+    draining: bool,
+}
+
+/// The `[limits]` table: the core's [`lb_core::Limits`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+struct FileLimits {
+    message_bytes_max: Option<usize>,
+    headers_max: Option<usize>,
+    buffered_bytes_max: Option<usize>,
+    frontends_max: Option<usize>,
+    table_capacity: Option<usize>,
+}
+
+/// A backend whose mode may still come from the `backend-mode` default.
+struct PartialBackend {
+    config: BackendConfig,
+    mode: Option<BackendMode>,
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, CliError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError::invalid("config", format!("{}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| {
+        let line = e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+        let message = e.message().replace('\n', " ");
+        let at = line.map(|l| format!(" line {l}")).unwrap_or_default();
+        CliError::invalid("config", format!("{}{at}: {message}", path.display()))
+    })
+}
+
+fn merge(args: Args, file: Option<(FileConfig, PathBuf)>) -> Result<Settings, CliError> {
+    let (file, file_path) = match file {
+        Some((f, p)) => (f, Some(p)),
+        None => (FileConfig::default(), None),
+    };
+    let mut core = Config::default();
+
+    let listen = if args.listen.is_empty() { &file.listen } else { &args.listen };
+    core.listeners = listen.iter().map(|a| parse_addr("listen", a)).collect::<Result<_, _>>()?;
+
+    let default_mode = match args.backend_mode.as_deref().or(file.backend_mode.as_deref()) {
+        Some(m) => parse_mode("backend-mode", m)?,
+        None => BackendMode::Plain,
+    };
+    let backends: Vec<PartialBackend> = if args.backend.is_empty() {
+        file.backend.iter().map(file_backend).collect::<Result<_, _>>()?
+    } else {
+        args.backend.iter().map(|s| parse_backend(s)).collect::<Result<_, _>>()?
+    };
+    core.backends = backends
+        .into_iter()
+        .map(|b| BackendConfig { mode: b.mode.unwrap_or(default_mode), ..b.config })
+        .collect();
+
+    if let Some(a) = args.algorithm.as_deref().or(file.algorithm.as_deref()) {
+        core.algorithm = parse_algorithm(a)?;
+    }
+    if let Some(d) = pick_secs("window", args.window.as_deref(), file.window)? {
+        core.window = d;
+    }
+    if let Some(d) = pick_secs("ringing-max", args.ringing_max.as_deref(), file.ringing_max)? {
+        core.ringing_max = d;
+    }
+    for (key, value, slot) in [
+        ("retry-after", file.retry_after, &mut core.retry_after),
+        ("reconnect-min", file.reconnect_min, &mut core.reconnect_min),
+        ("reconnect-max", file.reconnect_max, &mut core.reconnect_max),
+    ] {
+        if let Some(d) = pick_secs(key, None, value)? {
+            *slot = d;
+        }
+    }
+    core.advertise = args.advertise.or(file.advertise);
+    core.tag_header = args.tag_header.or(file.tag_header);
+
+    let l = &mut core.limits;
+    let fl = &file.limits;
+    for (value, slot) in [
+        (fl.message_bytes_max, &mut l.message_bytes_max),
+        (fl.headers_max, &mut l.headers_max),
+        (fl.buffered_bytes_max, &mut l.buffered_bytes_max),
+        (fl.frontends_max, &mut l.frontends_max),
+        (fl.table_capacity, &mut l.table_capacity),
+    ] {
+        if let Some(v) = value {
+            *slot = v;
+        }
+    }
+
+    // A key file named in the config file is relative to that file, so a config directory can
+    // be moved as a whole.
+    let key_file = match (args.tag_key_file, file.tag_key_file) {
+        (Some(p), _) => Some(p),
+        (None, Some(p)) => Some(match file_path.as_deref().and_then(Path::parent) {
+            Some(dir) if p.is_relative() => dir.join(p),
+            _ => p,
+        }),
+        (None, None) => None,
+    };
+    let tag_key_generated = key_file.is_none();
+    core.tag_keys = match key_file {
+        Some(path) => read_tag_keys(&path)?,
+        None => vec![random_tag_key()?],
+    };
+
+    let log_level = args.log_level.or(file.log_level).unwrap_or_else(|| "info".to_string());
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_level) {
+        return Err(CliError::invalid("log-level", format!("{log_level:?}: {e}")));
+    }
+
+    let output_cap_bytes = match (args.output_cap, file.output_cap) {
+        (Some(s), _) => parse_bytes("output-cap", &s)?,
+        (None, Some(n)) => usize::try_from(n)
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| CliError::invalid("output-cap", format!("{n} is out of range")))?,
+        (None, None) => OUTPUT_CAP_DEFAULT,
+    };
+
+    Ok(Settings {
+        core: core.validate()?,
+        log_level,
+        check_config: args.check_config,
+        output_cap_bytes,
+        tag_key_generated,
+    })
+}
+
+fn file_backend(b: &FileBackend) -> Result<PartialBackend, CliError> {
+    let mut config = BackendConfig::plain(parse_addr("backend", &b.addr)?);
+    if let Some(w) = b.weight {
+        config.weight = w;
+    }
+    if let Some(backup) = &b.backup {
+        config.backup = Some(parse_addr("backend", backup)?);
+    }
+    config.draining = b.draining;
+    let mode = b.mode.as_deref().map(|m| parse_mode("backend", m)).transpose()?;
+    Ok(PartialBackend { config, mode })
+}
+
+/// `ADDR[,weight=N][,mode=plain|envelope][,backup=ADDR][,draining]`.
+fn parse_backend(spec: &str) -> Result<PartialBackend, CliError> {
+    let mut parts = spec.split(',');
+    let addr = parts.next().unwrap_or_default();
+    let mut config = BackendConfig::plain(parse_addr("backend", addr)?);
+    let mut mode = None;
+    for part in parts {
+        let part = part.trim();
+        let (name, value) = part.split_once('=').unwrap_or((part, ""));
+        match name {
+            "weight" => {
+                config.weight = value.parse().map_err(|_| {
+                    CliError::invalid("backend", format!("{spec:?}: weight {value:?} is not a number"))
+                })?;
+            }
+            "mode" => mode = Some(parse_mode("backend", value)?),
+            "backup" => config.backup = Some(parse_addr("backend", value)?),
+            "draining" if value.is_empty() => config.draining = true,
+            _ => {
+                return Err(CliError::invalid(
+                    "backend",
+                    format!("{spec:?}: unknown option {part:?} (weight=, mode=, backup=, draining)"),
+                ))
+            }
+        }
+    }
+    Ok(PartialBackend { config, mode })
+}
+
+fn parse_addr(key: &'static str, text: &str) -> Result<SocketAddr, CliError> {
+    text.trim()
+        .parse()
+        .map_err(|_| CliError::invalid(key, format!("{text:?} is not IP:PORT")))
+}
+
+fn parse_mode(key: &'static str, text: &str) -> Result<BackendMode, CliError> {
+    match text.trim() {
+        "plain" => Ok(BackendMode::Plain),
+        "envelope" => Ok(BackendMode::Envelope),
+        _ => Err(CliError::invalid(key, format!("mode {text:?} is not plain or envelope"))),
+    }
+}
+
+fn parse_algorithm(text: &str) -> Result<Algorithm, CliError> {
+    match text.trim() {
+        "round-robin" => Ok(Algorithm::RoundRobin),
+        "weighted" => Ok(Algorithm::Weighted),
+        "least-loaded" => Ok(Algorithm::LeastLoaded),
+        _ => Err(CliError::invalid(
+            "algorithm",
+            format!("{text:?} is not round-robin, weighted or least-loaded"),
+        )),
+    }
+}
+
+/// The flag's text if given, else the file's number.
+fn pick_secs(
+    key: &'static str,
+    flag: Option<&str>,
+    file: Option<f64>,
+) -> Result<Option<Duration>, CliError> {
+    let secs = match (flag, file) {
+        (Some(text), _) => text
+            .trim()
+            .parse::<f64>()
+            .map_err(|_| CliError::invalid(key, format!("{text:?} is not a number of seconds")))?,
+        (None, Some(n)) => n,
+        (None, None) => return Ok(None),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(CliError::invalid(key, format!("{secs} is not a duration")));
+    }
+    Duration::try_from_secs_f64(secs)
+        .map(Some)
+        .map_err(|_| CliError::invalid(key, format!("{secs} seconds is out of range")))
+}
+
+fn parse_bytes(key: &'static str, text: &str) -> Result<usize, CliError> {
+    text.trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or_else(|| CliError::invalid(key, format!("{text:?} is not a positive number of bytes")))
+}
+
+fn parse_tag_keys(text: &str) -> Result<Vec<TagKey>, String> {
+    let mut keys = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let at = i + 1;
+        let (id, hex) =
+            line.split_once(':').ok_or_else(|| format!("line {at}: expected ID:HEXSECRET"))?;
+        let id: u8 =
+            id.trim().parse().map_err(|_| format!("line {at}: key id {id:?} is not 0..=255"))?;
+        let secret = decode_hex(hex.trim())
+            .ok_or_else(|| format!("line {at}: the secret is not an even number of hex digits"))?;
+        if secret.len() < TAG_KEY_BYTES_MIN {
+            return Err(format!("line {at}: key {id} is shorter than {TAG_KEY_BYTES_MIN} bytes"));
+        }
+        keys.push(TagKey { id, secret });
+    }
+    if keys.is_empty() {
+        return Err("no key in the file".to_string());
+    }
+    Ok(keys)
+}
+
+fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    text.as_bytes()
+        .chunks(2)
+        .map(|pair| {
+            let hi = char::from(pair[0]).to_digit(16)?;
+            let lo = char::from(pair[1]).to_digit(16)?;
+            u8::try_from(hi * 16 + lo).ok()
+        })
+        .collect()
+}
+
+fn random_tag_key() -> Result<TagKey, CliError> {
+    let mut secret = vec![0; GENERATED_KEY_BYTES];
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut secret)
+        .map_err(|e| CliError::invalid("tag-key-file", format!("no key file and no OS randomness: {e}")))?;
+    Ok(TagKey { id: 1, secret })
+}
+
+/// `--output-cap` when not given: 4 MiB, a few thousand queued messages.
+const OUTPUT_CAP_DEFAULT: usize = 4 * 1024 * 1024;
+
+/// The core refuses shorter secrets; checking here names the line of the file.
+const TAG_KEY_BYTES_MIN: usize = 16;
+
+/// Size of the key made at start when no key file is given (the HMAC-SHA256 block-safe size).
+const GENERATED_KEY_BYTES: usize = 32;
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::io::Write;
+
+    use super::*;
+
+    const MIN: [&str; 5] =
+        ["siplb", "--listen", "127.0.0.1:5060", "--backend", "127.0.0.1:5070"];
+
+    fn args(extra: &[&str]) -> Vec<String> {
+        MIN.iter().chain(extra).map(|s| s.to_string()).collect()
+    }
+
+    fn temp_file(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("lb-cli-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::File::create(&path).unwrap().write_all(text.as_bytes()).unwrap();
+        path
+    }
+
+    #[test]
+    fn minimal_flags_give_defaults_and_a_random_key() {
+        let s = parse(args(&[])).unwrap();
+        let c = s.core.config();
+        assert_eq!(c.listeners, vec!["127.0.0.1:5060".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(c.backends, vec![BackendConfig::plain("127.0.0.1:5070".parse().unwrap())]);
+        assert_eq!(c.window, Duration::from_secs(32));
+        assert_eq!(c.algorithm, Algorithm::RoundRobin);
+        assert_eq!(s.output_cap_bytes, 4 * 1024 * 1024);
+        assert_eq!(s.log_level, "info");
+        assert!(!s.check_config);
+        assert!(s.tag_key_generated);
+        assert_eq!(c.tag_keys.len(), 1);
+        assert_eq!(c.tag_keys[0].id, 1);
+        assert_eq!(c.tag_keys[0].secret.len(), 32);
+        let other = parse(args(&[])).unwrap();
+        assert_ne!(other.core.config().tag_keys[0].secret, c.tag_keys[0].secret);
+    }
+
+    #[test]
+    fn backend_spec_options_and_default_mode() {
+        let s = parse(args(&[
+            "--backend",
+            "127.0.0.1:5071,weight=3,mode=plain,backup=127.0.0.1:5070",
+            "--backend",
+            "[::1]:5072,draining",
+            "--backend-mode",
+            "envelope",
+            "--algorithm",
+            "weighted",
+            "--window",
+            "0.5",
+            "--ringing-max",
+            "2",
+            "--output-cap",
+            "1000",
+            "--check-config",
+        ]))
+        .unwrap();
+        let c = s.core.config();
+        assert_eq!(c.backends.len(), 3);
+        assert_eq!(c.backends[0].mode, BackendMode::Envelope);
+        assert_eq!(c.backends[1].weight, 3);
+        assert_eq!(c.backends[1].mode, BackendMode::Plain);
+        assert_eq!(c.backends[1].backup, Some("127.0.0.1:5070".parse().unwrap()));
+        assert!(c.backends[2].draining);
+        assert_eq!(c.backends[2].mode, BackendMode::Envelope);
+        assert_eq!(c.algorithm, Algorithm::Weighted);
+        assert_eq!(c.window, Duration::from_millis(500));
+        assert_eq!(c.ringing_max, Duration::from_secs(2));
+        assert_eq!(s.output_cap_bytes, 1000);
+        assert!(s.check_config);
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let keys = temp_file("override.keys", "# rotation\n\n2:00112233445566778899aabbccddeeff\n");
+        let conf = temp_file(
+            "override.toml",
+            &format!(
+                r#"
+listen = ["127.0.0.1:7000"]
+algorithm = "least-loaded"
+window = 10
+ringing-max = 1.5
+advertise = "lb.example.com"
+tag-key-file = "{}"
+tag-header = "X-LB-Tag"
+log-level = "debug"
+output-cap = 4096
+backend-mode = "envelope"
+
+[[backend]]
+addr = "127.0.0.1:7001"
+weight = 2
+
+[[backend]]
+addr = "127.0.0.1:7002"
+mode = "plain"
+backup = "127.0.0.1:7001"
+
+[limits]
+table-capacity = 99
+"#,
+                keys.display()
+            ),
+        );
+        let from_file = parse(["siplb", "--config", conf.to_str().unwrap()]).unwrap();
+        let c = from_file.core.config();
+        assert_eq!(c.listeners, vec!["127.0.0.1:7000".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(c.backends.len(), 2);
+        assert_eq!(c.backends[0].weight, 2);
+        assert_eq!(c.backends[0].mode, BackendMode::Envelope);
+        assert_eq!(c.backends[1].mode, BackendMode::Plain);
+        assert_eq!(c.algorithm, Algorithm::LeastLoaded);
+        assert_eq!(c.window, Duration::from_secs(10));
+        assert_eq!(c.ringing_max, Duration::from_millis(1500));
+        assert_eq!(c.limits.table_capacity, 99);
+        assert_eq!(from_file.core.advertise(), "lb.example.com");
+        assert_eq!(c.tag_header.as_deref(), Some("X-LB-Tag"));
+        assert_eq!(c.tag_keys.len(), 1);
+        assert_eq!(c.tag_keys[0].id, 2);
+        assert!(!from_file.tag_key_generated);
+        assert_eq!(from_file.log_level, "debug");
+        assert_eq!(from_file.output_cap_bytes, 4096);
+
+        let overridden = parse([
+            "siplb",
+            "--config",
+            conf.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:8000",
+            "--backend",
+            "127.0.0.1:8001",
+            "--algorithm",
+            "round-robin",
+            "--window",
+            "3",
+            "--log-level",
+            "warn",
+            "--backend-mode",
+            "plain",
+        ])
+        .unwrap();
+        let c = overridden.core.config();
+        assert_eq!(c.listeners, vec!["127.0.0.1:8000".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(c.backends, vec![BackendConfig::plain("127.0.0.1:8001".parse().unwrap())]);
+        assert_eq!(c.algorithm, Algorithm::RoundRobin);
+        assert_eq!(c.window, Duration::from_secs(3));
+        assert_eq!(overridden.log_level, "warn");
+        // Keys the flags leave alone still come from the file.
+        assert_eq!(c.limits.table_capacity, 99);
+        assert_eq!(overridden.output_cap_bytes, 4096);
+    }
+
+    #[test]
+    fn relative_key_file_is_relative_to_the_config_file() {
+        temp_file("relative.keys", "7:000102030405060708090a0b0c0d0e0f10\n");
+        let conf = temp_file(
+            "relative.toml",
+            "listen = [\"127.0.0.1:1\"]\ntag-key-file = \"relative.keys\"\n\
+             [[backend]]\naddr = \"127.0.0.1:2\"\n",
+        );
+        let s = parse(["siplb", "--config", conf.to_str().unwrap()]).unwrap();
+        assert_eq!(s.core.config().tag_keys[0].id, 7);
+        assert_eq!(s.core.config().tag_keys[0].secret.len(), 17);
+    }
+
+    #[test]
+    fn bad_backend_spec_names_the_key() {
+        for spec in [
+            "127.0.0.1",
+            "nohost:1",
+            "127.0.0.1:5070,weight=x",
+            "127.0.0.1:5070,mode=udp",
+            "127.0.0.1:5070,colour=red",
+            "127.0.0.1:5070,backup=nowhere",
+        ] {
+            let e = parse(["siplb", "--listen", "127.0.0.1:5060", "--backend", spec]).unwrap_err();
+            assert_eq!(e.key().as_deref(), Some("backend"), "{spec}: {e}");
+            assert!(e.to_string().starts_with("backend: "), "{e}");
+            assert!(!e.to_string().contains('\n'));
+        }
+        // A backup that is not a backend is the core's refusal, still under `backend`.
+        let e = parse(args(&["--backend", "127.0.0.1:5071,backup=127.0.0.1:9"])).unwrap_err();
+        assert!(matches!(e, CliError::Config(ConfigError::UnknownBackup { .. })), "{e}");
+        assert_eq!(e.key().as_deref(), Some("backend"));
+    }
+
+    #[test]
+    fn bad_values_name_their_keys() {
+        for (flag, value, key) in [
+            ("--window", "soon", "window"),
+            ("--window", "-1", "window"),
+            ("--window", "0", "window"),
+            ("--ringing-max", "inf", "ringing-max"),
+            ("--algorithm", "random", "algorithm"),
+            ("--backend-mode", "udp", "backend-mode"),
+            ("--output-cap", "0", "output-cap"),
+            ("--log-level", "info,[", "log-level"),
+            ("--advertise", "a b", "advertise"),
+            ("--tag-header", "X LB", "tag-header"),
+            ("--listen", "5060", "listen"),
+            ("--tag-key-file", "/nonexistent/keys", "tag-key-file"),
+            ("--config", "/nonexistent/siplb.toml", "config"),
+        ] {
+            let e = parse(args(&[flag, value])).unwrap_err();
+            assert_eq!(e.key().as_deref(), Some(key), "{flag} {value}: {e}");
+        }
+    }
+
+    #[test]
+    fn core_requires_a_listener_and_a_backend() {
+        let e = parse(["siplb", "--backend", "127.0.0.1:5070"]).unwrap_err();
+        assert_eq!(e.to_string(), "listen: at least one address is needed");
+        let e = parse(["siplb", "--listen", "127.0.0.1:5060"]).unwrap_err();
+        assert_eq!(e.to_string(), "backend: at least one backend is needed");
+    }
+
+    #[test]
+    fn bad_key_files_are_refused_with_the_line() {
+        for (name, text, needle) in [
+            ("empty.keys", "# nothing\n\n", "no key"),
+            ("nocolon.keys", "00112233445566778899aabbccddeeff\n", "line 1"),
+            ("badid.keys", "300:00112233445566778899aabbccddeeff\n", "line 1"),
+            ("odd.keys", "1:0011223\n", "line 1"),
+            ("nothex.keys", "\n1:zz112233445566778899aabbccddeeff\n", "line 2"),
+            ("short.keys", "1:00112233\n", "shorter than 16"),
+        ] {
+            let path = temp_file(name, text);
+            let e = parse(args(&["--tag-key-file", path.to_str().unwrap()])).unwrap_err();
+            assert_eq!(e.key().as_deref(), Some("tag-key-file"), "{name}: {e}");
+            assert!(e.to_string().contains(needle), "{name}: {e}");
+        }
+        let dup = temp_file(
+            "dup.keys",
+            "1:00112233445566778899aabbccddeeff\n1:ffeeddccbbaa99887766554433221100\n",
+        );
+        let e = parse(args(&["--tag-key-file", dup.to_str().unwrap()])).unwrap_err();
+        assert_eq!(e.to_string(), "tag-keys: key id 1 is used twice");
+    }
+
+    #[test]
+    fn key_file_order_is_kept_first_signs() {
+        let path = temp_file(
+            "two.keys",
+            "# new key first\n3:00112233445566778899AABBCCDDEEFF\n  2 : ffeeddccbbaa99887766554433221100  \n",
+        );
+        let s = parse(args(&["--tag-key-file", path.to_str().unwrap()])).unwrap();
+        let keys = &s.core.config().tag_keys;
+        assert_eq!(keys.iter().map(|k| k.id).collect::<Vec<_>>(), vec![3, 2]);
+        assert_eq!(keys[0].secret[..3], [0x00, 0x11, 0x22]);
+        assert_eq!(keys[0].secret[15], 0xff);
+    }
+
+    #[test]
+    fn bad_toml_is_one_line_with_the_file_and_line() {
+        let conf = temp_file("bad.toml", "listen = [\"127.0.0.1:1\"]\nwindw = 3\n");
+        let e = parse(["siplb", "--config", conf.to_str().unwrap()]).unwrap_err();
+        let text = e.to_string();
+        assert_eq!(e.key().as_deref(), Some("config"));
+        assert!(text.contains("line 2") && text.contains("windw"), "{text}");
+        assert!(!text.contains('\n'), "{text}");
+    }
+
+    #[test]
+    fn usage_errors_are_claps() {
+        let e = parse(["siplb", "--no-such-flag"]).unwrap_err();
+        match e {
+            CliError::Usage(e) => assert_eq!(e.exit_code(), 2),
+            other => panic!("{other}"),
+        }
+    }
+}

@@ -1,0 +1,341 @@
+//! Core scenario tests: a `Balancer` driven through its public API, read like protocol traces.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use lb_core::{BackendChange, BackendMode, CloseReason, Event, Input, Output};
+use support::*;
+
+const PROXY: &str = "203.0.113.5:40000";
+
+#[test]
+fn new_call_gets_record_route_and_stamped_via() {
+    let mut h = Harness::new(config(3, BackendMode::Plain));
+    let fe = h.frontend(PROXY);
+    h.receive(fe, invite("call-1@proxy", "z9hG4bK1").as_bytes());
+    let (backend, msg, _) = h.expect_to_backend();
+    assert_eq!(backend, 0, "round robin starts at the first backend");
+    assert!(record_route_tag(&msg).is_some());
+    insta::assert_snapshot!("invite_to_backend", redact_tags(&msg));
+}
+
+#[test]
+fn calls_spread_round_robin_and_retransmissions_stick() {
+    let mut h = Harness::new(config(3, BackendMode::Plain));
+    let fe = h.frontend(PROXY);
+    let mut first = Vec::new();
+    for n in 0..6 {
+        h.receive(fe, invite(&format!("call-{n}"), &format!("z9hG4bK{n}")).as_bytes());
+        first.push(h.expect_to_backend().0);
+    }
+    assert_eq!(first, [0, 1, 2, 0, 1, 2]);
+    // A retransmitted INVITE, then a CANCEL and the ACK of the 487: all to the INVITE's backend.
+    for n in 0..6 {
+        h.receive(fe, invite(&format!("call-{n}"), &format!("z9hG4bK{n}")).as_bytes());
+        let (b, retrans, _) = h.expect_to_backend();
+        assert_eq!(b, first[n]);
+        assert!(record_route_tag(&retrans).is_some(), "a retransmission is rewritten alike");
+        h.receive(fe, cancel(&format!("call-{n}"), &format!("z9hG4bK{n}")).as_bytes());
+        assert_eq!(h.expect_to_backend().0, first[n]);
+    }
+    assert_eq!(h.lb.stats().table_hits, 12);
+    assert_eq!(h.lb.stats().new_calls, 6);
+}
+
+#[test]
+fn responses_return_to_the_callers_connection() {
+    let mut h = Harness::new(config(2, BackendMode::Plain));
+    let fe1 = h.frontend(PROXY);
+    let fe2 = h.frontend("203.0.113.6:40001");
+    let inv = invite("call-r", "z9hG4bKr").replace("proxy.example.com", "203.0.113.6");
+    h.receive(fe2, inv.as_bytes());
+    let (b, forwarded, _) = h.expect_to_backend();
+    h.from_backend(b, &response_to(&forwarded, "180 Ringing"), None);
+    let (conn, ringing) = h.expect_to_frontend();
+    assert_eq!(conn, fe2);
+    assert_ne!(conn, fe1);
+    assert!(ringing.contains("Record-Route:"));
+}
+
+#[test]
+fn in_dialog_requests_follow_the_tag_after_the_window() {
+    let mut h = Harness::new(config(3, BackendMode::Plain));
+    let fe = h.frontend(PROXY);
+    h.receive(fe, invite("call-long", "z9hG4bKl").as_bytes());
+    let (b, forwarded, _) = h.expect_to_backend();
+    let tag = record_route_tag(&forwarded).unwrap();
+    h.from_backend(b, &response_to(&forwarded, "200 OK"), None);
+    h.expect_to_frontend();
+    // Long after the new-call window: only the tag can route.
+    h.advance(Duration::from_secs(3600));
+    h.expect_nothing();
+    assert_eq!(h.lb.stats().table_len, 0, "the entry expired");
+    for (cseq, method) in [(2, "INVITE"), (3, "BYE")] {
+        h.receive(fe, in_dialog(method, "call-long", &tag, cseq).as_bytes());
+        let (b2, msg, _) = h.expect_to_backend();
+        assert_eq!(b2, b);
+        assert!(!msg.contains("Route:"), "the balancer's Route entry is popped: {msg}");
+        if method == "BYE" {
+            insta::assert_snapshot!("bye_route_popped", msg);
+        }
+    }
+}
+
+#[test]
+fn a_forged_tag_is_treated_as_untagged() {
+    let mut h = Harness::new(config(3, BackendMode::Plain));
+    let fe = h.frontend(PROXY);
+    h.receive(fe, invite("call-f", "z9hG4bKf").as_bytes());
+    let (_, forwarded, _) = h.expect_to_backend();
+    let tag = record_route_tag(&forwarded).unwrap();
+    // The tag of another call does not verify for this one.
+    h.receive(fe, in_dialog("BYE", "other-call", &tag, 2).as_bytes());
+    h.drain();
+    assert_eq!(h.lb.stats().tag_failures, 1);
+    assert_eq!(h.lb.stats().tagged, 0);
+}
+
+#[test]
+fn backend_originated_bye_and_its_response() {
+    let mut h = Harness::new(config(2, BackendMode::Plain));
+    let fe = h.frontend(PROXY);
+    h.receive(fe, invite("call-b", "z9hG4bKb").as_bytes());
+    let (b, forwarded, _) = h.expect_to_backend();
+    let rr = forwarded.lines().find(|l| l.starts_with("Record-Route:")).unwrap();
+    let route = rr.replacen("Record-Route:", "Route:", 1);
+    let bye = format!(
+        "BYE sip:alice@203.0.113.5:5060;transport=tcp SIP/2.0\r\n\
+         Via: SIP/2.0/TCP 198.51.100.{}:5060;branch=z9hG4bKbye1\r\n\
+         {route}\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:bob@example.com>;tag=b1\r\n\
+         To: <sip:alice@example.com>;tag=a1\r\n\
+         Call-ID: call-b\r\n\
+         CSeq: 1 BYE\r\n\
+         Content-Length: 0\r\n\r\n",
+        b + 1
+    );
+    h.from_backend(b, &bye, None);
+    let (conn, out) = h.expect_to_frontend();
+    assert_eq!(conn, fe, "the BYE reaches the caller's connection");
+    assert!(out.starts_with("BYE sip:alice"));
+    assert!(!out.contains("Route:"));
+    insta::assert_snapshot!("backend_bye_with_own_via", redact_tags(&out));
+    // The caller's 200 OK carries the balancer's Via back: it names the backend.
+    h.receive(fe, response_to(&out, "200 OK").as_bytes());
+    let (b2, ok, _) = h.expect_to_backend();
+    assert_eq!(b2, b);
+    assert!(ok.starts_with("SIP/2.0 200"));
+    assert_eq!(ok.matches("Via:").count(), 1, "the balancer's Via is stripped: {ok}");
+}
+
+#[test]
+fn a_down_backends_calls_go_to_one_backup() {
+    let mut h = Harness::new(config(3, BackendMode::Plain));
+    let fe = h.frontend(PROXY);
+    let mut tags = Vec::new();
+    for n in 0..30 {
+        let call = format!("call-d{n}");
+        h.receive(fe, invite(&call, &format!("z9hG4bKd{n}")).as_bytes());
+        let (b, fwd, _) = h.expect_to_backend();
+        tags.push((call, b, record_route_tag(&fwd).unwrap()));
+    }
+    h.kill_backend(1);
+    assert!(h.events.contains(&Event::BackendDown(h.backend_id(1))));
+    for (call, b, tag) in &tags {
+        let mut seen = Vec::new();
+        for cseq in 2..5 {
+            h.receive(fe, in_dialog("INFO", call, tag, cseq).as_bytes());
+            seen.push(h.expect_to_backend().0);
+        }
+        if *b == 1 {
+            assert!(seen.iter().all(|s| *s == seen[0] && *s != 1), "one backup: {seen:?}");
+        } else {
+            assert!(seen.iter().all(|s| s == b));
+        }
+    }
+    // New calls skip the down backend.
+    for n in 0..6 {
+        h.receive(fe, invite(&format!("new-{n}"), &format!("z9hG4bKn{n}")).as_bytes());
+        assert_ne!(h.expect_to_backend().0, 1);
+    }
+}
+
+#[test]
+fn configured_backup_takes_over_and_reconnect_restores() {
+    let mut cfg = config(3, BackendMode::Plain);
+    cfg.backends[0].backup = Some(cfg.backends[2].addr);
+    let mut h = Harness::new(cfg);
+    let fe = h.frontend(PROXY);
+    h.receive(fe, invite("call-c", "z9hG4bKc").as_bytes());
+    let (b, fwd, _) = h.expect_to_backend();
+    assert_eq!(b, 0);
+    let tag = record_route_tag(&fwd).unwrap();
+    h.kill_backend(0);
+    h.receive(fe, in_dialog("BYE", "call-c", &tag, 2).as_bytes());
+    assert_eq!(h.expect_to_backend().0, 2, "the configured backup");
+    // The core asks to reconnect after its backoff; once connected, traffic returns.
+    let deadline = h.lb.poll_timeout().unwrap();
+    h.now = deadline;
+    h.input(Input::Timeout);
+    let outs = h.drain();
+    assert!(matches!(outs.as_slice(), [Output::Connect { .. }]), "{outs:?}");
+    h.connect_backend(0);
+    h.receive(fe, in_dialog("BYE", "call-c", &tag, 3).as_bytes());
+    assert_eq!(h.expect_to_backend().0, 0);
+}
+
+#[test]
+fn no_backend_gives_503_and_ack_gets_nothing() {
+    let mut h = Harness::new(config(1, BackendMode::Plain));
+    h.kill_backend(0);
+    let fe = h.frontend(PROXY);
+    h.receive(fe, invite("call-503", "z9hG4bK503").as_bytes());
+    let (conn, reply) = h.expect_to_frontend();
+    assert_eq!(conn, fe);
+    insta::assert_snapshot!("reply_503", reply);
+    let ack = in_dialog("ACK", "call-x", "0.1.0000000000000000", 1);
+    h.receive(fe, ack.as_bytes());
+    h.expect_nothing();
+    assert_eq!(h.lb.stats().replies_503, 1);
+}
+
+#[test]
+fn malformed_request_gets_400_and_the_connection_stays() {
+    let mut h = Harness::new(config(1, BackendMode::Plain));
+    let fe = h.frontend(PROXY);
+    let bad = invite("call-400", "z9hG4bK400").replace("CSeq: 1 INVITE", "CSeq: one INVITE");
+    h.receive(fe, bad.as_bytes());
+    let (_, reply) = h.expect_to_frontend();
+    assert!(reply.starts_with("SIP/2.0 400 "), "{reply}");
+    insta::assert_snapshot!("reply_400", reply);
+    h.receive(fe, invite("call-ok", "z9hG4bKok").as_bytes());
+    assert_eq!(h.expect_to_backend().0, 0);
+    assert!(h.closed.is_empty());
+}
+
+#[test]
+fn lost_framing_closes_only_that_connection() {
+    let mut h = Harness::new(config(1, BackendMode::Plain));
+    let good = h.frontend(PROXY);
+    let bad = h.frontend("203.0.113.9:1234");
+    h.receive(bad, b"INVITE sip:x SIP/2.0\r\nContent-Length: banana\r\n\r\n");
+    let outs = h.drain();
+    assert_eq!(outs, vec![Output::Close { conn: bad }]);
+    h.input(Input::Closed { conn: bad, reason: CloseReason::Requested });
+    h.receive(good, invite("call-g", "z9hG4bKg").as_bytes());
+    assert_eq!(h.expect_to_backend().0, 0);
+    // Input for the closed connection is a counted no-op.
+    h.receive(bad, b"OPTIONS");
+    h.expect_nothing();
+    assert_eq!(h.lb.stats().stale_inputs, 1);
+}
+
+#[test]
+fn keepalive_ping_gets_a_pong() {
+    let mut h = Harness::new(config(1, BackendMode::Plain));
+    let fe = h.frontend(PROXY);
+    h.receive(fe, b"\r\n\r\n");
+    let (conn, pong) = h.expect_to_frontend();
+    assert_eq!((conn, pong.as_str()), (fe, "\r\n"));
+}
+
+#[test]
+fn a_call_ringing_two_minutes_can_still_be_cancelled() {
+    let mut h = Harness::new(config(3, BackendMode::Plain));
+    let fe = h.frontend(PROXY);
+    h.receive(fe, invite("call-ring", "z9hG4bKring").as_bytes());
+    let (b, fwd, _) = h.expect_to_backend();
+    h.from_backend(b, &response_to(&fwd, "180 Ringing"), None);
+    h.expect_to_frontend();
+    for _ in 0..12 {
+        h.advance(Duration::from_secs(10));
+    }
+    h.receive(fe, cancel("call-ring", "z9hG4bKring").as_bytes());
+    assert_eq!(h.expect_to_backend().0, b, "two minutes in, the CANCEL finds its backend");
+    h.from_backend(b, &response_to(&fwd, "487 Request Terminated"), None);
+    h.expect_to_frontend();
+    // The window after the final response: the ACK of the 487 still finds it…
+    h.advance(Duration::from_secs(31));
+    let ack = cancel("call-ring", "z9hG4bKring").replace("CANCEL", "ACK");
+    h.receive(fe, ack.as_bytes());
+    assert_eq!(h.expect_to_backend().0, b);
+    // …and then the entry is gone: a late CANCEL gets 481.
+    h.advance(Duration::from_secs(2));
+    h.receive(fe, cancel("call-ring", "z9hG4bKring").as_bytes());
+    let (_, reply) = h.expect_to_frontend();
+    assert!(reply.starts_with("SIP/2.0 481"), "{reply}");
+}
+
+#[test]
+fn deadlines_always_advance_and_early_timeouts_are_harmless() {
+    let mut h = Harness::new(config(2, BackendMode::Plain));
+    let fe = h.frontend(PROXY);
+    for n in 0..50 {
+        h.receive(fe, invite(&format!("t-{n}"), &format!("z9hG4bKt{n}")).as_bytes());
+        h.drain();
+        h.now += Duration::from_millis(700);
+    }
+    h.input(Input::Timeout);
+    h.expect_nothing();
+    let mut rounds = 0;
+    while let Some(deadline) = h.lb.poll_timeout() {
+        h.now = deadline;
+        h.input(Input::Timeout);
+        h.drain();
+        assert!(h.lb.poll_timeout().is_none_or(|d| d > h.now), "the deadline moved on");
+        rounds += 1;
+        assert!(rounds < 1000);
+    }
+    assert_eq!(h.lb.stats().table_len, 0);
+}
+
+#[test]
+fn draining_backend_gets_no_new_calls_but_keeps_its_own() {
+    let mut h = Harness::new(config(2, BackendMode::Plain));
+    let fe = h.frontend(PROXY);
+    h.receive(fe, invite("call-dr", "z9hG4bKdr").as_bytes());
+    let (b, fwd, _) = h.expect_to_backend();
+    let tag = record_route_tag(&fwd).unwrap();
+    let id = h.backend_id(b);
+    h.input(Input::Backends(BackendChange::Drain(id)));
+    h.drain();
+    for n in 0..4 {
+        h.receive(fe, invite(&format!("n-{n}"), &format!("z9hG4bKn{n}")).as_bytes());
+        assert_ne!(h.expect_to_backend().0, b);
+    }
+    h.receive(fe, in_dialog("BYE", "call-dr", &tag, 2).as_bytes());
+    assert_eq!(h.expect_to_backend().0, b);
+}
+
+#[test]
+fn envelope_backend_round_trip() {
+    let mut h = Harness::new(config(2, BackendMode::Envelope));
+    let fe = h.frontend(PROXY);
+    h.receive(fe, invite("call-e", "z9hG4bKe").as_bytes());
+    let (conn_b, frame) = {
+        let outs = h.drain();
+        match outs.as_slice() {
+            [Output::Send { conn, bytes }] => (*conn, bytes.clone()),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(Some(conn_b), h.backends[0]);
+    let header_hex: String = frame[..lb_core::envelope::HEADER_LEN]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    insta::assert_snapshot!("envelope_to_backend_header", header_hex);
+    let mut d = lb_core::envelope::EnvelopeDecoder::default();
+    d.push(bytes::BytesMut::from(&frame[..]));
+    let (env, payload) = d.next_envelope(1 << 20).unwrap().unwrap();
+    assert_eq!(env.addr, Some(PROXY.parse().unwrap()), "the frontend's source address");
+    let forwarded = text(&payload);
+    // The backend answers naming the next hop itself.
+    h.from_backend(0, &response_to(&forwarded, "200 OK"), Some(PROXY.parse().unwrap()));
+    let (conn, ok) = h.expect_to_frontend();
+    assert_eq!(conn, fe);
+    assert!(ok.starts_with("SIP/2.0 200 OK"));
+}

@@ -1,0 +1,287 @@
+//! A harness that drives a `Balancer` through its public API, one input at an explicit instant,
+//! and reads its outputs like a protocol trace.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use lb_core::envelope::{Envelope, EnvelopeDecoder, Transport};
+use lb_core::{
+    BackendConfig, BackendId, BackendMode, Balancer, CloseReason, Config, ConnId, Event, Input,
+    Output, TagKey,
+};
+
+pub const LB: &str = "192.0.2.10:5060";
+
+pub struct Harness {
+    pub lb: Balancer,
+    pub start: Instant,
+    pub now: Instant,
+    pub backends: Vec<Option<ConnId>>,
+    pub modes: Vec<BackendMode>,
+    pub events: Vec<Event>,
+    pub closed: Vec<ConnId>,
+}
+
+pub fn config(backends: usize, mode: BackendMode) -> Config {
+    Config {
+        listeners: vec![LB.parse().unwrap()],
+        backends: (0..backends)
+            .map(|i| BackendConfig {
+                mode,
+                ..BackendConfig::plain(format!("198.51.100.{}:5060", i + 1).parse().unwrap())
+            })
+            .collect(),
+        tag_keys: vec![TagKey { id: 1, secret: b"0123456789abcdef0123456789abcdef".to_vec() }],
+        ..Config::default()
+    }
+}
+
+impl Harness {
+    pub fn new(config: Config) -> Harness {
+        let modes = config.backends.iter().map(|b| b.mode).collect();
+        let n = config.backends.len();
+        let start = Instant::now();
+        let lb = Balancer::new(config.validate().unwrap(), 7, start);
+        let mut h = Harness {
+            lb,
+            start,
+            now: start,
+            backends: vec![None; n],
+            modes,
+            events: Vec::new(),
+            closed: Vec::new(),
+        };
+        let connects = h.drain();
+        for out in connects {
+            match out {
+                Output::Connect { conn, backend, .. } => h.backends[backend.index()] = Some(conn),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        for i in 0..n {
+            h.connect_backend(i);
+        }
+        h
+    }
+
+    /// Reports the backend's pending connection as established.
+    pub fn connect_backend(&mut self, i: usize) {
+        let conn = self.backends[i].unwrap();
+        self.input(Input::Connected { conn });
+        assert!(self.drain().is_empty() || true);
+    }
+
+    /// The backend's connection drops; returns nothing pending.
+    pub fn kill_backend(&mut self, i: usize) {
+        let conn = self.backends[i].take().unwrap();
+        self.input(Input::Closed { conn, reason: CloseReason::PeerClosed });
+        self.drain();
+    }
+
+    pub fn advance(&mut self, by: Duration) {
+        self.now += by;
+        self.input(Input::Timeout);
+    }
+
+    pub fn input(&mut self, input: Input) {
+        self.lb.handle_input(self.now, input);
+    }
+
+    pub fn frontend(&mut self, peer: &str) -> ConnId {
+        let listener = self.lb.listeners().next().unwrap().0;
+        self.lb.accept(self.now, listener, peer.parse().unwrap())
+    }
+
+    /// All outputs now, with events and closes recorded aside and connects picked up.
+    pub fn drain(&mut self) -> Vec<Output> {
+        let mut outs = Vec::new();
+        while let Some(o) = self.lb.poll_output() {
+            match o {
+                Output::Event(e) => self.events.push(e),
+                Output::Close { conn } => {
+                    self.closed.push(conn);
+                    outs.push(Output::Close { conn });
+                }
+                Output::Connect { conn, backend, .. } => {
+                    self.backends[backend.index()] = Some(conn);
+                    outs.push(o);
+                }
+                other => outs.push(other),
+            }
+        }
+        outs
+    }
+
+    pub fn receive(&mut self, conn: ConnId, bytes: &[u8]) {
+        self.input(Input::Received { conn, bytes: BytesMut::from(bytes) });
+    }
+
+    /// Sends `message` from a backend (wrapped in an envelope in envelope mode, naming `hop`).
+    pub fn from_backend(&mut self, i: usize, message: &str, hop: Option<SocketAddr>) {
+        let conn = self.backends[i].unwrap();
+        match self.modes[i] {
+            BackendMode::Plain => self.receive(conn, message.as_bytes()),
+            BackendMode::Envelope => {
+                let mut out = BytesMut::new();
+                let env = Envelope { addr: hop, transport: Transport::Tcp, load: Some(3) };
+                lb_core::envelope::encode(&mut out, &env, message.as_bytes());
+                self.receive(conn, &out);
+            }
+        }
+    }
+
+    /// Exactly one `Send` is pending; returns its connection and bytes.
+    #[track_caller]
+    pub fn expect_one_send(&mut self) -> (ConnId, Bytes) {
+        let outs = self.drain();
+        let sends: Vec<(ConnId, Bytes)> = outs
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Send { conn, bytes } => Some((conn, bytes)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sends.len(), 1, "expected one send, got {sends:?}");
+        sends.into_iter().next().unwrap()
+    }
+
+    /// Exactly one message went to a backend; returns the backend index and the SIP text
+    /// (unwrapped from its envelope).
+    #[track_caller]
+    pub fn expect_to_backend(&mut self) -> (usize, String, Option<Envelope>) {
+        let (conn, bytes) = self.expect_one_send();
+        let i = self
+            .backends
+            .iter()
+            .position(|c| *c == Some(conn))
+            .unwrap_or_else(|| panic!("send to {conn}, not a backend: {:?}", text(&bytes)));
+        match self.modes[i] {
+            BackendMode::Plain => (i, text(&bytes), None),
+            BackendMode::Envelope => {
+                let mut d = EnvelopeDecoder::default();
+                d.push(BytesMut::from(&bytes[..]));
+                let (env, payload) = d.next_envelope(1 << 20).unwrap().unwrap();
+                assert!(d.next_envelope(1 << 20).is_none(), "one envelope per send");
+                (i, text(&payload), Some(env))
+            }
+        }
+    }
+
+    /// Exactly one message went to a frontend connection; returns it and the text.
+    #[track_caller]
+    pub fn expect_to_frontend(&mut self) -> (ConnId, String) {
+        let (conn, bytes) = self.expect_one_send();
+        assert!(!self.backends.contains(&Some(conn)), "went to a backend: {}", text(&bytes));
+        (conn, text(&bytes))
+    }
+
+    #[track_caller]
+    pub fn expect_nothing(&mut self) {
+        let outs = self.drain();
+        assert!(outs.is_empty(), "expected no output, got {outs:?}");
+    }
+
+    pub fn backend_id(&self, i: usize) -> BackendId {
+        self.lb.backends().nth(i).unwrap().0
+    }
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The value of the `lb` parameter in the first Record-Route of `message`.
+pub fn record_route_tag(message: &str) -> Option<String> {
+    let line = message.lines().find(|l| l.starts_with("Record-Route:"))?;
+    let start = line.find(";lb=")? + 4;
+    let end = line[start..].find(['>', ';']).map_or(line.len(), |e| start + e);
+    Some(line[start..end].to_string())
+}
+
+/// Replaces the tag text in a message by `TAG`, for snapshots independent of key and layout.
+pub fn redact_tags(message: &str) -> String {
+    let mut out = String::new();
+    let mut rest = message;
+    while let Some(i) = rest.find("lb=") {
+        out.push_str(&rest[..i + 3]);
+        rest = &rest[i + 3..];
+        let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '.')).unwrap_or(rest.len());
+        out.push_str("TAG");
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// An INVITE as a proxy at 203.0.113.5 relays it.
+pub fn invite(call_id: &str, branch: &str) -> String {
+    format!(
+        "INVITE sip:bob@example.com SIP/2.0\r\n\
+         Via: SIP/2.0/TCP proxy.example.com:5060;branch={branch};rport\r\n\
+         Max-Forwards: 69\r\n\
+         From: <sip:alice@example.com>;tag=a1\r\n\
+         To: <sip:bob@example.com>\r\n\
+         Call-ID: {call_id}\r\n\
+         CSeq: 1 INVITE\r\n\
+         Contact: <sip:alice@203.0.113.5:5060;transport=tcp>\r\n\
+         Content-Type: application/sdp\r\n\
+         Content-Length: 4\r\n\r\nv=0\n"
+    )
+}
+
+pub fn cancel(call_id: &str, branch: &str) -> String {
+    format!(
+        "CANCEL sip:bob@example.com SIP/2.0\r\n\
+         Via: SIP/2.0/TCP proxy.example.com:5060;branch={branch}\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:alice@example.com>;tag=a1\r\n\
+         To: <sip:bob@example.com>\r\n\
+         Call-ID: {call_id}\r\n\
+         CSeq: 1 CANCEL\r\n\
+         Content-Length: 0\r\n\r\n"
+    )
+}
+
+/// An in-dialog request from the caller, routed by the balancer's Record-Route.
+pub fn in_dialog(method: &str, call_id: &str, tag: &str, cseq: u32) -> String {
+    format!(
+        "{method} sip:bob@198.51.100.1:5060 SIP/2.0\r\n\
+         Via: SIP/2.0/TCP proxy.example.com:5060;branch=z9hG4bK{method}{cseq}\r\n\
+         Route: <sip:{LB};transport=tcp;lr;lb={tag}>\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:alice@example.com>;tag=a1\r\n\
+         To: <sip:bob@example.com>;tag=b1\r\n\
+         Call-ID: {call_id}\r\n\
+         CSeq: {cseq} {method}\r\n\
+         Content-Length: 0\r\n\r\n"
+    )
+}
+
+/// A response from the backend to `request` (Via/From/To/Call-ID/CSeq copied).
+pub fn response_to(request: &str, status: &str) -> String {
+    let mut out = format!("SIP/2.0 {status}\r\n");
+    for line in request.split("\r\n").skip(1) {
+        if line.is_empty() {
+            break;
+        }
+        let name = line.split(':').next().unwrap_or("");
+        match name {
+            "Via" | "From" | "Call-ID" | "CSeq" | "Record-Route" => {
+                out.push_str(line);
+                out.push_str("\r\n");
+            }
+            "To" => {
+                out.push_str(line);
+                if !line.contains("tag=") {
+                    out.push_str(";tag=b1");
+                }
+                out.push_str("\r\n");
+            }
+            _ => {}
+        }
+    }
+    out.push_str("Content-Length: 0\r\n\r\n");
+    out
+}

@@ -1,0 +1,211 @@
+//! The named scenarios and every knob of a run. A run is fully described by its [`Knobs`]:
+//! the same knobs (seed included) give the same trace, byte for byte.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A named scenario: a preset of [`Knobs`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scenario {
+    /// Backends slower than T1: every INVITE is retransmitted at least once.
+    Storm,
+    /// Long calls that outlive the window, re-INVITEs, calls ringing for minutes then cancelled.
+    Expiry,
+    /// A storm during which one backend dies and later returns.
+    Failover,
+    /// Three balancer instances sharing nothing; in-dialog requests reach any of them.
+    Scale,
+}
+
+impl Scenario {
+    /// Every scenario, for tests and help texts.
+    pub const ALL: [Scenario; 4] = [Scenario::Storm, Scenario::Expiry, Scenario::Failover, Scenario::Scale];
+
+    /// The name used on the command line and in the result line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Storm => "storm",
+            Scenario::Expiry => "expiry",
+            Scenario::Failover => "failover",
+            Scenario::Scale => "scale",
+        }
+    }
+}
+
+impl fmt::Display for Scenario {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An unknown scenario name.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown scenario {0:?} (storm, expiry, failover, scale)")]
+pub struct UnknownScenario(String);
+
+impl FromStr for Scenario {
+    type Err = UnknownScenario;
+
+    fn from_str(s: &str) -> Result<Scenario, UnknownScenario> {
+        Scenario::ALL.into_iter().find(|x| x.name() == s).ok_or_else(|| UnknownScenario(s.to_owned()))
+    }
+}
+
+/// A uniform range of durations `[lo, hi]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    /// Lower bound.
+    pub lo: Duration,
+    /// Upper bound (inclusive).
+    pub hi: Duration,
+}
+
+impl Span {
+    /// `[lo_ms, hi_ms]` in milliseconds.
+    pub const fn ms(lo_ms: u64, hi_ms: u64) -> Span {
+        Span { lo: Duration::from_millis(lo_ms), hi: Duration::from_millis(hi_ms) }
+    }
+}
+
+/// A backend outage: the backend refuses and resets connections during `[at, until)`, measured
+/// from the start of the run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outage {
+    /// Which backend (index into the configured list).
+    pub backend: usize,
+    /// When it dies.
+    pub at: Duration,
+    /// When it accepts connections again.
+    pub until: Duration,
+}
+
+/// Everything that shapes a run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Knobs {
+    /// The scenario name (for the result line).
+    pub scenario: Scenario,
+    /// Seeds every random draw of the world and of the balancers.
+    pub seed: u64,
+    /// Calls to place.
+    pub calls: u64,
+    /// New calls per second of virtual time (Poisson arrivals).
+    pub rate: f64,
+    /// Backends in the farm.
+    pub backends: usize,
+    /// Balancer instances sharing nothing.
+    pub instances: usize,
+    /// SIP proxies between the user agents and the balancers.
+    pub proxies: usize,
+    /// Persistent TCP connections from each proxy to each balancer instance.
+    pub conns_per_proxy: usize,
+    /// One-way latency of the UDP legs (user agent ↔ proxy).
+    pub udp_latency: Span,
+    /// Probability that a UDP datagram is lost.
+    pub udp_loss: f64,
+    /// One-way latency of the TCP legs (proxy ↔ balancer ↔ backend); order is preserved.
+    pub tcp_latency: Span,
+    /// Delay before a backend answers 100 Trying, per backend drawn once from this range.
+    pub trying_delay: Span,
+    /// Delay from the INVITE to 180 Ringing.
+    pub ring_delay: Span,
+    /// Further delay from 180 to 200 OK.
+    pub answer_delay: Span,
+    /// How long an answered call lasts.
+    pub talk: Span,
+    /// Share of calls that are long (talk drawn from `long_talk`).
+    pub long_fraction: f64,
+    /// Duration of long calls.
+    pub long_talk: Span,
+    /// Established calls send a re-INVITE this often (refresh), if set.
+    pub reinvite_every: Option<Duration>,
+    /// Share of calls the caller cancels while it rings (shortly).
+    pub cancel_fraction: f64,
+    /// Share of calls that ring for minutes and are then cancelled.
+    pub long_ring_fraction: f64,
+    /// How long those ring before the CANCEL.
+    pub long_ring: Span,
+    /// Share of answered calls that the backend (callee side) hangs up.
+    pub backend_hangup_fraction: f64,
+    /// Backend outages.
+    pub outages: Vec<Outage>,
+    /// In-dialog requests go to a random balancer instance (the scale-out story).
+    pub spread_in_dialog: bool,
+    /// The balancers' new-call table window.
+    pub window: Duration,
+    /// The balancers' longest ringing time kept in the table.
+    pub ringing_max: Duration,
+    /// The balancers' table capacity.
+    pub table_capacity: usize,
+}
+
+impl Knobs {
+    /// The preset of `scenario` with `seed`.
+    pub fn preset(scenario: Scenario, seed: u64) -> Knobs {
+        let base = Knobs {
+            scenario,
+            seed,
+            calls: 20_000,
+            rate: 500.0,
+            backends: 4,
+            instances: 1,
+            proxies: 4,
+            conns_per_proxy: 2,
+            udp_latency: Span::ms(5, 40),
+            udp_loss: 0.005,
+            tcp_latency: Span::ms(0, 2),
+            trying_delay: Span::ms(600, 1400),
+            ring_delay: Span::ms(700, 3000),
+            answer_delay: Span::ms(500, 6000),
+            talk: Span::ms(2_000, 20_000),
+            long_fraction: 0.0,
+            long_talk: Span::ms(60_000, 300_000),
+            reinvite_every: None,
+            cancel_fraction: 0.05,
+            long_ring_fraction: 0.0,
+            long_ring: Span::ms(60_000, 150_000),
+            backend_hangup_fraction: 0.2,
+            outages: Vec::new(),
+            spread_in_dialog: false,
+            window: lb_core::WINDOW_DEFAULT,
+            ringing_max: lb_core::TIMER_C,
+            table_capacity: 1_000_000,
+        };
+        match scenario {
+            Scenario::Storm => Knobs { rate: 2_000.0, calls: 100_000, ..base },
+            Scenario::Expiry => Knobs {
+                calls: 3_000,
+                rate: 20.0,
+                long_fraction: 0.5,
+                reinvite_every: Some(Duration::from_secs(30)),
+                long_ring_fraction: 0.1,
+                trying_delay: Span::ms(50, 700),
+                ..base
+            },
+            Scenario::Failover => Knobs { calls: 20_000, rate: 400.0, ..base }.with_default_outage(),
+            Scenario::Scale => Knobs {
+                calls: 20_000,
+                rate: 600.0,
+                instances: 3,
+                spread_in_dialog: true,
+                long_fraction: 0.05,
+                reinvite_every: Some(Duration::from_secs(20)),
+                ..base
+            },
+        }
+    }
+
+    /// Recomputes the failover outage for the current call count and rate: backend 1 dies a
+    /// third of the way through the arrivals and returns at two thirds.
+    pub fn with_default_outage(mut self) -> Knobs {
+        if self.scenario == Scenario::Failover {
+            let arrivals = self.calls as f64 / self.rate.max(0.001);
+            self.outages = vec![Outage {
+                backend: 1 % self.backends.max(1),
+                at: Duration::from_secs_f64(arrivals / 3.0),
+                until: Duration::from_secs_f64(arrivals * 2.0 / 3.0),
+            }];
+        }
+        self
+    }
+}

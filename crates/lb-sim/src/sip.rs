@@ -1,0 +1,285 @@
+//! Just enough SIP for the simulated peers: frame a stream by Content-Length, read the start
+//! line, Call-ID, CSeq and To tag, and find header lines to copy into answers.
+//!
+//! This is test infrastructure, deliberately independent of lb-core's parser: if the two
+//! disagreed about a message, the invariants would show it. It only has to understand what the
+//! simulated peers and the balancer write (full header names, one value per Via line).
+
+use std::ops::Range;
+
+use bytes::BytesMut;
+
+/// The SIP methods the simulated peers use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// INVITE (initial or re-INVITE).
+    Invite,
+    /// ACK.
+    Ack,
+    /// BYE.
+    Bye,
+    /// CANCEL.
+    Cancel,
+    /// Anything else.
+    Other,
+}
+
+impl Method {
+    /// The method's name as written on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Invite => "INVITE",
+            Method::Ack => "ACK",
+            Method::Bye => "BYE",
+            Method::Cancel => "CANCEL",
+            Method::Other => "OTHER",
+        }
+    }
+
+    /// A small number for traces and digests.
+    pub fn code(self) -> u16 {
+        match self {
+            Method::Invite => 1,
+            Method::Ack => 2,
+            Method::Bye => 3,
+            Method::Cancel => 4,
+            Method::Other => 5,
+        }
+    }
+
+    fn parse(s: &[u8]) -> Method {
+        match s {
+            b"INVITE" => Method::Invite,
+            b"ACK" => Method::Ack,
+            b"BYE" => Method::Bye,
+            b"CANCEL" => Method::Cancel,
+            _ => Method::Other,
+        }
+    }
+}
+
+/// Request or response, from the start line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A request with its method.
+    Request(Method),
+    /// A response with its status code.
+    Response(u16),
+}
+
+/// The few facts the simulator reads from every message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Summary {
+    /// Start line.
+    pub kind: Kind,
+    /// The simulator's call number, from a Call-ID of the form `N@sim`; `None` for foreign ones.
+    pub call: Option<u64>,
+    /// CSeq sequence number.
+    pub cseq: u32,
+    /// CSeq method.
+    pub cseq_method: Method,
+    /// The To header has a tag (in-dialog request, or a response past 100).
+    pub has_to_tag: bool,
+    /// Whole message length in bytes.
+    pub len: usize,
+}
+
+impl Summary {
+    /// A trace code: the method code for requests, the status for responses.
+    pub fn code(&self) -> u16 {
+        match self.kind {
+            Kind::Request(m) => m.code(),
+            Kind::Response(s) => s,
+        }
+    }
+}
+
+/// Length of the first complete message at the start of `buf`, or `None` if it is incomplete or
+/// unframeable (no Content-Length).
+pub fn frame_len(buf: &[u8]) -> Option<usize> {
+    let head_end = memchr::memmem::find(buf, b"\r\n\r\n")? + 4;
+    let head = &buf[..head_end];
+    let cl = header_value(head, b"Content-Length")
+        .or_else(|| header_value(head, b"l"))
+        .and_then(parse_u64)?;
+    let total = head_end.checked_add(usize::try_from(cl).ok()?)?;
+    (total <= buf.len()).then_some(total)
+}
+
+/// Reads the summary of one framed message.
+pub fn summarize(msg: &[u8]) -> Option<Summary> {
+    let line_end = memchr::memmem::find(msg, b"\r\n")?;
+    let line = &msg[..line_end];
+    let kind = if let Some(rest) = line.strip_prefix(b"SIP/2.0 ") {
+        Kind::Response(parse_u64(rest.get(..3)?).and_then(|s| u16::try_from(s).ok())?)
+    } else {
+        let sp = memchr::memchr(b' ', line)?;
+        Kind::Request(Method::parse(&line[..sp]))
+    };
+    let call = header_value(msg, b"Call-ID").and_then(call_number);
+    let cseq_v = header_value(msg, b"CSeq")?;
+    let sp = memchr::memchr(b' ', cseq_v)?;
+    let cseq = parse_u64(&cseq_v[..sp]).and_then(|n| u32::try_from(n).ok())?;
+    let cseq_method = Method::parse(trim(&cseq_v[sp + 1..]));
+    let has_to_tag = header_value(msg, b"To").is_some_and(|v| memchr::memmem::find(v, b";tag=").is_some());
+    Some(Summary { kind, call, cseq, cseq_method, has_to_tag, len: msg.len() })
+}
+
+/// The call number inside a Call-ID `N@sim`.
+pub fn call_number(call_id: &[u8]) -> Option<u64> {
+    let at = memchr::memchr(b'@', call_id)?;
+    parse_u64(&call_id[..at])
+}
+
+/// Header lines (name, value, whole line including CRLF) of a message head, in order.
+pub fn headers(msg: &[u8]) -> Headers<'_> {
+    let start = memchr::memmem::find(msg, b"\r\n").map_or(msg.len(), |i| i + 2);
+    Headers { msg, pos: start }
+}
+
+/// Iterator of [`headers`].
+#[derive(Debug)]
+pub struct Headers<'a> {
+    msg: &'a [u8],
+    pos: usize,
+}
+
+/// One header line.
+#[derive(Clone, Copy, Debug)]
+pub struct Header<'a> {
+    /// The name as written.
+    pub name: &'a [u8],
+    /// The value, trimmed.
+    pub value: &'a [u8],
+    /// The whole line with its CRLF.
+    pub line: &'a [u8],
+}
+
+impl<'a> Iterator for Headers<'a> {
+    type Item = Header<'a>;
+
+    fn next(&mut self) -> Option<Header<'a>> {
+        let rest = self.msg.get(self.pos..)?;
+        let end = memchr::memmem::find(rest, b"\r\n")?;
+        if end == 0 {
+            return None;
+        }
+        let line = &rest[..end + 2];
+        self.pos += end + 2;
+        let colon = memchr::memchr(b':', line)?;
+        Some(Header { name: trim(&line[..colon]), value: trim(&line[colon + 1..end]), line })
+    }
+}
+
+/// The value of the first header called `name` (ASCII case-insensitive).
+pub fn header_value<'a>(msg: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    headers(msg).find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value)
+}
+
+/// The URIs (between `<` and `>`) of every Record-Route entry, in order.
+pub fn record_routes(msg: &[u8]) -> impl Iterator<Item = &[u8]> {
+    headers(msg)
+        .filter(|h| h.name.eq_ignore_ascii_case(b"Record-Route"))
+        .flat_map(|h| h.value.split(|&c| c == b','))
+        .filter_map(angle)
+}
+
+/// The text between the first `<` and the following `>`.
+pub fn angle(v: &[u8]) -> Option<&[u8]> {
+    let a = memchr::memchr(b'<', v)?;
+    let b = memchr::memchr(b'>', &v[a..])?;
+    Some(&v[a + 1..a + b])
+}
+
+/// The value of parameter `name` (e.g. `tag`) in a header value: after `;name=` up to `;`, `>`,
+/// `,` or the end.
+pub fn param<'a>(v: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    let mut i = 0;
+    while let Some(off) = memchr::memchr(b';', &v[i..]) {
+        let s = i + off + 1;
+        let rest = &v[s..];
+        if rest.len() > name.len() && rest[..name.len()].eq_ignore_ascii_case(name) && rest[name.len()] == b'=' {
+            let val = &rest[name.len() + 1..];
+            let end = val.iter().position(|c| matches!(c, b';' | b'>' | b',' | b' ')).unwrap_or(val.len());
+            return Some(&val[..end]);
+        }
+        i = s;
+    }
+    None
+}
+
+/// Range of `part` inside `whole` when `part` is a subslice of it.
+pub fn offset_of(whole: &[u8], part: &[u8]) -> Option<Range<usize>> {
+    let start = (part.as_ptr() as usize).checked_sub(whole.as_ptr() as usize)?;
+    (start + part.len() <= whole.len()).then_some(start..start + part.len())
+}
+
+/// Appends a decimal number without going through `fmt`.
+pub fn put_u64(out: &mut BytesMut, mut n: u64) {
+    let mut tmp = [0u8; 20];
+    let mut i = tmp.len();
+    loop {
+        i -= 1;
+        tmp[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&tmp[i..]);
+}
+
+/// Decimal digits to a number; `None` if empty, not digits, or too large.
+pub fn parse_u64(s: &[u8]) -> Option<u64> {
+    let s = trim(s);
+    if s.is_empty() || s.len() > 19 {
+        return None;
+    }
+    let mut n = 0u64;
+    for &c in s {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        n = n * 10 + u64::from(c - b'0');
+    }
+    Some(n)
+}
+
+/// Strips ASCII spaces and tabs at both ends.
+pub fn trim(s: &[u8]) -> &[u8] {
+    let a = s.iter().position(|c| !matches!(c, b' ' | b'\t')).unwrap_or(s.len());
+    let b = s.iter().rposition(|c| !matches!(c, b' ' | b'\t')).map_or(a, |i| i + 1);
+    &s[a..b]
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const INVITE: &[u8] = b"INVITE sip:b@x SIP/2.0\r\nVia: SIP/2.0/TCP 10.0.0.1:5060;branch=z9hG4bKp1.1;rport\r\nRecord-Route: <sip:lb:5060;transport=tcp;lr;lb=0.1.abc>, <sip:p;lr>\r\nCall-ID: 17@sim\r\nCSeq: 1 INVITE\r\nTo: <sip:b@x>\r\nContent-Length: 3\r\n\r\nabcREST";
+
+    #[test]
+    fn frames_and_summarizes() {
+        let n = frame_len(INVITE).unwrap();
+        assert_eq!(&INVITE[n..], b"REST");
+        let s = summarize(&INVITE[..n]).unwrap();
+        assert_eq!(s.kind, Kind::Request(Method::Invite));
+        assert_eq!(s.call, Some(17));
+        assert_eq!((s.cseq, s.cseq_method), (1, Method::Invite));
+        assert!(!s.has_to_tag);
+        assert_eq!(frame_len(&INVITE[..n - 1]), None);
+    }
+
+    #[test]
+    fn reads_record_routes_and_params() {
+        let rr: Vec<&[u8]> = record_routes(INVITE).collect();
+        assert_eq!(rr, vec![&b"sip:lb:5060;transport=tcp;lr;lb=0.1.abc"[..], &b"sip:p;lr"[..]]);
+        assert_eq!(param(rr[0], b"lb"), Some(&b"0.1.abc"[..]));
+        assert_eq!(param(header_value(INVITE, b"Via").unwrap(), b"branch"), Some(&b"z9hG4bKp1.1"[..]));
+        let mut b = BytesMut::new();
+        put_u64(&mut b, 0);
+        put_u64(&mut b, 1234567);
+        assert_eq!(&b[..], b"01234567");
+    }
+}
