@@ -21,6 +21,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use lb_core::{CloseReason, ConnId, Event, Stats, ValidConfig};
 use rand::TryRngCore;
 
@@ -40,6 +41,26 @@ pub const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// Inputs a driver handles per wake-up before it yields to its runtime, so one busy connection
 /// cannot starve the timer or the others.
 pub const BATCH_MAX: usize = 64;
+
+/// [`read_some`] reserves a new chunk when less than this is left: reading a few bytes at a
+/// time would cost a syscall each.
+const READ_SPARE_MIN: usize = 4096;
+
+/// Reads once from a readiness-based source into the spare capacity of `buf`, appending what
+/// was read (the caller hands `buf.split()` to the core). Without `unsafe` the spare space must
+/// be zeroed before a read, so the space left after the previous read is reused and a fresh
+/// [`READ_CHUNK_BYTES`] is reserved only when little is left.
+pub fn read_some(buf: &mut BytesMut, source: &mut impl std::io::Read) -> std::io::Result<usize> {
+    if buf.capacity() - buf.len() < READ_SPARE_MIN {
+        buf.reserve(READ_CHUNK_BYTES);
+    }
+    let start = buf.len();
+    buf.resize(buf.capacity(), 0);
+    let result = source.read(&mut buf[start..]);
+    let n = *result.as_ref().unwrap_or(&0);
+    buf.truncate(start + n);
+    result
+}
 
 /// Why a driver stopped with an error after start-up.
 #[derive(Debug, thiserror::Error)]

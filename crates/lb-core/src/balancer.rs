@@ -227,6 +227,12 @@ impl Balancer {
         &self.stats
     }
 
+    /// Bytes the new-call table holds now (its map and expiry queues, at their capacities):
+    /// with `stats().table_len`, the memory cost of one entry.
+    pub fn table_bytes(&self) -> usize {
+        self.table.memory_bytes()
+    }
+
     /// Whether `backend` is connected and takes traffic.
     pub fn is_backend_up(&self, backend: BackendId) -> bool {
         self.backends.get(backend.index()).is_some_and(|b| b.state == BackendState::Up)

@@ -110,6 +110,21 @@ pub fn encode_header(out: &mut BytesMut, envelope: &Envelope, payload_len: usize
     out.put_slice(&address);
 }
 
+/// Rewrites the payload length of a header already written, for a payload written in place
+/// after it (encode the header with length 0, write the message, then patch): the message is
+/// written once, straight into the output buffer.
+///
+/// # Panics
+///
+/// If `header` is shorter than [`HEADER_LEN`] or `payload_len` exceeds `u32::MAX`: both are
+/// the caller's own bytes, never a peer's.
+pub fn set_payload_len(header: &mut [u8], payload_len: usize) {
+    assert!(header.len() >= HEADER_LEN, "set_payload_len needs a whole envelope header");
+    let payload_len =
+        u32::try_from(payload_len).expect("payloads are bounded by the message size limit");
+    header[LENGTH_AT..LENGTH_AT + 4].copy_from_slice(&payload_len.to_be_bytes());
+}
+
 /// Appends a whole envelope: the header, then `payload`.
 pub fn encode(out: &mut BytesMut, envelope: &Envelope, payload: &[u8]) {
     out.reserve(HEADER_LEN + payload.len());
@@ -255,6 +270,8 @@ fn transport_code(transport: Transport) -> u8 {
     }
 }
 
+/// Offset of the payload length in the header.
+const LENGTH_AT: usize = 4;
 const FLAG_LOAD: u8 = 0x01;
 const FAMILY_NONE: u8 = 0;
 const FAMILY_V4: u8 = 4;
@@ -288,11 +305,12 @@ mod tests {
     fn hex_dump(bytes: &[u8]) -> String {
         let mut s = String::new();
         for (i, line) in bytes.chunks(16).enumerate() {
-            write!(s, "{:04x}:", i * 16).unwrap();
+            let mut hex = String::new();
             for b in line {
-                write!(s, " {b:02x}").unwrap();
+                write!(hex, " {b:02x}").unwrap();
             }
-            s.push_str("  ");
+            // Padded so the text column lines up on a short last line.
+            write!(s, "{:04x}:{hex:<48}  ", i * 16).unwrap();
             s.extend(line.iter().map(|&b| if b.is_ascii_graphic() { b as char } else { '.' }));
             s.push('\n');
         }
@@ -370,6 +388,19 @@ mod tests {
             EnvelopeError::BadField("address"),
         );
         assert_refused(|b| b[4..8].copy_from_slice(&70_000u32.to_be_bytes()), EnvelopeError::TooLarge(70_000));
+    }
+
+    #[test]
+    fn payload_length_patched_in_place() {
+        let env = sample(v4([10, 1, 2, 3], 5060), Some(9));
+        let mut out = BytesMut::from(&b"earlier"[..]);
+        let start = out.len();
+        encode_header(&mut out, &env, 0);
+        let payload_start = out.len();
+        out.extend_from_slice(b"MESSAGE sip:x SIP/2.0\r\n");
+        let len = out.len() - payload_start;
+        set_payload_len(&mut out[start..payload_start], len);
+        assert_eq!(&out[start..], &frame(&env, b"MESSAGE sip:x SIP/2.0\r\n")[..]);
     }
 
     #[test]
@@ -451,6 +482,30 @@ mod tests {
         0020: 53 49 50 2f 32 2e 30 20 31 38 30 20 52 69 6e 67  SIP/2.0.180.Ring
         0030: 69 6e 67 0d 0a                                   ing..
         ");
+    }
+
+    #[test]
+    fn documented_example_decodes() {
+        // The dump in docs/envelope.md, so the document cannot drift from the code.
+        let doc = include_str!("../../../docs/envelope.md");
+        let mut bytes = BytesMut::new();
+        for line in doc.lines() {
+            let Some((offset, rest)) = line.split_once(": ") else { continue };
+            if offset.len() != 4 || !offset.bytes().all(|c| c.is_ascii_hexdigit()) {
+                continue;
+            }
+            for pair in rest.get(..48).unwrap_or(rest).split_whitespace() {
+                bytes.extend_from_slice(&[u8::from_str_radix(pair, 16).unwrap()]);
+            }
+        }
+        let mut decoder = EnvelopeDecoder::default();
+        decoder.push(bytes);
+        let (env, payload) = decoder.next_envelope(MAX).unwrap().unwrap();
+        assert_eq!(env, Envelope { addr: v4([192, 0, 2, 10], 5060), transport: Transport::Tcp, load: Some(12) });
+        assert_eq!(payload.len(), 136);
+        assert!(payload.starts_with(b"SIP/2.0 200 OK\r\n"));
+        assert!(payload.ends_with(b"Content-Length: 0\r\n\r\n"));
+        assert_eq!(decoder.next_envelope(MAX), None);
     }
 
     #[derive(Clone, Debug)]

@@ -119,7 +119,7 @@ impl StreamFramer {
                 // A lone CRLF, maybe followed by the CR of a ping's second CRLF: wait.
                 (None, _) | (Some(b'\r'), None) => return None,
                 // A pong (RFC 5626 §4.4.1) or stray CRLF before a start line: drop it.
-                Some(_) => self.buf.advance(2),
+                _ => self.buf.advance(2),
             }
         }
         Some(false)
@@ -208,4 +208,297 @@ fn decimal(value: &[u8]) -> Result<usize, FramingError> {
             Err(FramingError::BadContentLength)
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use quickcheck_macros::quickcheck;
+
+    use super::*;
+    use crate::message::SipMessage;
+
+    const MAX: usize = 64 * 1024;
+
+    fn message(extra: &str, body: &str) -> String {
+        format!(
+            "INVITE sip:b@h SIP/2.0\r\nVia: SIP/2.0/TCP h;branch=z9hG4bK1\r\nTo: <sip:b@h>\r\n\
+             From: <sip:a@h>;tag=1\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n{extra}\r\n{body}"
+        )
+    }
+
+    fn with_length(body: &str) -> String {
+        message(&format!("Content-Length: {}\r\n", body.len()), body)
+    }
+
+    fn framer(bytes: &[u8]) -> StreamFramer {
+        let mut framer = StreamFramer::default();
+        framer.push(BytesMut::from(bytes));
+        framer
+    }
+
+    fn frame_text(frame: Option<Result<Frame, FramingError>>) -> String {
+        match frame {
+            Some(Ok(Frame::Message(bytes))) => String::from_utf8(bytes.to_vec()).unwrap(),
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
+    fn error_of(head_extra: &str) -> Option<Result<Frame, FramingError>> {
+        framer(message(head_extra, "").as_bytes()).next_frame(MAX)
+    }
+
+    #[test]
+    fn frames_one_message_with_its_body() {
+        let text = with_length("v=0\r\n");
+        let mut f = framer(text.as_bytes());
+        assert_eq!(frame_text(f.next_frame(MAX)), text);
+        assert_eq!(f.next_frame(MAX), None);
+        assert_eq!(f.buffered_len(), 0);
+    }
+
+    #[test]
+    fn pipelined_messages_and_partial_tail() {
+        let a = with_length("first");
+        let b = message("l: 6\r\n", "second");
+        let c = with_length("third");
+        let stream = format!("{a}{b}{c}");
+        let cut = stream.len() - 3;
+        let mut f = framer(&stream.as_bytes()[..cut]);
+        assert_eq!(frame_text(f.next_frame(MAX)), a);
+        assert_eq!(frame_text(f.next_frame(MAX)), b);
+        assert_eq!(f.next_frame(MAX), None);
+        assert_eq!(f.buffered_len(), c.len() - 3);
+        f.push(BytesMut::from(&stream.as_bytes()[cut..]));
+        assert_eq!(frame_text(f.next_frame(MAX)), c);
+        assert_eq!(f.next_frame(MAX), None);
+    }
+
+    #[test]
+    fn messages_are_slices_of_the_received_buffer() {
+        let text = format!("{}{}", with_length("x"), with_length("yz"));
+        let buf = BytesMut::from(text.as_bytes());
+        let base = buf.as_ptr() as usize;
+        let mut f = StreamFramer::default();
+        f.push(buf);
+        let Some(Ok(Frame::Message(first))) = f.next_frame(MAX) else { panic!() };
+        let Some(Ok(Frame::Message(second))) = f.next_frame(MAX) else { panic!() };
+        assert_eq!(first.as_ptr() as usize, base);
+        assert_eq!(second.as_ptr() as usize, base + first.len());
+    }
+
+    #[test]
+    fn content_length_forms() {
+        for header in [
+            "Content-Length: 4\r\n",
+            "content-length:4\r\n",
+            "CONTENT-LENGTH   :   4  \r\n",
+            "l: 4\r\n",
+            "L\t:\t0004\r\n",
+            "Content-Length:\r\n 4\r\n",
+            "Content-Length: 4\r\nl: 4\r\n",
+        ] {
+            let text = message(header, "body");
+            let mut f = framer(text.as_bytes());
+            assert_eq!(frame_text(f.next_frame(MAX)), text, "{header:?}");
+        }
+    }
+
+    #[test]
+    fn content_length_must_start_a_line() {
+        // In a value, or on a continuation line of another header: not a Content-Length.
+        for header in ["Subject: see Content-Length: 0\r\n", "Subject: x\r\n Content-Length: 0\r\n"] {
+            assert_eq!(error_of(header), Some(Err(FramingError::MissingContentLength)), "{header:?}");
+        }
+    }
+
+    #[test]
+    fn framing_errors() {
+        use FramingError::*;
+        assert_eq!(error_of(""), Some(Err(MissingContentLength)));
+        for header in [
+            "Content-Length: -999\r\n",
+            "Content-Length: +1\r\n",
+            "Content-Length: 1 2\r\n",
+            "Content-Length: 0x10\r\n",
+            "Content-Length: \r\n",
+            "Content-Length: 99999999999999999999999999\r\n",
+            "Content-Length: 13\r\nContent-Length: 5\r\n",
+        ] {
+            assert_eq!(error_of(header), Some(Err(BadContentLength)), "{header:?}");
+        }
+        let text = message("Content-Length: 100\r\n", "");
+        assert_eq!(framer(text.as_bytes()).next_frame(text.len() + 99), Some(Err(MessageTooLarge)));
+        let mut f = framer(text.as_bytes());
+        assert_eq!(f.next_frame(text.len() + 100), None);
+        assert_eq!(f.buffered_len(), text.len());
+        let text = message(&format!("Content-Length: {}\r\n", usize::MAX), "");
+        assert_eq!(framer(text.as_bytes()).next_frame(MAX), Some(Err(MessageTooLarge)));
+    }
+
+    #[test]
+    fn header_limit() {
+        let text = with_length("");
+        // The header block ends exactly at the limit: fine; one byte less: too large.
+        assert!(matches!(framer(text.as_bytes()).next_frame(text.len()), Some(Ok(_))));
+        assert_eq!(framer(text.as_bytes()).next_frame(text.len() - 1), Some(Err(FramingError::HeaderTooLarge)));
+        // No header end yet: wait below the limit, fail at it.
+        let mut f = framer(&text.as_bytes()[..50]);
+        assert_eq!(f.next_frame(51), None);
+        assert_eq!(f.next_frame(50), Some(Err(FramingError::HeaderTooLarge)));
+    }
+
+    #[test]
+    fn errors_are_sticky() {
+        let mut f = framer(message("", "").as_bytes());
+        assert_eq!(f.next_frame(MAX), Some(Err(FramingError::MissingContentLength)));
+        f.push(BytesMut::from(with_length("").as_bytes()));
+        assert_eq!(f.next_frame(MAX), Some(Err(FramingError::MissingContentLength)));
+    }
+
+    #[test]
+    fn keepalives() {
+        let text = with_length("");
+        // Ping, pong, ping, message, trailing lone CRLF (wait: may become a ping).
+        let stream = format!("\r\n\r\n\r\n\r\n\r\n{text}\r\n");
+        let mut f = framer(stream.as_bytes());
+        assert_eq!(f.next_frame(MAX), Some(Ok(Frame::Ping)));
+        assert_eq!(f.next_frame(MAX), Some(Ok(Frame::Ping)));
+        assert_eq!(frame_text(f.next_frame(MAX)), text);
+        assert_eq!(f.next_frame(MAX), None);
+        assert_eq!(f.buffered_len(), 2);
+        f.push(BytesMut::from(&b"\r"[..]));
+        assert_eq!(f.next_frame(MAX), None);
+        f.push(BytesMut::from(&b"\n"[..]));
+        assert_eq!(f.next_frame(MAX), Some(Ok(Frame::Ping)));
+        assert_eq!(f.buffered_len(), 0);
+        // A pong then a message arriving later.
+        f.push(BytesMut::from(&b"\r\n"[..]));
+        assert_eq!(f.next_frame(MAX), None);
+        f.push(BytesMut::from(text.as_bytes()));
+        assert_eq!(frame_text(f.next_frame(MAX)), text);
+    }
+
+    #[test]
+    fn an_incomplete_head_is_scanned_once() {
+        let text = with_length("body");
+        let mut f = StreamFramer::default();
+        let head_len = text.find("\r\n\r\n").unwrap() + 4;
+        for (i, byte) in text.bytes().enumerate() {
+            f.push(BytesMut::from(&[byte][..]));
+            let frame = f.next_frame(MAX);
+            if i + 1 < text.len() {
+                assert_eq!(frame, None);
+                // Never further back than three bytes (a CRLFCRLF may straddle reads).
+                assert_eq!(f.scanned, (i + 1).min(head_len));
+            } else {
+                assert_eq!(frame_text(frame), text);
+                assert_eq!(f.scanned, 0);
+            }
+        }
+    }
+
+    /// A stream of messages (bodies, header styles) with keep-alives between them, and the
+    /// frames it must give.
+    fn build_stream(items: &[(u8, u8)]) -> (Vec<u8>, Vec<Frame>) {
+        let mut stream = Vec::new();
+        let mut frames = Vec::new();
+        for (n, &(kind, size)) in items.iter().enumerate() {
+            if kind % 4 == 0 {
+                stream.extend_from_slice(b"\r\n\r\n");
+                frames.push(Frame::Ping);
+                continue;
+            }
+            if kind % 4 == 1 {
+                stream.extend_from_slice(b"\r\n");
+            }
+            // Bodies may contain CRLFCRLF and things that look like headers.
+            let body: String = "x\r\n\r\nContent-Length: 99\r\n".chars().cycle().take(size as usize).collect();
+            let header = match size % 3 {
+                0 => format!("Content-Length: {}\r\n", body.len()),
+                1 => format!("l :{}\r\n", body.len()),
+                _ => format!("Content-Length:\r\n  {}\r\n", body.len()),
+            };
+            let text = message(&format!("X-N: {n}\r\n{header}"), &body);
+            stream.extend_from_slice(text.as_bytes());
+            frames.push(Frame::Message(Bytes::from(text)));
+        }
+        (stream, frames)
+    }
+
+    fn drain(framer: &mut StreamFramer, frames: &mut Vec<Frame>) {
+        while let Some(frame) = framer.next_frame(MAX) {
+            frames.push(frame.unwrap());
+        }
+    }
+
+    #[quickcheck]
+    fn any_split_gives_the_same_frames(items: Vec<(u8, u8)>, cuts: Vec<u8>) -> bool {
+        let (stream, expected) = build_stream(&items);
+        let mut whole = Vec::new();
+        drain(&mut framer(&stream), &mut whole);
+
+        let mut chunked = Vec::new();
+        let mut f = StreamFramer::default();
+        let mut rest = &stream[..];
+        let mut sizes = cuts.iter().map(|&c| usize::from(c % 64) + 1).cycle();
+        while !rest.is_empty() {
+            let n = sizes.next().unwrap_or(rest.len()).min(rest.len());
+            f.push(BytesMut::from(&rest[..n]));
+            rest = &rest[n..];
+            drain(&mut f, &mut chunked);
+        }
+        whole == expected && chunked == expected && f.buffered_len() == 0
+    }
+
+    fn no_panic(chunks: &[Vec<u8>], max: usize) {
+        let mut f = StreamFramer::default();
+        for chunk in chunks {
+            f.push(BytesMut::from(&chunk[..]));
+            // Bounded: every frame consumes bytes, and an error ends the stream.
+            for _ in 0..=chunk.len() + 1 {
+                match f.next_frame(max) {
+                    Some(Ok(Frame::Message(bytes))) => {
+                        assert!(bytes.len() <= max);
+                        let _ = SipMessage::parse(bytes, Some(b"X-LB-Tag"), 16);
+                    }
+                    Some(Ok(Frame::Ping)) => {}
+                    Some(Err(_)) | None => break,
+                }
+            }
+        }
+        let joined: Vec<u8> = chunks.concat();
+        let _ = SipMessage::parse(Bytes::from(joined.clone()), Some(b"x"), 16);
+        let _ = crate::message::header_lines(&joined).count();
+    }
+
+    #[quickcheck]
+    fn arbitrary_bytes_never_panic(chunks: Vec<Vec<u8>>, max: u16) -> bool {
+        no_panic(&chunks, usize::from(max));
+        true
+    }
+
+    /// Random edits of valid messages reach far deeper into the parser than random bytes.
+    #[quickcheck]
+    fn mangled_messages_never_panic(edits: Vec<(u16, u8)>, cut: u16) -> bool {
+        const ALPHABET: &[u8] = b"\r\n\r\n \t:;,<>\"\\@=/[]0123456789.SIPsipVvialtTf-rportbranch";
+        let mut text = format!(
+            "{}\r\n\r\n{}",
+            message(
+                "Route: <sip:lb.example.com;lr;lb=1.2.3>, \"d\" <sips:u@[::1]:5061>\r\n\
+                 Via: SIP/2.0/UDP [2001:db8::1]:5060;rport;received=192.0.2.1\r\nl: 3\r\n",
+                "abc"
+            ),
+            with_length("v=0")
+        )
+        .into_bytes();
+        for &(at, pick) in &edits {
+            let at = usize::from(at) % text.len();
+            text[at] = ALPHABET[usize::from(pick) % ALPHABET.len()];
+        }
+        let cut = usize::from(cut) % text.len();
+        no_panic(&[text[..cut].to_vec(), text[cut..].to_vec()], MAX);
+        true
+    }
 }

@@ -35,6 +35,7 @@
 //! Every [`ConnId`] ends with exactly one [`Input::Closed`]; the core reuses its slot after that.
 
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 mod balancer;
 mod config;

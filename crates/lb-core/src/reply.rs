@@ -23,10 +23,7 @@ pub(crate) enum Reply {
 /// Appends the response to `request` to `out`. Returns `false`, writing nothing, when the
 /// request lacks a header a response must copy (then no response is possible: drop it).
 pub(crate) fn write(out: &mut BytesMut, request: &[u8], reply: Reply) -> bool {
-    let Some(head_start) = memchr::memmem::find(request, b"\r\n").map(|i| i + 2) else {
-        return false;
-    };
-    let head = &request[head_start..];
+    let head = request;
     let mut seen = [false; 4]; // Via, From, To, Call-ID + CSeq counted below
     let mut cseq = false;
     for (name, _) in header_lines(head) {

@@ -1,0 +1,537 @@
+//! # lb-mio: the balancer on a mio readiness loop
+//!
+//! One thread, one [`mio::Poll`], one [`Balancer`] owned by the loop. Each connection's mio
+//! `Token` is its `ConnId::slot`; listeners and the signal pipe take tokens at the top of the
+//! token space, which slots (below `u32::MAX`) never reach.
+//!
+//! Per wake-up the loop:
+//! 1. accepts on ready listeners, reads ready connections (at most [`lb_cli::BATCH_MAX`] reads
+//!    each, then the connection is revisited on the next pass with a zero poll timeout), and
+//!    completes non-blocking connects (`take_error`, then `peer_addr`);
+//! 2. after every input, drains the core's outputs: `Send` appends to the connection's
+//!    `VecDeque<Bytes>` (past the output cap the connection is closed and reported as
+//!    [`CloseReason::OutputOverflow`]), `Close` flushes then closes;
+//! 3. writes every queue that grew, vectored, until `WouldBlock`; `WRITABLE` interest is on
+//!    only while a queue is non-empty;
+//! 4. feeds `Input::Timeout` once the core's deadline has passed, expires connects older than
+//!    [`lb_cli::CONNECT_TIMEOUT`], and polls again with the nearest deadline as timeout.
+//!
+//! SIGINT/SIGTERM arrive through `signal-hook-mio`: accepting stops, queued output is flushed
+//! for at most [`lb_cli::SHUTDOWN_FLUSH_MAX`], and the final counters are returned.
+
+use std::collections::VecDeque;
+use std::io::{self, ErrorKind, IoSlice, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use lb_cli::{RunError, Settings, BATCH_MAX, CONNECT_TIMEOUT, READ_CHUNK_BYTES, SHUTDOWN_FLUSH_MAX};
+use lb_core::{Balancer, CloseReason, ConnId, Input, ListenerId, Output, Stats, ValidConfig};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+
+/// Runs the balancer on the calling thread until SIGINT or SIGTERM, then flushes queued output
+/// (at most [`SHUTDOWN_FLUSH_MAX`]) and returns the final counters.
+pub fn run(settings: Settings) -> Result<Stats, RunError> {
+    let mut driver = Driver::new(settings)?;
+    driver.serve()?;
+    driver.flush_all();
+    Ok(driver.lb.stats().clone())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Non-blocking connect in progress; sends queue up meanwhile.
+    Connecting,
+    Open,
+    /// `Output::Close` performed: no more reading; closes once the queue is written.
+    Closing,
+}
+
+struct Conn {
+    id: ConnId,
+    stream: TcpStream,
+    frontend: bool,
+    state: State,
+    out: VecDeque<Bytes>,
+    /// Sum of `out`'s lengths, checked against the output cap.
+    queued: usize,
+    interest: Interest,
+    /// Listed in `Driver::dirty`.
+    dirty: bool,
+}
+
+struct Driver {
+    lb: Balancer,
+    config: ValidConfig,
+    poll: Poll,
+    /// Indexed by `ConnId::slot`, which is also the connection's token.
+    conns: Vec<Option<Conn>>,
+    listeners: Vec<(ListenerId, TcpListener)>,
+    signals: Signals,
+    read_buf: BytesMut,
+    output_cap: usize,
+    /// Connects in start order; all have the same timeout, so the front expires first.
+    connect_deadlines: VecDeque<(Instant, ConnId)>,
+    /// Connections whose queue grew since they were last written.
+    dirty: Vec<ConnId>,
+    /// Connections that hit the per-wake-up read bound and may have more to read.
+    readable_again: Vec<ConnId>,
+}
+
+impl Driver {
+    fn new(settings: Settings) -> Result<Driver, RunError> {
+        let poll = Poll::new().map_err(RunError::Runtime)?;
+        let mut signals = Signals::new([SIGINT, SIGTERM]).map_err(RunError::Runtime)?;
+        poll.registry()
+            .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)
+            .map_err(RunError::Runtime)?;
+        let lb = Balancer::new(settings.core.clone(), lb_cli::os_seed()?, Instant::now());
+        let mut listeners = Vec::new();
+        for (id, addr) in lb.listeners() {
+            let mut socket =
+                TcpListener::bind(addr).map_err(|source| RunError::Bind { addr, source })?;
+            poll.registry()
+                .register(&mut socket, listener_token(listeners.len()), Interest::READABLE)
+                .map_err(RunError::Runtime)?;
+            tracing::info!(listener = %id, %addr, "listening");
+            listeners.push((id, socket));
+        }
+        let mut driver = Driver {
+            lb,
+            config: settings.core,
+            poll,
+            conns: Vec::new(),
+            listeners,
+            signals,
+            read_buf: BytesMut::with_capacity(READ_CHUNK_BYTES),
+            output_cap: settings.output_cap_bytes,
+            connect_deadlines: VecDeque::new(),
+            dirty: Vec::new(),
+            readable_again: Vec::new(),
+        };
+        driver.drain();
+        driver.flush_dirty();
+        Ok(driver)
+    }
+
+    /// The loop, until a signal arrives.
+    fn serve(&mut self) -> Result<(), RunError> {
+        let mut events = Events::with_capacity(EVENTS_CAPACITY);
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(RunError::Runtime(e));
+            }
+            let mut stop = false;
+            for id in std::mem::take(&mut self.readable_again) {
+                self.read(id);
+            }
+            for event in &events {
+                let token = event.token();
+                if token == SIGNAL_TOKEN {
+                    stop |= self.signals.pending().next().is_some();
+                } else if let Some(index) = listener_index(token, self.listeners.len()) {
+                    self.accept(index);
+                } else {
+                    self.ready(token.0, event);
+                }
+            }
+            self.flush_dirty();
+            self.handle_deadlines();
+            self.flush_dirty();
+            if stop {
+                return Ok(());
+            }
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Duration> {
+        if !self.readable_again.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let connect = self.connect_deadlines.front().map(|(d, _)| *d);
+        let deadline = match (self.lb.poll_timeout(), connect) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        deadline.map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    fn accept(&mut self, index: usize) {
+        loop {
+            let (listener, socket) = &self.listeners[index];
+            let listener = *listener;
+            match socket.accept() {
+                Ok((mut stream, peer)) => {
+                    let conn = self.lb.accept(Instant::now(), listener, peer);
+                    lb_cli::log_frontend_open(conn, peer);
+                    let _ = stream.set_nodelay(true);
+                    let registered = self.poll.registry().register(
+                        &mut stream,
+                        Token(conn.slot()),
+                        Interest::READABLE,
+                    );
+                    match registered {
+                        Ok(()) => self.insert(conn, stream, true, State::Open, Interest::READABLE),
+                        Err(e) => {
+                            tracing::warn!(conn = %conn, error = %e, "register failed");
+                            lb_cli::log_frontend_closed(conn, CloseReason::Error);
+                            let reason = CloseReason::Error;
+                            self.lb.handle_input(Instant::now(), Input::Closed { conn, reason });
+                        }
+                    }
+                    self.drain();
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // Usually out of file descriptors; the next connection's event retries.
+                    tracing::warn!(listener = %listener, error = %e, "accept failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn ready(&mut self, slot: usize, event: &mio::event::Event) {
+        let Some(c) = self.conns.get_mut(slot).and_then(Option::as_mut) else { return };
+        let id = c.id;
+        if c.state == State::Connecting {
+            match connect_result(&c.stream) {
+                Ok(false) => return,
+                Ok(true) => {
+                    c.state = State::Open;
+                    let _ = c.stream.set_nodelay(true);
+                    self.mark_dirty(id);
+                    self.lb.handle_input(Instant::now(), Input::Connected { conn: id });
+                    self.drain();
+                }
+                Err(e) => {
+                    tracing::debug!(conn = %id, error = %e, "connect failed");
+                    self.finish(id, CloseReason::Error);
+                    self.drain();
+                    return;
+                }
+            }
+        }
+        if event.is_readable() || event.is_read_closed() || event.is_error() {
+            self.read(id);
+        }
+        if event.is_writable() {
+            self.mark_dirty(id);
+        }
+    }
+
+    /// Reads until `WouldBlock`, or [`BATCH_MAX`] times and then again on the next pass.
+    fn read(&mut self, id: ConnId) {
+        for _ in 0..BATCH_MAX {
+            let Some(c) = self.conns.get_mut(id.slot()).and_then(Option::as_mut) else { return };
+            if c.id != id || c.state != State::Open {
+                return;
+            }
+            match lb_cli::read_some(&mut self.read_buf, &mut c.stream) {
+                Ok(0) => {
+                    self.finish(id, CloseReason::PeerClosed);
+                    self.drain();
+                    return;
+                }
+                Ok(_) => {
+                    let bytes = self.read_buf.split();
+                    self.lb.handle_input(Instant::now(), Input::Received { conn: id, bytes });
+                    self.drain();
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::debug!(conn = %id, error = %e, "read failed");
+                    self.finish(id, CloseReason::Error);
+                    self.drain();
+                    return;
+                }
+            }
+        }
+        self.readable_again.push(id);
+    }
+
+    fn drain(&mut self) {
+        while let Some(output) = self.lb.poll_output() {
+            self.perform(output);
+        }
+    }
+
+    /// Carries out one output. Never drains itself: `drain` loops until the queue is empty.
+    fn perform(&mut self, output: Output) {
+        match output {
+            Output::Send { conn, bytes } => {
+                let cap = self.output_cap;
+                let Some(c) = self.get(conn) else { return };
+                if c.state == State::Closing {
+                    return;
+                }
+                if c.queued + bytes.len() > cap {
+                    tracing::warn!(conn = %conn, cap, "output cap exceeded, closing");
+                    self.finish(conn, CloseReason::OutputOverflow);
+                    return;
+                }
+                c.queued += bytes.len();
+                c.out.push_back(bytes);
+                self.mark_dirty(conn);
+            }
+            Output::Connect { conn, backend, to } => {
+                tracing::debug!(conn = %conn, backend = %backend, %to, "connecting");
+                match self.connect(conn, to) {
+                    Ok(()) => {
+                        self.connect_deadlines.push_back((Instant::now() + CONNECT_TIMEOUT, conn));
+                    }
+                    Err(e) => {
+                        tracing::debug!(conn = %conn, error = %e, "connect failed");
+                        let reason = CloseReason::Error;
+                        self.lb.handle_input(Instant::now(), Input::Closed { conn, reason });
+                    }
+                }
+            }
+            Output::Close { conn } => {
+                let Some(c) = self.get(conn) else { return };
+                match c.state {
+                    // Nothing was written yet, so there is nothing to flush.
+                    State::Connecting => self.finish(conn, CloseReason::Requested),
+                    State::Open => {
+                        c.state = State::Closing;
+                        self.mark_dirty(conn);
+                    }
+                    State::Closing => {}
+                }
+            }
+            Output::Event(event) => lb_cli::log_event(&self.config, &event),
+        }
+    }
+
+    fn connect(&mut self, conn: ConnId, to: SocketAddr) -> io::Result<()> {
+        let mut stream = TcpStream::connect(to)?;
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        self.poll.registry().register(&mut stream, Token(conn.slot()), interest)?;
+        self.insert(conn, stream, false, State::Connecting, interest);
+        Ok(())
+    }
+
+    fn mark_dirty(&mut self, id: ConnId) {
+        if let Some(c) = self.get(id) {
+            if !c.dirty {
+                c.dirty = true;
+                self.dirty.push(id);
+            }
+        }
+    }
+
+    /// Writes every queue that grew; closes connections whose `Close` is now flushed.
+    fn flush_dirty(&mut self) {
+        while !self.dirty.is_empty() {
+            for id in std::mem::take(&mut self.dirty) {
+                self.flush(id);
+            }
+            self.drain();
+        }
+    }
+
+    fn flush(&mut self, id: ConnId) {
+        let slot = self.conns.get_mut(id.slot()).and_then(Option::as_mut);
+        let Some(c) = slot.filter(|c| c.id == id) else { return };
+        c.dirty = false;
+        if c.state == State::Connecting {
+            return;
+        }
+        if let Err(e) = write_queue(c) {
+            tracing::debug!(conn = %id, error = %e, "write failed");
+            let reason = if c.state == State::Closing { CloseReason::Requested } else { CloseReason::Error };
+            self.finish(id, reason);
+            return;
+        }
+        if c.state == State::Closing && c.out.is_empty() {
+            let _ = c.stream.shutdown(Shutdown::Both);
+            self.finish(id, CloseReason::Requested);
+            return;
+        }
+        let want = match (c.state, c.out.is_empty()) {
+            (State::Closing, _) => Interest::WRITABLE,
+            (_, true) => Interest::READABLE,
+            (_, false) => Interest::READABLE | Interest::WRITABLE,
+        };
+        if want != c.interest {
+            c.interest = want;
+            if let Err(e) = self.poll.registry().reregister(&mut c.stream, Token(id.slot()), want) {
+                tracing::warn!(conn = %id, error = %e, "reregister failed");
+                self.finish(id, CloseReason::Error);
+            }
+        }
+    }
+
+    fn handle_deadlines(&mut self) {
+        let now = Instant::now();
+        while let Some(&(deadline, id)) = self.connect_deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.connect_deadlines.pop_front();
+            if self.get(id).is_some_and(|c| c.state == State::Connecting) {
+                tracing::debug!(conn = %id, "connect timed out");
+                self.finish(id, CloseReason::Error);
+                self.drain();
+            }
+        }
+        if self.lb.poll_timeout().is_some_and(|d| d <= now) {
+            self.lb.handle_input(now, Input::Timeout);
+            self.drain();
+        }
+    }
+
+    /// Feeds the one `Closed` of `id` and forgets its socket. The caller drains.
+    fn finish(&mut self, id: ConnId, reason: CloseReason) {
+        let Some(slot) = self.conns.get_mut(id.slot()) else { return };
+        let Some(mut c) = slot.take_if(|c| c.id == id) else { return };
+        let _ = self.poll.registry().deregister(&mut c.stream);
+        if c.frontend {
+            lb_cli::log_frontend_closed(id, reason);
+        }
+        self.lb.handle_input(Instant::now(), Input::Closed { conn: id, reason });
+    }
+
+    fn get(&mut self, id: ConnId) -> Option<&mut Conn> {
+        self.conns.get_mut(id.slot())?.as_mut().filter(|c| c.id == id)
+    }
+
+    fn insert(&mut self, id: ConnId, stream: TcpStream, frontend: bool, state: State, interest: Interest) {
+        let slot = id.slot();
+        if slot >= self.conns.len() {
+            self.conns.resize_with(slot + 1, || None);
+        }
+        debug_assert!(self.conns[slot].is_none(), "the core reuses a slot only after Closed");
+        self.conns[slot] = Some(Conn {
+            id,
+            stream,
+            frontend,
+            state,
+            out: VecDeque::new(),
+            queued: 0,
+            interest,
+            dirty: false,
+        });
+    }
+
+    /// Shutdown: stop accepting and reading, write what is queued for at most
+    /// [`SHUTDOWN_FLUSH_MAX`]. The core is not fed any more: the counters stay as they were.
+    fn flush_all(&mut self) {
+        for (_, mut socket) in self.listeners.drain(..) {
+            let _ = self.poll.registry().deregister(&mut socket);
+        }
+        let deadline = Instant::now() + SHUTDOWN_FLUSH_MAX;
+        let mut events = Events::with_capacity(EVENTS_CAPACITY);
+        loop {
+            let mut pending = 0;
+            for slot in &mut self.conns {
+                let Some(c) = slot else { continue };
+                let done = c.state == State::Connecting || write_queue(c).is_err() || c.out.is_empty();
+                if done {
+                    let _ = c.stream.shutdown(Shutdown::Both);
+                    let _ = self.poll.registry().deregister(&mut c.stream);
+                    *slot = None;
+                } else {
+                    if c.interest != Interest::WRITABLE {
+                        c.interest = Interest::WRITABLE;
+                        let token = Token(c.id.slot());
+                        let _ = self.poll.registry().reregister(&mut c.stream, token, c.interest);
+                    }
+                    pending += 1;
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if pending == 0 {
+                return;
+            }
+            if left.is_zero() {
+                tracing::warn!(pending, "shutdown: gave up flushing some connections");
+                return;
+            }
+            if let Err(e) = self.poll.poll(&mut events, Some(left)) {
+                if e.kind() != ErrorKind::Interrupted {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Writes `c.out` until it is empty or the socket would block. Each `Bytes` is dropped as soon
+/// as it is written, so the core's buffers can reuse the space.
+fn write_queue(c: &mut Conn) -> io::Result<()> {
+    while !c.out.is_empty() {
+        let mut slices = [IoSlice::new(&[]); IOV_BATCH];
+        let mut count = 0;
+        for (slice, bytes) in slices.iter_mut().zip(&c.out) {
+            *slice = IoSlice::new(bytes);
+            count += 1;
+        }
+        match c.stream.write_vectored(&slices[..count]) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(mut n) => {
+                c.queued -= n;
+                while n > 0 {
+                    let Some(front) = c.out.front_mut() else { break };
+                    if front.len() <= n {
+                        n -= front.len();
+                        c.out.pop_front();
+                    } else {
+                        front.advance(n);
+                        n = 0;
+                    }
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Whether a non-blocking connect finished: `Ok(true)` connected, `Ok(false)` still in progress,
+/// `Err` failed (mio's documented recipe: `take_error`, then `peer_addr`).
+fn connect_result(stream: &TcpStream) -> io::Result<bool> {
+    if let Some(e) = stream.take_error()? {
+        return Err(e);
+    }
+    match stream.peer_addr() {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == ErrorKind::NotConnected || e.kind() == ErrorKind::InProgress => {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn listener_token(index: usize) -> Token {
+    Token(LISTENER_TOKEN_TOP - index)
+}
+
+fn listener_index(token: Token, count: usize) -> Option<usize> {
+    let index = LISTENER_TOKEN_TOP.checked_sub(token.0)?;
+    (index < count).then_some(index)
+}
+
+/// The signal pipe's token: the top of the token space.
+const SIGNAL_TOKEN: Token = Token(usize::MAX);
+
+/// Listener `i` has token `LISTENER_TOKEN_TOP - i`; connection slots stay below `u32::MAX`.
+const LISTENER_TOKEN_TOP: usize = usize::MAX - 1;
+
+/// Readiness events per `poll` call.
+const EVENTS_CAPACITY: usize = 1024;
+
+/// Queue entries per vectored write (Linux's IOV_MAX is 1024; a few dozen already fill a segment
+/// train).
+const IOV_BATCH: usize = 64;

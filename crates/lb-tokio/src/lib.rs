@@ -1,0 +1,488 @@
+//! # lb-tokio: the balancer on a current-thread tokio runtime
+//!
+//! One task (the *owner*) holds the [`Balancer`] by value and is the only code that calls it;
+//! nothing is shared behind a lock. Around it:
+//!
+//! - one accept task per listener sends each accepted socket to the owner, which calls
+//!   `Balancer::accept` to learn the connection's id;
+//! - per connection, a reader task reads 64 KiB chunks into a `BytesMut` and sends them through
+//!   the bounded note channel (a slow owner therefore slows the readers down), and a writer task
+//!   drains an unbounded channel of `Bytes` whose queued size is counted: past the output cap the
+//!   owner closes the connection and reports [`CloseReason::OutputOverflow`];
+//! - `Output::Connect` spawns a task that connects with a timeout and then becomes the writer.
+//!
+//! The owner loop waits for a note, the core's deadline (one `Sleep`, reset only when the
+//! deadline moves) or the shutdown signal; it handles up to [`lb_cli::BATCH_MAX`] notes per
+//! wake-up and drains every output after each input. Time is read from `tokio::time::Instant`,
+//! so a paused test clock drives the core too.
+//!
+//! Each connection id gets exactly one `Input::Closed`: the owner removes its table entry when
+//! it feeds it, and notes for ids no longer in the table are ignored.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use lb_cli::{RunError, Settings, BATCH_MAX, CONNECT_TIMEOUT, READ_CHUNK_BYTES, SHUTDOWN_FLUSH_MAX};
+use lb_core::{Balancer, CloseReason, ConnId, Input, ListenerId, Output, Stats, ValidConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use tokio::time::Instant as TokioInstant;
+
+/// Runs the balancer on a new current-thread runtime until SIGINT or SIGTERM, then flushes
+/// queued output (at most [`SHUTDOWN_FLUSH_MAX`]) and returns the final counters.
+pub fn run(settings: Settings) -> Result<Stats, RunError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(RunError::Runtime)?;
+    runtime.block_on(async {
+        // Registered before anything is bound, so a signal sent once the port answers is seen.
+        let shutdown = shutdown_signal().map_err(RunError::Runtime)?;
+        serve(settings, shutdown).await
+    })
+}
+
+/// Runs the balancer inside the caller's runtime until `shutdown` completes, then flushes queued
+/// output (at most [`SHUTDOWN_FLUSH_MAX`]) and returns the final counters. Spawns tasks with
+/// `tokio::spawn`; meant for a current-thread runtime (one balancer per thread).
+pub async fn serve(
+    settings: Settings,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Stats, RunError> {
+    let seed = lb_cli::os_seed()?;
+    let lb = Balancer::new(settings.core.clone(), seed, now());
+    let (notes_tx, mut notes) = mpsc::channel(NOTES_CAPACITY);
+
+    let addrs: Vec<(ListenerId, SocketAddr)> = lb.listeners().collect();
+    let mut acceptors = Vec::with_capacity(addrs.len());
+    for (id, addr) in addrs {
+        let socket = TcpListener::bind(addr).await.map_err(|source| RunError::Bind { addr, source })?;
+        tracing::info!(listener = %id, %addr, "listening");
+        acceptors.push(tokio::spawn(accept_loop(id, socket, notes_tx.clone())).abort_handle());
+    }
+
+    let mut owner = Owner {
+        lb,
+        config: settings.core,
+        conns: Vec::new(),
+        notes: notes_tx,
+        output_cap: settings.output_cap_bytes,
+    };
+    owner.drain();
+
+    tokio::pin!(shutdown);
+    let sleep = tokio::time::sleep_until(far_future());
+    tokio::pin!(sleep);
+    let mut armed: Option<std::time::Instant> = None;
+    loop {
+        let deadline = owner.lb.poll_timeout();
+        if deadline != armed {
+            armed = deadline;
+            sleep.as_mut().reset(deadline.map_or_else(far_future, TokioInstant::from_std));
+        }
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            note = notes.recv() => {
+                // The owner holds a sender itself, so the channel never ends while it runs.
+                let Some(note) = note else { break };
+                owner.handle_note(note);
+                for _ in 1..BATCH_MAX {
+                    match notes.try_recv() {
+                        Ok(note) => owner.handle_note(note),
+                        Err(_) => break,
+                    }
+                }
+            }
+            () = &mut sleep, if armed.is_some() => {
+                // Forget the fired deadline so the next one is armed even if it is equal.
+                armed = None;
+                owner.lb.handle_input(now(), Input::Timeout);
+                owner.drain();
+            }
+        }
+    }
+
+    tracing::info!("shutting down: no more accepts, flushing queued output");
+    for acceptor in acceptors {
+        acceptor.abort();
+    }
+    owner.flush_all(&mut notes).await;
+    Ok(owner.lb.stats().clone())
+}
+
+/// What the tasks tell the owner.
+enum Note {
+    Accepted { listener: ListenerId, stream: TcpStream, peer: SocketAddr },
+    Received { conn: ConnId, bytes: BytesMut },
+    Connected { conn: ConnId, read: OwnedReadHalf },
+    Closed { conn: ConnId, reason: CloseReason },
+}
+
+/// What the owner tells a writer task.
+enum Write {
+    Bytes(Bytes),
+    /// Flush what came before, shut the socket down, report `Closed { Requested }`.
+    Close,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Backend connect in progress; writes queue up in the channel meanwhile.
+    Connecting,
+    Open,
+    /// `Output::Close` performed; waiting for the writer to flush and report.
+    Closing,
+}
+
+struct Conn {
+    id: ConnId,
+    frontend: bool,
+    state: State,
+    writes: mpsc::UnboundedSender<Write>,
+    /// Bytes handed to the writer and not yet written.
+    queued: Arc<AtomicUsize>,
+    reader: Option<AbortHandle>,
+    /// The writer task, or the connect task that becomes it.
+    writer: AbortHandle,
+}
+
+struct Owner {
+    lb: Balancer,
+    config: ValidConfig,
+    /// Indexed by `ConnId::slot`.
+    conns: Vec<Option<Conn>>,
+    notes: mpsc::Sender<Note>,
+    output_cap: usize,
+}
+
+impl Owner {
+    fn handle_note(&mut self, note: Note) {
+        match note {
+            Note::Accepted { listener, stream, peer } => {
+                let conn = self.lb.accept(now(), listener, peer);
+                lb_cli::log_frontend_open(conn, peer);
+                let _ = stream.set_nodelay(true);
+                let (read, write) = stream.into_split();
+                let (writes, rx) = mpsc::unbounded_channel();
+                let queued = Arc::new(AtomicUsize::new(0));
+                let writer =
+                    tokio::spawn(write_loop(conn, write, rx, queued.clone(), self.notes.clone()));
+                let reader = tokio::spawn(read_loop(conn, read, self.notes.clone()));
+                self.insert(Conn {
+                    id: conn,
+                    frontend: true,
+                    state: State::Open,
+                    writes,
+                    queued,
+                    reader: Some(reader.abort_handle()),
+                    writer: writer.abort_handle(),
+                });
+            }
+            Note::Received { conn, bytes } => {
+                if self.get(conn).is_some_and(|c| c.state == State::Open) {
+                    self.lb.handle_input(now(), Input::Received { conn, bytes });
+                }
+            }
+            Note::Connected { conn, read } => {
+                let notes = self.notes.clone();
+                let Some(c) = self.get(conn) else { return };
+                // While Closing the read half is dropped: the writer reports the close.
+                if c.state == State::Connecting {
+                    c.state = State::Open;
+                    c.reader = Some(tokio::spawn(read_loop(conn, read, notes)).abort_handle());
+                    self.lb.handle_input(now(), Input::Connected { conn });
+                }
+            }
+            Note::Closed { conn, reason } => {
+                if let Some(c) = self.get(conn) {
+                    let reason = if c.state == State::Closing { CloseReason::Requested } else { reason };
+                    self.finish(conn, reason);
+                }
+            }
+        }
+        self.drain();
+    }
+
+    fn drain(&mut self) {
+        while let Some(output) = self.lb.poll_output() {
+            self.perform(output);
+        }
+    }
+
+    fn perform(&mut self, output: Output) {
+        match output {
+            Output::Send { conn, bytes } => {
+                let cap = self.output_cap;
+                let Some(c) = self.get(conn) else { return };
+                if c.state == State::Closing {
+                    return;
+                }
+                let len = bytes.len();
+                if c.queued.load(Ordering::Relaxed) + len > cap {
+                    tracing::warn!(conn = %conn, cap, "output cap exceeded, closing");
+                    self.finish(conn, CloseReason::OutputOverflow);
+                    return;
+                }
+                c.queued.fetch_add(len, Ordering::Relaxed);
+                // A failed send means the writer already ended and its Closed note is on its way.
+                let _ = c.writes.send(Write::Bytes(bytes));
+            }
+            Output::Connect { conn, backend, to } => {
+                tracing::debug!(conn = %conn, backend = %backend, %to, "connecting");
+                let (writes, rx) = mpsc::unbounded_channel();
+                let queued = Arc::new(AtomicUsize::new(0));
+                let task =
+                    tokio::spawn(connect_task(conn, to, rx, queued.clone(), self.notes.clone()));
+                self.insert(Conn {
+                    id: conn,
+                    frontend: false,
+                    state: State::Connecting,
+                    writes,
+                    queued,
+                    reader: None,
+                    writer: task.abort_handle(),
+                });
+            }
+            Output::Close { conn } => {
+                let Some(c) = self.get(conn) else { return };
+                if c.state == State::Closing {
+                    return;
+                }
+                c.state = State::Closing;
+                if let Some(reader) = c.reader.take() {
+                    reader.abort();
+                }
+                let _ = c.writes.send(Write::Close);
+            }
+            Output::Event(event) => lb_cli::log_event(&self.config, &event),
+        }
+    }
+
+    /// Feeds the one `Closed` of `conn` and forgets it; its tasks stop.
+    fn finish(&mut self, conn: ConnId, reason: CloseReason) {
+        let Some(c) = self.conns.get_mut(conn.slot()).and_then(Option::take) else { return };
+        if let Some(reader) = c.reader {
+            reader.abort();
+        }
+        c.writer.abort();
+        if c.frontend {
+            lb_cli::log_frontend_closed(conn, reason);
+        }
+        self.lb.handle_input(now(), Input::Closed { conn, reason });
+    }
+
+    /// The entry of `conn` if it is still the one registered at its slot.
+    fn get(&mut self, conn: ConnId) -> Option<&mut Conn> {
+        self.conns.get_mut(conn.slot())?.as_mut().filter(|c| c.id == conn)
+    }
+
+    fn insert(&mut self, conn: Conn) {
+        let slot = conn.id.slot();
+        if slot >= self.conns.len() {
+            self.conns.resize_with(slot + 1, || None);
+        }
+        debug_assert!(self.conns[slot].is_none(), "the core reuses a slot only after Closed");
+        self.conns[slot] = Some(conn);
+    }
+
+    /// Shutdown: stop reading, let every writer flush and shut down, wait for them at most
+    /// [`SHUTDOWN_FLUSH_MAX`]. The core is not fed any more: the counters stay as they were.
+    async fn flush_all(&mut self, notes: &mut mpsc::Receiver<Note>) {
+        let mut pending = 0usize;
+        for slot in &mut self.conns {
+            let Some(c) = slot else { continue };
+            if let Some(reader) = c.reader.take() {
+                reader.abort();
+            }
+            match c.state {
+                State::Open => {
+                    let _ = c.writes.send(Write::Close);
+                    c.state = State::Closing;
+                    pending += 1;
+                }
+                State::Closing => pending += 1,
+                State::Connecting => {
+                    c.writer.abort();
+                    *slot = None;
+                }
+            }
+        }
+        let deadline = TokioInstant::now() + SHUTDOWN_FLUSH_MAX;
+        while pending > 0 {
+            match tokio::time::timeout_at(deadline, notes.recv()).await {
+                Ok(Some(Note::Closed { conn, .. })) => {
+                    if self.get(conn).is_some() {
+                        self.conns[conn.slot()] = None;
+                        pending -= 1;
+                    }
+                }
+                Ok(Some(Note::Accepted { .. } | Note::Received { .. } | Note::Connected { .. })) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        if pending > 0 {
+            tracing::warn!(pending, "shutdown: gave up flushing some connections");
+        }
+    }
+}
+
+async fn accept_loop(listener: ListenerId, socket: TcpListener, notes: mpsc::Sender<Note>) {
+    loop {
+        match socket.accept().await {
+            Ok((stream, peer)) => {
+                if notes.send(Note::Accepted { listener, stream, peer }).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                // Usually out of file descriptors: retrying at once would spin.
+                tracing::warn!(listener = %listener, error = %e, "accept failed");
+                tokio::time::sleep(ACCEPT_RETRY).await;
+            }
+        }
+    }
+}
+
+async fn read_loop(conn: ConnId, mut read: OwnedReadHalf, notes: mpsc::Sender<Note>) {
+    let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let reason = loop {
+        // Reclaims the space of earlier chunks once the core has dropped them.
+        buf.reserve(READ_CHUNK_BYTES);
+        match read.read_buf(&mut buf).await {
+            Ok(0) => break CloseReason::PeerClosed,
+            Ok(_) => {
+                let bytes = buf.split();
+                if notes.send(Note::Received { conn, bytes }).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::debug!(conn = %conn, error = %e, "read failed");
+                break CloseReason::Error;
+            }
+        }
+    };
+    let _ = notes.send(Note::Closed { conn, reason }).await;
+}
+
+async fn write_loop(
+    conn: ConnId,
+    write: OwnedWriteHalf,
+    mut writes: mpsc::UnboundedReceiver<Write>,
+    queued: Arc<AtomicUsize>,
+    notes: mpsc::Sender<Note>,
+) {
+    // Several messages ready at once leave in one syscall; TCP_NODELAY then sends them at once.
+    let mut out = BufWriter::with_capacity(READ_CHUNK_BYTES, write);
+    let reason = 'outer: loop {
+        // `None`: the owner forgot the connection, having fed its Closed already.
+        let Some(mut next) = writes.recv().await else { return };
+        let mut written = 0;
+        let mut close = false;
+        loop {
+            match next {
+                Write::Bytes(bytes) => {
+                    if let Err(e) = out.write_all(&bytes).await {
+                        tracing::debug!(conn = %conn, error = %e, "write failed");
+                        break 'outer CloseReason::Error;
+                    }
+                    written += bytes.len();
+                }
+                Write::Close => {
+                    close = true;
+                    break;
+                }
+            }
+            match writes.try_recv() {
+                Ok(w) => next = w,
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = out.flush().await {
+            tracing::debug!(conn = %conn, error = %e, "write failed");
+            break CloseReason::Error;
+        }
+        queued.fetch_sub(written, Ordering::Relaxed);
+        if close {
+            let _ = out.shutdown().await;
+            break CloseReason::Requested;
+        }
+    };
+    let _ = notes.send(Note::Closed { conn, reason }).await;
+}
+
+async fn connect_task(
+    conn: ConnId,
+    to: SocketAddr,
+    writes: mpsc::UnboundedReceiver<Write>,
+    queued: Arc<AtomicUsize>,
+    notes: mpsc::Sender<Note>,
+) {
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(to)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            tracing::debug!(conn = %conn, %to, error = %e, "connect failed");
+            let _ = notes.send(Note::Closed { conn, reason: CloseReason::Error }).await;
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(conn = %conn, %to, "connect timed out");
+            let _ = notes.send(Note::Closed { conn, reason: CloseReason::Error }).await;
+            return;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let (read, write) = stream.into_split();
+    // The owner spawns the reader, so no data can overtake this note.
+    if notes.send(Note::Connected { conn, read }).await.is_err() {
+        return;
+    }
+    write_loop(conn, write, writes, queued, notes).await;
+}
+
+/// Completes on the first SIGINT or SIGTERM (Ctrl-C elsewhere). The handlers are installed when
+/// this is called, not when the future is first polled.
+fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        Ok(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+    }
+}
+
+fn now() -> std::time::Instant {
+    TokioInstant::now().into_std()
+}
+
+/// A deadline that never comes, for the `Sleep` while the core has none.
+fn far_future() -> TokioInstant {
+    TokioInstant::now() + Duration::from_secs(365 * 24 * 3600)
+}
+
+/// Notes in flight before readers wait for the owner: enough for one wake-up's batch per
+/// busy connection without letting readers run far ahead of the core.
+const NOTES_CAPACITY: usize = 1024;
+
+/// Pause after a failed accept (typically EMFILE) before trying again.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
