@@ -7,7 +7,12 @@
 //! seed and config replays it under the clock, so the timed loop does no SIP formatting. Virtual
 //! time advances 0.5 ms per call (2,000 calls/s), so the new-call table reaches its steady size
 //! (rate × window) and expires as it would in production.
-#![allow(clippy::unwrap_used, clippy::print_stdout, unsafe_code)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    clippy::disallowed_methods,
+    unsafe_code
+)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::SocketAddr;
@@ -57,9 +62,14 @@ impl Side {
         let config = Config {
             listeners: vec!["192.0.2.10:5060".parse().unwrap()],
             backends: (0..BACKENDS)
-                .map(|i| BackendConfig::plain(format!("198.51.100.{}:5060", i + 1).parse().unwrap()))
+                .map(|i| {
+                    BackendConfig::plain(format!("198.51.100.{}:5060", i + 1).parse().unwrap())
+                })
                 .collect(),
-            tag_keys: vec![TagKey { id: 1, secret: vec![0x5a; 32] }],
+            tag_keys: vec![TagKey {
+                id: 1,
+                secret: vec![0x5a; 32],
+            }],
             ..Config::default()
         };
         let mut lb = Balancer::new(config.validate().unwrap(), 1, start);
@@ -80,7 +90,11 @@ impl Side {
                 lb.accept(start, listener, peer)
             })
             .collect();
-        Side { lb, frontends, backends }
+        Side {
+            lb,
+            frontends,
+            backends,
+        }
     }
 }
 
@@ -106,11 +120,18 @@ fn main() {
         let script = record_batch(&mut recorder, n, &mut now);
         n += BATCH;
         // Hand the core owned buffers as a driver would, outside the clock.
-        let inputs: Vec<(Step, BytesMut)> =
-            script.into_iter().map(|s| {
-                let b = BytesMut::from(&s.bytes[..]);
-                (s, b)
-            }).collect();
+        // A driver reads into one large buffer and hands the core `split_to` pieces of it.
+        let mut read_buffer = BytesMut::with_capacity(script.iter().map(|s| s.bytes.len()).sum());
+        for s in &script {
+            read_buffer.extend_from_slice(&s.bytes);
+        }
+        let inputs: Vec<(Step, BytesMut)> = script
+            .into_iter()
+            .map(|s| {
+                let piece = read_buffer.split_to(s.bytes.len());
+                (s, piece)
+            })
+            .collect();
         let before = ALLOCS.load(Ordering::Relaxed);
         let t = Instant::now();
         for (step, bytes) in inputs {
@@ -119,7 +140,9 @@ fn main() {
             } else {
                 replayer.frontends[step.index]
             };
-            replayer.lb.handle_input(step.at, Input::Received { conn, bytes });
+            replayer
+                .lb
+                .handle_input(step.at, Input::Received { conn, bytes });
             replayer.lb.handle_input(step.at, Input::Timeout);
             while let Some(out) = replayer.lb.poll_output() {
                 drop(out);
@@ -167,27 +190,70 @@ fn record_batch(side: &mut Side, first: usize, now: &mut Instant) -> Vec<Step> {
     }
     for (c, fe, b, forwarded) in &invites {
         for status in ["100 Trying", "180 Ringing", "200 OK"] {
-            feed(side, &mut script, true, *b, *now, response(forwarded, status));
+            feed(
+                side,
+                &mut script,
+                true,
+                *b,
+                *now,
+                response(forwarded, status),
+            );
             drain(side);
         }
         let tag = tag_of(forwarded);
-        feed(side, &mut script, false, *fe, *now, in_dialog("ACK", *c, *fe, &tag, 1));
+        feed(
+            side,
+            &mut script,
+            false,
+            *fe,
+            *now,
+            in_dialog("ACK", *c, *fe, &tag, 1),
+        );
         drain(side);
         let bye = in_dialog("BYE", *c, *fe, &tag, 2);
         feed(side, &mut script, false, *fe, *now, bye);
         let (_, forwarded_bye) = to_backend(side);
-        feed(side, &mut script, true, *b, *now, response(&forwarded_bye, "200 OK"));
+        feed(
+            side,
+            &mut script,
+            true,
+            *b,
+            *now,
+            response(&forwarded_bye, "200 OK"),
+        );
         drain(side);
     }
     script
 }
 
-fn feed(side: &mut Side, script: &mut Vec<Step>, from_backend: bool, index: usize, at: Instant, text: String) {
+fn feed(
+    side: &mut Side,
+    script: &mut Vec<Step>,
+    from_backend: bool,
+    index: usize,
+    at: Instant,
+    text: String,
+) {
     let bytes = Bytes::from(text);
-    let conn = if from_backend { side.backends[index] } else { side.frontends[index] };
-    side.lb.handle_input(at, Input::Received { conn, bytes: BytesMut::from(&bytes[..]) });
+    let conn = if from_backend {
+        side.backends[index]
+    } else {
+        side.frontends[index]
+    };
+    side.lb.handle_input(
+        at,
+        Input::Received {
+            conn,
+            bytes: BytesMut::from(&bytes[..]),
+        },
+    );
     side.lb.handle_input(at, Input::Timeout);
-    script.push(Step { from_backend, index, at, bytes });
+    script.push(Step {
+        from_backend,
+        index,
+        at,
+        bytes,
+    });
 }
 
 fn to_backend(side: &mut Side) -> (usize, String) {
@@ -199,7 +265,7 @@ fn to_backend(side: &mut Side) -> (usize, String) {
             }
         }
     }
-    found.expect("the request reached a backend")
+    found.unwrap_or_else(|| panic!("no backend; stats {}", side.lb.stats()))
 }
 
 fn drain(side: &mut Side) {
@@ -207,11 +273,17 @@ fn drain(side: &mut Side) {
 }
 
 fn tag_of(message: &str) -> String {
-    let line = message.lines().find(|l| l.starts_with("Record-Route:")).unwrap();
+    let line = message
+        .lines()
+        .find(|l| l.starts_with("Record-Route:"))
+        .unwrap();
     let start = line.find(";lb=").unwrap() + 4;
     let end = line[start..].find('>').unwrap() + start;
     line[start..end].to_string()
 }
+
+const SDP: &str = "v=0\r\no=- 1 1 IN IP4 203.0.113.9\r\ns=-\r\nc=IN IP4 203.0.113.9\r\n\
+    t=0 0\r\nm=audio 40000 RTP/AVP 0 8\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n";
 
 fn invite(c: usize, fe: usize) -> String {
     format!(
@@ -225,10 +297,9 @@ fn invite(c: usize, fe: usize) -> String {
          Contact: <sip:alice@203.0.113.{p}:5060;transport=tcp>\r\n\
          Allow: INVITE, ACK, CANCEL, BYE, OPTIONS\r\n\
          Content-Type: application/sdp\r\n\
-         Content-Length: 129\r\n\r\n\
-         v=0\r\no=- 1 1 IN IP4 203.0.113.9\r\ns=-\r\nc=IN IP4 203.0.113.9\r\nt=0 0\r\n\
-         m=audio 40000 RTP/AVP 0 8\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n",
-        p = fe + 1
+         Content-Length: {len}\r\n\r\n{SDP}",
+        p = fe + 1,
+        len = SDP.len()
     )
 }
 
@@ -267,6 +338,8 @@ fn response(request: &str, status: &str) -> String {
             _ => {}
         }
     }
-    out.push_str("Contact: <sip:b2bua@198.51.100.1:5060;transport=tcp>\r\nContent-Length: 0\r\n\r\n");
+    out.push_str(
+        "Contact: <sip:b2bua@198.51.100.1:5060;transport=tcp>\r\nContent-Length: 0\r\n\r\n",
+    );
     out
 }

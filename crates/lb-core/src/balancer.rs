@@ -72,8 +72,15 @@ struct Conn {
 
 #[derive(Debug)]
 enum Side {
-    Frontend { peer: SocketAddr, framer: StreamFramer, aliases: SmallVec<[HopName; 1]> },
-    Backend { backend: BackendId, reader: BackendReader },
+    Frontend {
+        peer: SocketAddr,
+        framer: StreamFramer,
+        aliases: SmallVec<[HopName; 1]>,
+    },
+    Backend {
+        backend: BackendId,
+        reader: BackendReader,
+    },
 }
 
 #[derive(Debug)]
@@ -163,12 +170,22 @@ impl Balancer {
 
     /// The listeners of the configuration, to bind: report accepted connections with their id.
     pub fn listeners(&self) -> impl Iterator<Item = (ListenerId, SocketAddr)> + '_ {
-        self.config.config.listeners.iter().enumerate().map(|(i, a)| (ListenerId::new(i), *a))
+        self.config
+            .config
+            .listeners
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (ListenerId::new(i), *a))
     }
 
     /// The configured backends with their ids, in configuration order.
     pub fn backends(&self) -> impl Iterator<Item = (BackendId, &BackendConfig)> + '_ {
-        self.config.config.backends.iter().enumerate().map(|(i, b)| (BackendId::new(i), b))
+        self.config
+            .config
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (BackendId::new(i), b))
     }
 
     /// A frontend connection was accepted on `listener` from `peer`; returns its id. When the
@@ -177,12 +194,17 @@ impl Balancer {
         self.advance(now);
         let _ = listener;
         let full = self.stats.frontends_open as usize >= self.config.config.limits.frontends_max;
-        let side = Side::Frontend { peer, framer: StreamFramer::default(), aliases: SmallVec::new() };
+        let side = Side::Frontend {
+            peer,
+            framer: StreamFramer::default(),
+            aliases: SmallVec::new(),
+        };
         let conn = self.insert_conn(side);
         self.stats.frontends_open += 1;
         if full {
             self.stats.frontends_refused += 1;
-            self.outputs.push_back(Output::Event(Event::FrontendRefused(conn)));
+            self.outputs
+                .push_back(Output::Event(Event::FrontendRefused(conn)));
             self.close(conn);
         } else {
             self.stats.frontends_accepted += 1;
@@ -235,7 +257,9 @@ impl Balancer {
 
     /// Whether `backend` is connected and takes traffic.
     pub fn is_backend_up(&self, backend: BackendId) -> bool {
-        self.backends.get(backend.index()).is_some_and(|b| b.state == BackendState::Up)
+        self.backends
+            .get(backend.index())
+            .is_some_and(|b| b.state == BackendState::Up)
     }
 
     /// `now` never goes backwards inside the core.
@@ -246,16 +270,25 @@ impl Balancer {
     fn insert_conn(&mut self, side: Side) -> ConnId {
         self.generation = self.generation.wrapping_add(1);
         let generation = self.generation;
-        let slot = self.conns.insert(Conn { generation, closing: false, side, out: BytesMut::new() });
+        let slot = self.conns.insert(Conn {
+            generation,
+            closing: false,
+            side,
+            out: BytesMut::new(),
+        });
         ConnId::new(slot, generation)
     }
 
     fn conn(&self, id: ConnId) -> Option<&Conn> {
-        self.conns.get(id.slot()).filter(|c| c.generation == id.generation())
+        self.conns
+            .get(id.slot())
+            .filter(|c| c.generation == id.generation())
     }
 
     fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
-        self.conns.get_mut(id.slot()).filter(|c| c.generation == id.generation())
+        self.conns
+            .get_mut(id.slot())
+            .filter(|c| c.generation == id.generation())
     }
 
     fn close(&mut self, id: ConnId) {
@@ -284,11 +317,16 @@ impl Balancer {
         } else {
             b.state = BackendState::Connecting;
         }
-        self.outputs.push_back(Output::Connect { conn, backend, to });
+        self.outputs
+            .push_back(Output::Connect { conn, backend, to });
     }
 
     fn handle_connected(&mut self, id: ConnId) {
-        let Some(Conn { side: Side::Backend { backend, .. }, closing: false, .. }) = self.conn(id)
+        let Some(Conn {
+            side: Side::Backend { backend, .. },
+            closing: false,
+            ..
+        }) = self.conn(id)
         else {
             self.stats.stale_inputs += 1;
             return;
@@ -301,7 +339,8 @@ impl Balancer {
         }
         b.state = BackendState::Up;
         b.failures = 0;
-        self.outputs.push_back(Output::Event(Event::BackendUp(backend)));
+        self.outputs
+            .push_back(Output::Event(Event::BackendUp(backend)));
     }
 
     fn handle_closed(&mut self, id: ConnId, reason: CloseReason) {
@@ -330,7 +369,8 @@ impl Balancer {
                 let was = std::mem::replace(&mut b.state, BackendState::Down);
                 self.stats.backend_failures += 1;
                 if was != BackendState::Down {
-                    self.outputs.push_back(Output::Event(Event::BackendDown(backend)));
+                    self.outputs
+                        .push_back(Output::Event(Event::BackendDown(backend)));
                 }
                 let delay = self.reconnect_delay(backend);
                 self.reconnects.push(Reverse((self.now + delay, backend)));
@@ -343,7 +383,10 @@ impl Balancer {
     fn reconnect_delay(&mut self, backend: BackendId) -> Duration {
         let c = &self.config.config;
         let failures = self.backends[backend.index()].failures.min(16);
-        let full = c.reconnect_min.saturating_mul(1 << (failures - 1).min(15)).min(c.reconnect_max);
+        let full = c
+            .reconnect_min
+            .saturating_mul(1 << (failures - 1).min(15))
+            .min(c.reconnect_max);
         let half = full / 2;
         half + half.mul_f64(self.rng.random::<f64>())
     }
@@ -381,7 +424,10 @@ impl Balancer {
     fn handle_received(&mut self, id: ConnId, bytes: BytesMut) {
         let message_max = self.config.config.limits.message_bytes_max;
         let buffered_max = self.config.config.limits.buffered_bytes_max;
-        let Some(conn) = self.conns.get_mut(id.slot()).filter(|c| c.generation == id.generation())
+        let Some(conn) = self
+            .conns
+            .get_mut(id.slot())
+            .filter(|c| c.generation == id.generation())
         else {
             self.stats.stale_inputs += 1;
             return;
@@ -392,34 +438,45 @@ impl Balancer {
         }
         match &mut conn.side {
             Side::Frontend { framer, .. } => framer.push(bytes),
-            Side::Backend { reader: BackendReader::Plain(framer), .. } => framer.push(bytes),
-            Side::Backend { reader: BackendReader::Envelope(decoder), .. } => decoder.push(bytes),
+            Side::Backend {
+                reader: BackendReader::Plain(framer),
+                ..
+            } => framer.push(bytes),
+            Side::Backend {
+                reader: BackendReader::Envelope(decoder),
+                ..
+            } => decoder.push(bytes),
         }
         loop {
-            let Some(conn) = self.conn_mut(id) else { return };
+            let Some(conn) = self.conn_mut(id) else {
+                return;
+            };
             if conn.closing {
                 return;
             }
             let next = match &mut conn.side {
-                Side::Frontend { framer, .. } | Side::Backend { reader: BackendReader::Plain(framer), .. } => {
-                    match framer.next_frame(message_max) {
-                        None => None,
-                        Some(Ok(Frame::Message(m))) => Some(Ok((None, m))),
-                        Some(Ok(Frame::Ping)) => {
-                            self.stats.keepalives += 1;
-                            self.send(id, Bytes::from_static(b"\r\n"));
-                            continue;
-                        }
-                        Some(Err(e)) => Some(Err(e.as_str())),
+                Side::Frontend { framer, .. }
+                | Side::Backend {
+                    reader: BackendReader::Plain(framer),
+                    ..
+                } => match framer.next_frame(message_max) {
+                    None => None,
+                    Some(Ok(Frame::Message(m))) => Some(Ok((None, m))),
+                    Some(Ok(Frame::Ping)) => {
+                        self.stats.keepalives += 1;
+                        self.send(id, Bytes::from_static(b"\r\n"));
+                        continue;
                     }
-                }
-                Side::Backend { reader: BackendReader::Envelope(decoder), .. } => {
-                    match decoder.next_envelope(message_max) {
-                        None => None,
-                        Some(Ok((env, m))) => Some(Ok((Some(env), m))),
-                        Some(Err(_)) => Some(Err("bad envelope")),
-                    }
-                }
+                    Some(Err(e)) => Some(Err(e.as_str())),
+                },
+                Side::Backend {
+                    reader: BackendReader::Envelope(decoder),
+                    ..
+                } => match decoder.next_envelope(message_max) {
+                    None => None,
+                    Some(Ok((env, m))) => Some(Ok((Some(env), m))),
+                    Some(Err(_)) => Some(Err("bad envelope")),
+                },
             };
             match next {
                 None => break,
@@ -432,10 +489,14 @@ impl Balancer {
         }
         let buffered = match self.conn(id).map(|c| &c.side) {
             Some(Side::Frontend { framer, .. })
-            | Some(Side::Backend { reader: BackendReader::Plain(framer), .. }) => {
-                framer.buffered_len()
-            }
-            Some(Side::Backend { reader: BackendReader::Envelope(d), .. }) => d.buffered_len(),
+            | Some(Side::Backend {
+                reader: BackendReader::Plain(framer),
+                ..
+            }) => framer.buffered_len(),
+            Some(Side::Backend {
+                reader: BackendReader::Envelope(d),
+                ..
+            }) => d.buffered_len(),
             None => 0,
         };
         if buffered > buffered_max {
@@ -446,15 +507,30 @@ impl Balancer {
     fn framing_lost(&mut self, conn: ConnId, fault: &'static str) {
         self.stats.framing_errors += 1;
         tracing::debug!(%conn, fault, "framing lost, closing");
-        self.outputs.push_back(Output::Event(Event::FramingLost { conn, fault }));
+        self.outputs
+            .push_back(Output::Event(Event::FramingLost { conn, fault }));
         self.close(conn);
     }
 
     fn handle_message(&mut self, conn: ConnId, envelope: Option<Envelope>, bytes: Bytes) {
         let Some(c) = self.conn(conn) else { return };
         let (source, from_backend) = match &c.side {
-            Side::Frontend { peer, .. } => (Source { conn, peer: Some(*peer), envelope }, None),
-            Side::Backend { backend, .. } => (Source { conn, peer: None, envelope }, Some(*backend)),
+            Side::Frontend { peer, .. } => (
+                Source {
+                    conn,
+                    peer: Some(*peer),
+                    envelope,
+                },
+                None,
+            ),
+            Side::Backend { backend, .. } => (
+                Source {
+                    conn,
+                    peer: None,
+                    envelope,
+                },
+                Some(*backend),
+            ),
         };
         let tag_header = self.config.config.tag_header.as_deref().map(str::as_bytes);
         let headers_max = self.config.config.limits.headers_max;
@@ -491,7 +567,10 @@ impl Balancer {
     fn handle_malformed(&mut self, source: Source, bytes: &Bytes, fault: &'static str) {
         self.stats.malformed += 1;
         tracing::debug!(conn = %source.conn, fault, "malformed message");
-        self.outputs.push_back(Output::Event(Event::Malformed { conn: source.conn, fault }));
+        self.outputs.push_back(Output::Event(Event::Malformed {
+            conn: source.conn,
+            fault,
+        }));
         if bytes.starts_with(b"SIP/") || !self.reply(source, bytes, Reply::BadRequest(fault)) {
             self.drop_message(source.conn, "malformed and unanswerable");
         } else {
@@ -504,7 +583,11 @@ impl Balancer {
         let sent_by = message.top_via.sent_by;
         let host = message.slice(sent_by.host);
         let name = HopName::from_sent_by(host, sent_by.port.unwrap_or(5060));
-        let Some(Conn { side: Side::Frontend { aliases, .. }, .. }) = self.conn_mut(conn) else {
+        let Some(Conn {
+            side: Side::Frontend { aliases, .. },
+            ..
+        }) = self.conn_mut(conn)
+        else {
             return;
         };
         if aliases.contains(&name) {
@@ -514,7 +597,11 @@ impl Balancer {
             let oldest = aliases.remove(0);
             self.hops.remove_alias(conn, &oldest);
         }
-        let Some(Conn { side: Side::Frontend { aliases, .. }, .. }) = self.conn_mut(conn) else {
+        let Some(Conn {
+            side: Side::Frontend { aliases, .. },
+            ..
+        }) = self.conn_mut(conn)
+        else {
             return;
         };
         aliases.push(name.clone());
@@ -532,7 +619,11 @@ impl Balancer {
 
         if let Some(route) = message.top_route.filter(|r| r.lb.is_some()) {
             // The balancer's own entry: a loose router removes it (RFC 3261 §16.4).
-            edits.push(cut_entry(route.line, route.sole_entry, route.entry_with_comma));
+            edits.push(cut_entry(
+                route.line,
+                route.sole_entry,
+                route.entry_with_comma,
+            ));
             let tag = route.lb.map(|s| message.slice(s)).unwrap_or_default();
             target = self.verify(tag, call_id);
         }
@@ -563,7 +654,11 @@ impl Balancer {
                 let Some(backend) = self.choose_backend() else {
                     return self.unavailable(source, &message, "No Backend Available");
                 };
-                if self.table.insert(self.now, key, backend, method == Method::Invite).is_err() {
+                if self
+                    .table
+                    .insert(self.now, key, backend, method == Method::Invite)
+                    .is_err()
+                {
                     return self.unavailable(source, &message, "Too Many Calls Being Set Up");
                 }
                 self.stats.new_calls += 1;
@@ -587,7 +682,11 @@ impl Balancer {
                 edits.push(Edit::insert(message.start_line_end, Insertion::TagHeader));
             }
         }
-        let envelope = Envelope { addr: source.peer, transport: Transport::Tcp, load: None };
+        let envelope = Envelope {
+            addr: source.peer,
+            transport: Transport::Tcp,
+            load: None,
+        };
         self.forward_to_backend(backend, envelope, &message, &mut edits);
     }
 
@@ -605,7 +704,11 @@ impl Balancer {
         };
         let mut edits = Edits::new();
         edits.push(cut_entry(via.line, via.sole_value, via.value_with_comma));
-        let envelope = Envelope { addr: source.peer, transport: Transport::Tcp, load: None };
+        let envelope = Envelope {
+            addr: source.peer,
+            transport: Transport::Tcp,
+            load: None,
+        };
         self.forward_to_backend(backend, envelope, &message, &mut edits);
     }
 
@@ -633,7 +736,11 @@ impl Balancer {
         let mut edits = Edits::new();
         let mut next = message.top_route.map(|r| r.host_port);
         if let Some(route) = message.top_route.filter(|r| r.lb.is_some()) {
-            edits.push(cut_entry(route.line, route.sole_entry, route.entry_with_comma));
+            edits.push(cut_entry(
+                route.line,
+                route.sole_entry,
+                route.entry_with_comma,
+            ));
             next = message.second_route;
         }
         let next = next.or(message.request_uri_host);
@@ -647,16 +754,23 @@ impl Balancer {
             }
             return self.unavailable(source, &message, "No Route To Frontend");
         };
-        let branch = message.top_via.branch.map_or(message.call_id(), |b| message.slice(b));
+        let branch = message
+            .top_via
+            .branch
+            .map_or(message.call_id(), |b| message.slice(b));
         let mut hasher = SipHasher13::new_with_key(&self.branch_key);
         hasher.write(branch);
         edits.push(Edit::insert(
             message.start_line_end,
-            Insertion::OwnVia { branch: hasher.finish() },
+            Insertion::OwnVia {
+                branch: hasher.finish(),
+            },
         ));
         self.stats.to_frontend += 1;
         let cx = context(&self.config, &self.signer, backend, message.call_id());
-        let Some(out) = self.conns.get_mut(conn.slot()).map(|c| &mut c.out) else { return };
+        let Some(out) = self.conns.get_mut(conn.slot()).map(|c| &mut c.out) else {
+            return;
+        };
         rewrite::write(out, &message.bytes, &mut edits, &cx);
         let bytes = out.split().freeze();
         self.send(conn, bytes);
@@ -680,7 +794,8 @@ impl Balancer {
     }
 
     fn host_port_hop(&self, message: &SipMessage, hp: HostPort) -> Option<ConnId> {
-        self.hops.lookup_host(message.slice(hp.host), hp.port.unwrap_or(5060))
+        self.hops
+            .lookup_host(message.slice(hp.host), hp.port.unwrap_or(5060))
     }
 
     fn verify(&mut self, tag: &[u8], call_id: &[u8]) -> Option<BackendId> {
@@ -704,7 +819,11 @@ impl Balancer {
                     Some(l) => u64::from(l),
                     None => u64::from(self.table.assigned(id)),
                 };
-                candidates.push(Candidate { id, weight: config.backends[i].weight, load });
+                candidates.push(Candidate {
+                    id,
+                    weight: config.backends[i].weight,
+                    load,
+                });
             }
         }
         self.selector.select(&candidates, &mut self.rng)
@@ -716,8 +835,7 @@ impl Balancer {
         if self.is_backend_up(backend) {
             return Some(backend);
         }
-        let backup = match self.config.backups[backend.index()].filter(|b| self.is_backend_up(*b))
-        {
+        let backup = match self.config.backups[backend.index()].filter(|b| self.is_backend_up(*b)) {
             Some(b) => Some(b),
             None => {
                 let up = (0..self.backends.len())
@@ -732,7 +850,6 @@ impl Balancer {
         backup
     }
 
-
     // ----- bytes out -----
 
     fn forward_to_backend(
@@ -742,11 +859,16 @@ impl Balancer {
         message: &SipMessage,
         edits: &mut Edits,
     ) {
-        let Some(conn) = self.backends[backend.index()].conn else { return };
-        let envelope_mode = self.config.config.backends[backend.index()].mode == BackendMode::Envelope;
+        let Some(conn) = self.backends[backend.index()].conn else {
+            return;
+        };
+        let envelope_mode =
+            self.config.config.backends[backend.index()].mode == BackendMode::Envelope;
         // The tag written into Record-Route names the backend that actually takes the call.
         let cx = context(&self.config, &self.signer, backend, message.call_id());
-        let Some(out) = self.conns.get_mut(conn.slot()).map(|c| &mut c.out) else { return };
+        let Some(out) = self.conns.get_mut(conn.slot()).map(|c| &mut c.out) else {
+            return;
+        };
         if envelope_mode {
             let header_start = out.len();
             envelope::encode_header(out, &envelope, 0);
@@ -771,7 +893,10 @@ impl Balancer {
     /// be built (a header it must copy is missing).
     fn reply(&mut self, source: Source, request: &[u8], reply: Reply) -> bool {
         let envelope_mode = match self.conn(source.conn).map(|c| &c.side) {
-            Some(Side::Backend { reader: BackendReader::Envelope(_), .. }) => true,
+            Some(Side::Backend {
+                reader: BackendReader::Envelope(_),
+                ..
+            }) => true,
             Some(_) => false,
             None => return false,
         };
@@ -781,7 +906,11 @@ impl Balancer {
         let start = out.len();
         let written = if envelope_mode {
             // Back to the backend that sent it: the address is its own request's source.
-            let env = Envelope { addr: None, transport: Transport::Tcp, load: None };
+            let env = Envelope {
+                addr: None,
+                transport: Transport::Tcp,
+                load: None,
+            };
             envelope::encode_header(out, &env, 0);
             let payload_start = out.len();
             let ok = reply::write(out, request, reply);
@@ -806,7 +935,14 @@ impl Balancer {
             return self.drop_message(source.conn, reason);
         }
         let retry_after = self.config.config.retry_after;
-        if self.reply(source, &message.bytes, Reply::Unavailable { retry_after, reason }) {
+        if self.reply(
+            source,
+            &message.bytes,
+            Reply::Unavailable {
+                retry_after,
+                reason,
+            },
+        ) {
             self.stats.replies_503 += 1;
         } else {
             self.drop_message(source.conn, reason);
@@ -816,7 +952,8 @@ impl Balancer {
     fn drop_message(&mut self, conn: ConnId, cause: &'static str) {
         self.stats.dropped += 1;
         tracing::debug!(%conn, cause, "message dropped");
-        self.outputs.push_back(Output::Event(Event::Dropped { conn, cause }));
+        self.outputs
+            .push_back(Output::Event(Event::Dropped { conn, cause }));
     }
 }
 

@@ -62,7 +62,13 @@ pub struct BackendConfig {
 impl BackendConfig {
     /// A plain-mode backend of weight 1 with no fixed backup.
     pub fn plain(addr: SocketAddr) -> BackendConfig {
-        BackendConfig { addr, weight: 1, mode: BackendMode::Plain, backup: None, draining: false }
+        BackendConfig {
+            addr,
+            weight: 1,
+            mode: BackendMode::Plain,
+            backup: None,
+            draining: false,
+        }
     }
 }
 
@@ -78,7 +84,12 @@ pub struct TagKey {
 
 impl std::fmt::Debug for TagKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "TagKey {{ id: {}, secret: <{} bytes> }}", self.id, self.secret.len())
+        write!(
+            f,
+            "TagKey {{ id: {}, secret: <{} bytes> }}",
+            self.id,
+            self.secret.len()
+        )
     }
 }
 
@@ -240,13 +251,19 @@ impl Config {
             return Err(ConfigError::NoListener);
         }
         if self.listeners.len() > usize::from(u16::MAX) {
-            return Err(ConfigError::TooMany { key: "listen", max: usize::from(u16::MAX) });
+            return Err(ConfigError::TooMany {
+                key: "listen",
+                max: usize::from(u16::MAX),
+            });
         }
         if self.backends.is_empty() {
             return Err(ConfigError::NoBackend);
         }
         if self.backends.len() > BACKENDS_MAX {
-            return Err(ConfigError::TooMany { key: "backend", max: BACKENDS_MAX });
+            return Err(ConfigError::TooMany {
+                key: "backend",
+                max: BACKENDS_MAX,
+            });
         }
         for (i, b) in self.backends.iter().enumerate() {
             if self.backends[..i].iter().any(|o| o.addr == b.addr) {
@@ -260,7 +277,10 @@ impl Config {
                 Some(addr) => match self.backends.iter().position(|o| o.addr == addr) {
                     Some(i) => Some(BackendId::new(i)),
                     None => {
-                        return Err(ConfigError::UnknownBackup { backend: b.addr, backup: addr })
+                        return Err(ConfigError::UnknownBackup {
+                            backend: b.addr,
+                            backup: addr,
+                        })
                     }
                 },
             });
@@ -315,7 +335,11 @@ impl Config {
                 return Err(ConfigError::BadTagHeader(h.clone()));
             }
         }
-        Ok(ValidConfig { config: self, advertise, backups })
+        Ok(ValidConfig {
+            config: self,
+            advertise,
+            backups,
+        })
     }
 }
 
@@ -339,7 +363,10 @@ fn is_host_port(s: &str) -> bool {
         }
     };
     let host_ok = !host.is_empty()
-        && (s.starts_with('[') || host.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'-'));
+        && (s.starts_with('[')
+            || host
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'-'));
     let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0));
     host_ok && port_ok
 }
@@ -357,7 +384,10 @@ mod tests {
         Config {
             listeners: vec!["127.0.0.1:5060".parse().unwrap()],
             backends: vec![BackendConfig::plain("127.0.0.1:5070".parse().unwrap())],
-            tag_keys: vec![TagKey { id: 1, secret: vec![7; 32] }],
+            tag_keys: vec![TagKey {
+                id: 1,
+                secret: vec![7; 32],
+            }],
             ..Config::default()
         }
     }
@@ -372,7 +402,10 @@ mod tests {
     fn refusals_name_the_key() {
         let mut c = minimal();
         c.backends[0].backup = Some("127.0.0.1:9".parse().unwrap());
-        assert!(matches!(c.validate(), Err(ConfigError::UnknownBackup { .. })));
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::UnknownBackup { .. })
+        ));
         let mut c = minimal();
         c.tag_keys[0].secret = vec![1; 4];
         assert_eq!(c.validate().unwrap_err(), ConfigError::ShortTagKey(1));

@@ -89,7 +89,11 @@ pub fn encode_header(out: &mut BytesMut, envelope: &Envelope, payload_len: usize
     out.reserve(HEADER_LEN);
     out.put_slice(&MAGIC);
     out.put_u8(VERSION);
-    out.put_u8(if envelope.load.is_some() { FLAG_LOAD } else { 0 });
+    out.put_u8(if envelope.load.is_some() {
+        FLAG_LOAD
+    } else {
+        0
+    });
     out.put_u32(payload_len);
     out.put_u32(envelope.load.unwrap_or(0));
     let mut address = [0u8; 16];
@@ -119,7 +123,10 @@ pub fn encode_header(out: &mut BytesMut, envelope: &Envelope, payload_len: usize
 /// If `header` is shorter than [`HEADER_LEN`] or `payload_len` exceeds `u32::MAX`: both are
 /// the caller's own bytes, never a peer's.
 pub fn set_payload_len(header: &mut [u8], payload_len: usize) {
-    assert!(header.len() >= HEADER_LEN, "set_payload_len needs a whole envelope header");
+    assert!(
+        header.len() >= HEADER_LEN,
+        "set_payload_len needs a whole envelope header"
+    );
     let payload_len =
         u32::try_from(payload_len).expect("payloads are bounded by the message size limit");
     header[LENGTH_AT..LENGTH_AT + 4].copy_from_slice(&payload_len.to_be_bytes());
@@ -156,7 +163,8 @@ pub fn decode_header(
         return Err(EnvelopeError::BadField("flags"));
     }
     // u32 always fits usize on the targets this crate builds for (32 and 64 bit).
-    let payload_len = usize::try_from(h.get_u32()).map_err(|_| EnvelopeError::BadField("length"))?;
+    let payload_len =
+        usize::try_from(h.get_u32()).map_err(|_| EnvelopeError::BadField("length"))?;
     let load = h.get_u32();
     let load = if flags & FLAG_LOAD != 0 {
         Some(load)
@@ -199,7 +207,14 @@ pub fn decode_header(
     if payload_len > payload_max {
         return Err(EnvelopeError::TooLarge(payload_len));
     }
-    Ok(Some((Envelope { addr, transport, load }, payload_len)))
+    Ok(Some((
+        Envelope {
+            addr,
+            transport,
+            load,
+        },
+        payload_len,
+    )))
 }
 
 /// Per-connection reassembly of envelopes from a byte stream.
@@ -311,14 +326,21 @@ mod tests {
             }
             // Padded so the text column lines up on a short last line.
             write!(s, "{:04x}:{hex:<48}  ", i * 16).unwrap();
-            s.extend(line.iter().map(|&b| if b.is_ascii_graphic() { b as char } else { '.' }));
+            s.extend(
+                line.iter()
+                    .map(|&b| if b.is_ascii_graphic() { b as char } else { '.' }),
+            );
             s.push('\n');
         }
         s
     }
 
     fn sample(addr: Option<SocketAddr>, load: Option<u32>) -> Envelope {
-        Envelope { addr, transport: Transport::Tcp, load }
+        Envelope {
+            addr,
+            transport: Transport::Tcp,
+            load,
+        }
     }
 
     #[test]
@@ -387,7 +409,10 @@ mod tests {
             },
             EnvelopeError::BadField("address"),
         );
-        assert_refused(|b| b[4..8].copy_from_slice(&70_000u32.to_be_bytes()), EnvelopeError::TooLarge(70_000));
+        assert_refused(
+            |b| b[4..8].copy_from_slice(&70_000u32.to_be_bytes()),
+            EnvelopeError::TooLarge(70_000),
+        );
     }
 
     #[test]
@@ -400,7 +425,10 @@ mod tests {
         out.extend_from_slice(b"MESSAGE sip:x SIP/2.0\r\n");
         let len = out.len() - payload_start;
         set_payload_len(&mut out[start..payload_start], len);
-        assert_eq!(&out[start..], &frame(&env, b"MESSAGE sip:x SIP/2.0\r\n")[..]);
+        assert_eq!(
+            &out[start..],
+            &frame(&env, b"MESSAGE sip:x SIP/2.0\r\n")[..]
+        );
     }
 
     #[test]
@@ -475,7 +503,11 @@ mod tests {
 
     #[test]
     fn snapshot_no_address() {
-        let env = Envelope { addr: None, transport: Transport::Udp, load: Some(1000) };
+        let env = Envelope {
+            addr: None,
+            transport: Transport::Udp,
+            load: Some(1000),
+        };
         insta::assert_snapshot!(hex_dump(&frame(&env, b"SIP/2.0 180 Ringing\r\n")), @r"
         0000: 53 4c 01 01 00 00 00 15 00 00 03 e8 00 00 01 00  SL..............
         0010: 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00  ................
@@ -490,7 +522,9 @@ mod tests {
         let doc = include_str!("../../../docs/envelope.md");
         let mut bytes = BytesMut::new();
         for line in doc.lines() {
-            let Some((offset, rest)) = line.split_once(": ") else { continue };
+            let Some((offset, rest)) = line.split_once(": ") else {
+                continue;
+            };
             if offset.len() != 4 || !offset.bytes().all(|c| c.is_ascii_hexdigit()) {
                 continue;
             }
@@ -501,7 +535,14 @@ mod tests {
         let mut decoder = EnvelopeDecoder::default();
         decoder.push(bytes);
         let (env, payload) = decoder.next_envelope(MAX).unwrap().unwrap();
-        assert_eq!(env, Envelope { addr: v4([192, 0, 2, 10], 5060), transport: Transport::Tcp, load: Some(12) });
+        assert_eq!(
+            env,
+            Envelope {
+                addr: v4([192, 0, 2, 10], 5060),
+                transport: Transport::Tcp,
+                load: Some(12)
+            }
+        );
         assert_eq!(payload.len(), 136);
         assert!(payload.starts_with(b"SIP/2.0 200 OK\r\n"));
         assert!(payload.ends_with(b"Content-Length: 0\r\n\r\n"));
@@ -515,12 +556,24 @@ mod tests {
         fn arbitrary(g: &mut Gen) -> Self {
             let addr = match u8::arbitrary(g) % 3 {
                 0 => None,
-                1 => Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::arbitrary(g)), u16::arbitrary(g))),
+                1 => Some(SocketAddr::new(
+                    IpAddr::V4(Ipv4Addr::arbitrary(g)),
+                    u16::arbitrary(g),
+                )),
                 // Flow info and scope id are not carried.
-                _ => Some(SocketAddr::new(IpAddr::V6(Ipv6Addr::arbitrary(g)), u16::arbitrary(g))),
+                _ => Some(SocketAddr::new(
+                    IpAddr::V6(Ipv6Addr::arbitrary(g)),
+                    u16::arbitrary(g),
+                )),
             };
-            let transport = *g.choose(&[Transport::Udp, Transport::Tcp, Transport::Tls]).unwrap();
-            ArbEnvelope(Envelope { addr, transport, load: Option::<u32>::arbitrary(g) })
+            let transport = *g
+                .choose(&[Transport::Udp, Transport::Tcp, Transport::Tls])
+                .unwrap();
+            ArbEnvelope(Envelope {
+                addr,
+                transport,
+                load: Option::<u32>::arbitrary(g),
+            })
         }
     }
 
@@ -588,12 +641,16 @@ mod tests {
             decoder.push(BytesMut::from(&stream[at..cut]));
             at = cut;
             while let Some(next) = decoder.next_envelope(MAX) {
-                let Ok((env, payload)) = next else { return false };
+                let Ok((env, payload)) = next else {
+                    return false;
+                };
                 got.push((env, payload.to_vec()));
             }
         }
-        let want: Vec<(Envelope, Vec<u8>)> =
-            frames.into_iter().map(|(env, payload)| (env.0, payload)).collect();
+        let want: Vec<(Envelope, Vec<u8>)> = frames
+            .into_iter()
+            .map(|(env, payload)| (env.0, payload))
+            .collect();
         got == want && decoder.buffered_len() == 0
     }
 }

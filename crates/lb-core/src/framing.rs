@@ -122,6 +122,10 @@ impl StreamFramer {
                 _ => self.buf.advance(2),
             }
         }
+        if self.buf[..] == b"\r"[..] {
+            // May be the start of a CRLF: deciding now would misread a split ping.
+            return None;
+        }
         Some(false)
     }
 
@@ -134,7 +138,10 @@ impl StreamFramer {
         // Only the first `max` bytes can hold a header block that fits.
         let window = self.buf.len().min(max);
         let from = self.scanned.saturating_sub(CRLFCRLF.len() - 1);
-        let found = self.buf.get(from..window).and_then(|tail| memmem::find(tail, CRLFCRLF));
+        let found = self
+            .buf
+            .get(from..window)
+            .and_then(|tail| memmem::find(tail, CRLFCRLF));
         let Some(at) = found else {
             if self.buf.len() >= max {
                 return Some(Err(FramingError::HeaderTooLarge));
@@ -194,7 +201,10 @@ fn content_length(head: &[u8]) -> Result<usize, FramingError> {
 fn decimal(value: &[u8]) -> Result<usize, FramingError> {
     let lws = |c: &u8| matches!(c, b' ' | b'\t' | b'\r' | b'\n');
     let start = value.iter().position(|c| !lws(c)).unwrap_or(value.len());
-    let end = value.iter().rposition(|c| !lws(c)).map_or(start, |last| last + 1);
+    let end = value
+        .iter()
+        .rposition(|c| !lws(c))
+        .map_or(start, |last| last + 1);
     let digits = &value[start..end];
     if digits.is_empty() {
         return Err(FramingError::BadContentLength);
@@ -282,8 +292,12 @@ mod tests {
         let base = buf.as_ptr() as usize;
         let mut f = StreamFramer::default();
         f.push(buf);
-        let Some(Ok(Frame::Message(first))) = f.next_frame(MAX) else { panic!() };
-        let Some(Ok(Frame::Message(second))) = f.next_frame(MAX) else { panic!() };
+        let Some(Ok(Frame::Message(first))) = f.next_frame(MAX) else {
+            panic!()
+        };
+        let Some(Ok(Frame::Message(second))) = f.next_frame(MAX) else {
+            panic!()
+        };
         assert_eq!(first.as_ptr() as usize, base);
         assert_eq!(second.as_ptr() as usize, base + first.len());
     }
@@ -308,8 +322,15 @@ mod tests {
     #[test]
     fn content_length_must_start_a_line() {
         // In a value, or on a continuation line of another header: not a Content-Length.
-        for header in ["Subject: see Content-Length: 0\r\n", "Subject: x\r\n Content-Length: 0\r\n"] {
-            assert_eq!(error_of(header), Some(Err(FramingError::MissingContentLength)), "{header:?}");
+        for header in [
+            "Subject: see Content-Length: 0\r\n",
+            "Subject: x\r\n Content-Length: 0\r\n",
+        ] {
+            assert_eq!(
+                error_of(header),
+                Some(Err(FramingError::MissingContentLength)),
+                "{header:?}"
+            );
         }
     }
 
@@ -329,20 +350,32 @@ mod tests {
             assert_eq!(error_of(header), Some(Err(BadContentLength)), "{header:?}");
         }
         let text = message("Content-Length: 100\r\n", "");
-        assert_eq!(framer(text.as_bytes()).next_frame(text.len() + 99), Some(Err(MessageTooLarge)));
+        assert_eq!(
+            framer(text.as_bytes()).next_frame(text.len() + 99),
+            Some(Err(MessageTooLarge))
+        );
         let mut f = framer(text.as_bytes());
         assert_eq!(f.next_frame(text.len() + 100), None);
         assert_eq!(f.buffered_len(), text.len());
         let text = message(&format!("Content-Length: {}\r\n", usize::MAX), "");
-        assert_eq!(framer(text.as_bytes()).next_frame(MAX), Some(Err(MessageTooLarge)));
+        assert_eq!(
+            framer(text.as_bytes()).next_frame(MAX),
+            Some(Err(MessageTooLarge))
+        );
     }
 
     #[test]
     fn header_limit() {
         let text = with_length("");
         // The header block ends exactly at the limit: fine; one byte less: too large.
-        assert!(matches!(framer(text.as_bytes()).next_frame(text.len()), Some(Ok(_))));
-        assert_eq!(framer(text.as_bytes()).next_frame(text.len() - 1), Some(Err(FramingError::HeaderTooLarge)));
+        assert!(matches!(
+            framer(text.as_bytes()).next_frame(text.len()),
+            Some(Ok(_))
+        ));
+        assert_eq!(
+            framer(text.as_bytes()).next_frame(text.len() - 1),
+            Some(Err(FramingError::HeaderTooLarge))
+        );
         // No header end yet: wait below the limit, fail at it.
         let mut f = framer(&text.as_bytes()[..50]);
         assert_eq!(f.next_frame(51), None);
@@ -352,9 +385,15 @@ mod tests {
     #[test]
     fn errors_are_sticky() {
         let mut f = framer(message("", "").as_bytes());
-        assert_eq!(f.next_frame(MAX), Some(Err(FramingError::MissingContentLength)));
+        assert_eq!(
+            f.next_frame(MAX),
+            Some(Err(FramingError::MissingContentLength))
+        );
         f.push(BytesMut::from(with_length("").as_bytes()));
-        assert_eq!(f.next_frame(MAX), Some(Err(FramingError::MissingContentLength)));
+        assert_eq!(
+            f.next_frame(MAX),
+            Some(Err(FramingError::MissingContentLength))
+        );
     }
 
     #[test]
@@ -373,6 +412,11 @@ mod tests {
         f.push(BytesMut::from(&b"\n"[..]));
         assert_eq!(f.next_frame(MAX), Some(Ok(Frame::Ping)));
         assert_eq!(f.buffered_len(), 0);
+        // A ping split after its first CR.
+        f.push(BytesMut::from(&b"\r"[..]));
+        assert_eq!(f.next_frame(MAX), None);
+        f.push(BytesMut::from(&b"\n\r\n"[..]));
+        assert_eq!(f.next_frame(MAX), Some(Ok(Frame::Ping)));
         // A pong then a message arriving later.
         f.push(BytesMut::from(&b"\r\n"[..]));
         assert_eq!(f.next_frame(MAX), None);
@@ -414,7 +458,11 @@ mod tests {
                 stream.extend_from_slice(b"\r\n");
             }
             // Bodies may contain CRLFCRLF and things that look like headers.
-            let body: String = "x\r\n\r\nContent-Length: 99\r\n".chars().cycle().take(size as usize).collect();
+            let body: String = "x\r\n\r\nContent-Length: 99\r\n"
+                .chars()
+                .cycle()
+                .take(size as usize)
+                .collect();
             let header = match size % 3 {
                 0 => format!("Content-Length: {}\r\n", body.len()),
                 1 => format!("l :{}\r\n", body.len()),

@@ -94,7 +94,10 @@ impl HopTable {
 
     /// The connection an address names: exact, then by IP when unique.
     pub(crate) fn lookup_addr(&self, addr: SocketAddr) -> Option<ConnId> {
-        self.by_addr.get(&addr).copied().or_else(|| self.lookup_ip(addr.ip()))
+        self.by_addr
+            .get(&addr)
+            .copied()
+            .or_else(|| self.lookup_ip(addr.ip()))
     }
 
     /// The connection a `host` (as written in a URI or Via) and port name.
@@ -129,7 +132,10 @@ impl HopName {
 /// An IP literal as written in SIP: dotted IPv4, or IPv6 in brackets (or bare).
 pub(crate) fn parse_ip(host: &[u8]) -> Option<IpAddr> {
     let text = std::str::from_utf8(host).ok()?;
-    let text = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')).unwrap_or(text);
+    let text = text
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(text);
     text.parse().ok()
 }
 
@@ -162,15 +168,27 @@ mod tests {
         hops.add_alias(conn(1), &HopName::from_sent_by(b"proxy.example.com", 5060));
         assert_eq!(hops.lookup_addr(peer), Some(conn(1)));
         assert_eq!(hops.lookup_host(b"PROXY.example.com", 5060), Some(conn(1)));
-        assert_eq!(hops.lookup_host(b"192.0.2.1", 5060), Some(conn(1)), "unique IP");
+        assert_eq!(
+            hops.lookup_host(b"192.0.2.1", 5060),
+            Some(conn(1)),
+            "unique IP"
+        );
         hops.add_peer(conn(2), "192.0.2.1:40001".parse().unwrap());
-        assert_eq!(hops.lookup_host(b"192.0.2.1", 5060), None, "IP no longer unique");
+        assert_eq!(
+            hops.lookup_host(b"192.0.2.1", 5060),
+            None,
+            "IP no longer unique"
+        );
         hops.add_alias(conn(2), &HopName::from_sent_by(b"192.0.2.1", 5060));
         assert_eq!(hops.lookup_host(b"192.0.2.1", 5060), Some(conn(2)));
         hops.remove_peer(conn(1), peer);
         hops.remove_alias(conn(1), &HopName::from_sent_by(b"proxy.example.com", 5060));
         assert_eq!(hops.lookup_host(b"proxy.example.com", 5060), None);
-        assert_eq!(hops.lookup_host(b"192.0.2.1", 7), Some(conn(2)), "unique IP again");
+        assert_eq!(
+            hops.lookup_host(b"192.0.2.1", 7),
+            Some(conn(2)),
+            "unique IP again"
+        );
     }
 
     #[test]

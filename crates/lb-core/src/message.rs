@@ -22,17 +22,28 @@ pub(crate) struct Span {
 
 impl Span {
     pub(crate) fn new(start: usize, end: usize) -> Span {
-        Span { start: start as u32, end: end as u32 }
+        Span {
+            start: start as u32,
+            end: end as u32,
+        }
     }
 
     pub(crate) fn range(self) -> Range<usize> {
         self.start as usize..self.end as usize
     }
 
+    #[allow(
+        dead_code,
+        reason = "part of the span API; the balancer may not need it yet"
+    )]
     pub(crate) fn len(self) -> usize {
         (self.end - self.start) as usize
     }
 
+    #[allow(
+        dead_code,
+        reason = "part of the span API; the balancer may not need it yet"
+    )]
     pub(crate) fn is_empty(self) -> bool {
         self.start == self.end
     }
@@ -75,8 +86,14 @@ impl Method {
 /// The first line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum StartLine {
-    Request { method: Method, method_span: Span, uri: Span },
-    Response { status: u16 },
+    Request {
+        method: Method,
+        method_span: Span,
+        uri: Span,
+    },
+    Response {
+        status: u16,
+    },
 }
 
 /// `host[:port]` as written: `host` is the text between the scheme/user part and the port,
@@ -92,7 +109,9 @@ pub(crate) struct HostPort {
 pub(crate) enum Rport {
     Absent,
     /// `;rport` without a value; `name_end` is the offset just after `rport`, where `=PORT` goes.
-    Empty { name_end: u32 },
+    Empty {
+        name_end: u32,
+    },
     Value(u16),
 }
 
@@ -147,8 +166,16 @@ pub(crate) struct SipMessage {
     /// Offset just after the start line's CRLF: new header lines are inserted here.
     pub(crate) start_line_end: u32,
     /// Offset of the CRLF of the empty line that ends the headers.
+    #[allow(
+        dead_code,
+        reason = "part of the view; read by tests, kept for the balancer"
+    )]
     pub(crate) header_end: u32,
     pub(crate) call_id: Span,
+    #[allow(
+        dead_code,
+        reason = "part of the view; read by tests, kept for the balancer"
+    )]
     pub(crate) cseq_number: u32,
     pub(crate) cseq_method: Method,
     /// The To header has a `tag` parameter (the request is in a dialog).
@@ -492,7 +519,9 @@ pub(crate) enum Step {
     End,
     /// A line that is no header field (no colon, bad name, or a continuation line with nothing
     /// to continue); `line_end` lets a lenient reader skip it.
-    Malformed { line_end: usize },
+    Malformed {
+        line_end: usize,
+    },
     /// No CRLF ends the line.
     Truncated,
 }
@@ -501,7 +530,9 @@ pub(crate) enum Step {
 /// lines (CRLF then SP or HTAB, RFC 3261 §7.3.1) belong to the field, so a name is only ever
 /// recognised at the start of a line.
 pub(crate) fn next_field(b: &[u8], pos: usize) -> Step {
-    let Some(rest) = b.get(pos..) else { return Step::Truncated };
+    let Some(rest) = b.get(pos..) else {
+        return Step::Truncated;
+    };
     if rest.starts_with(b"\r\n") {
         return Step::End;
     }
@@ -526,7 +557,11 @@ pub(crate) fn next_field(b: &[u8], pos: usize) -> Step {
     if name_end == pos || !b[pos..name_end].iter().all(|&c| is_token(c)) {
         return Step::Malformed { line_end };
     }
-    Step::Field(Field { name: pos..name_end, value: colon + 1..crlf, line_end })
+    Step::Field(Field {
+        name: pos..name_end,
+        value: colon + 1..crlf,
+        line_end,
+    })
 }
 
 /// Offset of the first CRLF at or after `from`. A CR alone is ordinary data.
@@ -550,7 +585,11 @@ pub(crate) fn find_crlf(b: &[u8], mut from: usize) -> Option<usize> {
 /// §3.1.2.10 allow a liberal element to; the bytes are forwarded unchanged, as they require).
 fn parse_start_line(b: &[u8]) -> Result<(StartLine, usize), ParseError> {
     let is_response = b.len() >= 4 && b[..4].eq_ignore_ascii_case(b"SIP/");
-    let bad_line = if is_response { BAD_STATUS_LINE } else { BAD_REQUEST_LINE };
+    let bad_line = if is_response {
+        BAD_STATUS_LINE
+    } else {
+        BAD_REQUEST_LINE
+    };
     let line_end = find_crlf(b, 0).ok_or(bad_line)?;
     let line = &b[..line_end];
     if is_response {
@@ -567,8 +606,8 @@ fn parse_start_line(b: &[u8]) -> Result<(StartLine, usize), ParseError> {
         return Err(BAD_REQUEST_LINE);
     }
     let version_start = skip_sp(line, uri_end);
-    let version_end = memchr::memchr(b' ', &line[version_start..])
-        .map_or(line.len(), |at| version_start + at);
+    let version_end =
+        memchr::memchr(b' ', &line[version_start..]).map_or(line.len(), |at| version_start + at);
     if skip_sp(line, version_end) != line.len() {
         // A fourth element: typically whitespace inside the Request-URI (RFC 4475 §3.1.2.8).
         return Err(BAD_REQUEST_LINE);
@@ -588,7 +627,9 @@ fn parse_status_line(line: &[u8]) -> Result<StartLine, ParseError> {
     let version_end = memchr::memchr(b' ', line).ok_or(BAD_STATUS_LINE)?;
     check_version(&line[..version_end], BAD_STATUS_LINE)?;
     let code_start = skip_sp(line, version_end);
-    let code = line.get(code_start..code_start + 3).ok_or(BAD_STATUS_LINE)?;
+    let code = line
+        .get(code_start..code_start + 3)
+        .ok_or(BAD_STATUS_LINE)?;
     if !code.iter().all(u8::is_ascii_digit) {
         return Err(BAD_STATUS_LINE);
     }
@@ -720,7 +761,10 @@ fn parse_via(b: &[u8], line: Span, vs: usize, ve: usize) -> Result<Via, ParseErr
         sole_value: true,
         value_with_comma: Span::default(),
         transport: Span::new(transport_start, transport_end),
-        sent_by: HostPort { host: Span::new(host_start, host_end), port },
+        sent_by: HostPort {
+            host: Span::new(host_start, host_end),
+            port,
+        },
         branch: None,
         received: None,
         rport: Rport::Absent,
@@ -752,7 +796,9 @@ fn parse_via(b: &[u8], line: Span, vs: usize, ve: usize) -> Result<Via, ParseErr
             via.lb = via.lb.or(value);
         } else if name.eq_ignore_ascii_case(b"rport") && via.rport == Rport::Absent {
             via.rport = match value {
-                None => Rport::Empty { name_end: name_end as u32 },
+                None => Rport::Empty {
+                    name_end: name_end as u32,
+                },
                 Some(v) => Rport::Value(parse_port(&b[v.range()]).ok_or(BAD_VIA)?),
             };
         }
@@ -776,7 +822,12 @@ fn parse_via(b: &[u8], line: Span, vs: usize, ve: usize) -> Result<Via, ParseErr
 
 /// After a token ending at `token_end` (which must not be empty): optional LWS, `/`, optional
 /// LWS; returns the offset of what follows.
-fn expect_slash(b: &[u8], token_start: usize, token_end: usize, ve: usize) -> Result<usize, ParseError> {
+fn expect_slash(
+    b: &[u8],
+    token_start: usize,
+    token_end: usize,
+    ve: usize,
+) -> Result<usize, ParseError> {
     let slash = skip_lws(b, token_end, ve);
     if token_end == token_start || slash >= ve || b[slash] != b'/' {
         return Err(BAD_VIA);
@@ -856,7 +907,14 @@ fn route_entry(b: &[u8], vs: usize, ve: usize) -> Result<RouteEntry, ParseError>
     } else {
         None
     };
-    Ok(RouteEntry { start, end, next, uri: Span::new(uri_start, uri_end), host_port, lb })
+    Ok(RouteEntry {
+        start,
+        end,
+        next,
+        uri: Span::new(uri_start, uri_end),
+        host_port,
+        lb,
+    })
 }
 
 /// host:port and the `lb` parameter of a `sip:`/`sips:` URI in `b[s..e]` (RFC 3261 §19.1.1).
@@ -903,7 +961,13 @@ fn sip_uri(b: &[u8], s: usize, e: usize) -> Result<(HostPort, Option<Span>), ()>
             break;
         }
     }
-    Ok((HostPort { host: Span::new(host_start, host_end), port }, lb))
+    Ok((
+        HostPort {
+            host: Span::new(host_start, host_end),
+            port,
+        },
+        lb,
+    ))
 }
 
 /// End of a host (hostname, IPv4 address or bracketed IPv6 reference) starting at `s`; `None`
@@ -912,7 +976,10 @@ fn host_end(b: &[u8], s: usize, e: usize) -> Option<usize> {
     let end = if s < e && b[s] == b'[' {
         let close = s + 1 + memchr::memchr(b']', &b[s + 1..e])?;
         let inside = &b[s + 1..close];
-        if inside.is_empty() || !inside.iter().all(|&c| c.is_ascii_hexdigit() || c == b':' || c == b'.')
+        if inside.is_empty()
+            || !inside
+                .iter()
+                .all(|&c| c.is_ascii_hexdigit() || c == b':' || c == b'.')
         {
             return None;
         }
@@ -944,7 +1011,10 @@ const TOKEN: [bool; 256] = {
     while c < 256 {
         let b = c as u8;
         table[c] = b.is_ascii_alphanumeric()
-            || matches!(b, b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~');
+            || matches!(
+                b,
+                b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+            );
         c += 1;
     }
     table
@@ -1035,7 +1105,6 @@ fn parse_port(digits: &[u8]) -> Option<u16> {
 #[cfg(test)]
 mod rfc4475_tests;
 
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -1045,7 +1114,11 @@ mod tests {
     const TAG_HEADER: &[u8] = b"X-LB-Tag";
 
     fn parse(text: &str) -> Result<SipMessage, ParseError> {
-        SipMessage::parse(Bytes::copy_from_slice(text.as_bytes()), Some(TAG_HEADER), 128)
+        SipMessage::parse(
+            Bytes::copy_from_slice(text.as_bytes()),
+            Some(TAG_HEADER),
+            128,
+        )
     }
 
     fn ok(text: &str) -> SipMessage {
@@ -1108,25 +1181,50 @@ mod tests {
         let m = ok(&text);
         assert!(m.is_request());
         assert_eq!(m.method(), Some(Method::Invite));
-        let StartLine::Request { method, method_span, uri } = m.start else { panic!() };
+        let StartLine::Request {
+            method,
+            method_span,
+            uri,
+        } = m.start
+        else {
+            panic!()
+        };
         assert_eq!(method, Method::Invite);
         assert_eq!(s(&m, method_span), "INVITE");
         assert_eq!(s(&m, uri), "sip:bob@biloxi.example.com");
-        assert_eq!(m.request_uri_host.map(|h| hp(&m, h)), Some(("biloxi.example.com", None)));
-        assert_eq!(&text[..m.start_line_end as usize], "INVITE sip:bob@biloxi.example.com SIP/2.0\r\n");
+        assert_eq!(
+            m.request_uri_host.map(|h| hp(&m, h)),
+            Some(("biloxi.example.com", None))
+        );
+        assert_eq!(
+            &text[..m.start_line_end as usize],
+            "INVITE sip:bob@biloxi.example.com SIP/2.0\r\n"
+        );
         assert_eq!(&text[m.header_end as usize..], "\r\nbody");
         assert_eq!(m.call_id(), b"a84b4c76e66710@pc33.atlanta.example.com");
         assert_eq!((m.cseq_number, m.cseq_method), (314159, Method::Invite));
         assert!(!m.to_tag);
         let via = m.top_via;
-        assert_eq!(s(&m, via.line), "Via: SIP/2.0/TCP pc33.atlanta.example.com:5061;branch=z9hG4bK776asdhds\r\n");
-        assert_eq!(s(&m, via.value), "SIP/2.0/TCP pc33.atlanta.example.com:5061;branch=z9hG4bK776asdhds");
+        assert_eq!(
+            s(&m, via.line),
+            "Via: SIP/2.0/TCP pc33.atlanta.example.com:5061;branch=z9hG4bK776asdhds\r\n"
+        );
+        assert_eq!(
+            s(&m, via.value),
+            "SIP/2.0/TCP pc33.atlanta.example.com:5061;branch=z9hG4bK776asdhds"
+        );
         assert!(via.sole_value);
         assert_eq!(via.value_with_comma, via.value);
         assert_eq!(s(&m, via.transport), "TCP");
-        assert_eq!(hp(&m, via.sent_by), ("pc33.atlanta.example.com", Some(5061)));
+        assert_eq!(
+            hp(&m, via.sent_by),
+            ("pc33.atlanta.example.com", Some(5061))
+        );
         assert_eq!(via.branch.map(|b| s(&m, b)), Some("z9hG4bK776asdhds"));
-        assert_eq!((via.received, via.rport, via.lb), (None, Rport::Absent, None));
+        assert_eq!(
+            (via.received, via.rport, via.lb),
+            (None, Rport::Absent, None)
+        );
         assert_eq!(m.top_route, None);
         assert_eq!(m.second_route, None);
         assert_eq!(m.tag_header, None);
@@ -1150,8 +1248,22 @@ mod tests {
         assert_eq!(via.lb.map(|r| s(&m, r)), Some("1.2.3"));
         assert!(s(&m, via.value).ends_with(";lb=1.2.3"));
         // Responses with an empty or unusual reason phrase (RFC 4475 §3.1.1.12-13).
-        assert_eq!(ok(&with_headers("SIP/2.0 100 ", &[VIA, TO, FROM, CALL_ID, CSEQ].concat())).start, StartLine::Response { status: 100 });
-        assert_eq!(ok(&with_headers("SIP/2.0 699 \u{44d} ~!", &[VIA, TO, FROM, CALL_ID, CSEQ].concat())).start, StartLine::Response { status: 699 });
+        assert_eq!(
+            ok(&with_headers(
+                "SIP/2.0 100 ",
+                &[VIA, TO, FROM, CALL_ID, CSEQ].concat()
+            ))
+            .start,
+            StartLine::Response { status: 100 }
+        );
+        assert_eq!(
+            ok(&with_headers(
+                "SIP/2.0 699 \u{44d} ~!",
+                &[VIA, TO, FROM, CALL_ID, CSEQ].concat()
+            ))
+            .start,
+            StartLine::Response { status: 699 }
+        );
     }
 
     #[test]
@@ -1174,7 +1286,11 @@ mod tests {
                 &[VIA, TO, FROM, CALL_ID, &format!("CSeq: 1 {name}\r\n")].concat(),
             );
             let m = ok(&text);
-            assert_eq!((m.method(), m.cseq_method), (Some(method), method), "{name}");
+            assert_eq!(
+                (m.method(), m.cseq_method),
+                (Some(method), method),
+                "{name}"
+            );
         }
     }
 
@@ -1215,8 +1331,14 @@ mod tests {
              CSeq: 0009\r\n  OPTIONS\r\n",
         );
         let m = ok(&text);
-        assert_eq!(s(&m, m.top_via.line), "Via: SIP/2.0/UDP\r\n  h4\r\n\t;branch=z9hG4bK4\r\n");
-        assert_eq!(s(&m, m.top_via.value), "SIP/2.0/UDP\r\n  h4\r\n\t;branch=z9hG4bK4");
+        assert_eq!(
+            s(&m, m.top_via.line),
+            "Via: SIP/2.0/UDP\r\n  h4\r\n\t;branch=z9hG4bK4\r\n"
+        );
+        assert_eq!(
+            s(&m, m.top_via.value),
+            "SIP/2.0/UDP\r\n  h4\r\n\t;branch=z9hG4bK4"
+        );
         assert_eq!(hp(&m, m.top_via.sent_by), ("h4", None));
         assert!(m.to_tag);
         assert_eq!(m.call_id(), b"folded@h");
@@ -1241,7 +1363,10 @@ mod tests {
         let via = m.top_via;
         assert_eq!(hp(&m, via.sent_by), ("spindle.example.com", Some(5060)));
         assert_eq!(via.branch.map(|b| s(&m, b)), Some("z9hG4bK9ikj8"));
-        assert_eq!(s(&m, via.value), "SIP  / 2.0  / TCP     spindle.example.com : 5060  ;\r\n  branch  =   z9hG4bK9ikj8");
+        assert_eq!(
+            s(&m, via.value),
+            "SIP  / 2.0  / TCP     spindle.example.com : 5060  ;\r\n  branch  =   z9hG4bK9ikj8"
+        );
         assert!(!via.sole_value);
         assert!(s(&m, via.value_with_comma).ends_with("z9hG4bK9ikj8  ,\r\n "));
     }
@@ -1255,8 +1380,10 @@ mod tests {
         let via = m.top_via;
         assert_eq!(hp(&m, via.sent_by), ("[2001:db8::1]", Some(5070)));
         assert_eq!(via.received.map(|r| s(&m, r)), Some("[2001:db8::2]"));
-        let Rport::Empty { name_end } = via.rport else { panic!("{:?}", via.rport) };
-        assert_eq!(&m.bytes[..name_end as usize].ends_with(b";rport"), &true);
+        let Rport::Empty { name_end } = via.rport else {
+            panic!("{:?}", via.rport)
+        };
+        assert!(m.bytes[..name_end as usize].ends_with(b";rport"));
         assert_eq!(m.bytes[name_end as usize], b';');
     }
 
@@ -1266,9 +1393,14 @@ mod tests {
             "Via: SIP/2.0/TCP h:5060;branch=z9hG4bK1;rport  \r\n\
              To: <sip:b@h>\r\nFrom: <sip:a@h>;tag=1\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n",
         ));
-        let Rport::Empty { name_end } = m.top_via.rport else { panic!() };
+        let Rport::Empty { name_end } = m.top_via.rport else {
+            panic!()
+        };
         assert_eq!(name_end, m.top_via.value.end);
-        assert_eq!(s(&m, m.top_via.value), "SIP/2.0/TCP h:5060;branch=z9hG4bK1;rport");
+        assert_eq!(
+            s(&m, m.top_via.value),
+            "SIP/2.0/TCP h:5060;branch=z9hG4bK1;rport"
+        );
     }
 
     #[test]
@@ -1281,8 +1413,14 @@ mod tests {
         let m = ok(&text);
         let via = m.top_via;
         assert!(!via.sole_value);
-        assert_eq!(s(&m, via.value), "SIP/2.0/TCP a.example.com;branch=z9hG4bKa;lb=0.1.ff");
-        assert_eq!(s(&m, via.value_with_comma), "SIP/2.0/TCP a.example.com;branch=z9hG4bKa;lb=0.1.ff ,  ");
+        assert_eq!(
+            s(&m, via.value),
+            "SIP/2.0/TCP a.example.com;branch=z9hG4bKa;lb=0.1.ff"
+        );
+        assert_eq!(
+            s(&m, via.value_with_comma),
+            "SIP/2.0/TCP a.example.com;branch=z9hG4bKa;lb=0.1.ff ,  "
+        );
         assert_eq!(via.lb.map(|l| s(&m, l)), Some("0.1.ff"));
         // Cutting value_with_comma leaves a valid Via holding the rest.
         let mut cut = text.clone();
@@ -1307,8 +1445,18 @@ mod tests {
             let m = ok(&options(&[VIA, to, FROM, CALL_ID, CSEQ].concat()));
             assert_eq!(m.to_tag, expected, "{to}");
         }
-        assert_eq!(reason(&options(&[VIA, "To: \"unterminated <sip:b@h>\r\n", FROM, CALL_ID, CSEQ].concat())), "Bad To");
-        assert_eq!(reason(&options(&[VIA, "To: <sip:b@h;tag=1\r\n", FROM, CALL_ID, CSEQ].concat())), "Bad To");
+        assert_eq!(
+            reason(&options(
+                &[VIA, "To: \"unterminated <sip:b@h>\r\n", FROM, CALL_ID, CSEQ].concat()
+            )),
+            "Bad To"
+        );
+        assert_eq!(
+            reason(&options(
+                &[VIA, "To: <sip:b@h;tag=1\r\n", FROM, CALL_ID, CSEQ].concat()
+            )),
+            "Bad To"
+        );
     }
 
     #[test]
@@ -1320,12 +1468,24 @@ mod tests {
         let m = ok(&text);
         let route = m.top_route.unwrap();
         assert!(route.sole_entry);
-        assert_eq!(s(&m, route.line), "Route: <sip:lb.example.com;transport=tcp;lr;lb=2.1.9f3a0c1d2e4b5a69>\r\n");
-        assert_eq!(s(&m, route.uri), "sip:lb.example.com;transport=tcp;lr;lb=2.1.9f3a0c1d2e4b5a69");
-        assert_eq!(s(&m, route.entry_with_comma), "<sip:lb.example.com;transport=tcp;lr;lb=2.1.9f3a0c1d2e4b5a69>");
+        assert_eq!(
+            s(&m, route.line),
+            "Route: <sip:lb.example.com;transport=tcp;lr;lb=2.1.9f3a0c1d2e4b5a69>\r\n"
+        );
+        assert_eq!(
+            s(&m, route.uri),
+            "sip:lb.example.com;transport=tcp;lr;lb=2.1.9f3a0c1d2e4b5a69"
+        );
+        assert_eq!(
+            s(&m, route.entry_with_comma),
+            "<sip:lb.example.com;transport=tcp;lr;lb=2.1.9f3a0c1d2e4b5a69>"
+        );
         assert_eq!(hp(&m, route.host_port), ("lb.example.com", None));
         assert_eq!(route.lb.map(|l| s(&m, l)), Some("2.1.9f3a0c1d2e4b5a69"));
-        assert_eq!(m.second_route.map(|h| hp(&m, h)), Some(("[2001:db8::9]", Some(5080))));
+        assert_eq!(
+            m.second_route.map(|h| hp(&m, h)),
+            Some(("[2001:db8::9]", Some(5080)))
+        );
     }
 
     #[test]
@@ -1337,20 +1497,31 @@ mod tests {
         let m = ok(&text);
         let route = m.top_route.unwrap();
         assert!(!route.sole_entry);
-        assert_eq!(s(&m, route.entry_with_comma), "\"LB, the\" <sip:10.0.0.1:5060;lr;lb=x>;rrp=\"a,b\" ,\r\n ");
+        assert_eq!(
+            s(&m, route.entry_with_comma),
+            "\"LB, the\" <sip:10.0.0.1:5060;lr;lb=x>;rrp=\"a,b\" ,\r\n "
+        );
         assert_eq!(hp(&m, route.host_port), ("10.0.0.1", Some(5060)));
         assert_eq!(route.lb.map(|l| s(&m, l)), Some("x"));
-        assert_eq!(m.second_route.map(|h| hp(&m, h)), Some(("p2.example.com", None)));
+        assert_eq!(
+            m.second_route.map(|h| hp(&m, h)),
+            Some(("p2.example.com", None))
+        );
         let mut cut = text.clone();
         cut.replace_range(route.entry_with_comma.range(), "");
         let rest = ok(&cut);
-        assert_eq!(rest.top_route.map(|r| hp(&rest, r.host_port)), Some(("p2.example.com", None)));
+        assert_eq!(
+            rest.top_route.map(|r| hp(&rest, r.host_port)),
+            Some(("p2.example.com", None))
+        );
         assert_eq!(rest.second_route.map(|h| hp(&rest, h)), Some(("p3", None)));
     }
 
     #[test]
     fn bare_route_by_laxness() {
-        let m = ok(&request("Route: sip:proxy.example.com:5070;lr;lb=abc, <sip:next>\r\n"));
+        let m = ok(&request(
+            "Route: sip:proxy.example.com:5070;lr;lb=abc, <sip:next>\r\n",
+        ));
         let route = m.top_route.unwrap();
         assert_eq!(s(&m, route.uri), "sip:proxy.example.com:5070;lr;lb=abc");
         assert_eq!(hp(&m, route.host_port), ("proxy.example.com", Some(5070)));
@@ -1370,22 +1541,34 @@ mod tests {
         ] {
             assert_eq!(reason(&request(route)), "Bad Route", "{route}");
         }
-        assert_eq!(reason(&request("Route: <sip:h>\r\nRoute: <http://x>\r\n")), "Bad Route");
+        assert_eq!(
+            reason(&request("Route: <sip:h>\r\nRoute: <http://x>\r\n")),
+            "Bad Route"
+        );
     }
 
     #[test]
     fn request_uri_host_forms() {
         let cases = [
             ("sip:h.example.com", Some(("h.example.com", None))),
-            ("sips:alice:pw@h.example.com:5061;transport=tcp?subject=x", Some(("h.example.com", Some(5061)))),
-            ("SIP:user;par=u%40example.net@example.com", Some(("example.com", None))),
+            (
+                "sips:alice:pw@h.example.com:5061;transport=tcp?subject=x",
+                Some(("h.example.com", Some(5061))),
+            ),
+            (
+                "SIP:user;par=u%40example.net@example.com",
+                Some(("example.com", None)),
+            ),
             ("sip:[::1]:5060", Some(("[::1]", Some(5060)))),
             ("tel:+12125551212", None),
             ("nobodyKnowsThisScheme:totallyopaquecontent", None),
             ("sip:h:70000", None),
         ];
         for (uri, expected) in cases {
-            let m = ok(&with_headers(&format!("OPTIONS {uri} SIP/2.0"), &[VIA, TO, FROM, CALL_ID, CSEQ].concat()));
+            let m = ok(&with_headers(
+                &format!("OPTIONS {uri} SIP/2.0"),
+                &[VIA, TO, FROM, CALL_ID, CSEQ].concat(),
+            ));
             assert_eq!(m.request_uri_host.map(|h| hp(&m, h)), expected, "{uri}");
         }
     }
@@ -1403,7 +1586,9 @@ mod tests {
         let headers = [VIA, TO, FROM, CALL_ID, CSEQ].concat();
         // RFC 4475 §3.1.2.9-10: extra SP between elements or before the CRLF.
         let m = ok(&with_headers("OPTIONS  sip:h  SIP/2.0  ", &headers));
-        let StartLine::Request { uri, .. } = m.start else { panic!() };
+        let StartLine::Request { uri, .. } = m.start else {
+            panic!()
+        };
         assert_eq!(s(&m, uri), "sip:h");
         ok(&with_headers("OPTIONS sip:h sip/2.0", &headers));
     }
@@ -1430,27 +1615,61 @@ mod tests {
         assert_eq!(reason("OPTIONS sip:h SIP/2.0"), "Bad Request Line");
 
         let req = |headers: &[&str]| reason(&options(&headers.concat()));
-        assert_eq!(req(&[VIA, "no colon here\r\n", TO, FROM, CALL_ID, CSEQ]), "Malformed Header");
-        assert_eq!(req(&[" leading: fold\r\n", VIA, TO, FROM, CALL_ID, CSEQ]), "Malformed Header");
-        assert_eq!(req(&[VIA, ": empty name\r\n", TO, FROM, CALL_ID, CSEQ]), "Malformed Header");
-        assert_eq!(req(&[VIA, "Bad Name: x\r\n", TO, FROM, CALL_ID, CSEQ]), "Malformed Header");
+        assert_eq!(
+            req(&[VIA, "no colon here\r\n", TO, FROM, CALL_ID, CSEQ]),
+            "Malformed Header"
+        );
+        assert_eq!(
+            req(&[" leading: fold\r\n", VIA, TO, FROM, CALL_ID, CSEQ]),
+            "Malformed Header"
+        );
+        assert_eq!(
+            req(&[VIA, ": empty name\r\n", TO, FROM, CALL_ID, CSEQ]),
+            "Malformed Header"
+        );
+        assert_eq!(
+            req(&[VIA, "Bad Name: x\r\n", TO, FROM, CALL_ID, CSEQ]),
+            "Malformed Header"
+        );
         assert_eq!(req(&[TO, FROM, CALL_ID, CSEQ]), "Missing Via");
         assert_eq!(req(&[VIA, TO, FROM, CSEQ]), "Missing Call-ID");
         assert_eq!(req(&[VIA, TO, FROM, CALL_ID]), "Missing CSeq");
         assert_eq!(req(&[VIA, TO, CALL_ID, CSEQ]), "Missing From");
         assert_eq!(req(&[VIA, FROM, CALL_ID, CSEQ]), "Missing To");
-        assert_eq!(req(&[VIA, TO, FROM, CALL_ID, CALL_ID, CSEQ]), "Duplicate Call-ID");
+        assert_eq!(
+            req(&[VIA, TO, FROM, CALL_ID, CALL_ID, CSEQ]),
+            "Duplicate Call-ID"
+        );
         assert_eq!(req(&[VIA, TO, FROM, CALL_ID, CSEQ, CSEQ]), "Duplicate CSeq");
         assert_eq!(req(&[VIA, TO, FROM, FROM, CALL_ID, CSEQ]), "Duplicate From");
         assert_eq!(req(&[VIA, TO, TO, FROM, CALL_ID, CSEQ]), "Duplicate To");
         assert_eq!(req(&[VIA, TO, FROM, "Call-ID:  \r\n", CSEQ]), "Bad Call-ID");
-        for cseq in ["CSeq: OPTIONS\r\n", "CSeq: 1\r\n", "CSeq: 1OPTIONS\r\n", "CSeq: -1 OPTIONS\r\n",
-                     "CSeq: 4294967296 OPTIONS\r\n", "CSeq: 1 OPTIONS x\r\n", "CSeq: 1 <OPTIONS>\r\n"] {
+        for cseq in [
+            "CSeq: OPTIONS\r\n",
+            "CSeq: 1\r\n",
+            "CSeq: 1OPTIONS\r\n",
+            "CSeq: -1 OPTIONS\r\n",
+            "CSeq: 4294967296 OPTIONS\r\n",
+            "CSeq: 1 OPTIONS x\r\n",
+            "CSeq: 1 <OPTIONS>\r\n",
+        ] {
             assert_eq!(req(&[VIA, TO, FROM, CALL_ID, cseq]), "Bad CSeq", "{cseq}");
         }
-        assert_eq!(ok(&options(&[VIA, TO, FROM, CALL_ID, "CSeq: 4294967295 OPTIONS\r\n"].concat())).cseq_number, u32::MAX);
-        assert_eq!(req(&[VIA, TO, FROM, CALL_ID, "CSeq: 1 INVITE\r\n"]), "CSeq Method Mismatch");
-        assert_eq!(req(&[VIA, TO, FROM, CALL_ID, "CSeq: 1 options\r\n"]), "CSeq Method Mismatch");
+        assert_eq!(
+            ok(&options(
+                &[VIA, TO, FROM, CALL_ID, "CSeq: 4294967295 OPTIONS\r\n"].concat()
+            ))
+            .cseq_number,
+            u32::MAX
+        );
+        assert_eq!(
+            req(&[VIA, TO, FROM, CALL_ID, "CSeq: 1 INVITE\r\n"]),
+            "CSeq Method Mismatch"
+        );
+        assert_eq!(
+            req(&[VIA, TO, FROM, CALL_ID, "CSeq: 1 options\r\n"]),
+            "CSeq Method Mismatch"
+        );
         for via in [
             "Via: SIP/2.0/UDP 192.0.2.15;;,;,,\r\n",
             "Via: SIP/2.0/UDP\r\n",
@@ -1470,13 +1689,22 @@ mod tests {
             assert_eq!(req(&[via, TO, FROM, CALL_ID, CSEQ]), "Bad Via", "{via}");
         }
         let many: String = (0..130).map(|i| format!("X-{i}: v\r\n")).collect();
-        assert_eq!(req(&[VIA, TO, FROM, CALL_ID, CSEQ, &many]), "Too Many Headers");
+        assert_eq!(
+            req(&[VIA, TO, FROM, CALL_ID, CSEQ, &many]),
+            "Too Many Headers"
+        );
         let exactly = options(&[VIA, TO, FROM, CALL_ID, CSEQ].concat());
         assert!(SipMessage::parse(Bytes::from(exactly.clone()), None, 5).is_ok());
         let too_many = SipMessage::parse(Bytes::from(exactly), None, 4).unwrap_err();
         assert_eq!(too_many.reason, "Too Many Headers");
-        assert_eq!(reason("OPTIONS sip:h SIP/2.0\r\nVia: SIP/2.0/UDP h\r\nTo: x"), "Incomplete Header Block");
-        assert_eq!(reason("OPTIONS sip:h SIP/2.0\r\nVia: SIP/2.0/UDP h\r\n"), "Incomplete Header Block");
+        assert_eq!(
+            reason("OPTIONS sip:h SIP/2.0\r\nVia: SIP/2.0/UDP h\r\nTo: x"),
+            "Incomplete Header Block"
+        );
+        assert_eq!(
+            reason("OPTIONS sip:h SIP/2.0\r\nVia: SIP/2.0/UDP h\r\n"),
+            "Incomplete Header Block"
+        );
     }
 
     #[test]
@@ -1515,7 +1743,15 @@ mod tests {
         let len = m.bytes.len() as u32;
         let via = m.top_via;
         let route = m.top_route.unwrap();
-        for span in [via.line, via.value, via.transport, via.sent_by.host, route.line, route.uri, m.call_id] {
+        for span in [
+            via.line,
+            via.value,
+            via.transport,
+            via.sent_by.host,
+            route.line,
+            route.uri,
+            m.call_id,
+        ] {
             assert!(span.start <= span.end && span.end <= len && !span.is_empty());
             assert_eq!(span.len(), (span.end - span.start) as usize);
         }

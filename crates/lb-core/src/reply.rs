@@ -17,7 +17,10 @@ pub(crate) enum Reply {
     /// `481 Call/Transaction Does Not Exist`: a CANCEL for a call the balancer never saw.
     NoTransaction,
     /// `503 Service Unavailable` with `Retry-After` (RFC 3261 §21.5.4).
-    Unavailable { retry_after: Duration, reason: &'static str },
+    Unavailable {
+        retry_after: Duration,
+        reason: &'static str,
+    },
 }
 
 /// Appends the response to `request` to `out`. Returns `false`, writing nothing, when the
@@ -56,7 +59,11 @@ pub(crate) fn write(out: &mut BytesMut, request: &[u8], reply: Reply) -> bool {
         }
     }
     if let Reply::Unavailable { retry_after, .. } = reply {
-        let _ = write!(Writer(out), "Retry-After: {}\r\n", retry_after.as_secs().max(1));
+        let _ = write!(
+            Writer(out),
+            "Retry-After: {}\r\n",
+            retry_after.as_secs().max(1)
+        );
     }
     out.put_slice(b"Content-Length: 0\r\n\r\n");
     true
@@ -80,9 +87,13 @@ fn has_tag_param(line: &[u8]) -> bool {
         Some(i) => &line[i..],
         None => line,
     };
-    after_uri.windows(5).any(|w| w.eq_ignore_ascii_case(b";tag="))
+    after_uri
+        .windows(5)
+        .any(|w| w.eq_ignore_ascii_case(b";tag="))
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+    })
 }

@@ -62,7 +62,11 @@ impl Edit {
     }
 
     pub(crate) fn cut(span: Span) -> Edit {
-        Edit { at: span.start, cut: span.end - span.start, insert: Insertion::Nothing }
+        Edit {
+            at: span.start,
+            cut: span.end - span.start,
+            insert: Insertion::Nothing,
+        }
     }
 }
 

@@ -37,7 +37,11 @@ pub(crate) struct Selector {
 
 impl Selector {
     pub(crate) fn new(algorithm: Algorithm, backends: usize) -> Selector {
-        Selector { algorithm, cursor: 0, credit: vec![0; backends] }
+        Selector {
+            algorithm,
+            cursor: 0,
+            credit: vec![0; backends],
+        }
     }
 
     /// Picks one of `candidates` (ordered by id), or `None` when there is none.
@@ -103,7 +107,12 @@ pub(crate) fn rendezvous(
     let mut hasher = SipHasher13::new_with_key(&key);
     hasher.write(call_id);
     let call = hasher.finish();
-    candidates.max_by_key(|b| (mix(call ^ (b.index() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)), *b))
+    candidates.max_by_key(|b| {
+        (
+            mix(call ^ (b.index() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+            *b,
+        )
+    })
 }
 
 /// SplitMix64's finaliser: spreads a call hash and a backend index into an even score.
@@ -123,7 +132,11 @@ mod tests {
         weights
             .iter()
             .enumerate()
-            .map(|(i, &w)| Candidate { id: BackendId::new(i), weight: w, load: 0 })
+            .map(|(i, &w)| Candidate {
+                id: BackendId::new(i),
+                weight: w,
+                load: 0,
+            })
             .collect()
     }
 
@@ -133,8 +146,9 @@ mod tests {
         let mut rng = SmallRng::seed_from_u64(1);
         let mut c = candidates(&[1, 1, 1, 1]);
         c.remove(2);
-        let picks: Vec<usize> =
-            (0..6).map(|_| s.select(&c, &mut rng).unwrap().index()).collect();
+        let picks: Vec<usize> = (0..6)
+            .map(|_| s.select(&c, &mut rng).unwrap().index())
+            .collect();
         assert_eq!(picks, [0, 1, 3, 0, 1, 3]);
     }
 
@@ -143,10 +157,13 @@ mod tests {
         let mut s = Selector::new(Algorithm::Weighted, 3);
         let mut rng = SmallRng::seed_from_u64(1);
         let c = candidates(&[5, 1, 1]);
-        let picks: Vec<usize> =
-            (0..7).map(|_| s.select(&c, &mut rng).unwrap().index()).collect();
+        let picks: Vec<usize> = (0..7)
+            .map(|_| s.select(&c, &mut rng).unwrap().index())
+            .collect();
         assert_eq!(picks, [0, 0, 1, 0, 2, 0, 0]);
-        assert!(Selector::new(Algorithm::Weighted, 2).select(&candidates(&[0, 0]), &mut rng).is_none());
+        assert!(Selector::new(Algorithm::Weighted, 2)
+            .select(&candidates(&[0, 0]), &mut rng)
+            .is_none());
     }
 
     #[test]

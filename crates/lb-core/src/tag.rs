@@ -53,8 +53,8 @@ impl TagSigner {
         let keys: Vec<(u8, HmacSha256)> = keys
             .iter()
             .map(|k| {
-                let mac = HmacSha256::new_from_slice(&k.secret)
-                    .expect("HMAC accepts keys of any length");
+                let mac =
+                    HmacSha256::new_from_slice(&k.secret).expect("HMAC accepts keys of any length");
                 (k.id, mac)
             })
             .collect();
@@ -67,7 +67,10 @@ impl TagSigner {
             shared_hash_key.copy_from_slice(&mac.finalize().into_bytes()[..16]);
         }
         debug_assert!(!keys.is_empty(), "config validation requires a tag key");
-        TagSigner { keys, shared_hash_key }
+        TagSigner {
+            keys,
+            shared_hash_key,
+        }
     }
 
     /// Appends the tag for `backend` and this Call-ID to `out` (URI-parameter and token safe).
@@ -119,7 +122,9 @@ impl TagSigner {
 impl fmt::Debug for TagSigner {
     /// Key ids only: secrets never reach a log.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.keys.iter().map(|(id, _)| id)).finish()
+        f.debug_list()
+            .entries(self.keys.iter().map(|(id, _)| id))
+            .finish()
     }
 }
 
@@ -191,7 +196,11 @@ fn parse(tag: &[u8]) -> Option<ParsedTag> {
     for (byte, pair) in mac.iter_mut().zip(mac_hex.chunks_exact(2)) {
         *byte = (hex_value(pair[0])? << 4) | hex_value(pair[1])?;
     }
-    Some(ParsedTag { backend, key_id, mac })
+    Some(ParsedTag {
+        backend,
+        key_id,
+        mac,
+    })
 }
 
 /// Decimal of 1..=`digits_max` digits without a leading zero (except `0` itself).
@@ -234,7 +243,10 @@ mod tests {
     use super::*;
 
     fn key(id: u8, fill: u8) -> TagKey {
-        TagKey { id, secret: vec![fill; 32] }
+        TagKey {
+            id,
+            secret: vec![fill; 32],
+        }
     }
 
     fn tag_text(signer: &TagSigner, backend: u16, call_id: &[u8]) -> Vec<u8> {
@@ -264,7 +276,9 @@ mod tests {
         let (head, mac) = text.split_at(4);
         assert_eq!(head, "2.1.");
         assert_eq!(mac.len(), 16);
-        assert!(mac.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
+        assert!(mac
+            .bytes()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
         // The longest form still fits.
         let signer = TagSigner::new(&[key(255, 7)]);
         let tag = tag_text(&signer, u16::MAX, b"call");
@@ -275,7 +289,10 @@ mod tests {
     #[test]
     fn known_answer_is_stable() {
         // Pins the wire form: instances of different versions must agree on tags.
-        let signer = TagSigner::new(&[TagKey { id: 1, secret: b"0123456789abcdef".to_vec() }]);
+        let signer = TagSigner::new(&[TagKey {
+            id: 1,
+            secret: b"0123456789abcdef".to_vec(),
+        }]);
         let tag = tag_text(&signer, 2, b"call-1@example.com");
         let mut mac = HmacSha256::new_from_slice(b"0123456789abcdef").unwrap();
         mac.update(&[0, 2, 1]);
@@ -346,11 +363,21 @@ mod tests {
             "12.1".into(),
             "x".repeat(100),
         ];
-        assert_eq!(signer.verify(good.as_bytes(), b"c"), Ok(BackendId::for_test(12)));
+        assert_eq!(
+            signer.verify(good.as_bytes(), b"c"),
+            Ok(BackendId::for_test(12))
+        );
         for case in cases {
-            assert_eq!(signer.verify(case.as_bytes(), b"c"), Err(TagError::Malformed), "{case}");
+            assert_eq!(
+                signer.verify(case.as_bytes(), b"c"),
+                Err(TagError::Malformed),
+                "{case}"
+            );
         }
-        assert_eq!(signer.verify(format!("12.3.{mac}").as_bytes(), b"c"), Err(TagError::UnknownKey));
+        assert_eq!(
+            signer.verify(format!("12.3.{mac}").as_bytes(), b"c"),
+            Err(TagError::UnknownKey)
+        );
     }
 
     #[test]
@@ -393,7 +420,12 @@ mod tests {
     }
 
     #[quickcheck]
-    fn arbitrary_tag_shaped_text_never_panics(backend: u32, key_id: u16, mac: u64, call_id: Vec<u8>) {
+    fn arbitrary_tag_shaped_text_never_panics(
+        backend: u32,
+        key_id: u16,
+        mac: u64,
+        call_id: Vec<u8>,
+    ) {
         let signer = TagSigner::new(&[key(1, 7)]);
         let text = format!("{backend}.{key_id}.{mac:016x}");
         let _ = signer.verify(text.as_bytes(), &call_id);

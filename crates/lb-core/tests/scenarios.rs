@@ -1,5 +1,5 @@
 //! Core scenario tests: a `Balancer` driven through its public API, read like protocol traces.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::needless_range_loop)]
 
 mod support;
 
@@ -27,17 +27,29 @@ fn calls_spread_round_robin_and_retransmissions_stick() {
     let fe = h.frontend(PROXY);
     let mut first = Vec::new();
     for n in 0..6 {
-        h.receive(fe, invite(&format!("call-{n}"), &format!("z9hG4bK{n}")).as_bytes());
+        h.receive(
+            fe,
+            invite(&format!("call-{n}"), &format!("z9hG4bK{n}")).as_bytes(),
+        );
         first.push(h.expect_to_backend().0);
     }
     assert_eq!(first, [0, 1, 2, 0, 1, 2]);
     // A retransmitted INVITE, then a CANCEL and the ACK of the 487: all to the INVITE's backend.
     for n in 0..6 {
-        h.receive(fe, invite(&format!("call-{n}"), &format!("z9hG4bK{n}")).as_bytes());
+        h.receive(
+            fe,
+            invite(&format!("call-{n}"), &format!("z9hG4bK{n}")).as_bytes(),
+        );
         let (b, retrans, _) = h.expect_to_backend();
         assert_eq!(b, first[n]);
-        assert!(record_route_tag(&retrans).is_some(), "a retransmission is rewritten alike");
-        h.receive(fe, cancel(&format!("call-{n}"), &format!("z9hG4bK{n}")).as_bytes());
+        assert!(
+            record_route_tag(&retrans).is_some(),
+            "a retransmission is rewritten alike"
+        );
+        h.receive(
+            fe,
+            cancel(&format!("call-{n}"), &format!("z9hG4bK{n}")).as_bytes(),
+        );
         assert_eq!(h.expect_to_backend().0, first[n]);
     }
     assert_eq!(h.lb.stats().table_hits, 12);
@@ -52,7 +64,7 @@ fn responses_return_to_the_callers_connection() {
     let inv = invite("call-r", "z9hG4bKr").replace("proxy.example.com", "203.0.113.6");
     h.receive(fe2, inv.as_bytes());
     let (b, forwarded, _) = h.expect_to_backend();
-    h.from_backend(b, &response_to(&forwarded, "180 Ringing"), None);
+    h.backend_sends(b, &response_to(&forwarded, "180 Ringing"), None);
     let (conn, ringing) = h.expect_to_frontend();
     assert_eq!(conn, fe2);
     assert_ne!(conn, fe1);
@@ -66,7 +78,7 @@ fn in_dialog_requests_follow_the_tag_after_the_window() {
     h.receive(fe, invite("call-long", "z9hG4bKl").as_bytes());
     let (b, forwarded, _) = h.expect_to_backend();
     let tag = record_route_tag(&forwarded).unwrap();
-    h.from_backend(b, &response_to(&forwarded, "200 OK"), None);
+    h.backend_sends(b, &response_to(&forwarded, "200 OK"), None);
     h.expect_to_frontend();
     // Long after the new-call window: only the tag can route.
     h.advance(Duration::from_secs(3600));
@@ -76,7 +88,10 @@ fn in_dialog_requests_follow_the_tag_after_the_window() {
         h.receive(fe, in_dialog(method, "call-long", &tag, cseq).as_bytes());
         let (b2, msg, _) = h.expect_to_backend();
         assert_eq!(b2, b);
-        assert!(!msg.contains("Route:"), "the balancer's Route entry is popped: {msg}");
+        assert!(
+            !msg.contains("Route:"),
+            "the balancer's Route entry is popped: {msg}"
+        );
         if method == "BYE" {
             insta::assert_snapshot!("bye_route_popped", msg);
         }
@@ -103,7 +118,10 @@ fn backend_originated_bye_and_its_response() {
     let fe = h.frontend(PROXY);
     h.receive(fe, invite("call-b", "z9hG4bKb").as_bytes());
     let (b, forwarded, _) = h.expect_to_backend();
-    let rr = forwarded.lines().find(|l| l.starts_with("Record-Route:")).unwrap();
+    let rr = forwarded
+        .lines()
+        .find(|l| l.starts_with("Record-Route:"))
+        .unwrap();
     let route = rr.replacen("Record-Route:", "Route:", 1);
     let bye = format!(
         "BYE sip:alice@203.0.113.5:5060;transport=tcp SIP/2.0\r\n\
@@ -117,7 +135,7 @@ fn backend_originated_bye_and_its_response() {
          Content-Length: 0\r\n\r\n",
         b + 1
     );
-    h.from_backend(b, &bye, None);
+    h.backend_sends(b, &bye, None);
     let (conn, out) = h.expect_to_frontend();
     assert_eq!(conn, fe, "the BYE reaches the caller's connection");
     assert!(out.starts_with("BYE sip:alice"));
@@ -128,7 +146,11 @@ fn backend_originated_bye_and_its_response() {
     let (b2, ok, _) = h.expect_to_backend();
     assert_eq!(b2, b);
     assert!(ok.starts_with("SIP/2.0 200"));
-    assert_eq!(ok.matches("Via:").count(), 1, "the balancer's Via is stripped: {ok}");
+    assert_eq!(
+        ok.matches("Via:").count(),
+        1,
+        "the balancer's Via is stripped: {ok}"
+    );
 }
 
 #[test]
@@ -151,14 +173,20 @@ fn a_down_backends_calls_go_to_one_backup() {
             seen.push(h.expect_to_backend().0);
         }
         if *b == 1 {
-            assert!(seen.iter().all(|s| *s == seen[0] && *s != 1), "one backup: {seen:?}");
+            assert!(
+                seen.iter().all(|s| *s == seen[0] && *s != 1),
+                "one backup: {seen:?}"
+            );
         } else {
             assert!(seen.iter().all(|s| s == b));
         }
     }
     // New calls skip the down backend.
     for n in 0..6 {
-        h.receive(fe, invite(&format!("new-{n}"), &format!("z9hG4bKn{n}")).as_bytes());
+        h.receive(
+            fe,
+            invite(&format!("new-{n}"), &format!("z9hG4bKn{n}")).as_bytes(),
+        );
         assert_ne!(h.expect_to_backend().0, 1);
     }
 }
@@ -181,7 +209,10 @@ fn configured_backup_takes_over_and_reconnect_restores() {
     h.now = deadline;
     h.input(Input::Timeout);
     let outs = h.drain();
-    assert!(matches!(outs.as_slice(), [Output::Connect { .. }]), "{outs:?}");
+    assert!(
+        matches!(outs.as_slice(), [Output::Connect { .. }]),
+        "{outs:?}"
+    );
     h.connect_backend(0);
     h.receive(fe, in_dialog("BYE", "call-c", &tag, 3).as_bytes());
     assert_eq!(h.expect_to_backend().0, 0);
@@ -221,10 +252,16 @@ fn lost_framing_closes_only_that_connection() {
     let mut h = Harness::new(config(1, BackendMode::Plain));
     let good = h.frontend(PROXY);
     let bad = h.frontend("203.0.113.9:1234");
-    h.receive(bad, b"INVITE sip:x SIP/2.0\r\nContent-Length: banana\r\n\r\n");
+    h.receive(
+        bad,
+        b"INVITE sip:x SIP/2.0\r\nContent-Length: banana\r\n\r\n",
+    );
     let outs = h.drain();
     assert_eq!(outs, vec![Output::Close { conn: bad }]);
-    h.input(Input::Closed { conn: bad, reason: CloseReason::Requested });
+    h.input(Input::Closed {
+        conn: bad,
+        reason: CloseReason::Requested,
+    });
     h.receive(good, invite("call-g", "z9hG4bKg").as_bytes());
     assert_eq!(h.expect_to_backend().0, 0);
     // Input for the closed connection is a counted no-op.
@@ -248,14 +285,18 @@ fn a_call_ringing_two_minutes_can_still_be_cancelled() {
     let fe = h.frontend(PROXY);
     h.receive(fe, invite("call-ring", "z9hG4bKring").as_bytes());
     let (b, fwd, _) = h.expect_to_backend();
-    h.from_backend(b, &response_to(&fwd, "180 Ringing"), None);
+    h.backend_sends(b, &response_to(&fwd, "180 Ringing"), None);
     h.expect_to_frontend();
     for _ in 0..12 {
         h.advance(Duration::from_secs(10));
     }
     h.receive(fe, cancel("call-ring", "z9hG4bKring").as_bytes());
-    assert_eq!(h.expect_to_backend().0, b, "two minutes in, the CANCEL finds its backend");
-    h.from_backend(b, &response_to(&fwd, "487 Request Terminated"), None);
+    assert_eq!(
+        h.expect_to_backend().0,
+        b,
+        "two minutes in, the CANCEL finds its backend"
+    );
+    h.backend_sends(b, &response_to(&fwd, "487 Request Terminated"), None);
     h.expect_to_frontend();
     // The window after the final response: the ACK of the 487 still finds it…
     h.advance(Duration::from_secs(31));
@@ -274,7 +315,10 @@ fn deadlines_always_advance_and_early_timeouts_are_harmless() {
     let mut h = Harness::new(config(2, BackendMode::Plain));
     let fe = h.frontend(PROXY);
     for n in 0..50 {
-        h.receive(fe, invite(&format!("t-{n}"), &format!("z9hG4bKt{n}")).as_bytes());
+        h.receive(
+            fe,
+            invite(&format!("t-{n}"), &format!("z9hG4bKt{n}")).as_bytes(),
+        );
         h.drain();
         h.now += Duration::from_millis(700);
     }
@@ -285,7 +329,10 @@ fn deadlines_always_advance_and_early_timeouts_are_harmless() {
         h.now = deadline;
         h.input(Input::Timeout);
         h.drain();
-        assert!(h.lb.poll_timeout().is_none_or(|d| d > h.now), "the deadline moved on");
+        assert!(
+            h.lb.poll_timeout().is_none_or(|d| d > h.now),
+            "the deadline moved on"
+        );
         rounds += 1;
         assert!(rounds < 1000);
     }
@@ -303,7 +350,10 @@ fn draining_backend_gets_no_new_calls_but_keeps_its_own() {
     h.input(Input::Backends(BackendChange::Drain(id)));
     h.drain();
     for n in 0..4 {
-        h.receive(fe, invite(&format!("n-{n}"), &format!("z9hG4bKn{n}")).as_bytes());
+        h.receive(
+            fe,
+            invite(&format!("n-{n}"), &format!("z9hG4bKn{n}")).as_bytes(),
+        );
         assert_ne!(h.expect_to_backend().0, b);
     }
     h.receive(fe, in_dialog("BYE", "call-dr", &tag, 2).as_bytes());
@@ -331,10 +381,18 @@ fn envelope_backend_round_trip() {
     let mut d = lb_core::envelope::EnvelopeDecoder::default();
     d.push(bytes::BytesMut::from(&frame[..]));
     let (env, payload) = d.next_envelope(1 << 20).unwrap().unwrap();
-    assert_eq!(env.addr, Some(PROXY.parse().unwrap()), "the frontend's source address");
+    assert_eq!(
+        env.addr,
+        Some(PROXY.parse().unwrap()),
+        "the frontend's source address"
+    );
     let forwarded = text(&payload);
     // The backend answers naming the next hop itself.
-    h.from_backend(0, &response_to(&forwarded, "200 OK"), Some(PROXY.parse().unwrap()));
+    h.backend_sends(
+        0,
+        &response_to(&forwarded, "200 OK"),
+        Some(PROXY.parse().unwrap()),
+    );
     let (conn, ok) = h.expect_to_frontend();
     assert_eq!(conn, fe);
     assert!(ok.starts_with("SIP/2.0 200 OK"));
