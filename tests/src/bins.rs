@@ -61,7 +61,9 @@ fn build(package: &str) {
     let built = BUILT.get_or_init(|| Mutex::new(HashMap::new()));
     // Holding the lock while cargo runs serialises the builds, which cargo's own target-dir
     // lock would do anyway.
-    let mut built = built.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut built = built
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let result = built
         .entry(package.to_string())
         .or_insert_with(|| run_cargo_build(package));

@@ -11,11 +11,13 @@
 //! - [`sipp`]: SIPp client and server runs with their message traces and statistics;
 //! - [`trace`]: a parser for SIPp's `-trace_msg` log and the per-call attribution checks;
 //! - [`lb`]: the balancer process, its readiness and its `siplb-stats` line on SIGTERM;
+//! - [`envelope`]: the example envelope-mode backend and the counters it prints on SIGTERM;
 //! - [`RunDir`]: a scratch directory per test, kept when the test fails.
 
 #![allow(clippy::unwrap_used)]
 
 pub mod bins;
+pub mod envelope;
 pub mod lb;
 pub mod net;
 pub mod process;

@@ -249,7 +249,8 @@ mod tests {
         out
     }
 
-    const INVITE: &[u8] = b"INVITE sip:b@example.com SIP/2.0\r\nCall-ID: 1\r\nContent-Length: 0\r\n\r\n";
+    const INVITE: &[u8] =
+        b"INVITE sip:b@example.com SIP/2.0\r\nCall-ID: 1\r\nContent-Length: 0\r\n\r\n";
     const OPTIONS: &[u8] =
         b"OPTIONS sip:b@example.com SIP/2.0\r\nCall-ID: 2\r\nContent-Length: 0\r\n\r\n";
 

@@ -311,10 +311,17 @@ mod tests {
         assert_eq!(param(m.header("Via").unwrap(), "branch"), Some("z9hG4bK1"));
         assert_eq!(param(m.header("From").unwrap(), "tag"), Some("x1"));
         assert_eq!(param(m.header("to").unwrap(), "tag"), None);
-        let routes: Vec<&str> = m.header_all("Record-Route").flat_map(list_entries).collect();
+        let routes: Vec<&str> = m
+            .header_all("Record-Route")
+            .flat_map(list_entries)
+            .collect();
         assert_eq!(
             routes,
-            ["<sip:lb.example;lr;lb=1.1.ab>", "<sip:p2;lr>", "<sip:p3;lr>"]
+            [
+                "<sip:lb.example;lr;lb=1.1.ab>",
+                "<sip:p2;lr>",
+                "<sip:p3;lr>"
+            ]
         );
         assert_eq!(uri_of(routes[0]), "sip:lb.example;lr;lb=1.1.ab");
         // The quoted comma in From's display name does not split it.

@@ -9,19 +9,63 @@
 //! - [`init_logging`]: `tracing-subscriber` with an `EnvFilter`, to stderr.
 //! - [`log_event`], [`log_frontend_open`], [`log_frontend_closed`]: the operator's log lines.
 //! - [`stats_line`]: the `siplb-stats …` line printed at exit.
+//! - [`read_some`], [`write_queue`]: socket reads and queued writes for readiness-based loops.
 //! - [`main_with`]: the whole `main` of a binary around a driver's `run`.
 //! - The driver knobs both binaries share: [`CONNECT_TIMEOUT`], [`SHUTDOWN_FLUSH_MAX`],
 //!   [`READ_CHUNK_BYTES`], [`BATCH_MAX`].
+//!
+//! ## The config file
+//!
+//! Keys mirror the flags; a flag given on the command line wins over the file, and a repeatable
+//! flag given at all replaces the file's whole list. Durations are seconds (fractions allowed).
+//! A relative `tag-key-file` is relative to the config file.
+//!
+//! ```toml
+//! listen = ["0.0.0.0:5060"]
+//! advertise = "lb.example.com:5060"
+//! algorithm = "weighted"          # round-robin | weighted | least-loaded
+//! backend-mode = "plain"          # default for backends that do not say
+//! window = 32
+//! ringing-max = 180
+//! tag-key-file = "tag.keys"       # lines `ID:HEXSECRET`, the first signs
+//! tag-header = "X-LB-Tag"
+//! log-level = "info"
+//! output-cap = 4194304
+//! retry-after = 5                 # file only: 503 Retry-After, backend reconnect backoff
+//! reconnect-min = 0.1
+//! reconnect-max = 10
+//!
+//! [[backend]]
+//! addr = "10.0.0.1:5060"
+//! weight = 2
+//!
+//! [[backend]]
+//! addr = "10.0.0.2:5060"
+//! mode = "envelope"
+//! backup = "10.0.0.1:5060"
+//! draining = false
+//!
+//! [limits]
+//! message-bytes-max = 65536
+//! headers-max = 128
+//! buffered-bytes-max = 262144
+//! frontends-max = 10000
+//! table-capacity = 1000000
+//! ```
+//!
+//! On the command line a backend is `ADDR[,weight=N][,mode=plain|envelope][,backup=ADDR]
+//! [,draining]`.
 
 mod settings;
 
+use std::collections::VecDeque;
 use std::fmt::Display;
-use std::io::Write;
+use std::io::{ErrorKind, IoSlice, IsTerminal, Write};
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, Bytes, BytesMut};
 use lb_core::{CloseReason, ConnId, Event, Stats, ValidConfig};
 use rand::TryRngCore;
 
@@ -46,6 +90,9 @@ pub const BATCH_MAX: usize = 64;
 /// time would cost a syscall each.
 const READ_SPARE_MIN: usize = 4096;
 
+/// Queue entries per vectored write (Linux's IOV_MAX is 1024; a few dozen fill a segment train).
+const IOV_BATCH: usize = 64;
+
 /// Reads once from a readiness-based source into the spare capacity of `buf`, appending what
 /// was read (the caller hands `buf.split()` to the core). Without `unsafe` the spare space must
 /// be zeroed before a read, so the space left after the previous read is reused and a fresh
@@ -60,6 +107,46 @@ pub fn read_some(buf: &mut BytesMut, source: &mut impl std::io::Read) -> std::io
     let n = *result.as_ref().unwrap_or(&0);
     buf.truncate(start + n);
     result
+}
+
+/// Writes `queue` front to back (vectored, up to 64 entries per call) until it is empty or
+/// the sink would block; returns the bytes written, also when it stopped at `WouldBlock`. Each
+/// `Bytes` is dropped as soon as it is written, so the core's buffers can reuse the space.
+pub fn write_queue(
+    queue: &mut VecDeque<Bytes>,
+    sink: &mut impl std::io::Write,
+) -> std::io::Result<usize> {
+    let mut total = 0;
+    while !queue.is_empty() {
+        let mut slices = [IoSlice::new(&[]); IOV_BATCH];
+        let mut count = 0;
+        for (slice, bytes) in slices.iter_mut().zip(queue.iter()) {
+            *slice = IoSlice::new(bytes);
+            count += 1;
+        }
+        match sink.write_vectored(&slices[..count]) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(mut n) => {
+                total += n;
+                while n > 0 {
+                    let Some(front) = queue.front_mut() else {
+                        break;
+                    };
+                    if front.len() <= n {
+                        n -= front.len();
+                        queue.pop_front();
+                    } else {
+                        front.advance(n);
+                        n = 0;
+                    }
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(total),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(total)
 }
 
 /// Why a driver stopped with an error after start-up.
@@ -100,6 +187,7 @@ pub fn init_logging(settings: &Settings) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
     if settings.tag_key_generated {
         tracing::warn!(
@@ -123,16 +211,19 @@ pub fn stats_line(stats: &Stats) -> String {
 /// Logs an [`Event`] of the core: backend state changes as operator news, faults of single
 /// messages at `debug` (they are counted in [`Stats`] too).
 pub fn log_event(config: &ValidConfig, event: &Event) {
-    let addr = |b: lb_core::BackendId| config.config().backends.get(b.index()).map(|c| c.addr);
+    let addr = |b: lb_core::BackendId| match config.config().backends.get(b.index()) {
+        Some(c) => c.addr.to_string(),
+        None => "?".to_string(),
+    };
     match event {
         Event::BackendUp(b) => {
-            tracing::info!(backend = %b, addr = ?addr(*b), "backend up");
+            tracing::info!(backend = %b, addr = %addr(*b), "backend up");
         }
         Event::BackendDown(b) => {
-            tracing::warn!(backend = %b, addr = ?addr(*b), "backend down");
+            tracing::warn!(backend = %b, addr = %addr(*b), "backend down");
         }
         Event::BackendDraining { backend, draining } => {
-            tracing::info!(backend = %backend, addr = ?addr(*backend), draining, "backend draining");
+            tracing::info!(backend = %backend, addr = %addr(*backend), draining, "backend draining");
         }
         Event::FrontendRefused(conn) => {
             tracing::warn!(conn = %conn, "frontend connection refused: limits.frontends-max");

@@ -54,7 +54,10 @@ pub enum CliError {
 
 impl CliError {
     fn invalid(key: &'static str, reason: impl Into<String>) -> CliError {
-        CliError::Invalid { key, reason: reason.into() }
+        CliError::Invalid {
+            key,
+            reason: reason.into(),
+        }
     }
 
     /// The config key at fault (`backend`, `window`, `limits.headers-max`…); `None` for clap's
@@ -105,8 +108,9 @@ where
 pub fn read_tag_keys(path: &Path) -> Result<Vec<TagKey>, CliError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| CliError::invalid("tag-key-file", format!("{}: {e}", path.display())))?;
-    parse_tag_keys(&text)
-        .map_err(|reason| CliError::invalid("tag-key-file", format!("{}: {reason}", path.display())))
+    parse_tag_keys(&text).map_err(|reason| {
+        CliError::invalid("tag-key-file", format!("{}: {reason}", path.display()))
+    })
 }
 
 /// The command line. Every value is taken as text and parsed by this module so that flags and
@@ -121,7 +125,10 @@ struct Args {
     #[arg(long, value_name = "ADDR")]
     listen: Vec<String>,
     /// A backend (repeatable)
-    #[arg(long, value_name = "ADDR[,weight=N][,mode=plain|envelope][,backup=ADDR]")]
+    #[arg(
+        long,
+        value_name = "ADDR[,weight=N][,mode=plain|envelope][,backup=ADDR]"
+    )]
     backend: Vec<String>,
     /// Mode of backends that do not name one [default: plain]
     #[arg(long, value_name = "plain|envelope")]
@@ -209,7 +216,13 @@ fn read_file(path: &Path) -> Result<FileConfig, CliError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| CliError::invalid("config", format!("{}: {e}", path.display())))?;
     toml::from_str(&text).map_err(|e| {
-        let line = e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+        let line = e.span().map(|s| {
+            text.as_bytes()[..s.start.min(text.len())]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count()
+                + 1
+        });
         let message = e.message().replace('\n', " ");
         let at = line.map(|l| format!(" line {l}")).unwrap_or_default();
         CliError::invalid("config", format!("{}{at}: {message}", path.display()))
@@ -223,21 +236,41 @@ fn merge(args: Args, file: Option<(FileConfig, PathBuf)>) -> Result<Settings, Cl
     };
     let mut core = Config::default();
 
-    let listen = if args.listen.is_empty() { &file.listen } else { &args.listen };
-    core.listeners = listen.iter().map(|a| parse_addr("listen", a)).collect::<Result<_, _>>()?;
+    let listen = if args.listen.is_empty() {
+        &file.listen
+    } else {
+        &args.listen
+    };
+    core.listeners = listen
+        .iter()
+        .map(|a| parse_addr("listen", a))
+        .collect::<Result<_, _>>()?;
 
-    let default_mode = match args.backend_mode.as_deref().or(file.backend_mode.as_deref()) {
+    let default_mode = match args
+        .backend_mode
+        .as_deref()
+        .or(file.backend_mode.as_deref())
+    {
         Some(m) => parse_mode("backend-mode", m)?,
         None => BackendMode::Plain,
     };
     let backends: Vec<PartialBackend> = if args.backend.is_empty() {
-        file.backend.iter().map(file_backend).collect::<Result<_, _>>()?
+        file.backend
+            .iter()
+            .map(file_backend)
+            .collect::<Result<_, _>>()?
     } else {
-        args.backend.iter().map(|s| parse_backend(s)).collect::<Result<_, _>>()?
+        args.backend
+            .iter()
+            .map(|s| parse_backend(s))
+            .collect::<Result<_, _>>()?
     };
     core.backends = backends
         .into_iter()
-        .map(|b| BackendConfig { mode: b.mode.unwrap_or(default_mode), ..b.config })
+        .map(|b| BackendConfig {
+            mode: b.mode.unwrap_or(default_mode),
+            ..b.config
+        })
         .collect();
 
     if let Some(a) = args.algorithm.as_deref().or(file.algorithm.as_deref()) {
@@ -291,9 +324,15 @@ fn merge(args: Args, file: Option<(FileConfig, PathBuf)>) -> Result<Settings, Cl
         None => vec![random_tag_key()?],
     };
 
-    let log_level = args.log_level.or(file.log_level).unwrap_or_else(|| "info".to_string());
+    let log_level = args
+        .log_level
+        .or(file.log_level)
+        .unwrap_or_else(|| "info".to_string());
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_level) {
-        return Err(CliError::invalid("log-level", format!("{log_level:?}: {e}")));
+        return Err(CliError::invalid(
+            "log-level",
+            format!("{log_level:?}: {e}"),
+        ));
     }
 
     let output_cap_bytes = match (args.output_cap, file.output_cap) {
@@ -323,7 +362,11 @@ fn file_backend(b: &FileBackend) -> Result<PartialBackend, CliError> {
         config.backup = Some(parse_addr("backend", backup)?);
     }
     config.draining = b.draining;
-    let mode = b.mode.as_deref().map(|m| parse_mode("backend", m)).transpose()?;
+    let mode = b
+        .mode
+        .as_deref()
+        .map(|m| parse_mode("backend", m))
+        .transpose()?;
     Ok(PartialBackend { config, mode })
 }
 
@@ -339,7 +382,10 @@ fn parse_backend(spec: &str) -> Result<PartialBackend, CliError> {
         match name {
             "weight" => {
                 config.weight = value.parse().map_err(|_| {
-                    CliError::invalid("backend", format!("{spec:?}: weight {value:?} is not a number"))
+                    CliError::invalid(
+                        "backend",
+                        format!("{spec:?}: weight {value:?} is not a number"),
+                    )
                 })?;
             }
             "mode" => mode = Some(parse_mode("backend", value)?),
@@ -348,7 +394,9 @@ fn parse_backend(spec: &str) -> Result<PartialBackend, CliError> {
             _ => {
                 return Err(CliError::invalid(
                     "backend",
-                    format!("{spec:?}: unknown option {part:?} (weight=, mode=, backup=, draining)"),
+                    format!(
+                        "{spec:?}: unknown option {part:?} (weight=, mode=, backup=, draining)"
+                    ),
                 ))
             }
         }
@@ -366,7 +414,10 @@ fn parse_mode(key: &'static str, text: &str) -> Result<BackendMode, CliError> {
     match text.trim() {
         "plain" => Ok(BackendMode::Plain),
         "envelope" => Ok(BackendMode::Envelope),
-        _ => Err(CliError::invalid(key, format!("mode {text:?} is not plain or envelope"))),
+        _ => Err(CliError::invalid(
+            key,
+            format!("mode {text:?} is not plain or envelope"),
+        )),
     }
 }
 
@@ -409,7 +460,9 @@ fn parse_bytes(key: &'static str, text: &str) -> Result<usize, CliError> {
         .parse::<usize>()
         .ok()
         .filter(|&n| n > 0)
-        .ok_or_else(|| CliError::invalid(key, format!("{text:?} is not a positive number of bytes")))
+        .ok_or_else(|| {
+            CliError::invalid(key, format!("{text:?} is not a positive number of bytes"))
+        })
 }
 
 fn parse_tag_keys(text: &str) -> Result<Vec<TagKey>, String> {
@@ -420,14 +473,19 @@ fn parse_tag_keys(text: &str) -> Result<Vec<TagKey>, String> {
             continue;
         }
         let at = i + 1;
-        let (id, hex) =
-            line.split_once(':').ok_or_else(|| format!("line {at}: expected ID:HEXSECRET"))?;
-        let id: u8 =
-            id.trim().parse().map_err(|_| format!("line {at}: key id {id:?} is not 0..=255"))?;
+        let (id, hex) = line
+            .split_once(':')
+            .ok_or_else(|| format!("line {at}: expected ID:HEXSECRET"))?;
+        let id: u8 = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("line {at}: key id {id:?} is not 0..=255"))?;
         let secret = decode_hex(hex.trim())
             .ok_or_else(|| format!("line {at}: the secret is not an even number of hex digits"))?;
         if secret.len() < TAG_KEY_BYTES_MIN {
-            return Err(format!("line {at}: key {id} is shorter than {TAG_KEY_BYTES_MIN} bytes"));
+            return Err(format!(
+                "line {at}: key {id} is shorter than {TAG_KEY_BYTES_MIN} bytes"
+            ));
         }
         keys.push(TagKey { id, secret });
     }
@@ -438,7 +496,7 @@ fn parse_tag_keys(text: &str) -> Result<Vec<TagKey>, String> {
 }
 
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     text.as_bytes()
@@ -453,9 +511,12 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
 
 fn random_tag_key() -> Result<TagKey, CliError> {
     let mut secret = vec![0; GENERATED_KEY_BYTES];
-    rand::rngs::OsRng
-        .try_fill_bytes(&mut secret)
-        .map_err(|e| CliError::invalid("tag-key-file", format!("no key file and no OS randomness: {e}")))?;
+    rand::rngs::OsRng.try_fill_bytes(&mut secret).map_err(|e| {
+        CliError::invalid(
+            "tag-key-file",
+            format!("no key file and no OS randomness: {e}"),
+        )
+    })?;
     Ok(TagKey { id: 1, secret })
 }
 
@@ -476,8 +537,13 @@ mod tests {
 
     use super::*;
 
-    const MIN: [&str; 5] =
-        ["siplb", "--listen", "127.0.0.1:5060", "--backend", "127.0.0.1:5070"];
+    const MIN: [&str; 5] = [
+        "siplb",
+        "--listen",
+        "127.0.0.1:5060",
+        "--backend",
+        "127.0.0.1:5070",
+    ];
 
     fn args(extra: &[&str]) -> Vec<String> {
         MIN.iter().chain(extra).map(|s| s.to_string()).collect()
@@ -487,7 +553,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("lb-cli-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(name);
-        std::fs::File::create(&path).unwrap().write_all(text.as_bytes()).unwrap();
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
         path
     }
 
@@ -495,8 +564,14 @@ mod tests {
     fn minimal_flags_give_defaults_and_a_random_key() {
         let s = parse(args(&[])).unwrap();
         let c = s.core.config();
-        assert_eq!(c.listeners, vec!["127.0.0.1:5060".parse::<SocketAddr>().unwrap()]);
-        assert_eq!(c.backends, vec![BackendConfig::plain("127.0.0.1:5070".parse().unwrap())]);
+        assert_eq!(
+            c.listeners,
+            vec!["127.0.0.1:5060".parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(
+            c.backends,
+            vec![BackendConfig::plain("127.0.0.1:5070".parse().unwrap())]
+        );
         assert_eq!(c.window, Duration::from_secs(32));
         assert_eq!(c.algorithm, Algorithm::RoundRobin);
         assert_eq!(s.output_cap_bytes, 4 * 1024 * 1024);
@@ -535,7 +610,10 @@ mod tests {
         assert_eq!(c.backends[0].mode, BackendMode::Envelope);
         assert_eq!(c.backends[1].weight, 3);
         assert_eq!(c.backends[1].mode, BackendMode::Plain);
-        assert_eq!(c.backends[1].backup, Some("127.0.0.1:5070".parse().unwrap()));
+        assert_eq!(
+            c.backends[1].backup,
+            Some("127.0.0.1:5070".parse().unwrap())
+        );
         assert!(c.backends[2].draining);
         assert_eq!(c.backends[2].mode, BackendMode::Envelope);
         assert_eq!(c.algorithm, Algorithm::Weighted);
@@ -547,7 +625,10 @@ mod tests {
 
     #[test]
     fn flags_override_the_file() {
-        let keys = temp_file("override.keys", "# rotation\n\n2:00112233445566778899aabbccddeeff\n");
+        let keys = temp_file(
+            "override.keys",
+            "# rotation\n\n2:00112233445566778899aabbccddeeff\n",
+        );
         let conf = temp_file(
             "override.toml",
             &format!(
@@ -580,7 +661,10 @@ table-capacity = 99
         );
         let from_file = parse(["siplb", "--config", conf.to_str().unwrap()]).unwrap();
         let c = from_file.core.config();
-        assert_eq!(c.listeners, vec!["127.0.0.1:7000".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(
+            c.listeners,
+            vec!["127.0.0.1:7000".parse::<SocketAddr>().unwrap()]
+        );
         assert_eq!(c.backends.len(), 2);
         assert_eq!(c.backends[0].weight, 2);
         assert_eq!(c.backends[0].mode, BackendMode::Envelope);
@@ -616,8 +700,14 @@ table-capacity = 99
         ])
         .unwrap();
         let c = overridden.core.config();
-        assert_eq!(c.listeners, vec!["127.0.0.1:8000".parse::<SocketAddr>().unwrap()]);
-        assert_eq!(c.backends, vec![BackendConfig::plain("127.0.0.1:8001".parse().unwrap())]);
+        assert_eq!(
+            c.listeners,
+            vec!["127.0.0.1:8000".parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(
+            c.backends,
+            vec![BackendConfig::plain("127.0.0.1:8001".parse().unwrap())]
+        );
         assert_eq!(c.algorithm, Algorithm::RoundRobin);
         assert_eq!(c.window, Duration::from_secs(3));
         assert_eq!(overridden.log_level, "warn");
@@ -656,7 +746,10 @@ table-capacity = 99
         }
         // A backup that is not a backend is the core's refusal, still under `backend`.
         let e = parse(args(&["--backend", "127.0.0.1:5071,backup=127.0.0.1:9"])).unwrap_err();
-        assert!(matches!(e, CliError::Config(ConfigError::UnknownBackup { .. })), "{e}");
+        assert!(
+            matches!(e, CliError::Config(ConfigError::UnknownBackup { .. })),
+            "{e}"
+        );
         assert_eq!(e.key().as_deref(), Some("backend"));
     }
 
@@ -664,7 +757,7 @@ table-capacity = 99
     fn bad_values_name_their_keys() {
         for (flag, value, key) in [
             ("--window", "soon", "window"),
-            ("--window", "-1", "window"),
+            ("--window=-1", "", "window"),
             ("--window", "0", "window"),
             ("--ringing-max", "inf", "ringing-max"),
             ("--algorithm", "random", "algorithm"),
@@ -677,7 +770,12 @@ table-capacity = 99
             ("--tag-key-file", "/nonexistent/keys", "tag-key-file"),
             ("--config", "/nonexistent/siplb.toml", "config"),
         ] {
-            let e = parse(args(&[flag, value])).unwrap_err();
+            let extra: &[&str] = if value.is_empty() {
+                &[flag]
+            } else {
+                &[flag, value]
+            };
+            let e = parse(args(extra)).unwrap_err();
             assert_eq!(e.key().as_deref(), Some(key), "{flag} {value}: {e}");
         }
     }
@@ -694,10 +792,22 @@ table-capacity = 99
     fn bad_key_files_are_refused_with_the_line() {
         for (name, text, needle) in [
             ("empty.keys", "# nothing\n\n", "no key"),
-            ("nocolon.keys", "00112233445566778899aabbccddeeff\n", "line 1"),
-            ("badid.keys", "300:00112233445566778899aabbccddeeff\n", "line 1"),
+            (
+                "nocolon.keys",
+                "00112233445566778899aabbccddeeff\n",
+                "line 1",
+            ),
+            (
+                "badid.keys",
+                "300:00112233445566778899aabbccddeeff\n",
+                "line 1",
+            ),
             ("odd.keys", "1:0011223\n", "line 1"),
-            ("nothex.keys", "\n1:zz112233445566778899aabbccddeeff\n", "line 2"),
+            (
+                "nothex.keys",
+                "\n1:zz112233445566778899aabbccddeeff\n",
+                "line 2",
+            ),
             ("short.keys", "1:00112233\n", "shorter than 16"),
         ] {
             let path = temp_file(name, text);
@@ -734,6 +844,32 @@ table-capacity = 99
         assert_eq!(e.key().as_deref(), Some("config"));
         assert!(text.contains("line 2") && text.contains("windw"), "{text}");
         assert!(!text.contains('\n'), "{text}");
+    }
+
+    #[test]
+    fn the_crate_docs_example_is_a_valid_file() {
+        let docs = include_str!("lib.rs");
+        let start = docs.find("//! ```toml\n").unwrap() + "//! ```toml\n".len();
+        let end = start + docs[start..].find("//! ```\n").unwrap();
+        let text: String = docs[start..end]
+            .lines()
+            .map(|l| {
+                l.strip_prefix("//!")
+                    .unwrap()
+                    .strip_prefix(' ')
+                    .unwrap_or("")
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        temp_file("tag.keys", "1:00112233445566778899aabbccddeeff\n");
+        let conf = temp_file("docs.toml", &text);
+        let s = parse(["siplb", "--config", conf.to_str().unwrap()]).unwrap();
+        let c = s.core.config();
+        assert_eq!(c.backends.len(), 2);
+        assert_eq!(c.backends[1].mode, BackendMode::Envelope);
+        assert_eq!(c.reconnect_min, Duration::from_millis(100));
+        assert_eq!(c.limits.headers_max, 128);
+        assert_eq!(s.core.advertise(), "lb.example.com:5060");
     }
 
     #[test]

@@ -719,10 +719,12 @@ impl Balancer {
                 self.table.settle(self.now, key);
             }
         }
-        let conn = match source.envelope.and_then(|e| e.addr) {
-            Some(addr) => self.hops.lookup_addr(addr),
-            None => self.via_hop(&message),
-        };
+        // The backend's resolved next hop first; the Via it echoed if that names no connection.
+        let conn = source
+            .envelope
+            .and_then(|e| e.addr)
+            .and_then(|addr| self.hops.lookup_addr(addr))
+            .or_else(|| self.via_hop(&message));
         match conn.filter(|c| self.conn(*c).is_some_and(|c| !c.closing)) {
             Some(conn) => {
                 self.stats.to_frontend += 1;
@@ -744,10 +746,11 @@ impl Balancer {
             next = message.second_route;
         }
         let next = next.or(message.request_uri_host);
-        let conn = match source.envelope.and_then(|e| e.addr) {
-            Some(addr) => self.hops.lookup_addr(addr),
-            None => next.and_then(|hp| self.host_port_hop(&message, hp)),
-        };
+        let conn = source
+            .envelope
+            .and_then(|e| e.addr)
+            .and_then(|addr| self.hops.lookup_addr(addr))
+            .or_else(|| next.and_then(|hp| self.host_port_hop(&message, hp)));
         let Some(conn) = conn.filter(|c| self.conn(*c).is_some_and(|c| !c.closing)) else {
             if message.method() == Some(Method::Ack) {
                 return self.drop_message(source.conn, "ACK with no route to a frontend");

@@ -137,7 +137,8 @@ impl<'c> Engine<'c> {
         let mut events = Events::with_capacity(256);
         let start = Instant::now();
         let mut next_progress = start + PROGRESS_EVERY;
-        let interval = (self.config.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / self.config.rate));
+        let interval =
+            (self.config.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / self.config.rate));
         let mut started_all_at = None;
         loop {
             let now = Instant::now();
@@ -331,7 +332,8 @@ impl<'c> Engine<'c> {
         };
         dialog.bye(&mut c.wbuf, &call.to_tag, &call.route, &call.remote_target);
         self.report.msgs_sent += 1;
-        self.timeouts.push_back((now + self.config.timeout, id, call.seq));
+        self.timeouts
+            .push_back((now + self.config.timeout, id, call.seq));
     }
 
     fn finish(&mut self, id: u64, ok: bool) {
@@ -510,11 +512,10 @@ impl<'c> Engine<'c> {
                     .map(str::to_owned)
                     .collect();
                 call.route.reverse();
-                call.remote_target = msg
-                    .header("Contact")
-                    .map_or_else(|| format!("sip:service@{}", self.target), |c| {
-                        uri_of(c).to_owned()
-                    });
+                call.remote_target = msg.header("Contact").map_or_else(
+                    || format!("sip:service@{}", self.target),
+                    |c| uri_of(c).to_owned(),
+                );
                 call.state = State::Holding;
                 call.seq += 1;
                 let c = &mut self.conns[call.conn];
@@ -524,7 +525,13 @@ impl<'c> Engine<'c> {
                     target: &self.target,
                     local: &c.local,
                 };
-                dialog.ack(&mut c.wbuf, &call.to_tag, &call.route, &call.remote_target, true);
+                dialog.ack(
+                    &mut c.wbuf,
+                    &call.to_tag,
+                    &call.route,
+                    &call.remote_target,
+                    true,
+                );
                 self.report.msgs_sent += 1;
                 self.holds.push_back((now + self.config.hold, id));
                 if self.config.hold.is_zero() {

@@ -133,11 +133,18 @@ mod tests {
         assert_eq!(m.method(), Some("INVITE"));
         assert_eq!(call_number(m.call_id().unwrap(), 0xabc), Some(42));
         assert_eq!(call_number(m.call_id().unwrap(), 0xabd), None);
-        let branch = param(m.header("Via").unwrap(), "branch").unwrap().to_owned();
+        let branch = param(m.header("Via").unwrap(), "branch")
+            .unwrap()
+            .to_owned();
 
         let route = vec!["<sip:127.0.0.1:5060;transport=tcp;lr;lb=0.1.ff>".to_owned()];
         out.clear();
-        d.bye(&mut out, "t1", &route, "sip:b1@127.0.0.1:5070;transport=tcp");
+        d.bye(
+            &mut out,
+            "t1",
+            &route,
+            "sip:b1@127.0.0.1:5070;transport=tcp",
+        );
         let m = Message::parse(&out).unwrap();
         assert_eq!(m.method(), Some("BYE"));
         assert_eq!(m.cseq(), Some((2, "BYE")));
@@ -148,10 +155,22 @@ mod tests {
         out.clear();
         d.ack(&mut out, "t1", &[], &d.initial_uri(), false);
         let m = Message::parse(&out).unwrap();
-        assert_eq!(param(m.header("Via").unwrap(), "branch"), Some(branch.as_str()));
+        assert_eq!(
+            param(m.header("Via").unwrap(), "branch"),
+            Some(branch.as_str())
+        );
         out.clear();
-        d.ack(&mut out, "t1", &route, "sip:b1@127.0.0.1:5070;transport=tcp", true);
+        d.ack(
+            &mut out,
+            "t1",
+            &route,
+            "sip:b1@127.0.0.1:5070;transport=tcp",
+            true,
+        );
         let m = Message::parse(&out).unwrap();
-        assert_ne!(param(m.header("Via").unwrap(), "branch"), Some(branch.as_str()));
+        assert_ne!(
+            param(m.header("Via").unwrap(), "branch"),
+            Some(branch.as_str())
+        );
     }
 }

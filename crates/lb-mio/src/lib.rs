@@ -20,12 +20,14 @@
 //! for at most [`lb_cli::SHUTDOWN_FLUSH_MAX`], and the final counters are returned.
 
 use std::collections::VecDeque;
-use std::io::{self, ErrorKind, IoSlice, Write};
+use std::io::{self, ErrorKind};
 use std::net::{Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes, BytesMut};
-use lb_cli::{RunError, Settings, BATCH_MAX, CONNECT_TIMEOUT, READ_CHUNK_BYTES, SHUTDOWN_FLUSH_MAX};
+use bytes::{Bytes, BytesMut};
+use lb_cli::{
+    RunError, Settings, BATCH_MAX, CONNECT_TIMEOUT, READ_CHUNK_BYTES, SHUTDOWN_FLUSH_MAX,
+};
 use lb_core::{Balancer, CloseReason, ConnId, Input, ListenerId, Output, Stats, ValidConfig};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
@@ -94,7 +96,11 @@ impl Driver {
             let mut socket =
                 TcpListener::bind(addr).map_err(|source| RunError::Bind { addr, source })?;
             poll.registry()
-                .register(&mut socket, listener_token(listeners.len()), Interest::READABLE)
+                .register(
+                    &mut socket,
+                    listener_token(listeners.len()),
+                    Interest::READABLE,
+                )
                 .map_err(RunError::Runtime)?;
             tracing::info!(listener = %id, %addr, "listening");
             listeners.push((id, socket));
@@ -183,7 +189,8 @@ impl Driver {
                             tracing::warn!(conn = %conn, error = %e, "register failed");
                             lb_cli::log_frontend_closed(conn, CloseReason::Error);
                             let reason = CloseReason::Error;
-                            self.lb.handle_input(Instant::now(), Input::Closed { conn, reason });
+                            self.lb
+                                .handle_input(Instant::now(), Input::Closed { conn, reason });
                         }
                     }
                     self.drain();
@@ -200,7 +207,9 @@ impl Driver {
     }
 
     fn ready(&mut self, slot: usize, event: &mio::event::Event) {
-        let Some(c) = self.conns.get_mut(slot).and_then(Option::as_mut) else { return };
+        let Some(c) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
         let id = c.id;
         if c.state == State::Connecting {
             match connect_result(&c.stream) {
@@ -209,7 +218,8 @@ impl Driver {
                     c.state = State::Open;
                     let _ = c.stream.set_nodelay(true);
                     self.mark_dirty(id);
-                    self.lb.handle_input(Instant::now(), Input::Connected { conn: id });
+                    self.lb
+                        .handle_input(Instant::now(), Input::Connected { conn: id });
                     self.drain();
                 }
                 Err(e) => {
@@ -231,7 +241,9 @@ impl Driver {
     /// Reads until `WouldBlock`, or [`BATCH_MAX`] times and then again on the next pass.
     fn read(&mut self, id: ConnId) {
         for _ in 0..BATCH_MAX {
-            let Some(c) = self.conns.get_mut(id.slot()).and_then(Option::as_mut) else { return };
+            let Some(c) = self.conns.get_mut(id.slot()).and_then(Option::as_mut) else {
+                return;
+            };
             if c.id != id || c.state != State::Open {
                 return;
             }
@@ -243,7 +255,8 @@ impl Driver {
                 }
                 Ok(_) => {
                     let bytes = self.read_buf.split();
-                    self.lb.handle_input(Instant::now(), Input::Received { conn: id, bytes });
+                    self.lb
+                        .handle_input(Instant::now(), Input::Received { conn: id, bytes });
                     self.drain();
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
@@ -287,12 +300,14 @@ impl Driver {
                 tracing::debug!(conn = %conn, backend = %backend, %to, "connecting");
                 match self.connect(conn, to) {
                     Ok(()) => {
-                        self.connect_deadlines.push_back((Instant::now() + CONNECT_TIMEOUT, conn));
+                        self.connect_deadlines
+                            .push_back((Instant::now() + CONNECT_TIMEOUT, conn));
                     }
                     Err(e) => {
                         tracing::debug!(conn = %conn, error = %e, "connect failed");
                         let reason = CloseReason::Error;
-                        self.lb.handle_input(Instant::now(), Input::Closed { conn, reason });
+                        self.lb
+                            .handle_input(Instant::now(), Input::Closed { conn, reason });
                     }
                 }
             }
@@ -315,7 +330,9 @@ impl Driver {
     fn connect(&mut self, conn: ConnId, to: SocketAddr) -> io::Result<()> {
         let mut stream = TcpStream::connect(to)?;
         let interest = Interest::READABLE | Interest::WRITABLE;
-        self.poll.registry().register(&mut stream, Token(conn.slot()), interest)?;
+        self.poll
+            .registry()
+            .register(&mut stream, Token(conn.slot()), interest)?;
         self.insert(conn, stream, false, State::Connecting, interest);
         Ok(())
     }
@@ -341,14 +358,20 @@ impl Driver {
 
     fn flush(&mut self, id: ConnId) {
         let slot = self.conns.get_mut(id.slot()).and_then(Option::as_mut);
-        let Some(c) = slot.filter(|c| c.id == id) else { return };
+        let Some(c) = slot.filter(|c| c.id == id) else {
+            return;
+        };
         c.dirty = false;
         if c.state == State::Connecting {
             return;
         }
         if let Err(e) = write_queue(c) {
             tracing::debug!(conn = %id, error = %e, "write failed");
-            let reason = if c.state == State::Closing { CloseReason::Requested } else { CloseReason::Error };
+            let reason = if c.state == State::Closing {
+                CloseReason::Requested
+            } else {
+                CloseReason::Error
+            };
             self.finish(id, reason);
             return;
         }
@@ -364,7 +387,11 @@ impl Driver {
         };
         if want != c.interest {
             c.interest = want;
-            if let Err(e) = self.poll.registry().reregister(&mut c.stream, Token(id.slot()), want) {
+            if let Err(e) = self
+                .poll
+                .registry()
+                .reregister(&mut c.stream, Token(id.slot()), want)
+            {
                 tracing::warn!(conn = %id, error = %e, "reregister failed");
                 self.finish(id, CloseReason::Error);
             }
@@ -392,25 +419,43 @@ impl Driver {
 
     /// Feeds the one `Closed` of `id` and forgets its socket. The caller drains.
     fn finish(&mut self, id: ConnId, reason: CloseReason) {
-        let Some(slot) = self.conns.get_mut(id.slot()) else { return };
-        let Some(mut c) = slot.take_if(|c| c.id == id) else { return };
+        let Some(slot) = self.conns.get_mut(id.slot()) else {
+            return;
+        };
+        let Some(mut c) = slot.take_if(|c| c.id == id) else {
+            return;
+        };
         let _ = self.poll.registry().deregister(&mut c.stream);
         if c.frontend {
             lb_cli::log_frontend_closed(id, reason);
         }
-        self.lb.handle_input(Instant::now(), Input::Closed { conn: id, reason });
+        self.lb
+            .handle_input(Instant::now(), Input::Closed { conn: id, reason });
     }
 
     fn get(&mut self, id: ConnId) -> Option<&mut Conn> {
-        self.conns.get_mut(id.slot())?.as_mut().filter(|c| c.id == id)
+        self.conns
+            .get_mut(id.slot())?
+            .as_mut()
+            .filter(|c| c.id == id)
     }
 
-    fn insert(&mut self, id: ConnId, stream: TcpStream, frontend: bool, state: State, interest: Interest) {
+    fn insert(
+        &mut self,
+        id: ConnId,
+        stream: TcpStream,
+        frontend: bool,
+        state: State,
+        interest: Interest,
+    ) {
         let slot = id.slot();
         if slot >= self.conns.len() {
             self.conns.resize_with(slot + 1, || None);
         }
-        debug_assert!(self.conns[slot].is_none(), "the core reuses a slot only after Closed");
+        debug_assert!(
+            self.conns[slot].is_none(),
+            "the core reuses a slot only after Closed"
+        );
         self.conns[slot] = Some(Conn {
             id,
             stream,
@@ -426,6 +471,7 @@ impl Driver {
     /// Shutdown: stop accepting and reading, write what is queued for at most
     /// [`SHUTDOWN_FLUSH_MAX`]. The core is not fed any more: the counters stay as they were.
     fn flush_all(&mut self) {
+        tracing::info!("shutting down: no more accepts, flushing queued output");
         for (_, mut socket) in self.listeners.drain(..) {
             let _ = self.poll.registry().deregister(&mut socket);
         }
@@ -435,7 +481,8 @@ impl Driver {
             let mut pending = 0;
             for slot in &mut self.conns {
                 let Some(c) = slot else { continue };
-                let done = c.state == State::Connecting || write_queue(c).is_err() || c.out.is_empty();
+                let done =
+                    c.state == State::Connecting || write_queue(c).is_err() || c.out.is_empty();
                 if done {
                     let _ = c.stream.shutdown(Shutdown::Both);
                     let _ = self.poll.registry().deregister(&mut c.stream);
@@ -444,7 +491,10 @@ impl Driver {
                     if c.interest != Interest::WRITABLE {
                         c.interest = Interest::WRITABLE;
                         let token = Token(c.id.slot());
-                        let _ = self.poll.registry().reregister(&mut c.stream, token, c.interest);
+                        let _ = self
+                            .poll
+                            .registry()
+                            .reregister(&mut c.stream, token, c.interest);
                     }
                     pending += 1;
                 }
@@ -466,36 +516,10 @@ impl Driver {
     }
 }
 
-/// Writes `c.out` until it is empty or the socket would block. Each `Bytes` is dropped as soon
-/// as it is written, so the core's buffers can reuse the space.
+/// Writes the connection's queue until it is empty or the socket would block.
 fn write_queue(c: &mut Conn) -> io::Result<()> {
-    while !c.out.is_empty() {
-        let mut slices = [IoSlice::new(&[]); IOV_BATCH];
-        let mut count = 0;
-        for (slice, bytes) in slices.iter_mut().zip(&c.out) {
-            *slice = IoSlice::new(bytes);
-            count += 1;
-        }
-        match c.stream.write_vectored(&slices[..count]) {
-            Ok(0) => return Err(ErrorKind::WriteZero.into()),
-            Ok(mut n) => {
-                c.queued -= n;
-                while n > 0 {
-                    let Some(front) = c.out.front_mut() else { break };
-                    if front.len() <= n {
-                        n -= front.len();
-                        c.out.pop_front();
-                    } else {
-                        front.advance(n);
-                        n = 0;
-                    }
-                }
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
+    let written = lb_cli::write_queue(&mut c.out, &mut c.stream)?;
+    c.queued -= written;
     Ok(())
 }
 
@@ -507,11 +531,20 @@ fn connect_result(stream: &TcpStream) -> io::Result<bool> {
     }
     match stream.peer_addr() {
         Ok(_) => Ok(true),
-        Err(e) if e.kind() == ErrorKind::NotConnected || e.kind() == ErrorKind::InProgress => {
-            Ok(false)
-        }
+        Err(e) if e.kind() == ErrorKind::NotConnected || is_in_progress(&e) => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+#[cfg(unix)]
+fn is_in_progress(e: &io::Error) -> bool {
+    // `ErrorKind::InProgress` is not stable yet.
+    e.raw_os_error() == Some(libc::EINPROGRESS)
+}
+
+#[cfg(not(unix))]
+fn is_in_progress(_: &io::Error) -> bool {
+    false
 }
 
 fn listener_token(index: usize) -> Token {
@@ -531,7 +564,3 @@ const LISTENER_TOKEN_TOP: usize = usize::MAX - 1;
 
 /// Readiness events per `poll` call.
 const EVENTS_CAPACITY: usize = 1024;
-
-/// Queue entries per vectored write (Linux's IOV_MAX is 1024; a few dozen already fill a segment
-/// train).
-const IOV_BATCH: usize = 64;

@@ -53,12 +53,12 @@ pub struct Affinity {
 /// Why [`Affinity::observe`] refused a delivery.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AffinityBreach {
-    /// The call's backend was up, yet the message went elsewhere.
-    OwnerUp {
-        /// The backend that took the call.
-        owner: u16,
+    /// The backend the message belonged to was up, yet the message went elsewhere.
+    ExpectedUp {
+        /// The backend it belonged to.
+        expected: u16,
     },
-    /// The owner was down and the message went to a second, different backup.
+    /// That backend was down and the message went to a second, different backup.
     SecondBackup {
         /// The backup used before.
         backup: u16,
@@ -66,23 +66,35 @@ pub enum AffinityBreach {
 }
 
 impl Affinity {
-    /// A message of `call` was sent to `backend`; `owner_up` tells whether the backend that took
-    /// the call is up (as far as the sending balancer can know). Returns the breach, if any.
-    pub fn observe(&mut self, call: usize, backend: u16, owner_up: impl FnOnce(u16) -> bool) -> Option<AffinityBreach> {
+    /// A message of `call` was sent to `backend`. It belongs to `expected` when the message
+    /// names its backend itself (an in-dialog request: the backend its tag names; a response to
+    /// a backend's own request: that backend), else to the backend that took the call (the first
+    /// one seen). `is_up` tells whether a backend is up as far as the sending balancer can know.
+    ///
+    /// The rule: the message reaches the backend it belongs to while that is up; otherwise the
+    /// call's one backup, the same for every message of the call. A call whose INVITE was
+    /// re-routed to the backup has its dialog there (its tag names the backup), so it may stay
+    /// there after the first backend returns; it may never reach a third backend.
+    pub fn observe(
+        &mut self,
+        call: usize,
+        backend: u16,
+        expected: Option<u16>,
+        is_up: impl FnOnce(u16) -> bool,
+    ) -> Option<AffinityBreach> {
         if call >= self.owner.len() {
             self.owner.resize(call + 1, NONE);
             self.backup.resize(call + 1, NONE);
         }
-        let owner = self.owner[call];
-        if owner == NONE {
-            self.owner[call] = backend;
+        if self.owner[call] == NONE {
+            self.owner[call] = expected.unwrap_or(backend);
+        }
+        let want = expected.unwrap_or(self.owner[call]);
+        if want == backend {
             return None;
         }
-        if owner == backend {
-            return None;
-        }
-        let breach = if owner_up(owner) {
-            Some(AffinityBreach::OwnerUp { owner })
+        let breach = if is_up(want) {
+            Some(AffinityBreach::ExpectedUp { expected: want })
         } else if self.backup[call] == NONE {
             self.backup[call] = backend;
             None
@@ -166,6 +178,8 @@ pub struct TableModel {
     max: u64,
     ringing_sum_us: u128,
     ringing_n: u64,
+    lifetime_sum_us: u128,
+    lifetime_n: u64,
 }
 
 impl TableModel {
@@ -217,6 +231,8 @@ impl TableModel {
             if self.deadline[c] == d {
                 self.deadline[c] = u64::MAX;
                 self.len -= 1;
+                self.lifetime_sum_us += u128::from(d - self.created[c]);
+                self.lifetime_n += 1;
             }
         }
     }
@@ -236,6 +252,16 @@ impl TableModel {
         self.max
     }
 
+    /// Mean lifetime of the entries expired so far, µs: with the setup rate, Little's law gives
+    /// the steady-state table size.
+    pub fn mean_lifetime_us(&self) -> f64 {
+        if self.lifetime_n == 0 {
+            0.0
+        } else {
+            self.lifetime_sum_us as f64 / self.lifetime_n as f64
+        }
+    }
+
     /// Mean time from an entry's creation to its INVITE's final response, µs.
     pub fn mean_ringing_us(&self) -> f64 {
         if self.ringing_n == 0 {
@@ -252,6 +278,13 @@ pub fn table_tolerance(model_len: u64) -> u64 {
     8 + model_len / 50
 }
 
+/// Whether a table maximum `max` agrees with DESIGN.md's figure `expected` = setup rate ×
+/// (ringing time + window): within 15 % plus the Poisson spread of the arrivals.
+pub fn table_max_plausible(max: u64, expected: f64) -> bool {
+    let slack = 0.15 * expected + 5.0 * expected.sqrt() + 10.0;
+    (max as f64 - expected).abs() <= slack
+}
+
 const NONE: u16 = u16::MAX;
 
 #[cfg(test)]
@@ -261,14 +294,18 @@ mod tests {
     #[test]
     fn affinity_flags_a_fabricated_wrong_backend() {
         let mut a = Affinity::default();
-        assert_eq!(a.observe(3, 0, |_| true), None);
-        assert_eq!(a.observe(3, 0, |_| true), None);
-        assert_eq!(a.observe(3, 2, |_| true), Some(AffinityBreach::OwnerUp { owner: 0 }));
+        assert_eq!(a.observe(3, 0, None, |_| true), None);
+        assert_eq!(a.observe(3, 0, None, |_| true), None);
+        assert_eq!(a.observe(3, 2, None, |_| true), Some(AffinityBreach::ExpectedUp { expected: 0 }));
         // Owner down: the first backup is accepted, a second different one is not.
-        assert_eq!(a.observe(3, 1, |_| false), None);
-        assert_eq!(a.observe(3, 1, |_| false), None);
-        assert_eq!(a.observe(3, 2, |_| false), Some(AffinityBreach::SecondBackup { backup: 1 }));
-        assert_eq!(a.violations(), 2);
+        assert_eq!(a.observe(3, 1, None, |_| false), None);
+        assert_eq!(a.observe(3, 1, None, |_| false), None);
+        assert_eq!(a.observe(3, 2, None, |_| false), Some(AffinityBreach::SecondBackup { backup: 1 }));
+        // A tag naming backend 1 (the dialog lives there): 1 is right even with 0 up.
+        assert_eq!(a.observe(3, 1, Some(1), |_| true), None);
+        assert_eq!(a.observe(3, 0, Some(1), |_| true), Some(AffinityBreach::ExpectedUp { expected: 1 }));
+        assert_eq!(a.owner(3), Some(0));
+        assert_eq!(a.violations(), 3);
     }
 
     #[test]

@@ -68,8 +68,9 @@ impl Span {
     }
 }
 
-/// A backend outage: the backend refuses and resets connections during `[at, until)`, measured
-/// from the start of the run.
+/// A backend outage during `[at, until)`, measured from the start of the run: the backend either
+/// resets its connections and refuses new ones, or (`silent`) keeps them open and ignores
+/// everything it receives — a hang the balancer cannot see.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Outage {
     /// Which backend (index into the configured list).
@@ -78,6 +79,8 @@ pub struct Outage {
     pub at: Duration,
     /// When it accepts connections again.
     pub until: Duration,
+    /// Hangs instead of resetting.
+    pub silent: bool,
 }
 
 /// Everything that shapes a run.
@@ -195,16 +198,17 @@ impl Knobs {
         }
     }
 
-    /// Recomputes the failover outage for the current call count and rate: backend 1 dies a
-    /// third of the way through the arrivals and returns at two thirds.
+    /// Recomputes the failover outages for the current call count and rate: backend 1 resets a
+    /// third of the way through the arrivals and returns at two thirds; backend 2 (if any) hangs
+    /// silently from half way to 60 %.
     pub fn with_default_outage(mut self) -> Knobs {
         if self.scenario == Scenario::Failover {
             let arrivals = self.calls as f64 / self.rate.max(0.001);
-            self.outages = vec![Outage {
-                backend: 1 % self.backends.max(1),
-                at: Duration::from_secs_f64(arrivals / 3.0),
-                until: Duration::from_secs_f64(arrivals * 2.0 / 3.0),
-            }];
+            let at = |f: f64| Duration::from_secs_f64(arrivals * f);
+            self.outages = vec![Outage { backend: 1 % self.backends.max(1), at: at(1.0 / 3.0), until: at(2.0 / 3.0), silent: false }];
+            if self.backends >= 3 {
+                self.outages.push(Outage { backend: 2, at: at(0.5), until: at(0.6), silent: true });
+            }
         }
         self
     }

@@ -6,6 +6,7 @@
 //! simulated peers and the balancer write (full header names, one value per Via line).
 
 use std::ops::Range;
+use std::sync::LazyLock;
 
 use bytes::BytesMut;
 
@@ -97,7 +98,7 @@ impl Summary {
 /// Length of the first complete message at the start of `buf`, or `None` if it is incomplete or
 /// unframeable (no Content-Length).
 pub fn frame_len(buf: &[u8]) -> Option<usize> {
-    let head_end = memchr::memmem::find(buf, b"\r\n\r\n")? + 4;
+    let head_end = CRLFCRLF.find(buf)? + 4;
     let head = &buf[..head_end];
     let cl = header_value(head, b"Content-Length")
         .or_else(|| header_value(head, b"l"))
@@ -108,7 +109,7 @@ pub fn frame_len(buf: &[u8]) -> Option<usize> {
 
 /// Reads the summary of one framed message.
 pub fn summarize(msg: &[u8]) -> Option<Summary> {
-    let line_end = memchr::memmem::find(msg, b"\r\n")?;
+    let line_end = find_crlf(msg)?;
     let line = &msg[..line_end];
     let kind = if let Some(rest) = line.strip_prefix(b"SIP/2.0 ") {
         Kind::Response(parse_u64(rest.get(..3)?).and_then(|s| u16::try_from(s).ok())?)
@@ -116,12 +117,22 @@ pub fn summarize(msg: &[u8]) -> Option<Summary> {
         let sp = memchr::memchr(b' ', line)?;
         Kind::Request(Method::parse(&line[..sp]))
     };
-    let call = header_value(msg, b"Call-ID").and_then(call_number);
-    let cseq_v = header_value(msg, b"CSeq")?;
+    // One pass over the header lines: this runs for every message of a million-call storm.
+    let (mut call, mut cseq_v, mut has_to_tag) = (None, None, false);
+    for h in headers(msg) {
+        let n = h.name;
+        if n.eq_ignore_ascii_case(b"Call-ID") || n == b"i" {
+            call = call_number(h.value);
+        } else if n.eq_ignore_ascii_case(b"CSeq") {
+            cseq_v = Some(h.value);
+        } else if n.eq_ignore_ascii_case(b"To") || n == b"t" {
+            has_to_tag = param(h.value, b"tag").is_some();
+        }
+    }
+    let cseq_v = cseq_v?;
     let sp = memchr::memchr(b' ', cseq_v)?;
     let cseq = parse_u64(&cseq_v[..sp]).and_then(|n| u32::try_from(n).ok())?;
     let cseq_method = Method::parse(trim(&cseq_v[sp + 1..]));
-    let has_to_tag = header_value(msg, b"To").is_some_and(|v| memchr::memmem::find(v, b";tag=").is_some());
     Some(Summary { kind, call, cseq, cseq_method, has_to_tag, len: msg.len() })
 }
 
@@ -133,7 +144,7 @@ pub fn call_number(call_id: &[u8]) -> Option<u64> {
 
 /// Header lines (name, value, whole line including CRLF) of a message head, in order.
 pub fn headers(msg: &[u8]) -> Headers<'_> {
-    let start = memchr::memmem::find(msg, b"\r\n").map_or(msg.len(), |i| i + 2);
+    let start = find_crlf(msg).map_or(msg.len(), |i| i + 2);
     Headers { msg, pos: start }
 }
 
@@ -160,7 +171,7 @@ impl<'a> Iterator for Headers<'a> {
 
     fn next(&mut self) -> Option<Header<'a>> {
         let rest = self.msg.get(self.pos..)?;
-        let end = memchr::memmem::find(rest, b"\r\n")?;
+        let end = find_crlf(rest)?;
         if end == 0 {
             return None;
         }
@@ -244,6 +255,22 @@ pub fn parse_u64(s: &[u8]) -> Option<u64> {
     }
     Some(n)
 }
+
+/// Offset of the first CRLF.
+pub fn find_crlf(b: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while let Some(o) = memchr::memchr(b'\r', &b[i..]) {
+        let p = i + o;
+        if b.get(p + 1) == Some(&b'\n') {
+            return Some(p);
+        }
+        i = p + 1;
+    }
+    None
+}
+
+/// Built once: building a searcher per call would dominate the simulator's profile.
+static CRLFCRLF: LazyLock<memchr::memmem::Finder<'static>> = LazyLock::new(|| memchr::memmem::Finder::new(b"\r\n\r\n"));
 
 /// Strips ASCII spaces and tabs at both ends.
 pub fn trim(s: &[u8]) -> &[u8] {

@@ -1,4 +1,4 @@
-//! The event trace of a run and its digest. Every event is folded into a 64-bit FNV-1a digest
+//! The event trace of a run and its digest. Every event is folded into a 64-bit FNV-1a-style digest
 //! (message bytes included, through a word-at-a-time mix so a million-call storm stays fast);
 //! JSON lines are written only when asked for.
 
@@ -80,6 +80,8 @@ impl Trace {
     /// Records one event.
     pub fn record(&mut self, ev: TraceEvent) {
         self.events += 1;
+        // FNV-1a over 64-bit words rather than bytes: eight multiplies per event instead of
+        // sixty-four (tens of millions of events in the million-call storm).
         let mut h = self.digest;
         for word in [
             ev.t_us,
@@ -91,9 +93,8 @@ impl Trace {
             u64::from(ev.len),
             ev.bytes_hash,
         ] {
-            for b in word.to_le_bytes() {
-                h = (h ^ u64::from(b)).wrapping_mul(FNV_PRIME);
-            }
+            h = (h ^ word).wrapping_mul(FNV_PRIME);
+            h ^= h >> 32;
         }
         self.digest = h;
         if let Some(out) = self.out.as_mut() {

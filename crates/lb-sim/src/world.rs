@@ -5,8 +5,6 @@
 //! of the queue's next event and every balancer's `poll_timeout()`, moves the clock there and
 //! processes that one thing. It never sleeps.
 
-use std::cmp::Ordering;
-use std::collections::BinaryHeap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -23,8 +21,8 @@ use crate::trace::{hash_bytes, Trace, TraceEvent, TraceKind};
 use crate::ua::{Plan, ToUa, UaOut, UaState, UaTimer};
 use crate::{Report, Sample};
 
-/// Nanoseconds of virtual time since the start.
-pub(crate) type Nanos = u64;
+pub(crate) use crate::queue::Nanos;
+use crate::queue::EventQueue;
 
 /// Something scheduled to happen.
 #[derive(Debug)]
@@ -33,40 +31,17 @@ pub(crate) enum Ev {
     UaTimer { call: u32, timer: UaTimer, gen: u32 },
     UdpToProxy { call: u32, msg: UaOut },
     UdpToUa { call: u32, msg: ToUa },
-    TcpToLb { lb: u8, conn: ConnId, bytes: BytesMut },
+    /// `call` and `code` are what the sender wrote (for the trace, without parsing again).
+    TcpToLb { lb: u8, conn: ConnId, bytes: BytesMut, call: u32, code: u16 },
     TcpToBackend { lb: u8, conn: ConnId, backend: u16, bytes: Bytes, summary: Summary },
     TcpToProxy { lb: u8, conn: ConnId, bytes: Bytes, summary: Summary },
     ConnectResult { lb: u8, conn: ConnId },
     FeedClosed { lb: u8, conn: ConnId, reason: CloseReason },
     BackendTimer { call: u32, timer: BackendTimer, gen: u32 },
-    Outage { backend: u16, down: bool },
+    Outage { backend: u16, down: bool, silent: bool },
     ProxyReconnect { proxy: u16, lb: u8, k: u16 },
     Reap { call: u32 },
     Sample,
-}
-
-struct Entry {
-    at: Nanos,
-    seq: u64,
-    ev: Ev,
-}
-
-impl PartialEq for Entry {
-    fn eq(&self, o: &Entry) -> bool {
-        (self.at, self.seq) == (o.at, o.seq)
-    }
-}
-impl Eq for Entry {}
-impl PartialOrd for Entry {
-    fn partial_cmp(&self, o: &Entry) -> Option<Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Entry {
-    // Reversed: BinaryHeap is a max-heap and we want the earliest (time, seq) first.
-    fn cmp(&self, o: &Entry) -> Ordering {
-        (o.at, o.seq).cmp(&(self.at, self.seq))
-    }
 }
 
 /// Who is at the other end of a balancer connection.
@@ -131,8 +106,7 @@ pub(crate) struct World {
     pub(crate) k: Knobs,
     base: Instant,
     pub(crate) now: Nanos,
-    queue: BinaryHeap<Entry>,
-    seq: u64,
+    queue: EventQueue<Ev>,
     pub(crate) rng: SmallRng,
     pub(crate) lbs: Vec<LbInst>,
     pub(crate) proxies: Vec<Proxy>,
@@ -150,7 +124,6 @@ pub(crate) struct World {
     steps: u64,
     pub(crate) window_us: u64,
     pub(crate) ringing_max_us: u64,
-    pub(crate) advertise: String,
 }
 
 impl World {
@@ -167,7 +140,6 @@ impl World {
             ..Config::default()
         };
         let valid = cfg.validate()?;
-        let advertise = valid.advertise().to_owned();
         let mut lbs = Vec::new();
         for i in 0..k.instances {
             let seed = k.seed ^ (0x9e37_79b9_7f4a_7c15u64.wrapping_mul(i as u64 + 1));
@@ -196,8 +168,7 @@ impl World {
             k,
             base,
             now: 0,
-            queue: BinaryHeap::new(),
-            seq: 0,
+            queue: EventQueue::new(LANES.len()),
             rng,
             lbs,
             proxies,
@@ -215,7 +186,7 @@ impl World {
             steps: 0,
             window_us,
             ringing_max_us,
-            advertise,
+
         };
         for i in 0..w.lbs.len() {
             w.drain(i);
@@ -228,8 +199,9 @@ impl World {
             }
         }
         for o in w.k.outages.clone() {
-            w.at(o.at.as_nanos() as u64, Ev::Outage { backend: o.backend as u16, down: true });
-            w.at(o.until.as_nanos() as u64, Ev::Outage { backend: o.backend as u16, down: false });
+            let (backend, silent) = (o.backend as u16, o.silent);
+            w.at(o.at.as_nanos() as u64, Ev::Outage { backend, down: true, silent });
+            w.at(o.until.as_nanos() as u64, Ev::Outage { backend, down: false, silent });
         }
         w.at(0, Ev::CallArrival);
         w.at(SAMPLE_EVERY, Ev::Sample);
@@ -246,7 +218,6 @@ impl World {
                 self.violate(ViolationKind::StepLimit, format!("step limit {step_limit} reached"));
                 break;
             }
-            let ev_at = self.queue.peek().map(|e| e.at);
             let mut lb_next: Option<(Nanos, usize)> = None;
             for (i, lb) in self.lbs.iter().enumerate() {
                 if let Some(d) = lb.deadline {
@@ -255,24 +226,26 @@ impl World {
                     }
                 }
             }
-            match (ev_at, lb_next) {
-                (None, None) => break,
-                (Some(e), lb) if lb.is_none_or(|(t, _)| e < t) => {
-                    let entry = self.queue.pop().expect("peeked above");
-                    self.now = entry.at;
+            // An event strictly before the balancers' next deadline goes first; at a tie the
+            // balancer's timer is served first.
+            match self.queue.pop_before(lb_next.map(|(t, _)| t)) {
+                Ok((at, ev)) => {
+                    self.now = at;
                     last_activity = self.now;
-                    self.handle(entry.ev);
+                    self.handle(ev);
                 }
-                (_, Some((t, i))) => {
-                    // Only the balancers' own timers are left: let the tables drain for a
-                    // window past the last activity, then stop (idle timers may tick forever).
-                    if ev_at.is_none() && t > last_activity + self.k.window.as_nanos() as u64 + self.k.ringing_max.as_nanos() as u64 + 2_000_000_000 {
+                Err(ev_at) => {
+                    let Some((t, i)) = lb_next else { break };
+                    // Only the balancers' own timers are left: let the tables drain for the
+                    // longest entry lifetime past the last activity, then stop (idle timers may
+                    // tick forever).
+                    let tail = (self.k.window + self.k.ringing_max).as_nanos() as u64 + 2_000_000_000;
+                    if ev_at.is_none() && t > last_activity + tail {
                         break;
                     }
                     self.now = self.now.max(t);
                     self.lb_input(i, Input::Timeout);
                 }
-                (Some(_), None) => unreachable!("covered by the arm above"),
             }
         }
         self.finish()
@@ -284,28 +257,28 @@ impl World {
             Ev::UaTimer { call, timer, gen } => self.ua_timer(call, timer, gen),
             Ev::UdpToProxy { call, msg } => self.proxy_from_ua(call, msg),
             Ev::UdpToUa { call, msg } => self.ua_receive(call, msg),
-            Ev::TcpToLb { lb, conn, bytes } => {
+            Ev::TcpToLb { lb, conn, bytes, call, code } => {
                 let i = usize::from(lb);
                 if !self.slot_open(i, conn) {
                     self.n.tcp_lost += 1;
                     return;
                 }
                 self.lbs[i].acct.fed += 1;
-                let summary = sip::summarize(&bytes);
                 self.trace.record(TraceEvent {
                     t_us: self.now / 1000,
                     kind: TraceKind::ToLb,
                     lb,
                     conn: conn.slot() as u32,
-                    call: summary.and_then(|s| s.call).unwrap_or(u64::MAX),
-                    code: summary.map_or(0, |s| s.code()),
+                    call: u64::from(call),
+                    code,
                     len: bytes.len() as u32,
                     bytes_hash: hash_bytes(&bytes),
                 });
                 self.lb_input(i, Input::Received { conn, bytes });
             }
             Ev::TcpToBackend { lb, conn, backend, bytes, summary } => {
-                if !self.slot_open(usize::from(lb), conn) || !self.backends[usize::from(backend)].up {
+                let be = &self.backends[usize::from(backend)];
+                if !self.slot_open(usize::from(lb), conn) || !be.up || be.silent {
                     self.n.tcp_lost += 1;
                     return;
                 }
@@ -329,7 +302,7 @@ impl World {
                 }
             }
             Ev::BackendTimer { call, timer, gen } => self.backend_timer(call, timer, gen),
-            Ev::Outage { backend, down } => self.outage(backend, down),
+            Ev::Outage { backend, down, silent } => self.outage(backend, down, silent),
             Ev::ProxyReconnect { proxy, lb, k } => self.proxy_connect(proxy, lb, k),
             Ev::Reap { call } => {
                 if let Some(c) = self.calls.get_mut(call as usize) {
@@ -448,8 +421,9 @@ impl World {
         match peer {
             Peer::Backend { backend, .. } => {
                 if let Some(c) = s.call.filter(|&c| (c as usize) < self.calls.len()) {
+                    let expected = self.expected_backend(c as usize, s);
                     let up = &self.lbs[i].backend_up;
-                    if let Some(breach) = self.affinity.observe(c as usize, backend, |o| up[usize::from(o)] > 0) {
+                    if let Some(breach) = self.affinity.observe(c as usize, backend, expected, |o| up[usize::from(o)] > 0) {
                         self.violate(
                             ViolationKind::Affinity,
                             format!(
@@ -486,6 +460,17 @@ impl World {
                     self.n.tcp_lost += 1;
                 }
             }
+        }
+    }
+
+    /// The backend a message names itself, if it does: for an in-dialog request, the backend of
+    /// the tag the caller routes by; for a response, the backend whose request it answers.
+    fn expected_backend(&self, call: usize, s: Summary) -> Option<u16> {
+        let a = self.calls.get(call)?.active.as_ref()?;
+        match s.kind {
+            Kind::Response(_) => a.be.origin,
+            Kind::Request(_) if s.has_to_tag => a.ua.tag_backend(),
+            Kind::Request(_) => None,
         }
     }
 
@@ -550,10 +535,14 @@ impl World {
         self.after(Duration::ZERO, Ev::FeedClosed { lb: i as u8, conn, reason });
     }
 
-    fn outage(&mut self, backend: u16, down: bool) {
+    fn outage(&mut self, backend: u16, down: bool, silent: bool) {
         let b = usize::from(backend);
+        self.trace_simple(if down { TraceKind::BackendDown } else { TraceKind::BackendUp }, 0, u32::from(silent), backend);
+        if silent {
+            self.backends[b].silent = down;
+            return;
+        }
         self.backends[b].up = !down;
-        self.trace_simple(if down { TraceKind::BackendDown } else { TraceKind::BackendUp }, 0, 0, backend);
         if down {
             for (l, c) in std::mem::take(&mut self.backends[b].conns) {
                 // Put it back so close_conn finds and removes it consistently.
@@ -599,7 +588,7 @@ impl World {
     }
 
     /// Sends one message from a peer into balancer `i` over `conn`, keeping TCP's order.
-    pub(crate) fn send_to_lb(&mut self, i: usize, conn: ConnId, bytes: BytesMut) {
+    pub(crate) fn send_to_lb(&mut self, i: usize, conn: ConnId, bytes: BytesMut, call: u32, code: u16) {
         if !self.slot_open(i, conn) {
             self.n.tcp_lost += 1;
             return;
@@ -608,7 +597,7 @@ impl World {
         let Some(Some(s)) = self.lbs[i].slots.get_mut(conn.slot()) else { return };
         let at = (self.now + lat.as_nanos() as u64).max(s.to_lb_last);
         s.to_lb_last = at;
-        self.at(at, Ev::TcpToLb { lb: i as u8, conn, bytes });
+        self.at(at, Ev::TcpToLb { lb: i as u8, conn, bytes, call, code });
     }
 
     fn tcp_at_from_lb(&mut self, i: usize, conn: ConnId, lat: Duration) -> Nanos {
@@ -626,8 +615,13 @@ impl World {
     // ---- scheduling, randomness, tracing ---------------------------------------------------
 
     pub(crate) fn at(&mut self, at: Nanos, ev: Ev) {
-        self.seq += 1;
-        self.queue.push(Entry { at: at.max(self.now), seq: self.seq, ev });
+        self.queue.push(at.max(self.now), ev);
+    }
+
+    /// Schedules `ev` after the constant delay of `lane` (see [`LANES`]).
+    pub(crate) fn after_fixed(&mut self, lane: Lane, ev: Ev) {
+        let at = self.now + LANES[lane as usize].as_nanos() as u64;
+        self.queue.push_fifo(lane as usize, at, ev);
     }
 
     pub(crate) fn after(&mut self, d: Duration, ev: Ev) {
@@ -704,6 +698,17 @@ impl World {
         let model_max = self.lbs.iter().map(|l| l.model.max()).max().unwrap_or(0);
         let table_dev_max = self.lbs.iter().map(|l| l.table_dev_max).max().unwrap_or(0);
         let mean_ringing_s = self.lbs.iter().map(|l| l.model.mean_ringing_us()).fold(0.0, f64::max) / 1e6;
+        let mean_lifetime_s = self.lbs.iter().map(|l| l.model.mean_lifetime_us()).fold(0.0, f64::max) / 1e6;
+        let per_instance_rate = self.k.rate / self.k.instances as f64;
+        let expected_table = (per_instance_rate * mean_lifetime_s).min(self.k.calls as f64 / self.k.instances as f64);
+        // Only a run that reached a steady state can be held to the figure.
+        let arrivals_s = self.k.calls as f64 / self.k.rate;
+        if arrivals_s > 3.0 * mean_lifetime_s && !crate::invariants::table_max_plausible(max_table, expected_table) {
+            self.violate(
+                ViolationKind::Table,
+                format!("table_len_max {max_table} but setup rate x lifetime gives {expected_table:.0}"),
+            );
+        }
         let trace_error = self.trace.finish().err().map(|e| e.to_string());
         Report {
             scenario: self.k.scenario,
@@ -716,7 +721,8 @@ impl World {
             max_table,
             model_max_table: model_max,
             table_deviation_max: table_dev_max,
-            expected_table: self.k.rate / self.k.instances as f64 * (mean_ringing_s + self.k.window.as_secs_f64()),
+            expected_table,
+            mean_ringing_s,
             digest: self.trace.digest(),
             violations: self.violations,
             violation_count: self.violation_count,
@@ -766,6 +772,18 @@ fn kind_str(k: Kind) -> String {
         Kind::Response(s) => s.to_string(),
     }
 }
+
+/// The constant delays that get their own FIFO lane in the event queue.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Lane {
+    /// 64·T1: Timer B, Timer F, reaping a finished call.
+    Timer64T1 = 0,
+    /// The caller's give-up guard for a call ringing too long.
+    Guard = 1,
+}
+
+/// Delay of each [`Lane`].
+pub(crate) const LANES: [Duration; 2] = [Duration::from_secs(32), Duration::from_secs(240)];
 
 /// The tag key every instance shares (DESIGN.md: scale-out needs the same key everywhere).
 const TAG_SECRET: &[u8; 32] = b"siplb-sim-shared-tag-key-000001!";

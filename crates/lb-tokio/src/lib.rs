@@ -26,7 +26,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use lb_cli::{RunError, Settings, BATCH_MAX, CONNECT_TIMEOUT, READ_CHUNK_BYTES, SHUTDOWN_FLUSH_MAX};
+use lb_cli::{
+    RunError, Settings, BATCH_MAX, CONNECT_TIMEOUT, READ_CHUNK_BYTES, SHUTDOWN_FLUSH_MAX,
+};
 use lb_core::{Balancer, CloseReason, ConnId, Input, ListenerId, Output, Stats, ValidConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -63,7 +65,9 @@ pub async fn serve(
     let addrs: Vec<(ListenerId, SocketAddr)> = lb.listeners().collect();
     let mut acceptors = Vec::with_capacity(addrs.len());
     for (id, addr) in addrs {
-        let socket = TcpListener::bind(addr).await.map_err(|source| RunError::Bind { addr, source })?;
+        let socket = TcpListener::bind(addr)
+            .await
+            .map_err(|source| RunError::Bind { addr, source })?;
         tracing::info!(listener = %id, %addr, "listening");
         acceptors.push(tokio::spawn(accept_loop(id, socket, notes_tx.clone())).abort_handle());
     }
@@ -85,7 +89,9 @@ pub async fn serve(
         let deadline = owner.lb.poll_timeout();
         if deadline != armed {
             armed = deadline;
-            sleep.as_mut().reset(deadline.map_or_else(far_future, TokioInstant::from_std));
+            sleep
+                .as_mut()
+                .reset(deadline.map_or_else(far_future, TokioInstant::from_std));
         }
         tokio::select! {
             biased;
@@ -120,10 +126,23 @@ pub async fn serve(
 
 /// What the tasks tell the owner.
 enum Note {
-    Accepted { listener: ListenerId, stream: TcpStream, peer: SocketAddr },
-    Received { conn: ConnId, bytes: BytesMut },
-    Connected { conn: ConnId, read: OwnedReadHalf },
-    Closed { conn: ConnId, reason: CloseReason },
+    Accepted {
+        listener: ListenerId,
+        stream: TcpStream,
+        peer: SocketAddr,
+    },
+    Received {
+        conn: ConnId,
+        bytes: BytesMut,
+    },
+    Connected {
+        conn: ConnId,
+        read: OwnedReadHalf,
+    },
+    Closed {
+        conn: ConnId,
+        reason: CloseReason,
+    },
 }
 
 /// What the owner tells a writer task.
@@ -166,15 +185,24 @@ struct Owner {
 impl Owner {
     fn handle_note(&mut self, note: Note) {
         match note {
-            Note::Accepted { listener, stream, peer } => {
+            Note::Accepted {
+                listener,
+                stream,
+                peer,
+            } => {
                 let conn = self.lb.accept(now(), listener, peer);
                 lb_cli::log_frontend_open(conn, peer);
                 let _ = stream.set_nodelay(true);
                 let (read, write) = stream.into_split();
                 let (writes, rx) = mpsc::unbounded_channel();
                 let queued = Arc::new(AtomicUsize::new(0));
-                let writer =
-                    tokio::spawn(write_loop(conn, write, rx, queued.clone(), self.notes.clone()));
+                let writer = tokio::spawn(write_loop(
+                    conn,
+                    write,
+                    rx,
+                    queued.clone(),
+                    self.notes.clone(),
+                ));
                 let reader = tokio::spawn(read_loop(conn, read, self.notes.clone()));
                 self.insert(Conn {
                     id: conn,
@@ -203,7 +231,11 @@ impl Owner {
             }
             Note::Closed { conn, reason } => {
                 if let Some(c) = self.get(conn) {
-                    let reason = if c.state == State::Closing { CloseReason::Requested } else { reason };
+                    let reason = if c.state == State::Closing {
+                        CloseReason::Requested
+                    } else {
+                        reason
+                    };
                     self.finish(conn, reason);
                 }
             }
@@ -239,8 +271,13 @@ impl Owner {
                 tracing::debug!(conn = %conn, backend = %backend, %to, "connecting");
                 let (writes, rx) = mpsc::unbounded_channel();
                 let queued = Arc::new(AtomicUsize::new(0));
-                let task =
-                    tokio::spawn(connect_task(conn, to, rx, queued.clone(), self.notes.clone()));
+                let task = tokio::spawn(connect_task(
+                    conn,
+                    to,
+                    rx,
+                    queued.clone(),
+                    self.notes.clone(),
+                ));
                 self.insert(Conn {
                     id: conn,
                     frontend: false,
@@ -268,7 +305,9 @@ impl Owner {
 
     /// Feeds the one `Closed` of `conn` and forgets it; its tasks stop.
     fn finish(&mut self, conn: ConnId, reason: CloseReason) {
-        let Some(c) = self.conns.get_mut(conn.slot()).and_then(Option::take) else { return };
+        let Some(c) = self.conns.get_mut(conn.slot()).and_then(Option::take) else {
+            return;
+        };
         if let Some(reader) = c.reader {
             reader.abort();
         }
@@ -281,7 +320,10 @@ impl Owner {
 
     /// The entry of `conn` if it is still the one registered at its slot.
     fn get(&mut self, conn: ConnId) -> Option<&mut Conn> {
-        self.conns.get_mut(conn.slot())?.as_mut().filter(|c| c.id == conn)
+        self.conns
+            .get_mut(conn.slot())?
+            .as_mut()
+            .filter(|c| c.id == conn)
     }
 
     fn insert(&mut self, conn: Conn) {
@@ -289,7 +331,10 @@ impl Owner {
         if slot >= self.conns.len() {
             self.conns.resize_with(slot + 1, || None);
         }
-        debug_assert!(self.conns[slot].is_none(), "the core reuses a slot only after Closed");
+        debug_assert!(
+            self.conns[slot].is_none(),
+            "the core reuses a slot only after Closed"
+        );
         self.conns[slot] = Some(conn);
     }
 
@@ -324,7 +369,9 @@ impl Owner {
                         pending -= 1;
                     }
                 }
-                Ok(Some(Note::Accepted { .. } | Note::Received { .. } | Note::Connected { .. })) => {}
+                Ok(Some(
+                    Note::Accepted { .. } | Note::Received { .. } | Note::Connected { .. },
+                )) => {}
                 Ok(None) | Err(_) => break,
             }
         }
@@ -338,7 +385,15 @@ async fn accept_loop(listener: ListenerId, socket: TcpListener, notes: mpsc::Sen
     loop {
         match socket.accept().await {
             Ok((stream, peer)) => {
-                if notes.send(Note::Accepted { listener, stream, peer }).await.is_err() {
+                if notes
+                    .send(Note::Accepted {
+                        listener,
+                        stream,
+                        peer,
+                    })
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -384,7 +439,9 @@ async fn write_loop(
     let mut out = BufWriter::with_capacity(READ_CHUNK_BYTES, write);
     let reason = 'outer: loop {
         // `None`: the owner forgot the connection, having fed its Closed already.
-        let Some(mut next) = writes.recv().await else { return };
+        let Some(mut next) = writes.recv().await else {
+            return;
+        };
         let mut written = 0;
         let mut close = false;
         loop {
@@ -430,12 +487,22 @@ async fn connect_task(
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
             tracing::debug!(conn = %conn, %to, error = %e, "connect failed");
-            let _ = notes.send(Note::Closed { conn, reason: CloseReason::Error }).await;
+            let _ = notes
+                .send(Note::Closed {
+                    conn,
+                    reason: CloseReason::Error,
+                })
+                .await;
             return;
         }
         Err(_) => {
             tracing::debug!(conn = %conn, %to, "connect timed out");
-            let _ = notes.send(Note::Closed { conn, reason: CloseReason::Error }).await;
+            let _ = notes
+                .send(Note::Closed {
+                    conn,
+                    reason: CloseReason::Error,
+                })
+                .await;
             return;
         }
     };

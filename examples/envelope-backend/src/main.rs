@@ -49,7 +49,11 @@ fn main() -> anyhow::Result<()> {
     let counters = Arc::new(Counters::default());
     {
         let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "envelope-backend name={} listening={local}", args.name)?;
+        writeln!(
+            stdout,
+            "envelope-backend name={} listening={local}",
+            args.name
+        )?;
         stdout.flush()?;
     }
     let config = Arc::new((
@@ -74,7 +78,11 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn accept_loop(listener: &TcpListener, config: &Arc<(String, String, Duration)>, counters: &Arc<Counters>) {
+fn accept_loop(
+    listener: &TcpListener,
+    config: &Arc<(String, String, Duration)>,
+    counters: &Arc<Counters>,
+) {
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
         let config = Arc::clone(config);
@@ -108,9 +116,7 @@ fn serve(
             Received::Closed => return Ok(()),
         }
         let load = Some(uas.load());
-        counters
-            .sent
-            .fetch_add(out.len() as u64, Ordering::Relaxed);
+        counters.sent.fetch_add(out.len() as u64, Ordering::Relaxed);
         for (next_hop, sip) in out.drain(..) {
             conn.queue(next_hop, load, &sip);
         }

@@ -225,7 +225,9 @@ impl<'c> Uas<'c> {
         out: &mut Vec<Out>,
     ) {
         if let Some(call) = self.calls.get(call_id) {
-            self.counters.retransmissions.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .retransmissions
+                .fetch_add(1, Ordering::Relaxed);
             if !call.last.is_empty() {
                 out.push((source, call.last.clone()));
             }
@@ -441,13 +443,28 @@ mod tests {
         assert_eq!(counters.calls.load(Ordering::Relaxed), 1);
 
         out.clear();
-        uas.handle(Instant::now(), source(), request("ACK", "c1", Some("b1-1"), 1), &mut out);
+        uas.handle(
+            Instant::now(),
+            source(),
+            request("ACK", "c1", Some("b1-1"), 1),
+            &mut out,
+        );
         assert!(out.is_empty());
-        uas.handle(Instant::now(), source(), request("BYE", "c1", Some("b1-1"), 2), &mut out);
+        uas.handle(
+            Instant::now(),
+            source(),
+            request("BYE", "c1", Some("b1-1"), 2),
+            &mut out,
+        );
         assert_eq!(out.iter().map(status).collect::<Vec<_>>(), [200]);
         assert_eq!(uas.load(), 0);
         out.clear();
-        uas.handle(Instant::now(), source(), request("BYE", "c1", Some("b1-1"), 2), &mut out);
+        uas.handle(
+            Instant::now(),
+            source(),
+            request("BYE", "c1", Some("b1-1"), 2),
+            &mut out,
+        );
         assert_eq!(out.iter().map(status).collect::<Vec<_>>(), [481]);
     }
 
@@ -460,7 +477,10 @@ mod tests {
         let mut out = Vec::new();
         uas.handle(t0, source(), invite("c1"), &mut out);
         uas.handle(t0, source(), invite("c2"), &mut out);
-        assert_eq!(out.iter().map(status).collect::<Vec<_>>(), [100, 180, 100, 180]);
+        assert_eq!(
+            out.iter().map(status).collect::<Vec<_>>(),
+            [100, 180, 100, 180]
+        );
         assert_eq!(uas.poll_timeout(), Some(t0 + delay));
 
         out.clear();
@@ -485,7 +505,12 @@ mod tests {
         uas.handle(t0, source(), request("CANCEL", "zz", None, 1), &mut out);
         assert_eq!(out.iter().map(status).collect::<Vec<_>>(), [200, 481]);
         // The ACK of the 487 ends the cancelled call.
-        uas.handle(t0, source(), request("ACK", "c2", Some("b2-2"), 1), &mut out);
+        uas.handle(
+            t0,
+            source(),
+            request("ACK", "c2", Some("b2-2"), 1),
+            &mut out,
+        );
         assert_eq!(uas.load(), 1);
     }
 
@@ -494,9 +519,24 @@ mod tests {
         let counters = Counters::default();
         let mut uas = Uas::new("b3", "127.0.0.1:5072", Duration::ZERO, &counters);
         let mut out = Vec::new();
-        uas.handle(Instant::now(), None, request("OPTIONS", "o", None, 1), &mut out);
-        uas.handle(Instant::now(), None, request("INFO", "x", Some("t"), 3), &mut out);
-        uas.handle(Instant::now(), None, Bytes::from_static(b"garbage"), &mut out);
+        uas.handle(
+            Instant::now(),
+            None,
+            request("OPTIONS", "o", None, 1),
+            &mut out,
+        );
+        uas.handle(
+            Instant::now(),
+            None,
+            request("INFO", "x", Some("t"), 3),
+            &mut out,
+        );
+        uas.handle(
+            Instant::now(),
+            None,
+            Bytes::from_static(b"garbage"),
+            &mut out,
+        );
         let codes: Vec<u16> = out.iter().map(status).collect();
         assert_eq!(codes, [200, 481]);
         assert!(out.iter().all(|o| o.0.is_none()));

@@ -1,0 +1,159 @@
+//! # lb-sim: the balancer under virtual time
+//!
+//! A discrete-event simulation that drives the real [`lb_core::Balancer`] with no sockets, no
+//! threads and no sleeping: user agents with RFC 3261 client timers reach stateless SIP proxies
+//! over a lossy UDP leg; the proxies relay into persistent TCP connections to one or more
+//! balancer instances; the balancers connect to simulated B2BUA backends. Virtual time is an
+//! `Instant` taken once plus offsets; the loop jumps to the earliest of the next network delivery
+//! and every balancer's `poll_timeout()`.
+//!
+//! Every run checks its invariants (see [`invariants`]) and ends with a digest of its event
+//! trace: the same [`Knobs`] give the same digest.
+//!
+//! Modules: `world` (clock, event queue, balancer glue, network), `ua` (callers and proxies),
+//! `backend` (B2BUAs), [`sip`] (a minimal SIP reader for the peers), [`scenario`],
+//! [`invariants`], [`trace`], [`plot`].
+
+pub mod invariants;
+pub mod plot;
+pub mod scenario;
+pub mod sip;
+pub mod trace;
+
+mod backend;
+mod queue;
+mod ua;
+mod world;
+
+use std::fmt;
+
+pub use invariants::{Violation, ViolationKind};
+pub use scenario::{Knobs, Outage, Scenario};
+pub use trace::Trace;
+
+/// One plot sample, taken every second of virtual time.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    /// Virtual time, s.
+    pub t_s: f64,
+    /// New-call table entries, summed over instances.
+    pub table: u64,
+    /// The lifetime model's figure for the same instant.
+    pub model: u64,
+    /// Retransmissions in the last second.
+    pub retransmissions: u64,
+    /// Messages each backend received in the last second.
+    pub load: Vec<u64>,
+    /// Calls in progress.
+    pub active_calls: u64,
+}
+
+/// Everything a run found.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// Scenario.
+    pub scenario: Scenario,
+    /// Seed.
+    pub seed: u64,
+    /// Calls placed.
+    pub calls: u64,
+    /// SIP messages fed to the balancers.
+    pub messages: u64,
+    /// Retransmissions by callers (Timers A, E) and backends (2xx).
+    pub retransmissions: u64,
+    /// Messages that reached the wrong backend.
+    pub affinity_violations: u64,
+    /// Messages unaccounted for inside the balancers.
+    pub lost: u64,
+    /// Largest `table_len_max` over the instances.
+    pub max_table: u64,
+    /// Largest size of the lifetime model of the table.
+    pub model_max_table: u64,
+    /// Largest |table_len − model| seen after any balancer step.
+    pub table_deviation_max: u64,
+    /// Setup rate per instance × mean entry lifetime (ringing time + window): DESIGN.md's
+    /// figure, capped by the calls per instance.
+    pub expected_table: f64,
+    /// Mean time from a table entry's creation to its INVITE's final response, s.
+    pub mean_ringing_s: f64,
+    /// Digest of the event trace.
+    pub digest: u64,
+    /// The first violations, with details.
+    pub violations: Vec<Violation>,
+    /// All violations.
+    pub violation_count: u64,
+    /// Calls completed, cancelled, rejected, timed out, abandoned.
+    pub outcomes: [u64; 6],
+    /// Datagrams lost on the UDP legs.
+    pub udp_lost: u64,
+    /// Messages lost with a broken TCP connection.
+    pub tcp_lost: u64,
+    /// Loop steps (events and timeouts processed).
+    pub events: u64,
+    /// Trace events.
+    pub trace_events: u64,
+    /// Virtual time at the end, s.
+    pub virtual_s: f64,
+    /// Each instance's counters at the end.
+    pub stats: Vec<lb_core::Stats>,
+    /// Plot samples.
+    pub samples: Vec<Sample>,
+    /// The trace file could not be written.
+    pub trace_error: Option<String>,
+}
+
+impl Report {
+    /// Whether every invariant held.
+    pub fn is_ok(&self) -> bool {
+        self.violation_count == 0 && self.affinity_violations == 0 && self.lost == 0 && self.trace_error.is_none()
+    }
+
+    /// The digest as 16 hex digits.
+    pub fn digest_hex(&self) -> String {
+        format!("{:016x}", self.digest)
+    }
+}
+
+impl fmt::Display for Report {
+    /// The one result line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "scenario={} seed={} calls={} messages={} retransmissions={} affinity_violations={} lost={} max_table={} digest={}",
+            self.scenario,
+            self.seed,
+            self.calls,
+            self.messages,
+            self.retransmissions,
+            self.affinity_violations,
+            self.lost,
+            self.max_table,
+            self.digest_hex()
+        )
+    }
+}
+
+/// Why a run could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// The knobs make an invalid balancer configuration.
+    #[error("balancer configuration: {0}")]
+    Config(#[from] lb_core::ConfigError),
+    /// The knobs are out of range.
+    #[error("knobs: {0}")]
+    Knobs(&'static str),
+}
+
+/// Runs one simulation to its end.
+pub fn run(knobs: Knobs, trace: Trace) -> Result<Report, SimError> {
+    if knobs.instances == 0 || knobs.instances > 200 {
+        return Err(SimError::Knobs("instances must be 1..=200"));
+    }
+    if knobs.backends == 0 || knobs.proxies == 0 || knobs.conns_per_proxy == 0 {
+        return Err(SimError::Knobs("backends, proxies and connections must be at least 1"));
+    }
+    if knobs.proxies > 60_000 || knobs.calls > u64::from(u32::MAX) || knobs.rate.is_nan() || knobs.rate <= 0.0 {
+        return Err(SimError::Knobs("proxies, calls or rate out of range"));
+    }
+    Ok(world::World::new(knobs, trace)?.run())
+}
