@@ -597,7 +597,7 @@ fn ci() -> Result<()> {
             ],
         ),
         // The README's test command.
-        ("test", &["test", "--workspace"]),
+        ("test", &["test", "--workspace", "--release"]),
     ];
     for (name, args) in steps {
         eprintln!("xtask ci: cargo {}", args.join(" "));

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use siphasher::sip::SipHasher13;
 use smallvec::SmallVec;
@@ -31,7 +31,9 @@ pub(crate) enum HopName {
 #[derive(Debug)]
 pub(crate) struct HopTable {
     by_addr: HashMap<SocketAddr, ConnId, Keyed>,
-    by_host: HashMap<(Box<[u8]>, u16), ConnId, Keyed>,
+    /// Keyed by [`host_key`]: the lower-cased host then the port, so a lookup borrows a
+    /// stack buffer instead of allocating a key.
+    by_host: HashMap<Box<[u8]>, ConnId, Keyed>,
     by_ip: HashMap<IpAddr, SmallVec<[ConnId; 2]>, Keyed>,
 }
 
@@ -57,7 +59,7 @@ impl HopTable {
                 self.by_addr.insert(*addr, conn);
             }
             HopName::Host(host, port) => {
-                self.by_host.insert((host.clone(), *port), conn);
+                self.by_host.insert(Box::from(&host_key(host, *port)[..]), conn);
             }
         }
     }
@@ -71,9 +73,9 @@ impl HopTable {
                 }
             }
             HopName::Host(host, port) => {
-                let key = (host.clone(), *port);
-                if self.by_host.get(&key) == Some(&conn) {
-                    self.by_host.remove(&key);
+                let key = host_key(host, *port);
+                if self.by_host.get(&key[..]) == Some(&conn) {
+                    self.by_host.remove(&key[..]);
                 }
             }
         }
@@ -104,10 +106,7 @@ impl HopTable {
     pub(crate) fn lookup_host(&self, host: &[u8], port: u16) -> Option<ConnId> {
         match parse_ip(host) {
             Some(ip) => self.lookup_addr(SocketAddr::new(ip, port)),
-            None => {
-                let lower: SmallVec<[u8; 64]> = host.iter().map(u8::to_ascii_lowercase).collect();
-                self.by_host.get(&(Box::from(&lower[..]), port)).copied()
-            }
+            None => self.by_host.get(&host_key(host, port)[..]).copied(),
         }
     }
 
@@ -129,14 +128,52 @@ impl HopName {
     }
 }
 
+/// The `by_host` key of a host name and port: lower-cased (host names are case-insensitive),
+/// then the port, big-endian.
+fn host_key(host: &[u8], port: u16) -> SmallVec<[u8; 64]> {
+    let mut key: SmallVec<[u8; 64]> = host.iter().map(u8::to_ascii_lowercase).collect();
+    key.extend_from_slice(&port.to_be_bytes());
+    key
+}
+
 /// An IP literal as written in SIP: dotted IPv4, or IPv6 in brackets (or bare).
 pub(crate) fn parse_ip(host: &[u8]) -> Option<IpAddr> {
+    if let Some(v4) = parse_ipv4_fast(host) {
+        return Some(IpAddr::V4(v4));
+    }
     let text = std::str::from_utf8(host).ok()?;
     let text = text
         .strip_prefix('[')
         .and_then(|t| t.strip_suffix(']'))
         .unwrap_or(text);
     text.parse().ok()
+}
+
+/// The common case of [`parse_ip`] without UTF-8 validation or `str` parsing: exactly four
+/// decimal octets of 1–3 digits, no leading zero, each at most 255. Everything it accepts the
+/// standard parser accepts with the same value; anything else returns `None` and takes the
+/// standard path, so the two never disagree.
+fn parse_ipv4_fast(host: &[u8]) -> Option<Ipv4Addr> {
+    let mut octets = [0u8; 4];
+    let mut parts = host.split(|&c| c == b'.');
+    for octet in &mut octets {
+        let part = parts.next()?;
+        if part.is_empty() || part.len() > 3 || (part.len() > 1 && part[0] == b'0') {
+            return None;
+        }
+        let mut value = 0u16;
+        for &d in part {
+            if !d.is_ascii_digit() {
+                return None;
+            }
+            value = value * 10 + u16::from(d - b'0');
+        }
+        *octet = u8::try_from(value).ok()?;
+    }
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(Ipv4Addr::from(octets))
 }
 
 /// SipHash-1-3 keyed from the balancer's seed: the keys come from the network (Via hosts), so
@@ -189,6 +226,35 @@ mod tests {
             Some(conn(2)),
             "unique IP again"
         );
+    }
+
+    #[test]
+    fn fast_ipv4_agrees_with_the_standard_parser() {
+        for text in [
+            "0.0.0.0",
+            "192.0.2.1",
+            "255.255.255.255",
+            "256.1.1.1",
+            "01.2.3.4",
+            "1.2.3",
+            "1.2.3.4.5",
+            "1..2.3",
+            "1.2.3.4.",
+            "+1.2.3.4",
+            "1234.1.1.1",
+            "a.b.c.d",
+            "",
+        ] {
+            assert_eq!(
+                parse_ip(text.as_bytes()),
+                text.parse::<IpAddr>().ok(),
+                "{text:?}"
+            );
+            if let Some(fast) = parse_ipv4_fast(text.as_bytes()) {
+                assert_eq!(text.parse::<Ipv4Addr>().ok(), Some(fast), "{text:?}");
+            }
+        }
+        assert!(parse_ipv4_fast(b"192.0.2.1").is_some());
     }
 
     #[test]

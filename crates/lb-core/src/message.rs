@@ -471,24 +471,31 @@ pub(crate) enum Known {
 
 impl Known {
     pub(crate) fn of(name: &[u8]) -> Known {
-        let is = |long: &[u8]| name.eq_ignore_ascii_case(long);
-        match name.len() {
-            1 => match name[0].to_ascii_lowercase() {
-                b'v' => Known::Via,
-                b'f' => Known::From,
-                b't' => Known::To,
-                b'i' => Known::CallId,
-                b'l' => Known::ContentLength,
-                _ => Known::Other,
-            },
-            2 if is(b"to") => Known::To,
-            3 if is(b"via") => Known::Via,
-            4 if is(b"from") => Known::From,
-            4 if is(b"cseq") => Known::CSeq,
-            5 if is(b"route") => Known::Route,
-            7 if is(b"call-id") => Known::CallId,
-            14 if is(b"content-length") => Known::ContentLength,
-            _ => Known::Other,
+        // Length and first byte pick the one candidate; only then are the remaining bytes
+        // compared, so most unknown names cost two comparisons.
+        let Some(first) = name.first() else {
+            return Known::Other;
+        };
+        let rest = &name[1..];
+        let (known, rest_lower): (Known, &[u8]) = match (name.len(), first.to_ascii_lowercase()) {
+            (1, b'v') => return Known::Via,
+            (1, b'f') => return Known::From,
+            (1, b't') => return Known::To,
+            (1, b'i') => return Known::CallId,
+            (1, b'l') => return Known::ContentLength,
+            (2, b't') => (Known::To, b"o"),
+            (3, b'v') => (Known::Via, b"ia"),
+            (4, b'f') => (Known::From, b"rom"),
+            (4, b'c') => (Known::CSeq, b"seq"),
+            (5, b'r') => (Known::Route, b"oute"),
+            (7, b'c') => (Known::CallId, b"all-id"),
+            (14, b'c') => (Known::ContentLength, b"ontent-length"),
+            _ => return Known::Other,
+        };
+        if rest.eq_ignore_ascii_case(rest_lower) {
+            known
+        } else {
+            Known::Other
         }
     }
 
@@ -547,14 +554,14 @@ pub(crate) fn next_field(b: &[u8], pos: usize) -> Step {
         }
     };
     let line_end = crlf + 2;
-    let Some(colon) = memchr::memchr(b':', &b[pos..crlf]).map(|c| pos + c) else {
-        return Step::Malformed { line_end };
-    };
-    let mut name_end = colon;
-    while name_end > pos && is_wsp(b[name_end - 1]) {
-        name_end -= 1;
+    // `token *WSP ":"`: one pass over the name finds the colon and validates the name. Neither
+    // a token character nor WSP is a colon, so this is the line's first colon.
+    let name_end = token_end(b, pos, crlf);
+    let mut colon = name_end;
+    while colon < crlf && is_wsp(b[colon]) {
+        colon += 1;
     }
-    if name_end == pos || !b[pos..name_end].iter().all(|&c| is_token(c)) {
+    if name_end == pos || colon >= crlf || b[colon] != b':' {
         return Step::Malformed { line_end };
     }
     Step::Field(Field {
@@ -697,19 +704,19 @@ fn parse_cseq(b: &[u8], vs: usize, ve: usize) -> Result<(u32, Method, Range<usiz
 /// §20). An unterminated quote or `<` makes the answer unknowable, so it is an error.
 fn has_tag_param(b: &[u8], vs: usize, ve: usize) -> Result<bool, ParseError> {
     let mut i = vs;
-    let mut in_angle = false;
-    while i < ve {
+    // Jumps from one byte that matters to the next: inside `<>` only the closing `>` does.
+    loop {
+        let Some(at) = memchr::memchr3(b'"', b'<', b';', &b[i.min(ve)..ve]) else {
+            return Ok(false);
+        };
+        i += at;
         match b[i] {
-            b'"' if !in_angle => i = quoted_end(b, i, ve).ok_or(BAD_TO)?,
+            b'"' => i = quoted_end(b, i, ve).ok_or(BAD_TO)?,
             b'<' => {
-                in_angle = true;
-                i += 1;
+                let close = memchr::memchr(b'>', &b[i + 1..ve]).ok_or(BAD_TO)?;
+                i += close + 2;
             }
-            b'>' => {
-                in_angle = false;
-                i += 1;
-            }
-            b';' if !in_angle => {
+            _ => {
                 let name_start = skip_lws(b, i + 1, ve);
                 let name_end = token_end(b, name_start, ve);
                 if b[name_start..name_end].eq_ignore_ascii_case(b"tag") {
@@ -717,13 +724,8 @@ fn has_tag_param(b: &[u8], vs: usize, ve: usize) -> Result<bool, ParseError> {
                 }
                 i = name_end.max(i + 1);
             }
-            _ => i += 1,
         }
     }
-    if in_angle {
-        return Err(BAD_TO);
-    }
-    Ok(false)
 }
 
 /// The first via-parm of a Via value (RFC 3261 §20.42). Whitespace is accepted wherever the

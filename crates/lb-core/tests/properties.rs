@@ -35,8 +35,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use lb_core::envelope::{self, Envelope, EnvelopeDecoder, Transport};
 use lb_core::{
-    Algorithm, BackendChange, BackendConfig, BackendId, BackendMode, Balancer, CloseReason,
-    Config, ConnId, Event, Input, Limits, Output, Stats, TagKey, TIMER_C, WINDOW_DEFAULT,
+    Algorithm, BackendChange, BackendConfig, BackendId, BackendMode, Balancer, CloseReason, Config,
+    ConnId, Event, Input, Limits, Output, Stats, TagKey, TIMER_C, WINDOW_DEFAULT,
 };
 use quickcheck::{Arbitrary, Gen, TestResult};
 use quickcheck_macros::quickcheck;
@@ -59,12 +59,12 @@ macro_rules! ensure {
 
 // ----- the script -----
 
-/// One thing that happens. Indices (`call`, `backend`, `fe`, `who`) are reduced modulo what
-/// exists when the step runs.
+/// One thing that happens. `call` picks (modulo) among the calls the step applies to when it
+/// runs, in the order they were made; `backend`, `fe` and `who` are reduced modulo what exists.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Step {
-    /// The caller behind frontend `fe` sends a new INVITE for call `call`.
-    Invite { call: u8, fe: u8 },
+    /// The caller behind frontend `fe` sends an INVITE for a new call (numbered in order).
+    Invite { fe: u8 },
     /// The INVITE again, byte for byte (before the final response, within Timer B).
     Retransmit { call: u8 },
     /// CANCEL of the INVITE; `answer`: the backend it reached answers it with 200.
@@ -115,29 +115,24 @@ impl DialogMethod {
     }
 }
 
-/// Relative weights of the step kinds, and how many calls a script juggles.
+/// Relative weights of the step kinds.
 #[derive(Clone, Copy)]
 struct Mix {
-    calls: u8,
     /// Invite, Retransmit, Cancel, Answer, AckNon2xx, InDialog, BackendBye, CallerOk, Advance,
     /// Kill, Reconnect, Drain, Stray.
     weights: [u32; 13],
 }
 
 const CALLS: Mix = Mix {
-    calls: 8,
     weights: [14, 7, 5, 16, 5, 14, 4, 4, 10, 5, 6, 2, 2],
 };
 const CROWDED: Mix = Mix {
-    calls: 40,
     weights: [30, 4, 4, 10, 3, 4, 1, 1, 8, 2, 3, 1, 3],
 };
 const CLOCKS: Mix = Mix {
-    calls: 8,
     weights: [10, 5, 5, 8, 5, 4, 2, 2, 30, 8, 8, 2, 2],
 };
 const NOISY: Mix = Mix {
-    calls: 8,
     weights: [10, 4, 4, 8, 3, 8, 3, 3, 6, 3, 4, 1, 25],
 };
 
@@ -156,11 +151,10 @@ fn gen_step(g: &mut Gen, mix: &Mix) -> Step {
         }
         roll -= w;
     }
-    let call = pick(g, u32::from(mix.calls)) as u8;
+    let call = u8::arbitrary(g);
     let backend = pick(g, 4) as u8;
     match kind {
         0 => Step::Invite {
-            call,
             fe: pick(g, FRONTENDS as u32) as u8,
         },
         1 => Step::Retransmit { call },
@@ -220,37 +214,98 @@ impl Arbitrary for Step {
         gen_step(g, &CALLS)
     }
 
+    /// Towards smaller selectors, shorter waits, fewer answers: each a simpler script that may
+    /// still fail.
     fn shrink(&self) -> Box<dyn Iterator<Item = Step>> {
-        match *self {
-            Step::Advance { ms } => Box::new(
-                ms.shrink()
-                    .filter(|m| *m > 0)
-                    .map(|ms| Step::Advance { ms }),
+        let mut out = Vec::new();
+        let smaller = |x: u8| -> Vec<u8> { (0..x.min(4)).collect() };
+        match self.clone() {
+            Step::Advance { ms } => {
+                return Box::new(
+                    ms.shrink()
+                        .filter(|m| *m > 0)
+                        .map(|ms| Step::Advance { ms }),
+                )
+            }
+            Step::Invite { fe } => {
+                out.extend(smaller(fe).into_iter().map(|fe| Step::Invite { fe }))
+            }
+            Step::Retransmit { call } => out.extend(
+                smaller(call)
+                    .into_iter()
+                    .map(|call| Step::Retransmit { call }),
             ),
-            Step::Answer { call, who, status } if who > 0 => Box::new(std::iter::once(
-                Step::Answer {
+            Step::Cancel { call, answer } => {
+                if answer {
+                    out.push(Step::Cancel {
+                        call,
+                        answer: false,
+                    });
+                }
+                out.extend(
+                    smaller(call)
+                        .into_iter()
+                        .map(|call| Step::Cancel { call, answer }),
+                );
+            }
+            Step::Answer { call, who, status } => {
+                out.extend(
+                    smaller(who)
+                        .into_iter()
+                        .map(|who| Step::Answer { call, who, status }),
+                );
+                out.extend(smaller(call).into_iter().map(|call| Step::Answer {
                     call,
-                    who: 0,
+                    who,
                     status,
-                },
-            )),
+                }));
+            }
+            Step::AckNon2xx { call } => out.extend(
+                smaller(call)
+                    .into_iter()
+                    .map(|call| Step::AckNon2xx { call }),
+            ),
             Step::InDialog {
                 call,
                 method,
-                answer: true,
-            } => Box::new(std::iter::once(Step::InDialog {
-                call,
-                method,
-                answer: false,
-            })),
-            Step::Cancel { call, answer: true } => {
-                Box::new(std::iter::once(Step::Cancel {
+                answer,
+            } => {
+                if answer {
+                    out.push(Step::InDialog {
+                        call,
+                        method,
+                        answer: false,
+                    });
+                }
+                out.extend(smaller(call).into_iter().map(|call| Step::InDialog {
                     call,
-                    answer: false,
-                }))
+                    method,
+                    answer,
+                }));
             }
-            _ => quickcheck::empty_shrinker(),
+            Step::BackendBye { call } => out.extend(
+                smaller(call)
+                    .into_iter()
+                    .map(|call| Step::BackendBye { call }),
+            ),
+            Step::CallerOk { call } => out.extend(
+                smaller(call)
+                    .into_iter()
+                    .map(|call| Step::CallerOk { call }),
+            ),
+            Step::Kill { backend } => out.extend(
+                smaller(backend)
+                    .into_iter()
+                    .map(|backend| Step::Kill { backend }),
+            ),
+            Step::Reconnect { backend } => out.extend(
+                smaller(backend)
+                    .into_iter()
+                    .map(|backend| Step::Reconnect { backend }),
+            ),
+            Step::Drain { .. } | Step::Stray { .. } => {}
         }
+        Box::new(out.into_iter())
     }
 }
 
@@ -519,7 +574,9 @@ struct World {
 }
 
 fn fe_peer(f: usize) -> SocketAddr {
-    format!("203.0.113.{}:{}", f + 1, 40_000 + f).parse().unwrap()
+    format!("203.0.113.{}:{}", f + 1, 40_000 + f)
+        .parse()
+        .unwrap()
 }
 
 /// The frontends write their Via three ways: a host name with `rport` (the balancer stamps
@@ -588,13 +645,21 @@ fn run(script: &Script, options: Options) -> Result<(), String> {
         }
     }
     if options.fill_table {
-        w.fill_table().map_err(|e| format!("filling the table: {e}"))?;
+        w.fill_table()
+            .map_err(|e| format!("filling the table: {e}"))?;
     }
     // Once every rule has run out, the table is empty.
     w.advance(RINGING_MAX + WINDOW + Duration::from_secs(1))
         .and_then(|()| w.invariants())
         .map_err(|e| format!("final advance: {e}"))?;
-    if std::env::var("PROP_DEBUG").is_ok() { eprintln!("steps {} backups {} {}", script.steps.len(), w.backups.iter().map(|b| b.len()).sum::<usize>(), w.lb.stats()); }
+    if std::env::var("PROP_DEBUG").is_ok() {
+        eprintln!(
+            "steps {} backups {} {}",
+            script.steps.len(),
+            w.backups.iter().map(|b| b.len()).sum::<usize>(),
+            w.lb.stats()
+        );
+    }
     let len = w.lb.stats().table_len;
     ensure!(
         len == 0,
@@ -615,7 +680,11 @@ impl World {
             .map(|b| b.backup.and_then(|a| addrs.iter().position(|x| *x == a)))
             .collect();
         let now = Instant::now();
-        let mut lb = Balancer::new(config.validate().map_err(|e| e.to_string())?, script.seed, now);
+        let mut lb = Balancer::new(
+            config.validate().map_err(|e| e.to_string())?,
+            script.seed,
+            now,
+        );
         let listener = lb.listeners().next().unwrap().0;
         let fes = (0..FRONTENDS)
             .map(|f| lb.accept(now, listener, fe_peer(f)))
@@ -641,7 +710,10 @@ impl World {
         let outs = w.collect()?;
         ensure!(outs.sends.is_empty(), "sends at start: {:?}", outs.sends);
         for j in 0..n {
-            ensure!(w.be[j].conn.is_some(), "no Connect for backend {j} at start");
+            ensure!(
+                w.be[j].conn.is_some(),
+                "no Connect for backend {j} at start"
+            );
             w.connected(j)?;
         }
         w.invariants()?;
@@ -868,7 +940,10 @@ impl World {
                  {up:#b} are up"
             ));
         };
-        ensure!(g != named, "{what} of call {k} went to down backend {named}");
+        ensure!(
+            g != named,
+            "{what} of call {k} went to down backend {named}"
+        );
         for &(before, chosen) in &self.backups[k] {
             // One preference order per Call-ID: if either choice was available to the other,
             // they agree.
@@ -909,7 +984,10 @@ impl World {
     }
 
     fn live(&self, k: usize) -> Option<&Call> {
-        self.calls.get(k).and_then(|c| c.as_ref()).and_then(|c| c.as_ref())
+        self.calls
+            .get(k)
+            .and_then(|c| c.as_ref())
+            .and_then(|c| c.as_ref())
     }
 
     fn live_mut(&mut self, k: usize) -> Option<&mut Call> {
@@ -919,24 +997,78 @@ impl World {
             .and_then(|c| c.as_mut())
     }
 
+    /// The `sel`-th (modulo) of the calls a step applies to now.
+    fn select(&self, sel: u8, applies: Applies) -> Option<usize> {
+        let now = self.now;
+        let fits: Vec<usize> = (0..self.calls.len())
+            .filter(|k| {
+                let Some(c) = self.live(*k) else { return false };
+                match applies {
+                    Applies::Retransmit => c.phase == Phase::Calling && now - c.started < WINDOW,
+                    Applies::Cancel => c.phase == Phase::Calling && now - c.started < RINGING_MAX,
+                    Applies::Answer => {
+                        c.phase == Phase::Calling && c.copies.iter().any(|(j, _)| self.be[*j].up)
+                    }
+                    Applies::AckNon2xx => match c.phase {
+                        Phase::Final { at, ok: false } => {
+                            now - at < WINDOW && now - c.started < RINGING_MAX + WINDOW
+                        }
+                        _ => false,
+                    },
+                    Applies::InDialog => c.dialog.is_some(),
+                    Applies::BackendBye => {
+                        c.bye.is_none()
+                            && c.dialog
+                                .as_ref()
+                                .is_some_and(|(_, t)| self.serving(*k, *t).is_some())
+                    }
+                    Applies::CallerOk => c.bye.is_some(),
+                }
+            })
+            .collect();
+        if fits.is_empty() {
+            return None;
+        }
+        Some(fits[usize::from(sel) % fits.len()])
+    }
+
     // ----- steps -----
 
     fn step(&mut self, step: &Step) -> Result<(), String> {
         match *step {
-            Step::Invite { call, fe } => self.invite(usize::from(call), usize::from(fe) % FRONTENDS),
-            Step::Retransmit { call } => self.retransmit(usize::from(call)),
-            Step::Cancel { call, answer } => self.cancel(usize::from(call), answer),
-            Step::Answer { call, who, status } => {
-                self.answer(usize::from(call), usize::from(who), status)
-            }
-            Step::AckNon2xx { call } => self.ack_non_2xx(usize::from(call)),
+            Step::Invite { fe } => self.invite(self.calls.len(), usize::from(fe) % FRONTENDS),
+            Step::Retransmit { call } => match self.select(call, Applies::Retransmit) {
+                Some(k) => self.retransmit(k),
+                None => Ok(()),
+            },
+            Step::Cancel { call, answer } => match self.select(call, Applies::Cancel) {
+                Some(k) => self.cancel(k, answer),
+                None => Ok(()),
+            },
+            Step::Answer { call, who, status } => match self.select(call, Applies::Answer) {
+                Some(k) => self.answer(k, usize::from(who), status),
+                None => Ok(()),
+            },
+            Step::AckNon2xx { call } => match self.select(call, Applies::AckNon2xx) {
+                Some(k) => self.ack_non_2xx(k),
+                None => Ok(()),
+            },
             Step::InDialog {
                 call,
                 method,
                 answer,
-            } => self.in_dialog(usize::from(call), method, answer),
-            Step::BackendBye { call } => self.backend_bye(usize::from(call)),
-            Step::CallerOk { call } => self.caller_ok(usize::from(call)),
+            } => match self.select(call, Applies::InDialog) {
+                Some(k) => self.in_dialog(k, method, answer),
+                None => Ok(()),
+            },
+            Step::BackendBye { call } => match self.select(call, Applies::BackendBye) {
+                Some(k) => self.backend_bye(k),
+                None => Ok(()),
+            },
+            Step::CallerOk { call } => match self.select(call, Applies::CallerOk) {
+                Some(k) => self.caller_ok(k),
+                None => Ok(()),
+            },
             Step::Advance { ms } => self.advance(Duration::from_millis(u64::from(ms))),
             Step::Kill { backend } => self.kill(usize::from(backend) % self.n()),
             Step::Reconnect { backend } => self.reconnect(usize::from(backend) % self.n()),
@@ -949,9 +1081,6 @@ impl World {
         if self.calls.len() <= k {
             self.calls.resize(k + 1, None);
             self.backups.resize(k + 1, Vec::new());
-        }
-        if self.calls[k].is_some() {
-            return Ok(());
         }
         let call_id = format!("call-{k}@siplb.test");
         let peer = fe_peer(f);
@@ -1036,14 +1165,13 @@ impl World {
     }
 
     fn retransmit(&mut self, k: usize) -> Result<(), String> {
-        let now = self.now;
-        let Some(call) = self
-            .live(k)
-            .filter(|c| c.phase == Phase::Calling && now - c.started < WINDOW)
-        else {
-            return Ok(());
-        };
-        let (f, home, invite, call_id) = (call.fe, call.home, call.invite.clone(), call.call_id.clone());
+        let call = self.live(k).unwrap();
+        let (f, home, invite, call_id) = (
+            call.fe,
+            call.home,
+            call.invite.clone(),
+            call.call_id.clone(),
+        );
         let outs = self.feed(self.fes[f], invite.as_bytes())?;
         match self.fate(&outs, Some(fe_peer(f)))? {
             Fate::Backend(j, msg) => {
@@ -1063,7 +1191,10 @@ impl World {
     /// A 503 for call `k` goes back to the caller.
     fn check_refusal(&self, k: usize, conn: ConnId, msg: &str) -> Result<(), String> {
         let fe = self.fes[self.live(k).unwrap().fe];
-        ensure!(conn == fe, "reply for call {k} went to {conn:?}, not {fe:?}");
+        ensure!(
+            conn == fe,
+            "reply for call {k} went to {conn:?}, not {fe:?}"
+        );
         ensure!(
             msg.starts_with("SIP/2.0 503 No Backend Available\r\n"),
             "expected 503 No Backend Available, got {msg:?}"
@@ -1072,13 +1203,7 @@ impl World {
     }
 
     fn cancel(&mut self, k: usize, answer: bool) -> Result<(), String> {
-        let now = self.now;
-        let Some(call) = self
-            .live(k)
-            .filter(|c| c.phase == Phase::Calling && now - c.started < RINGING_MAX)
-        else {
-            return Ok(());
-        };
+        let call = self.live(k).unwrap();
         let (f, home) = (call.fe, call.home);
         let cancel = format!(
             "CANCEL sip:bob@example.com SIP/2.0\r\n\
@@ -1097,7 +1222,8 @@ impl World {
             Fate::Backend(j, msg) => {
                 self.check_route(k, home, Some(j), "CANCEL")?;
                 if answer {
-                    let outs = self.backend_sends(j, &response_to(&msg, "200 OK"), Some(fe_peer(f)))?;
+                    let outs =
+                        self.backend_sends(j, &response_to(&msg, "200 OK"), Some(fe_peer(f)))?;
                     self.expect_at_caller(k, &outs, "SIP/2.0 200 OK")?;
                 }
             }
@@ -1111,13 +1237,10 @@ impl World {
     }
 
     fn answer(&mut self, k: usize, who: usize, status: u16) -> Result<(), String> {
-        let Some(call) = self.live(k).filter(|c| c.phase == Phase::Calling) else {
-            return Ok(());
-        };
-        let (j, copy) = call.copies[who % call.copies.len()].clone();
-        if !self.be[j].up {
-            return Ok(());
-        }
+        let call = self.live(k).unwrap();
+        let up: Vec<&(usize, String)> =
+            call.copies.iter().filter(|(j, _)| self.be[*j].up).collect();
+        let (j, copy) = up[who % up.len()].clone();
         let f = call.fe;
         let reason = match status {
             180 => "180 Ringing",
@@ -1150,15 +1273,7 @@ impl World {
     }
 
     fn ack_non_2xx(&mut self, k: usize) -> Result<(), String> {
-        let now = self.now;
-        let Some(call) = self.live(k).filter(|c| match c.phase {
-            Phase::Final { at, ok: false } => {
-                now - at < WINDOW && now - c.started < RINGING_MAX + WINDOW
-            }
-            _ => false,
-        }) else {
-            return Ok(());
-        };
+        let call = self.live(k).unwrap();
         let (f, home) = (call.fe, call.home);
         let ack = format!(
             "ACK sip:bob@example.com SIP/2.0\r\n\
@@ -1178,7 +1293,10 @@ impl World {
             Fate::Backend(j, _) => self.check_route(k, home, Some(j), "ACK of a non-2xx"),
             Fate::Frontend(conn, msg) => Err(format!("an ACK was answered on {conn:?}: {msg:?}")),
             Fate::Nothing => {
-                ensure!(self.lb.stats().dropped == dropped + 1, "ACK vanished uncounted");
+                ensure!(
+                    self.lb.stats().dropped == dropped + 1,
+                    "ACK vanished uncounted"
+                );
                 self.check_route(k, home, None, "ACK of a non-2xx")
             }
         }
@@ -1320,9 +1438,14 @@ impl World {
                 );
                 Ok(())
             }
-            Fate::Frontend(conn, msg) => Err(format!("a response was answered on {conn:?}: {msg:?}")),
+            Fate::Frontend(conn, msg) => {
+                Err(format!("a response was answered on {conn:?}: {msg:?}"))
+            }
             Fate::Nothing => {
-                ensure!(self.lb.stats().dropped == dropped + 1, "a response vanished uncounted");
+                ensure!(
+                    self.lb.stats().dropped == dropped + 1,
+                    "a response vanished uncounted"
+                );
                 self.check_route(k, sender, None, "the caller's 200 to a BYE")
             }
         }
@@ -1378,7 +1501,11 @@ impl World {
         });
         self.dead.push(conn);
         let outs = self.collect()?;
-        ensure!(outs.sends.is_empty(), "a closed backend caused {:?}", outs.sends);
+        ensure!(
+            outs.sends.is_empty(),
+            "a closed backend caused {:?}",
+            outs.sends
+        );
         ensure!(
             outs.events.contains(&Event::BackendDown(self.id(j))) == was_up,
             "BackendDown({j}) when it was up: {was_up}; events {:?}",
@@ -1492,10 +1619,14 @@ impl World {
                 }
             }
             3 => {
-                let bad = request("OPTIONS", "", "").replace("CSeq: 1 OPTIONS", "CSeq: one OPTIONS");
+                let bad =
+                    request("OPTIONS", "", "").replace("CSeq: 1 OPTIONS", "CSeq: one OPTIONS");
                 let outs = self.feed(stray, bad.as_bytes())?;
                 self.expect_reply(&outs, stray, "SIP/2.0 400 ")?;
-                ensure!(self.lb.stats().malformed == before.malformed + 1, "400 not counted as malformed");
+                ensure!(
+                    self.lb.stats().malformed == before.malformed + 1,
+                    "400 not counted as malformed"
+                );
                 Ok(())
             }
             4 => {
@@ -1504,9 +1635,19 @@ impl World {
                 self.expect_dropped(&outs, &before)
             }
             5 => {
-                let outs = self.feed(stray, b"OPTIONS sip:x SIP/2.0\r\nContent-Length: banana\r\n\r\n")?;
-                ensure!(outs.sends.is_empty(), "lost framing answered: {:?}", outs.sends);
-                ensure!(self.stray != stray, "lost framing did not close the connection");
+                let outs = self.feed(
+                    stray,
+                    b"OPTIONS sip:x SIP/2.0\r\nContent-Length: banana\r\n\r\n",
+                )?;
+                ensure!(
+                    outs.sends.is_empty(),
+                    "lost framing answered: {:?}",
+                    outs.sends
+                );
+                ensure!(
+                    self.stray != stray,
+                    "lost framing did not close the connection"
+                );
                 ensure!(
                     self.lb.stats().framing_errors == before.framing_errors + 1,
                     "framing error not counted"
@@ -1527,7 +1668,8 @@ impl World {
             7 => {
                 let Some(j) = up else { return Ok(()) };
                 let response = response_to(
-                    &request("OPTIONS", "", "").replace(&via, "Via: SIP/2.0/TCP 192.0.2.77:5060;branch=z9hG4bKu"),
+                    &request("OPTIONS", "", "")
+                        .replace(&via, "Via: SIP/2.0/TCP 192.0.2.77:5060;branch=z9hG4bKu"),
                     "200 OK",
                 );
                 let outs = self.backend_sends(j, &response, None)?;
@@ -1535,16 +1677,22 @@ impl World {
             }
             8 => {
                 let Some(j) = up else { return Ok(()) };
-                let outs = self.backend_sends(j, "SIP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n", None)?;
+                let outs =
+                    self.backend_sends(j, "SIP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n", None)?;
                 self.expect_dropped(&outs, &before)?;
-                ensure!(self.lb.stats().malformed == before.malformed + 1, "not counted as malformed");
+                ensure!(
+                    self.lb.stats().malformed == before.malformed + 1,
+                    "not counted as malformed"
+                );
                 Ok(())
             }
             9 => {
                 // A backend's request for a frontend the balancer does not know: 503 back.
                 let Some(j) = up else { return Ok(()) };
-                let bye = request("BYE", ";tag=x", "")
-                    .replace("sip:bob@example.com SIP/2.0", "sip:dave@192.0.2.77:5060 SIP/2.0");
+                let bye = request("BYE", ";tag=x", "").replace(
+                    "sip:bob@example.com SIP/2.0",
+                    "sip:dave@192.0.2.77:5060 SIP/2.0",
+                );
                 let outs = self.backend_sends(j, &bye, None)?;
                 match self.fate(&outs, None)? {
                     Fate::Backend(to, msg) => {
@@ -1557,14 +1705,20 @@ impl World {
             }
             _ => {
                 // Input naming a connection that has ended: counted, ignored.
-                let Some(&dead) = self.dead.last() else { return Ok(()) };
+                let Some(&dead) = self.dead.last() else {
+                    return Ok(());
+                };
                 self.input(Input::Received {
                     conn: dead,
                     bytes: BytesMut::from(&b"OPTIONS"[..]),
                 });
                 self.input(Input::Connected { conn: dead });
                 let outs = self.collect()?;
-                ensure!(outs.sends.is_empty(), "a stale input caused {:?}", outs.sends);
+                ensure!(
+                    outs.sends.is_empty(),
+                    "a stale input caused {:?}",
+                    outs.sends
+                );
                 ensure!(
                     self.lb.stats().stale_inputs == before.stale_inputs + 2,
                     "stale inputs not counted"
@@ -1587,7 +1741,11 @@ impl World {
     }
 
     fn expect_dropped(&self, outs: &Outs, before: &Stats) -> Result<(), String> {
-        ensure!(outs.sends.is_empty(), "expected a drop, got {:?}", outs.sends);
+        ensure!(
+            outs.sends.is_empty(),
+            "expected a drop, got {:?}",
+            outs.sends
+        );
         ensure!(
             self.lb.stats().dropped == before.dropped + 1,
             "dropped {} → {}",
@@ -1595,7 +1753,9 @@ impl World {
             self.lb.stats().dropped
         );
         ensure!(
-            outs.events.iter().any(|e| matches!(e, Event::Dropped { .. })),
+            outs.events
+                .iter()
+                .any(|e| matches!(e, Event::Dropped { .. })),
             "no Dropped event: {:?}",
             outs.events
         );
@@ -1621,7 +1781,10 @@ impl World {
                 matches!(self.calls[k], Some(Some(_))),
                 "call {k} refused at {len} of {capacity} entries"
             );
-            ensure!(self.lb.stats().table_len == len + 1, "a new call made no entry");
+            ensure!(
+                self.lb.stats().table_len == len + 1,
+                "a new call made no entry"
+            );
             k += 1;
         }
         self.invite(k, 0)?;
@@ -1666,8 +1829,12 @@ impl World {
             + s.backend_requests_in
             + s.backend_responses_in
             + s.malformed;
-        let outcomes =
-            s.to_backend + s.to_frontend + s.replies_400 + s.replies_481 + s.replies_503 + s.dropped;
+        let outcomes = s.to_backend
+            + s.to_frontend
+            + s.replies_400
+            + s.replies_481
+            + s.replies_503
+            + s.dropped;
         ensure!(
             messages_in == outcomes,
             "{messages_in} messages in (malformed included), {outcomes} forwarded, answered or \
@@ -1707,13 +1874,28 @@ impl World {
             );
         }
         if let Some(d) = self.lb.poll_timeout() {
-            ensure!(d > self.now, "a deadline is overdue without a Timeout being due");
+            ensure!(
+                d > self.now,
+                "a deadline is overdue without a Timeout being due"
+            );
         }
         Ok(())
     }
 }
 
 const STRAY_KINDS: u32 = 11;
+
+/// The step kinds that act on a call, for [`World::select`].
+#[derive(Clone, Copy)]
+enum Applies {
+    Retransmit,
+    Cancel,
+    Answer,
+    AckNon2xx,
+    InDialog,
+    BackendBye,
+    CallerOk,
+}
 
 #[derive(Debug, Default)]
 struct Outs {

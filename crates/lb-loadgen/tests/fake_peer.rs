@@ -54,7 +54,7 @@ fn serve(stream: TcpStream, flaky: bool, seen: &Seen) {
                     if !routed {
                         seen.unrouted.fetch_add(1, Ordering::Relaxed);
                     }
-                    let name = if flaky && number % 2 == 0 { "b2" } else { "b1" };
+                    let name = if flaky && number & 1 == 0 { "b2" } else { "b1" };
                     respond(&mut out, &msg, 200, "OK", name, false);
                 }
                 other => panic!("unexpected {other}"),
@@ -69,7 +69,14 @@ fn serve(stream: TcpStream, flaky: bool, seen: &Seen) {
     }
 }
 
-fn respond(out: &mut Vec<u8>, req: &Message<'_>, code: u16, reason: &str, name: &str, dialog: bool) {
+fn respond(
+    out: &mut Vec<u8>,
+    req: &Message<'_>,
+    code: u16,
+    reason: &str,
+    name: &str,
+    dialog: bool,
+) {
     out.extend_from_slice(format!("SIP/2.0 {code} {reason}\r\n").as_bytes());
     if dialog {
         push_header(out, "Record-Route", RR);
@@ -124,9 +131,18 @@ fn calls_complete_through_the_route_set() {
     assert_eq!(seen.invites.load(Ordering::Relaxed), 44);
     assert_eq!(seen.acks.load(Ordering::Relaxed), 40);
     assert_eq!(seen.byes.load(Ordering::Relaxed), 40);
-    assert_eq!(seen.unrouted.load(Ordering::Relaxed), 0, "ACK and BYE carry the Route");
+    assert_eq!(
+        seen.unrouted.load(Ordering::Relaxed),
+        0,
+        "ACK and BYE carry the Route"
+    );
     let line = report.to_string();
-    assert!(line.starts_with("calls_ok=40 calls_failed=0 affinity_violations=0 retransmitted=4 per_backend=b1:40 "), "{line}");
+    assert!(
+        line.starts_with(
+            "calls_ok=40 calls_failed=0 affinity_violations=0 retransmitted=4 per_backend=b1:40 "
+        ),
+        "{line}"
+    );
 }
 
 #[test]

@@ -695,6 +695,15 @@ impl World {
         let stats: Vec<lb_core::Stats> = self.lbs.iter().map(|l| l.core.stats().clone()).collect();
         let messages = self.lbs.iter().map(|l| l.acct.fed).sum();
         let max_table = stats.iter().map(|s| s.table_len_max).max().unwrap_or(0);
+        if max_table > self.k.table_capacity as u64 {
+            self.violate(ViolationKind::Table, format!("table_len_max {max_table} exceeds capacity {}", self.k.table_capacity));
+        }
+        for (i, s) in stats.iter().enumerate() {
+            if s.table_len != self.lbs[i].model.len() {
+                let m = self.lbs[i].model.len();
+                self.violate(ViolationKind::Table, format!("lb{i}: {} entries left at the end, the model has {m}", s.table_len));
+            }
+        }
         let model_max = self.lbs.iter().map(|l| l.model.max()).max().unwrap_or(0);
         let table_dev_max = self.lbs.iter().map(|l| l.table_dev_max).max().unwrap_or(0);
         let mean_ringing_s = self.lbs.iter().map(|l| l.model.mean_ringing_us()).fold(0.0, f64::max) / 1e6;
