@@ -71,6 +71,8 @@ pub(crate) struct BeState {
     ended: bool,
     /// The backend that sent the callee side's BYE: its response belongs there.
     pub(crate) origin: Option<u16>,
+    /// The backend that received the INVITE last: where its server transaction lives.
+    pub(crate) invite_backend: Option<u16>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
@@ -99,11 +101,13 @@ impl World {
         let a = self.calls[call as usize].active.as_mut().expect("checked active above");
         let plan = a.plan;
         let be = &mut a.be;
+        let previous = be.last.map(|(_, _, pb)| pb);
         if let Kind::Request(_) = s.kind {
             be.last = Some((lb, conn, b));
         }
         match s.kind {
             Kind::Request(Method::Invite) if !s.has_to_tag => {
+                be.invite_backend = Some(b);
                 if be.invite.is_none() {
                     be.invite = Some(Bytes::copy_from_slice(&bytes));
                     be.gen += 1;
@@ -114,6 +118,11 @@ impl World {
                         self.after(plan.ring + ans, Ev::BackendTimer { call, timer: BackendTimer::Answer, gen });
                     }
                 } else {
+                    if previous != Some(b) {
+                        // Re-routed to this backend: it answers from the INVITE it received,
+                        // whose Record-Route carries the tag the balancer wrote for it.
+                        be.invite = Some(Bytes::copy_from_slice(&bytes));
+                    }
                     // A retransmission: repeat the latest response (§17.2.1).
                     let stage = be.stage;
                     self.backend_repeat(call, stage);

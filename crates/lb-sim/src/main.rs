@@ -78,7 +78,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     }
     let o = report.outcomes;
     eprintln!(
-        "outcomes completed={} cancelled={} rejected={} timed_out={} abandoned={} udp_lost={} tcp_lost={} \
+        "outcomes completed={} cancelled={} rejected={} timed_out={} abandoned={} udp_lost={} tcp_lost={} cancel_elsewhere={} \
          model_max_table={} table_deviation_max={} expected_table={:.0} mean_ringing_s={:.2} virtual_s={:.1} violations={}",
         o[0],
         o[1],
@@ -87,6 +87,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         o[4],
         report.udp_lost,
         report.tcp_lost,
+        report.cancel_elsewhere,
         report.model_max_table,
         report.table_deviation_max,
         report.expected_table,

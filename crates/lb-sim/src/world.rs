@@ -100,6 +100,7 @@ pub(crate) struct Counters {
     pub(crate) udp_lost: u64,
     pub(crate) tcp_lost: u64,
     pub(crate) active_calls: u64,
+    pub(crate) cancel_elsewhere: u64,
 }
 
 pub(crate) struct World {
@@ -434,6 +435,16 @@ impl World {
                             ),
                         );
                     }
+                    if s.kind == Kind::Request(Method::Cancel) {
+                        let inv = self.calls[c as usize].active.as_ref().and_then(|a| a.be.invite_backend);
+                        let up = &self.lbs[i].backend_up;
+                        if inv.is_some_and(|ib| ib != backend && up[usize::from(ib)] > 0) {
+                            // Not an affinity breach (the table's backend is up again), but the
+                            // INVITE transaction it cancels lives elsewhere: a real B2BUA would
+                            // answer 481. Counted and reported.
+                            self.n.cancel_elsewhere += 1;
+                        }
+                    }
                     if s.kind == Kind::Request(Method::Invite) && !s.has_to_tag {
                         let (now_us, rm, w) = (self.now / 1000, self.ringing_max_us, self.window_us);
                         self.lbs[i].model.create(c as u32, now_us, rm, w);
@@ -737,6 +748,7 @@ impl World {
             violation_count: self.violation_count,
             outcomes: self.n.outcomes,
             udp_lost: self.n.udp_lost,
+            cancel_elsewhere: self.n.cancel_elsewhere,
             tcp_lost: self.n.tcp_lost,
             events: self.steps,
             trace_events: self.trace.events(),
