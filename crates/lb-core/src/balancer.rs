@@ -642,14 +642,16 @@ impl Balancer {
                 self.stats.table_hits += 1;
                 target = Some(backend);
             } else {
-                match method {
-                    Method::Ack => return self.drop_message(source.conn, "ACK of an unknown call"),
-                    Method::Cancel => {
-                        self.stats.replies_481 += 1;
-                        self.reply(source, &message.bytes, Reply::NoTransaction);
-                        return;
-                    }
-                    _ => {}
+                if method == Method::Ack {
+                    return self.drop_message(source.conn, "ACK of an unknown call");
+                }
+                // A CANCEL of a call never seen, or an in-dialog request (To tag) without a tag
+                // that verifies: no backend can own it, and making it a new call would let
+                // forged requests fill the table.
+                if method == Method::Cancel || message.to_tag {
+                    self.stats.replies_481 += 1;
+                    self.reply(source, &message.bytes, Reply::NoTransaction);
+                    return;
                 }
                 let Some(backend) = self.choose_backend() else {
                     return self.unavailable(source, &message, "No Backend Available");
@@ -783,13 +785,14 @@ impl Balancer {
     /// else its sent-by.
     fn via_hop(&self, message: &SipMessage) -> Option<ConnId> {
         let via = message.top_via;
-        let port = match via.rport {
+        let rport = match via.rport {
             Rport::Value(p) => Some(p),
             Rport::Absent | Rport::Empty { .. } => None,
         };
-        if let Some(received) = via.received {
-            let port = port.or(via.sent_by.port).unwrap_or(5060);
-            if let Some(conn) = self.hops.lookup_host(message.slice(received), port) {
+        if via.received.is_some() || rport.is_some() {
+            let host = via.received.unwrap_or(via.sent_by.host);
+            let port = rport.or(via.sent_by.port).unwrap_or(5060);
+            if let Some(conn) = self.hops.lookup_host(message.slice(host), port) {
                 return Some(conn);
             }
         }

@@ -139,28 +139,43 @@ impl StreamFramer {
         }
         // Only the first `max` bytes can hold a header block that fits.
         let window = self.buf.len().min(max);
-        let from = self.scanned.saturating_sub(CRLFCRLF.len() - 1);
-        let found = self
-            .buf
-            .get(from..window)
-            .and_then(|tail| head_end_finder().find(tail));
-        let Some(at) = found else {
+        let (found, walk) = if self.scanned == 0 {
+            // The usual case, a whole head in the buffer: one walk over its lines finds both
+            // the end and the lines that may be Content-Length.
+            let walk = HeadWalk::new(&self.buf[..window]);
+            (walk.head_len, Some(walk))
+        } else {
+            // A head arriving in pieces: search only the new bytes (and three before them, a
+            // CRLFCRLF may straddle reads), so each byte is searched once.
+            let from = self.scanned.saturating_sub(CRLFCRLF.len() - 1);
+            let found = self
+                .buf
+                .get(from..window)
+                .and_then(|tail| head_end_finder().find(tail))
+                .map(|at| from + at + CRLFCRLF.len());
+            (found, None)
+        };
+        let Some(head_len) = found else {
             if self.buf.len() >= max {
                 return Some(Err(FramingError::HeaderTooLarge));
             }
             self.scanned = window;
             return None;
         };
-        let head_len = from + at + CRLFCRLF.len();
         if head_len > max {
             return Some(Err(FramingError::HeaderTooLarge));
         }
         self.scanned = head_len;
-        let result = content_length(&self.buf[..head_len]).and_then(|body| {
-            match head_len.checked_add(body) {
-                Some(len) if len <= max => Ok(len),
-                _ => Err(FramingError::MessageTooLarge),
+        let head = &self.buf[..head_len];
+        let length = match walk {
+            Some(walk) if walk.count <= walk.candidates.len() => {
+                content_length_at(head, &walk.candidates[..walk.count])
             }
+            _ => content_length(head),
+        };
+        let result = length.and_then(|body| match head_len.checked_add(body) {
+            Some(len) if len <= max => Ok(len),
+            _ => Err(FramingError::MessageTooLarge),
         });
         if let Ok(len) = result {
             self.message_len = Some(len);
@@ -179,6 +194,75 @@ impl StreamFramer {
 fn head_end_finder() -> &'static memmem::Finder<'static> {
     static FINDER: OnceLock<memmem::Finder<'static>> = OnceLock::new();
     FINDER.get_or_init(|| memmem::Finder::new(CRLFCRLF))
+}
+
+/// One pass over the lines of a buffer that starts with a start line: where the header block
+/// ends, and the lines that may be a Content-Length field.
+struct HeadWalk {
+    /// Length of the header block through its CRLFCRLF, if the buffer holds it.
+    head_len: Option<usize>,
+    /// Starts of the lines [`is_length_candidate`] picks, in order; `count` beyond the array's
+    /// length means some were not recorded.
+    candidates: [usize; 3],
+    count: usize,
+}
+
+impl HeadWalk {
+    /// Visits every CRLF in order (so the first CRLF followed by CRLF ends the head, exactly
+    /// where a CRLFCRLF search would), classifying each completed line on the way.
+    fn new(b: &[u8]) -> HeadWalk {
+        let mut walk = HeadWalk {
+            head_len: None,
+            candidates: [0; 3],
+            count: 0,
+        };
+        let mut line = 0;
+        while let Some(crlf) = find_crlf(b, line) {
+            // The start line (at 0) is no header field.
+            if line > 0 && is_length_candidate(b, line, crlf) {
+                if let Some(slot) = walk.candidates.get_mut(walk.count) {
+                    *slot = line;
+                }
+                walk.count += 1;
+            }
+            let next = crlf + 2;
+            if b.get(next..next + 2) == Some(b"\r\n") {
+                walk.head_len = Some(next + 2);
+                break;
+            }
+            line = next;
+        }
+        walk
+    }
+}
+
+/// Whether the line `b[line..crlf]` may start a Content-Length field: first byte `l`/`L`, or
+/// its first 14 bytes spell the long name. Continuation lines start with SP or HTAB, so they
+/// never qualify. The same test as [`content_length`] applies (14 bytes past a line shorter
+/// than 14 would include its CRLF, so they could not spell the name either).
+fn is_length_candidate(b: &[u8], line: usize, crlf: usize) -> bool {
+    match b[line] {
+        b'l' | b'L' => true,
+        b'c' | b'C' => crlf - line >= 14 && b[line..line + 14].eq_ignore_ascii_case(b"content-length"),
+        _ => false,
+    }
+}
+
+/// [`content_length`] restricted to lines already known to be its only candidates.
+fn content_length_at(head: &[u8], lines: &[usize]) -> Result<usize, FramingError> {
+    let mut found: Option<usize> = None;
+    for &pos in lines {
+        if let Step::Field(field) = next_field(head, pos) {
+            if Known::of(&head[field.name]) == Known::ContentLength {
+                let value = decimal(&head[field.value])?;
+                if found.is_some_and(|earlier| earlier != value) {
+                    return Err(FramingError::BadContentLength);
+                }
+                found = Some(value);
+            }
+        }
+    }
+    found.ok_or(FramingError::MissingContentLength)
 }
 
 /// The Content-Length of a complete header block (long or compact `l`, any case, folded or

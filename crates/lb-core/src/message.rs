@@ -492,7 +492,14 @@ impl Known {
             (14, b'c') => (Known::ContentLength, b"ontent-length"),
             _ => return Known::Other,
         };
-        if rest.eq_ignore_ascii_case(rest_lower) {
+        // A plain loop that stops at the first difference: std's `eq_ignore_ascii_case`
+        // lower-cases whole chunks first, which costs more on these short names.
+        let same = rest.len() == rest_lower.len()
+            && rest
+                .iter()
+                .zip(rest_lower)
+                .all(|(&c, &lower)| c.to_ascii_lowercase() == lower);
+        if same {
             known
         } else {
             Known::Other
@@ -843,10 +850,9 @@ fn param_value_end(b: &[u8], start: usize, ve: usize) -> Option<usize> {
     if start < ve && b[start] == b'"' {
         return quoted_end(b, start, ve);
     }
-    let mut i = start;
-    while i < ve && !matches!(b[i], b';' | b',' | b'"' | b'<' | b'>' | b'?') && !is_lws(b[i]) {
-        i += 1;
-    }
+    let i = run_end(b, start, ve, |c| {
+        !matches!(c, b';' | b',' | b'"' | b'<' | b'>' | b'?') && !is_lws(c)
+    });
     (i > start).then_some(i)
 }
 
@@ -987,10 +993,9 @@ fn host_end(b: &[u8], s: usize, e: usize) -> Option<usize> {
         }
         close + 1
     } else {
-        let mut i = s;
-        while i < e && (b[i].is_ascii_alphanumeric() || matches!(b[i], b'-' | b'.' | b'_')) {
-            i += 1;
-        }
+        let i = run_end(b, s, e, |c| {
+            c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_')
+        });
         if i == s {
             return None;
         }
@@ -1035,11 +1040,18 @@ fn is_lws(c: u8) -> bool {
     matches!(c, b' ' | b'\t' | b'\r' | b'\n')
 }
 
-fn skip_lws(b: &[u8], mut i: usize, e: usize) -> usize {
-    while i < e && is_lws(b[i]) {
-        i += 1;
+fn skip_lws(b: &[u8], i: usize, e: usize) -> usize {
+    run_end(b, i, e, is_lws)
+}
+
+/// The end of the run of bytes satisfying `keep` in `b[i..e]` (`i` when `i >= e`). Iterating
+/// the subslice lets the compiler drop the per-byte bounds check of an indexed loop.
+#[inline(always)]
+fn run_end(b: &[u8], i: usize, e: usize, keep: impl Fn(u8) -> bool) -> usize {
+    match b.get(i..e.min(b.len())) {
+        Some(run) => i + run.iter().position(|&c| !keep(c)).unwrap_or(run.len()),
+        None => i,
     }
-    i
 }
 
 fn skip_sp(b: &[u8], mut i: usize) -> usize {
@@ -1058,18 +1070,12 @@ fn trim_lws(b: &[u8], s: usize, e: usize) -> (usize, usize) {
     (s, e)
 }
 
-fn token_end(b: &[u8], mut i: usize, e: usize) -> usize {
-    while i < e && is_token(b[i]) {
-        i += 1;
-    }
-    i
+fn token_end(b: &[u8], i: usize, e: usize) -> usize {
+    run_end(b, i, e, is_token)
 }
 
-fn digits_end(b: &[u8], mut i: usize, e: usize) -> usize {
-    while i < e && b[i].is_ascii_digit() {
-        i += 1;
-    }
-    i
+fn digits_end(b: &[u8], i: usize, e: usize) -> usize {
+    run_end(b, i, e, |c| c.is_ascii_digit())
 }
 
 /// The offset after the closing quote of the quoted string opening at `open` (backslash

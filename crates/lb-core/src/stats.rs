@@ -35,7 +35,8 @@ pub struct Stats {
     pub replies_503: u64,
     /// 400 responses the balancer generated.
     pub replies_400: u64,
-    /// 481 responses the balancer generated (CANCEL of an unknown call).
+    /// 481 responses the balancer generated: a CANCEL of an unknown call, or an in-dialog request
+    /// with no tag that verifies.
     pub replies_481: u64,
     /// Framed messages that could not be parsed.
     pub malformed: u64,
