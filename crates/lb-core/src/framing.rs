@@ -243,7 +243,9 @@ impl HeadWalk {
 fn is_length_candidate(b: &[u8], line: usize, crlf: usize) -> bool {
     match b[line] {
         b'l' | b'L' => true,
-        b'c' | b'C' => crlf - line >= 14 && b[line..line + 14].eq_ignore_ascii_case(b"content-length"),
+        b'c' | b'C' => {
+            crlf - line >= 14 && b[line..line + 14].eq_ignore_ascii_case(b"content-length")
+        }
         _ => false,
     }
 }

@@ -59,7 +59,8 @@ impl HopTable {
                 self.by_addr.insert(*addr, conn);
             }
             HopName::Host(host, port) => {
-                self.by_host.insert(Box::from(&host_key(host, *port)[..]), conn);
+                self.by_host
+                    .insert(Box::from(&host_key(host, *port)[..]), conn);
             }
         }
     }
