@@ -616,6 +616,7 @@ impl Balancer {
         let mut edits = Edits::new();
         let mut target = None;
         let mut initial = false;
+        let mut table_key = None;
 
         if let Some(route) = message.top_route.filter(|r| r.lb.is_some()) {
             // The balancer's own entry: a loose router removes it (RFC 3261 §16.4).
@@ -636,6 +637,7 @@ impl Balancer {
             self.stats.tagged += 1;
         } else {
             let key = self.table.key(call_id);
+            table_key = Some(key);
             initial = !message.to_tag
                 && !matches!(method, Method::Ack | Method::Cancel | Method::Register);
             if let Some(backend) = self.table.lookup(key) {
@@ -674,6 +676,10 @@ impl Balancer {
             }
             return self.unavailable(source, &message, "No Backend Available");
         };
+        if let Some(key) = table_key.filter(|_| backend != tagged_backend) {
+            // The call continues on the backup; its later untagged messages must follow it.
+            self.table.reassign(key, backend);
+        }
 
         if let Some(peer) = source.peer {
             stamp_via(&message, peer, &mut edits);

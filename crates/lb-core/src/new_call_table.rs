@@ -171,6 +171,25 @@ impl NewCallTable {
         Ok(())
     }
 
+    /// Points an entry at another backend, keeping its lifetime: a call being set up whose
+    /// backend failed continues on the backup, so its CANCEL and the ACK of a failure must
+    /// follow there even after the first backend returns. A no-op for an unknown key.
+    pub(crate) fn reassign(&mut self, key: CallKey, backend: BackendId) {
+        let Some(entry) = self.entries.get_mut(&Fingerprint::from(key)) else {
+            return;
+        };
+        let old = usize::from(entry.backend);
+        let new = backend.index();
+        entry.backend = backend.index() as u16;
+        if let Some(count) = self.assigned.get_mut(old) {
+            *count = count.saturating_sub(1);
+        }
+        if self.assigned.len() <= new {
+            self.assigned.resize(new + 1, 0);
+        }
+        self.assigned[new] += 1;
+    }
+
     /// A final response to the INVITE passed: the entry lives the window from now.
     ///
     /// Bounded by the ringing cap; a no-op for an entry already settled or not an INVITE, and
@@ -665,6 +684,19 @@ mod tests {
         assert_eq!(t.insert(t0 + W, keys[2], b(1), false), Ok(()));
         assert_eq!(t.lookup(keys[0]), None);
         assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn reassign_moves_the_entry_and_its_count() {
+        let t0 = origin();
+        let mut t = table(100, t0);
+        let k = t.key(b"call");
+        t.insert(t0, k, b(1), true).unwrap();
+        t.reassign(k, b(2));
+        assert_eq!(t.lookup(k), Some(b(2)));
+        assert_eq!((t.assigned(b(1)), t.assigned(b(2))), (0, 1));
+        t.reassign(t.key(b"unknown"), b(0));
+        assert_eq!(t.len(), 1);
     }
 
     #[test]

@@ -630,7 +630,8 @@ enum Phase {
 struct Call {
     fe: usize,
     call_id: String,
-    /// The backend that took the call (the new-call table names it).
+    /// The backend the new-call table names: the one that took the call, or the backup that
+    /// took it over while that one was down.
     home: usize,
     /// The INVITE as the caller sends it, for retransmissions.
     invite: String,
@@ -1319,6 +1320,8 @@ impl World {
         match self.fate(&outs, Some(fe_peer(f)))? {
             Fate::Backend(j, msg) => {
                 self.check_route(k, home, Some(j), "retransmitted INVITE")?;
+                // The new-call table follows a call set up on a backup.
+                self.live_mut(k).unwrap().home = j;
                 check_copy(&msg, j, &call_id, self.tag_header)?;
                 self.live_mut(k).unwrap().copies.push((j, msg));
             }
@@ -1364,6 +1367,8 @@ impl World {
         match self.fate(&outs, Some(fe_peer(f)))? {
             Fate::Backend(j, msg) => {
                 self.check_route(k, home, Some(j), "CANCEL")?;
+                // The new-call table follows a call set up on a backup.
+                self.live_mut(k).unwrap().home = j;
                 if answer {
                     let outs =
                         self.backend_sends(j, &response_to(&msg, "200 OK"), Some(fe_peer(f)))?;
@@ -1433,7 +1438,11 @@ impl World {
         let dropped = self.lb.stats().dropped;
         let outs = self.feed(self.fes[f], dialect(f, ack).as_bytes())?;
         match self.fate(&outs, Some(fe_peer(f)))? {
-            Fate::Backend(j, _) => self.check_route(k, home, Some(j), "ACK of a non-2xx"),
+            Fate::Backend(j, _) => {
+                self.check_route(k, home, Some(j), "ACK of a non-2xx")?;
+                self.live_mut(k).unwrap().home = j;
+                Ok(())
+            }
             Fate::Frontend(conn, msg) => Err(format!("an ACK was answered on {conn:?}: {msg:?}")),
             Fate::Nothing => {
                 ensure!(

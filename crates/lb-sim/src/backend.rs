@@ -39,7 +39,13 @@ pub(crate) struct Backend {
 
 impl Backend {
     pub(crate) fn new(trying: Duration) -> Backend {
-        Backend { up: true, trying, conns: Vec::new(), load: 0, silent: false }
+        Backend {
+            up: true,
+            trying,
+            conns: Vec::new(),
+            load: 0,
+            silent: false,
+        }
     }
 }
 
@@ -86,10 +92,21 @@ enum Stage {
 }
 
 impl World {
-    pub(crate) fn backend_receive(&mut self, b: u16, lb: u8, conn: ConnId, bytes: Bytes, s: Summary) {
+    pub(crate) fn backend_receive(
+        &mut self,
+        b: u16,
+        lb: u8,
+        conn: ConnId,
+        bytes: Bytes,
+        s: Summary,
+    ) {
         self.backends[usize::from(b)].load += 1;
         let call = s.call.and_then(|c| u32::try_from(c).ok());
-        let active = call.is_some_and(|c| self.calls.get(c as usize).is_some_and(|x| x.active.is_some()));
+        let active = call.is_some_and(|c| {
+            self.calls
+                .get(c as usize)
+                .is_some_and(|x| x.active.is_some())
+        });
         let Some(call) = call.filter(|_| active) else {
             // A straggler of a finished call: answer statelessly what needs an answer.
             if matches!(s.kind, Kind::Request(Method::Bye | Method::Cancel)) {
@@ -98,7 +115,10 @@ impl World {
             return;
         };
         let trying = self.backends[usize::from(b)].trying;
-        let a = self.calls[call as usize].active.as_mut().expect("checked active above");
+        let a = self.calls[call as usize]
+            .active
+            .as_mut()
+            .expect("checked active above");
         let plan = a.plan;
         let be = &mut a.be;
         let previous = be.last.map(|(_, _, pb)| pb);
@@ -112,10 +132,31 @@ impl World {
                     be.invite = Some(Bytes::copy_from_slice(&bytes));
                     be.gen += 1;
                     let gen = be.gen;
-                    self.after(trying, Ev::BackendTimer { call, timer: BackendTimer::Trying, gen });
-                    self.after(plan.ring, Ev::BackendTimer { call, timer: BackendTimer::Ringing, gen });
+                    self.after(
+                        trying,
+                        Ev::BackendTimer {
+                            call,
+                            timer: BackendTimer::Trying,
+                            gen,
+                        },
+                    );
+                    self.after(
+                        plan.ring,
+                        Ev::BackendTimer {
+                            call,
+                            timer: BackendTimer::Ringing,
+                            gen,
+                        },
+                    );
                     if let Some(ans) = plan.answer {
-                        self.after(plan.ring + ans, Ev::BackendTimer { call, timer: BackendTimer::Answer, gen });
+                        self.after(
+                            plan.ring + ans,
+                            Ev::BackendTimer {
+                                call,
+                                timer: BackendTimer::Answer,
+                                gen,
+                            },
+                        );
                     }
                 } else {
                     if previous != Some(b) {
@@ -136,7 +177,8 @@ impl World {
                     }
                     return;
                 }
-                let ok = self.backend_reply(b, lb, conn, &bytes, 200, call, Extras::ANSWER_REINVITE);
+                let ok =
+                    self.backend_reply(b, lb, conn, &bytes, 200, call, Extras::ANSWER_REINVITE);
                 self.backend_start_ok(call, s.cseq, ok);
             }
             Kind::Request(Method::Ack) => {
@@ -147,7 +189,14 @@ impl World {
                         be.acked_initial = true;
                         if plan.backend_hangup {
                             let gen = be.gen;
-                            self.after(plan.talk, Ev::BackendTimer { call, timer: BackendTimer::Hangup, gen });
+                            self.after(
+                                plan.talk,
+                                Ev::BackendTimer {
+                                    call,
+                                    timer: BackendTimer::Hangup,
+                                    gen,
+                                },
+                            );
                         }
                     }
                 }
@@ -182,7 +231,13 @@ impl World {
     }
 
     pub(crate) fn backend_timer(&mut self, call: u32, timer: BackendTimer, gen: u32) {
-        let Some(a) = self.calls.get_mut(call as usize).and_then(|c| c.active.as_mut()) else { return };
+        let Some(a) = self
+            .calls
+            .get_mut(call as usize)
+            .and_then(|c| c.active.as_mut())
+        else {
+            return;
+        };
         let be = &mut a.be;
         match timer {
             BackendTimer::Trying | BackendTimer::Ringing | BackendTimer::Answer => {
@@ -216,14 +271,23 @@ impl World {
                     self.n.retransmissions += 1;
                     self.backend_send_ok(b, lb, conn, &ok, call);
                 }
-                self.after(next, Ev::BackendTimer { call, timer: BackendTimer::OkRetransmit, gen });
+                self.after(
+                    next,
+                    Ev::BackendTimer {
+                        call,
+                        timer: BackendTimer::OkRetransmit,
+                        gen,
+                    },
+                );
             }
             BackendTimer::Hangup => {
                 if gen != be.gen || be.ended || be.stage != Stage::Answered {
                     return;
                 }
                 be.ended = true;
-                let (Some(invite), Some((lb, conn, b))) = (be.invite.clone(), be.last) else { return };
+                let (Some(invite), Some((lb, conn, b))) = (be.invite.clone(), be.last) else {
+                    return;
+                };
                 be.origin = Some(b);
                 let (lb, conn) = self.backend_pick_conn(b, lb, conn);
                 write_bye(&mut self.out, &invite, b, call);
@@ -236,9 +300,17 @@ impl World {
 
     /// Sends the response of `stage` (built from the stored INVITE) where the call last spoke.
     fn backend_repeat(&mut self, call: u32, stage: Stage) {
-        let Some(a) = self.calls.get_mut(call as usize).and_then(|c| c.active.as_mut()) else { return };
+        let Some(a) = self
+            .calls
+            .get_mut(call as usize)
+            .and_then(|c| c.active.as_mut())
+        else {
+            return;
+        };
         let be = &mut a.be;
-        let (Some(invite), Some((lb, conn, b))) = (be.invite.clone(), be.last) else { return };
+        let (Some(invite), Some((lb, conn, b))) = (be.invite.clone(), be.last) else {
+            return;
+        };
         match stage {
             Stage::None => {}
             Stage::Trying => {
@@ -262,7 +334,13 @@ impl World {
     }
 
     fn backend_start_ok(&mut self, call: u32, cseq: u32, ok: Bytes) {
-        let Some(a) = self.calls.get_mut(call as usize).and_then(|c| c.active.as_mut()) else { return };
+        let Some(a) = self
+            .calls
+            .get_mut(call as usize)
+            .and_then(|c| c.active.as_mut())
+        else {
+            return;
+        };
         let be = &mut a.be;
         be.ok = Some(ok);
         be.ok_cseq = cseq;
@@ -270,16 +348,36 @@ impl World {
         be.ok_elapsed = Duration::ZERO;
         be.ok_gen += 1;
         let gen = be.ok_gen;
-        self.after(T1, Ev::BackendTimer { call, timer: BackendTimer::OkRetransmit, gen });
+        self.after(
+            T1,
+            Ev::BackendTimer {
+                call,
+                timer: BackendTimer::OkRetransmit,
+                gen,
+            },
+        );
     }
 
     /// Builds and sends a response to `req`; returns a copy of it (kept for 2xx retransmission).
     #[allow(clippy::too_many_arguments)]
-    fn backend_reply(&mut self, b: u16, lb: u8, conn: ConnId, req: &[u8], status: u16, call: u32, x: Extras) -> Bytes {
+    fn backend_reply(
+        &mut self,
+        b: u16,
+        lb: u8,
+        conn: ConnId,
+        req: &[u8],
+        status: u16,
+        call: u32,
+        x: Extras,
+    ) -> Bytes {
         write_response(&mut self.out, req, status, b, call, x);
         let bytes = self.out.split();
         reserve(&mut self.out);
-        let copy = if (200..300).contains(&status) { Bytes::copy_from_slice(&bytes) } else { Bytes::new() };
+        let copy = if (200..300).contains(&status) {
+            Bytes::copy_from_slice(&bytes)
+        } else {
+            Bytes::new()
+        };
         self.backend_send(b, usize::from(lb), conn, bytes, call, status);
         copy
     }
@@ -292,7 +390,15 @@ impl World {
         self.backend_send(b, usize::from(lb), conn, bytes, call, 200);
     }
 
-    fn backend_send(&mut self, b: u16, i: usize, conn: ConnId, bytes: BytesMut, call: u32, code: u16) {
+    fn backend_send(
+        &mut self,
+        b: u16,
+        i: usize,
+        conn: ConnId,
+        bytes: BytesMut,
+        call: u32,
+        code: u16,
+    ) {
         if !self.backends[usize::from(b)].up || self.backends[usize::from(b)].silent {
             self.n.tcp_lost += 1;
             return;
@@ -327,10 +433,26 @@ struct Extras {
 }
 
 impl Extras {
-    const NONE: Extras = Extras { record_route: false, contact: false, sdp: false };
-    const RINGING: Extras = Extras { record_route: true, contact: true, sdp: false };
-    const ANSWER: Extras = Extras { record_route: true, contact: true, sdp: true };
-    const ANSWER_REINVITE: Extras = Extras { record_route: false, contact: true, sdp: true };
+    const NONE: Extras = Extras {
+        record_route: false,
+        contact: false,
+        sdp: false,
+    };
+    const RINGING: Extras = Extras {
+        record_route: true,
+        contact: true,
+        sdp: false,
+    };
+    const ANSWER: Extras = Extras {
+        record_route: true,
+        contact: true,
+        sdp: true,
+    };
+    const ANSWER_REINVITE: Extras = Extras {
+        record_route: false,
+        contact: true,
+        sdp: true,
+    };
 }
 
 fn write_response(out: &mut BytesMut, req: &[u8], status: u16, b: u16, call: u32, x: Extras) {
@@ -380,7 +502,9 @@ fn write_response(out: &mut BytesMut, req: &[u8], status: u16, b: u16, call: u32
 /// The callee side's BYE (§15.1.1): Request-URI = the caller's Contact, Route = the
 /// Record-Route set in order (the UAS's route set, §12.1.1), From/To swapped with our tag.
 fn write_bye(out: &mut BytesMut, invite: &[u8], b: u16, call: u32) {
-    let target = sip::header_value(invite, b"Contact").and_then(sip::angle).unwrap_or(b"sip:caller@ua.sim");
+    let target = sip::header_value(invite, b"Contact")
+        .and_then(sip::angle)
+        .unwrap_or(b"sip:caller@ua.sim");
     out.extend_from_slice(b"BYE ");
     out.extend_from_slice(target);
     out.extend_from_slice(b" SIP/2.0\r\nVia: SIP/2.0/TCP ");
@@ -389,7 +513,11 @@ fn write_bye(out: &mut BytesMut, invite: &[u8], b: u16, call: u32) {
     sip::put_u64(out, u64::from(call));
     out.extend_from_slice(b".1\r\nMax-Forwards: 70\r\n");
     for (i, rr) in sip::record_routes(invite).enumerate() {
-        out.extend_from_slice(if i == 0 { &b"Route: <"[..] } else { b"Route: <" });
+        out.extend_from_slice(if i == 0 {
+            &b"Route: <"[..]
+        } else {
+            b"Route: <"
+        });
         out.extend_from_slice(rr);
         out.extend_from_slice(b">\r\n");
     }

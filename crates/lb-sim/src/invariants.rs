@@ -99,7 +99,9 @@ impl Affinity {
             self.backup[call] = backend;
             None
         } else if self.backup[call] != backend {
-            Some(AffinityBreach::SecondBackup { backup: self.backup[call] })
+            Some(AffinityBreach::SecondBackup {
+                backup: self.backup[call],
+            })
         } else {
             None
         };
@@ -153,14 +155,23 @@ impl Accounting {
         }
         let forwarded = stats.to_backend + stats.to_frontend;
         if forwarded != self.forwarded && forwarded != self.forwarded + self.generated {
-            bad.push(format!("to_backend+to_frontend={forwarded} but world saw {} forwarded", self.forwarded));
+            bad.push(format!(
+                "to_backend+to_frontend={forwarded} but world saw {} forwarded",
+                self.forwarded
+            ));
         }
         let replies = stats.replies_503 + stats.replies_400 + stats.replies_481;
         if replies != self.generated {
-            bad.push(format!("replies={replies} but world saw {} generated", self.generated));
+            bad.push(format!(
+                "replies={replies} but world saw {} generated",
+                self.generated
+            ));
         }
         if stats.dropped != self.dropped_events {
-            bad.push(format!("dropped={} but {} Dropped events", stats.dropped, self.dropped_events));
+            bad.push(format!(
+                "dropped={} but {} Dropped events",
+                stats.dropped, self.dropped_events
+            ));
         }
         bad
     }
@@ -298,25 +309,47 @@ mod tests {
         let mut a = Affinity::default();
         assert_eq!(a.observe(3, 0, None, |_| true), None);
         assert_eq!(a.observe(3, 0, None, |_| true), None);
-        assert_eq!(a.observe(3, 2, None, |_| true), Some(AffinityBreach::ExpectedUp { expected: 0 }));
+        assert_eq!(
+            a.observe(3, 2, None, |_| true),
+            Some(AffinityBreach::ExpectedUp { expected: 0 })
+        );
         // Owner down: the first backup is accepted, a second different one is not.
         assert_eq!(a.observe(3, 1, None, |_| false), None);
         assert_eq!(a.observe(3, 1, None, |_| false), None);
-        assert_eq!(a.observe(3, 2, None, |_| false), Some(AffinityBreach::SecondBackup { backup: 1 }));
+        assert_eq!(
+            a.observe(3, 2, None, |_| false),
+            Some(AffinityBreach::SecondBackup { backup: 1 })
+        );
         // A tag naming backend 1 (the dialog lives there): 1 is right even with 0 up.
         assert_eq!(a.observe(3, 1, Some(1), |_| true), None);
-        assert_eq!(a.observe(3, 0, Some(1), |_| true), Some(AffinityBreach::ExpectedUp { expected: 1 }));
+        assert_eq!(
+            a.observe(3, 0, Some(1), |_| true),
+            Some(AffinityBreach::ExpectedUp { expected: 1 })
+        );
         assert_eq!(a.owner(3), Some(0));
         assert_eq!(a.violations(), 3);
     }
 
     #[test]
     fn accounting_flags_a_fabricated_loss_and_miscount() {
-        let acct = Accounting { fed: 10, forwarded: 8, generated: 1, dropped_events: 0 };
-        let stats = Stats { frontend_requests_in: 10, to_backend: 8, replies_503: 1, ..Stats::default() };
+        let acct = Accounting {
+            fed: 10,
+            forwarded: 8,
+            generated: 1,
+            dropped_events: 0,
+        };
+        let stats = Stats {
+            frontend_requests_in: 10,
+            to_backend: 8,
+            replies_503: 1,
+            ..Stats::default()
+        };
         assert_eq!(acct.lost(&stats), 1);
         assert!(acct.counter_mismatches(&stats).is_empty());
-        let wrong = Stats { frontend_requests_in: 9, ..stats };
+        let wrong = Stats {
+            frontend_requests_in: 9,
+            ..stats
+        };
         assert_eq!(acct.counter_mismatches(&wrong).len(), 1);
     }
 

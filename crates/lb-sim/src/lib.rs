@@ -131,7 +131,10 @@ pub struct Report {
 impl Report {
     /// Whether every invariant held.
     pub fn is_ok(&self) -> bool {
-        self.violation_count == 0 && self.affinity_violations == 0 && self.lost == 0 && self.trace_error.is_none()
+        self.violation_count == 0
+            && self.affinity_violations == 0
+            && self.lost == 0
+            && self.trace_error.is_none()
     }
 
     /// The digest as 16 hex digits.
@@ -176,9 +179,15 @@ pub fn run(knobs: Knobs, trace: Trace) -> Result<Report, SimError> {
         return Err(SimError::Knobs("instances must be 1..=200"));
     }
     if knobs.backends == 0 || knobs.proxies == 0 || knobs.conns_per_proxy == 0 {
-        return Err(SimError::Knobs("backends, proxies and connections must be at least 1"));
+        return Err(SimError::Knobs(
+            "backends, proxies and connections must be at least 1",
+        ));
     }
-    if knobs.proxies > 60_000 || knobs.calls > u64::from(u32::MAX) || knobs.rate.is_nan() || knobs.rate <= 0.0 {
+    if knobs.proxies > 60_000
+        || knobs.calls > u64::from(u32::MAX)
+        || knobs.rate.is_nan()
+        || knobs.rate <= 0.0
+    {
         return Err(SimError::Knobs("proxies, calls or rate out of range"));
     }
     Ok(world::World::new(knobs, trace)?.run())

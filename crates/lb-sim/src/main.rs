@@ -73,8 +73,17 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     let started = Instant::now();
     let report = lb_sim::run(k, Trace::new(out))?;
     let wall = started.elapsed().as_secs_f64();
-    for v in report.violations.iter().take(if args.verbose { 50 } else { 10 }) {
-        eprintln!("violation t={:.6}s {:?}: {}", v.t_us as f64 / 1e6, v.kind, v.detail);
+    for v in report
+        .violations
+        .iter()
+        .take(if args.verbose { 50 } else { 10 })
+    {
+        eprintln!(
+            "violation t={:.6}s {:?}: {}",
+            v.t_us as f64 / 1e6,
+            v.kind,
+            v.detail
+        );
     }
     let o = report.outcomes;
     eprintln!(
@@ -101,11 +110,18 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         }
     }
     if let Some(p) = &args.plot {
-        let title = format!("lb-sim {} seed={} calls={}", report.scenario, report.seed, report.calls);
+        let title = format!(
+            "lb-sim {} seed={} calls={}",
+            report.scenario, report.seed, report.calls
+        );
         lb_sim::plot::draw(p, &title, &report.samples)?;
     }
     if args.bench {
-        eprintln!("sim_events_per_sec={:.0} wall_s={:.2}", report.events as f64 / wall.max(1e-9), wall);
+        eprintln!(
+            "sim_events_per_sec={:.0} wall_s={:.2}",
+            report.events as f64 / wall.max(1e-9),
+            wall
+        );
     }
     println!("{report}");
     Ok(report.is_ok())

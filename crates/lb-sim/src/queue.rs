@@ -83,7 +83,11 @@ impl<T> EventQueue<T> {
                 (self.parked.len() - 1) as u32
             }
         };
-        self.place(Key { at, seq: self.seq, slot });
+        self.place(Key {
+            at,
+            seq: self.seq,
+            slot,
+        });
     }
 
     fn place(&mut self, key: Key) {
@@ -107,7 +111,11 @@ impl<T> EventQueue<T> {
                     self.cursor = self.cursor.max(k.at >> SHIFT);
                 }
             }
-            while self.far.peek().is_some_and(|k| (k.at >> SHIFT) < self.cursor + SLOTS as u64) {
+            while self
+                .far
+                .peek()
+                .is_some_and(|k| (k.at >> SHIFT) < self.cursor + SLOTS as u64)
+            {
                 let k = self.far.pop().expect("peeked");
                 self.place(k);
             }
@@ -122,7 +130,10 @@ impl<T> EventQueue<T> {
     /// not earlier than anything already in that lane.
     pub(crate) fn push_fifo(&mut self, lane: usize, at: Nanos, ev: T) {
         self.seq += 1;
-        debug_assert!(self.fifos[lane].back().is_none_or(|b| b.0 <= at), "lane deadlines must not go back");
+        debug_assert!(
+            self.fifos[lane].back().is_none_or(|b| b.0 <= at),
+            "lane deadlines must not go back"
+        );
         self.fifos[lane].push_back((at, self.seq, ev));
     }
 
@@ -137,7 +148,9 @@ impl<T> EventQueue<T> {
     /// peek-then-pop would search twice: this is the simulator's innermost loop.
     pub(crate) fn pop_before(&mut self, limit: Option<Nanos>) -> Result<(Nanos, T), Option<Nanos>> {
         self.refill();
-        let Some((at, _, lane)) = self.earliest() else { return Err(None) };
+        let Some((at, _, lane)) = self.earliest() else {
+            return Err(None);
+        };
         if limit.is_some_and(|l| at >= l) {
             return Err(Some(at));
         }
@@ -154,7 +167,10 @@ impl<T> EventQueue<T> {
     /// Events waiting.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.heap.len() + self.in_wheel + self.far.len() + self.fifos.iter().map(VecDeque::len).sum::<usize>()
+        self.heap.len()
+            + self.in_wheel
+            + self.far.len()
+            + self.fifos.iter().map(VecDeque::len).sum::<usize>()
     }
 
     fn earliest(&self) -> Option<(Nanos, u64, Option<usize>)> {
@@ -195,7 +211,16 @@ mod tests {
     #[test]
     fn wheel_and_overflow_keep_exact_order() {
         let mut q = EventQueue::new(0);
-        let times = [500_000_000_000u64, 3, 1 << 20, (1 << 20) + 1, 70_000_000_000, 3, 1, 2 << 20];
+        let times = [
+            500_000_000_000u64,
+            3,
+            1 << 20,
+            (1 << 20) + 1,
+            70_000_000_000,
+            3,
+            1,
+            2 << 20,
+        ];
         for (i, &t) in times.iter().enumerate() {
             q.push(t, i);
         }

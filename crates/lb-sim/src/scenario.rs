@@ -20,7 +20,12 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, for tests and help texts.
-    pub const ALL: [Scenario; 4] = [Scenario::Storm, Scenario::Expiry, Scenario::Failover, Scenario::Scale];
+    pub const ALL: [Scenario; 4] = [
+        Scenario::Storm,
+        Scenario::Expiry,
+        Scenario::Failover,
+        Scenario::Scale,
+    ];
 
     /// The name used on the command line and in the result line.
     pub fn name(self) -> &'static str {
@@ -48,7 +53,10 @@ impl FromStr for Scenario {
     type Err = UnknownScenario;
 
     fn from_str(s: &str) -> Result<Scenario, UnknownScenario> {
-        Scenario::ALL.into_iter().find(|x| x.name() == s).ok_or_else(|| UnknownScenario(s.to_owned()))
+        Scenario::ALL
+            .into_iter()
+            .find(|x| x.name() == s)
+            .ok_or_else(|| UnknownScenario(s.to_owned()))
     }
 }
 
@@ -64,7 +72,10 @@ pub struct Span {
 impl Span {
     /// `[lo_ms, hi_ms]` in milliseconds.
     pub const fn ms(lo_ms: u64, hi_ms: u64) -> Span {
-        Span { lo: Duration::from_millis(lo_ms), hi: Duration::from_millis(hi_ms) }
+        Span {
+            lo: Duration::from_millis(lo_ms),
+            hi: Duration::from_millis(hi_ms),
+        }
     }
 }
 
@@ -175,7 +186,11 @@ impl Knobs {
             table_capacity: 1_000_000,
         };
         match scenario {
-            Scenario::Storm => Knobs { rate: 2_000.0, calls: 100_000, ..base },
+            Scenario::Storm => Knobs {
+                rate: 2_000.0,
+                calls: 100_000,
+                ..base
+            },
             Scenario::Expiry => Knobs {
                 calls: 3_000,
                 rate: 20.0,
@@ -185,7 +200,12 @@ impl Knobs {
                 trying_delay: Span::ms(50, 700),
                 ..base
             },
-            Scenario::Failover => Knobs { calls: 20_000, rate: 400.0, ..base }.with_default_outage(),
+            Scenario::Failover => Knobs {
+                calls: 20_000,
+                rate: 400.0,
+                ..base
+            }
+            .with_default_outage(),
             Scenario::Scale => Knobs {
                 calls: 20_000,
                 rate: 600.0,
@@ -205,9 +225,19 @@ impl Knobs {
         if self.scenario == Scenario::Failover {
             let arrivals = self.calls as f64 / self.rate.max(0.001);
             let at = |f: f64| Duration::from_secs_f64(arrivals * f);
-            self.outages = vec![Outage { backend: 1 % self.backends.max(1), at: at(1.0 / 3.0), until: at(2.0 / 3.0), silent: false }];
+            self.outages = vec![Outage {
+                backend: 1 % self.backends.max(1),
+                at: at(1.0 / 3.0),
+                until: at(2.0 / 3.0),
+                silent: false,
+            }];
             if self.backends >= 3 {
-                self.outages.push(Outage { backend: 2, at: at(0.5), until: at(0.6), silent: true });
+                self.outages.push(Outage {
+                    backend: 2,
+                    at: at(0.5),
+                    until: at(0.6),
+                    silent: true,
+                });
             }
         }
         self

@@ -133,7 +133,14 @@ pub fn summarize(msg: &[u8]) -> Option<Summary> {
     let sp = memchr::memchr(b' ', cseq_v)?;
     let cseq = parse_u64(&cseq_v[..sp]).and_then(|n| u32::try_from(n).ok())?;
     let cseq_method = Method::parse(trim(&cseq_v[sp + 1..]));
-    Some(Summary { kind, call, cseq, cseq_method, has_to_tag, len: msg.len() })
+    Some(Summary {
+        kind,
+        call,
+        cseq,
+        cseq_method,
+        has_to_tag,
+        len: msg.len(),
+    })
 }
 
 /// The call number inside a Call-ID `N@sim`.
@@ -178,13 +185,19 @@ impl<'a> Iterator for Headers<'a> {
         let line = &rest[..end + 2];
         self.pos += end + 2;
         let colon = memchr::memchr(b':', line)?;
-        Some(Header { name: trim(&line[..colon]), value: trim(&line[colon + 1..end]), line })
+        Some(Header {
+            name: trim(&line[..colon]),
+            value: trim(&line[colon + 1..end]),
+            line,
+        })
     }
 }
 
 /// The value of the first header called `name` (ASCII case-insensitive).
 pub fn header_value<'a>(msg: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
-    headers(msg).find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value)
+    headers(msg)
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.value)
 }
 
 /// The URIs (between `<` and `>`) of every Record-Route entry, in order.
@@ -209,9 +222,15 @@ pub fn param<'a>(v: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     while let Some(off) = memchr::memchr(b';', &v[i..]) {
         let s = i + off + 1;
         let rest = &v[s..];
-        if rest.len() > name.len() && rest[..name.len()].eq_ignore_ascii_case(name) && rest[name.len()] == b'=' {
+        if rest.len() > name.len()
+            && rest[..name.len()].eq_ignore_ascii_case(name)
+            && rest[name.len()] == b'='
+        {
             let val = &rest[name.len() + 1..];
-            let end = val.iter().position(|c| matches!(c, b';' | b'>' | b',' | b' ')).unwrap_or(val.len());
+            let end = val
+                .iter()
+                .position(|c| matches!(c, b';' | b'>' | b',' | b' '))
+                .unwrap_or(val.len());
             return Some(&val[..end]);
         }
         i = s;
@@ -270,12 +289,19 @@ pub fn find_crlf(b: &[u8]) -> Option<usize> {
 }
 
 /// Built once: building a searcher per call would dominate the simulator's profile.
-static CRLFCRLF: LazyLock<memchr::memmem::Finder<'static>> = LazyLock::new(|| memchr::memmem::Finder::new(b"\r\n\r\n"));
+static CRLFCRLF: LazyLock<memchr::memmem::Finder<'static>> =
+    LazyLock::new(|| memchr::memmem::Finder::new(b"\r\n\r\n"));
 
 /// Strips ASCII spaces and tabs at both ends.
 pub fn trim(s: &[u8]) -> &[u8] {
-    let a = s.iter().position(|c| !matches!(c, b' ' | b'\t')).unwrap_or(s.len());
-    let b = s.iter().rposition(|c| !matches!(c, b' ' | b'\t')).map_or(a, |i| i + 1);
+    let a = s
+        .iter()
+        .position(|c| !matches!(c, b' ' | b'\t'))
+        .unwrap_or(s.len());
+    let b = s
+        .iter()
+        .rposition(|c| !matches!(c, b' ' | b'\t'))
+        .map_or(a, |i| i + 1);
     &s[a..b]
 }
 
@@ -301,9 +327,18 @@ mod tests {
     #[test]
     fn reads_record_routes_and_params() {
         let rr: Vec<&[u8]> = record_routes(INVITE).collect();
-        assert_eq!(rr, vec![&b"sip:lb:5060;transport=tcp;lr;lb=0.1.abc"[..], &b"sip:p;lr"[..]]);
+        assert_eq!(
+            rr,
+            vec![
+                &b"sip:lb:5060;transport=tcp;lr;lb=0.1.abc"[..],
+                &b"sip:p;lr"[..]
+            ]
+        );
         assert_eq!(param(rr[0], b"lb"), Some(&b"0.1.abc"[..]));
-        assert_eq!(param(header_value(INVITE, b"Via").unwrap(), b"branch"), Some(&b"z9hG4bKp1.1"[..]));
+        assert_eq!(
+            param(header_value(INVITE, b"Via").unwrap(), b"branch"),
+            Some(&b"z9hG4bKp1.1"[..])
+        );
         let mut b = BytesMut::new();
         put_u64(&mut b, 0);
         put_u64(&mut b, 1234567);

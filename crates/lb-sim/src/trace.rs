@@ -67,14 +67,22 @@ pub struct Trace {
 
 impl std::fmt::Debug for Trace {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Trace").field("digest", &self.digest).field("events", &self.events).finish()
+        f.debug_struct("Trace")
+            .field("digest", &self.digest)
+            .field("events", &self.events)
+            .finish()
     }
 }
 
 impl Trace {
     /// A trace that only digests; give `out` to also write JSON lines.
     pub fn new(out: Option<Box<dyn Write>>) -> Trace {
-        Trace { digest: FNV_OFFSET, events: 0, out, error: None }
+        Trace {
+            digest: FNV_OFFSET,
+            events: 0,
+            out,
+            error: None,
+        }
     }
 
     /// Records one event.
@@ -139,7 +147,9 @@ pub fn hash_bytes(bytes: &[u8]) -> u64 {
     for c in &mut chunks {
         let mut w = [0u8; 8];
         w.copy_from_slice(c);
-        h = (h ^ u64::from_le_bytes(w)).wrapping_mul(MIX).rotate_left(29);
+        h = (h ^ u64::from_le_bytes(w))
+            .wrapping_mul(MIX)
+            .rotate_left(29);
     }
     for &b in chunks.remainder() {
         h = (h ^ u64::from(b)).wrapping_mul(FNV_PRIME);

@@ -54,15 +54,35 @@ pub(crate) enum UaTimer {
 /// Caller → proxy datagrams.
 #[derive(Debug)]
 pub(crate) enum UaOut {
-    Req { method: Method, tx: u32, cseq: u32, dialog: bool, to_tag: bool, initial: bool },
-    ByeOk { lb: u8, conn: ConnId, bye: Bytes },
+    Req {
+        method: Method,
+        tx: u32,
+        cseq: u32,
+        dialog: bool,
+        to_tag: bool,
+        initial: bool,
+    },
+    ByeOk {
+        lb: u8,
+        conn: ConnId,
+        bye: Bytes,
+    },
 }
 
 /// Proxy → caller datagrams.
 #[derive(Debug)]
 pub(crate) enum ToUa {
-    Resp { status: u16, method: Method, cseq: u32, dialog: Option<Box<DialogInfo>> },
-    Bye { lb: u8, conn: ConnId, bye: Bytes },
+    Resp {
+        status: u16,
+        method: Method,
+        cseq: u32,
+        dialog: Option<Box<DialogInfo>>,
+    },
+    Bye {
+        lb: u8,
+        conn: ConnId,
+        bye: Bytes,
+    },
 }
 
 /// What a final response tells the caller about the dialog.
@@ -169,7 +189,12 @@ impl World {
         self.calls.push(Call {
             home,
             outcome: outcome::NONE,
-            active: Some(Box::new(Active { plan, proxy, ua: UaState::new(), be: Default::default() })),
+            active: Some(Box::new(Active {
+                plan,
+                proxy,
+                ua: UaState::new(),
+                be: Default::default(),
+            })),
         });
         self.n.active_calls += 1;
         self.trace.record(TraceEvent {
@@ -184,7 +209,14 @@ impl World {
         });
         self.ua_invite(idx, false);
         if let Some(c) = plan.cancel_after {
-            self.after(c, Ev::UaTimer { call: idx, timer: UaTimer::Cancel, gen: 0 });
+            self.after(
+                c,
+                Ev::UaTimer {
+                    call: idx,
+                    timer: UaTimer::Cancel,
+                    gen: 0,
+                },
+            );
         }
         if u64::from(idx) + 1 < self.k.calls {
             let u: f64 = self.rng.random();
@@ -195,26 +227,54 @@ impl World {
 
     fn make_plan(&mut self) -> Plan {
         let k = &self.k;
-        let (ring_s, ans_s, long_ring, talk_s, long_talk) = (k.ring_delay, k.answer_delay, k.long_ring, k.talk, k.long_talk);
-        let (lrf, cf, lf, bhf) = (k.long_ring_fraction, k.cancel_fraction, k.long_fraction, k.backend_hangup_fraction);
+        let (ring_s, ans_s, long_ring, talk_s, long_talk) = (
+            k.ring_delay,
+            k.answer_delay,
+            k.long_ring,
+            k.talk,
+            k.long_talk,
+        );
+        let (lrf, cf, lf, bhf) = (
+            k.long_ring_fraction,
+            k.cancel_fraction,
+            k.long_fraction,
+            k.backend_hangup_fraction,
+        );
         let ring = self.draw(ring_s);
         let r: f64 = self.rng.random();
         let (answer, cancel_after) = if r < lrf {
             (None, Some(self.draw(long_ring)))
         } else if r < lrf + cf {
             let a = self.draw(ans_s);
-            let c = self.draw(crate::scenario::Span { lo: Duration::ZERO, hi: a });
+            let c = self.draw(crate::scenario::Span {
+                lo: Duration::ZERO,
+                hi: a,
+            });
             (Some(a), Some(ring + c))
         } else {
             (Some(self.draw(ans_s)), None)
         };
-        let talk = if self.chance(lf) { self.draw(long_talk) } else { self.draw(talk_s) };
+        let talk = if self.chance(lf) {
+            self.draw(long_talk)
+        } else {
+            self.draw(talk_s)
+        };
         let backend_hangup = self.chance(bhf);
-        Plan { ring, answer, cancel_after, talk, backend_hangup }
+        Plan {
+            ring,
+            answer,
+            cancel_after,
+            talk,
+            backend_hangup,
+        }
     }
 
     fn ua(&mut self, call: u32) -> Option<&mut UaState> {
-        self.calls.get_mut(call as usize)?.active.as_mut().map(|a| &mut a.ua)
+        self.calls
+            .get_mut(call as usize)?
+            .active
+            .as_mut()
+            .map(|a| &mut a.ua)
     }
 
     /// Starts an INVITE client transaction (initial or re-INVITE).
@@ -222,17 +282,45 @@ impl World {
         let Some(ua) = self.ua(call) else { return };
         let tx = ua.tx();
         let cseq = ua.cseq();
-        ua.inv = Some(Tx { method: Method::Invite, tx, cseq, interval: T1, proceeding: false, reinvite });
+        ua.inv = Some(Tx {
+            method: Method::Invite,
+            tx,
+            cseq,
+            interval: T1,
+            proceeding: false,
+            reinvite,
+        });
         ua.inv_gen += 1;
         let gen = ua.inv_gen;
         if !reinvite {
             ua.initial_tx = tx;
             ua.initial_cseq = cseq;
         }
-        let msg = UaOut::Req { method: Method::Invite, tx, cseq, dialog: reinvite, to_tag: reinvite, initial: !reinvite };
+        let msg = UaOut::Req {
+            method: Method::Invite,
+            tx,
+            cseq,
+            dialog: reinvite,
+            to_tag: reinvite,
+            initial: !reinvite,
+        };
         self.udp(Ev::UdpToProxy { call, msg });
-        self.after(T1, Ev::UaTimer { call, timer: UaTimer::A, gen });
-        self.after_fixed(Lane::Timer64T1, Ev::UaTimer { call, timer: UaTimer::B, gen });
+        self.after(
+            T1,
+            Ev::UaTimer {
+                call,
+                timer: UaTimer::A,
+                gen,
+            },
+        );
+        self.after_fixed(
+            Lane::Timer64T1,
+            Ev::UaTimer {
+                call,
+                timer: UaTimer::B,
+                gen,
+            },
+        );
     }
 
     /// Starts a non-INVITE client transaction (BYE or CANCEL).
@@ -245,32 +333,88 @@ impl World {
             ua.phase = Phase::Terminating;
             (ua.tx(), ua.cseq())
         };
-        ua.ni = Some(Tx { method, tx, cseq, interval: T1, proceeding: false, reinvite: false });
+        ua.ni = Some(Tx {
+            method,
+            tx,
+            cseq,
+            interval: T1,
+            proceeding: false,
+            reinvite: false,
+        });
         ua.ni_gen += 1;
         let gen = ua.ni_gen;
         let dialog = method == Method::Bye;
-        let msg = UaOut::Req { method, tx, cseq, dialog, to_tag: dialog, initial: false };
+        let msg = UaOut::Req {
+            method,
+            tx,
+            cseq,
+            dialog,
+            to_tag: dialog,
+            initial: false,
+        };
         self.udp(Ev::UdpToProxy { call, msg });
-        self.after(T1, Ev::UaTimer { call, timer: UaTimer::E, gen });
-        self.after_fixed(Lane::Timer64T1, Ev::UaTimer { call, timer: UaTimer::F, gen });
+        self.after(
+            T1,
+            Ev::UaTimer {
+                call,
+                timer: UaTimer::E,
+                gen,
+            },
+        );
+        self.after_fixed(
+            Lane::Timer64T1,
+            Ev::UaTimer {
+                call,
+                timer: UaTimer::F,
+                gen,
+            },
+        );
     }
 
     pub(crate) fn ua_timer(&mut self, call: u32, timer: UaTimer, gen: u32) {
-        let Some(a) = self.calls.get_mut(call as usize).and_then(|c| c.active.as_mut()) else { return };
+        let Some(a) = self
+            .calls
+            .get_mut(call as usize)
+            .and_then(|c| c.active.as_mut())
+        else {
+            return;
+        };
         let plan = a.plan;
         let ua = &mut a.ua;
         match timer {
             UaTimer::A => {
-                let Some(tx) = ua.inv.as_mut().filter(|t| gen == ua.inv_gen && !t.proceeding) else { return };
+                let Some(tx) = ua
+                    .inv
+                    .as_mut()
+                    .filter(|t| gen == ua.inv_gen && !t.proceeding)
+                else {
+                    return;
+                };
                 tx.interval *= 2;
                 let (t, next) = (*tx, tx.interval);
-                let msg = UaOut::Req { method: Method::Invite, tx: t.tx, cseq: t.cseq, dialog: t.reinvite, to_tag: t.reinvite, initial: !t.reinvite };
+                let msg = UaOut::Req {
+                    method: Method::Invite,
+                    tx: t.tx,
+                    cseq: t.cseq,
+                    dialog: t.reinvite,
+                    to_tag: t.reinvite,
+                    initial: !t.reinvite,
+                };
                 self.n.retransmissions += 1;
                 self.udp(Ev::UdpToProxy { call, msg });
-                self.after(next, Ev::UaTimer { call, timer: UaTimer::A, gen });
+                self.after(
+                    next,
+                    Ev::UaTimer {
+                        call,
+                        timer: UaTimer::A,
+                        gen,
+                    },
+                );
             }
             UaTimer::B => {
-                let Some(tx) = ua.inv.filter(|t| gen == ua.inv_gen && !t.proceeding) else { return };
+                let Some(tx) = ua.inv.filter(|t| gen == ua.inv_gen && !t.proceeding) else {
+                    return;
+                };
                 ua.inv = None;
                 ua.inv_gen += 1;
                 if tx.reinvite {
@@ -280,17 +424,39 @@ impl World {
                 }
             }
             UaTimer::E => {
-                let Some(tx) = ua.ni.as_mut().filter(|_| gen == ua.ni_gen) else { return };
-                tx.interval = if tx.proceeding { T2 } else { (tx.interval * 2).min(T2) };
+                let Some(tx) = ua.ni.as_mut().filter(|_| gen == ua.ni_gen) else {
+                    return;
+                };
+                tx.interval = if tx.proceeding {
+                    T2
+                } else {
+                    (tx.interval * 2).min(T2)
+                };
                 let (t, next) = (*tx, tx.interval);
                 let dialog = t.method == Method::Bye;
-                let msg = UaOut::Req { method: t.method, tx: t.tx, cseq: t.cseq, dialog, to_tag: dialog, initial: false };
+                let msg = UaOut::Req {
+                    method: t.method,
+                    tx: t.tx,
+                    cseq: t.cseq,
+                    dialog,
+                    to_tag: dialog,
+                    initial: false,
+                };
                 self.n.retransmissions += 1;
                 self.udp(Ev::UdpToProxy { call, msg });
-                self.after(next, Ev::UaTimer { call, timer: UaTimer::E, gen });
+                self.after(
+                    next,
+                    Ev::UaTimer {
+                        call,
+                        timer: UaTimer::E,
+                        gen,
+                    },
+                );
             }
             UaTimer::F => {
-                let Some(tx) = ua.ni.filter(|_| gen == ua.ni_gen) else { return };
+                let Some(tx) = ua.ni.filter(|_| gen == ua.ni_gen) else {
+                    return;
+                };
                 ua.ni = None;
                 ua.ni_gen += 1;
                 if tx.method == Method::Bye {
@@ -308,7 +474,14 @@ impl World {
                         self.ua_invite(call, true);
                     }
                     if let Some(every) = self.k.reinvite_every {
-                        self.after(every, Ev::UaTimer { call, timer: UaTimer::Reinvite, gen });
+                        self.after(
+                            every,
+                            Ev::UaTimer {
+                                call,
+                                timer: UaTimer::Reinvite,
+                                gen,
+                            },
+                        );
                     }
                 }
             }
@@ -337,27 +510,57 @@ impl World {
         match msg {
             ToUa::Bye { lb, conn, bye } => {
                 // Always answer, even a retransmission or after the call is gone (RFC 3261 §15.1.2).
-                self.udp(Ev::UdpToProxy { call, msg: UaOut::ByeOk { lb, conn, bye } });
+                self.udp(Ev::UdpToProxy {
+                    call,
+                    msg: UaOut::ByeOk { lb, conn, bye },
+                });
                 let phase = self.ua(call).map(|u| u.phase);
                 if matches!(phase, Some(Phase::Confirmed | Phase::Terminating)) {
                     self.ua_done(call, outcome::COMPLETED);
                 }
             }
-            ToUa::Resp { status, method, cseq, dialog } => self.ua_response(call, status, method, cseq, dialog),
+            ToUa::Resp {
+                status,
+                method,
+                cseq,
+                dialog,
+            } => self.ua_response(call, status, method, cseq, dialog),
         }
     }
 
-    fn ua_response(&mut self, call: u32, status: u16, method: Method, cseq: u32, dialog: Option<Box<DialogInfo>>) {
-        let Some(a) = self.calls.get_mut(call as usize).and_then(|c| c.active.as_mut()) else { return };
+    fn ua_response(
+        &mut self,
+        call: u32,
+        status: u16,
+        method: Method,
+        cseq: u32,
+        dialog: Option<Box<DialogInfo>>,
+    ) {
+        let Some(a) = self
+            .calls
+            .get_mut(call as usize)
+            .and_then(|c| c.active.as_mut())
+        else {
+            return;
+        };
         let plan = a.plan;
         let ua = &mut a.ua;
         match method {
             Method::Invite => {
                 let Some(tx) = ua.inv.as_mut().filter(|t| t.cseq == cseq) else {
                     // A retransmitted 2xx (our ACK was lost): ACK it again (RFC 3261 §13.2.2.4).
-                    if (200..300).contains(&status) && matches!(ua.phase, Phase::Confirmed | Phase::Terminating) {
+                    if (200..300).contains(&status)
+                        && matches!(ua.phase, Phase::Confirmed | Phase::Terminating)
+                    {
                         let tx = ua.tx();
-                        let msg = UaOut::Req { method: Method::Ack, tx, cseq, dialog: true, to_tag: true, initial: false };
+                        let msg = UaOut::Req {
+                            method: Method::Ack,
+                            tx,
+                            cseq,
+                            dialog: true,
+                            to_tag: true,
+                            initial: false,
+                        };
                         self.udp(Ev::UdpToProxy { call, msg });
                     }
                     return;
@@ -369,7 +572,14 @@ impl World {
                             ua.phase = Phase::Proceeding;
                             let gen = ua.inv_gen;
                             let pending = ua.cancel_pending;
-                            self.after_fixed(Lane::Guard, Ev::UaTimer { call, timer: UaTimer::Guard, gen });
+                            self.after_fixed(
+                                Lane::Guard,
+                                Ev::UaTimer {
+                                    call,
+                                    timer: UaTimer::Guard,
+                                    gen,
+                                },
+                            );
                             if pending {
                                 self.ua_non_invite(call, Method::Cancel);
                             }
@@ -390,7 +600,14 @@ impl World {
                     let ack_tx = ua.tx();
                     let cancelled = ua.cancel_sent || ua.cancel_pending;
                     let gen = ua.dlg_gen;
-                    let msg = UaOut::Req { method: Method::Ack, tx: ack_tx, cseq, dialog: true, to_tag: true, initial: false };
+                    let msg = UaOut::Req {
+                        method: Method::Ack,
+                        tx: ack_tx,
+                        cseq,
+                        dialog: true,
+                        to_tag: true,
+                        initial: false,
+                    };
                     self.udp(Ev::UdpToProxy { call, msg });
                     if t.reinvite {
                         return;
@@ -400,20 +617,49 @@ impl World {
                         self.ua_non_invite(call, Method::Bye);
                         return;
                     }
-                    let hangup = if plan.backend_hangup { plan.talk + HANGUP_FALLBACK } else { plan.talk };
-                    self.after(hangup, Ev::UaTimer { call, timer: UaTimer::Hangup, gen });
+                    let hangup = if plan.backend_hangup {
+                        plan.talk + HANGUP_FALLBACK
+                    } else {
+                        plan.talk
+                    };
+                    self.after(
+                        hangup,
+                        Ev::UaTimer {
+                            call,
+                            timer: UaTimer::Hangup,
+                            gen,
+                        },
+                    );
                     if let Some(every) = self.k.reinvite_every {
-                        self.after(every, Ev::UaTimer { call, timer: UaTimer::Reinvite, gen });
+                        self.after(
+                            every,
+                            Ev::UaTimer {
+                                call,
+                                timer: UaTimer::Reinvite,
+                                gen,
+                            },
+                        );
                     }
                 } else {
                     if let Some(d) = dialog {
                         ua.dialog.to_tag = d.to_tag;
                     }
                     // ACK of a non-2xx: same branch as the INVITE, hop by hop (§17.1.1.3).
-                    let msg = UaOut::Req { method: Method::Ack, tx: t.tx, cseq, dialog: t.reinvite, to_tag: true, initial: false };
+                    let msg = UaOut::Req {
+                        method: Method::Ack,
+                        tx: t.tx,
+                        cseq,
+                        dialog: t.reinvite,
+                        to_tag: true,
+                        initial: false,
+                    };
                     self.udp(Ev::UdpToProxy { call, msg });
                     if !t.reinvite {
-                        let o = if status == 487 { outcome::CANCELLED } else { outcome::REJECTED };
+                        let o = if status == 487 {
+                            outcome::CANCELLED
+                        } else {
+                            outcome::REJECTED
+                        };
                         self.ua_done(call, o);
                     }
                 }
@@ -438,7 +684,9 @@ impl World {
     }
 
     fn ua_done(&mut self, call: u32, o: u8) {
-        let Some(c) = self.calls.get_mut(call as usize) else { return };
+        let Some(c) = self.calls.get_mut(call as usize) else {
+            return;
+        };
         let Some(a) = c.active.as_mut() else { return };
         if a.ua.phase == Phase::Done {
             return;
@@ -468,15 +716,45 @@ impl World {
 
     pub(crate) fn proxy_from_ua(&mut self, call: u32, msg: UaOut) {
         match msg {
-            UaOut::Req { method, tx, cseq, dialog, to_tag, initial } => {
-                let Some(a) = self.calls.get(call as usize).and_then(|c| c.active.as_ref()) else { return };
+            UaOut::Req {
+                method,
+                tx,
+                cseq,
+                dialog,
+                to_tag,
+                initial,
+            } => {
+                let Some(a) = self
+                    .calls
+                    .get(call as usize)
+                    .and_then(|c| c.active.as_ref())
+                else {
+                    return;
+                };
                 let proxy = a.proxy;
                 let Some((i, conn)) = self.proxy_pick(call, proxy, dialog) else {
                     self.n.tcp_lost += 1;
                     return;
                 };
-                let Some(a) = self.calls.get(call as usize).and_then(|c| c.active.as_ref()) else { return };
-                write_request(&mut self.out, &a.ua.dialog, proxy, call, method, tx, cseq, dialog, to_tag, initial);
+                let Some(a) = self
+                    .calls
+                    .get(call as usize)
+                    .and_then(|c| c.active.as_ref())
+                else {
+                    return;
+                };
+                write_request(
+                    &mut self.out,
+                    &a.ua.dialog,
+                    proxy,
+                    call,
+                    method,
+                    tx,
+                    cseq,
+                    dialog,
+                    to_tag,
+                    initial,
+                );
                 let bytes = self.out.split();
                 reserve(&mut self.out);
                 self.send_to_lb(i, conn, bytes, call, method.code());
@@ -495,22 +773,46 @@ impl World {
     fn proxy_pick(&mut self, call: u32, proxy: u16, dialog: bool) -> Option<(usize, ConnId)> {
         let kc = self.k.conns_per_proxy;
         let (i, k0) = if dialog && self.k.spread_in_dialog {
-            (self.rng.random_range(0..self.k.instances), self.rng.random_range(0..kc))
+            (
+                self.rng.random_range(0..self.k.instances),
+                self.rng.random_range(0..kc),
+            )
         } else {
-            (usize::from(self.calls[call as usize].home), call as usize % kc)
+            (
+                usize::from(self.calls[call as usize].home),
+                call as usize % kc,
+            )
         };
         let conns = &self.proxies[usize::from(proxy)].conns[i];
         (0..kc).find_map(|d| conns[(k0 + d) % kc]).map(|c| (i, c))
     }
 
     pub(crate) fn proxy_from_lb(&mut self, lb: u8, conn: ConnId, bytes: Bytes, s: Summary) {
-        let Some(call) = s.call.and_then(|c| u32::try_from(c).ok()) else { return };
+        let Some(call) = s.call.and_then(|c| u32::try_from(c).ok()) else {
+            return;
+        };
         match s.kind {
             Kind::Response(status) => {
-                let dialog = (status >= 200 && s.cseq_method == Method::Invite).then(|| Box::new(dialog_info(&bytes)));
-                self.udp(Ev::UdpToUa { call, msg: ToUa::Resp { status, method: s.cseq_method, cseq: s.cseq, dialog } });
+                let dialog = (status >= 200 && s.cseq_method == Method::Invite)
+                    .then(|| Box::new(dialog_info(&bytes)));
+                self.udp(Ev::UdpToUa {
+                    call,
+                    msg: ToUa::Resp {
+                        status,
+                        method: s.cseq_method,
+                        cseq: s.cseq,
+                        dialog,
+                    },
+                });
             }
-            Kind::Request(Method::Bye) => self.udp(Ev::UdpToUa { call, msg: ToUa::Bye { lb, conn, bye: bytes } }),
+            Kind::Request(Method::Bye) => self.udp(Ev::UdpToUa {
+                call,
+                msg: ToUa::Bye {
+                    lb,
+                    conn,
+                    bye: bytes,
+                },
+            }),
             Kind::Request(_) => {}
         }
     }
@@ -621,7 +923,10 @@ fn write_request(
 fn write_bye_ok(out: &mut bytes::BytesMut, bye: &[u8]) {
     out.extend_from_slice(b"SIP/2.0 200 OK\r\n");
     for h in sip::headers(bye) {
-        if [&b"Via"[..], b"From", b"To", b"Call-ID", b"CSeq"].iter().any(|n| h.name.eq_ignore_ascii_case(n)) {
+        if [&b"Via"[..], b"From", b"To", b"Call-ID", b"CSeq"]
+            .iter()
+            .any(|n| h.name.eq_ignore_ascii_case(n))
+        {
             out.extend_from_slice(h.line);
         }
     }

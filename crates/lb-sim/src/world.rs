@@ -9,11 +9,14 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use lb_core::{Balancer, BackendConfig, CloseReason, Config, ConnId, Event, Input, Limits, ListenerId, Output, TagKey};
+use lb_core::{
+    BackendConfig, Balancer, CloseReason, Config, ConnId, Event, Input, Limits, ListenerId, Output,
+    TagKey,
+};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use crate::backend::{BackendTimer, BeState, Backend};
+use crate::backend::{Backend, BackendTimer, BeState};
 use crate::invariants::{Accounting, Affinity, TableModel, Violation, ViolationKind};
 use crate::scenario::{Knobs, Span};
 use crate::sip::{self, Kind, Method, Summary};
@@ -21,26 +24,74 @@ use crate::trace::{hash_bytes, Trace, TraceEvent, TraceKind};
 use crate::ua::{Plan, ToUa, UaOut, UaState, UaTimer};
 use crate::{Report, Sample};
 
-pub(crate) use crate::queue::Nanos;
 use crate::queue::EventQueue;
+pub(crate) use crate::queue::Nanos;
 
 /// Something scheduled to happen.
 #[derive(Debug)]
 pub(crate) enum Ev {
     CallArrival,
-    UaTimer { call: u32, timer: UaTimer, gen: u32 },
-    UdpToProxy { call: u32, msg: UaOut },
-    UdpToUa { call: u32, msg: ToUa },
+    UaTimer {
+        call: u32,
+        timer: UaTimer,
+        gen: u32,
+    },
+    UdpToProxy {
+        call: u32,
+        msg: UaOut,
+    },
+    UdpToUa {
+        call: u32,
+        msg: ToUa,
+    },
     /// `call` and `code` are what the sender wrote (for the trace, without parsing again).
-    TcpToLb { lb: u8, conn: ConnId, bytes: BytesMut, call: u32, code: u16 },
-    TcpToBackend { lb: u8, conn: ConnId, backend: u16, bytes: Bytes, summary: Summary },
-    TcpToProxy { lb: u8, conn: ConnId, bytes: Bytes, summary: Summary },
-    ConnectResult { lb: u8, conn: ConnId },
-    FeedClosed { lb: u8, conn: ConnId, reason: CloseReason },
-    BackendTimer { call: u32, timer: BackendTimer, gen: u32 },
-    Outage { backend: u16, down: bool, silent: bool },
-    ProxyReconnect { proxy: u16, lb: u8, k: u16 },
-    Reap { call: u32 },
+    TcpToLb {
+        lb: u8,
+        conn: ConnId,
+        bytes: BytesMut,
+        call: u32,
+        code: u16,
+    },
+    TcpToBackend {
+        lb: u8,
+        conn: ConnId,
+        backend: u16,
+        bytes: Bytes,
+        summary: Summary,
+    },
+    TcpToProxy {
+        lb: u8,
+        conn: ConnId,
+        bytes: Bytes,
+        summary: Summary,
+    },
+    ConnectResult {
+        lb: u8,
+        conn: ConnId,
+    },
+    FeedClosed {
+        lb: u8,
+        conn: ConnId,
+        reason: CloseReason,
+    },
+    BackendTimer {
+        call: u32,
+        timer: BackendTimer,
+        gen: u32,
+    },
+    Outage {
+        backend: u16,
+        down: bool,
+        silent: bool,
+    },
+    ProxyReconnect {
+        proxy: u16,
+        lb: u8,
+        k: u16,
+    },
+    Reap {
+        call: u32,
+    },
     Sample,
 }
 
@@ -132,12 +183,23 @@ impl World {
         let base = Instant::now();
         let mut rng = SmallRng::seed_from_u64(k.seed);
         let cfg = Config {
-            listeners: vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 9, 0, 1)), 5060)],
-            backends: (0..k.backends).map(|b| BackendConfig::plain(backend_addr(b))).collect(),
-            tag_keys: vec![TagKey { id: 1, secret: TAG_SECRET.to_vec() }],
+            listeners: vec![SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::new(10, 9, 0, 1)),
+                5060,
+            )],
+            backends: (0..k.backends)
+                .map(|b| BackendConfig::plain(backend_addr(b)))
+                .collect(),
+            tag_keys: vec![TagKey {
+                id: 1,
+                secret: TAG_SECRET.to_vec(),
+            }],
             window: k.window,
             ringing_max: k.ringing_max,
-            limits: Limits { table_capacity: k.table_capacity, ..Limits::default() },
+            limits: Limits {
+                table_capacity: k.table_capacity,
+                ..Limits::default()
+            },
             ..Config::default()
         };
         let valid = cfg.validate()?;
@@ -145,7 +207,11 @@ impl World {
         for i in 0..k.instances {
             let seed = k.seed ^ (0x9e37_79b9_7f4a_7c15u64.wrapping_mul(i as u64 + 1));
             let core = Balancer::new(valid.clone(), seed, base);
-            let listener = core.listeners().next().map(|(l, _)| l).expect("validated: one listener");
+            let listener = core
+                .listeners()
+                .next()
+                .map(|(l, _)| l)
+                .expect("validated: one listener");
             lbs.push(LbInst {
                 core,
                 listener,
@@ -161,7 +227,9 @@ impl World {
             .map(|_| Backend::new(draw(&mut rng, k.trying_delay)))
             .collect();
         let proxies = (0..k.proxies)
-            .map(|_| Proxy { conns: vec![vec![None; k.conns_per_proxy]; k.instances] })
+            .map(|_| Proxy {
+                conns: vec![vec![None; k.conns_per_proxy]; k.instances],
+            })
             .collect();
         let window_us = k.window.as_micros() as u64;
         let ringing_max_us = k.ringing_max.as_micros() as u64;
@@ -187,7 +255,6 @@ impl World {
             steps: 0,
             window_us,
             ringing_max_us,
-
         };
         for i in 0..w.lbs.len() {
             w.drain(i);
@@ -201,8 +268,22 @@ impl World {
         }
         for o in w.k.outages.clone() {
             let (backend, silent) = (o.backend as u16, o.silent);
-            w.at(o.at.as_nanos() as u64, Ev::Outage { backend, down: true, silent });
-            w.at(o.until.as_nanos() as u64, Ev::Outage { backend, down: false, silent });
+            w.at(
+                o.at.as_nanos() as u64,
+                Ev::Outage {
+                    backend,
+                    down: true,
+                    silent,
+                },
+            );
+            w.at(
+                o.until.as_nanos() as u64,
+                Ev::Outage {
+                    backend,
+                    down: false,
+                    silent,
+                },
+            );
         }
         w.at(0, Ev::CallArrival);
         w.at(SAMPLE_EVERY, Ev::Sample);
@@ -216,7 +297,10 @@ impl World {
         loop {
             self.steps += 1;
             if self.steps > step_limit {
-                self.violate(ViolationKind::StepLimit, format!("step limit {step_limit} reached"));
+                self.violate(
+                    ViolationKind::StepLimit,
+                    format!("step limit {step_limit} reached"),
+                );
                 break;
             }
             let mut lb_next: Option<(Nanos, usize)> = None;
@@ -240,7 +324,8 @@ impl World {
                     // Only the balancers' own timers are left: let the tables drain for the
                     // longest entry lifetime past the last activity, then stop (idle timers may
                     // tick forever).
-                    let tail = (self.k.window + self.k.ringing_max).as_nanos() as u64 + 2_000_000_000;
+                    let tail =
+                        (self.k.window + self.k.ringing_max).as_nanos() as u64 + 2_000_000_000;
                     if ev_at.is_none() && t > last_activity + tail {
                         break;
                     }
@@ -258,7 +343,13 @@ impl World {
             Ev::UaTimer { call, timer, gen } => self.ua_timer(call, timer, gen),
             Ev::UdpToProxy { call, msg } => self.proxy_from_ua(call, msg),
             Ev::UdpToUa { call, msg } => self.ua_receive(call, msg),
-            Ev::TcpToLb { lb, conn, bytes, call, code } => {
+            Ev::TcpToLb {
+                lb,
+                conn,
+                bytes,
+                call,
+                code,
+            } => {
                 let i = usize::from(lb);
                 if !self.slot_open(i, conn) {
                     self.n.tcp_lost += 1;
@@ -277,7 +368,13 @@ impl World {
                 });
                 self.lb_input(i, Input::Received { conn, bytes });
             }
-            Ev::TcpToBackend { lb, conn, backend, bytes, summary } => {
+            Ev::TcpToBackend {
+                lb,
+                conn,
+                backend,
+                bytes,
+                summary,
+            } => {
                 let be = &self.backends[usize::from(backend)];
                 if !self.slot_open(usize::from(lb), conn) || !be.up || be.silent {
                     self.n.tcp_lost += 1;
@@ -285,7 +382,12 @@ impl World {
                 }
                 self.backend_receive(backend, lb, conn, bytes, summary);
             }
-            Ev::TcpToProxy { lb, conn, bytes, summary } => {
+            Ev::TcpToProxy {
+                lb,
+                conn,
+                bytes,
+                summary,
+            } => {
                 if !self.slot_open(usize::from(lb), conn) {
                     self.n.tcp_lost += 1;
                     return;
@@ -295,15 +397,28 @@ impl World {
             Ev::ConnectResult { lb, conn } => self.connect_result(usize::from(lb), conn),
             Ev::FeedClosed { lb, conn, reason } => {
                 let i = usize::from(lb);
-                let ours = self.lbs[i].slots.get(conn.slot()).and_then(Option::as_ref).is_some_and(|s| s.id == conn);
+                let ours = self.lbs[i]
+                    .slots
+                    .get(conn.slot())
+                    .and_then(Option::as_ref)
+                    .is_some_and(|s| s.id == conn);
                 if ours {
                     self.lbs[i].slots[conn.slot()] = None;
-                    self.trace_simple(TraceKind::Closed, lb, conn.slot() as u32, close_code(reason));
+                    self.trace_simple(
+                        TraceKind::Closed,
+                        lb,
+                        conn.slot() as u32,
+                        close_code(reason),
+                    );
                     self.lb_input(i, Input::Closed { conn, reason });
                 }
             }
             Ev::BackendTimer { call, timer, gen } => self.backend_timer(call, timer, gen),
-            Ev::Outage { backend, down, silent } => self.outage(backend, down, silent),
+            Ev::Outage {
+                backend,
+                down,
+                silent,
+            } => self.outage(backend, down, silent),
             Ev::ProxyReconnect { proxy, lb, k } => self.proxy_connect(proxy, lb, k),
             Ev::Reap { call } => {
                 if let Some(c) = self.calls.get_mut(call as usize) {
@@ -330,9 +445,20 @@ impl World {
         while let Some(out) = self.lbs[i].core.poll_output() {
             match out {
                 Output::Send { conn, bytes } => self.lb_send(i, conn, bytes),
-                Output::Connect { conn, backend, to: _ } => {
+                Output::Connect {
+                    conn,
+                    backend,
+                    to: _,
+                } => {
                     let b = backend.index() as u16;
-                    self.put_slot(i, conn, Peer::Backend { backend: b, connected: false });
+                    self.put_slot(
+                        i,
+                        conn,
+                        Peer::Backend {
+                            backend: b,
+                            connected: false,
+                        },
+                    );
                     self.trace_simple(TraceKind::Connect, i as u8, conn.slot() as u32, b);
                     let lat = self.tcp_latency() * 2;
                     self.after(lat, Ev::ConnectResult { lb: i as u8, conn });
@@ -341,7 +467,10 @@ impl World {
                 Output::Event(e) => self.lb_event(i, e),
             }
         }
-        let deadline = self.lbs[i].core.poll_timeout().map(|t| t.saturating_duration_since(self.base).as_nanos() as u64);
+        let deadline = self.lbs[i]
+            .core
+            .poll_timeout()
+            .map(|t| t.saturating_duration_since(self.base).as_nanos() as u64);
         // A deadline in the past is served now; the core promises it moves after a Timeout.
         self.lbs[i].deadline = deadline.map(|d| d.max(self.now));
         self.check_table(i);
@@ -360,7 +489,10 @@ impl World {
                 7
             }
         };
-        if matches!(e, Event::FramingLost { .. } | Event::Malformed { .. } | Event::FrontendRefused(_)) {
+        if matches!(
+            e,
+            Event::FramingLost { .. } | Event::Malformed { .. } | Event::FrontendRefused(_)
+        ) {
             self.violate(ViolationKind::Output, format!("lb{i}: unexpected {e:?}"));
         }
         self.trace_simple(TraceKind::LbEvent, i as u8, 0, code);
@@ -370,7 +502,10 @@ impl World {
         let peer = match self.lbs[i].slots.get(conn.slot()).and_then(Option::as_ref) {
             Some(s) if s.id == conn => s.peer,
             _ => {
-                self.violate(ViolationKind::Output, format!("lb{i}: Send on unknown connection {conn:?}"));
+                self.violate(
+                    ViolationKind::Output,
+                    format!("lb{i}: Send on unknown connection {conn:?}"),
+                );
                 return;
             }
         };
@@ -382,13 +517,19 @@ impl World {
                 continue;
             }
             let Some(n) = sip::frame_len(rest) else {
-                self.violate(ViolationKind::Output, format!("lb{i}: unframeable output on {conn:?}"));
+                self.violate(
+                    ViolationKind::Output,
+                    format!("lb{i}: unframeable output on {conn:?}"),
+                );
                 return;
             };
             let msg = bytes.slice(pos..pos + n);
             pos += n;
             let Some(summary) = sip::summarize(&msg) else {
-                self.violate(ViolationKind::Output, format!("lb{i}: unparseable output on {conn:?}"));
+                self.violate(
+                    ViolationKind::Output,
+                    format!("lb{i}: unparseable output on {conn:?}"),
+                );
                 continue;
             };
             self.route_output(i, conn, peer, msg, summary);
@@ -424,7 +565,10 @@ impl World {
                 if let Some(c) = s.call.filter(|&c| (c as usize) < self.calls.len()) {
                     let expected = self.expected_backend(c as usize, s);
                     let up = &self.lbs[i].backend_up;
-                    if let Some(breach) = self.affinity.observe(c as usize, backend, expected, |o| up[usize::from(o)] > 0) {
+                    if let Some(breach) =
+                        self.affinity
+                            .observe(c as usize, backend, expected, |o| up[usize::from(o)] > 0)
+                    {
                         self.violate(
                             ViolationKind::Affinity,
                             format!(
@@ -436,7 +580,10 @@ impl World {
                         );
                     }
                     if s.kind == Kind::Request(Method::Cancel) {
-                        let inv = self.calls[c as usize].active.as_ref().and_then(|a| a.be.invite_backend);
+                        let inv = self.calls[c as usize]
+                            .active
+                            .as_ref()
+                            .and_then(|a| a.be.invite_backend);
                         let up = &self.lbs[i].backend_up;
                         if inv.is_some_and(|ib| ib != backend && up[usize::from(ib)] > 0) {
                             // Not an affinity breach (the table's backend is up again), but the
@@ -446,19 +593,31 @@ impl World {
                         }
                     }
                     if s.kind == Kind::Request(Method::Invite) && !s.has_to_tag {
-                        let (now_us, rm, w) = (self.now / 1000, self.ringing_max_us, self.window_us);
+                        let (now_us, rm, w) =
+                            (self.now / 1000, self.ringing_max_us, self.window_us);
                         self.lbs[i].model.create(c as u32, now_us, rm, w);
                     }
                 }
                 if open {
                     let at = self.tcp_at_from_lb(i, conn, lat);
-                    self.at(at, Ev::TcpToBackend { lb: i as u8, conn, backend, bytes: msg, summary: s });
+                    self.at(
+                        at,
+                        Ev::TcpToBackend {
+                            lb: i as u8,
+                            conn,
+                            backend,
+                            bytes: msg,
+                            summary: s,
+                        },
+                    );
                 } else {
                     self.n.tcp_lost += 1;
                 }
             }
             Peer::Frontend { .. } => {
-                if let (Kind::Response(st), Method::Invite, Some(c)) = (s.kind, s.cseq_method, s.call) {
+                if let (Kind::Response(st), Method::Invite, Some(c)) =
+                    (s.kind, s.cseq_method, s.call)
+                {
                     if st >= 200 && !generated {
                         let (now_us, w) = (self.now / 1000, self.window_us);
                         self.lbs[i].model.settle(c as u32, now_us, w);
@@ -466,7 +625,15 @@ impl World {
                 }
                 if open {
                     let at = self.tcp_at_from_lb(i, conn, lat);
-                    self.at(at, Ev::TcpToProxy { lb: i as u8, conn, bytes: msg, summary: s });
+                    self.at(
+                        at,
+                        Ev::TcpToProxy {
+                            lb: i as u8,
+                            conn,
+                            bytes: msg,
+                            summary: s,
+                        },
+                    );
                 } else {
                     self.n.tcp_lost += 1;
                 }
@@ -495,19 +662,30 @@ impl World {
         lb.table_dev_max = lb.table_dev_max.max(dev);
         let tol = crate::invariants::table_tolerance(lb.model.len());
         if len > cap {
-            self.violate(ViolationKind::Table, format!("lb{i}: table_len {len} exceeds capacity {cap}"));
+            self.violate(
+                ViolationKind::Table,
+                format!("lb{i}: table_len {len} exceeds capacity {cap}"),
+            );
         } else if dev > tol {
             let m = self.lbs[i].model.len();
-            self.violate(ViolationKind::Table, format!("lb{i}: table_len {len} but the lifetime model has {m}"));
+            self.violate(
+                ViolationKind::Table,
+                format!("lb{i}: table_len {len} but the lifetime model has {m}"),
+            );
         }
     }
 
     fn connect_result(&mut self, i: usize, conn: ConnId) {
-        let Some(Peer::Backend { backend, .. }) = self.peer(i, conn) else { return };
+        let Some(Peer::Backend { backend, .. }) = self.peer(i, conn) else {
+            return;
+        };
         let b = usize::from(backend);
         if self.backends[b].up {
             if let Some(Some(s)) = self.lbs[i].slots.get_mut(conn.slot()) {
-                s.peer = Peer::Backend { backend, connected: true };
+                s.peer = Peer::Backend {
+                    backend,
+                    connected: true,
+                };
             }
             self.lbs[i].backend_up[b] += 1;
             self.backends[b].conns.push((i as u8, conn));
@@ -516,13 +694,21 @@ impl World {
         } else {
             self.lbs[i].slots[conn.slot()] = None;
             self.trace_simple(TraceKind::Closed, i as u8, conn.slot() as u32, 0);
-            self.lb_input(i, Input::Closed { conn, reason: CloseReason::Error });
+            self.lb_input(
+                i,
+                Input::Closed {
+                    conn,
+                    reason: CloseReason::Error,
+                },
+            );
         }
     }
 
     /// The world stops carrying bytes on `conn` now and tells the balancer right after.
     pub(crate) fn close_conn(&mut self, i: usize, conn: ConnId, reason: CloseReason) {
-        let Some(Some(s)) = self.lbs[i].slots.get_mut(conn.slot()) else { return };
+        let Some(Some(s)) = self.lbs[i].slots.get_mut(conn.slot()) else {
+            return;
+        };
         if s.id != conn || !s.open {
             return;
         }
@@ -533,22 +719,50 @@ impl World {
                 if connected {
                     self.lbs[i].backend_up[usize::from(backend)] -= 1;
                     if let Some(Some(s)) = self.lbs[i].slots.get_mut(conn.slot()) {
-                        s.peer = Peer::Backend { backend, connected: false };
+                        s.peer = Peer::Backend {
+                            backend,
+                            connected: false,
+                        };
                     }
                 }
-                self.backends[usize::from(backend)].conns.retain(|&(l, c)| !(usize::from(l) == i && c == conn));
+                self.backends[usize::from(backend)]
+                    .conns
+                    .retain(|&(l, c)| !(usize::from(l) == i && c == conn));
             }
             Peer::Frontend { proxy, k } => {
                 self.proxies[usize::from(proxy)].conns[i][usize::from(k)] = None;
-                self.after(Duration::from_secs(1), Ev::ProxyReconnect { proxy, lb: i as u8, k });
+                self.after(
+                    Duration::from_secs(1),
+                    Ev::ProxyReconnect {
+                        proxy,
+                        lb: i as u8,
+                        k,
+                    },
+                );
             }
         }
-        self.after(Duration::ZERO, Ev::FeedClosed { lb: i as u8, conn, reason });
+        self.after(
+            Duration::ZERO,
+            Ev::FeedClosed {
+                lb: i as u8,
+                conn,
+                reason,
+            },
+        );
     }
 
     fn outage(&mut self, backend: u16, down: bool, silent: bool) {
         let b = usize::from(backend);
-        self.trace_simple(if down { TraceKind::BackendDown } else { TraceKind::BackendUp }, 0, u32::from(silent), backend);
+        self.trace_simple(
+            if down {
+                TraceKind::BackendDown
+            } else {
+                TraceKind::BackendUp
+            },
+            0,
+            u32::from(silent),
+            backend,
+        );
         if silent {
             self.backends[b].silent = down;
             return;
@@ -565,7 +779,11 @@ impl World {
 
     fn proxy_connect(&mut self, proxy: u16, lb: u8, k: u16) {
         let port = self.next_port;
-        self.next_port = if self.next_port >= 60_000 { 20_000 } else { self.next_port + 1 };
+        self.next_port = if self.next_port >= 60_000 {
+            20_000
+        } else {
+            self.next_port + 1
+        };
         let peer = SocketAddr::new(IpAddr::V4(proxy_ip(proxy)), port);
         let i = usize::from(lb);
         let now = self.instant();
@@ -582,9 +800,18 @@ impl World {
             slots.resize_with(conn.slot() + 1, || None);
         }
         if slots[conn.slot()].is_some() {
-            self.violate(ViolationKind::Output, format!("lb{i}: slot of {conn:?} reused before Closed"));
+            self.violate(
+                ViolationKind::Output,
+                format!("lb{i}: slot of {conn:?} reused before Closed"),
+            );
         }
-        self.lbs[i].slots[conn.slot()] = Some(Slot { id: conn, peer, open: true, to_lb_last: 0, from_lb_last: 0 });
+        self.lbs[i].slots[conn.slot()] = Some(Slot {
+            id: conn,
+            peer,
+            open: true,
+            to_lb_last: 0,
+            from_lb_last: 0,
+        });
     }
 
     pub(crate) fn peer(&self, i: usize, conn: ConnId) -> Option<Peer> {
@@ -599,16 +826,34 @@ impl World {
     }
 
     /// Sends one message from a peer into balancer `i` over `conn`, keeping TCP's order.
-    pub(crate) fn send_to_lb(&mut self, i: usize, conn: ConnId, bytes: BytesMut, call: u32, code: u16) {
+    pub(crate) fn send_to_lb(
+        &mut self,
+        i: usize,
+        conn: ConnId,
+        bytes: BytesMut,
+        call: u32,
+        code: u16,
+    ) {
         if !self.slot_open(i, conn) {
             self.n.tcp_lost += 1;
             return;
         }
         let lat = self.tcp_latency();
-        let Some(Some(s)) = self.lbs[i].slots.get_mut(conn.slot()) else { return };
+        let Some(Some(s)) = self.lbs[i].slots.get_mut(conn.slot()) else {
+            return;
+        };
         let at = (self.now + lat.as_nanos() as u64).max(s.to_lb_last);
         s.to_lb_last = at;
-        self.at(at, Ev::TcpToLb { lb: i as u8, conn, bytes, call, code });
+        self.at(
+            at,
+            Ev::TcpToLb {
+                lb: i as u8,
+                conn,
+                bytes,
+                call,
+                code,
+            },
+        );
     }
 
     fn tcp_at_from_lb(&mut self, i: usize, conn: ConnId, lat: Duration) -> Nanos {
@@ -663,14 +908,27 @@ impl World {
     }
 
     pub(crate) fn trace_simple(&mut self, kind: TraceKind, lb: u8, conn: u32, code: u16) {
-        self.trace.record(TraceEvent { t_us: self.now / 1000, kind, lb, conn, call: u64::MAX, code, len: 0, bytes_hash: 0 });
+        self.trace.record(TraceEvent {
+            t_us: self.now / 1000,
+            kind,
+            lb,
+            conn,
+            call: u64::MAX,
+            code,
+            len: 0,
+            bytes_hash: 0,
+        });
     }
 
     pub(crate) fn violate(&mut self, kind: ViolationKind, detail: String) {
         self.violation_count += 1;
         self.trace_simple(TraceKind::Violation, 0, 0, kind as u16);
         if self.violations.len() < 50 {
-            self.violations.push(Violation { t_us: self.now / 1000, kind, detail });
+            self.violations.push(Violation {
+                t_us: self.now / 1000,
+                kind,
+                detail,
+            });
         }
     }
 
@@ -679,8 +937,19 @@ impl World {
         let model: u64 = self.lbs.iter().map(|l| l.model.len()).sum();
         let retx = self.n.retransmissions - self.sample_retx;
         self.sample_retx = self.n.retransmissions;
-        let load = self.backends.iter_mut().map(|b| std::mem::take(&mut b.load)).collect();
-        self.samples.push(Sample { t_s: self.now as f64 / 1e9, table, model, retransmissions: retx, load, active_calls: self.n.active_calls });
+        let load = self
+            .backends
+            .iter_mut()
+            .map(|b| std::mem::take(&mut b.load))
+            .collect();
+        self.samples.push(Sample {
+            t_s: self.now as f64 / 1e9,
+            table,
+            model,
+            retransmissions: retx,
+            load,
+            active_calls: self.n.active_calls,
+        });
         let arrivals_done = self.calls.len() as u64 >= self.k.calls;
         if !(arrivals_done && self.n.active_calls == 0) {
             self.after(Duration::from_nanos(SAMPLE_EVERY), Ev::Sample);
@@ -693,7 +962,13 @@ impl World {
             let stats = self.lbs[i].core.stats().clone();
             let lost = self.lbs[i].acct.lost(&stats);
             if lost != 0 {
-                self.violate(ViolationKind::Lost, format!("lb{i}: {lost} messages unaccounted for ({:?}, {stats})", self.lbs[i].acct));
+                self.violate(
+                    ViolationKind::Lost,
+                    format!(
+                        "lb{i}: {lost} messages unaccounted for ({:?}, {stats})",
+                        self.lbs[i].acct
+                    ),
+                );
             }
             lost_total += lost.unsigned_abs();
             for m in self.lbs[i].acct.counter_mismatches(&stats) {
@@ -701,32 +976,62 @@ impl World {
             }
         }
         if self.n.active_calls != 0 {
-            self.violate(ViolationKind::StepLimit, format!("{} calls still active at the end", self.n.active_calls));
+            self.violate(
+                ViolationKind::StepLimit,
+                format!("{} calls still active at the end", self.n.active_calls),
+            );
         }
         let stats: Vec<lb_core::Stats> = self.lbs.iter().map(|l| l.core.stats().clone()).collect();
         let messages = self.lbs.iter().map(|l| l.acct.fed).sum();
         let max_table = stats.iter().map(|s| s.table_len_max).max().unwrap_or(0);
         if max_table > self.k.table_capacity as u64 {
-            self.violate(ViolationKind::Table, format!("table_len_max {max_table} exceeds capacity {}", self.k.table_capacity));
+            self.violate(
+                ViolationKind::Table,
+                format!(
+                    "table_len_max {max_table} exceeds capacity {}",
+                    self.k.table_capacity
+                ),
+            );
         }
         for (i, s) in stats.iter().enumerate() {
             if s.table_len != self.lbs[i].model.len() {
                 let m = self.lbs[i].model.len();
-                self.violate(ViolationKind::Table, format!("lb{i}: {} entries left at the end, the model has {m}", s.table_len));
+                self.violate(
+                    ViolationKind::Table,
+                    format!(
+                        "lb{i}: {} entries left at the end, the model has {m}",
+                        s.table_len
+                    ),
+                );
             }
         }
         let model_max = self.lbs.iter().map(|l| l.model.max()).max().unwrap_or(0);
         let table_dev_max = self.lbs.iter().map(|l| l.table_dev_max).max().unwrap_or(0);
-        let mean_ringing_s = self.lbs.iter().map(|l| l.model.mean_ringing_us()).fold(0.0, f64::max) / 1e6;
-        let mean_lifetime_s = self.lbs.iter().map(|l| l.model.mean_lifetime_us()).fold(0.0, f64::max) / 1e6;
+        let mean_ringing_s = self
+            .lbs
+            .iter()
+            .map(|l| l.model.mean_ringing_us())
+            .fold(0.0, f64::max)
+            / 1e6;
+        let mean_lifetime_s = self
+            .lbs
+            .iter()
+            .map(|l| l.model.mean_lifetime_us())
+            .fold(0.0, f64::max)
+            / 1e6;
         let per_instance_rate = self.k.rate / self.k.instances as f64;
-        let expected_table = (per_instance_rate * mean_lifetime_s).min(self.k.calls as f64 / self.k.instances as f64);
+        let expected_table = (per_instance_rate * mean_lifetime_s)
+            .min(self.k.calls as f64 / self.k.instances as f64);
         // Only a run that reached a steady state can be held to the figure.
         let arrivals_s = self.k.calls as f64 / self.k.rate;
-        if arrivals_s > 3.0 * mean_lifetime_s && !crate::invariants::table_max_plausible(max_table, expected_table) {
+        if arrivals_s > 3.0 * mean_lifetime_s
+            && !crate::invariants::table_max_plausible(max_table, expected_table)
+        {
             self.violate(
                 ViolationKind::Table,
-                format!("table_len_max {max_table} but setup rate x lifetime gives {expected_table:.0}"),
+                format!(
+                    "table_len_max {max_table} but setup rate x lifetime gives {expected_table:.0}"
+                ),
             );
         }
         let trace_error = self.trace.finish().err().map(|e| e.to_string());
@@ -771,7 +1076,10 @@ pub(crate) fn draw(rng: &mut SmallRng, s: Span) -> Duration {
 }
 
 pub(crate) fn backend_addr(b: usize) -> SocketAddr {
-    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 2, (b / 250) as u8, (b % 250 + 1) as u8)), 5070)
+    SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::new(10, 2, (b / 250) as u8, (b % 250 + 1) as u8)),
+        5070,
+    )
 }
 
 pub(crate) fn proxy_ip(p: u16) -> Ipv4Addr {

@@ -22,7 +22,12 @@ fn small(s: Scenario, seed: u64) -> Knobs {
 fn run_ok(k: Knobs) -> Report {
     let r = lb_sim::run(k, Trace::new(None)).unwrap();
     assert!(r.is_ok(), "{r}\n{:#?}", r.violations);
-    assert_eq!(r.calls, r.outcomes.iter().sum::<u64>(), "every call ended: {:?}", r.outcomes);
+    assert_eq!(
+        r.calls,
+        r.outcomes.iter().sum::<u64>(),
+        "every call ended: {:?}",
+        r.outcomes
+    );
     r
 }
 
@@ -33,7 +38,10 @@ fn storm_retransmits_every_invite_and_keeps_affinity() {
     assert!(r.retransmissions >= r.calls, "{r}");
     let s = &r.stats[0];
     assert_eq!(s.new_calls, r.calls);
-    assert!(s.table_hits >= r.calls / 2, "retransmitted INVITEs found by Call-ID: {s}");
+    assert!(
+        s.table_hits >= r.calls / 2,
+        "retransmitted INVITEs found by Call-ID: {s}"
+    );
     assert!(s.tagged > 0);
     assert_eq!(r.max_table, r.model_max_table);
 }
@@ -42,8 +50,15 @@ fn storm_retransmits_every_invite_and_keeps_affinity() {
 fn expiry_has_calls_outliving_the_window_and_long_ringing() {
     let r = run_ok(small(Scenario::Expiry, 3));
     assert!(r.virtual_s > 100.0, "long calls ran: {r:?}");
-    assert!(r.outcomes[1] > 0, "some calls rang for minutes and were cancelled: {:?}", r.outcomes);
-    assert!(r.max_table < r.calls, "entries expired while calls went on: {r}");
+    assert!(
+        r.outcomes[1] > 0,
+        "some calls rang for minutes and were cancelled: {:?}",
+        r.outcomes
+    );
+    assert!(
+        r.max_table < r.calls,
+        "entries expired while calls went on: {r}"
+    );
     // Re-INVITEs and BYEs of long calls still found their backend by the tag.
     assert!(r.stats[0].tagged > r.calls, "{}", r.stats[0]);
 }
@@ -53,7 +68,10 @@ fn failover_uses_one_backup_and_recovers() {
     let r = run_ok(small(Scenario::Failover, 11));
     let s = &r.stats[0];
     assert!(s.backend_failures > 0, "{s}");
-    assert!(s.to_backup > 0, "traffic of the dead backend went to its backup: {s}");
+    assert!(
+        s.to_backup > 0,
+        "traffic of the dead backend went to its backup: {s}"
+    );
 }
 
 #[test]
@@ -71,7 +89,11 @@ fn a_full_table_answers_503_and_loses_nothing() {
     k.table_capacity = 10;
     let r = run_ok(k);
     assert!(r.stats[0].replies_503 > 0, "{}", r.stats[0]);
-    assert!(r.outcomes[2] > 0, "some calls were rejected: {:?}", r.outcomes);
+    assert!(
+        r.outcomes[2] > 0,
+        "some calls were rejected: {:?}",
+        r.outcomes
+    );
     assert!(r.max_table <= 10);
 }
 
@@ -106,7 +128,9 @@ fn digest_of_a_fixed_seed_is_pinned() {
         .map(|s| {
             let mut k = small(s, 2026);
             k.calls = 60;
-            lb_sim::run(k.with_default_outage(), Trace::new(None)).unwrap().to_string()
+            lb_sim::run(k.with_default_outage(), Trace::new(None))
+                .unwrap()
+                .to_string()
         })
         .collect();
     insta::assert_snapshot!(lines.join("\n"));
@@ -140,16 +164,30 @@ impl Arbitrary for Case {
             backend_hangup: f64::from(u8::arbitrary(g) % 100) / 100.0,
             instances: 1 + usize::arbitrary(g) % 3,
             outage: bool::arbitrary(g).then(|| {
-                (usize::arbitrary(g) % 5, u64::from(u16::arbitrary(g) % 8000), u64::from(u16::arbitrary(g) % 60_000), bool::arbitrary(g))
+                (
+                    usize::arbitrary(g) % 5,
+                    u64::from(u16::arbitrary(g) % 8000),
+                    u64::from(u16::arbitrary(g) % 60_000),
+                    bool::arbitrary(g),
+                )
             }),
         }
     }
 
     fn shrink(&self) -> Box<dyn Iterator<Item = Case>> {
         let c = self.clone();
-        let fewer = (c.calls > 1).then(|| Case { calls: c.calls / 2, ..c.clone() });
-        let no_loss = (c.loss > 0.0).then(|| Case { loss: 0.0, ..c.clone() });
-        let no_outage = c.outage.is_some().then(|| Case { outage: None, ..c.clone() });
+        let fewer = (c.calls > 1).then(|| Case {
+            calls: c.calls / 2,
+            ..c.clone()
+        });
+        let no_loss = (c.loss > 0.0).then(|| Case {
+            loss: 0.0,
+            ..c.clone()
+        });
+        let no_outage = c.outage.is_some().then(|| Case {
+            outage: None,
+            ..c.clone()
+        });
         Box::new(fewer.into_iter().chain(no_loss).chain(no_outage))
     }
 }
@@ -158,8 +196,14 @@ impl Arbitrary for Case {
 fn invariants_hold_for_any_seed_and_knobs() {
     // A modest number of small cases keeps the suite quick in debug builds; LB_SIM_QC_TESTS
     // asks for a longer hunt (e.g. 2000 in release).
-    let n = std::env::var("LB_SIM_QC_TESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(24);
-    QuickCheck::new().tests(n).max_tests(2 * n).quickcheck(invariants_hold as fn(Case) -> bool);
+    let n = std::env::var("LB_SIM_QC_TESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(24);
+    QuickCheck::new()
+        .tests(n)
+        .max_tests(2 * n)
+        .quickcheck(invariants_hold as fn(Case) -> bool);
 }
 
 fn invariants_hold(c: Case) -> bool {
@@ -168,7 +212,10 @@ fn invariants_hold(c: Case) -> bool {
     k.rate = c.rate;
     k.backends = c.backends;
     k.udp_loss = c.loss;
-    k.trying_delay = lb_sim::scenario::Span { lo: Duration::from_millis(c.trying_ms / 2), hi: Duration::from_millis(c.trying_ms) };
+    k.trying_delay = lb_sim::scenario::Span {
+        lo: Duration::from_millis(c.trying_ms / 2),
+        hi: Duration::from_millis(c.trying_ms),
+    };
     k.backend_hangup_fraction = c.backend_hangup;
     k.long_talk = lb_sim::scenario::Span::ms(33_000, 60_000);
     let mut k = k.with_default_outage();
