@@ -125,25 +125,30 @@ fn main() {
         for s in &script {
             read_buffer.extend_from_slice(&s.bytes);
         }
-        let inputs: Vec<(Step, BytesMut)> = script
+        // The script's own copies are freed here, outside the clock.
+        let inputs: Vec<(bool, usize, Instant, BytesMut)> = script
             .into_iter()
             .map(|s| {
-                let piece = read_buffer.split_to(s.bytes.len());
-                (s, piece)
+                (
+                    s.from_backend,
+                    s.index,
+                    s.at,
+                    read_buffer.split_to(s.bytes.len()),
+                )
             })
             .collect();
         let before = ALLOCS.load(Ordering::Relaxed);
         let t = Instant::now();
-        for (step, bytes) in inputs {
-            let conn = if step.from_backend {
-                replayer.backends[step.index]
+        for (from_backend, index, at, bytes) in inputs {
+            let conn = if from_backend {
+                replayer.backends[index]
             } else {
-                replayer.frontends[step.index]
+                replayer.frontends[index]
             };
             replayer
                 .lb
-                .handle_input(step.at, Input::Received { conn, bytes });
-            replayer.lb.handle_input(step.at, Input::Timeout);
+                .handle_input(at, Input::Received { conn, bytes });
+            replayer.lb.handle_input(at, Input::Timeout);
             while let Some(out) = replayer.lb.poll_output() {
                 drop(out);
             }
