@@ -16,7 +16,7 @@ use rand::Rng;
 
 use crate::sip::{self, Kind, Method, Summary};
 use crate::ua::{put_ip, reserve, SDP};
-use crate::world::{backend_addr, Ev, World};
+use crate::world::{active_mut, backend_addr, Ev, World};
 
 /// RFC 3261 §17.1.2.2 T2: cap of the 2xx retransmission interval.
 const T2: Duration = Duration::from_secs(4);
@@ -231,11 +231,7 @@ impl World {
     }
 
     pub(crate) fn backend_timer(&mut self, call: u32, timer: BackendTimer, gen: u32) {
-        let Some(a) = self
-            .calls
-            .get_mut(call as usize)
-            .and_then(|c| c.active.as_mut())
-        else {
+        let Some(a) = active_mut(&mut self.calls, call) else {
             return;
         };
         let be = &mut a.be;
@@ -300,11 +296,7 @@ impl World {
 
     /// Sends the response of `stage` (built from the stored INVITE) where the call last spoke.
     fn backend_repeat(&mut self, call: u32, stage: Stage) {
-        let Some(a) = self
-            .calls
-            .get_mut(call as usize)
-            .and_then(|c| c.active.as_mut())
-        else {
+        let Some(a) = active_mut(&mut self.calls, call) else {
             return;
         };
         let be = &mut a.be;
@@ -334,11 +326,7 @@ impl World {
     }
 
     fn backend_start_ok(&mut self, call: u32, cseq: u32, ok: Bytes) {
-        let Some(a) = self
-            .calls
-            .get_mut(call as usize)
-            .and_then(|c| c.active.as_mut())
-        else {
+        let Some(a) = active_mut(&mut self.calls, call) else {
             return;
         };
         let be = &mut a.be;

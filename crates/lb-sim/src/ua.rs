@@ -15,7 +15,7 @@ use smallvec::SmallVec;
 
 use crate::sip::{self, Kind, Method, Summary};
 use crate::trace::{TraceEvent, TraceKind};
-use crate::world::{proxy_ip, Active, Call, Ev, Lane, World};
+use crate::world::{active_mut, proxy_ip, Active, Call, Ev, Lane, World};
 
 /// RFC 3261 §17.1.2.2: the cap of Timer E's doubling.
 const T2: Duration = Duration::from_secs(4);
@@ -372,11 +372,7 @@ impl World {
     }
 
     pub(crate) fn ua_timer(&mut self, call: u32, timer: UaTimer, gen: u32) {
-        let Some(a) = self
-            .calls
-            .get_mut(call as usize)
-            .and_then(|c| c.active.as_mut())
-        else {
+        let Some(a) = active_mut(&mut self.calls, call) else {
             return;
         };
         let plan = a.plan;
@@ -536,11 +532,7 @@ impl World {
         cseq: u32,
         dialog: Option<Box<DialogInfo>>,
     ) {
-        let Some(a) = self
-            .calls
-            .get_mut(call as usize)
-            .and_then(|c| c.active.as_mut())
-        else {
+        let Some(a) = active_mut(&mut self.calls, call) else {
             return;
         };
         let plan = a.plan;

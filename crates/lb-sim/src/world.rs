@@ -136,6 +136,12 @@ pub(crate) struct Call {
     pub(crate) active: Option<Box<Active>>,
 }
 
+/// The live state of call `call`, if it is still going. A free function over the slice, not a
+/// method, so callers keep using the world's other fields while they hold it.
+pub(crate) fn active_mut(calls: &mut [Call], call: u32) -> Option<&mut Active> {
+    calls.get_mut(call as usize)?.active.as_deref_mut()
+}
+
 pub(crate) struct Active {
     pub(crate) plan: Plan,
     pub(crate) proxy: u16,
