@@ -237,6 +237,15 @@ pub fn log_event(config: &ValidConfig, event: &Event) {
         Event::Dropped { conn, cause } => {
             tracing::debug!(conn = %conn, cause, "message dropped");
         }
+        Event::BackendOverloaded { backend, hold } => {
+            tracing::warn!(backend = %backend, addr = %addr(*backend), ?hold, "backend overloaded (503): no new calls");
+        }
+        Event::Reloaded { added, removed } => {
+            tracing::info!(added, removed, "configuration reloaded");
+        }
+        Event::TimedOut { conn, cause } => {
+            tracing::info!(conn = %conn, cause, "frontend connection timed out");
+        }
     }
 }
 

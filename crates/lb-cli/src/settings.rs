@@ -80,6 +80,8 @@ impl CliError {
                 ConfigError::BadAdvertise(_) => "advertise",
                 ConfigError::BadTagHeader(_) => "tag-header",
                 ConfigError::ReconnectRange => "reconnect-max",
+                ConfigError::ProbeTimeout => "probe-timeout",
+                ConfigError::TooLong(key) => key,
             },
         };
         Some((*key).to_string())

@@ -15,7 +15,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::hash::Hasher;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use rand::rngs::SmallRng;
@@ -29,7 +29,7 @@ use crate::envelope::{self, Envelope, EnvelopeDecoder, Transport};
 use crate::framing::{Frame, StreamFramer};
 use crate::hops::{HopName, HopTable, ALIASES_PER_CONN_MAX};
 use crate::ids::{BackendId, ConnId, ListenerId};
-use crate::io::{BackendChange, CloseReason, Event, Input, Output};
+use crate::io::{CloseReason, Event, Input, Output};
 use crate::message::{HostPort, Method, Rport, SipMessage, StartLine};
 use crate::new_call_table::NewCallTable;
 use crate::reply::{self, Reply};
@@ -37,6 +37,13 @@ use crate::rewrite::{self, Context, Edit, Edits, Insertion};
 use crate::select::{rendezvous, Candidate, Selector};
 use crate::stats::Stats;
 use crate::tag::TagSigner;
+
+mod farm;
+mod timeouts;
+
+pub use farm::BackendStatus;
+use farm::{Backend, BackendTimer};
+use timeouts::{ConnTimer, Liveness};
 
 /// The whole balancing method as a state machine. See the crate docs for the driver loop.
 #[derive(Debug)]
@@ -54,7 +61,10 @@ pub struct Balancer {
     branch_key: [u8; 16],
     hops: HopTable,
     rng: SmallRng,
-    reconnects: BinaryHeap<Reverse<(Instant, BackendId)>>,
+    /// Reconnects and probes: irregular deadlines, one min-heap.
+    backend_timers: BinaryHeap<Reverse<(Instant, BackendId, BackendTimer)>>,
+    /// Frontend idle and partial-message timeouts.
+    conn_timers: BinaryHeap<Reverse<(Instant, ConnId, ConnTimer)>>,
     outputs: VecDeque<Output>,
     stats: Stats,
     now: Instant,
@@ -76,6 +86,7 @@ enum Side {
         peer: SocketAddr,
         framer: StreamFramer,
         aliases: SmallVec<[HopName; 1]>,
+        liveness: Liveness,
     },
     Backend {
         backend: BackendId,
@@ -87,24 +98,6 @@ enum Side {
 enum BackendReader {
     Plain(StreamFramer),
     Envelope(EnvelopeDecoder),
-}
-
-#[derive(Debug)]
-struct Backend {
-    state: BackendState,
-    draining: bool,
-    conn: Option<ConnId>,
-    /// The load an envelope backend last reported.
-    load: Option<u32>,
-    /// Consecutive failed connection attempts, for the backoff.
-    failures: u32,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum BackendState {
-    Connecting,
-    Up,
-    Down,
 }
 
 /// Where a message came from, as routing needs it.
@@ -128,17 +121,7 @@ impl Balancer {
         let branch_key: [u8; 16] = rng.random();
         let c = &config.config;
         let signer = TagSigner::new(&c.tag_keys);
-        let backends = c
-            .backends
-            .iter()
-            .map(|b| Backend {
-                state: BackendState::Connecting,
-                draining: b.draining,
-                conn: None,
-                load: None,
-                failures: 0,
-            })
-            .collect();
+        let backends = c.backends.iter().map(Backend::new).collect();
         let mut lb = Balancer {
             table: NewCallTable::new(
                 c.limits.table_capacity,
@@ -156,7 +139,8 @@ impl Balancer {
             generation: 0,
             backends,
             rng,
-            reconnects: BinaryHeap::new(),
+            backend_timers: BinaryHeap::new(),
+            conn_timers: BinaryHeap::new(),
             outputs: VecDeque::new(),
             stats: Stats::default(),
             now,
@@ -198,6 +182,7 @@ impl Balancer {
             peer,
             framer: StreamFramer::default(),
             aliases: SmallVec::new(),
+            liveness: Liveness::new(self.now),
         };
         let conn = self.insert_conn(side);
         self.stats.frontends_open += 1;
@@ -209,6 +194,7 @@ impl Balancer {
         } else {
             self.stats.frontends_accepted += 1;
             self.hops.add_peer(conn, peer);
+            self.arm_idle(conn);
         }
         conn
     }
@@ -221,10 +207,14 @@ impl Balancer {
             Input::Connected { conn } => self.handle_connected(conn),
             Input::Closed { conn, reason } => self.handle_closed(conn, reason),
             Input::Backends(change) => self.handle_backend_change(change),
+            Input::Reload(config) => self.handle_reload(*config),
             Input::Timeout => self.handle_timeout(),
         }
         self.stats.table_len = self.table.len() as u64;
         self.stats.table_len_max = self.stats.table_len_max.max(self.stats.table_len);
+        self.stats.backends_up = (0..self.backends.len())
+            .filter(|i| self.is_backend_up(BackendId::new(*i)))
+            .count() as u64;
     }
 
     /// The next action, or `None` once drained. Does no work of its own.
@@ -237,11 +227,12 @@ impl Balancer {
     /// any `handle_input` or `accept`.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let reconnect = self.reconnects.peek().map(|Reverse((at, _))| *at);
-        match (self.table.next_deadline(), reconnect) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let backend = self.backend_timers.peek().map(|Reverse((at, ..))| *at);
+        let conn = self.conn_timers.peek().map(|Reverse((at, ..))| *at);
+        [self.table.next_deadline(), backend, conn]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Counters since start.
@@ -253,13 +244,6 @@ impl Balancer {
     /// with `stats().table_len`, the memory cost of one entry.
     pub fn table_bytes(&self) -> usize {
         self.table.memory_bytes()
-    }
-
-    /// Whether `backend` is connected and takes traffic.
-    pub fn is_backend_up(&self, backend: BackendId) -> bool {
-        self.backends
-            .get(backend.index())
-            .is_some_and(|b| b.state == BackendState::Up)
     }
 
     /// `now` never goes backwards inside the core.
@@ -300,48 +284,7 @@ impl Balancer {
         }
     }
 
-    // ----- connections and backends -----
-
-    fn connect_backend(&mut self, backend: BackendId) {
-        let config = &self.config.config.backends[backend.index()];
-        let reader = match config.mode {
-            BackendMode::Plain => BackendReader::Plain(StreamFramer::default()),
-            BackendMode::Envelope => BackendReader::Envelope(EnvelopeDecoder::default()),
-        };
-        let to = config.addr;
-        let conn = self.insert_conn(Side::Backend { backend, reader });
-        let b = &mut self.backends[backend.index()];
-        b.conn = Some(conn);
-        if b.state == BackendState::Down {
-            // Stays down until connected; only the first attempt is "connecting".
-        } else {
-            b.state = BackendState::Connecting;
-        }
-        self.outputs
-            .push_back(Output::Connect { conn, backend, to });
-    }
-
-    fn handle_connected(&mut self, id: ConnId) {
-        let Some(Conn {
-            side: Side::Backend { backend, .. },
-            closing: false,
-            ..
-        }) = self.conn(id)
-        else {
-            self.stats.stale_inputs += 1;
-            return;
-        };
-        let backend = *backend;
-        let b = &mut self.backends[backend.index()];
-        if b.conn != Some(id) {
-            self.stats.stale_inputs += 1;
-            return;
-        }
-        b.state = BackendState::Up;
-        b.failures = 0;
-        self.outputs
-            .push_back(Output::Event(Event::BackendUp(backend)));
-    }
+    // ----- connections -----
 
     fn handle_closed(&mut self, id: ConnId, reason: CloseReason) {
         if self.conn(id).is_none() {
@@ -358,65 +301,14 @@ impl Balancer {
                     self.hops.remove_alias(id, alias);
                 }
             }
-            Side::Backend { backend, .. } => {
-                let b = &mut self.backends[backend.index()];
-                if b.conn != Some(id) {
-                    return;
-                }
-                b.conn = None;
-                b.load = None;
-                b.failures = b.failures.saturating_add(1);
-                let was = std::mem::replace(&mut b.state, BackendState::Down);
-                self.stats.backend_failures += 1;
-                if was != BackendState::Down {
-                    self.outputs
-                        .push_back(Output::Event(Event::BackendDown(backend)));
-                }
-                let delay = self.reconnect_delay(backend);
-                self.reconnects.push(Reverse((self.now + delay, backend)));
-            }
+            Side::Backend { backend, .. } => self.backend_closed(backend, id),
         }
-    }
-
-    /// Exponential backoff from `reconnect_min`, capped at `reconnect_max`, with jitter drawn
-    /// from the seeded generator so a farm restarting together does not reconnect in lockstep.
-    fn reconnect_delay(&mut self, backend: BackendId) -> Duration {
-        let c = &self.config.config;
-        let failures = self.backends[backend.index()].failures.min(16);
-        let full = c
-            .reconnect_min
-            .saturating_mul(1 << (failures - 1).min(15))
-            .min(c.reconnect_max);
-        let half = full / 2;
-        half + half.mul_f64(self.rng.random::<f64>())
     }
 
     fn handle_timeout(&mut self) {
-        let now = self.now;
-        self.table.expire(now);
-        while let Some(Reverse((at, backend))) = self.reconnects.peek().copied() {
-            if at > now {
-                break;
-            }
-            self.reconnects.pop();
-            if self.backends[backend.index()].conn.is_none() {
-                self.connect_backend(backend);
-            }
-        }
-    }
-
-    fn handle_backend_change(&mut self, change: BackendChange) {
-        let (backend, draining) = match change {
-            BackendChange::Drain(b) => (b, true),
-            BackendChange::Resume(b) => (b, false),
-        };
-        if let Some(b) = self.backends.get_mut(backend.index()) {
-            if b.draining != draining {
-                b.draining = draining;
-                self.outputs
-                    .push_back(Output::Event(Event::BackendDraining { backend, draining }));
-            }
-        }
+        self.table.expire(self.now);
+        self.handle_backend_timers();
+        self.handle_conn_timers();
     }
 
     // ----- bytes in -----
@@ -447,6 +339,7 @@ impl Balancer {
                 ..
             } => decoder.push(bytes),
         }
+        let mut completed = false;
         loop {
             let Some(conn) = self.conn_mut(id) else {
                 return;
@@ -463,6 +356,7 @@ impl Balancer {
                     None => None,
                     Some(Ok(Frame::Message(m))) => Some(Ok((None, m))),
                     Some(Ok(Frame::Ping)) => {
+                        completed = true;
                         self.stats.keepalives += 1;
                         self.send(id, Bytes::from_static(b"\r\n"));
                         continue;
@@ -480,7 +374,10 @@ impl Balancer {
             };
             match next {
                 None => break,
-                Some(Ok((envelope, message))) => self.handle_message(id, envelope, message),
+                Some(Ok((envelope, message))) => {
+                    completed = true;
+                    self.handle_message(id, envelope, message);
+                }
                 Some(Err(fault)) => {
                     self.framing_lost(id, fault);
                     return;
@@ -488,8 +385,12 @@ impl Balancer {
             }
         }
         let buffered = match self.conn(id).map(|c| &c.side) {
-            Some(Side::Frontend { framer, .. })
-            | Some(Side::Backend {
+            Some(Side::Frontend { framer, .. }) => {
+                let held = framer.buffered_len();
+                self.note_frontend_progress(id, completed, held > 0);
+                held
+            }
+            Some(Side::Backend {
                 reader: BackendReader::Plain(framer),
                 ..
             }) => framer.buffered_len(),
@@ -556,9 +457,9 @@ impl Balancer {
                 if message.is_request() {
                     self.stats.backend_requests_in += 1;
                     self.route_backend_request(source, backend, message);
-                } else {
+                } else if !self.handle_probe_response(backend, &message) {
                     self.stats.backend_responses_in += 1;
-                    self.route_backend_response(source, message);
+                    self.route_backend_response(source, backend, message);
                 }
             }
         }
@@ -720,11 +621,27 @@ impl Balancer {
         self.forward_to_backend(backend, envelope, &message, &mut edits);
     }
 
-    fn route_backend_response(&mut self, source: Source, message: SipMessage) {
+    fn route_backend_response(&mut self, source: Source, backend: BackendId, message: SipMessage) {
+        let mut edits = Edits::new();
         if let StartLine::Response { status } = message.start {
             if message.cseq_method == Method::Invite && status >= 200 {
                 let key = self.table.key(message.call_id());
                 self.table.settle(self.now, key);
+            }
+            if message.cseq_method == Method::Invite && status == 503 {
+                self.note_overload(backend, &message);
+                // RFC 3261 §16.7 step 6: a 503 goes upstream only when every later request
+                // would get one too; otherwise it becomes a 500, so the proxy retries the call
+                // (landing on another backend) instead of treating the whole farm as down.
+                let farm_can_take_calls =
+                    (0..self.backends.len()).any(|i| self.takes_new_calls(BackendId::new(i)));
+                if farm_can_take_calls {
+                    edits.push(Edit {
+                        at: 0,
+                        cut: message.start_line_end,
+                        insert: Insertion::Raw(b"SIP/2.0 500 Server Internal Error\r\n"),
+                    });
+                }
             }
         }
         // The backend's resolved next hop first; the Via it echoed if that names no connection.
@@ -733,13 +650,21 @@ impl Balancer {
             .and_then(|e| e.addr)
             .and_then(|addr| self.hops.lookup_addr(addr))
             .or_else(|| self.via_hop(&message));
-        match conn.filter(|c| self.conn(*c).is_some_and(|c| !c.closing)) {
-            Some(conn) => {
-                self.stats.to_frontend += 1;
-                self.send(conn, message.bytes);
-            }
-            None => self.drop_message(source.conn, "no connection to the response's next hop"),
+        let Some(conn) = conn.filter(|c| self.conn(*c).is_some_and(|c| !c.closing)) else {
+            return self.drop_message(source.conn, "no connection to the response's next hop");
+        };
+        self.stats.to_frontend += 1;
+        if edits.is_empty() {
+            // Nothing to change: the received bytes go out as they are, without a copy.
+            return self.send(conn, message.bytes);
         }
+        let cx = context(&self.config, &self.signer, backend, message.call_id());
+        let Some(out) = self.conns.get_mut(conn.slot()).map(|c| &mut c.out) else {
+            return;
+        };
+        rewrite::write(out, &message.bytes, &mut edits, &cx);
+        let bytes = out.split().freeze();
+        self.send(conn, bytes);
     }
 
     fn route_backend_request(&mut self, source: Source, backend: BackendId, message: SipMessage) {
@@ -820,22 +745,18 @@ impl Balancer {
         }
     }
 
-    /// A backend for a new call among those up and not draining.
+    /// A backend for a new call among those that take new calls (see `farm`).
     fn choose_backend(&mut self) -> Option<BackendId> {
-        let config = &self.config.config;
         let mut candidates: SmallVec<[Candidate; 16]> = SmallVec::new();
-        for (i, b) in self.backends.iter().enumerate() {
-            if b.state == BackendState::Up && !b.draining {
-                let id = BackendId::new(i);
-                let load = match b.load {
+        for i in 0..self.backends.len() {
+            let id = BackendId::new(i);
+            if self.takes_new_calls(id) {
+                let load = match self.backends[i].load {
                     Some(l) => u64::from(l),
                     None => u64::from(self.table.assigned(id)),
                 };
-                candidates.push(Candidate {
-                    id,
-                    weight: config.backends[i].weight,
-                    load,
-                });
+                let weight = self.config.config.backends[i].weight;
+                candidates.push(Candidate { id, weight, load });
             }
         }
         self.selector.select(&candidates, &mut self.rng)

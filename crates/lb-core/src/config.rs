@@ -18,6 +18,12 @@ pub const WINDOW_DEFAULT: Duration = Duration::from_secs(32);
 /// RFC 3261 §16.6 Timer C: a proxy gives up on an INVITE that rang this long (> 3 min).
 pub const TIMER_C: Duration = Duration::from_secs(180);
 
+/// Longest timeout or hold accepted: a year, so `now + duration` never overflows.
+const DURATION_MAX: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Longest new-call table entry lifetime (window + ringing cap) accepted: 20 days.
+const TABLE_LIFETIME_MAX: Duration = Duration::from_secs(20 * 24 * 3600);
+
 /// Backends beyond this many are refused by validation; a [`BackendId`] is 16 bits.
 pub const BACKENDS_MAX: usize = 1024;
 
@@ -120,6 +126,30 @@ impl Default for Limits {
     }
 }
 
+/// Health probes: SIP OPTIONS sent to each backend on its own connection (RFC 3261 §11).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeConfig {
+    /// Time between probes of one backend.
+    pub interval: Duration,
+    /// A probe unanswered this long counts as a failure.
+    pub timeout: Duration,
+    /// Consecutive failures that mark an up backend down.
+    pub failures_to_down: u32,
+    /// Consecutive successes that mark a probed-down backend up again.
+    pub successes_to_up: u32,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> ProbeConfig {
+        ProbeConfig {
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
+            failures_to_down: 3,
+            successes_to_up: 2,
+        }
+    }
+}
+
 /// Everything the core needs, before validation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -147,6 +177,19 @@ pub struct Config {
     pub reconnect_max: Duration,
     /// Resource bounds.
     pub limits: Limits,
+    /// Health probes; `None` relies on the connection state alone (a backend that does not
+    /// answer OPTIONS, such as a bare SIPp scenario, must not be probed).
+    pub probe: Option<ProbeConfig>,
+    /// A frontend connection that sends nothing for this long is closed. Proxies keep their
+    /// connections alive with CRLF pings (RFC 5626 §4.4.1), which count as traffic.
+    pub idle_timeout: Duration,
+    /// A frontend connection holding part of a message for this long is closed (slowloris).
+    pub partial_timeout: Duration,
+    /// How long a backend that answered a new call with 503 without Retry-After gets no new
+    /// calls; with Retry-After, its value, capped at `overload_hold_max`.
+    pub overload_hold: Duration,
+    /// Cap on a backend's Retry-After.
+    pub overload_hold_max: Duration,
 }
 
 impl Default for Config {
@@ -164,6 +207,11 @@ impl Default for Config {
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(10),
             limits: Limits::default(),
+            probe: None,
+            idle_timeout: Duration::from_secs(15 * 60),
+            partial_timeout: Duration::from_secs(10),
+            overload_hold: Duration::from_secs(5),
+            overload_hold_max: Duration::from_secs(300),
         }
     }
 }
@@ -239,6 +287,12 @@ pub enum ConfigError {
     /// The extension header name is not a SIP token.
     #[error("tag-header: {0:?} is not a header name")]
     BadTagHeader(String),
+    /// A duration beyond what the balancer supports.
+    #[error("{0}: too long")]
+    TooLong(&'static str),
+    /// The probe timeout is zero or longer than the probe interval.
+    #[error("probe-timeout: must be greater than zero and at most probe-interval")]
+    ProbeTimeout,
     /// The reconnect cap is below the first delay.
     #[error("reconnect-max: must not be below reconnect-min")]
     ReconnectRange,
@@ -301,9 +355,37 @@ impl Config {
             ("ringing-max", self.ringing_max),
             ("retry-after", self.retry_after),
             ("reconnect-min", self.reconnect_min),
+            ("idle-timeout", self.idle_timeout),
+            ("partial-timeout", self.partial_timeout),
+            ("overload-hold", self.overload_hold),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::ZeroDuration(name));
+            }
+        }
+        for (name, d) in [
+            ("idle-timeout", self.idle_timeout),
+            ("partial-timeout", self.partial_timeout),
+            ("overload-hold-max", self.overload_hold_max),
+            ("reconnect-max", self.reconnect_max),
+        ] {
+            if d > DURATION_MAX {
+                return Err(ConfigError::TooLong(name));
+            }
+        }
+        // The new-call table keeps deadlines in compact 31-bit millisecond offsets.
+        if self.window.saturating_add(self.ringing_max) > TABLE_LIFETIME_MAX {
+            return Err(ConfigError::TooLong("window + ringing-max"));
+        }
+        if let Some(p) = &self.probe {
+            if p.interval.is_zero() {
+                return Err(ConfigError::ZeroDuration("probe-interval"));
+            }
+            if p.timeout.is_zero() || p.timeout > p.interval {
+                return Err(ConfigError::ProbeTimeout);
+            }
+            if p.failures_to_down == 0 || p.successes_to_up == 0 {
+                return Err(ConfigError::ZeroLimit("probe counts"));
             }
         }
         if self.reconnect_max < self.reconnect_min {

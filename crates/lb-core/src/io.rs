@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 
 use bytes::{Bytes, BytesMut};
 
+use crate::config::ValidConfig;
 use crate::ids::{BackendId, ConnId};
 
 /// Something that happened in the world, fed to [`crate::Balancer::handle_input`].
@@ -32,6 +33,12 @@ pub enum Input {
     },
     /// The operator changed the backend farm.
     Backends(BackendChange),
+    /// The operator reloaded the configuration (e.g. on SIGHUP). Backends are matched by
+    /// address: new ones are added (and connected), missing ones removed (no new calls; their
+    /// tagged traffic goes to a backup), weights, modes of new backends, draining, algorithm,
+    /// window, limits and the tag keys take effect. Listeners cannot change without a restart.
+    /// No connection and no call is dropped.
+    Reload(Box<ValidConfig>),
     /// The deadline of [`crate::Balancer::poll_timeout`] has passed (early calls are harmless).
     Timeout,
 }
@@ -120,6 +127,27 @@ pub enum Event {
         conn: ConnId,
         /// What was wrong.
         fault: &'static str,
+    },
+    /// A backend answered a new call with 503: it gets no new calls for `hold`.
+    BackendOverloaded {
+        /// The backend.
+        backend: BackendId,
+        /// How long it is skipped by selection (its Retry-After, or the configured default).
+        hold: std::time::Duration,
+    },
+    /// A reloaded configuration took effect.
+    Reloaded {
+        /// Backends added.
+        added: usize,
+        /// Backends removed.
+        removed: usize,
+    },
+    /// A frontend connection was closed for a timeout.
+    TimedOut {
+        /// The connection.
+        conn: ConnId,
+        /// `idle` or `partial message`.
+        cause: &'static str,
     },
     /// A message could not be delivered and was dropped (no response is possible for it).
     Dropped {

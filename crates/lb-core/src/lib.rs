@@ -42,6 +42,8 @@ mod balancer;
 mod config;
 pub mod envelope;
 mod framing;
+#[doc(hidden)]
+pub mod fuzzing;
 mod hops;
 mod ids;
 mod io;
@@ -53,10 +55,10 @@ mod select;
 mod stats;
 mod tag;
 
-pub use balancer::Balancer;
+pub use balancer::{BackendStatus, Balancer};
 pub use config::{
-    Algorithm, BackendConfig, BackendMode, Config, ConfigError, Limits, TagKey, ValidConfig,
-    BACKENDS_MAX, T1, TIMER_C, WINDOW_DEFAULT,
+    Algorithm, BackendConfig, BackendMode, Config, ConfigError, Limits, ProbeConfig, TagKey,
+    ValidConfig, BACKENDS_MAX, T1, TIMER_C, WINDOW_DEFAULT,
 };
 pub use ids::{BackendId, ConnId, ListenerId};
 pub use io::{BackendChange, CloseReason, Event, Input, Output};

@@ -40,6 +40,8 @@ pub(crate) enum Insertion {
     Received(IpAddr),
     /// `=PORT` after a bare `rport` (RFC 3581 §4).
     RportValue(u16),
+    /// Fixed text, such as a replacement status line.
+    Raw(&'static [u8]),
 }
 
 /// The edits of one message; a handful at most, kept inline.
@@ -117,6 +119,7 @@ fn write_insertion(out: &mut BytesMut, insert: Insertion, cx: &Context<'_>) {
             // Formatting an IpAddr writes into the buffer without allocating.
             let _ = write!(BufWriter(out), "{ip}");
         }
+        Insertion::Raw(text) => out.put_slice(text),
         Insertion::RportValue(port) => {
             out.put_u8(b'=');
             let _ = write!(BufWriter(out), "{port}");

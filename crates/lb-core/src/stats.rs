@@ -55,6 +55,20 @@ pub struct Stats {
     pub stale_inputs: u64,
     /// Backend connections lost or refused.
     pub backend_failures: u64,
+    /// OPTIONS probes sent to backends.
+    pub probes_sent: u64,
+    /// Probes that failed (timed out or answered with an error other than 503).
+    pub probe_failures: u64,
+    /// 503 answers from backends to new calls (each starts an overload hold).
+    pub backend_overloads: u64,
+    /// Frontend connections closed for sending nothing within the idle timeout.
+    pub idle_closes: u64,
+    /// Frontend connections closed for holding part of a message too long.
+    pub partial_closes: u64,
+    /// Configuration reloads applied.
+    pub reloads: u64,
+    /// Gauge: backends up now.
+    pub backends_up: u64,
     /// Gauge: frontend connections open now.
     pub frontends_open: u64,
     /// Gauge: new-call table entries now.
@@ -67,7 +81,20 @@ impl std::fmt::Display for Stats {
     /// One line of `name=value` pairs, every counter, in declaration order: what the binaries
     /// print at exit and what scripts parse.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let pairs: [(&str, u64); 27] = [
+        for (i, (name, value)) in self.pairs().iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            write!(f, "{name}={value}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Stats {
+    /// Every counter and gauge by name, in declaration order (for metrics exposition).
+    pub fn pairs(&self) -> [(&'static str, u64); 34] {
+        [
             ("frontend_requests_in", self.frontend_requests_in),
             ("frontend_responses_in", self.frontend_responses_in),
             ("backend_requests_in", self.backend_requests_in),
@@ -92,16 +119,16 @@ impl std::fmt::Display for Stats {
             ("frontends_refused", self.frontends_refused),
             ("stale_inputs", self.stale_inputs),
             ("backend_failures", self.backend_failures),
+            ("probes_sent", self.probes_sent),
+            ("probe_failures", self.probe_failures),
+            ("backend_overloads", self.backend_overloads),
+            ("idle_closes", self.idle_closes),
+            ("partial_closes", self.partial_closes),
+            ("reloads", self.reloads),
+            ("backends_up", self.backends_up),
             ("frontends_open", self.frontends_open),
             ("table_len", self.table_len),
             ("table_len_max", self.table_len_max),
-        ];
-        for (i, (name, value)) in pairs.iter().enumerate() {
-            if i > 0 {
-                f.write_str(" ")?;
-            }
-            write!(f, "{name}={value}")?;
-        }
-        Ok(())
+        ]
     }
 }

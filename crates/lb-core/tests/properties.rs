@@ -758,6 +758,9 @@ fn config(script: &Script, options: Options) -> Config {
             table_capacity: options.table_capacity,
             ..Limits::default()
         },
+        // The scripts model routing, not idle connections: frontends here may stay silent for
+        // days of virtual time. Idle closing has its own scenario tests.
+        idle_timeout: std::time::Duration::from_secs(365 * 24 * 3600),
         ..Config::default()
     }
 }

@@ -494,10 +494,16 @@ impl World {
                 self.lbs[i].acct.dropped_events += 1;
                 7
             }
+            Event::BackendOverloaded { .. } => 8,
+            Event::Reloaded { .. } => 9,
+            Event::TimedOut { .. } => 10,
         };
         if matches!(
             e,
-            Event::FramingLost { .. } | Event::Malformed { .. } | Event::FrontendRefused(_)
+            Event::FramingLost { .. }
+                | Event::Malformed { .. }
+                | Event::FrontendRefused(_)
+                | Event::TimedOut { .. }
         ) {
             self.violate(ViolationKind::Output, format!("lb{i}: unexpected {e:?}"));
         }
