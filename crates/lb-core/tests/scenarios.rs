@@ -397,3 +397,228 @@ fn envelope_backend_round_trip() {
     assert_eq!(conn, fe);
     assert!(ok.starts_with("SIP/2.0 200 OK"));
 }
+
+#[test]
+fn a_silent_frontend_is_closed_after_the_idle_timeout() {
+    let mut cfg = config(1, BackendMode::Plain);
+    cfg.idle_timeout = Duration::from_secs(60);
+    let mut h = Harness::new(cfg);
+    let silent = h.frontend(PROXY);
+    let pinging = h.frontend("203.0.113.7:40002");
+    for _ in 0..5 {
+        h.advance(Duration::from_secs(20));
+        h.receive(pinging, b"\r\n\r\n");
+        let outs = h.drain();
+        let closes: Vec<_> = outs
+            .iter()
+            .filter(|o| matches!(o, Output::Close { .. }))
+            .collect();
+        assert!(
+            closes.iter().all(|c| **c == Output::Close { conn: silent }),
+            "{outs:?}"
+        );
+    }
+    assert_eq!(
+        h.closed,
+        vec![silent],
+        "only the silent one closed; pings count as traffic"
+    );
+    assert!(h.events.contains(&Event::TimedOut {
+        conn: silent,
+        cause: "idle"
+    }));
+    assert_eq!(h.lb.stats().idle_closes, 1);
+}
+
+#[test]
+fn a_slowloris_frontend_is_closed_but_slow_complete_messages_are_not() {
+    let mut cfg = config(1, BackendMode::Plain);
+    cfg.partial_timeout = Duration::from_secs(5);
+    let mut h = Harness::new(cfg);
+    let loris = h.frontend(PROXY);
+    let slow = h.frontend("203.0.113.7:40002");
+    let inv = invite("call-loris", "z9hG4bKlo");
+    h.receive(loris, &inv.as_bytes()[..40]);
+    // `slow` keeps ending its reads inside a message, but completes one every 3 s.
+    for n in 0..4 {
+        let m = invite(&format!("slow-{n}"), &format!("z9hG4bKs{n}"));
+        let (head, tail) = m.as_bytes().split_at(30);
+        h.receive(slow, tail);
+        h.receive(slow, head);
+        h.advance(Duration::from_secs(3));
+    }
+    h.drain();
+    assert_eq!(h.closed, vec![loris]);
+    assert!(h.events.contains(&Event::TimedOut {
+        conn: loris,
+        cause: "partial message"
+    }));
+    assert_eq!(h.lb.stats().partial_closes, 1);
+}
+
+#[test]
+fn probes_take_a_silent_backend_out_and_back() {
+    let mut cfg = config(2, BackendMode::Plain);
+    cfg.probe = Some(lb_core::ProbeConfig {
+        interval: Duration::from_secs(1),
+        timeout: Duration::from_millis(500),
+        failures_to_down: 2,
+        successes_to_up: 1,
+    });
+    let mut h = Harness::new(cfg);
+    let fe = h.frontend(PROXY);
+    let b1 = h.backend_id(1);
+    // Backend 0 answers every probe; backend 1 answers none for a while.
+    let mut answer_b1 = false;
+    for _ in 0..8 {
+        h.advance(Duration::from_millis(250));
+        for out in h.drain() {
+            if let Output::Send { conn, bytes } = out {
+                let i = h.backends.iter().position(|c| *c == Some(conn)).unwrap();
+                let probe = text(&bytes);
+                assert!(probe.starts_with("OPTIONS sip:198.51.100."), "{probe}");
+                if i == 0 || answer_b1 {
+                    h.backend_sends(i, &response_to(&probe, "200 OK"), None);
+                    h.expect_nothing(); // probe answers are the balancer's own
+                }
+            }
+        }
+    }
+    assert!(!h.lb.is_backend_up(b1));
+    assert!(h.events.contains(&Event::BackendDown(b1)));
+    for n in 0..4 {
+        h.receive(
+            fe,
+            invite(&format!("p-{n}"), &format!("z9hG4bKp{n}")).as_bytes(),
+        );
+        assert_eq!(
+            h.expect_to_backend().0,
+            0,
+            "new calls avoid the silent backend"
+        );
+    }
+    answer_b1 = true;
+    for _ in 0..8 {
+        h.advance(Duration::from_millis(250));
+        for out in h.drain() {
+            if let Output::Send { conn, bytes } = out {
+                let i = h.backends.iter().position(|c| *c == Some(conn)).unwrap();
+                if i == 0 || answer_b1 {
+                    h.backend_sends(i, &response_to(&text(&bytes), "200 OK"), None);
+                    h.drain();
+                }
+            }
+        }
+    }
+    assert!(h.lb.is_backend_up(b1), "one good answer brings it back");
+    assert!(h.lb.stats().probe_failures >= 2);
+}
+
+#[test]
+fn a_503_from_a_backend_sheds_its_new_calls_and_goes_upstream_as_500() {
+    let mut h = Harness::new(config(2, BackendMode::Plain));
+    let fe = h.frontend(PROXY);
+    h.receive(fe, invite("call-o", "z9hG4bKo").as_bytes());
+    let (b, fwd, _) = h.expect_to_backend();
+    let busy = response_to(&fwd, "503 Service Unavailable")
+        .replace("Content-Length: 0", "Retry-After: 10\r\nContent-Length: 0");
+    h.backend_sends(b, &busy, None);
+    let (_, upstream) = h.expect_to_frontend();
+    assert!(
+        upstream.starts_with("SIP/2.0 500 Server Internal Error\r\n"),
+        "{upstream}"
+    );
+    assert!(h.events.contains(&Event::BackendOverloaded {
+        backend: h.backend_id(b),
+        hold: Duration::from_secs(10)
+    }));
+    for n in 0..4 {
+        h.receive(
+            fe,
+            invite(&format!("o-{n}"), &format!("z9hG4bKo{n}")).as_bytes(),
+        );
+        assert_ne!(h.expect_to_backend().0, b, "held for its Retry-After");
+    }
+    h.advance(Duration::from_secs(11));
+    let mut seen = Vec::new();
+    for n in 0..4 {
+        h.receive(
+            fe,
+            invite(&format!("q-{n}"), &format!("z9hG4bKq{n}")).as_bytes(),
+        );
+        seen.push(h.expect_to_backend().0);
+    }
+    assert!(seen.contains(&b), "back after the hold: {seen:?}");
+}
+
+#[test]
+fn a_503_from_the_only_backend_goes_upstream_as_is() {
+    let mut h = Harness::new(config(1, BackendMode::Plain));
+    let fe = h.frontend(PROXY);
+    h.receive(fe, invite("call-o1", "z9hG4bKo1").as_bytes());
+    let (b, fwd, _) = h.expect_to_backend();
+    h.backend_sends(b, &response_to(&fwd, "503 Service Unavailable"), None);
+    let (_, upstream) = h.expect_to_frontend();
+    assert!(upstream.starts_with("SIP/2.0 503 "), "{upstream}");
+    h.receive(fe, invite("call-o2", "z9hG4bKo2").as_bytes());
+    let (_, reply) = h.expect_to_frontend();
+    assert!(
+        reply.starts_with("SIP/2.0 503 No Backend Available"),
+        "{reply}"
+    );
+}
+
+#[test]
+fn reload_adds_drains_and_removes_backends_without_dropping_calls() {
+    let cfg = config(2, BackendMode::Plain);
+    let mut h = Harness::new(cfg.clone());
+    let fe = h.frontend(PROXY);
+    let mut tags = Vec::new();
+    for n in 0..2 {
+        h.receive(
+            fe,
+            invite(&format!("r-{n}"), &format!("z9hG4bKr{n}")).as_bytes(),
+        );
+        let (b, fwd, _) = h.expect_to_backend();
+        tags.push((format!("r-{n}"), b, record_route_tag(&fwd).unwrap()));
+    }
+    // Backend 1 removed, backend 0 drained, a new backend added.
+    let mut next = cfg.clone();
+    next.backends.remove(1);
+    next.backends[0].draining = true;
+    next.backends.push(lb_core::BackendConfig::plain(
+        "198.51.100.9:5060".parse().unwrap(),
+    ));
+    h.input(Input::Reload(Box::new(next.validate().unwrap())));
+    let outs = h.drain();
+    assert!(
+        outs.contains(&Output::Close {
+            conn: h.backends[1].unwrap()
+        }),
+        "{outs:?}"
+    );
+    assert!(outs.iter().any(|o| matches!(o, Output::Connect { to, .. } if to.port() == 5060 && to.ip().to_string() == "198.51.100.9")));
+    assert!(h.events.contains(&Event::Reloaded {
+        added: 1,
+        removed: 1
+    }));
+    h.input(Input::Closed {
+        conn: h.backends[1].unwrap(),
+        reason: CloseReason::Requested,
+    });
+    h.connect_backend(2);
+    // New calls go only to the added backend (0 drains, 1 is gone)…
+    h.receive(fe, invite("r-new", "z9hG4bKrn").as_bytes());
+    assert_eq!(h.expect_to_backend().0, 2);
+    // …the drained backend keeps its call, the removed one's call goes to a backup.
+    for (call, b, tag) in &tags {
+        h.receive(fe, in_dialog("BYE", call, tag, 2).as_bytes());
+        let got = h.expect_to_backend().0;
+        if *b == 0 {
+            assert_eq!(got, 0);
+        } else {
+            assert_ne!(got, 1);
+        }
+    }
+    assert_eq!(h.lb.stats().reloads, 1);
+}

@@ -116,6 +116,11 @@ impl Harness {
                     outs.push(Output::Close { conn });
                 }
                 Output::Connect { conn, backend, .. } => {
+                    if self.backends.len() <= backend.index() {
+                        // Added by a reload: plain mode, as the reload tests configure it.
+                        self.backends.resize(backend.index() + 1, None);
+                        self.modes.resize(backend.index() + 1, BackendMode::Plain);
+                    }
                     self.backends[backend.index()] = Some(conn);
                     outs.push(o);
                 }
