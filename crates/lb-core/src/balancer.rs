@@ -212,9 +212,6 @@ impl Balancer {
         }
         self.stats.table_len = self.table.len() as u64;
         self.stats.table_len_max = self.stats.table_len_max.max(self.stats.table_len);
-        self.stats.backends_up = (0..self.backends.len())
-            .filter(|i| self.is_backend_up(BackendId::new(*i)))
-            .count() as u64;
     }
 
     /// The next action, or `None` once drained. Does no work of its own.

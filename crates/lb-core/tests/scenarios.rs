@@ -486,6 +486,7 @@ fn probes_take_a_silent_backend_out_and_back() {
     }
     assert!(!h.lb.is_backend_up(b1));
     assert!(h.events.contains(&Event::BackendDown(b1)));
+    assert_eq!(h.lb.stats().backends_up, 1);
     for n in 0..4 {
         h.receive(
             fe,
@@ -511,6 +512,7 @@ fn probes_take_a_silent_backend_out_and_back() {
         }
     }
     assert!(h.lb.is_backend_up(b1), "one good answer brings it back");
+    assert_eq!(h.lb.stats().backends_up, 2);
     assert!(h.lb.stats().probe_failures >= 2);
 }
 

@@ -138,6 +138,12 @@ impl Balancer {
         })
     }
 
+    /// Recounts the `backends_up` gauge; called wherever availability can change.
+    fn count_backends_up(&mut self) {
+        let up = (0..self.backends.len()).filter(|i| self.is_backend_up(BackendId::new(*i)));
+        self.stats.backends_up = up.count() as u64;
+    }
+
     /// Whether a new call may be given to `backend` now.
     pub(super) fn takes_new_calls(&mut self, backend: BackendId) -> bool {
         let now = self.now;
@@ -193,6 +199,7 @@ impl Balancer {
         };
         self.outputs
             .push_back(Output::Event(Event::BackendUp(backend)));
+        self.count_backends_up();
         if self.config.config.probe.is_some() {
             self.schedule(backend, BackendTimer::Probe, Duration::ZERO);
         }
@@ -217,6 +224,7 @@ impl Balancer {
             self.outputs
                 .push_back(Output::Event(Event::BackendDown(backend)));
         }
+        self.count_backends_up();
         if !self.backends[backend.index()].removed {
             let delay = self.reconnect_delay(backend);
             self.schedule(backend, BackendTimer::Reconnect, delay);
@@ -368,6 +376,7 @@ impl Balancer {
                 .push_back(Output::Event(Event::BackendUp(backend))),
             _ => {}
         }
+        self.count_backends_up();
     }
 
     /// A backend answered an INVITE with 503: no new calls for its Retry-After (capped), or the
@@ -480,6 +489,7 @@ impl Balancer {
             }
         }
         self.stats.reloads += 1;
+        self.count_backends_up();
         self.outputs
             .push_back(Output::Event(Event::Reloaded { added, removed }));
     }
