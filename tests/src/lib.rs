@@ -20,6 +20,7 @@ pub mod bins;
 pub mod envelope;
 pub mod lb;
 pub mod net;
+pub mod ops;
 pub mod process;
 pub mod sipp;
 pub mod trace;

@@ -7,7 +7,10 @@
 //!   win), validated by `lb_core::Config::validate`. Errors are one line, `siplb: <key>: <reason>`,
 //!   exit code 2.
 //! - [`init_logging`]: `tracing-subscriber` with an `EnvFilter`, to stderr.
-//! - [`log_event`], [`log_frontend_open`], [`log_frontend_closed`]: the operator's log lines.
+//! - [`Ops`]: what a driver owes the operator besides bytes: the core's events as log lines
+//!   (those a peer can provoke rate limited per kind by a [`RateLimiter`]), the `--metrics`
+//!   snapshot and HTTP server (module docs of [`Snapshot`]), and SIGHUP reloads.
+//! - [`log_frontend_open`], [`log_frontend_closed`]: one line per frontend connection.
 //! - [`stats_line`]: the `siplb-stats …` line printed at exit.
 //! - [`read_some`], [`write_queue`]: socket reads and queued writes for readiness-based loops.
 //! - [`main_with`]: the whole `main` of a binary around a driver's `run`.
@@ -19,6 +22,27 @@
 //! Keys mirror the flags; a flag given on the command line wins over the file, and a repeatable
 //! flag given at all replaces the file's whole list. Durations are seconds (fractions allowed).
 //! A relative `tag-key-file` is relative to the config file.
+//!
+//! ## Reload (SIGHUP)
+//!
+//! On SIGHUP the binaries reread the config file and the tag key file and merge them with the
+//! command line given at start (flags still win). A valid result is applied without dropping a
+//! connection or a call: backends added, removed, drained and re-weighted, the algorithm, the
+//! tag keys, timeouts, probes, overload holds and the output cap. Listen addresses, `metrics`,
+//! `log-level`, `window`, `ringing-max` and `limits.table-capacity` change only at a restart.
+//! An invalid file is refused with one warning naming the key, and the running configuration
+//! stays. **A config file is needed for a reload to change anything**: the flags do not
+//! change, so a balancer started from flags alone can only reread its tag key file.
+//!
+//! ## Metrics
+//!
+//! `metrics = "ADDR"` (or `--metrics ADDR`) serves `http://ADDR/metrics` (OpenMetrics text:
+//! every counter of `lb_core::Stats` as `siplb_<name>_total`, the gauges `siplb_frontends_open`,
+//! `siplb_table_len`, `siplb_table_len_max`, `siplb_backends_up`, `siplb_table_capacity`, and
+//! per backend `siplb_backend_{up,draining,removed,overloaded,assigned,weight,load}` labelled
+//! `backend="ID",addr="IP:PORT"`) and `http://ADDR/health` (200 `ready` while at least one
+//! backend is up, else 503). Figures are at most 100 ms old. Bind it to a private address:
+//! the endpoint has no authentication.
 //!
 //! ```toml
 //! listen = ["0.0.0.0:5060"]
@@ -34,6 +58,15 @@
 //! retry-after = 5                 # file only: 503 Retry-After, backend reconnect backoff
 //! reconnect-min = 0.1
 //! reconnect-max = 10
+//! probe-interval = 5              # SIP OPTIONS to each backend; no probes without this key
+//! probe-timeout = 2
+//! probe-failures = 3              # consecutive failures that take a backend down
+//! probe-successes = 2             # consecutive successes that bring it back
+//! idle-timeout = 900              # a frontend connection silent this long is closed
+//! partial-timeout = 10            # ... or holding part of a message this long (slowloris)
+//! overload-hold = 5               # no new calls to a backend that answered 503 (no Retry-After)
+//! overload-hold-max = 300         # file only: cap on a backend's Retry-After
+//! metrics = "127.0.0.1:9090"      # /metrics and /health
 //!
 //! [[backend]]
 //! addr = "10.0.0.1:5060"
@@ -56,6 +89,8 @@
 //! On the command line a backend is `ADDR[,weight=N][,mode=plain|envelope][,backup=ADDR]
 //! [,draining]`.
 
+mod metrics;
+mod ops;
 mod settings;
 
 use std::collections::VecDeque;
@@ -66,9 +101,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use lb_core::{CloseReason, ConnId, Event, Stats, ValidConfig};
+use lb_core::{CloseReason, ConnId, Stats};
 use rand::TryRngCore;
 
+pub use metrics::{Snapshot, PUBLISH_EVERY};
+pub use ops::{Noise, Ops, RateLimiter, NOISE_LINES_MAX, NOISE_WINDOW};
 pub use settings::{parse, read_tag_keys, CliError, Settings};
 
 /// How long a backend connect may take before the driver reports it closed; the core then
@@ -160,6 +197,14 @@ pub enum RunError {
         /// The OS's reason.
         source: std::io::Error,
     },
+    /// The metrics address could not be served.
+    #[error("metrics: {addr}: {reason}")]
+    Metrics {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
     /// The runtime or the poller failed.
     #[error("runtime: {0}")]
     Runtime(#[source] std::io::Error),
@@ -206,47 +251,6 @@ pub fn os_seed() -> Result<u64, RunError> {
 /// The line printed to stdout at exit: `siplb-stats ` then the stats' `key=value` pairs.
 pub fn stats_line(stats: &Stats) -> String {
     format!("siplb-stats {stats}")
-}
-
-/// Logs an [`Event`] of the core: backend state changes as operator news, faults of single
-/// messages at `debug` (they are counted in [`Stats`] too).
-pub fn log_event(config: &ValidConfig, event: &Event) {
-    let addr = |b: lb_core::BackendId| match config.config().backends.get(b.index()) {
-        Some(c) => c.addr.to_string(),
-        None => "?".to_string(),
-    };
-    match event {
-        Event::BackendUp(b) => {
-            tracing::info!(backend = %b, addr = %addr(*b), "backend up");
-        }
-        Event::BackendDown(b) => {
-            tracing::warn!(backend = %b, addr = %addr(*b), "backend down");
-        }
-        Event::BackendDraining { backend, draining } => {
-            tracing::info!(backend = %backend, addr = %addr(*backend), draining, "backend draining");
-        }
-        Event::FrontendRefused(conn) => {
-            tracing::warn!(conn = %conn, "frontend connection refused: limits.frontends-max");
-        }
-        Event::FramingLost { conn, fault } => {
-            tracing::debug!(conn = %conn, fault, "framing lost, closing");
-        }
-        Event::Malformed { conn, fault } => {
-            tracing::debug!(conn = %conn, fault, "malformed message");
-        }
-        Event::Dropped { conn, cause } => {
-            tracing::debug!(conn = %conn, cause, "message dropped");
-        }
-        Event::BackendOverloaded { backend, hold } => {
-            tracing::warn!(backend = %backend, addr = %addr(*backend), ?hold, "backend overloaded (503): no new calls");
-        }
-        Event::Reloaded { added, removed } => {
-            tracing::info!(added, removed, "configuration reloaded");
-        }
-        Event::TimedOut { conn, cause } => {
-            tracing::info!(conn = %conn, cause, "frontend connection timed out");
-        }
-    }
 }
 
 /// Logs a frontend connection the driver accepted.

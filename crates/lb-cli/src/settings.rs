@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
-use lb_core::{Algorithm, BackendConfig, BackendMode, Config, ConfigError, TagKey, ValidConfig};
+use lb_core::{
+    Algorithm, BackendConfig, BackendMode, Config, ConfigError, ProbeConfig, TagKey, ValidConfig,
+};
 use rand::TryRngCore;
 use serde::Deserialize;
 
@@ -30,6 +32,36 @@ pub struct Settings {
     /// No key file was given, so the tag key was made at start; tags issued now will not verify
     /// after a restart. [`crate::init_logging`] warns about it.
     pub tag_key_generated: bool,
+    /// `--metrics`: where to serve `/metrics` and `/health`.
+    pub metrics: Option<SocketAddr>,
+    /// The command line as given, so [`Settings::reload`] can merge it with the file again.
+    args: Args,
+}
+
+impl Settings {
+    /// Rereads the config file named by `--config` and merges it with the original command
+    /// line again (flags still win), for SIGHUP. Without `--config` the result equals the
+    /// running settings: a reload changes nothing then.
+    ///
+    /// A key file is reread too (key rotation). A key made at start because no key file was
+    /// given is kept, so tags issued before the reload still verify after it. Listeners,
+    /// `--metrics` and the log level take effect only at a restart; the drivers warn when the
+    /// file changes them.
+    pub fn reload(&self) -> Result<Settings, CliError> {
+        let file = match &self.args.config {
+            Some(path) => Some((read_file(path)?, path.clone())),
+            None => None,
+        };
+        let keys = self
+            .tag_key_generated
+            .then(|| self.core.config().tag_keys.as_slice());
+        merge(self.args.clone(), file, keys)
+    }
+
+    /// The file given with `--config`, which [`Settings::reload`] rereads.
+    pub fn config_file(&self) -> Option<&Path> {
+        self.args.config.as_deref()
+    }
 }
 
 /// Why the command line or config file was refused.
@@ -102,7 +134,7 @@ where
         Some(path) => Some((read_file(path)?, path.clone())),
         None => None,
     };
-    merge(args, file)
+    merge(args, file, None)
 }
 
 /// Reads a tag key file: one key per line as `ID:HEXSECRET`, blank lines and lines starting with
@@ -117,7 +149,7 @@ pub fn read_tag_keys(path: &Path) -> Result<Vec<TagKey>, CliError> {
 
 /// The command line. Every value is taken as text and parsed by this module so that flags and
 /// file keys share their error messages.
-#[derive(Debug, Parser)]
+#[derive(Clone, Debug, Parser)]
 #[command(name = "siplb", version, about = "A SIP load balancer over TCP")]
 struct Args {
     /// TOML config file; flags override its keys
@@ -162,6 +194,31 @@ struct Args {
     /// Bytes queued for one connection before it is closed [default: 4194304]
     #[arg(long, value_name = "BYTES")]
     output_cap: Option<String>,
+    /// Probe each backend with SIP OPTIONS every SECS (enables probes) [default: no probes]
+    #[arg(long, value_name = "SECS")]
+    probe_interval: Option<String>,
+    /// A probe unanswered this long fails [default: 2, at most the interval]
+    #[arg(long, value_name = "SECS")]
+    probe_timeout: Option<String>,
+    /// Consecutive failed probes that take a backend down [default: 3]
+    #[arg(long, value_name = "N")]
+    probe_failures: Option<String>,
+    /// Consecutive passed probes that bring a probed-down backend back [default: 2]
+    #[arg(long, value_name = "N")]
+    probe_successes: Option<String>,
+    /// Close a frontend connection that sends nothing for SECS [default: 900]
+    #[arg(long, value_name = "SECS")]
+    idle_timeout: Option<String>,
+    /// Close a frontend connection holding part of a message for SECS [default: 10]
+    #[arg(long, value_name = "SECS")]
+    partial_timeout: Option<String>,
+    /// No new calls for SECS to a backend that answered one with 503 without Retry-After
+    /// [default: 5]
+    #[arg(long, value_name = "SECS")]
+    overload_hold: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics and readiness at /health
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
 }
 
 /// The TOML file; keys mirror the flags.
@@ -182,6 +239,15 @@ struct FileConfig {
     tag_header: Option<String>,
     log_level: Option<String>,
     output_cap: Option<u64>,
+    probe_interval: Option<f64>,
+    probe_timeout: Option<f64>,
+    probe_failures: Option<u32>,
+    probe_successes: Option<u32>,
+    idle_timeout: Option<f64>,
+    partial_timeout: Option<f64>,
+    overload_hold: Option<f64>,
+    overload_hold_max: Option<f64>,
+    metrics: Option<String>,
     limits: FileLimits,
 }
 
@@ -231,7 +297,13 @@ fn read_file(path: &Path) -> Result<FileConfig, CliError> {
     })
 }
 
-fn merge(args: Args, file: Option<(FileConfig, PathBuf)>) -> Result<Settings, CliError> {
+/// `previous_keys`: on a reload without a key file, the key made at start (kept, not redrawn).
+fn merge(
+    args: Args,
+    file: Option<(FileConfig, PathBuf)>,
+    previous_keys: Option<&[TagKey]>,
+) -> Result<Settings, CliError> {
+    let kept = args.clone();
     let (file, file_path) = match file {
         Some((f, p)) => (f, Some(p)),
         None => (FileConfig::default(), None),
@@ -284,15 +356,50 @@ fn merge(args: Args, file: Option<(FileConfig, PathBuf)>) -> Result<Settings, Cl
     if let Some(d) = pick_secs("ringing-max", args.ringing_max.as_deref(), file.ringing_max)? {
         core.ringing_max = d;
     }
-    for (key, value, slot) in [
-        ("retry-after", file.retry_after, &mut core.retry_after),
-        ("reconnect-min", file.reconnect_min, &mut core.reconnect_min),
-        ("reconnect-max", file.reconnect_max, &mut core.reconnect_max),
+    for (key, flag, value, slot) in [
+        ("retry-after", None, file.retry_after, &mut core.retry_after),
+        (
+            "reconnect-min",
+            None,
+            file.reconnect_min,
+            &mut core.reconnect_min,
+        ),
+        (
+            "reconnect-max",
+            None,
+            file.reconnect_max,
+            &mut core.reconnect_max,
+        ),
+        (
+            "idle-timeout",
+            args.idle_timeout.as_deref(),
+            file.idle_timeout,
+            &mut core.idle_timeout,
+        ),
+        (
+            "partial-timeout",
+            args.partial_timeout.as_deref(),
+            file.partial_timeout,
+            &mut core.partial_timeout,
+        ),
+        (
+            "overload-hold",
+            args.overload_hold.as_deref(),
+            file.overload_hold,
+            &mut core.overload_hold,
+        ),
+        (
+            "overload-hold-max",
+            None,
+            file.overload_hold_max,
+            &mut core.overload_hold_max,
+        ),
     ] {
-        if let Some(d) = pick_secs(key, None, value)? {
+        if let Some(d) = pick_secs(key, flag, value)? {
             *slot = d;
         }
     }
+    core.probe = merge_probe(&args, &file)?;
     core.advertise = args.advertise.or(file.advertise);
     core.tag_header = args.tag_header.or(file.tag_header);
 
@@ -321,9 +428,10 @@ fn merge(args: Args, file: Option<(FileConfig, PathBuf)>) -> Result<Settings, Cl
         (None, None) => None,
     };
     let tag_key_generated = key_file.is_none();
-    core.tag_keys = match key_file {
-        Some(path) => read_tag_keys(&path)?,
-        None => vec![random_tag_key()?],
+    core.tag_keys = match (key_file, previous_keys) {
+        (Some(path), _) => read_tag_keys(&path)?,
+        (None, Some(keys)) => keys.to_vec(),
+        (None, None) => vec![random_tag_key()?],
     };
 
     let log_level = args
@@ -346,13 +454,86 @@ fn merge(args: Args, file: Option<(FileConfig, PathBuf)>) -> Result<Settings, Cl
         (None, None) => OUTPUT_CAP_DEFAULT,
     };
 
+    let metrics = match args.metrics.as_deref().or(file.metrics.as_deref()) {
+        Some(a) => Some(parse_addr("metrics", a)?),
+        None => None,
+    };
+
     Ok(Settings {
         core: core.validate()?,
         log_level,
         check_config: args.check_config,
         output_cap_bytes,
         tag_key_generated,
+        metrics,
+        args: kept,
     })
+}
+
+/// Probes are on when an interval is given; the other probe keys refine them and are refused
+/// without it, since they would silently do nothing.
+fn merge_probe(args: &Args, file: &FileConfig) -> Result<Option<ProbeConfig>, CliError> {
+    let interval = pick_secs(
+        "probe-interval",
+        args.probe_interval.as_deref(),
+        file.probe_interval,
+    )?;
+    let timeout = pick_secs(
+        "probe-timeout",
+        args.probe_timeout.as_deref(),
+        file.probe_timeout,
+    )?;
+    let failures = pick_count(
+        "probe-failures",
+        args.probe_failures.as_deref(),
+        file.probe_failures,
+    )?;
+    let successes = pick_count(
+        "probe-successes",
+        args.probe_successes.as_deref(),
+        file.probe_successes,
+    )?;
+    let Some(interval) = interval else {
+        let given = [
+            ("probe-timeout", timeout.is_some()),
+            ("probe-failures", failures.is_some()),
+            ("probe-successes", successes.is_some()),
+        ];
+        return match given.iter().find(|(_, given)| *given) {
+            Some((key, _)) => Err(CliError::invalid(
+                key,
+                "probes are off without probe-interval",
+            )),
+            None => Ok(None),
+        };
+    };
+    let default = ProbeConfig::default();
+    Ok(Some(ProbeConfig {
+        interval,
+        // The default timeout must not exceed a short interval the operator chose.
+        timeout: timeout.unwrap_or(default.timeout.min(interval)),
+        failures_to_down: failures.unwrap_or(default.failures_to_down),
+        successes_to_up: successes.unwrap_or(default.successes_to_up),
+    }))
+}
+
+/// The flag's text if given, else the file's number; a positive count.
+fn pick_count(
+    key: &'static str,
+    flag: Option<&str>,
+    file: Option<u32>,
+) -> Result<Option<u32>, CliError> {
+    let n = match (flag, file) {
+        (Some(text), _) => text.trim().parse::<u32>().map_err(|_| {
+            CliError::invalid(key, format!("{text:?} is not a positive whole number"))
+        })?,
+        (None, Some(n)) => n,
+        (None, None) => return Ok(None),
+    };
+    if n == 0 {
+        return Err(CliError::invalid(key, "must be at least 1"));
+    }
+    Ok(Some(n))
 }
 
 fn file_backend(b: &FileBackend) -> Result<PartialBackend, CliError> {
@@ -872,6 +1053,173 @@ table-capacity = 99
         assert_eq!(c.reconnect_min, Duration::from_millis(100));
         assert_eq!(c.limits.headers_max, 128);
         assert_eq!(s.core.advertise(), "lb.example.com:5060");
+    }
+
+    #[test]
+    fn probe_flags_enable_probes_with_defaults_that_fit_the_interval() {
+        let s = parse(args(&[])).unwrap();
+        assert_eq!(s.core.config().probe, None);
+        let s = parse(args(&[
+            "--probe-interval",
+            "0.2",
+            "--probe-timeout",
+            "0.1",
+            "--probe-failures",
+            "2",
+            "--probe-successes",
+            "1",
+        ]))
+        .unwrap();
+        assert_eq!(
+            s.core.config().probe,
+            Some(ProbeConfig {
+                interval: Duration::from_millis(200),
+                timeout: Duration::from_millis(100),
+                failures_to_down: 2,
+                successes_to_up: 1,
+            })
+        );
+        // A short interval alone: the default timeout is cut down to it.
+        let s = parse(args(&["--probe-interval", "1"])).unwrap();
+        let p = s.core.config().probe.clone().unwrap();
+        assert_eq!(p.timeout, Duration::from_secs(1));
+        assert_eq!(
+            (p.failures_to_down, p.successes_to_up),
+            (
+                ProbeConfig::default().failures_to_down,
+                ProbeConfig::default().successes_to_up
+            )
+        );
+    }
+
+    #[test]
+    fn bad_probe_and_timeout_values_name_their_keys() {
+        for (extra, key) in [
+            (&["--probe-timeout", "1"][..], "probe-timeout"),
+            (&["--probe-successes", "2"][..], "probe-successes"),
+            (
+                &["--probe-interval", "1", "--probe-failures", "0"][..],
+                "probe-failures",
+            ),
+            (
+                &["--probe-interval", "1", "--probe-successes", "x"][..],
+                "probe-successes",
+            ),
+            (
+                &["--probe-interval", "1", "--probe-timeout", "2"][..],
+                "probe-timeout",
+            ),
+            (&["--probe-interval", "0"][..], "probe-interval"),
+            (&["--idle-timeout", "0"][..], "idle-timeout"),
+            (&["--partial-timeout", "soon"][..], "partial-timeout"),
+            (&["--overload-hold=-1"][..], "overload-hold"),
+            (&["--metrics", "9090"][..], "metrics"),
+        ] {
+            let e = parse(args(extra)).unwrap_err();
+            assert_eq!(e.key().as_deref(), Some(key), "{extra:?}: {e}");
+            assert!(!e.to_string().contains('\n'), "{e}");
+        }
+    }
+
+    #[test]
+    fn hardening_keys_from_the_file_and_flags() {
+        let conf = temp_file(
+            "hardening.toml",
+            r#"
+listen = ["127.0.0.1:7100"]
+idle-timeout = 60
+partial-timeout = 2.5
+overload-hold = 7
+overload-hold-max = 30
+probe-interval = 3
+probe-failures = 4
+metrics = "127.0.0.1:9100"
+
+[[backend]]
+addr = "127.0.0.1:7101"
+"#,
+        );
+        let path = conf.to_str().unwrap();
+        let s = parse(["siplb", "--config", path]).unwrap();
+        let c = s.core.config();
+        assert_eq!(c.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.partial_timeout, Duration::from_millis(2500));
+        assert_eq!(c.overload_hold, Duration::from_secs(7));
+        assert_eq!(c.overload_hold_max, Duration::from_secs(30));
+        let p = c.probe.clone().unwrap();
+        assert_eq!(p.interval, Duration::from_secs(3));
+        assert_eq!(p.timeout, Duration::from_secs(2));
+        assert_eq!(p.failures_to_down, 4);
+        assert_eq!(s.metrics, Some("127.0.0.1:9100".parse().unwrap()));
+
+        let s = parse([
+            "siplb",
+            "--config",
+            path,
+            "--idle-timeout",
+            "5",
+            "--partial-timeout",
+            "1",
+            "--overload-hold",
+            "0.5",
+            "--probe-interval",
+            "0.5",
+            "--metrics",
+            "127.0.0.1:9200",
+        ])
+        .unwrap();
+        let c = s.core.config();
+        assert_eq!(c.idle_timeout, Duration::from_secs(5));
+        assert_eq!(c.partial_timeout, Duration::from_secs(1));
+        assert_eq!(c.overload_hold, Duration::from_millis(500));
+        let p = c.probe.clone().unwrap();
+        assert_eq!(p.interval, Duration::from_millis(500));
+        assert_eq!(p.timeout, Duration::from_millis(500));
+        assert_eq!(p.failures_to_down, 4, "the file still refines the probes");
+        assert_eq!(s.metrics, Some("127.0.0.1:9200".parse().unwrap()));
+    }
+
+    #[test]
+    fn reload_rereads_the_file_keeps_the_flags_and_the_generated_key() {
+        let write = |text: &str| temp_file("reload.toml", text);
+        let conf = write(
+            "listen = [\"127.0.0.1:7200\"]\nwindow = 10\n\
+             [[backend]]\naddr = \"127.0.0.1:7201\"\n\
+             [[backend]]\naddr = \"127.0.0.1:7202\"\n",
+        );
+        let path = conf.to_str().unwrap().to_string();
+        let s = parse(["siplb", "--config", &path, "--window", "3"]).unwrap();
+        assert_eq!(s.config_file(), Some(conf.as_path()));
+        assert!(s.tag_key_generated);
+
+        write(
+            "listen = [\"127.0.0.1:7200\"]\nwindow = 20\nalgorithm = \"weighted\"\n\
+             [[backend]]\naddr = \"127.0.0.1:7201\"\ndraining = true\n\
+             [[backend]]\naddr = \"127.0.0.1:7203\"\nweight = 5\n",
+        );
+        let r = s.reload().unwrap();
+        let c = r.core.config();
+        assert!(c.backends[0].draining);
+        assert_eq!(c.backends[1].addr, "127.0.0.1:7203".parse().unwrap());
+        assert_eq!(c.backends[1].weight, 5);
+        assert_eq!(c.algorithm, Algorithm::Weighted);
+        assert_eq!(c.window, Duration::from_secs(3), "the flag still wins");
+        assert_eq!(
+            c.tag_keys,
+            s.core.config().tag_keys,
+            "the key made at start survives a reload"
+        );
+        // A reload of the reloaded settings works the same way.
+        assert!(r.reload().is_ok());
+
+        write(
+            "listen = [\"127.0.0.1:7200\"]\n[[backend]]\naddr = \"127.0.0.1:7201\"\nweight = -1\n",
+        );
+        let e = s.reload().unwrap_err();
+        assert_eq!(e.key().as_deref(), Some("config"), "{e}");
+        write("listen = [\"127.0.0.1:7200\"]\nidle-timeout = 0\n[[backend]]\naddr = \"127.0.0.1:7201\"\n");
+        let e = s.reload().unwrap_err();
+        assert_eq!(e.key().as_deref(), Some("idle-timeout"), "{e}");
     }
 
     #[test]

@@ -17,7 +17,12 @@
 //!    [`lb_cli::CONNECT_TIMEOUT`], and polls again with the nearest deadline as timeout.
 //!
 //! SIGINT/SIGTERM arrive through `signal-hook-mio`: accepting stops, queued output is flushed
-//! for at most [`lb_cli::SHUTDOWN_FLUSH_MAX`], and the final counters are returned.
+//! for at most [`lb_cli::SHUTDOWN_FLUSH_MAX`], and the final counters are returned. SIGHUP
+//! rereads the configuration ([`lb_cli::Ops::reload`]) and feeds it as `Input::Reload`.
+//!
+//! Logging, the `--metrics` snapshot (published at the end of a wake-up, at most every
+//! [`lb_cli::PUBLISH_EVERY`]; the poll timeout includes the pending publish) and rate-limit
+//! summaries go through one [`lb_cli::Ops`].
 
 use std::collections::VecDeque;
 use std::io::{self, ErrorKind};
@@ -26,12 +31,12 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use lb_cli::{
-    RunError, Settings, BATCH_MAX, CONNECT_TIMEOUT, READ_CHUNK_BYTES, SHUTDOWN_FLUSH_MAX,
+    Ops, RunError, Settings, BATCH_MAX, CONNECT_TIMEOUT, READ_CHUNK_BYTES, SHUTDOWN_FLUSH_MAX,
 };
-use lb_core::{Balancer, CloseReason, ConnId, Input, ListenerId, Output, Stats, ValidConfig};
+use lb_core::{Balancer, CloseReason, ConnId, Input, ListenerId, Output, Stats};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
 /// Runs the balancer on the calling thread until SIGINT or SIGTERM, then flushes queued output
@@ -67,7 +72,7 @@ struct Conn {
 
 struct Driver {
     lb: Balancer,
-    config: ValidConfig,
+    ops: Ops,
     poll: Poll,
     /// Indexed by `ConnId::slot`, which is also the connection's token.
     conns: Vec<Option<Conn>>,
@@ -86,10 +91,11 @@ struct Driver {
 impl Driver {
     fn new(settings: Settings) -> Result<Driver, RunError> {
         let poll = Poll::new().map_err(RunError::Runtime)?;
-        let mut signals = Signals::new([SIGINT, SIGTERM]).map_err(RunError::Runtime)?;
+        let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(RunError::Runtime)?;
         poll.registry()
             .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)
             .map_err(RunError::Runtime)?;
+        let ops = Ops::new(&settings)?;
         let lb = Balancer::new(settings.core.clone(), lb_cli::os_seed()?, Instant::now());
         let mut listeners = Vec::new();
         for (id, addr) in lb.listeners() {
@@ -107,7 +113,7 @@ impl Driver {
         }
         let mut driver = Driver {
             lb,
-            config: settings.core,
+            ops,
             poll,
             conns: Vec::new(),
             listeners,
@@ -120,6 +126,7 @@ impl Driver {
         };
         driver.drain();
         driver.flush_dirty();
+        driver.ops.turn(&driver.lb, Instant::now());
         Ok(driver)
     }
 
@@ -134,23 +141,32 @@ impl Driver {
                 }
                 return Err(RunError::Runtime(e));
             }
-            let mut stop = false;
+            let (mut stop, mut reload) = (false, false);
             for id in std::mem::take(&mut self.readable_again) {
                 self.read(id);
             }
             for event in &events {
                 let token = event.token();
                 if token == SIGNAL_TOKEN {
-                    stop |= self.signals.pending().next().is_some();
+                    for signal in self.signals.pending() {
+                        match signal {
+                            SIGHUP => reload = true,
+                            _ => stop = true,
+                        }
+                    }
                 } else if let Some(index) = listener_index(token, self.listeners.len()) {
                     self.accept(index);
                 } else {
                     self.ready(token.0, event);
                 }
             }
+            if reload && !stop {
+                self.reload();
+            }
             self.flush_dirty();
             self.handle_deadlines();
             self.flush_dirty();
+            self.ops.turn(&self.lb, Instant::now());
             if stop {
                 return Ok(());
             }
@@ -162,11 +178,22 @@ impl Driver {
             return Some(Duration::ZERO);
         }
         let connect = self.connect_deadlines.front().map(|(d, _)| *d);
-        let deadline = match (self.lb.poll_timeout(), connect) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        deadline.map(|d| d.saturating_duration_since(Instant::now()))
+        [self.lb.poll_timeout(), connect, self.ops.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    /// SIGHUP: a valid reread configuration goes to the core; the output cap applies to the
+    /// next sends.
+    fn reload(&mut self) {
+        if let Some(config) = self.ops.reload() {
+            self.output_cap = self.ops.settings().output_cap_bytes;
+            self.lb
+                .handle_input(Instant::now(), Input::Reload(Box::new(config)));
+            self.drain();
+        }
     }
 
     fn accept(&mut self, index: usize) {
@@ -199,7 +226,7 @@ impl Driver {
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => {
                     // Usually out of file descriptors; the next connection's event retries.
-                    tracing::warn!(listener = %listener, error = %e, "accept failed");
+                    self.ops.accept_failed(&e, Instant::now());
                     return;
                 }
             }
@@ -288,7 +315,7 @@ impl Driver {
                     return;
                 }
                 if c.queued + bytes.len() > cap {
-                    tracing::warn!(conn = %conn, cap, "output cap exceeded, closing");
+                    self.ops.output_overflow(conn, cap, Instant::now());
                     self.finish(conn, CloseReason::OutputOverflow);
                     return;
                 }
@@ -323,7 +350,7 @@ impl Driver {
                     State::Closing => {}
                 }
             }
-            Output::Event(event) => lb_cli::log_event(&self.config, &event),
+            Output::Event(event) => self.ops.event(&self.lb, &event, Instant::now()),
         }
     }
 

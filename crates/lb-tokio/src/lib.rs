@@ -16,6 +16,11 @@
 //! wake-up and drains every output after each input. Time is read from `tokio::time::Instant`,
 //! so a paused test clock drives the core too.
 //!
+//! SIGHUP rereads the configuration ([`lb_cli::Ops::reload`]) and feeds it as
+//! `Input::Reload`. Logging, the `--metrics` snapshot (published after a wake-up, at most every
+//! [`lb_cli::PUBLISH_EVERY`]; the owner's one `Sleep` also covers a pending publish) and
+//! rate-limit summaries go through one [`lb_cli::Ops`].
+//!
 //! Each connection id gets exactly one `Input::Closed`: the owner removes its table entry when
 //! it feeds it, and notes for ids no longer in the table are ignored.
 
@@ -27,9 +32,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use lb_cli::{
-    RunError, Settings, BATCH_MAX, CONNECT_TIMEOUT, READ_CHUNK_BYTES, SHUTDOWN_FLUSH_MAX,
+    Ops, RunError, Settings, BATCH_MAX, CONNECT_TIMEOUT, READ_CHUNK_BYTES, SHUTDOWN_FLUSH_MAX,
 };
-use lb_core::{Balancer, CloseReason, ConnId, Input, ListenerId, Output, Stats, ValidConfig};
+use lb_core::{Balancer, CloseReason, ConnId, Input, ListenerId, Output, Stats};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -59,6 +64,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<Stats, RunError> {
     let seed = lb_cli::os_seed()?;
+    let mut hangup = Hangup::new().map_err(RunError::Runtime)?;
+    let ops = Ops::new(&settings)?;
     let lb = Balancer::new(settings.core.clone(), seed, now());
     let (notes_tx, mut notes) = mpsc::channel(NOTES_CAPACITY);
 
@@ -74,19 +81,23 @@ pub async fn serve(
 
     let mut owner = Owner {
         lb,
-        config: settings.core,
+        ops,
         conns: Vec::new(),
         notes: notes_tx,
         output_cap: settings.output_cap_bytes,
     };
     owner.drain();
+    owner.ops.turn(&owner.lb, now());
 
     tokio::pin!(shutdown);
     let sleep = tokio::time::sleep_until(far_future());
     tokio::pin!(sleep);
     let mut armed: Option<std::time::Instant> = None;
     loop {
-        let deadline = owner.lb.poll_timeout();
+        let deadline = [owner.lb.poll_timeout(), owner.ops.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min();
         if deadline != armed {
             armed = deadline;
             sleep
@@ -110,10 +121,15 @@ pub async fn serve(
             () = &mut sleep, if armed.is_some() => {
                 // Forget the fired deadline so the next one is armed even if it is equal.
                 armed = None;
-                owner.lb.handle_input(now(), Input::Timeout);
-                owner.drain();
+                let now = now();
+                if owner.lb.poll_timeout().is_some_and(|d| d <= now) {
+                    owner.lb.handle_input(now, Input::Timeout);
+                    owner.drain();
+                }
             }
+            () = hangup.recv() => owner.reload(),
         }
+        owner.ops.turn(&owner.lb, now());
     }
 
     tracing::info!("shutting down: no more accepts, flushing queued output");
@@ -175,7 +191,7 @@ struct Conn {
 
 struct Owner {
     lb: Balancer,
-    config: ValidConfig,
+    ops: Ops,
     /// Indexed by `ConnId::slot`.
     conns: Vec<Option<Conn>>,
     notes: mpsc::Sender<Note>,
@@ -183,6 +199,16 @@ struct Owner {
 }
 
 impl Owner {
+    /// SIGHUP: a valid reread configuration goes to the core; the output cap applies to the
+    /// next sends.
+    fn reload(&mut self) {
+        if let Some(config) = self.ops.reload() {
+            self.output_cap = self.ops.settings().output_cap_bytes;
+            self.lb.handle_input(now(), Input::Reload(Box::new(config)));
+            self.drain();
+        }
+    }
+
     fn handle_note(&mut self, note: Note) {
         match note {
             Note::Accepted {
@@ -259,7 +285,7 @@ impl Owner {
                 }
                 let len = bytes.len();
                 if c.queued.load(Ordering::Relaxed) + len > cap {
-                    tracing::warn!(conn = %conn, cap, "output cap exceeded, closing");
+                    self.ops.output_overflow(conn, cap, now());
                     self.finish(conn, CloseReason::OutputOverflow);
                     return;
                 }
@@ -299,7 +325,7 @@ impl Owner {
                 }
                 let _ = c.writes.send(Write::Close);
             }
-            Output::Event(event) => lb_cli::log_event(&self.config, &event),
+            Output::Event(event) => self.ops.event(&self.lb, &event, now()),
         }
     }
 
@@ -535,6 +561,29 @@ fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
         Ok(async {
             let _ = tokio::signal::ctrl_c().await;
         })
+    }
+}
+
+/// SIGHUP, for reloads; never fires where there is no such signal.
+struct Hangup {
+    #[cfg(unix)]
+    signal: tokio::signal::unix::Signal,
+}
+
+impl Hangup {
+    fn new() -> std::io::Result<Hangup> {
+        Ok(Hangup {
+            #[cfg(unix)]
+            signal: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        if self.signal.recv().await.is_some() {
+            return;
+        }
+        std::future::pending::<()>().await;
     }
 }
 

@@ -13,6 +13,10 @@
 //!   of `poll_timeout` has passed;
 //! - after every input, drain `poll_output` and perform each output in order.
 //!
+//! Around the core, `lb_cli::Ops` does the operator's part, as in the real binaries: log lines,
+//! the `--metrics` snapshot (`Ops::turn` once per pass) and SIGHUP reloads (`Ops::reload`, then
+//! `Input::Reload`).
+//!
 //! Run it like the real binaries (it shares their command line):
 //! `cargo run -p example-std-loop -- --listen 127.0.0.1:5060 --backend 127.0.0.1:5070`
 
@@ -24,8 +28,8 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use lb_cli::{RunError, Settings, CONNECT_TIMEOUT, SHUTDOWN_FLUSH_MAX};
-use lb_core::{Balancer, CloseReason, ConnId, Input, ListenerId, Output, Stats, ValidConfig};
+use lb_cli::{Ops, RunError, Settings, CONNECT_TIMEOUT, SHUTDOWN_FLUSH_MAX};
+use lb_core::{Balancer, CloseReason, ConnId, Input, ListenerId, Output, Stats};
 
 fn main() -> std::process::ExitCode {
     lb_cli::main_with(run)
@@ -44,7 +48,7 @@ struct Conn {
 
 struct Driver {
     lb: Balancer,
-    config: ValidConfig,
+    ops: Ops,
     /// Indexed by `ConnId::slot`: the core reuses a slot only after we reported `Closed`.
     conns: Vec<Option<Conn>>,
     output_cap: usize,
@@ -58,6 +62,10 @@ fn run(settings: Settings) -> Result<Stats, RunError> {
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, Arc::clone(&stop)).map_err(RunError::Runtime)?;
     }
+    let hangup = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hangup))
+        .map_err(RunError::Runtime)?;
+    let ops = Ops::new(&settings)?;
 
     let lb = Balancer::new(settings.core.clone(), lb_cli::os_seed()?, Instant::now());
     let mut listeners: Vec<(ListenerId, TcpListener)> = Vec::new();
@@ -70,7 +78,7 @@ fn run(settings: Settings) -> Result<Stats, RunError> {
     let (connected_tx, connected_rx) = mpsc::channel();
     let mut d = Driver {
         lb,
-        config: settings.core,
+        ops,
         conns: Vec::new(),
         output_cap: settings.output_cap_bytes,
         connected_tx,
@@ -92,7 +100,7 @@ fn run(settings: Settings) -> Result<Stats, RunError> {
                     }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                     Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
+                        d.ops.accept_failed(&e, Instant::now());
                         break;
                     }
                 }
@@ -119,6 +127,16 @@ fn run(settings: Settings) -> Result<Stats, RunError> {
             d.drain();
             progress = true;
         }
+
+        // SIGHUP: reread the configuration; a valid one goes to the core.
+        if hangup.swap(false, Ordering::Relaxed) {
+            if let Some(config) = d.ops.reload() {
+                d.output_cap = d.ops.settings().output_cap_bytes;
+                d.lb.handle_input(Instant::now(), Input::Reload(Box::new(config)));
+                d.drain();
+            }
+        }
+        d.ops.turn(&d.lb, Instant::now());
 
         if !progress {
             let wait =
@@ -250,7 +268,7 @@ impl Driver {
                         continue;
                     }
                     if c.queued + bytes.len() > cap {
-                        tracing::warn!(conn = %conn, cap, "output cap exceeded, closing");
+                        self.ops.output_overflow(conn, cap, Instant::now());
                         self.finish(conn, CloseReason::OutputOverflow);
                         continue;
                     }
@@ -278,7 +296,7 @@ impl Driver {
                         c.closing = true;
                     }
                 }
-                Output::Event(event) => lb_cli::log_event(&self.config, &event),
+                Output::Event(event) => self.ops.event(&self.lb, &event, Instant::now()),
             }
         }
     }

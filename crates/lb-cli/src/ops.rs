@@ -1,0 +1,365 @@
+//! What a driver does for the operator besides moving bytes: log lines (the noisy ones rate
+//! limited), the metrics snapshot, and SIGHUP reloads. One [`Ops`] per driver, owned next to
+//! the balancer; it never holds the balancer, it is shown it.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use lb_core::{BackendId, Balancer, ConnId, Event, ValidConfig};
+
+use crate::metrics::{self, MetricsServer, Snapshot, PUBLISH_EVERY};
+use crate::{RunError, Settings};
+
+/// Lines of one [`Noise`] kind logged per [`NOISE_WINDOW`]; the rest are counted and summed up
+/// in one line when the window ends.
+pub const NOISE_LINES_MAX: u32 = 10;
+
+/// The rate limiter's window.
+pub const NOISE_WINDOW: Duration = Duration::from_secs(1);
+
+/// Kinds of log lines a peer can provoke at will, each rate limited on its own so that a flood
+/// of one kind does not hide the others.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Noise {
+    /// Malformed messages and lost framing.
+    BadInput,
+    /// Messages dropped for lack of any possible response.
+    Dropped,
+    /// Connections refused at the frontend limit.
+    Refused,
+    /// Connections closed by the idle or partial-message timeout.
+    TimedOut,
+    /// Connections closed at the output cap (a reader too slow).
+    OutputCap,
+    /// Backends answering new calls with 503.
+    Overload,
+    /// `accept` failures (typically out of file descriptors).
+    AcceptFailed,
+}
+
+const NOISE_KINDS: usize = 7;
+
+impl Noise {
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Noise::BadInput => "bad input",
+            Noise::Dropped => "dropped message",
+            Noise::Refused => "refused connection",
+            Noise::TimedOut => "timed-out connection",
+            Noise::OutputCap => "output cap",
+            Noise::Overload => "backend overload",
+            Noise::AcceptFailed => "accept failure",
+        }
+    }
+
+    const ALL: [Noise; NOISE_KINDS] = [
+        Noise::BadInput,
+        Noise::Dropped,
+        Noise::Refused,
+        Noise::TimedOut,
+        Noise::OutputCap,
+        Noise::Overload,
+        Noise::AcceptFailed,
+    ];
+}
+
+/// A fixed window per kind: the first [`NOISE_LINES_MAX`] lines of a window pass, the others
+/// are counted; when the window has passed, one line says how many were suppressed.
+#[derive(Debug, Default)]
+pub struct RateLimiter {
+    windows: [Window; NOISE_KINDS],
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Window {
+    start: Option<Instant>,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl RateLimiter {
+    /// Whether a line of `kind` may be logged at `now`; if not, it is counted for the summary.
+    pub fn allow(&mut self, kind: Noise, now: Instant) -> bool {
+        self.flush_one(kind, now);
+        let w = &mut self.windows[kind.index()];
+        let start = *w.start.get_or_insert(now);
+        if now >= start + NOISE_WINDOW {
+            *w = Window {
+                start: Some(now),
+                ..Window::default()
+            };
+        }
+        if w.logged < NOISE_LINES_MAX {
+            w.logged += 1;
+            true
+        } else {
+            w.suppressed += 1;
+            false
+        }
+    }
+
+    /// Logs the summary of every window that has ended with lines suppressed.
+    pub fn flush(&mut self, now: Instant) {
+        for kind in Noise::ALL {
+            self.flush_one(kind, now);
+        }
+    }
+
+    /// When the next summary is due, if any.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.windows
+            .iter()
+            .filter(|w| w.suppressed > 0)
+            .filter_map(|w| w.start.map(|s| s + NOISE_WINDOW))
+            .min()
+    }
+
+    /// Lines of `kind` suppressed in the current window so far.
+    pub fn suppressed(&self, kind: Noise) -> u64 {
+        self.windows[kind.index()].suppressed
+    }
+
+    fn flush_one(&mut self, kind: Noise, now: Instant) {
+        let w = &mut self.windows[kind.index()];
+        let Some(start) = w.start else { return };
+        if w.suppressed > 0 && now >= start + NOISE_WINDOW {
+            tracing::warn!(
+                kind = kind.name(),
+                suppressed = w.suppressed,
+                "suppressed {} {} log lines in the last {:?}",
+                w.suppressed,
+                kind.name(),
+                now.saturating_duration_since(start),
+            );
+            *w = Window::default();
+        }
+    }
+}
+
+/// The driver's operator side: logging, metrics, reload.
+#[derive(Debug)]
+pub struct Ops {
+    settings: Settings,
+    limiter: RateLimiter,
+    metrics: Option<MetricsServer>,
+    /// When the snapshot was last published.
+    published: Option<Instant>,
+    /// A loop turn happened since the last publish: publish when [`PUBLISH_EVERY`] has passed.
+    publish_pending: bool,
+}
+
+impl Ops {
+    /// Starts the metrics server if `--metrics` was given (binding its address now).
+    pub fn new(settings: &Settings) -> Result<Ops, RunError> {
+        let metrics = match settings.metrics {
+            Some(addr) => {
+                let first = Snapshot {
+                    table_capacity: settings.core.config().limits.table_capacity as u64,
+                    ..Snapshot::default()
+                };
+                Some(MetricsServer::start(addr, first)?)
+            }
+            None => None,
+        };
+        Ok(Ops {
+            settings: settings.clone(),
+            limiter: RateLimiter::default(),
+            metrics,
+            published: None,
+            publish_pending: false,
+        })
+    }
+
+    /// The settings in force (those of the last successful reload).
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Where metrics are served, if they are.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(MetricsServer::addr)
+    }
+
+    /// Call once per loop turn, after the inputs of the turn: publishes the metrics snapshot
+    /// if the last one is [`PUBLISH_EVERY`] old (else later, see [`Ops::poll_timeout`]) and
+    /// logs due rate-limit summaries.
+    pub fn turn(&mut self, lb: &Balancer, now: Instant) {
+        self.limiter.flush(now);
+        let Some(server) = &self.metrics else { return };
+        if self.published.is_some_and(|t| now < t + PUBLISH_EVERY) {
+            self.publish_pending = true;
+            return;
+        }
+        let mut snapshot = metrics::lock(&server.shared);
+        snapshot.stats.clone_from(lb.stats());
+        snapshot.backends.clear();
+        snapshot.backends.extend(lb.backend_status());
+        drop(snapshot);
+        self.published = Some(now);
+        self.publish_pending = false;
+    }
+
+    /// When [`Ops::turn`] must run again even if nothing happens: a snapshot or a log summary
+    /// is pending. Wait no longer than this.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let publish = self
+            .published
+            .filter(|_| self.publish_pending)
+            .map(|t| t + PUBLISH_EVERY);
+        match (publish, self.limiter.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Logs an [`Event`] of the core: backend state changes always, faults a peer can provoke
+    /// rate limited per kind.
+    pub fn event(&mut self, lb: &Balancer, event: &Event, now: Instant) {
+        let addr = |b: BackendId| {
+            lb.backends()
+                .nth(b.index())
+                .map_or_else(|| "?".to_string(), |(_, c)| c.addr.to_string())
+        };
+        match event {
+            Event::BackendUp(b) => {
+                tracing::info!(backend = %b, addr = %addr(*b), "backend up");
+            }
+            Event::BackendDown(b) => {
+                tracing::warn!(backend = %b, addr = %addr(*b), "backend down");
+            }
+            Event::BackendDraining { backend, draining } => {
+                tracing::info!(backend = %backend, addr = %addr(*backend), draining, "backend draining");
+            }
+            Event::Reloaded { added, removed } => {
+                tracing::info!(added, removed, "configuration reloaded");
+            }
+            Event::FrontendRefused(conn) => {
+                if self.limiter.allow(Noise::Refused, now) {
+                    tracing::warn!(conn = %conn, "frontend connection refused: limits.frontends-max");
+                }
+            }
+            Event::FramingLost { conn, fault } => {
+                if self.limiter.allow(Noise::BadInput, now) {
+                    tracing::warn!(conn = %conn, fault, "framing lost, closing");
+                }
+            }
+            Event::Malformed { conn, fault } => {
+                if self.limiter.allow(Noise::BadInput, now) {
+                    tracing::warn!(conn = %conn, fault, "malformed message");
+                }
+            }
+            Event::Dropped { conn, cause } => {
+                if self.limiter.allow(Noise::Dropped, now) {
+                    tracing::warn!(conn = %conn, cause, "message dropped");
+                }
+            }
+            Event::BackendOverloaded { backend, hold } => {
+                if self.limiter.allow(Noise::Overload, now) {
+                    tracing::warn!(backend = %backend, addr = %addr(*backend), ?hold, "backend overloaded (503): no new calls");
+                }
+            }
+            Event::TimedOut { conn, cause } => {
+                if self.limiter.allow(Noise::TimedOut, now) {
+                    tracing::info!(conn = %conn, cause, "frontend connection timed out");
+                }
+            }
+        }
+    }
+
+    /// A connection exceeded the output cap and is closed (rate limited).
+    pub fn output_overflow(&mut self, conn: ConnId, cap: usize, now: Instant) {
+        if self.limiter.allow(Noise::OutputCap, now) {
+            tracing::warn!(conn = %conn, cap, "output cap exceeded, closing");
+        }
+    }
+
+    /// `accept` failed (rate limited).
+    pub fn accept_failed(&mut self, error: &std::io::Error, now: Instant) {
+        if self.limiter.allow(Noise::AcceptFailed, now) {
+            tracing::warn!(error = %error, "accept failed");
+        }
+    }
+
+    /// SIGHUP: rereads the config file (and the key file) and merges them with the original
+    /// flags. On success returns the configuration to feed as `Input::Reload`; on failure logs
+    /// one warning naming the key and returns `None`: the running configuration stays.
+    /// Without a config file or key file there is nothing to reread, which is logged.
+    pub fn reload(&mut self) -> Option<ValidConfig> {
+        let file = self.settings.config_file().map(|p| p.display().to_string());
+        if file.is_none() && self.settings.tag_key_generated {
+            tracing::warn!("SIGHUP: no --config or --tag-key-file to reread; nothing changes");
+            return None;
+        }
+        let file = file.unwrap_or_else(|| "(flags only)".to_string());
+        match self.settings.reload() {
+            Ok(new) => {
+                let old = &self.settings;
+                if new.core.config().listeners != old.core.config().listeners {
+                    tracing::warn!(file, "reload: listen addresses change only at a restart");
+                }
+                if new.metrics != old.metrics {
+                    tracing::warn!(file, "reload: metrics address changes only at a restart");
+                }
+                if new.log_level != old.log_level {
+                    tracing::warn!(file, "reload: log-level changes only at a restart");
+                }
+                tracing::info!(
+                    file,
+                    backends = new.core.config().backends.len(),
+                    "SIGHUP: configuration reread and valid, applying"
+                );
+                let core = new.core.clone();
+                self.settings = new;
+                Some(core)
+            }
+            Err(e) => {
+                tracing::warn!(
+                    file,
+                    "SIGHUP: configuration refused, keeping the running one: {e}"
+                );
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limiter_passes_a_burst_then_counts_until_the_window_ends() {
+        let t0 = Instant::now();
+        let mut r = RateLimiter::default();
+        let passed = (0..100).filter(|_| r.allow(Noise::BadInput, t0)).count();
+        assert_eq!(passed, NOISE_LINES_MAX as usize);
+        assert_eq!(
+            r.suppressed(Noise::BadInput),
+            100 - u64::from(NOISE_LINES_MAX)
+        );
+        // Other kinds have their own budget.
+        assert!(r.allow(Noise::Dropped, t0));
+        assert_eq!(r.next_deadline(), Some(t0 + NOISE_WINDOW));
+        // Still inside the window: still suppressed.
+        assert!(!r.allow(Noise::BadInput, t0 + NOISE_WINDOW / 2));
+        // The window ends: the summary is flushed and a new window passes lines again.
+        r.flush(t0 + NOISE_WINDOW);
+        assert_eq!(r.suppressed(Noise::BadInput), 0);
+        assert_eq!(r.next_deadline(), None);
+        assert!(r.allow(Noise::BadInput, t0 + NOISE_WINDOW));
+    }
+
+    #[test]
+    fn a_quiet_kind_is_never_suppressed() {
+        let t0 = Instant::now();
+        let mut r = RateLimiter::default();
+        for i in 0..50u32 {
+            assert!(r.allow(Noise::Refused, t0 + NOISE_WINDOW * i));
+        }
+        assert_eq!(r.next_deadline(), None);
+    }
+}
