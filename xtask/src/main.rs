@@ -7,12 +7,16 @@
 //!   prints `runtime=R calls_per_sec=N failed=F lb_cpu_us_per_call=C lb_rss_kb=M`.
 //! - `bench memory --runtime tokio|mio [--rate N] [--window SECS]`: calls held open; prints
 //!   `rss_kb_at_1x=A rss_kb_at_10x=B` (established calls = 1× and 10× rate × window).
+//! - `bench peer [--rate CPS] [--calls N]`: siplb against Kamailio's dispatcher with SIPp
+//!   (see [`peer`]); prints one line per balancer, then `ratio_tokio=X ratio_mio=Y`.
 //! - `bench core`, `bench sim`: run the core's and the simulator's benchmarks, pass their line.
 //! - `check-core`: fails if lb-core's normal dependencies include a runtime.
 //! - `ci`: rustfmt check, clippy with warnings denied, the tests.
 //!
 //! Every process a task starts is killed when the task ends, however it ends ([`procs::Proc`]).
 
+mod fuzz;
+mod peer;
 mod procs;
 
 use std::collections::BTreeMap;
@@ -42,6 +46,7 @@ fn run(args: &[String]) -> Result<()> {
     match words.as_slice() {
         ["demo", rest @ ..] => demo(&Opts::parse(rest)?),
         ["bench", "e2e", rest @ ..] => bench_e2e(&Opts::parse(rest)?),
+        ["bench", "peer", rest @ ..] => peer::bench_peer(rest),
         ["bench", "memory", rest @ ..] => bench_memory(&Opts::parse(rest)?),
         ["bench", "core"] => pass_through(
             cargo().args(["bench", "-p", "lb-core", "--bench", "core"]),
@@ -61,6 +66,7 @@ fn run(args: &[String]) -> Result<()> {
             ]),
             "sim_events_per_sec=",
         ),
+        ["fuzz", rest @ ..] => fuzz::fuzz(rest),
         ["check-core"] => check_core(),
         ["ci"] => ci(),
         _ => {
@@ -74,8 +80,10 @@ const USAGE: &str = "usage: cargo xtask <task>
   demo [--runtime tokio|mio] [--rate N] [--duration SECS] [--connections N]
   bench e2e --runtime tokio|mio [--rate N] [--duration SECS] [--connections N]
   bench memory --runtime tokio|mio [--rate N] [--window SECS]
+  bench peer [--rate CPS] [--calls N] [--runs N] [--only kamailio,tokio,mio] [--no-build]
   bench core | bench sim
   check-core
+  fuzz stream_demux|envelope_decoder|core_sequence [--seconds N]
   ci";
 
 /// Options shared by the tasks that run the farm; each task has its own defaults.

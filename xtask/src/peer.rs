@@ -1,0 +1,766 @@
+//! `cargo xtask bench peer [--rate CPS] [--calls N] [--runs N] [--only LIST]`: siplb against
+//! Kamailio's `dispatcher`, side by side, on 127.0.0.1.
+//!
+//! For each balancer in turn (Kamailio, `lb-tokio`, `lb-mio`) a run starts three SIPp UAS
+//! backends over TCP, the balancer, and one SIPp UAC on a single shared TCP connection, which
+//! makes `--calls` calls at `--rate` calls/s. The balancer's user+system CPU time (every process
+//! of its tree, all threads, from /proc) is read before and after the UAC's run and divided by the
+//! completed calls; its peak RSS is `VmHWM` summed over its processes. The runs are interleaved
+//! (Kamailio, tokio, mio, Kamailio, …) so that load from other work on the machine falls on all
+//! three alike. Printed per balancer, over `--runs` runs (3 by default):
+//!
+//! `lb=NAME rate=R calls_ok=N calls_failed=F lb_cpu_us_per_call=C lb_peak_rss_kb=M`
+//!
+//! C and M are medians, N is the smallest and F the largest count of any run; F counts every
+//! call of `--calls` that did not complete, also those SIPp never made because it stopped early
+//! (it does when its connection breaks). The last line is
+//! `ratio_tokio=X ratio_mio=Y`, siplb's CPU per call over Kamailio's. Each run's detail (elapsed
+//! time, SIPp's own CPU, load average) goes to stderr.
+//!
+//! Nothing is installed: without `sipp` or `kamailio` the task names the Debian packages and
+//! fails. Every process it starts is killed when the run ends, however it ends ([`Tree`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::procs::{free_port, TempDir};
+
+/// Kamailio's configuration: a stateless round-robin dispatcher (see the file's comments).
+const KAMAILIO_CFG: &str = include_str!("../kamailio/dispatcher.cfg");
+
+const USAGE: &str = "usage: cargo xtask bench peer [--rate CPS] [--calls N] [--runs N] \
+                     [--only kamailio,tokio,mio] [--no-build]";
+
+/// The balancers, in the order they run.
+const ALL: [Lb; 3] = [Lb::Kamailio, Lb::Tokio, Lb::Mio];
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Lb {
+    Kamailio,
+    Tokio,
+    Mio,
+}
+
+impl Lb {
+    fn name(self) -> &'static str {
+        match self {
+            Lb::Kamailio => "kamailio",
+            Lb::Tokio => "lb-tokio",
+            Lb::Mio => "lb-mio",
+        }
+    }
+
+    fn parse(word: &str) -> Result<Lb> {
+        Ok(match word {
+            "kamailio" => Lb::Kamailio,
+            "tokio" | "lb-tokio" => Lb::Tokio,
+            "mio" | "lb-mio" => Lb::Mio,
+            _ => bail!("--only takes kamailio, tokio, mio; not {word:?}"),
+        })
+    }
+}
+
+struct PeerOpts {
+    rate: u32,
+    calls: u64,
+    runs: usize,
+    only: Vec<Lb>,
+    /// Use the release binaries already built (while the workspace is mid-edit, say).
+    no_build: bool,
+}
+
+impl PeerOpts {
+    fn parse(words: &[&str]) -> Result<PeerOpts> {
+        let mut opts = PeerOpts {
+            rate: 1000,
+            calls: 10_000,
+            runs: 3,
+            only: ALL.to_vec(),
+            no_build: false,
+        };
+        let mut it = words.iter();
+        while let Some(flag) = it.next() {
+            if *flag == "--no-build" {
+                opts.no_build = true;
+                continue;
+            }
+            let value = it
+                .next()
+                .with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
+            let bad = || format!("{flag}: bad value {value:?}");
+            match *flag {
+                "--rate" => opts.rate = value.parse().with_context(bad)?,
+                "--calls" => opts.calls = value.parse().with_context(bad)?,
+                "--runs" => opts.runs = value.parse().with_context(bad)?,
+                "--only" => {
+                    let picked: Vec<Lb> = value.split(',').map(Lb::parse).collect::<Result<_>>()?;
+                    opts.only = ALL.into_iter().filter(|l| picked.contains(l)).collect();
+                }
+                _ => bail!("unknown option {flag}\n{USAGE}"),
+            }
+        }
+        if opts.rate == 0 || opts.calls == 0 || opts.runs == 0 {
+            bail!("--rate, --calls and --runs must be above 0");
+        }
+        Ok(opts)
+    }
+}
+
+/// What one run measured.
+#[derive(Clone, Debug)]
+struct RunResult {
+    ok: u64,
+    failed: u64,
+    cpu_us_per_call: f64,
+    peak_rss_kb: u64,
+}
+
+/// The entry point of `bench peer`.
+pub(crate) fn bench_peer(words: &[&str]) -> Result<()> {
+    let opts = PeerOpts::parse(words)?;
+    let mut tools = Tools::find(&opts.only)?;
+    // The binaries are copied aside, so that a build elsewhere in the workspace cannot swap
+    // them between two runs.
+    let bin_copy = TempDir::new("peer-bin")?;
+    if opts.only.iter().any(|l| *l != Lb::Kamailio) {
+        if !opts.no_build {
+            build()?;
+        }
+        for lb in [Lb::Tokio, Lb::Mio] {
+            let from = tools.bin.join(lb.name());
+            std::fs::copy(&from, bin_copy.path(lb.name()))
+                .with_context(|| format!("copying {}", from.display()))?;
+        }
+        tools.bin = bin_copy.0.clone();
+    }
+    let ticks = clock_ticks();
+    let mut results: BTreeMap<&str, Vec<RunResult>> = BTreeMap::new();
+    for run in 1..=opts.runs {
+        for lb in &opts.only {
+            let r = run_once(*lb, run, &opts, &tools, ticks)
+                .with_context(|| format!("{} run {run}", lb.name()))?;
+            results.entry(lb.name()).or_default().push(r);
+        }
+    }
+    let mut per_call = BTreeMap::new();
+    for lb in &opts.only {
+        let runs = results
+            .get(lb.name())
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let cpu = median(runs.iter().map(|r| r.cpu_us_per_call).collect());
+        let rss = median(runs.iter().map(|r| r.peak_rss_kb as f64).collect());
+        per_call.insert(*lb, cpu);
+        println!(
+            "lb={} rate={} calls_ok={} calls_failed={} lb_cpu_us_per_call={cpu:.1} \
+             lb_peak_rss_kb={rss:.0}",
+            lb.name(),
+            opts.rate,
+            runs.iter().map(|r| r.ok).min().unwrap_or(0),
+            runs.iter().map(|r| r.failed).max().unwrap_or(0),
+        );
+    }
+    if let Some(k) = per_call.get(&Lb::Kamailio).filter(|k| **k > 0.0) {
+        let ratio = |lb| {
+            per_call
+                .get(&lb)
+                .map_or("n/a".to_owned(), |c| format!("{:.2}", c / k))
+        };
+        println!(
+            "ratio_tokio={} ratio_mio={}",
+            ratio(Lb::Tokio),
+            ratio(Lb::Mio)
+        );
+    }
+    Ok(())
+}
+
+/// The middle value (the mean of the two middle ones for an even count); 0 when empty.
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => 0.0,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// The external programs and files a run needs.
+struct Tools {
+    sipp: PathBuf,
+    kamailio: Option<PathBuf>,
+    /// Kamailio's module directory (`mpath`).
+    kamailio_modules: Option<PathBuf>,
+    scenarios: PathBuf,
+    bin: PathBuf,
+}
+
+impl Tools {
+    /// Finds SIPp and (when it runs) Kamailio; names the Debian packages when one is missing.
+    fn find(lbs: &[Lb]) -> Result<Tools> {
+        let want_kamailio = lbs.contains(&Lb::Kamailio);
+        let sipp = find_program("sipp");
+        let kamailio = find_program("kamailio");
+        let mut missing = Vec::new();
+        if sipp.is_none() {
+            missing.push(("sipp", "sip-tester"));
+        }
+        if want_kamailio && kamailio.is_none() {
+            missing.push(("kamailio", "kamailio"));
+        }
+        if !missing.is_empty() {
+            let programs: Vec<&str> = missing.iter().map(|m| m.0).collect();
+            let packages: Vec<&str> = missing.iter().map(|m| m.1).collect();
+            bail!(
+                "bench peer needs {} and installs nothing itself; on Debian/Ubuntu: \
+                 sudo apt-get install {}",
+                programs.join(" and "),
+                packages.join(" ")
+            );
+        }
+        let kamailio_modules = if want_kamailio {
+            Some(kamailio_modules().context(
+                "Kamailio's modules (dispatcher.so) not found; set KAMAILIO_MPATH to their folder",
+            )?)
+        } else {
+            None
+        };
+        Ok(Tools {
+            sipp: sipp.context("sipp")?,
+            kamailio,
+            kamailio_modules,
+            scenarios: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios"),
+            bin: crate::release_dir(),
+        })
+    }
+}
+
+/// `name` on `PATH`, or in the sbin folders a non-root `PATH` often lacks (Kamailio lives there).
+fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+/// The folder holding Kamailio's `dispatcher.so`: `$KAMAILIO_MPATH`, or where distributions
+/// install it (`/usr/lib/<multiarch>/kamailio/modules` on Debian).
+fn kamailio_modules() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("KAMAILIO_MPATH") {
+        return Some(PathBuf::from(dir));
+    }
+    let mut candidates: Vec<PathBuf> = [
+        "/usr/lib",
+        "/usr/lib64",
+        "/usr/local/lib",
+        "/usr/local/lib64",
+    ]
+    .iter()
+    .map(|d| Path::new(d).join("kamailio/modules"))
+    .collect();
+    if let Ok(entries) = std::fs::read_dir("/usr/lib") {
+        candidates.extend(entries.flatten().map(|e| e.path().join("kamailio/modules")));
+    }
+    candidates
+        .into_iter()
+        .find(|d| d.join("dispatcher.so").is_file())
+}
+
+fn build() -> Result<()> {
+    eprintln!("xtask: building (release) lb-tokio, lb-mio");
+    let status = crate::cargo()
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "lb-tokio",
+            "-p",
+            "lb-mio",
+        ])
+        .status()
+        .context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build failed");
+    }
+    Ok(())
+}
+
+/// One run: backends, balancer, the UAC's calls, the figures; everything stopped on return.
+fn run_once(lb: Lb, run: usize, opts: &PeerOpts, tools: &Tools, ticks: f64) -> Result<RunResult> {
+    let dir = TempDir::new(&format!("peer-{}-{run}", lb.name()))?;
+    let scenario = |name: &str| tools.scenarios.join(name);
+    let mut backends = Vec::new();
+    let mut ports = Vec::new();
+    for i in 1..=3 {
+        let port = free_port()?;
+        let mut cmd = Command::new(&tools.sipp);
+        cmd.arg("-sf")
+            .arg(scenario("uas_rr.xml"))
+            .args(["-t", "t1", "-i", "127.0.0.1", "-bind_local", "-nostdin"])
+            .args(["-p", &port.to_string()]);
+        let name = format!("uas{i}");
+        let mut proc = Tree::spawn(&name, &mut cmd, &dir)?;
+        wait_until(&name, Duration::from_secs(10), &mut proc, || {
+            listening(port)
+        })?;
+        backends.push(proc);
+        ports.push(port);
+    }
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let mut balancer = match lb {
+        Lb::Kamailio => start_kamailio(listen, &ports, tools, &dir)?,
+        Lb::Tokio | Lb::Mio => start_siplb(lb, listen, &ports, tools, &dir)?,
+    };
+
+    let load_before = loadavg();
+    let cpu_before = balancer.cpu_ticks()?;
+    let started = Instant::now();
+    let csv = dir.path("uac_stats.csv");
+    let mut cmd = Command::new(&tools.sipp);
+    cmd.arg("-sf")
+        .arg(scenario("uac_rr.xml"))
+        .arg(listen.to_string())
+        .args(["-t", "t1", "-i", "127.0.0.1", "-bind_local", "-nostdin"])
+        .args(["-p", &free_port()?.to_string()])
+        .args(["-m", &opts.calls.to_string()])
+        .args(["-r", &opts.rate.to_string(), "-rp", "1000"])
+        .args(["-l", &opts.calls.to_string()])
+        // A call stuck for 5 s fails instead of holding the run.
+        .args(["-recv_timeout", "5000"])
+        .arg("-trace_stat")
+        .arg("-stf")
+        .arg(&csv);
+    let expected = Duration::from_secs_f64(opts.calls as f64 / f64::from(opts.rate));
+    let mut uac = Tree::spawn("uac", &mut cmd, &dir)?;
+    // SIPp's own CPU, sampled while it runs (once it has exited /proc has nothing).
+    let mut uac_ticks = 0;
+    let uac_status;
+    let limit = expected + Duration::from_secs(60);
+    loop {
+        if let Some(t) = uac.try_cpu_ticks() {
+            uac_ticks = t;
+        }
+        if let Some(status) = uac.exit_status()? {
+            uac_status = status;
+            break;
+        }
+        if started.elapsed() > limit {
+            bail!(
+                "the SIPp client did not finish within {limit:?} (files in {})",
+                dir.0.display()
+            );
+        }
+        balancer.check_running()?;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let elapsed = started.elapsed();
+    let cpu = balancer.cpu_ticks()?.saturating_sub(cpu_before);
+    let peak_rss_kb = balancer.peak_rss_kb();
+    let uas_ticks: u64 = backends.iter().filter_map(Tree::try_cpu_ticks).sum();
+    balancer.check_running()?;
+    let (ok, sipp_failed) = sipp_counts(&csv)?;
+    // SIPp stops early when its connection breaks: the calls it never made failed too.
+    let failed = opts.calls.saturating_sub(ok).max(sipp_failed);
+    let per_call = |t: u64| {
+        if ok > 0 {
+            t as f64 / ticks * 1e6 / ok as f64
+        } else {
+            0.0
+        }
+    };
+    let result = RunResult {
+        ok,
+        failed,
+        cpu_us_per_call: per_call(cpu),
+        peak_rss_kb,
+    };
+    eprintln!(
+        "peer run={run} lb={} calls_ok={ok} calls_failed={failed} elapsed_s={:.2} \
+         lb_cpu_us_per_call={:.1} lb_peak_rss_kb={peak_rss_kb} lb_processes={} \
+         uac_cpu_us_per_call={:.1} uas_cpu_us_per_call={:.1} uac_exit={} loadavg={}->{}",
+        lb.name(),
+        elapsed.as_secs_f64(),
+        result.cpu_us_per_call,
+        balancer.tree().len(),
+        per_call(uac_ticks),
+        per_call(uas_ticks),
+        uac_status
+            .code()
+            .map_or("signal".to_owned(), |c| c.to_string()),
+        load_before,
+        loadavg(),
+    );
+    // The balancer goes first, then the backends; `dir` (logs) last.
+    drop(balancer);
+    drop(backends);
+    Ok(result)
+}
+
+fn start_kamailio(listen: SocketAddr, ports: &[u16], tools: &Tools, dir: &TempDir) -> Result<Tree> {
+    let (Some(kamailio), Some(mpath)) = (&tools.kamailio, &tools.kamailio_modules) else {
+        bail!("kamailio not found");
+    };
+    let list = dir.path("dispatcher.list");
+    let mut text = String::from("# set destination\n");
+    for p in ports {
+        text.push_str(&format!("1 sip:127.0.0.1:{p};transport=tcp\n"));
+    }
+    std::fs::write(&list, text)?;
+    let cfg = dir.path("kamailio.cfg");
+    std::fs::write(&cfg, kamailio_cfg(listen.port(), mpath, &list))?;
+    let mut cmd = Command::new(kamailio);
+    // -DD: the creator stays in the foreground (our child) and forks the workers; -E: log to
+    // stderr; -x tlsf: the TLSF shared-memory manager, Kamailio's fastest.
+    cmd.arg("-f")
+        .arg(&cfg)
+        .args(["-DD", "-E", "-x", "tlsf", "-Y"])
+        .arg(&dir.0)
+        .arg("-w")
+        .arg(&dir.0);
+    let mut proc = Tree::spawn("kamailio", &mut cmd, dir)?;
+    let port = listen.port();
+    // Main, timers, TCP main and the two TCP workers: wait for the workers too, so no start-up
+    // work falls inside the measurement.
+    wait_until("kamailio", Duration::from_secs(10), &mut proc, || {
+        listening(port)
+    })?;
+    std::thread::sleep(Duration::from_millis(500));
+    Ok(proc)
+}
+
+/// The configuration template with its `@...@` fields filled in.
+fn kamailio_cfg(port: u16, mpath: &Path, list: &Path) -> String {
+    let mut mpath = mpath.display().to_string();
+    if !mpath.ends_with('/') {
+        mpath.push('/');
+    }
+    KAMAILIO_CFG
+        .replace("@PORT@", &port.to_string())
+        .replace("@MPATH@", &mpath)
+        .replace("@DSLIST@", &list.display().to_string())
+}
+
+fn start_siplb(
+    lb: Lb,
+    listen: SocketAddr,
+    ports: &[u16],
+    tools: &Tools,
+    dir: &TempDir,
+) -> Result<Tree> {
+    let mut cmd = Command::new(tools.bin.join(lb.name()));
+    cmd.args(["--listen", &listen.to_string()])
+        .args(["--advertise", &listen.to_string()])
+        .args(["--algorithm", "round-robin", "--log-level", "info"]);
+    for p in ports {
+        cmd.args(["--backend", &format!("127.0.0.1:{p},mode=plain")]);
+    }
+    let mut proc = Tree::spawn(lb.name(), &mut cmd, dir)?;
+    let log = dir.path(&format!("{}.err", lb.name()));
+    let port = listen.port();
+    // Calls before the backend connections are up would be answered 503.
+    wait_until(lb.name(), Duration::from_secs(10), &mut proc, || {
+        listening(port)
+            && std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .matches("backend up")
+                .count()
+                >= ports.len()
+    })?;
+    Ok(proc)
+}
+
+/// Polls `ready` every 20 ms until it holds, failing when `proc` exits or `limit` passes.
+fn wait_until(
+    name: &str,
+    limit: Duration,
+    proc: &mut Tree,
+    mut ready: impl FnMut() -> bool,
+) -> Result<()> {
+    let start = Instant::now();
+    while !ready() {
+        proc.check_running()?;
+        if start.elapsed() > limit {
+            bail!("{name} not ready after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// Whether something listens on 127.0.0.1:`port` (from /proc/net/tcp, without connecting:
+/// a probe connection would show up in SIPp's and the balancers' counters).
+fn listening(port: u16) -> bool {
+    let wanted = format!("0100007F:{port:04X}");
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .any(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            f.get(1) == Some(&wanted.as_str()) && f.get(3) == Some(&"0A")
+        })
+}
+
+/// `SuccessfulCall(C)` and `FailedCall(C)` from the last line of SIPp's statistics file.
+fn sipp_counts(csv: &Path) -> Result<(u64, u64)> {
+    let text =
+        std::fs::read_to_string(csv).with_context(|| format!("reading {}", csv.display()))?;
+    parse_sipp_counts(&text).with_context(|| format!("no call counts in {}", csv.display()))
+}
+
+fn parse_sipp_counts(text: &str) -> Option<(u64, u64)> {
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let header: Vec<&str> = lines.next()?.split(';').collect();
+    let last: Vec<&str> = lines.next_back()?.split(';').collect();
+    let get = |name: &str| -> Option<u64> {
+        let i = header.iter().position(|h| h.trim() == name)?;
+        last.get(i)?.trim().parse().ok()
+    };
+    Some((get("SuccessfulCall(C)")?, get("FailedCall(C)")?))
+}
+
+/// `/proc/loadavg`'s 1-minute figure.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".to_owned())
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// A started program and the processes it forks (Kamailio's workers). On drop, every process
+/// of the tree gets SIGTERM, and SIGKILL if it is still there a few seconds later. Its stdout
+/// and stderr go to `NAME.out` / `NAME.err` in the run's folder: SIPp redraws its screen on
+/// stdout every second, which would fill a pipe nobody reads.
+struct Tree {
+    name: String,
+    child: Child,
+}
+
+impl Tree {
+    fn spawn(name: &str, cmd: &mut Command, dir: &TempDir) -> Result<Tree> {
+        let out = File::create(dir.path(&format!("{name}.out")))?;
+        let err = File::create(dir.path(&format!("{name}.err")))?;
+        let child = cmd
+            .current_dir(&dir.0)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("starting {name} ({cmd:?})"))?;
+        Ok(Tree {
+            name: name.to_owned(),
+            child,
+        })
+    }
+
+    fn check_running(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("{} exited early: {status}", self.name);
+        }
+        Ok(())
+    }
+
+    fn exit_status(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        Ok(self.child.try_wait()?)
+    }
+
+    /// The root's pid and its descendants', from the parent links in /proc.
+    fn tree(&self) -> Vec<u32> {
+        descendants(self.child.id())
+    }
+
+    /// User+system clock ticks of the whole tree (every thread of every process).
+    fn cpu_ticks(&self) -> Result<u64> {
+        let mut total = 0;
+        for pid in self.tree() {
+            total += stat(pid)
+                .with_context(|| format!("/proc/{pid}/stat of {}", self.name))?
+                .1;
+        }
+        Ok(total)
+    }
+
+    fn try_cpu_ticks(&self) -> Option<u64> {
+        self.cpu_ticks().ok()
+    }
+
+    /// `VmHWM` summed over the tree's processes (shared pages count once in each process that
+    /// touched them, as in every per-process RSS figure).
+    fn peak_rss_kb(&self) -> u64 {
+        self.tree().into_iter().filter_map(vm_hwm_kb).sum()
+    }
+}
+
+impl Drop for Tree {
+    fn drop(&mut self) {
+        let pids = self.tree();
+        if self.child.try_wait().ok().flatten().is_some() && pids.len() <= 1 {
+            return;
+        }
+        signal("-TERM", &pids);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Whatever is left of the tree (a worker that ignored SIGTERM, or the root itself).
+        let alive: Vec<u32> = pids
+            .into_iter()
+            .filter(|p| Path::new(&format!("/proc/{p}")).exists())
+            .collect();
+        if !alive.is_empty() {
+            signal("-KILL", &alive);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends a signal to these pids through kill(1) (the workspace forbids `unsafe`).
+fn signal(sig: &str, pids: &[u32]) {
+    if pids.is_empty() {
+        return;
+    }
+    let _ = Command::new("kill")
+        .arg(sig)
+        .args(pids.iter().map(u32::to_string))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// `root` and every process below it.
+fn descendants(root: u32) -> Vec<u32> {
+    let mut children: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for e in entries.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if let Some((ppid, _)) = stat(pid) {
+                children.entry(ppid).or_default().push(pid);
+            }
+        }
+    }
+    let mut seen = BTreeSet::new();
+    let mut todo = vec![root];
+    while let Some(pid) = todo.pop() {
+        if seen.insert(pid) {
+            todo.extend(children.get(&pid).into_iter().flatten().copied());
+        }
+    }
+    seen.into_iter().collect()
+}
+
+/// (parent pid, utime + stime in clock ticks) from /proc/PID/stat; `None` once it is gone.
+fn stat(pid: u32) -> Option<(u32, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&text)
+}
+
+fn parse_stat(text: &str) -> Option<(u32, u64)> {
+    // The command name (field 2) may hold spaces and parentheses; the fields after the last
+    // ')' are fixed: state (3), ppid (4), …, utime (14), stime (15).
+    let (_, rest) = text.rsplit_once(')')?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ppid = f.get(1)?.parse().ok()?;
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    Some((ppid, utime + stime))
+}
+
+/// The process's peak resident set (`VmHWM`) in kB.
+fn vm_hwm_kb(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn options() {
+        let o = PeerOpts::parse(&[]).unwrap();
+        assert_eq!((o.rate, o.calls, o.runs), (1000, 10_000, 3));
+        assert_eq!(o.only, ALL);
+        let o = PeerOpts::parse(&["--rate", "200", "--only", "mio,kamailio"]).unwrap();
+        assert_eq!(o.rate, 200);
+        assert_eq!(o.only, [Lb::Kamailio, Lb::Mio]);
+        assert!(PeerOpts::parse(&["--rate", "0"]).is_err());
+        assert!(PeerOpts::parse(&["--calls"]).is_err());
+        assert!(PeerOpts::parse(&["--only", "opensips"]).is_err());
+        assert!(
+            PeerOpts::parse(&["--no-build", "--calls", "5"])
+                .unwrap()
+                .no_build
+        );
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0]), 2.5);
+        assert_eq!(median(vec![]), 0.0);
+    }
+
+    #[test]
+    fn sipp_statistics() {
+        let text = "StartTime;SuccessfulCall(P);SuccessfulCall(C);FailedCall(P);FailedCall(C);\n\
+                    a;0;0;0;0;\n\
+                    b;10;9990;1;7;\n";
+        assert_eq!(parse_sipp_counts(text), Some((9990, 7)));
+        assert_eq!(parse_sipp_counts("StartTime;\n"), None);
+    }
+
+    #[test]
+    fn proc_stat_fields() {
+        let line = "42 (a b) c) S 7 42 42 0 -1 4194560 1 0 0 0 15 4 0 0 20 0 1 0 9 1 1";
+        assert_eq!(parse_stat(line), Some((7, 19)));
+        let own = stat(std::process::id()).unwrap();
+        assert!(own.0 > 0);
+        assert!(descendants(std::process::id()).contains(&std::process::id()));
+        assert!(vm_hwm_kb(std::process::id()).unwrap() > 0);
+    }
+
+    #[test]
+    fn kamailio_template_is_filled() {
+        let cfg = kamailio_cfg(5070, Path::new("/m"), Path::new("/tmp/d.list"));
+        assert!(cfg.contains("listen=tcp:127.0.0.1:5070\n"));
+        assert!(cfg.contains("mpath=\"/m/\""));
+        assert!(cfg.contains("\"/tmp/d.list\""));
+        assert!(!cfg.contains('@'));
+        // Stateless: no transaction module.
+        assert!(!cfg.contains("tm.so"));
+        assert!(cfg.contains("children=2\n"));
+    }
+}
