@@ -29,10 +29,8 @@ use std::io::{self, ErrorKind};
 use std::net::{Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use lb_cli::{
-    Ops, RunError, Settings, BATCH_MAX, CONNECT_TIMEOUT, READ_CHUNK_BYTES, SHUTDOWN_FLUSH_MAX,
-};
+use bytes::Bytes;
+use lb_cli::{Ops, RunError, Settings, BATCH_MAX, CONNECT_TIMEOUT, SHUTDOWN_FLUSH_MAX};
 use lb_core::{Balancer, CloseReason, ConnId, Input, ListenerId, Output, Stats};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
@@ -78,7 +76,7 @@ struct Driver {
     conns: Vec<Option<Conn>>,
     listeners: Vec<(ListenerId, TcpListener)>,
     signals: Signals,
-    read_buf: BytesMut,
+    read_buf: lb_cli::ReadBuffer,
     output_cap: usize,
     /// Connects in start order; all have the same timeout, so the front expires first.
     connect_deadlines: VecDeque<(Instant, ConnId)>,
@@ -118,7 +116,7 @@ impl Driver {
             conns: Vec::new(),
             listeners,
             signals,
-            read_buf: BytesMut::with_capacity(READ_CHUNK_BYTES),
+            read_buf: lb_cli::ReadBuffer::default(),
             output_cap: settings.output_cap_bytes,
             connect_deadlines: VecDeque::new(),
             dirty: Vec::new(),
@@ -143,7 +141,7 @@ impl Driver {
             }
             let (mut stop, mut reload) = (false, false);
             for id in std::mem::take(&mut self.readable_again) {
-                self.read(id);
+                self.read(id, true);
             }
             for event in &events {
                 let token = event.token();
@@ -258,15 +256,17 @@ impl Driver {
             }
         }
         if event.is_readable() || event.is_read_closed() || event.is_error() {
-            self.read(id);
+            // After the peer's FIN no further edge comes: read on to the end of the stream.
+            self.read(id, event.is_read_closed() || event.is_error());
         }
         if event.is_writable() {
             self.mark_dirty(id);
         }
     }
 
-    /// Reads until `WouldBlock`, or [`BATCH_MAX`] times and then again on the next pass.
-    fn read(&mut self, id: ConnId) {
+    /// Reads until `WouldBlock`, a short read (unless `to_end`), or [`BATCH_MAX`] times and then
+    /// again on the next pass.
+    fn read(&mut self, id: ConnId, to_end: bool) {
         for _ in 0..BATCH_MAX {
             let Some(c) = self.conns.get_mut(id.slot()).and_then(Option::as_mut) else {
                 return;
@@ -274,17 +274,20 @@ impl Driver {
             if c.id != id || c.state != State::Open {
                 return;
             }
-            match lb_cli::read_some(&mut self.read_buf, &mut c.stream) {
+            match self.read_buf.read_some(&mut c.stream) {
                 Ok(0) => {
                     self.finish(id, CloseReason::PeerClosed);
                     self.drain();
                     return;
                 }
-                Ok(_) => {
-                    let bytes = self.read_buf.split();
+                Ok(n) => {
+                    let bytes = self.read_buf.take();
                     self.lb
                         .handle_input(Instant::now(), Input::Received { conn: id, bytes });
                     self.drain();
+                    if !to_end && self.read_buf.was_short(n) {
+                        return;
+                    }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}

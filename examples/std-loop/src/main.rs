@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use lb_cli::{Ops, RunError, Settings, CONNECT_TIMEOUT, SHUTDOWN_FLUSH_MAX};
 use lb_core::{Balancer, CloseReason, ConnId, Input, ListenerId, Output, Stats};
 
@@ -86,7 +86,7 @@ fn run(settings: Settings) -> Result<Stats, RunError> {
     // The core asks for its backend connections as soon as it exists.
     d.drain();
 
-    let mut buf = BytesMut::new();
+    let mut buf = lb_cli::ReadBuffer::default();
     while !stop.load(Ordering::Relaxed) {
         let mut progress = false;
 
@@ -197,7 +197,7 @@ impl Driver {
     }
 
     /// One read from the connection at `slot`; true if anything happened.
-    fn read(&mut self, slot: usize, buf: &mut BytesMut) -> bool {
+    fn read(&mut self, slot: usize, buf: &mut lb_cli::ReadBuffer) -> bool {
         let Some(Some(c)) = self.conns.get_mut(slot) else {
             return false;
         };
@@ -205,14 +205,14 @@ impl Driver {
         let Some(stream) = c.stream.as_mut().filter(|_| !c.closing) else {
             return false;
         };
-        match lb_cli::read_some(buf, stream) {
+        match buf.read_some(stream) {
             Ok(0) => self.finish(id, CloseReason::PeerClosed),
             // `split` hands the core exactly the bytes just read; `buf` keeps its spare room.
             Ok(_) => self.lb.handle_input(
                 Instant::now(),
                 Input::Received {
                     conn: id,
-                    bytes: buf.split(),
+                    bytes: buf.take(),
                 },
             ),
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
