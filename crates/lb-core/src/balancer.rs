@@ -336,30 +336,42 @@ impl Balancer {
                 ..
             } => decoder.push(bytes),
         }
+        let headers_max = self.config.config.limits.headers_max;
         let mut completed = false;
         loop {
-            let Some(conn) = self.conn_mut(id) else {
+            // Field by field (not `conn_mut`): the framer reads the tag header name from the
+            // config while it analyses the head.
+            let Some(conn) = self
+                .conns
+                .get_mut(id.slot())
+                .filter(|c| c.generation == id.generation())
+            else {
                 return;
             };
             if conn.closing {
                 return;
             }
+            let tag_header = self.config.config.tag_header.as_deref().map(str::as_bytes);
+            let mut analysis = crate::message::Analysis::NONE;
             let next = match &mut conn.side {
                 Side::Frontend { framer, .. }
                 | Side::Backend {
                     reader: BackendReader::Plain(framer),
                     ..
-                } => match framer.next_frame(message_max) {
-                    None => None,
-                    Some(Ok(Frame::Message(m))) => Some(Ok((None, m))),
-                    Some(Ok(Frame::Ping)) => {
-                        completed = true;
-                        self.stats.keepalives += 1;
-                        self.send(id, Bytes::from_static(b"\r\n"));
-                        continue;
+                } => {
+                    match framer.next_analysed(message_max, tag_header, headers_max, &mut analysis)
+                    {
+                        None => None,
+                        Some(Ok(Frame::Message(m))) => Some(Ok((None, m))),
+                        Some(Ok(Frame::Ping)) => {
+                            completed = true;
+                            self.stats.keepalives += 1;
+                            self.send(id, Bytes::from_static(b"\r\n"));
+                            continue;
+                        }
+                        Some(Err(e)) => Some(Err(e.as_str())),
                     }
-                    Some(Err(e)) => Some(Err(e.as_str())),
-                },
+                }
                 Side::Backend {
                     reader: BackendReader::Envelope(decoder),
                     ..
@@ -373,7 +385,7 @@ impl Balancer {
                 None => break,
                 Some(Ok((envelope, message))) => {
                     completed = true;
-                    self.handle_message(id, envelope, message);
+                    self.handle_message(id, envelope, message, analysis);
                 }
                 Some(Err(fault)) => {
                     self.framing_lost(id, fault);
@@ -410,7 +422,13 @@ impl Balancer {
         self.close(conn);
     }
 
-    fn handle_message(&mut self, conn: ConnId, envelope: Option<Envelope>, bytes: Bytes) {
+    fn handle_message(
+        &mut self,
+        conn: ConnId,
+        envelope: Option<Envelope>,
+        bytes: Bytes,
+        analysis: crate::message::Analysis,
+    ) {
         let Some(c) = self.conn(conn) else { return };
         let (source, from_backend) = match &c.side {
             Side::Frontend { peer, .. } => (
@@ -432,9 +450,9 @@ impl Balancer {
         };
         let tag_header = self.config.config.tag_header.as_deref().map(str::as_bytes);
         let headers_max = self.config.config.limits.headers_max;
-        let message = match SipMessage::parse(bytes.clone(), tag_header, headers_max) {
+        let message = match analysis.into_message(bytes, tag_header, headers_max) {
             Ok(m) => m,
-            Err(e) => return self.handle_malformed(source, &bytes, e.reason),
+            Err((bytes, e)) => return self.handle_malformed(source, &bytes, e.reason),
         };
         match from_backend {
             None => {

@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use bytes::{Buf, Bytes, BytesMut};
 use memchr::memmem;
 
-use crate::message::{find_crlf, next_field, Known, Step};
+use crate::message::{find_crlf, next_field, scan_head, Analysis, Known, ScannedHead, Step};
 
 /// One unit cut from the stream.
 #[derive(Debug, PartialEq, Eq)]
@@ -76,10 +76,33 @@ impl StreamFramer {
         &mut self,
         message_bytes_max: usize,
     ) -> Option<Result<Frame, FramingError>> {
+        // The same framing as the balancer's: the analysis is run (so tests of this method
+        // cover it) and dropped.
+        let mut analysis = Analysis::NONE;
+        self.next_analysed(message_bytes_max, None, usize::MAX, &mut analysis)
+    }
+
+    /// [`StreamFramer::next_frame`], and with a message, in `analysis`, what
+    /// `SipMessage::parse(_, tag_header, headers_max)` would give, when the framer ran the
+    /// parser's walk to find the head's end (usually: the head is walked once, not once here
+    /// and once by the parser); otherwise `analysis` is left [`Analysis::NONE`].
+    /// [`Analysis::into_message`] completes it.
+    pub(crate) fn next_analysed(
+        &mut self,
+        message_bytes_max: usize,
+        tag_header: Option<&[u8]>,
+        headers_max: usize,
+        analysis: &mut Analysis,
+    ) -> Option<Result<Frame, FramingError>> {
         if let Some(error) = self.failed {
             return Some(Err(error));
         }
-        match self.next_frame_inner(message_bytes_max) {
+        let next = self.next_frame_inner(message_bytes_max, tag_header, headers_max, analysis);
+        if !matches!(next, Some(Ok(Frame::Message(_)))) {
+            // Only a message comes with its analysis.
+            *analysis = Analysis::NONE;
+        }
+        match next {
             Some(Err(error)) => {
                 self.failed = Some(error);
                 Some(Err(error))
@@ -88,20 +111,27 @@ impl StreamFramer {
         }
     }
 
-    fn next_frame_inner(&mut self, max: usize) -> Option<Result<Frame, FramingError>> {
+    fn next_frame_inner(
+        &mut self,
+        max: usize,
+        tag_header: Option<&[u8]>,
+        headers_max: usize,
+        analysis: &mut Analysis,
+    ) -> Option<Result<Frame, FramingError>> {
         let len = match self.message_len {
             Some(len) => len,
             None => {
                 if self.scanned == 0 && self.skip_keepalives()? {
                     return Some(Ok(Frame::Ping));
                 }
-                match self.read_head(max)? {
+                match self.read_head(max, tag_header, headers_max, analysis)? {
                     Ok(len) => len,
                     Err(error) => return Some(Err(error)),
                 }
             }
         };
         if self.buf.len() < len {
+            // The body is still coming: the message is parsed when it is complete.
             return None;
         }
         self.message_len = None;
@@ -131,17 +161,31 @@ impl StreamFramer {
         Some(false)
     }
 
-    /// Finds the end of the header block and reads Content-Length: the message's whole length,
-    /// `None` to wait.
-    fn read_head(&mut self, max: usize) -> Option<Result<usize, FramingError>> {
+    /// Finds the end of the header block and reads Content-Length: the message's whole length
+    /// (and the head's analysis when it was run), `None` to wait.
+    fn read_head(
+        &mut self,
+        max: usize,
+        tag_header: Option<&[u8]>,
+        headers_max: usize,
+        analysis: &mut Analysis,
+    ) -> Option<Result<usize, FramingError>> {
         if self.buf.is_empty() {
             return None;
         }
         // Only the first `max` bytes can hold a header block that fits.
         let window = self.buf.len().min(max);
+        if self.scanned == 0 {
+            // The usual case, a whole head in the buffer that parses: the parser's walk finds
+            // its end and its Content-Length (no separate walk here).
+            if let Some(scanned) = scan_head(&self.buf[..window], tag_header, headers_max, analysis)
+            {
+                return Some(self.head_read(scanned, max));
+            }
+        }
         let (found, walk) = if self.scanned == 0 {
-            // The usual case, a whole head in the buffer: one walk over its lines finds both
-            // the end and the lines that may be Content-Length.
+            // Incomplete, or a head the parser rejects: one walk over its lines finds both the
+            // end and the lines that may be Content-Length.
             let walk = HeadWalk::new(&self.buf[..window]);
             (walk.head_len, Some(walk))
         } else {
@@ -165,22 +209,43 @@ impl StreamFramer {
         if head_len > max {
             return Some(Err(FramingError::HeaderTooLarge));
         }
-        self.scanned = head_len;
         let head = &self.buf[..head_len];
         let length = match walk {
             Some(walk) if walk.count <= walk.candidates.len() => {
                 content_length_at(head, &walk.candidates[..walk.count])
             }
-            _ => content_length(head),
+            Some(_) => content_length(head),
+            // Found by the search: the parser's walk reads the Content-Length, unless it stops.
+            None => match scan_head(head, tag_header, headers_max, analysis) {
+                Some(scanned) => return Some(self.head_read(scanned, max)),
+                None => content_length(head),
+            },
         };
-        let result = length.and_then(|body| match head_len.checked_add(body) {
+        self.scanned = head_len;
+        Some(self.length_read(head_len, length, max))
+    }
+
+    fn head_read(&mut self, scanned: ScannedHead, max: usize) -> Result<usize, FramingError> {
+        // The walk stayed within the window, so the head is within `max`.
+        self.scanned = scanned.head_len;
+        self.length_read(scanned.head_len, scanned.body, max)
+    }
+
+    /// The whole message length from the head's length and its Content-Length.
+    fn length_read(
+        &mut self,
+        head_len: usize,
+        body: Result<usize, FramingError>,
+        max: usize,
+    ) -> Result<usize, FramingError> {
+        let result = body.and_then(|body| match head_len.checked_add(body) {
             Some(len) if len <= max => Ok(len),
             _ => Err(FramingError::MessageTooLarge),
         });
         if let Ok(len) = result {
             self.message_len = Some(len);
         }
-        Some(result)
+        result
     }
 
     /// Bytes held waiting for the rest of a message.
@@ -313,7 +378,7 @@ fn content_length(head: &[u8]) -> Result<usize, FramingError> {
 }
 
 /// `LWS 1*DIGIT LWS` as a `usize`; signs, other characters and overflow are errors.
-fn decimal(value: &[u8]) -> Result<usize, FramingError> {
+pub(crate) fn decimal(value: &[u8]) -> Result<usize, FramingError> {
     let lws = |c: &u8| matches!(c, b' ' | b'\t' | b'\r' | b'\n');
     let start = value.iter().position(|c| !lws(c)).unwrap_or(value.len());
     let end = value
@@ -613,6 +678,36 @@ mod tests {
             drain(&mut f, &mut chunked);
         }
         whole == expected && chunked == expected && f.buffered_len() == 0
+    }
+
+    /// Where the parser's walk reaches the empty line, it agrees with the framer's own search
+    /// and Content-Length scan, and its analysis is what `SipMessage::parse` gives.
+    #[quickcheck]
+    fn the_analysis_frames_like_the_framer(edits: Vec<(u16, u8)>, cut: u16) -> bool {
+        const ALPHABET: &[u8] = b"\r\n\r\n \t:;,<>0123456789lLcC-ontentgh";
+        let mut text = format!(
+            "{}{}",
+            message("Content-Length: 3\r\nl: 3\r\nX: 1\r\n", "abc"),
+            with_length("v=0")
+        )
+        .into_bytes();
+        for &(at, pick) in &edits {
+            let at = usize::from(at) % text.len();
+            text[at] = ALPHABET[usize::from(pick) % ALPHABET.len()];
+        }
+        let b = &text[..usize::from(cut) % (text.len() + 1)];
+        let mut analysis = Analysis::NONE;
+        let Some(scanned) = scan_head(b, None, 128, &mut analysis) else {
+            return true;
+        };
+        let walk = HeadWalk::new(b);
+        let head = &b[..scanned.head_len];
+        let bytes = Bytes::copy_from_slice(head);
+        let view = analysis.into_message(bytes.clone(), None, 128);
+        let parsed = SipMessage::parse(bytes, None, 128);
+        walk.head_len == Some(scanned.head_len)
+            && content_length(head) == scanned.body
+            && format!("{:?}", view.map_err(|(_, e)| e)) == format!("{parsed:?}")
     }
 
     fn no_panic(chunks: &[Vec<u8>], max: usize) {

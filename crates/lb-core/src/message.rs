@@ -12,6 +12,8 @@ use std::ops::Range;
 
 use bytes::Bytes;
 
+use crate::framing::{decimal, FramingError};
+
 /// A byte range into [`SipMessage::bytes`]. `u32` offsets keep the view small; messages are
 /// bounded far below 4 GiB by `limits.message_bytes_max`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -226,7 +228,11 @@ impl SipMessage {
         headers_max: usize,
     ) -> Result<SipMessage, ParseError> {
         let head = Head::parse(&bytes, tag_header, headers_max)?;
-        Ok(SipMessage {
+        Ok(SipMessage::with_head(bytes, head))
+    }
+
+    fn with_head(bytes: Bytes, head: Head) -> SipMessage {
+        SipMessage {
             start: head.start,
             start_line_end: head.start_line_end,
             header_end: head.header_end,
@@ -240,7 +246,7 @@ impl SipMessage {
             request_uri_host: head.request_uri_host,
             tag_header: head.tag_header,
             bytes,
-        })
+        }
     }
 
     pub(crate) fn slice(&self, span: Span) -> &[u8] {
@@ -263,8 +269,80 @@ impl SipMessage {
     }
 }
 
+/// What the framer learnt about a head while framing it: the analysis [`SipMessage::parse`]
+/// would give, when the framer could run it, so the head is walked once, not twice.
+#[derive(Debug)]
+pub(crate) struct Analysis(Option<Result<Head, ParseError>>);
+
+impl Analysis {
+    /// Nothing known yet: [`Analysis::into_message`] parses.
+    pub(crate) const NONE: Analysis = Analysis(None);
+
+    /// The message view of `bytes`, exactly as `SipMessage::parse(bytes, tag_header,
+    /// headers_max)` gives it; parses only if the framer could not. On error the bytes come
+    /// back for the 400.
+    pub(crate) fn into_message(
+        self,
+        bytes: Bytes,
+        tag_header: Option<&[u8]>,
+        headers_max: usize,
+    ) -> Result<SipMessage, (Bytes, ParseError)> {
+        let head = match self.0 {
+            // The size check comes first in `parse` too; the framer analysed only the head.
+            Some(_) if u32::try_from(bytes.len()).is_err() => Err(TOO_LARGE),
+            Some(head) => head,
+            None => Head::parse(&bytes, tag_header, headers_max),
+        };
+        match head {
+            Ok(head) => Ok(SipMessage::with_head(bytes, head)),
+            Err(error) => Err((bytes, error)),
+        }
+    }
+}
+
+/// A head the analysis walked to its empty line (see [`scan_head`]).
+pub(crate) struct ScannedHead {
+    /// The header block's length through its CRLFCRLF.
+    pub(crate) head_len: usize,
+    /// The body length its Content-Length fields give, as the framer must read them.
+    pub(crate) body: Result<usize, FramingError>,
+}
+
+/// Runs the analysis of [`SipMessage::parse`] over a buffer that starts with a start line and
+/// may hold more than one head (or less). When the walk over its fields reaches the empty line,
+/// this gives where the head ends and its Content-Length, and leaves the analysis in
+/// `analysis`; `None` when the walk stopped earlier: an incomplete head, or one the parser
+/// rejects before its end (the framer then finds the end and the length its own way).
+///
+/// The walk visits every CRLF in order, so its empty line is the buffer's first CRLFCRLF, where
+/// the framer's own search stops. Every field of a head that parses is a field the framer's
+/// Content-Length scan reads, so the two agree on the length.
+///
+/// The analysis is written in place: it is large, and moving it up through the framer's
+/// return values cost more than a tenth of what the single walk saves.
+pub(crate) fn scan_head(
+    b: &[u8],
+    tag_header: Option<&[u8]>,
+    headers_max: usize,
+    analysis: &mut Analysis,
+) -> Option<ScannedHead> {
+    let walked = Head::walk(b, tag_header, headers_max, &mut analysis.0).ok()?;
+    Some(ScannedHead {
+        head_len: walked.header_end + 2,
+        body: walked.body,
+    })
+}
+
+/// A walk over a head's fields that reached the empty line.
+struct Walked {
+    /// Offset of the empty line's CRLF.
+    header_end: usize,
+    body: Result<usize, FramingError>,
+}
+
 /// Everything [`SipMessage`] holds except the bytes, so the parser can borrow them.
-struct Head {
+#[derive(Debug)]
+pub(crate) struct Head {
     start: StartLine,
     start_line_end: u32,
     header_end: u32,
@@ -284,6 +362,21 @@ impl Head {
         if u32::try_from(b.len()).is_err() {
             return Err(TOO_LARGE);
         }
+        let mut head = None;
+        Head::walk(b, tag_header, headers_max, &mut head)?;
+        // A walk that reached the empty line always leaves a result.
+        head.unwrap_or(Err(INCOMPLETE))
+    }
+
+    /// The start line and the fields up to the empty line (`Err` if the walk stops before it),
+    /// then the checks that need the whole head, whose result goes to `head`.
+    #[inline]
+    fn walk(
+        b: &[u8],
+        tag_header: Option<&[u8]>,
+        headers_max: usize,
+        head: &mut Option<Result<Head, ParseError>>,
+    ) -> Result<Walked, ParseError> {
         let (start, start_line_end) = parse_start_line(b)?;
         let request_uri_host = match start {
             StartLine::Request { uri, .. } => sip_uri(b, uri.start as usize, uri.end as usize)
@@ -302,6 +395,8 @@ impl Head {
         let mut second_route_pending = false;
         let mut second_route: Option<HostPort> = None;
         let mut tag_span: Option<Span> = None;
+        // As the framer reads it: any unreadable or disagreeing value makes it bad.
+        let mut body: Result<Option<usize>, FramingError> = Ok(None);
         let mut fields = 0usize;
         let mut pos = start_line_end;
 
@@ -382,38 +477,60 @@ impl Head {
                     second_route_pending = false;
                     second_route = Some(route_entry(b, vs, ve)?.host_port);
                 }
+                Known::ContentLength => {
+                    body = body.and_then(|found| match decimal(&b[vs..ve]) {
+                        Ok(value) if found.is_none_or(|earlier| earlier == value) => {
+                            Ok(Some(value))
+                        }
+                        _ => Err(FramingError::BadContentLength),
+                    });
+                }
                 _ => {}
             }
             pos = field.line_end;
         };
 
-        let top_via = via.ok_or(fail("Missing Via"))?;
-        let call_id = call_id.ok_or(fail("Missing Call-ID"))?;
-        let (cseq_number, cseq_method, cseq_method_range) = cseq.ok_or(fail("Missing CSeq"))?;
-        if !from {
-            return Err(fail("Missing From"));
-        }
-        let to_tag = to_tag.ok_or(fail("Missing To"))?;
-        if let StartLine::Request { method_span, .. } = start {
-            // RFC 3261 §8.1.1.5; RFC 4475 §3.1.2.17-18. The balancer keys CANCEL and ACK
-            // handling on the method, so a disagreement is a routing ambiguity, not a nit.
-            if b[method_span.range()] != b[cseq_method_range] {
-                return Err(CSEQ_MISMATCH);
+        *head = Some('checks: {
+            let Some(top_via) = via else {
+                break 'checks Err(fail("Missing Via"));
+            };
+            let Some(call_id) = call_id else {
+                break 'checks Err(fail("Missing Call-ID"));
+            };
+            let Some((cseq_number, cseq_method, cseq_method_range)) = cseq else {
+                break 'checks Err(fail("Missing CSeq"));
+            };
+            if !from {
+                break 'checks Err(fail("Missing From"));
             }
-        }
-        Ok(Head {
-            start,
-            start_line_end: start_line_end as u32,
-            header_end: header_end as u32,
-            call_id,
-            cseq_number,
-            cseq_method,
-            to_tag,
-            top_via,
-            top_route,
-            second_route,
-            request_uri_host,
-            tag_header: tag_span,
+            let Some(to_tag) = to_tag else {
+                break 'checks Err(fail("Missing To"));
+            };
+            if let StartLine::Request { method_span, .. } = start {
+                // RFC 3261 §8.1.1.5; RFC 4475 §3.1.2.17-18. The balancer keys CANCEL and ACK
+                // handling on the method, so a disagreement is a routing ambiguity, not a nit.
+                if b[method_span.range()] != b[cseq_method_range] {
+                    break 'checks Err(CSEQ_MISMATCH);
+                }
+            }
+            Ok(Head {
+                start,
+                start_line_end: start_line_end as u32,
+                header_end: header_end as u32,
+                call_id,
+                cseq_number,
+                cseq_method,
+                to_tag,
+                top_via,
+                top_route,
+                second_route,
+                request_uri_host,
+                tag_header: tag_span,
+            })
+        });
+        Ok(Walked {
+            header_end,
+            body: body.and_then(|found| found.ok_or(FramingError::MissingContentLength)),
         })
     }
 }
