@@ -273,11 +273,22 @@ impl Balancer {
     }
 
     fn close(&mut self, id: ConnId) {
-        if let Some(conn) = self.conn_mut(id) {
-            if !conn.closing {
-                conn.closing = true;
-                self.outputs.push_back(Output::Close { conn: id });
-            }
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        if conn.closing {
+            return;
+        }
+        conn.closing = true;
+        let backend = match conn.side {
+            Side::Backend { backend, .. } => Some(backend),
+            Side::Frontend { .. } => None,
+        };
+        self.outputs.push_back(Output::Close { conn: id });
+        // A backend is down from the moment its connection is closing: nothing more may be
+        // sent on it (found by fuzzing), and its reconnect starts now.
+        if let Some(backend) = backend {
+            self.backend_closed(backend, id);
         }
     }
 
@@ -454,6 +465,11 @@ impl Balancer {
             Ok(m) => m,
             Err((bytes, e)) => return self.handle_malformed(source, &bytes, e.reason),
         };
+        if envelope.is_some() && !frames_alone(&message.bytes, tag_header, headers_max) {
+            // The envelope framed it, but a frontend's plain stream will be framed by its
+            // Content-Length: forwarding it would desynchronise that stream (found by fuzzing).
+            return self.handle_malformed(source, &message.bytes, "Content-Length Mismatch");
+        }
         match from_backend {
             None => {
                 if message.is_request() {
@@ -903,6 +919,15 @@ impl Balancer {
         self.outputs
             .push_back(Output::Event(Event::Dropped { conn, cause }));
     }
+}
+
+/// Whether `bytes` is exactly one message by its own Content-Length, as a stream would frame it.
+fn frames_alone(bytes: &[u8], tag_header: Option<&[u8]>, headers_max: usize) -> bool {
+    let mut scratch = crate::message::Analysis::NONE;
+    crate::message::scan_head(bytes, tag_header, headers_max, &mut scratch).is_some_and(|head| {
+        head.body
+            .is_ok_and(|len| head.head_len + len == bytes.len())
+    })
 }
 
 /// What insertions need, borrowed field by field so the target's buffer stays writable.
