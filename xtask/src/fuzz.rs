@@ -49,11 +49,12 @@ impl<'a> FuzzTask<'a> {
     }
 
     /// The libFuzzer flags: the time budget, and for the core's sequences room for long
-    /// programs (libFuzzer starts from short inputs otherwise).
+    /// programs from the start (libFuzzer grows its inputs slowly otherwise, and a run of the
+    /// core needs many steps to reach failover and expiry).
     pub(crate) fn fuzzer_args(&self) -> Vec<String> {
         let mut args = vec![format!("-max_total_time={}", self.seconds)];
         if self.target == "core_sequence" {
-            args.push("-max_len=4096".to_owned());
+            args.extend(["-max_len=4096".to_owned(), "-len_control=0".to_owned()]);
         }
         args
     }
@@ -99,7 +100,10 @@ mod tests {
     fn targets_and_seconds() {
         let t = FuzzTask::parse(&["core_sequence", "--seconds", "600"]).unwrap();
         assert_eq!(t.seconds, 600);
-        assert_eq!(t.fuzzer_args(), ["-max_total_time=600", "-max_len=4096"]);
+        assert_eq!(
+            t.fuzzer_args(),
+            ["-max_total_time=600", "-max_len=4096", "-len_control=0"]
+        );
         let t = FuzzTask::parse(&["stream_demux"]).unwrap();
         assert_eq!(
             t.fuzzer_args(),

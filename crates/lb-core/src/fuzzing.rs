@@ -420,45 +420,6 @@ pub fn envelope(data: &[u8]) {
 // The whole core
 // ---------------------------------------------------------------------------------------------
 
-/// Faults the fuzzer found that are not fixed yet. `SIPLB_FUZZ_TOLERATE=name,name` lets a
-/// fuzzing run step over them to look for others; without it every invariant is checked.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum KnownBug {
-    /// A backend connection the core asked to close (its framing was lost) still gets new
-    /// calls until the driver reports it closed (`fuzz/regressions/core_sequence-send-after-close`).
-    SendToClosingBackend,
-    /// A message from an envelope backend reaches a stream frontend with the Content-Length it
-    /// came with, missing or wrong: the frontend loses framing
-    /// (`fuzz/regressions/core_sequence-unframed-from-envelope`).
-    UnframedFromEnvelope,
-}
-
-impl KnownBug {
-    const ALL: [KnownBug; 2] = [
-        KnownBug::SendToClosingBackend,
-        KnownBug::UnframedFromEnvelope,
-    ];
-
-    fn name(self) -> &'static str {
-        match self {
-            KnownBug::SendToClosingBackend => "send-to-closing-backend",
-            KnownBug::UnframedFromEnvelope => "unframed-from-envelope",
-        }
-    }
-
-    /// The faults named in `SIPLB_FUZZ_TOLERATE`, read once.
-    fn from_env() -> &'static [KnownBug] {
-        static TOLERATED: std::sync::OnceLock<Vec<KnownBug>> = std::sync::OnceLock::new();
-        TOLERATED.get_or_init(|| {
-            let list = std::env::var("SIPLB_FUZZ_TOLERATE").unwrap_or_default();
-            KnownBug::ALL
-                .into_iter()
-                .filter(|bug| list.split(',').any(|n| n.trim() == bug.name()))
-                .collect()
-        })
-    }
-}
-
 /// Inputs fed to one balancer at most: enough for calls to set up, fail over and expire.
 const STEPS_MAX: usize = 300;
 const ADVERTISE: &str = "lb.fuzz.invalid:5060";
@@ -579,12 +540,8 @@ struct Harness {
     tags: Vec<(Bytes, Bytes)>,
     /// The growing counters of the stats after the last input.
     counters: [u64; 31],
-    /// Known faults to step over instead of failing.
-    tolerate: &'static [KnownBug],
     /// The input being handled came from this frontend.
     from_frontend: Option<SocketAddr>,
-    /// The input being handled came from an envelope backend.
-    from_envelope: bool,
     /// `SIPLB_FUZZ_TRACE` set: print every input and output (to read a crash).
     trace: bool,
 }
@@ -598,15 +555,11 @@ struct Harness {
 /// pongs, or envelopes each holding one message) and what reaches a backend parses; the
 /// new-call table stays within its capacity; the open-frontend gauge matches and no counter
 /// goes down; after a `Timeout` the next deadline is in the future; inputs on dead ids count as
-/// stale. `SIPLB_FUZZ_TOLERATE` names known faults to step over (see [`KnownBug`]).
+/// stale.
 pub fn core_sequence(data: &[u8]) {
-    run_core(data, KnownBug::from_env());
-}
-
-fn run_core(data: &[u8], tolerate: &'static [KnownBug]) {
     let mut c = Choices::new(data);
     let flags = c.byte();
-    let mut h = Harness::new(flags, tolerate);
+    let mut h = Harness::new(flags);
     h.drain();
     h.check();
     for _ in 0..STEPS_MAX {
@@ -619,7 +572,7 @@ fn run_core(data: &[u8], tolerate: &'static [KnownBug]) {
 }
 
 impl Harness {
-    fn new(flags: u8, tolerate: &'static [KnownBug]) -> Harness {
+    fn new(flags: u8) -> Harness {
         let small = flags & 32 != 0;
         let config = fuzz_config(flags, 0, small);
         let capacity = config.config().limits.table_capacity as u64;
@@ -657,16 +610,10 @@ impl Harness {
             tag_header,
             recent: Vec::new(),
             tags: Vec::new(),
-            from_envelope: false,
             from_frontend: None,
             counters: [0; 31],
-            tolerate,
             trace: std::env::var_os("SIPLB_FUZZ_TRACE").is_some(),
         }
-    }
-
-    fn tolerates(&self, bug: KnownBug) -> bool {
-        self.tolerate.contains(&bug)
     }
 
     fn input(&mut self, input: Input) {
@@ -842,7 +789,6 @@ impl Harness {
     /// Hands `payload` to link `i` in up to three reads.
     fn feed(&mut self, c: &mut Choices<'_>, i: usize, payload: Vec<u8>) {
         let conn = self.links[i].id;
-        self.from_envelope = matches!(self.links[i].role, Role::Backend { envelope: true, .. });
         self.from_frontend = match self.links[i].role {
             Role::Frontend { peer } => Some(peer),
             Role::Backend { .. } => None,
@@ -867,7 +813,6 @@ impl Harness {
                 break;
             }
         }
-        self.from_envelope = false;
         self.from_frontend = None;
     }
 
@@ -1029,25 +974,12 @@ impl Harness {
                     };
                     let link = &self.links[i];
                     assert!(!link.closed, "Send to {conn:?} after its Closed");
-                    if link.closing
-                        && matches!(link.role, Role::Backend { .. })
-                        && self.tolerates(KnownBug::SendToClosingBackend)
-                    {
-                        continue;
-                    }
                     assert!(!link.closing, "Send to {conn:?} after Close");
                     assert!(link.connected, "Send to {conn:?} before Connected");
                     assert!(!bytes.is_empty(), "empty Send to {conn:?}");
                     let role = link.role;
                     let messages = match unframe(role, &bytes) {
                         Ok(messages) => messages,
-                        Err(_)
-                            if self.from_envelope
-                                && matches!(role, Role::Frontend { .. })
-                                && self.tolerates(KnownBug::UnframedFromEnvelope) =>
-                        {
-                            Vec::new()
-                        }
                         Err(fault) => panic!(
                             "the core sent {conn:?} {fault}: {:?}",
                             String::from_utf8_lossy(&bytes)
@@ -1375,17 +1307,26 @@ mod tests {
             if std::env::var_os("SIPLB_FUZZ_TRACE").is_some() {
                 eprintln!("seed {seed}");
             }
-            // The faults already found would stop most runs early: step over them here (their
-            // own tests below replay them strictly).
-            run_core(&noise(seed, 1200), &KnownBug::ALL);
+            core_sequence(&noise(seed, 1200));
         }
     }
 
+    /// Replays one input to read what happened:
+    /// `SIPLB_FUZZ_REPLAY=fuzz/artifacts/core_sequence/crash-… SIPLB_FUZZ_TRACE=1 cargo test -p
+    /// lb-core --lib replay_from_env -- --ignored --nocapture` (`SIPLB_FUZZ_TARGET` picks the
+    /// target, `core_sequence` by default).
     #[test]
-    #[ignore]
-    fn k_tmp_replay() {
-        let data = std::fs::read(std::env::var("K_REPLAY").unwrap()).unwrap();
-        core_sequence(&data);
+    #[ignore = "a tool: replays the file named by SIPLB_FUZZ_REPLAY"]
+    fn replay_from_env() {
+        let path = std::env::var("SIPLB_FUZZ_REPLAY").expect("set SIPLB_FUZZ_REPLAY=FILE");
+        // Tests run in the package's directory; a relative path is the workspace's.
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+        let data = std::fs::read(std::path::Path::new(root).join(&path)).unwrap();
+        match std::env::var("SIPLB_FUZZ_TARGET").as_deref() {
+            Ok("stream_demux") => stream(&data),
+            Ok("envelope_decoder") => envelope(&data),
+            _ => core_sequence(&data),
+        }
     }
 
     #[test]
@@ -1434,18 +1375,20 @@ mod regressions {
         }
     }
 
-    /// A plain backend's framing is lost (bytes that are not SIP): the core asks to close its
-    /// connection but leaves the backend up, so the next new call is sent on the closing
-    /// connection (`Send` after `Close`): the driver drops it or writes it after the close.
+    /// A plain backend's framing is lost (a response without Content-Length): the core asked to
+    /// close its connection but left the backend up, so its next probe (or new call) was sent
+    /// on the closing connection, `Send` after `Close` (fixed in b65bbc0: a backend is down
+    /// once its connection is closing).
     #[test]
     fn send_after_close_to_a_backend() {
         replay("core_sequence-send-after-close");
     }
 
-    /// An envelope backend sends a request whose Content-Length is missing (the envelope frames
-    /// it, so the core accepts it) and the core forwards it to a frontend over a plain stream,
-    /// where nothing frames it: that frontend's stream is lost. A wrong Content-Length would
-    /// desynchronise it instead.
+    /// An envelope backend sends a request whose header block ends before its Content-Length
+    /// (the envelope frames it, so the core accepted it) and the core forwarded it to a
+    /// frontend over a plain stream, where nothing frames it: that frontend's stream is lost; a
+    /// wrong Content-Length would desynchronise it (fixed in b65bbc0: an envelope payload must
+    /// frame alone).
     #[test]
     fn unframed_message_from_an_envelope_backend() {
         replay("core_sequence-unframed-from-envelope");
