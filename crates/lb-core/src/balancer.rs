@@ -693,8 +693,12 @@ impl Balancer {
         let Some(out) = self.conns.get_mut(conn.slot()).map(|c| &mut c.out) else {
             return;
         };
-        rewrite::write(out, &message.bytes, &mut edits, &cx);
-        let bytes = out.split().freeze();
+        let Some(bytes) = write_message(out, None, |out| {
+            rewrite::write(out, &message.bytes, &mut edits, &cx);
+            true
+        }) else {
+            return;
+        };
         self.send(conn, bytes);
     }
 
@@ -738,8 +742,12 @@ impl Balancer {
         let Some(out) = self.conns.get_mut(conn.slot()).map(|c| &mut c.out) else {
             return;
         };
-        rewrite::write(out, &message.bytes, &mut edits, &cx);
-        let bytes = out.split().freeze();
+        let Some(bytes) = write_message(out, None, |out| {
+            rewrite::write(out, &message.bytes, &mut edits, &cx);
+            true
+        }) else {
+            return;
+        };
         self.send(conn, bytes);
     }
 
@@ -833,17 +841,13 @@ impl Balancer {
         let Some(out) = self.conns.get_mut(conn.slot()).map(|c| &mut c.out) else {
             return;
         };
-        if envelope_mode {
-            let header_start = out.len();
-            envelope::encode_header(out, &envelope, 0);
-            let payload_start = out.len();
+        let framing = envelope_mode.then_some(&envelope);
+        let Some(bytes) = write_message(out, framing, |out| {
             rewrite::write(out, &message.bytes, edits, &cx);
-            let payload_len = out.len() - payload_start;
-            envelope::set_payload_len(&mut out[header_start..payload_start], payload_len);
-        } else {
-            rewrite::write(out, &message.bytes, edits, &cx);
-        }
-        let bytes = out.split().freeze();
+            true
+        }) else {
+            return;
+        };
         self.stats.to_backend += 1;
         self.send(conn, bytes);
     }
@@ -867,28 +871,17 @@ impl Balancer {
         let Some(out) = self.conns.get_mut(source.conn.slot()).map(|c| &mut c.out) else {
             return false;
         };
-        let start = out.len();
-        let written = if envelope_mode {
-            // Back to the backend that sent it: the address is its own request's source.
-            let env = Envelope {
-                addr: None,
-                transport: Transport::Tcp,
-                load: None,
-            };
-            envelope::encode_header(out, &env, 0);
-            let payload_start = out.len();
-            let ok = reply::write(out, request, reply);
-            let len = out.len() - payload_start;
-            envelope::set_payload_len(&mut out[start..payload_start], len);
-            ok
-        } else {
-            reply::write(out, request, reply)
+        // Back to a backend, the envelope names no address: the answer is to its own request.
+        let envelope = Envelope {
+            addr: None,
+            transport: Transport::Tcp,
+            load: None,
         };
-        if !written {
-            out.truncate(start);
+        let framing = envelope_mode.then_some(&envelope);
+        let Some(bytes) = write_message(out, framing, |out| reply::write(out, request, reply))
+        else {
             return false;
-        }
-        let bytes = out.split().freeze();
+        };
         self.send(source.conn, bytes);
         true
     }
@@ -919,6 +912,30 @@ impl Balancer {
         self.outputs
             .push_back(Output::Event(Event::Dropped { conn, cause }));
     }
+}
+
+/// Appends one message to a connection's output buffer — wrapped in `envelope` when given, its
+/// payload length patched in once known — and splits it off for one `Output::Send`. `write`
+/// appends the SIP message; when it returns `false` the buffer is left as it was.
+fn write_message(
+    out: &mut BytesMut,
+    envelope: Option<&Envelope>,
+    write: impl FnOnce(&mut BytesMut) -> bool,
+) -> Option<Bytes> {
+    let start = out.len();
+    if let Some(envelope) = envelope {
+        envelope::encode_header(out, envelope, 0);
+    }
+    let payload_start = out.len();
+    if !write(out) {
+        out.truncate(start);
+        return None;
+    }
+    if envelope.is_some() {
+        let len = out.len() - payload_start;
+        envelope::set_payload_len(&mut out[start..payload_start], len);
+    }
+    Some(out.split().freeze())
 }
 
 /// Whether `bytes` is exactly one message by its own Content-Length, as a stream would frame it.

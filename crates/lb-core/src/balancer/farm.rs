@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use rand::Rng;
 
-use super::{BackendReader, Balancer, Conn, Side};
+use super::{write_message, BackendReader, Balancer, Conn, Side};
 use crate::config::{BackendConfig, BackendMode, ValidConfig, BACKENDS_MAX};
-use crate::envelope::{self, Envelope, EnvelopeDecoder, Transport};
+use crate::envelope::{Envelope, EnvelopeDecoder, Transport};
 use crate::framing::StreamFramer;
 use crate::ids::{BackendId, ConnId};
 use crate::io::{BackendChange, Event, Output};
@@ -297,23 +297,18 @@ impl Balancer {
             let Some(c) = self.conns.get_mut(conn.slot()) else {
                 return;
             };
-            let out = &mut c.out;
-            let header_start = out.len();
-            if envelope_mode {
-                let env = Envelope {
-                    addr: None,
-                    transport: Transport::Tcp,
-                    load: None,
-                };
-                envelope::encode_header(out, &env, 0);
-            }
-            let payload_start = out.len();
-            write_probe(out, advertise, target, backend, seq);
-            if envelope_mode {
-                let len = out.len() - payload_start;
-                envelope::set_payload_len(&mut out[header_start..payload_start], len);
-            }
-            let bytes = out.split().freeze();
+            let envelope = Envelope {
+                addr: None,
+                transport: Transport::Tcp,
+                load: None,
+            };
+            let framing = envelope_mode.then_some(&envelope);
+            let Some(bytes) = write_message(&mut c.out, framing, |out| {
+                write_probe(out, advertise, target, backend, seq);
+                true
+            }) else {
+                return;
+            };
             self.stats.probes_sent += 1;
             self.send(conn, bytes);
             self.schedule(backend, BackendTimer::ProbeTimeout(seq), probe.timeout);
