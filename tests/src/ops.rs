@@ -417,12 +417,14 @@ fn serve_backend(stream: TcpStream, addr: SocketAddr, shared: &BackendShared) {
             }
             _ => response(&message, 200, ""),
         };
-        if out.write_all(reply.as_bytes()).is_err() {
-            return;
-        }
+        // Counted before the write: once the balancer has the reply, the client may get its
+        // answer and read the counter before this thread would run again.
         shared
             .bytes_out
             .fetch_add(reply.len() as u64, Ordering::SeqCst);
+        if out.write_all(reply.as_bytes()).is_err() {
+            return;
+        }
     }
 }
 
