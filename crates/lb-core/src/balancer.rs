@@ -689,17 +689,7 @@ impl Balancer {
             // Nothing to change: the received bytes go out as they are, without a copy.
             return self.send(conn, message.bytes);
         }
-        let cx = context(&self.config, &self.signer, backend, message.call_id());
-        let Some(out) = self.conns.get_mut(conn.slot()).map(|c| &mut c.out) else {
-            return;
-        };
-        let Some(bytes) = write_message(out, None, |out| {
-            rewrite::write(out, &message.bytes, &mut edits, &cx);
-            true
-        }) else {
-            return;
-        };
-        self.send(conn, bytes);
+        self.send_rewritten(conn, backend, &message, &mut edits, None);
     }
 
     fn route_backend_request(&mut self, source: Source, backend: BackendId, message: SipMessage) {
@@ -738,17 +728,7 @@ impl Balancer {
             },
         ));
         self.stats.to_frontend += 1;
-        let cx = context(&self.config, &self.signer, backend, message.call_id());
-        let Some(out) = self.conns.get_mut(conn.slot()).map(|c| &mut c.out) else {
-            return;
-        };
-        let Some(bytes) = write_message(out, None, |out| {
-            rewrite::write(out, &message.bytes, &mut edits, &cx);
-            true
-        }) else {
-            return;
-        };
-        self.send(conn, bytes);
+        self.send_rewritten(conn, backend, &message, &mut edits, None);
     }
 
     /// The frontend a response's top Via names: `received`/`rport` (stamped on the way in),
@@ -837,19 +817,34 @@ impl Balancer {
         let envelope_mode =
             self.config.config.backends[backend.index()].mode == BackendMode::Envelope;
         // The tag written into Record-Route names the backend that actually takes the call.
+        let framing = envelope_mode.then_some(&envelope);
+        if self.send_rewritten(conn, backend, message, edits, framing) {
+            self.stats.to_backend += 1;
+        }
+    }
+
+    /// Writes `message` with `edits` applied (tags naming `backend`) to `conn`, framed in
+    /// `envelope` when given. `false` when `conn` is gone.
+    fn send_rewritten(
+        &mut self,
+        conn: ConnId,
+        backend: BackendId,
+        message: &SipMessage,
+        edits: &mut Edits,
+        envelope: Option<&Envelope>,
+    ) -> bool {
         let cx = context(&self.config, &self.signer, backend, message.call_id());
         let Some(out) = self.conns.get_mut(conn.slot()).map(|c| &mut c.out) else {
-            return;
+            return false;
         };
-        let framing = envelope_mode.then_some(&envelope);
-        let Some(bytes) = write_message(out, framing, |out| {
+        let Some(bytes) = write_message(out, envelope, |out| {
             rewrite::write(out, &message.bytes, edits, &cx);
             true
         }) else {
-            return;
+            return false;
         };
-        self.stats.to_backend += 1;
         self.send(conn, bytes);
+        true
     }
 
     fn send(&mut self, conn: ConnId, bytes: Bytes) {
