@@ -73,8 +73,9 @@ impl Affinity {
     ///
     /// The rule: the message reaches the backend it belongs to while that is up; otherwise the
     /// call's one backup, the same for every message of the call. A call whose INVITE was
-    /// re-routed to the backup has its dialog there (its tag names the backup), so it may stay
-    /// there after the first backend returns; it may never reach a third backend.
+    /// re-routed to the backup has its dialog there (its tag names the backup) and its new-call
+    /// table entry too, so it may stay there after the first backend returns; it may never
+    /// reach a third backend.
     pub fn observe(
         &mut self,
         call: usize,
@@ -91,6 +92,11 @@ impl Affinity {
         }
         let want = expected.unwrap_or(self.owner[call]);
         if want == backend {
+            return None;
+        }
+        if expected.is_none() && self.backup[call] == backend {
+            // The new-call table follows a call set up on its backup: its CANCEL and the ACK of
+            // a failure stay with the backup even after the first backend returns.
             return None;
         }
         let breach = if is_up(want) {

@@ -206,6 +206,25 @@ fn invariants_hold_for_any_seed_and_knobs() {
         .quickcheck(invariants_hold as fn(Case) -> bool);
 }
 
+/// Found by the property above: call 19's INVITE reached backend 1, a retransmission went to
+/// backup 0 while 1 was down, and its CANCEL came after 1 had returned. The new-call table
+/// follows the call to the backup, so the CANCEL goes there.
+#[test]
+fn a_call_set_up_on_its_backup_stays_there_after_the_first_backend_returns() {
+    assert!(invariants_hold(Case {
+        scenario: Scenario::Expiry,
+        seed: 5974591078610735362,
+        calls: 30,
+        rate: 251.0,
+        backends: 2,
+        loss: 0.07,
+        trying_ms: 1602,
+        backend_hangup: 0.02,
+        instances: 1,
+        outage: Some((1, 4028, 8423, false)),
+    }));
+}
+
 fn invariants_hold(c: Case) -> bool {
     let mut k = Knobs::preset(c.scenario, c.seed);
     k.calls = c.calls;
