@@ -13,6 +13,7 @@
 //! - [`log_frontend_open`], [`log_frontend_closed`]: one line per frontend connection.
 //! - [`stats_line`]: the `siplb-stats …` line printed at exit.
 //! - [`ReadBuffer`], [`write_queue`]: socket reads and queued writes for readiness-based loops.
+//! - [`WakePacer`]: under load, at most one wake-up per `batch-window`.
 //! - [`main_with`]: the whole `main` of a binary around a driver's `run`.
 //! - The driver knobs both binaries share: [`CONNECT_TIMEOUT`], [`SHUTDOWN_FLUSH_MAX`],
 //!   [`READ_CHUNK_BYTES`], [`BATCH_MAX`].
@@ -29,7 +30,7 @@
 //! command line given at start (flags still win). A valid result is applied without dropping a
 //! connection or a call: backends added, removed, drained and re-weighted, the algorithm, the
 //! tag keys, timeouts, probes, overload holds and the output cap. Listen addresses, `metrics`,
-//! `log-level`, `window`, `ringing-max` and `limits.table-capacity` change only at a restart.
+//! `log-level`, `batch-window`, `window`, `ringing-max` and `limits.table-capacity` change only at a restart.
 //! An invalid file is refused with one warning naming the key, and the running configuration
 //! stays. **A config file is needed for a reload to change anything**: the flags do not
 //! change, so a balancer started from flags alone can only reread its tag key file.
@@ -66,6 +67,7 @@
 //! partial-timeout = 10            # ... or holding part of a message this long (slowloris)
 //! overload-hold = 5               # no new calls to a backend that answered 503 (no Retry-After)
 //! overload-hold-max = 300         # file only: cap on a backend's Retry-After
+//! batch-window = 0.002            # under load, wake at most this often (0: at every message)
 //! metrics = "127.0.0.1:9090"      # /metrics and /health
 //!
 //! [[backend]]
@@ -91,6 +93,7 @@
 
 mod metrics;
 mod ops;
+mod pacer;
 mod settings;
 
 use std::collections::VecDeque;
@@ -106,6 +109,7 @@ use rand::TryRngCore;
 
 pub use metrics::{Snapshot, PUBLISH_EVERY};
 pub use ops::{Noise, Ops, RateLimiter, NOISE_LINES_MAX, NOISE_WINDOW};
+pub use pacer::WakePacer;
 pub use settings::{parse, read_tag_keys, CliError, Settings};
 
 /// How long a backend connect may take before the driver reports it closed; the core then

@@ -307,6 +307,9 @@ impl Ops {
                 if new.log_level != old.log_level {
                     tracing::warn!(file, "reload: log-level changes only at a restart");
                 }
+                if new.batch_window != old.batch_window {
+                    tracing::warn!(file, "reload: batch-window changes only at a restart");
+                }
                 tracing::info!(
                     file,
                     backends = new.core.config().backends.len(),

@@ -14,7 +14,9 @@
 //! 3. writes every queue that grew, vectored, until `WouldBlock`; `WRITABLE` interest is on
 //!    only while a queue is non-empty;
 //! 4. feeds `Input::Timeout` once the core's deadline has passed, expires connects older than
-//!    [`lb_cli::CONNECT_TIMEOUT`], and polls again with the nearest deadline as timeout.
+//!    [`lb_cli::CONNECT_TIMEOUT`], and polls again with the nearest deadline as timeout; under
+//!    load it first sleeps out what is left of `--batch-window` since the last wake-up
+//!    ([`lb_cli::WakePacer`]), so the next poll finds a batch.
 //!
 //! SIGINT/SIGTERM arrive through `signal-hook-mio`: accepting stops, queued output is flushed
 //! for at most [`lb_cli::SHUTDOWN_FLUSH_MAX`], and the final counters are returned. SIGHUP
@@ -30,7 +32,7 @@ use std::net::{Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use lb_cli::{Ops, RunError, Settings, BATCH_MAX, CONNECT_TIMEOUT, SHUTDOWN_FLUSH_MAX};
+use lb_cli::{Ops, RunError, Settings, WakePacer, BATCH_MAX, CONNECT_TIMEOUT, SHUTDOWN_FLUSH_MAX};
 use lb_core::{Balancer, CloseReason, ConnId, Input, ListenerId, Output, Stats};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
@@ -84,6 +86,8 @@ struct Driver {
     dirty: Vec<ConnId>,
     /// Connections that hit the per-wake-up read bound and may have more to read.
     readable_again: Vec<ConnId>,
+    /// Keeps busy wake-ups `--batch-window` apart.
+    pacer: WakePacer,
 }
 
 impl Driver {
@@ -121,6 +125,7 @@ impl Driver {
             connect_deadlines: VecDeque::new(),
             dirty: Vec::new(),
             readable_again: Vec::new(),
+            pacer: WakePacer::new(settings.batch_window),
         };
         driver.drain();
         driver.flush_dirty();
@@ -132,12 +137,20 @@ impl Driver {
     fn serve(&mut self) -> Result<(), RunError> {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         loop {
-            let timeout = self.poll_timeout();
+            let mut timeout = self.poll_timeout();
+            let pause = self.pacer.pause(Instant::now(), timeout);
+            if !pause.is_zero() {
+                std::thread::sleep(pause);
+                timeout = self.poll_timeout();
+            }
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == ErrorKind::Interrupted {
                     continue;
                 }
                 return Err(RunError::Runtime(e));
+            }
+            if !events.is_empty() {
+                self.pacer.woke(Instant::now());
             }
             let (mut stop, mut reload) = (false, false);
             for id in std::mem::take(&mut self.readable_again) {

@@ -27,12 +27,13 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use lb_cli::{
-    Ops, RunError, Settings, BATCH_MAX, CONNECT_TIMEOUT, READ_CHUNK_BYTES, SHUTDOWN_FLUSH_MAX,
+    Ops, RunError, Settings, WakePacer, BATCH_MAX, CONNECT_TIMEOUT, READ_CHUNK_BYTES,
+    SHUTDOWN_FLUSH_MAX,
 };
 use lb_core::{Balancer, CloseReason, ConnId, Input, ListenerId, Output, Stats};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
@@ -43,10 +44,22 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant as TokioInstant;
 
 /// Runs the balancer on a new current-thread runtime until SIGINT or SIGTERM, then flushes
-/// queued output (at most [`SHUTDOWN_FLUSH_MAX`]) and returns the final counters.
+/// queued output (at most [`SHUTDOWN_FLUSH_MAX`]) and returns the final counters. The runtime's
+/// park hook paces its wake-ups to `--batch-window` ([`WakePacer`]).
 pub fn run(settings: Settings) -> Result<Stats, RunError> {
+    let pacer = Arc::new(Mutex::new(WakePacer::new(settings.batch_window)));
+    let woke = Arc::clone(&pacer);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        // The park hook runs when every task is idle, just before the runtime blocks in its
+        // poll: the one place where a pause delays nothing already ready.
+        .on_thread_park(move || {
+            let pause = lock(&pacer).pause(std::time::Instant::now(), None);
+            if !pause.is_zero() {
+                std::thread::sleep(pause);
+            }
+        })
+        .on_thread_unpark(move || lock(&woke).woke(std::time::Instant::now()))
         .build()
         .map_err(RunError::Runtime)?;
     runtime.block_on(async {
@@ -56,9 +69,17 @@ pub fn run(settings: Settings) -> Result<Stats, RunError> {
     })
 }
 
+/// The pacer is only touched by the runtime's own thread, so the lock is never contended; a
+/// poisoned lock still holds a valid pacer.
+fn lock(pacer: &Mutex<WakePacer>) -> std::sync::MutexGuard<'_, WakePacer> {
+    pacer.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// Runs the balancer inside the caller's runtime until `shutdown` completes, then flushes queued
 /// output (at most [`SHUTDOWN_FLUSH_MAX`]) and returns the final counters. Spawns tasks with
-/// `tokio::spawn`; meant for a current-thread runtime (one balancer per thread).
+/// `tokio::spawn`; meant for a current-thread runtime (one balancer per thread). Pacing
+/// belongs to the runtime, not to this function: an embedder who wants it installs a
+/// [`WakePacer`] in its own runtime's park hooks, as [`run`] does.
 pub async fn serve(
     settings: Settings,
     shutdown: impl Future<Output = ()>,
