@@ -7,6 +7,9 @@
 //!   prints `runtime=R calls_per_sec=N failed=F lb_cpu_us_per_call=C lb_rss_kb=M`.
 //! - `bench memory --runtime tokio|mio [--rate N] [--window SECS]`: calls held open; prints
 //!   `rss_kb_at_1x=A rss_kb_at_10x=B` (established calls = 1× and 10× rate × window).
+//! - `bench memory --peer [--rate CPS] [--window SECS] [--only LIST]`: the same held calls
+//!   made by SIPp through Kamailio and both siplb binaries, their resident memory side by side
+//!   (see [`peer`]).
 //! - `bench peer [--rate CPS] [--calls N]`: siplb against Kamailio's dispatcher with SIPp
 //!   (see [`peer`]); prints one line per balancer, then `ratio_tokio=X ratio_mio=Y`.
 //! - `bench core`, `bench sim`: run the core's and the simulator's benchmarks, pass their line.
@@ -47,6 +50,7 @@ fn run(args: &[String]) -> Result<()> {
         ["demo", rest @ ..] => demo(&Opts::parse(rest)?),
         ["bench", "e2e", rest @ ..] => bench_e2e(&Opts::parse(rest)?),
         ["bench", "peer", rest @ ..] => peer::bench_peer(rest),
+        ["bench", "memory", "--peer", rest @ ..] => peer::bench_held(rest),
         ["bench", "memory", rest @ ..] => bench_memory(&Opts::parse(rest)?),
         ["bench", "core"] => pass_through(
             cargo().args(["bench", "-p", "lb-core", "--bench", "core"]),
@@ -80,6 +84,7 @@ const USAGE: &str = "usage: cargo xtask <task>
   demo [--runtime tokio|mio] [--rate N] [--duration SECS] [--connections N]
   bench e2e --runtime tokio|mio [--rate N] [--duration SECS] [--connections N]
   bench memory --runtime tokio|mio [--rate N] [--window SECS]
+  bench memory --peer [--rate CPS] [--window SECS] [--only kamailio,tokio,mio] [--no-build]
   bench peer [--rate CPS] [--calls N] [--runs N] [--only kamailio,tokio,mio] [--no-build]
   bench core | bench sim
   check-core

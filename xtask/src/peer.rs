@@ -31,6 +31,9 @@ use anyhow::{bail, Context, Result};
 
 use crate::procs::{free_port, TempDir};
 
+mod held;
+pub(crate) use held::bench_held;
+
 /// Kamailio's configuration: a stateless round-robin dispatcher (see the file's comments).
 const KAMAILIO_CFG: &str = include_str!("../kamailio/dispatcher.cfg");
 
@@ -63,6 +66,12 @@ impl Lb {
             "mio" | "lb-mio" => Lb::Mio,
             _ => bail!("--only takes kamailio, tokio, mio; not {word:?}"),
         })
+    }
+
+    /// A comma-separated `--only` list, in the order the balancers run.
+    fn parse_list(words: &str) -> Result<Vec<Lb>> {
+        let picked: Vec<Lb> = words.split(',').map(Lb::parse).collect::<Result<_>>()?;
+        Ok(ALL.into_iter().filter(|l| picked.contains(l)).collect())
     }
 }
 
@@ -98,10 +107,7 @@ impl PeerOpts {
                 "--rate" => opts.rate = value.parse().with_context(bad)?,
                 "--calls" => opts.calls = value.parse().with_context(bad)?,
                 "--runs" => opts.runs = value.parse().with_context(bad)?,
-                "--only" => {
-                    let picked: Vec<Lb> = value.split(',').map(Lb::parse).collect::<Result<_>>()?;
-                    opts.only = ALL.into_iter().filter(|l| picked.contains(l)).collect();
-                }
+                "--only" => opts.only = Lb::parse_list(value)?,
                 _ => bail!("unknown option {flag}\n{USAGE}"),
             }
         }
@@ -124,21 +130,7 @@ struct RunResult {
 /// The entry point of `bench peer`.
 pub(crate) fn bench_peer(words: &[&str]) -> Result<()> {
     let opts = PeerOpts::parse(words)?;
-    let mut tools = Tools::find(&opts.only)?;
-    // The binaries are copied aside, so that a build elsewhere in the workspace cannot swap
-    // them between two runs.
-    let bin_copy = TempDir::new("peer-bin")?;
-    if opts.only.iter().any(|l| *l != Lb::Kamailio) {
-        if !opts.no_build {
-            build()?;
-        }
-        for lb in [Lb::Tokio, Lb::Mio] {
-            let from = tools.bin.join(lb.name());
-            std::fs::copy(&from, bin_copy.path(lb.name()))
-                .with_context(|| format!("copying {}", from.display()))?;
-        }
-        tools.bin = bin_copy.0.clone();
-    }
+    let (tools, _bin_copy) = Tools::prepare(&opts.only, opts.no_build)?;
     let ticks = clock_ticks();
     let mut results: BTreeMap<&str, Vec<RunResult>> = BTreeMap::new();
     for run in 1..=opts.runs {
@@ -203,6 +195,26 @@ struct Tools {
 }
 
 impl Tools {
+    /// [`Tools::find`], then (unless only Kamailio runs) builds siplb's binaries, unless
+    /// `no_build`, and copies them aside, so that a build elsewhere in the workspace cannot swap
+    /// them between two runs. The copy lives as long as the returned folder.
+    fn prepare(lbs: &[Lb], no_build: bool) -> Result<(Tools, TempDir)> {
+        let mut tools = Tools::find(lbs)?;
+        let bin_copy = TempDir::new("peer-bin")?;
+        if lbs.iter().any(|l| *l != Lb::Kamailio) {
+            if !no_build {
+                build()?;
+            }
+            for lb in [Lb::Tokio, Lb::Mio] {
+                let from = tools.bin.join(lb.name());
+                std::fs::copy(&from, bin_copy.path(lb.name()))
+                    .with_context(|| format!("copying {}", from.display()))?;
+            }
+            tools.bin = bin_copy.0.clone();
+        }
+        Ok((tools, bin_copy))
+    }
+
     /// Finds SIPp and (when it runs) Kamailio; names the Debian packages when one is missing.
     fn find(lbs: &[Lb]) -> Result<Tools> {
         let want_kamailio = lbs.contains(&Lb::Kamailio);
@@ -297,48 +309,22 @@ fn build() -> Result<()> {
 /// One run: backends, balancer, the UAC's calls, the figures; everything stopped on return.
 fn run_once(lb: Lb, run: usize, opts: &PeerOpts, tools: &Tools, ticks: f64) -> Result<RunResult> {
     let dir = TempDir::new(&format!("peer-{}-{run}", lb.name()))?;
-    let scenario = |name: &str| tools.scenarios.join(name);
-    let mut backends = Vec::new();
-    let mut ports = Vec::new();
-    for i in 1..=3 {
-        let port = free_port()?;
-        let mut cmd = Command::new(&tools.sipp);
-        cmd.arg("-sf")
-            .arg(scenario("uas_rr.xml"))
-            .args(["-t", "t1", "-i", "127.0.0.1", "-bind_local", "-nostdin"])
-            .args(["-p", &port.to_string()]);
-        let name = format!("uas{i}");
-        let mut proc = Tree::spawn(&name, &mut cmd, &dir)?;
-        wait_until(&name, Duration::from_secs(10), &mut proc, || {
-            listening(port)
-        })?;
-        backends.push(proc);
-        ports.push(port);
-    }
-    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-    let mut balancer = match lb {
-        Lb::Kamailio => start_kamailio(listen, &ports, tools, &dir)?,
-        Lb::Tokio | Lb::Mio => start_siplb(lb, listen, &ports, tools, &dir)?,
-    };
+    let Farm {
+        mut balancer,
+        backends,
+        listen,
+    } = Farm::start(lb, tools, &dir, &[])?;
 
     let load_before = loadavg();
     let cpu_before = balancer.cpu_ticks()?;
     let started = Instant::now();
     let csv = dir.path("uac_stats.csv");
-    let mut cmd = Command::new(&tools.sipp);
-    cmd.arg("-sf")
-        .arg(scenario("uac_rr.xml"))
-        .arg(listen.to_string())
-        .args(["-t", "t1", "-i", "127.0.0.1", "-bind_local", "-nostdin"])
-        .args(["-p", &free_port()?.to_string()])
-        .args(["-m", &opts.calls.to_string()])
+    let mut cmd = uac_command(tools, &tools.scenarios.join("uac_rr.xml"), listen, &csv)?;
+    cmd.args(["-m", &opts.calls.to_string()])
         .args(["-r", &opts.rate.to_string(), "-rp", "1000"])
         .args(["-l", &opts.calls.to_string()])
         // A call stuck for 5 s fails instead of holding the run.
-        .args(["-recv_timeout", "5000"])
-        .arg("-trace_stat")
-        .arg("-stf")
-        .arg(&csv);
+        .args(["-recv_timeout", "5000"]);
     let expected = Duration::from_secs_f64(opts.calls as f64 / f64::from(opts.rate));
     let mut uac = Tree::spawn("uac", &mut cmd, &dir)?;
     // SIPp's own CPU, sampled while it runs (once it has exited /proc has nothing).
@@ -405,6 +391,62 @@ fn run_once(lb: Lb, run: usize, opts: &PeerOpts, tools: &Tools, ticks: f64) -> R
     Ok(result)
 }
 
+/// The balancer under test in front of three SIPp UAS backends (`uas_rr.xml`, one TCP
+/// connection each). Dropped in field order: the balancer stops before its backends.
+struct Farm {
+    balancer: Tree,
+    backends: Vec<Tree>,
+    listen: SocketAddr,
+}
+
+impl Farm {
+    /// `siplb_args` go to siplb's command line (Kamailio has nothing they could mean).
+    fn start(lb: Lb, tools: &Tools, dir: &TempDir, siplb_args: &[String]) -> Result<Farm> {
+        let mut backends = Vec::new();
+        let mut ports = Vec::new();
+        for i in 1..=3 {
+            let port = free_port()?;
+            let mut cmd = Command::new(&tools.sipp);
+            cmd.arg("-sf")
+                .arg(tools.scenarios.join("uas_rr.xml"))
+                .args(["-t", "t1", "-i", "127.0.0.1", "-bind_local", "-nostdin"])
+                .args(["-p", &port.to_string()]);
+            let name = format!("uas{i}");
+            let mut proc = Tree::spawn(&name, &mut cmd, dir)?;
+            wait_until(&name, Duration::from_secs(10), &mut proc, || {
+                listening(port)
+            })?;
+            backends.push(proc);
+            ports.push(port);
+        }
+        let listen = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let balancer = match lb {
+            Lb::Kamailio => start_kamailio(listen, &ports, tools, dir)?,
+            Lb::Tokio | Lb::Mio => start_siplb(lb, listen, &ports, tools, dir, siplb_args)?,
+        };
+        Ok(Farm {
+            balancer,
+            backends,
+            listen,
+        })
+    }
+}
+
+/// A SIPp UAC running `scenario` towards `listen` on one shared TCP connection, its statistics
+/// going to `csv`; the caller adds the call count and rate.
+fn uac_command(tools: &Tools, scenario: &Path, listen: SocketAddr, csv: &Path) -> Result<Command> {
+    let mut cmd = Command::new(&tools.sipp);
+    cmd.arg("-sf")
+        .arg(scenario)
+        .arg(listen.to_string())
+        .args(["-t", "t1", "-i", "127.0.0.1", "-bind_local", "-nostdin"])
+        .args(["-p", &free_port()?.to_string()])
+        .arg("-trace_stat")
+        .arg("-stf")
+        .arg(csv);
+    Ok(cmd)
+}
+
 fn start_kamailio(listen: SocketAddr, ports: &[u16], tools: &Tools, dir: &TempDir) -> Result<Tree> {
     let (Some(kamailio), Some(mpath)) = (&tools.kamailio, &tools.kamailio_modules) else {
         bail!("kamailio not found");
@@ -455,9 +497,11 @@ fn start_siplb(
     ports: &[u16],
     tools: &Tools,
     dir: &TempDir,
+    extra_args: &[String],
 ) -> Result<Tree> {
     let mut cmd = Command::new(tools.bin.join(lb.name()));
-    cmd.args(["--listen", &listen.to_string()])
+    cmd.args(extra_args)
+        .args(["--listen", &listen.to_string()])
         .args(["--advertise", &listen.to_string()])
         .args(["--algorithm", "round-robin", "--log-level", "info"]);
     for p in ports {
