@@ -160,12 +160,15 @@ const BASIC_UAC: &[&str] = &[
     "recv 200/BYE",
 ];
 
-/// Items 1 and 5: basic calls over three plain backends on one connection or one per call.
-fn basic_calls(rt: Runtime, transport: Transport, test: &str) {
+/// Items 1 and 5: basic calls over three plain backends on one connection or one per call;
+/// `flags` go to the balancer's command line.
+fn basic_calls(rt: Runtime, transport: Transport, test: &str, flags: &[&str]) {
     const CALLS: u32 = 30;
     let dir = RunDir::new(&format!("{test}-{}", rt.name()));
     let backends = start_uas(&dir, "uas_basic.xml", 3);
-    let mut lb = Balancer::start(&dir, LbSpec::new(rt, plain_args(&backends)));
+    let mut spec = LbSpec::new(rt, plain_args(&backends));
+    spec.extra_args = flags.iter().map(|f| f.to_string()).collect();
+    let mut lb = Balancer::start(&dir, spec);
     let mut spec = uac_spec("uac", "uac_basic.xml", &lb, CALLS, 60);
     spec.transport = transport;
     spec.pause_ms = 50;
@@ -221,7 +224,17 @@ fn basic_calls(rt: Runtime, transport: Transport, test: &str) {
 // 1. basic calls spread over all backends, every message of a call on one backend
 
 fn s1_basic_calls_one_connection(rt: Runtime) {
-    basic_calls(rt, Transport::One, "s1-basic");
+    basic_calls(rt, Transport::One, "s1-basic", &[]);
+}
+
+/// The same without wake-up pacing: every message forwarded the moment it arrives.
+fn s1_basic_calls_unpaced(rt: Runtime) {
+    basic_calls(rt, Transport::One, "s1-unpaced", &["--batch-window", "0"]);
+}
+
+/// The same with the widest pacing window allowed (50 ms per wake-up): slower, still correct.
+fn s1_basic_calls_widest_batch_window(rt: Runtime) {
+    basic_calls(rt, Transport::One, "s1-widest", &["--batch-window", "0.05"]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -551,7 +564,7 @@ fn s4_backend_hangs_up(rt: Runtime) {
 // 5. many connections (one per call) as well as one
 
 fn s5_basic_calls_connection_per_call(rt: Runtime) {
-    basic_calls(rt, Transport::PerCall, "s5-per-call");
+    basic_calls(rt, Transport::PerCall, "s5-per-call", &[]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1046,6 +1059,8 @@ macro_rules! for_both_runtimes {
 
 for_both_runtimes!(
     s1_basic_calls_one_connection,
+    s1_basic_calls_unpaced,
+    s1_basic_calls_widest_batch_window,
     s2_long_calls_backend_contact,
     s2_long_calls_balancer_contact,
     s3_retransmitted_invite_and_cancel,

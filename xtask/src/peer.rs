@@ -9,7 +9,12 @@
 //! (Kamailio, tokio, mio, Kamailio, …) so that load from other work on the machine falls on all
 //! three alike. Printed per balancer, over `--runs` runs (3 by default):
 //!
-//! `lb=NAME rate=R calls_ok=N calls_failed=F lb_cpu_us_per_call=C lb_peak_rss_kb=M`
+//! `lb=NAME rate=R calls_ok=N calls_failed=F lb_cpu_us_per_call=C lb_peak_rss_kb=M setup_ms=S`
+//!
+//! S is SIPp's mean time from sending the INVITE to receiving the 200 (its response time
+//! `ResponseTime1`, millisecond resolution): the INVITE and the 200 each cross the balancer
+//! once, so S shows what the balancer adds to call setup, `--batch-window` included.
+//! `--batch-window SECS` passes that flag to siplb, to compare pacing settings.
 //!
 //! C and M are medians, N is the smallest and F the largest count of any run; F counts every
 //! call of `--calls` that did not complete, also those SIPp never made because it stopped early
@@ -38,7 +43,7 @@ pub(crate) use held::bench_held;
 const KAMAILIO_CFG: &str = include_str!("../kamailio/dispatcher.cfg");
 
 const USAGE: &str = "usage: cargo xtask bench peer [--rate CPS] [--calls N] [--runs N] \
-                     [--only kamailio,tokio,mio] [--no-build]";
+                     [--only kamailio,tokio,mio] [--batch-window SECS] [--no-build]";
 
 /// The balancers, in the order they run.
 const ALL: [Lb; 3] = [Lb::Kamailio, Lb::Tokio, Lb::Mio];
@@ -82,6 +87,8 @@ struct PeerOpts {
     only: Vec<Lb>,
     /// Use the release binaries already built (while the workspace is mid-edit, say).
     no_build: bool,
+    /// Passed to siplb as `--batch-window`; its default when `None`.
+    batch_window: Option<String>,
 }
 
 impl PeerOpts {
@@ -92,6 +99,7 @@ impl PeerOpts {
             runs: 3,
             only: ALL.to_vec(),
             no_build: false,
+            batch_window: None,
         };
         let mut it = words.iter();
         while let Some(flag) = it.next() {
@@ -107,6 +115,7 @@ impl PeerOpts {
                 "--rate" => opts.rate = value.parse().with_context(bad)?,
                 "--calls" => opts.calls = value.parse().with_context(bad)?,
                 "--runs" => opts.runs = value.parse().with_context(bad)?,
+                "--batch-window" => opts.batch_window = Some((*value).to_owned()),
                 "--only" => opts.only = Lb::parse_list(value)?,
                 _ => bail!("unknown option {flag}\n{USAGE}"),
             }
@@ -125,6 +134,8 @@ struct RunResult {
     failed: u64,
     cpu_us_per_call: f64,
     peak_rss_kb: u64,
+    /// SIPp's mean INVITE-to-200 time.
+    setup_ms: f64,
 }
 
 /// The entry point of `bench peer`.
@@ -148,10 +159,11 @@ pub(crate) fn bench_peer(words: &[&str]) -> Result<()> {
             .unwrap_or_default();
         let cpu = median(runs.iter().map(|r| r.cpu_us_per_call).collect());
         let rss = median(runs.iter().map(|r| r.peak_rss_kb as f64).collect());
+        let setup = median(runs.iter().map(|r| r.setup_ms).collect());
         per_call.insert(*lb, cpu);
         println!(
             "lb={} rate={} calls_ok={} calls_failed={} lb_cpu_us_per_call={cpu:.1} \
-             lb_peak_rss_kb={rss:.0}",
+             lb_peak_rss_kb={rss:.0} setup_ms={setup:.1}",
             lb.name(),
             opts.rate,
             runs.iter().map(|r| r.ok).min().unwrap_or(0),
@@ -309,11 +321,15 @@ fn build() -> Result<()> {
 /// One run: backends, balancer, the UAC's calls, the figures; everything stopped on return.
 fn run_once(lb: Lb, run: usize, opts: &PeerOpts, tools: &Tools, ticks: f64) -> Result<RunResult> {
     let dir = TempDir::new(&format!("peer-{}-{run}", lb.name()))?;
+    let siplb_args: Vec<String> = match &opts.batch_window {
+        Some(w) => vec!["--batch-window".to_owned(), w.clone()],
+        None => Vec::new(),
+    };
     let Farm {
         mut balancer,
         backends,
         listen,
-    } = Farm::start(lb, tools, &dir, &[])?;
+    } = Farm::start(lb, tools, &dir, &siplb_args)?;
 
     let load_before = loadavg();
     let cpu_before = balancer.cpu_ticks()?;
@@ -353,7 +369,11 @@ fn run_once(lb: Lb, run: usize, opts: &PeerOpts, tools: &Tools, ticks: f64) -> R
     let peak_rss_kb = balancer.peak_rss_kb();
     let uas_ticks: u64 = backends.iter().filter_map(Tree::try_cpu_ticks).sum();
     balancer.check_running()?;
-    let (ok, sipp_failed) = sipp_counts(&csv)?;
+    let stats = SippStats::read(&csv)?;
+    let (ok, sipp_failed) = (
+        stats.count("SuccessfulCall(C)")?,
+        stats.count("FailedCall(C)")?,
+    );
     // SIPp stops early when its connection breaks: the calls it never made failed too.
     let failed = opts.calls.saturating_sub(ok).max(sipp_failed);
     let per_call = |t: u64| {
@@ -368,14 +388,16 @@ fn run_once(lb: Lb, run: usize, opts: &PeerOpts, tools: &Tools, ticks: f64) -> R
         failed,
         cpu_us_per_call: per_call(cpu),
         peak_rss_kb,
+        setup_ms: stats.millis("ResponseTime1(C)")?,
     };
     eprintln!(
         "peer run={run} lb={} calls_ok={ok} calls_failed={failed} elapsed_s={:.2} \
-         lb_cpu_us_per_call={:.1} lb_peak_rss_kb={peak_rss_kb} lb_processes={} \
+         lb_cpu_us_per_call={:.1} lb_peak_rss_kb={peak_rss_kb} setup_ms={:.1} lb_processes={} \
          uac_cpu_us_per_call={:.1} uas_cpu_us_per_call={:.1} uac_exit={} loadavg={}->{}",
         lb.name(),
         elapsed.as_secs_f64(),
         result.cpu_us_per_call,
+        result.setup_ms,
         balancer.tree().len(),
         per_call(uac_ticks),
         per_call(uas_ticks),
@@ -554,22 +576,54 @@ fn listening(port: u16) -> bool {
         })
 }
 
-/// `SuccessfulCall(C)` and `FailedCall(C)` from the last line of SIPp's statistics file.
-fn sipp_counts(csv: &Path) -> Result<(u64, u64)> {
-    let text =
-        std::fs::read_to_string(csv).with_context(|| format!("reading {}", csv.display()))?;
-    parse_sipp_counts(&text).with_context(|| format!("no call counts in {}", csv.display()))
+/// The last line of SIPp's statistics file (`-trace_stat`), by column name.
+pub(crate) struct SippStats {
+    header: Vec<String>,
+    last: Vec<String>,
 }
 
-fn parse_sipp_counts(text: &str) -> Option<(u64, u64)> {
-    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let header: Vec<&str> = lines.next()?.split(';').collect();
-    let last: Vec<&str> = lines.next_back()?.split(';').collect();
-    let get = |name: &str| -> Option<u64> {
-        let i = header.iter().position(|h| h.trim() == name)?;
-        last.get(i)?.trim().parse().ok()
-    };
-    Some((get("SuccessfulCall(C)")?, get("FailedCall(C)")?))
+impl SippStats {
+    pub(crate) fn read(csv: &Path) -> Result<SippStats> {
+        let text =
+            std::fs::read_to_string(csv).with_context(|| format!("reading {}", csv.display()))?;
+        SippStats::parse(&text).with_context(|| format!("no statistics line in {}", csv.display()))
+    }
+
+    fn parse(text: &str) -> Option<SippStats> {
+        let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+        let split = |line: &str| line.split(';').map(|f| f.trim().to_owned()).collect();
+        let header = split(lines.next()?);
+        let last = split(lines.next_back()?);
+        Some(SippStats { header, last })
+    }
+
+    fn field(&self, name: &str) -> Option<&str> {
+        let i = self.header.iter().position(|h| h == name)?;
+        self.last.get(i).map(String::as_str)
+    }
+
+    /// A counter column such as `SuccessfulCall(C)`.
+    pub(crate) fn count(&self, name: &str) -> Result<u64> {
+        self.field(name)
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("no count {name} in SIPp's statistics"))
+    }
+
+    /// A time column such as `ResponseTime1(C)` (`HH:MM:SS:micros`), in milliseconds.
+    pub(crate) fn millis(&self, name: &str) -> Result<f64> {
+        self.field(name)
+            .and_then(|v| {
+                let f: Vec<f64> = v
+                    .split(':')
+                    .map(|p| p.parse().ok())
+                    .collect::<Option<_>>()?;
+                match f.as_slice() {
+                    [h, m, s, us] => Some(((h * 60.0 + m) * 60.0 + s) * 1e3 + us / 1e3),
+                    _ => None,
+                }
+            })
+            .with_context(|| format!("no time {name} in SIPp's statistics"))
+    }
 }
 
 /// `/proc/loadavg`'s 1-minute figure.
@@ -779,11 +833,16 @@ mod tests {
 
     #[test]
     fn sipp_statistics() {
-        let text = "StartTime;SuccessfulCall(P);SuccessfulCall(C);FailedCall(P);FailedCall(C);\n\
-                    a;0;0;0;0;\n\
-                    b;10;9990;1;7;\n";
-        assert_eq!(parse_sipp_counts(text), Some((9990, 7)));
-        assert_eq!(parse_sipp_counts("StartTime;\n"), None);
+        let text = "StartTime;SuccessfulCall(C);FailedCall(C);ResponseTime1(C);\n\
+                    a;0;0;00:00:00:000000;\n\
+                    b;9990;7;00:00:01:002500;\n";
+        let stats = SippStats::parse(text).unwrap();
+        assert_eq!(stats.count("SuccessfulCall(C)").unwrap(), 9990);
+        assert_eq!(stats.count("FailedCall(C)").unwrap(), 7);
+        assert_eq!(stats.millis("ResponseTime1(C)").unwrap(), 1002.5);
+        assert!(stats.count("CurrentCall").is_err());
+        assert!(stats.millis("StartTime").is_err());
+        assert!(SippStats::parse("StartTime;\n").is_none());
     }
 
     #[test]

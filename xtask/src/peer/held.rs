@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 
-use super::{uac_command, Farm, Lb, Tools, Tree, ALL};
+use super::{uac_command, Farm, Lb, SippStats, Tools, Tree, ALL};
 use crate::procs::TempDir;
 
 const USAGE: &str = "usage: cargo xtask bench memory --peer [--rate CPS] [--window SECS] \
@@ -122,10 +122,8 @@ fn held_run(lb: Lb, opts: &HeldOpts, tools: &Tools) -> Result<()> {
     }
     // The statistics line written after the second mark.
     std::thread::sleep(Duration::from_millis(1100));
-    let text =
-        std::fs::read_to_string(&csv).with_context(|| format!("reading {}", csv.display()))?;
-    let (current, failed) =
-        sipp_current(&text).with_context(|| format!("no call counts in {}", csv.display()))?;
+    let stats = SippStats::read(&csv)?;
+    let (current, failed) = (stats.count("CurrentCall")?, stats.count("FailedCall(C)")?);
     let due = (f64::from(opts.rate) * marks[1]) as u64;
     ensure!(
         current * 10 >= due * 9,
@@ -187,18 +185,6 @@ fn kb_field(text: &str, name: &str) -> Option<u64> {
         .ok()
 }
 
-/// `CurrentCall` and `FailedCall(C)` from the last line of SIPp's statistics file.
-fn sipp_current(text: &str) -> Option<(u64, u64)> {
-    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let header: Vec<&str> = lines.next()?.split(';').collect();
-    let last: Vec<&str> = lines.next_back()?.split(';').collect();
-    let get = |name: &str| -> Option<u64> {
-        let i = header.iter().position(|h| h.trim() == name)?;
-        last.get(i)?.trim().parse().ok()
-    };
-    Some((get("CurrentCall")?, get("FailedCall(C)")?))
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -229,14 +215,12 @@ mod tests {
     }
 
     #[test]
-    fn proc_and_sipp_figures() {
+    fn proc_figures() {
         assert_eq!(
             kb_field("Name: x\nVmRSS:\t  4120 kB\n", "VmRSS:"),
             Some(4120)
         );
         assert_eq!(kb_field("Rss: 1 kB\nPss:  77 kB\n", "Pss:"), Some(77));
         assert_eq!(kb_field("Rss: 1 kB\n", "Pss:"), None);
-        let csv = "StartTime;CurrentCall;FailedCall(C);\na;5;0;\nb;9000;2;\n";
-        assert_eq!(sipp_current(csv), Some((9000, 2)));
     }
 }
