@@ -1,6 +1,6 @@
 //! Operating the balancer, against the real binaries (`lb-tokio` and `lb-mio`) on 127.0.0.1:
-//! health probes, drain by reload, `/metrics` figures, the slowloris timeout and backend
-//! overload. Peers are plain Rust sockets (`siplb_e2e::ops`).
+//! health probes, drain by reload, `/metrics` figures, the slowloris timeout, backend
+//! overload and the close linger. Peers are plain Rust sockets (`siplb_e2e::ops`).
 //!
 //! No assertion depends on speed: waits poll for a state with a generous bound, and the only
 //! time-bounded phase (the overload hold) checks just the calls it had time to make.
@@ -400,6 +400,72 @@ fn overloaded_backend_sheds_load_to_the_others(rt: Runtime) {
     lb.stop();
 }
 
+// (f) A connection the balancer closes while its peer reads nothing is dropped once the close
+// linger (`lb_cli::CLOSE_LINGER_MAX`, 5 s) has passed, instead of holding its socket and queued
+// output for ever.
+fn a_closing_connection_whose_peer_never_reads_is_dropped(rt: Runtime) {
+    // About 20 MB of responses: more than the kernel buffers between the balancer and a peer
+    // that never reads (send buffer at most 4 MB by default, receive buffer not grown without
+    // reads), so the balancer's own queue still holds output when it decides to close.
+    const REQUESTS: usize = 8000;
+    const LINGER: Duration = Duration::from_secs(5);
+    let dir = RunDir::new(&format!("ops-linger-{}", rt.name()));
+    let a = SipBackend::start();
+    let mut lb = OpsLb::start(
+        &dir,
+        rt,
+        &backend_tables(&[&a]),
+        &["--partial-timeout", "1", "--output-cap", "500000000"],
+    );
+    ready(&mut lb, &[&a]);
+
+    let mut stuck = TcpStream::connect(lb.addr()).unwrap();
+    let me = stuck.local_addr().unwrap();
+    let to = lb.addr();
+    let pad = "p".repeat(2400);
+    let mut requests = String::new();
+    for i in 0..REQUESTS {
+        requests.push_str(&format!(
+            "OPTIONS sip:service@{to} SIP/2.0\r\n\
+             Via: SIP/2.0/TCP {me};branch=z9hG4bK-stuck-{i};pad={pad}\r\n\
+             Max-Forwards: 70\r\n\
+             From: <sip:stuck@{me}>;tag=s{i}\r\n\
+             To: <sip:service@{to}>\r\n\
+             Call-ID: stuck-{i}\r\n\
+             CSeq: 1 OPTIONS\r\n\
+             Content-Length: 0\r\n\r\n"
+        ));
+    }
+    stuck.write_all(requests.as_bytes()).unwrap();
+    wait_until("the backend to answer every request", PATIENCE, || {
+        a.received("OPTIONS").len() >= REQUESTS
+    });
+    // The answers reach the balancer's queue for `stuck`, which reads nothing. Half a message
+    // then makes the balancer close it after --partial-timeout.
+    std::thread::sleep(Duration::from_millis(500));
+    stuck
+        .write_all(b"OPTIONS sip:service@127.0.0.1 SIP/2.0\r\nVia: ")
+        .unwrap();
+    let partial_at = Instant::now();
+    lb.wait_metric("siplb_partial_closes_total", 1.0);
+    let m = lb.wait_metric("siplb_frontends_open", 0.0);
+    let dropped_after = partial_at.elapsed();
+    eprintln!(
+        "{}: closing connection with output queued dropped {dropped_after:?} after its partial message",
+        rt.name()
+    );
+    assert!(
+        dropped_after >= Duration::from_secs(1) + LINGER,
+        "dropped after {dropped_after:?}: its output flushed, so this run did not hold any back"
+    );
+    assert_eq!(m.value("siplb_partial_closes_total"), 1.0);
+    // The balancer still serves others.
+    let mut client = SipClient::connect(lb.addr());
+    assert_eq!(client.call("after-the-stuck-one").status, 200);
+    drop(stuck);
+    lb.stop();
+}
+
 macro_rules! both_runtimes {
     ($($name:ident),* $(,)?) => {
         mod tokio {
@@ -417,4 +483,5 @@ both_runtimes!(
     metrics_match_the_traffic,
     slowloris_is_closed_while_other_calls_go_on,
     overloaded_backend_sheds_load_to_the_others,
+    a_closing_connection_whose_peer_never_reads_is_dropped,
 );

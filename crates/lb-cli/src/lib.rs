@@ -15,7 +15,8 @@
 //! - [`ReadBuffer`], [`write_queue`]: socket reads and queued writes for readiness-based loops.
 //! - [`WakePacer`]: under load, at most one wake-up per `batch-window`.
 //! - [`main_with`]: the whole `main` of a binary around a driver's `run`.
-//! - The driver knobs both binaries share: [`CONNECT_TIMEOUT`], [`SHUTDOWN_FLUSH_MAX`],
+//! - The driver knobs both binaries share: [`CONNECT_TIMEOUT`], [`CLOSE_LINGER_MAX`],
+//!   [`SHUTDOWN_FLUSH_MAX`],
 //!   [`READ_CHUNK_BYTES`], [`BATCH_MAX`].
 //!
 //! ## The config file
@@ -115,6 +116,11 @@ pub use settings::{parse, read_tag_keys, CliError, Settings};
 /// How long a backend connect may take before the driver reports it closed; the core then
 /// retries with backoff.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long a connection the core asked to close may take to flush its queued output before the
+/// driver drops it: a peer that stops reading cannot hold the socket, and up to the output cap
+/// of memory, for longer.
+pub const CLOSE_LINGER_MAX: Duration = Duration::from_secs(5);
 
 /// How long a driver keeps flushing queued output after SIGINT/SIGTERM before it gives up.
 pub const SHUTDOWN_FLUSH_MAX: Duration = Duration::from_secs(2);

@@ -12,7 +12,8 @@
 //!    `VecDeque<Bytes>` (past the output cap the connection is closed and reported as
 //!    [`CloseReason::OutputOverflow`]), `Close` flushes then closes;
 //! 3. writes every queue that grew, vectored, until `WouldBlock`; `WRITABLE` interest is on
-//!    only while a queue is non-empty;
+//!    only while a queue is non-empty; a connection closing with output still queued gets
+//!    [`lb_cli::CLOSE_LINGER_MAX`] to flush it, then is dropped;
 //! 4. feeds `Input::Timeout` once the core's deadline has passed, expires connects older than
 //!    [`lb_cli::CONNECT_TIMEOUT`], and polls again with the nearest deadline as timeout; under
 //!    load it first sleeps out what is left of `--batch-window` since the last wake-up
@@ -32,7 +33,10 @@ use std::net::{Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use lb_cli::{Ops, RunError, Settings, WakePacer, BATCH_MAX, CONNECT_TIMEOUT, SHUTDOWN_FLUSH_MAX};
+use lb_cli::{
+    Ops, RunError, Settings, WakePacer, BATCH_MAX, CLOSE_LINGER_MAX, CONNECT_TIMEOUT,
+    SHUTDOWN_FLUSH_MAX,
+};
 use lb_core::{Balancer, CloseReason, ConnId, Input, ListenerId, Output, Stats};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
@@ -82,6 +86,8 @@ struct Driver {
     output_cap: usize,
     /// Connects in start order; all have the same timeout, so the front expires first.
     connect_deadlines: VecDeque<(Instant, ConnId)>,
+    /// Requested closes in order, each dropped [`CLOSE_LINGER_MAX`] later if still flushing.
+    close_deadlines: VecDeque<(Instant, ConnId)>,
     /// Connections whose queue grew since they were last written.
     dirty: Vec<ConnId>,
     /// Connections that hit the per-wake-up read bound and may have more to read.
@@ -123,6 +129,7 @@ impl Driver {
             read_buf: lb_cli::ReadBuffer::default(),
             output_cap: settings.output_cap_bytes,
             connect_deadlines: VecDeque::new(),
+            close_deadlines: VecDeque::new(),
             dirty: Vec::new(),
             readable_again: Vec::new(),
             pacer: WakePacer::new(settings.batch_window),
@@ -189,11 +196,17 @@ impl Driver {
             return Some(Duration::ZERO);
         }
         let connect = self.connect_deadlines.front().map(|(d, _)| *d);
-        [self.lb.poll_timeout(), connect, self.ops.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min()
-            .map(|d| d.saturating_duration_since(Instant::now()))
+        let close = self.close_deadlines.front().map(|(d, _)| *d);
+        [
+            self.lb.poll_timeout(),
+            connect,
+            close,
+            self.ops.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|d| d.saturating_duration_since(Instant::now()))
     }
 
     /// SIGHUP: a valid reread configuration goes to the core; the output cap applies to the
@@ -361,6 +374,8 @@ impl Driver {
                     State::Connecting => self.finish(conn, CloseReason::Requested),
                     State::Open => {
                         c.state = State::Closing;
+                        self.close_deadlines
+                            .push_back((Instant::now() + CLOSE_LINGER_MAX, conn));
                         self.mark_dirty(conn);
                     }
                     State::Closing => {}
@@ -451,6 +466,17 @@ impl Driver {
             if self.get(id).is_some_and(|c| c.state == State::Connecting) {
                 tracing::debug!(conn = %id, "connect timed out");
                 self.finish(id, CloseReason::Error);
+                self.drain();
+            }
+        }
+        while let Some(&(deadline, id)) = self.close_deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.close_deadlines.pop_front();
+            if let Some(c) = self.get(id).filter(|c| c.state == State::Closing) {
+                tracing::debug!(conn = %id, unsent = c.queued, "peer not reading; closed unflushed");
+                self.finish(id, CloseReason::Requested);
                 self.drain();
             }
         }

@@ -32,8 +32,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use lb_cli::{
-    Ops, RunError, Settings, WakePacer, BATCH_MAX, CONNECT_TIMEOUT, READ_CHUNK_BYTES,
-    SHUTDOWN_FLUSH_MAX,
+    Ops, RunError, Settings, WakePacer, BATCH_MAX, CLOSE_LINGER_MAX, CONNECT_TIMEOUT,
+    READ_CHUNK_BYTES, SHUTDOWN_FLUSH_MAX,
 };
 use lb_core::{Balancer, CloseReason, ConnId, Input, ListenerId, Output, Stats};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
@@ -180,6 +180,11 @@ enum Note {
         conn: ConnId,
         reason: CloseReason,
     },
+    /// [`CLOSE_LINGER_MAX`] has passed since `Output::Close`: drop the connection if its writer
+    /// is still flushing.
+    LingerOver {
+        conn: ConnId,
+    },
 }
 
 /// What the owner tells a writer task.
@@ -286,6 +291,13 @@ impl Owner {
                     self.finish(conn, reason);
                 }
             }
+            Note::LingerOver { conn } => {
+                if let Some(c) = self.get(conn).filter(|c| c.state == State::Closing) {
+                    let unsent = c.queued.load(Ordering::Relaxed);
+                    tracing::debug!(conn = %conn, unsent, "peer not reading; closed unflushed");
+                    self.finish(conn, CloseReason::Requested);
+                }
+            }
         }
         self.drain();
     }
@@ -345,6 +357,11 @@ impl Owner {
                     reader.abort();
                 }
                 let _ = c.writes.send(Write::Close);
+                let notes = self.notes.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(CLOSE_LINGER_MAX).await;
+                    let _ = notes.send(Note::LingerOver { conn }).await;
+                });
             }
             Output::Event(event) => self.ops.event(&self.lb, &event, now()),
         }
@@ -417,7 +434,10 @@ impl Owner {
                     }
                 }
                 Ok(Some(
-                    Note::Accepted { .. } | Note::Received { .. } | Note::Connected { .. },
+                    Note::Accepted { .. }
+                    | Note::Received { .. }
+                    | Note::Connected { .. }
+                    | Note::LingerOver { .. },
                 )) => {}
                 Ok(None) | Err(_) => break,
             }
