@@ -274,6 +274,7 @@ fn help(name: &str) -> &'static str {
         "replies_503" => "503 responses the balancer generated",
         "replies_400" => "400 responses the balancer generated",
         "replies_481" => "481 responses the balancer generated",
+        "replies_505" => "505 responses the balancer generated (SIP version not 2.0)",
         "malformed" => "Framed messages that could not be parsed",
         "framing_errors" => "Connections closed because their framing was lost",
         "dropped" => "Messages dropped because no response was possible",

@@ -30,7 +30,9 @@ use crate::framing::{Frame, StreamFramer};
 use crate::hops::{HopName, HopTable, ALIASES_PER_CONN_MAX};
 use crate::ids::{BackendId, ConnId, ListenerId};
 use crate::io::{CloseReason, Event, Input, Output};
-use crate::message::{HostPort, Method, Rport, SipMessage, StartLine};
+use crate::message::{
+    HostPort, Method, ParseError, Rport, SipMessage, StartLine, CONTENT_LENGTH_MISMATCH,
+};
 use crate::new_call_table::NewCallTable;
 use crate::reply::{self, Reply};
 use crate::rewrite::{self, Context, Edit, Edits, Insertion};
@@ -463,12 +465,12 @@ impl Balancer {
         let headers_max = self.config.config.limits.headers_max;
         let message = match analysis.into_message(bytes, tag_header, headers_max) {
             Ok(m) => m,
-            Err((bytes, e)) => return self.handle_malformed(source, &bytes, e.reason),
+            Err((bytes, e)) => return self.handle_malformed(source, &bytes, e),
         };
         if envelope.is_some() && !frames_alone(&message.bytes, tag_header, headers_max) {
             // The envelope framed it, but a frontend's plain stream will be framed by its
             // Content-Length: forwarding it would desynchronise that stream (found by fuzzing).
-            return self.handle_malformed(source, &message.bytes, "Content-Length Mismatch");
+            return self.handle_malformed(source, &message.bytes, CONTENT_LENGTH_MISMATCH);
         }
         match from_backend {
             None => {
@@ -496,15 +498,22 @@ impl Balancer {
         }
     }
 
-    fn handle_malformed(&mut self, source: Source, bytes: &Bytes, fault: &'static str) {
+    fn handle_malformed(&mut self, source: Source, bytes: &Bytes, error: ParseError) {
+        let fault = error.reason;
         self.stats.malformed += 1;
         tracing::debug!(conn = %source.conn, fault, "malformed message");
         self.outputs.push_back(Output::Event(Event::Malformed {
             conn: source.conn,
             fault,
         }));
-        if bytes.starts_with(b"SIP/") || !self.reply(source, bytes, Reply::BadRequest(fault)) {
+        let reply = Reply::Malformed {
+            status: error.status,
+            reason: fault,
+        };
+        if bytes.starts_with(b"SIP/") || !self.reply(source, bytes, reply) {
             self.drop_message(source.conn, "malformed and unanswerable");
+        } else if error.status == 505 {
+            self.stats.replies_505 += 1;
         } else {
             self.stats.replies_400 += 1;
         }

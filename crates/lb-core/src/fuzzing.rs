@@ -240,7 +240,11 @@ fn analyse_message(bytes: Bytes, tag_header: Option<&[u8]>, headers_max: usize) 
     }
 
     let mut out = BytesMut::new();
-    if reply::write(&mut out, &bytes, Reply::BadRequest("Fuzzed")) {
+    let fuzzed = Reply::Malformed {
+        status: 400,
+        reason: "Fuzzed",
+    };
+    if reply::write(&mut out, &bytes, fuzzed) {
         assert_single_frame(&out);
     }
 
@@ -539,7 +543,7 @@ struct Harness {
     /// Tags the core minted (`lb=` values), with the Call-ID they came with.
     tags: Vec<(Bytes, Bytes)>,
     /// The growing counters of the stats after the last input.
-    counters: [u64; 31],
+    counters: [u64; 32],
     /// The input being handled came from this frontend.
     from_frontend: Option<SocketAddr>,
     /// `SIPLB_FUZZ_TRACE` set: print every input and output (to read a crash).
@@ -611,7 +615,7 @@ impl Harness {
             recent: Vec::new(),
             tags: Vec::new(),
             from_frontend: None,
-            counters: [0; 31],
+            counters: [0; 32],
             trace: std::env::var_os("SIPLB_FUZZ_TRACE").is_some(),
         }
     }
@@ -1041,11 +1045,12 @@ impl Harness {
     /// answer or replay, and learn the tags it carries.
     fn observe(&mut self, i: usize, role: Role, message: Bytes) {
         let parsed = SipMessage::parse(message.clone(), self.tag_header, 1024);
-        // The balancer's own 400 copies the lines of a request it could not parse. The parser
-        // checks only the top Via and Route, so removing the balancer's own entry may expose a
-        // bad one below it (or none): the next hop's business, not a rewriting fault.
-        let own_400 = message.starts_with(b"SIP/2.0 400 ");
-        if let (Role::Backend { .. }, false) = (role, own_400) {
+        // The balancer's own 400 or 505 copies the lines of a request it could not parse. The
+        // parser checks only the top Via and Route, so removing the balancer's own entry may
+        // expose a bad one below it (or none): the next hop's business, not a rewriting fault.
+        let own_reject =
+            message.starts_with(b"SIP/2.0 400 ") || message.starts_with(b"SIP/2.0 505 ");
+        if let (Role::Backend { .. }, false) = (role, own_reject) {
             if let Err(e) = parsed.as_ref().map(|_| ()).map_err(|e| e.reason) {
                 if matches!(e, "Bad Via" | "Missing Via" | "Bad Route") {
                     return;
@@ -1114,7 +1119,7 @@ impl Harness {
 }
 
 /// The counters of [`crate::Stats`] that only ever grow (the gauges left out).
-fn counters(s: &crate::Stats) -> [u64; 31] {
+fn counters(s: &crate::Stats) -> [u64; 32] {
     [
         s.frontend_requests_in,
         s.frontend_responses_in,
@@ -1132,6 +1137,7 @@ fn counters(s: &crate::Stats) -> [u64; 31] {
         s.replies_503,
         s.replies_400,
         s.replies_481,
+        s.replies_505,
         s.malformed,
         s.framing_errors,
         s.dropped,

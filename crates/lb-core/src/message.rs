@@ -192,19 +192,31 @@ pub(crate) struct SipMessage {
     pub(crate) tag_header: Option<Span>,
 }
 
-/// Why a framed message is malformed: the reason phrase of the 400 the balancer answers with.
+/// Why a framed message is malformed: the status and reason phrase of the response the balancer
+/// answers a malformed request with (400, or 505 for a SIP version other than 2.0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct ParseError {
+    pub(crate) status: u16,
     pub(crate) reason: &'static str,
 }
 
 const fn fail(reason: &'static str) -> ParseError {
-    ParseError { reason }
+    ParseError {
+        status: 400,
+        reason,
+    }
 }
+
+/// An enveloped message whose own Content-Length disagrees with the envelope's framing.
+pub(crate) const CONTENT_LENGTH_MISMATCH: ParseError = fail("Content-Length Mismatch");
 
 const BAD_REQUEST_LINE: ParseError = fail("Bad Request Line");
 const BAD_STATUS_LINE: ParseError = fail("Bad Status Line");
-const BAD_VERSION: ParseError = fail("Unsupported SIP Version");
+/// RFC 3261 §8.2.x leaves other versions to the 505 of §21.5.7, as RFC 4475 §3.1.2.16 expects.
+const BAD_VERSION: ParseError = ParseError {
+    status: 505,
+    reason: "Version Not Supported",
+};
 const BAD_REQUEST_URI: ParseError = fail("Bad Request-URI");
 const MALFORMED_HEADER: ParseError = fail("Malformed Header");
 const TOO_MANY_HEADERS: ParseError = fail("Too Many Headers");
@@ -1776,8 +1788,8 @@ mod tests {
         assert_eq!(line("OPTIONS sip:h; lr SIP/2.0"), "Bad Request Line");
         assert_eq!(line(" OPTIONS sip:h SIP/2.0"), "Bad Request Line");
         assert_eq!(line("OPTIONS sip:h HTTP/1.1"), "Bad Request Line");
-        assert_eq!(line("OPTIONS sip:h SIP/7.0"), "Unsupported SIP Version");
-        assert_eq!(line("SIP/3.0 200 OK"), "Unsupported SIP Version");
+        assert_eq!(line("OPTIONS sip:h SIP/7.0"), "Version Not Supported");
+        assert_eq!(line("SIP/3.0 200 OK"), "Version Not Supported");
         assert_eq!(line("OPTIONS <sip:h> SIP/2.0"), "Bad Request-URI");
         assert_eq!(line("OPTIONS h.example.com SIP/2.0"), "Bad Request-URI");
         assert_eq!(line("SIP/2.0 4294967301 big"), "Bad Status Line");

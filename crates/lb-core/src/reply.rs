@@ -12,8 +12,9 @@ use crate::rewrite::BufWriter as Writer;
 /// A response the balancer answers with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Reply {
-    /// `400` with the parser's reason phrase.
-    BadRequest(&'static str),
+    /// A malformed request: `400` with the parser's reason phrase, or `505 Version Not
+    /// Supported`.
+    Malformed { status: u16, reason: &'static str },
     /// `481 Call/Transaction Does Not Exist`: a CANCEL for a call the balancer never saw.
     NoTransaction,
     /// `503 Service Unavailable` with `Retry-After` (RFC 3261 §21.5.4).
@@ -44,7 +45,7 @@ pub(crate) fn write(out: &mut BytesMut, request: &[u8], reply: Reply) -> bool {
     }
     let mut w = Writer(out);
     let _ = match reply {
-        Reply::BadRequest(reason) => write!(w, "SIP/2.0 400 {reason}\r\n"),
+        Reply::Malformed { status, reason } => write!(w, "SIP/2.0 {status} {reason}\r\n"),
         Reply::NoTransaction => write!(w, "SIP/2.0 481 Call/Transaction Does Not Exist\r\n"),
         Reply::Unavailable { reason, .. } => write!(w, "SIP/2.0 503 {reason}\r\n"),
     };

@@ -38,6 +38,8 @@ pub struct Stats {
     /// 481 responses the balancer generated: a CANCEL of an unknown call, or an in-dialog request
     /// with no tag that verifies.
     pub replies_481: u64,
+    /// 505 responses the balancer generated: requests of a SIP version other than 2.0.
+    pub replies_505: u64,
     /// Framed messages that could not be parsed.
     pub malformed: u64,
     /// Connections closed because their framing was lost.
@@ -92,8 +94,13 @@ impl std::fmt::Display for Stats {
 }
 
 impl Stats {
+    /// Responses the balancer generated itself, of every status.
+    pub fn replies(&self) -> u64 {
+        self.replies_400 + self.replies_481 + self.replies_503 + self.replies_505
+    }
+
     /// Every counter and gauge by name, in declaration order (for metrics exposition).
-    pub fn pairs(&self) -> [(&'static str, u64); 34] {
+    pub fn pairs(&self) -> [(&'static str, u64); 35] {
         [
             ("frontend_requests_in", self.frontend_requests_in),
             ("frontend_responses_in", self.frontend_responses_in),
@@ -111,6 +118,7 @@ impl Stats {
             ("replies_503", self.replies_503),
             ("replies_400", self.replies_400),
             ("replies_481", self.replies_481),
+            ("replies_505", self.replies_505),
             ("malformed", self.malformed),
             ("framing_errors", self.framing_errors),
             ("dropped", self.dropped),

@@ -2017,23 +2017,13 @@ impl World {
             + s.backend_requests_in
             + s.backend_responses_in
             + s.malformed;
-        let outcomes = s.to_backend
-            + s.to_frontend
-            + s.replies_400
-            + s.replies_481
-            + s.replies_503
-            + s.dropped;
+        let outcomes = s.to_backend + s.to_frontend + s.replies() + s.dropped;
         ensure!(
             messages_in == outcomes,
             "{messages_in} messages in (malformed included), {outcomes} forwarded, answered or \
              dropped: {s}"
         );
-        let counted = s.to_backend
-            + s.to_frontend
-            + s.replies_400
-            + s.replies_481
-            + s.replies_503
-            + s.keepalives;
+        let counted = s.to_backend + s.to_frontend + s.replies() + s.keepalives;
         ensure!(
             self.sends == counted,
             "{} sends, {counted} counted: {s}",

@@ -234,6 +234,28 @@ fn no_backend_gives_503_and_ack_gets_nothing() {
 }
 
 #[test]
+fn another_sip_version_gets_505_and_the_connection_stays() {
+    let mut h = Harness::new(config(1, BackendMode::Plain));
+    let fe = h.frontend(PROXY);
+    let bad = invite("call-505", "z9hG4bK505").replacen("SIP/2.0\r\n", "SIP/7.0\r\n", 1);
+    assert!(
+        bad.starts_with("INVITE ") && bad.contains(" SIP/7.0\r\n"),
+        "{bad}"
+    );
+    h.receive(fe, bad.as_bytes());
+    let (_, reply) = h.expect_to_frontend();
+    assert!(
+        reply.starts_with("SIP/2.0 505 Version Not Supported\r\n"),
+        "{reply}"
+    );
+    assert!(reply.contains("Call-ID: call-505\r\n"), "{reply}");
+    assert_eq!((h.lb.stats().replies_505, h.lb.stats().replies_400), (1, 0));
+    h.receive(fe, invite("call-ok", "z9hG4bKok").as_bytes());
+    assert_eq!(h.expect_to_backend().0, 0);
+    assert!(h.closed.is_empty());
+}
+
+#[test]
 fn malformed_request_gets_400_and_the_connection_stays() {
     let mut h = Harness::new(config(1, BackendMode::Plain));
     let fe = h.frontend(PROXY);

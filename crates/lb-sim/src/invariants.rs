@@ -166,7 +166,7 @@ impl Accounting {
                 self.forwarded
             ));
         }
-        let replies = stats.replies_503 + stats.replies_400 + stats.replies_481;
+        let replies = stats.replies();
         if replies != self.generated {
             bad.push(format!(
                 "replies={replies} but world saw {} generated",

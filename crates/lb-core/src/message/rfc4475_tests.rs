@@ -66,7 +66,7 @@ const EXPECTED: &[(&str, &[Outcome], usize)] = &[
     ("regbadct.dat", &[Forward], 0),
     ("badaspec.dat", &[Forward], 0),
     ("baddn.dat", &[Forward], 0),
-    ("badvers.dat", &[Reject("Unsupported SIP Version")], 0),
+    ("badvers.dat", &[Reject("Version Not Supported")], 0),
     ("mismatch01.dat", &[Reject("CSeq Method Mismatch")], 0),
     ("mismatch02.dat", &[Reject("CSeq Method Mismatch")], 0),
     ("bigcode.dat", &[Drop("Bad Status Line")], 0),
