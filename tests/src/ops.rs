@@ -41,11 +41,12 @@ impl OpsLb {
         let config = dir.file("siplb.toml");
         write_config(&config, port, metrics_port, body);
         let mut cmd = Command::new(runtime.binary());
-        cmd.arg("--config")
-            .arg(&config)
-            .args(["--log-level", "info"])
-            .args(flags)
-            .current_dir(dir.path());
+        cmd.arg("--config").arg(&config);
+        // A flag would win over the file, so a file that sets the level keeps it reloadable.
+        if !body.contains("log-level") {
+            cmd.args(["--log-level", "info"]);
+        }
+        cmd.args(flags).current_dir(dir.path());
         let name = format!("{}-{port}", runtime.name());
         let mut proc = Proc::spawn(&name, cmd, dir.path());
         wait_until(&format!("{name} to listen"), PATIENCE, || {

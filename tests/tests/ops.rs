@@ -1,6 +1,6 @@
 //! Operating the balancer, against the real binaries (`lb-tokio` and `lb-mio`) on 127.0.0.1:
-//! health probes, drain by reload, `/metrics` figures, the slowloris timeout, backend
-//! overload and the close linger. Peers are plain Rust sockets (`siplb_e2e::ops`).
+//! health probes, drain and log level by reload, `/metrics` figures, the slowloris timeout,
+//! backend overload and the close linger. Peers are plain Rust sockets (`siplb_e2e::ops`).
 //!
 //! No assertion depends on speed: waits poll for a state with a generous bound, and the only
 //! time-bounded phase (the overload hold) checks just the calls it had time to make.
@@ -466,6 +466,32 @@ fn a_closing_connection_whose_peer_never_reads_is_dropped(rt: Runtime) {
     lb.stop();
 }
 
+// (g) SIGHUP applies the config file's new log level without a restart.
+fn reload_changes_the_log_level(rt: Runtime) {
+    let dir = RunDir::new(&format!("ops-log-level-{}", rt.name()));
+    let a = SipBackend::start();
+    let mut lb = OpsLb::start(
+        &dir,
+        rt,
+        &format!("log-level = \"info\"\n{}", backend_tables(&[&a])),
+        &[],
+    );
+    ready(&mut lb, &[&a]);
+    // At info a frontend's close is one line; the core's debug lines are not written.
+    drop(SipClient::connect(lb.addr()));
+    lb.wait_log("frontend connection closed");
+    assert!(!lb.log().contains("DEBUG"), "{}", lb.log());
+
+    lb.rewrite(&format!("log-level = \"debug\"\n{}", backend_tables(&[&a])));
+    lb.hup();
+    lb.wait_log("reload: log level");
+    drop(SipClient::connect(lb.addr()));
+    lb.wait_log("DEBUG");
+    let mut client = SipClient::connect(lb.addr());
+    assert_eq!(client.call("after-log-level").status, 200);
+    lb.stop();
+}
+
 macro_rules! both_runtimes {
     ($($name:ident),* $(,)?) => {
         mod tokio {
@@ -484,4 +510,5 @@ both_runtimes!(
     slowloris_is_closed_while_other_calls_go_on,
     overloaded_backend_sheds_load_to_the_others,
     a_closing_connection_whose_peer_never_reads_is_dropped,
+    reload_changes_the_log_level,
 );

@@ -30,8 +30,9 @@
 //! On SIGHUP the binaries reread the config file and the tag key file and merge them with the
 //! command line given at start (flags still win). A valid result is applied without dropping a
 //! connection or a call: backends added, removed, drained and re-weighted, the algorithm, the
-//! tag keys, timeouts, probes, overload holds and the output cap. Listen addresses, `metrics`,
-//! `log-level`, `batch-window`, `window`, `ringing-max` and `limits.table-capacity` change only at a restart.
+//! tag keys, timeouts, probes, overload holds, the output cap and the log level. Listen
+//! addresses, `metrics`, `batch-window`, `window`, `ringing-max` and `limits.table-capacity`
+//! change only at a restart.
 //! An invalid file is refused with one warning naming the key, and the running configuration
 //! stays. **A config file is needed for a reload to change anything**: the flags do not
 //! change, so a balancer started from flags alone can only reread its tag key file.
@@ -102,11 +103,13 @@ use std::fmt::Display;
 use std::io::{ErrorKind, IoSlice, IsTerminal, Write};
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use lb_core::{CloseReason, ConnId, Stats};
 use rand::TryRngCore;
+use tracing_subscriber::{EnvFilter, Registry};
 
 pub use metrics::{Snapshot, PUBLISH_EVERY};
 pub use ops::{Noise, Ops, RateLimiter, NOISE_LINES_MAX, NOISE_WINDOW};
@@ -260,19 +263,43 @@ pub fn settings_from_args() -> Settings {
 /// Installs the `tracing` subscriber (stderr, `settings.log_level` as filter) and logs the
 /// start-up warnings the settings imply. Call once, before the driver starts.
 pub fn init_logging(settings: &Settings) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
     // The level was checked by `parse`; falling back to `info` only guards a hand-built Settings.
-    let filter = tracing_subscriber::EnvFilter::try_new(&settings.log_level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let filter = EnvFilter::try_new(&settings.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+        .with_ansi(std::io::stderr().is_terminal());
+    if tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .try_init()
+        .is_ok()
+    {
+        let _ = LOG_FILTER.set(handle);
+    }
     if settings.tag_key_generated {
         tracing::warn!(
             "no --tag-key-file: using a random tag key; tags will not survive a restart"
         );
     }
+}
+
+/// The filter [`init_logging`] installed, so a reload can change the log level in place.
+static LOG_FILTER: OnceLock<tracing_subscriber::reload::Handle<EnvFilter, Registry>> =
+    OnceLock::new();
+
+/// Replaces the log level set by [`init_logging`] (SIGHUP). `Ok(false)` when this process did
+/// not install siplb's logging (an embedder's own subscriber is left alone).
+pub(crate) fn set_log_level(level: &str) -> Result<bool, String> {
+    let Some(handle) = LOG_FILTER.get() else {
+        return Ok(false);
+    };
+    let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+    handle.reload(filter).map_err(|e| e.to_string())?;
+    Ok(true)
 }
 
 /// A seed for `Balancer::new` from the OS's randomness, so two instances never share hash keys.

@@ -305,7 +305,13 @@ impl Ops {
                     tracing::warn!(file, "reload: metrics address changes only at a restart");
                 }
                 if new.log_level != old.log_level {
-                    tracing::warn!(file, "reload: log-level changes only at a restart");
+                    match crate::set_log_level(&new.log_level) {
+                        Ok(true) => {
+                            tracing::info!(file, level = %new.log_level, "reload: log level")
+                        }
+                        Ok(false) => {}
+                        Err(e) => tracing::warn!(file, error = %e, "reload: log level kept"),
+                    }
                 }
                 if new.batch_window != old.batch_window {
                     tracing::warn!(file, "reload: batch-window changes only at a restart");

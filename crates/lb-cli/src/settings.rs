@@ -48,8 +48,8 @@ impl Settings {
     ///
     /// A key file is reread too (key rotation). A key made at start because no key file was
     /// given is kept, so tags issued before the reload still verify after it. Listeners,
-    /// `--metrics` and the log level take effect only at a restart; the drivers warn when the
-    /// file changes them.
+    /// `--metrics` and `--batch-window` take effect only at a restart; the drivers warn when the
+    /// file changes them ([`crate::Ops::reload`], which also applies a new log level).
     pub fn reload(&self) -> Result<Settings, CliError> {
         let file = match &self.args.config {
             Some(path) => Some((read_file(path)?, path.clone())),
