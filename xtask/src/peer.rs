@@ -9,12 +9,13 @@
 //! (Kamailio, tokio, mio, Kamailio, …) so that load from other work on the machine falls on all
 //! three alike. Printed per balancer, over `--runs` runs (3 by default):
 //!
-//! `lb=NAME rate=R calls_ok=N calls_failed=F lb_cpu_us_per_call=C lb_peak_rss_kb=M setup_ms=S`
+//! `lb=NAME rate=R calls_ok=N calls_failed=F lb_cpu_us_per_call=C lb_peak_rss_kb=M`
 //!
-//! S is SIPp's mean time from sending the INVITE to receiving the 200 (its response time
-//! `ResponseTime1`, millisecond resolution): the INVITE and the 200 each cross the balancer
-//! once, so S shows what the balancer adds to call setup, `--batch-window` included.
-//! `--batch-window SECS` passes that flag to siplb, to compare pacing settings.
+//! and on stderr, just before, `peer setup lb=NAME setup_ms=S`: S is the median of SIPp's mean
+//! time from sending the INVITE to receiving the 200 (its response time `ResponseTime1`,
+//! millisecond resolution). The INVITE and the 200 each cross the balancer once, so S shows
+//! what the balancer adds to call setup, `--batch-window` included. `--batch-window SECS`
+//! passes that flag to siplb, to compare pacing settings.
 //!
 //! C and M are medians, N is the smallest and F the largest count of any run; F counts every
 //! call of `--calls` that did not complete, also those SIPp never made because it stopped early
@@ -161,9 +162,10 @@ pub(crate) fn bench_peer(words: &[&str]) -> Result<()> {
         let rss = median(runs.iter().map(|r| r.peak_rss_kb as f64).collect());
         let setup = median(runs.iter().map(|r| r.setup_ms).collect());
         per_call.insert(*lb, cpu);
+        eprintln!("peer setup lb={} setup_ms={setup:.1}", lb.name());
         println!(
             "lb={} rate={} calls_ok={} calls_failed={} lb_cpu_us_per_call={cpu:.1} \
-             lb_peak_rss_kb={rss:.0} setup_ms={setup:.1}",
+             lb_peak_rss_kb={rss:.0}",
             lb.name(),
             opts.rate,
             runs.iter().map(|r| r.ok).min().unwrap_or(0),
