@@ -102,30 +102,54 @@ impl PeerOpts {
             no_build: false,
             batch_window: None,
         };
-        let mut it = words.iter();
-        while let Some(flag) = it.next() {
-            if *flag == "--no-build" {
-                opts.no_build = true;
-                continue;
-            }
-            let value = it
-                .next()
-                .with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
-            let bad = || format!("{flag}: bad value {value:?}");
-            match *flag {
-                "--rate" => opts.rate = value.parse().with_context(bad)?,
-                "--calls" => opts.calls = value.parse().with_context(bad)?,
-                "--runs" => opts.runs = value.parse().with_context(bad)?,
-                "--batch-window" => opts.batch_window = Some((*value).to_owned()),
+        opts.no_build = parse_flags(words, USAGE, |flag, value| {
+            match flag {
+                "--rate" => opts.rate = number(flag, value)?,
+                "--calls" => opts.calls = number(flag, value)?,
+                "--runs" => opts.runs = number(flag, value)?,
+                "--batch-window" => opts.batch_window = Some(value.to_owned()),
                 "--only" => opts.only = Lb::parse_list(value)?,
-                _ => bail!("unknown option {flag}\n{USAGE}"),
+                _ => return Ok(false),
             }
-        }
+            Ok(true)
+        })?;
         if opts.rate == 0 || opts.calls == 0 || opts.runs == 0 {
             bail!("--rate, --calls and --runs must be above 0");
         }
         Ok(opts)
     }
+}
+
+/// Walks a task's options: `--no-build` alone, every other flag with a value, handed to `set`,
+/// which returns `Ok(false)` for a flag it does not know. Returns whether `--no-build` was given.
+fn parse_flags(
+    words: &[&str],
+    usage: &str,
+    mut set: impl FnMut(&str, &str) -> Result<bool>,
+) -> Result<bool> {
+    let mut no_build = false;
+    let mut it = words.iter();
+    while let Some(flag) = it.next() {
+        if *flag == "--no-build" {
+            no_build = true;
+            continue;
+        }
+        let value = it
+            .next()
+            .with_context(|| format!("{flag} needs a value\n{usage}"))?;
+        if !set(flag, value)? {
+            bail!("unknown option {flag}\n{usage}");
+        }
+    }
+    Ok(no_build)
+}
+
+/// A flag's numeric value.
+fn number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T> {
+    value
+        .parse()
+        .ok()
+        .with_context(|| format!("{flag}: bad value {value:?}"))
 }
 
 /// What one run measured.

@@ -21,9 +21,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 
-use super::{uac_command, Farm, Lb, SippStats, Tools, Tree, ALL};
+use super::{number, parse_flags, uac_command, Farm, Lb, SippStats, Tools, Tree, ALL};
 use crate::procs::TempDir;
 
 const USAGE: &str = "usage: cargo xtask bench memory --peer [--rate CPS] [--window SECS] \
@@ -44,23 +44,15 @@ impl HeldOpts {
             only: ALL.to_vec(),
             no_build: false,
         };
-        let mut it = words.iter();
-        while let Some(flag) = it.next() {
-            if *flag == "--no-build" {
-                opts.no_build = true;
-                continue;
-            }
-            let value = it
-                .next()
-                .with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
-            let bad = || format!("{flag}: bad value {value:?}");
-            match *flag {
-                "--rate" => opts.rate = value.parse().with_context(bad)?,
-                "--window" => opts.window = value.parse().with_context(bad)?,
+        opts.no_build = parse_flags(words, USAGE, |flag, value| {
+            match flag {
+                "--rate" => opts.rate = number(flag, value)?,
+                "--window" => opts.window = number(flag, value)?,
                 "--only" => opts.only = Lb::parse_list(value)?,
-                _ => bail!("unknown option {flag}\n{USAGE}"),
+                _ => return Ok(false),
             }
-        }
+            Ok(true)
+        })?;
         ensure!(
             opts.rate > 0 && opts.window.is_finite() && opts.window > 0.0,
             "--rate and --window must be above 0"
