@@ -404,10 +404,10 @@ fn overloaded_backend_sheds_load_to_the_others(rt: Runtime) {
 // linger (`lb_cli::CLOSE_LINGER_MAX`, 5 s) has passed, instead of holding its socket and queued
 // output for ever.
 fn a_closing_connection_whose_peer_never_reads_is_dropped(rt: Runtime) {
-    // About 20 MB of responses: more than the kernel buffers between the balancer and a peer
+    // About 40 MB of responses: well over the kernel buffers between the balancer and a peer
     // that never reads (send buffer at most 4 MB by default, receive buffer not grown without
     // reads), so the balancer's own queue still holds output when it decides to close.
-    const REQUESTS: usize = 8000;
+    const REQUESTS: usize = 16_000;
     const LINGER: Duration = Duration::from_secs(5);
     let dir = RunDir::new(&format!("ops-linger-{}", rt.name()));
     let a = SipBackend::start();
