@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::procs::{free_port, TempDir};
+use crate::procs::{clock_ticks, free_port, proc_kb, stat, TempDir};
 
 mod held;
 pub(crate) use held::bench_held;
@@ -167,7 +167,7 @@ struct RunResult {
 pub(crate) fn bench_peer(words: &[&str]) -> Result<()> {
     let opts = PeerOpts::parse(words)?;
     let (tools, _bin_copy) = Tools::prepare(&opts.only, opts.no_build)?;
-    let ticks = clock_ticks();
+    let ticks = clock_ticks() as f64;
     let mut results: BTreeMap<&str, Vec<RunResult>> = BTreeMap::new();
     for run in 1..=opts.runs {
         for lb in &opts.only {
@@ -660,16 +660,6 @@ fn loadavg() -> String {
         .unwrap_or_else(|| "?".to_owned())
 }
 
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
 /// A started program and the processes it forks (Kamailio's workers). On drop, every process
 /// of the tree gets SIGTERM, and SIGKILL if it is still there a few seconds later. Its stdout
 /// and stderr go to `NAME.out` / `NAME.err` in the run's folder: SIPp redraws its screen on
@@ -730,7 +720,10 @@ impl Tree {
     /// `VmHWM` summed over the tree's processes (shared pages count once in each process that
     /// touched them, as in every per-process RSS figure).
     fn peak_rss_kb(&self) -> u64 {
-        self.tree().into_iter().filter_map(vm_hwm_kb).sum()
+        self.tree()
+            .into_iter()
+            .filter_map(|pid| proc_kb(pid, "status", "VmHWM:"))
+            .sum()
     }
 }
 
@@ -797,40 +790,12 @@ fn descendants(root: u32) -> Vec<u32> {
     seen.into_iter().collect()
 }
 
-/// (parent pid, utime + stime in clock ticks) from /proc/PID/stat; `None` once it is gone.
-fn stat(pid: u32) -> Option<(u32, u64)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat(&text)
-}
-
-fn parse_stat(text: &str) -> Option<(u32, u64)> {
-    // The command name (field 2) may hold spaces and parentheses; the fields after the last
-    // ')' are fixed: state (3), ppid (4), …, utime (14), stime (15).
-    let (_, rest) = text.rsplit_once(')')?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ppid = f.get(1)?.parse().ok()?;
-    let utime: u64 = f.get(11)?.parse().ok()?;
-    let stime: u64 = f.get(12)?.parse().ok()?;
-    Some((ppid, utime + stime))
-}
-
-/// The process's peak resident set (`VmHWM`) in kB.
-fn vm_hwm_kb(pid: u32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use crate::procs::parse_stat;
 
     #[test]
     fn options() {
@@ -878,7 +843,7 @@ mod tests {
         let own = stat(std::process::id()).unwrap();
         assert!(own.0 > 0);
         assert!(descendants(std::process::id()).contains(&std::process::id()));
-        assert!(vm_hwm_kb(std::process::id()).unwrap() > 0);
+        assert!(proc_kb(std::process::id(), "status", "VmHWM:").unwrap() > 0);
     }
 
     #[test]

@@ -150,37 +150,51 @@ pub(crate) fn wait_listening(addr: SocketAddr, proc: &mut Proc, limit: Duration)
 
 /// User + system CPU time of a running process (/proc/PID/stat fields 14 and 15).
 pub(crate) fn cpu_time(pid: u32) -> Result<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The command name (field 2) may hold spaces; the fields after its ')' are fixed.
-    let after = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .context("odd /proc stat")?;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| -> Result<u64> {
-        Ok(fields.get(i).context("short /proc stat")?.parse::<u64>()?)
-    };
-    // fields[0] is field 3 (state): utime is field 14, stime field 15.
-    let total = ticks(11)? + ticks(12)?;
+    let (_, total) = stat(pid).context("no readable /proc stat")?;
     Ok(Duration::from_secs_f64(total as f64 / clock_ticks() as f64))
+}
+
+/// (parent pid, utime + stime in clock ticks) from /proc/PID/stat; `None` once it is gone.
+pub(crate) fn stat(pid: u32) -> Option<(u32, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&text)
+}
+
+pub(crate) fn parse_stat(text: &str) -> Option<(u32, u64)> {
+    // The command name (field 2) may hold spaces and parentheses; the fields after the last
+    // ')' are fixed: state (3), ppid (4), …, utime (14), stime (15).
+    let (_, rest) = text.rsplit_once(')')?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ppid = f.get(1)?.parse().ok()?;
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    Some((ppid, utime + stime))
 }
 
 /// Resident set size of a running process in kB (/proc/PID/status VmRSS).
 pub(crate) fn rss_kb(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .context("no VmRSS")?;
-    Ok(line
-        .trim_start_matches("VmRSS:")
+    proc_kb(pid, "status", "VmRSS:").context("no VmRSS")
+}
+
+/// The kB figure of line `name` in `/proc/PID/FILE`; `None` when the process or line is gone.
+pub(crate) fn proc_kb(pid: u32, file: &str, name: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
+    kb_field(&text, name)
+}
+
+/// The kB figure of a `/proc` line such as `VmRSS:   4120 kB`.
+fn kb_field(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name))?
         .trim()
         .trim_end_matches("kB")
         .trim()
-        .parse()?)
+        .parse()
+        .ok()
 }
 
-fn clock_ticks() -> u64 {
+/// The kernel's clock ticks per second (`CLK_TCK`), the unit of /proc's CPU times.
+pub(crate) fn clock_ticks() -> u64 {
     Command::new("getconf")
         .arg("CLK_TCK")
         .output()
@@ -214,6 +228,16 @@ mod tests {
         let pid = std::process::id();
         assert!(rss_kb(pid).unwrap() > 0);
         assert!(cpu_time(pid).is_ok());
+    }
+
+    #[test]
+    fn proc_figures() {
+        assert_eq!(
+            kb_field("Name: x\nVmRSS:\t  4120 kB\n", "VmRSS:"),
+            Some(4120)
+        );
+        assert_eq!(kb_field("Rss: 1 kB\nPss:  77 kB\n", "Pss:"), Some(77));
+        assert_eq!(kb_field("Rss: 1 kB\n", "Pss:"), None);
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 
 use super::{number, parse_flags, uac_command, Farm, Lb, SippStats, Tools, Tree, ALL};
-use crate::procs::TempDir;
+use crate::procs::{proc_kb, TempDir};
 
 const USAGE: &str = "usage: cargo xtask bench memory --peer [--rate CPS] [--window SECS] \
                      [--only kamailio,tokio,mio] [--no-build]";
@@ -154,27 +154,10 @@ fn hold_scenario(base: &Path) -> Result<String> {
 fn resident_now(tree: &Tree) -> Resident {
     let mut total = Resident::default();
     for pid in tree.tree() {
-        let field = |file: &str, name: &str| {
-            std::fs::read_to_string(format!("/proc/{pid}/{file}"))
-                .ok()
-                .and_then(|text| kb_field(&text, name))
-                .unwrap_or(0)
-        };
-        total.rss_kb += field("status", "VmRSS:");
-        total.pss_kb += field("smaps_rollup", "Pss:");
+        total.rss_kb += proc_kb(pid, "status", "VmRSS:").unwrap_or(0);
+        total.pss_kb += proc_kb(pid, "smaps_rollup", "Pss:").unwrap_or(0);
     }
     total
-}
-
-/// The kB figure of a `/proc` line such as `VmRSS:   4120 kB`.
-fn kb_field(text: &str, name: &str) -> Option<u64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
 }
 
 #[cfg(test)]
@@ -204,15 +187,5 @@ mod tests {
         );
         assert!(ack < pause && pause < bye);
         assert_eq!(text.matches("<pause/>").count(), 1);
-    }
-
-    #[test]
-    fn proc_figures() {
-        assert_eq!(
-            kb_field("Name: x\nVmRSS:\t  4120 kB\n", "VmRSS:"),
-            Some(4120)
-        );
-        assert_eq!(kb_field("Rss: 1 kB\nPss:  77 kB\n", "Pss:"), Some(77));
-        assert_eq!(kb_field("Rss: 1 kB\n", "Pss:"), None);
     }
 }
