@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use lb_core::{BackendStatus, Stats};
+use lb_core::{BackendStatus, Kind, Stats};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -21,14 +21,6 @@ use crate::RunError;
 
 /// Longest a published snapshot lags behind the balancer while it is busy.
 pub const PUBLISH_EVERY: Duration = Duration::from_millis(100);
-
-/// The [`Stats`] pairs that are gauges (levels now); every other pair only grows.
-const GAUGES: [&str; 4] = [
-    "frontends_open",
-    "table_len",
-    "table_len_max",
-    "backends_up",
-];
 
 /// What the metrics thread serves: a copy of the balancer's figures at one instant.
 #[derive(Clone, Debug, Default)]
@@ -173,17 +165,20 @@ struct SnapshotCollector(Arc<Mutex<Snapshot>>);
 impl Collector for SnapshotCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let snapshot = lock(&self.0).clone();
-        for (name, value) in snapshot.stats.pairs() {
-            if GAUGES.contains(&name) {
-                let gauge = ConstGauge::new(value);
-                let metric =
-                    encoder.encode_descriptor(name, help(name), None, gauge.metric_type())?;
-                gauge.encode(metric)?;
-            } else {
-                let counter = ConstCounter::new(value);
-                let metric =
-                    encoder.encode_descriptor(name, help(name), None, counter.metric_type())?;
-                counter.encode(metric)?;
+        for (series, (_, value)) in Stats::SERIES.iter().zip(snapshot.stats.pairs()) {
+            let (name, help) = (series.name, series.help);
+            match series.kind {
+                Kind::Gauge => {
+                    let gauge = ConstGauge::new(value);
+                    let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+                    gauge.encode(metric)?;
+                }
+                Kind::Counter => {
+                    let counter = ConstCounter::new(value);
+                    let metric =
+                        encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+                    counter.encode(metric)?;
+                }
             }
         }
         let capacity = ConstGauge::new(snapshot.table_capacity);
@@ -250,50 +245,6 @@ impl Collector for SnapshotCollector {
             }
         }
         Ok(())
-    }
-}
-
-/// The `# HELP` text of each [`Stats`] pair.
-fn help(name: &str) -> &'static str {
-    match name {
-        "frontend_requests_in" => "SIP requests received from frontends",
-        "frontend_responses_in" => "SIP responses received from frontends",
-        "backend_requests_in" => "SIP requests received from backends",
-        "backend_responses_in" => "SIP responses received from backends",
-        "to_backend" => "Messages forwarded to a backend",
-        "to_frontend" => "Messages forwarded to a frontend",
-        "bytes_in" => "Bytes received on all connections",
-        "bytes_out" => "Bytes handed to the driver for writing",
-        "tagged" => "Messages routed by a valid tag",
-        "tag_failures" => "Tags present but failing verification",
-        "table_hits" => {
-            "Untagged messages routed by the new-call table (retransmissions, CANCEL, ACK)"
-        }
-        "new_calls" => "New calls: a backend chosen and a table entry made",
-        "to_backup" => "Messages sent to a backup because their backend is down",
-        "replies_503" => "503 responses the balancer generated",
-        "replies_400" => "400 responses the balancer generated",
-        "replies_481" => "481 responses the balancer generated",
-        "replies_505" => "505 responses the balancer generated (SIP version not 2.0)",
-        "malformed" => "Framed messages that could not be parsed",
-        "framing_errors" => "Connections closed because their framing was lost",
-        "dropped" => "Messages dropped because no response was possible",
-        "keepalives" => "CRLF keep-alive pings answered",
-        "frontends_accepted" => "Frontend connections accepted",
-        "frontends_refused" => "Frontend connections refused by the connection limit",
-        "stale_inputs" => "Driver inputs naming an unknown or stale connection",
-        "backend_failures" => "Backend connections lost or refused",
-        "probes_sent" => "OPTIONS probes sent to backends",
-        "probe_failures" => "Probes that timed out or failed",
-        "backend_overloads" => "503 answers from backends to new calls",
-        "idle_closes" => "Frontend connections closed by the idle timeout",
-        "partial_closes" => "Frontend connections closed by the partial-message timeout",
-        "reloads" => "Configuration reloads applied",
-        "backends_up" => "Backends up now",
-        "frontends_open" => "Frontend connections open now",
-        "table_len" => "New-call table entries now",
-        "table_len_max" => "Largest number of new-call table entries seen",
-        _ => "siplb counter",
     }
 }
 

@@ -182,6 +182,10 @@ struct Args {
     /// host[:port] written into Record-Route and Via [default: the first listen address]
     #[arg(long, value_name = "HOST[:PORT]")]
     advertise: Option<String>,
+    /// host[:port] of the balancer as backends reach it, in the Record-Route they see
+    /// [default: --advertise]
+    #[arg(long, value_name = "HOST[:PORT]")]
+    advertise_backend: Option<String>,
     /// Tag keys, one `ID:HEXSECRET` per line, the first signs [default: a random key]
     #[arg(long, value_name = "FILE")]
     tag_key_file: Option<PathBuf>,
@@ -242,6 +246,7 @@ struct FileConfig {
     reconnect_min: Option<f64>,
     reconnect_max: Option<f64>,
     advertise: Option<String>,
+    advertise_backend: Option<String>,
     tag_key_file: Option<PathBuf>,
     tag_header: Option<String>,
     log_level: Option<String>,
@@ -280,6 +285,8 @@ struct FileLimits {
     buffered_bytes_max: Option<usize>,
     frontends_max: Option<usize>,
     table_capacity: Option<usize>,
+    dial_outs_max: Option<usize>,
+    dial_queue_max: Option<usize>,
 }
 
 /// A backend whose mode may still come from the `backend-mode` default.
@@ -409,6 +416,7 @@ fn merge(
     }
     core.probe = merge_probe(&args, &file)?;
     core.advertise = args.advertise.or(file.advertise);
+    core.advertise_backend = args.advertise_backend.or(file.advertise_backend);
     core.tag_header = args.tag_header.or(file.tag_header);
 
     let l = &mut core.limits;
@@ -419,6 +427,8 @@ fn merge(
         (fl.buffered_bytes_max, &mut l.buffered_bytes_max),
         (fl.frontends_max, &mut l.frontends_max),
         (fl.table_capacity, &mut l.table_capacity),
+        (fl.dial_outs_max, &mut l.dial_outs_max),
+        (fl.dial_queue_max, &mut l.dial_queue_max),
     ] {
         if let Some(v) = value {
             *slot = v;

@@ -112,6 +112,11 @@ pub struct Limits {
     pub frontends_max: usize,
     /// New-call table entries; when full, new calls get 503.
     pub table_capacity: usize,
+    /// Connections the balancer may have open or opening toward frontends at once (dial-out);
+    /// a request that needs one more gets 503.
+    pub dial_outs_max: usize,
+    /// Messages queued for one frontend connection while the balancer dials it; more get 503.
+    pub dial_queue_max: usize,
 }
 
 impl Default for Limits {
@@ -122,6 +127,12 @@ impl Default for Limits {
             buffered_bytes_max: 256 * 1024,
             frontends_max: 10_000,
             table_capacity: 1_000_000,
+            // Dial-out serves callee hang-ups and calls placed by backends toward peers that
+            // dropped their connection: a small share of the traffic, so a few hundred at once
+            // is plenty, and a backend that names unreachable hops cannot take every socket.
+            dial_outs_max: 256,
+            // A dial takes one round trip; a hang-up burst queues a few messages meanwhile.
+            dial_queue_max: 32,
         }
     }
 }
@@ -157,6 +168,9 @@ pub struct Config {
     pub listeners: Vec<SocketAddr>,
     /// `host[:port]` put in the balancer's Record-Route and Via; defaults to the first listener.
     pub advertise: Option<String>,
+    /// `host[:port]` of the balancer as backends reach it, in the Record-Route entry they see;
+    /// defaults to `advertise`. For backends on an internal network.
+    pub advertise_backend: Option<String>,
     /// The backend farm.
     pub backends: Vec<BackendConfig>,
     /// How new calls pick a backend.
@@ -197,6 +211,7 @@ impl Default for Config {
         Config {
             listeners: Vec::new(),
             advertise: None,
+            advertise_backend: None,
             backends: Vec::new(),
             algorithm: Algorithm::RoundRobin,
             window: WINDOW_DEFAULT,
@@ -222,6 +237,8 @@ pub struct ValidConfig {
     pub(crate) config: Config,
     /// `host[:port]` of the balancer as written into Record-Route and Via.
     pub(crate) advertise: String,
+    /// `host[:port]` of the balancer in the Record-Route entry backends see.
+    pub(crate) advertise_backend: String,
     /// Backup of each backend, resolved to ids.
     pub(crate) backups: Vec<Option<BackendId>>,
 }
@@ -398,6 +415,8 @@ impl Config {
             ("buffered-bytes-max", l.buffered_bytes_max),
             ("frontends-max", l.frontends_max),
             ("table-capacity", l.table_capacity),
+            ("dial-outs-max", l.dial_outs_max),
+            ("dial-queue-max", l.dial_queue_max),
         ] {
             if v == 0 {
                 return Err(ConfigError::ZeroLimit(name));
@@ -412,6 +431,11 @@ impl Config {
             }
             None => self.listeners[0].to_string(),
         };
+        let advertise_backend = match &self.advertise_backend {
+            Some(a) if !is_host_port(a) => return Err(ConfigError::BadAdvertise(a.clone())),
+            Some(a) => a.clone(),
+            None => advertise.clone(),
+        };
         if let Some(h) = &self.tag_header {
             if h.is_empty() || !h.bytes().all(is_token_char) {
                 return Err(ConfigError::BadTagHeader(h.clone()));
@@ -420,6 +444,7 @@ impl Config {
         Ok(ValidConfig {
             config: self,
             advertise,
+            advertise_backend,
             backups,
         })
     }

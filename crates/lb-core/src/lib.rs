@@ -62,4 +62,4 @@ pub use config::{
 };
 pub use ids::{BackendId, ConnId, ListenerId};
 pub use io::{BackendChange, CloseReason, Event, Input, Output};
-pub use stats::Stats;
+pub use stats::{Kind, Series, Stats};

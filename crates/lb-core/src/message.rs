@@ -190,6 +190,14 @@ pub(crate) struct SipMessage {
     pub(crate) request_uri_host: Option<HostPort>,
     /// Value of the configured extension tag header, when present.
     pub(crate) tag_header: Option<Span>,
+    /// The value of the first Max-Forwards header: its digits and their number.
+    pub(crate) max_forwards: Option<(Span, u32)>,
+    /// Responses: the URI (between `<` and `>`) of the first Record-Route entry that carries
+    /// an `lb` parameter, the balancer's own, which it rewrites on the way upstream.
+    pub(crate) own_record_route: Option<Span>,
+    /// Requests: value of an `lb` parameter in the Request-URI (a strict router upstream put
+    /// the balancer's Record-Route URI there, RFC 3261 §16.4).
+    pub(crate) request_uri_lb: Option<Span>,
 }
 
 /// Why a framed message is malformed: the status and reason phrase of the response the balancer
@@ -228,6 +236,7 @@ const BAD_CALL_ID: ParseError = fail("Bad Call-ID");
 const BAD_TO: ParseError = fail("Bad To");
 const BAD_ROUTE: ParseError = fail("Bad Route");
 const CSEQ_MISMATCH: ParseError = fail("CSeq Method Mismatch");
+const BAD_MAX_FORWARDS: ParseError = fail("Bad Max-Forwards");
 
 impl SipMessage {
     /// Analyses a complete message (headers and body) as framed by [`crate::framing`].
@@ -257,6 +266,9 @@ impl SipMessage {
             second_route: head.second_route,
             request_uri_host: head.request_uri_host,
             tag_header: head.tag_header,
+            max_forwards: head.max_forwards,
+            own_record_route: head.own_record_route,
+            request_uri_lb: head.request_uri_lb,
             bytes,
         }
     }
@@ -367,6 +379,9 @@ pub(crate) struct Head {
     second_route: Option<HostPort>,
     request_uri_host: Option<HostPort>,
     tag_header: Option<Span>,
+    max_forwards: Option<(Span, u32)>,
+    own_record_route: Option<Span>,
+    request_uri_lb: Option<Span>,
 }
 
 impl Head {
@@ -390,12 +405,18 @@ impl Head {
         head: &mut Option<Result<Head, ParseError>>,
     ) -> Result<Walked, ParseError> {
         let (start, start_line_end) = parse_start_line(b)?;
-        let request_uri_host = match start {
-            StartLine::Request { uri, .. } => sip_uri(b, uri.start as usize, uri.end as usize)
-                .ok()
-                .map(|(host_port, _)| host_port),
-            StartLine::Response { .. } => None,
+        let (request_uri_host, request_uri_lb) = match start {
+            StartLine::Request { uri, .. } => {
+                match sip_uri(b, uri.start as usize, uri.end as usize) {
+                    Ok((host_port, lb)) => (Some(host_port), lb),
+                    Err(()) => (None, None),
+                }
+            }
+            StartLine::Response { .. } => (None, None),
         };
+        let is_response = matches!(start, StartLine::Response { .. });
+        let mut max_forwards: Option<(Span, u32)> = None;
+        let mut own_record_route: Option<Span> = None;
 
         let mut via: Option<Via> = None;
         let mut call_id: Option<Span> = None;
@@ -489,6 +510,17 @@ impl Head {
                     second_route_pending = false;
                     second_route = Some(route_entry(b, vs, ve)?.host_port);
                 }
+                Known::MaxForwards if max_forwards.is_none() => {
+                    let (s, e) = trim_lws(b, vs, ve);
+                    let value = (e > s && e - s <= 9 && b[s..e].iter().all(u8::is_ascii_digit))
+                        .then(|| parse_u32(&b[s..e]))
+                        .flatten()
+                        .ok_or(BAD_MAX_FORWARDS)?;
+                    max_forwards = Some((Span::new(s, e), value));
+                }
+                Known::RecordRoute if is_response && own_record_route.is_none() => {
+                    own_record_route = own_entry(b, vs, ve);
+                }
                 Known::ContentLength => {
                     body = body.and_then(|found| match decimal(&b[vs..ve]) {
                         Ok(value) if found.is_none_or(|earlier| earlier == value) => {
@@ -538,6 +570,9 @@ impl Head {
                 second_route,
                 request_uri_host,
                 tag_header: tag_span,
+                max_forwards,
+                own_record_route,
+                request_uri_lb,
             })
         });
         Ok(Walked {
@@ -594,6 +629,8 @@ pub(crate) enum Known {
     CallId,
     CSeq,
     Route,
+    RecordRoute,
+    MaxForwards,
     ContentLength,
     Other,
 }
@@ -618,6 +655,8 @@ impl Known {
             (4, b'c') => (Known::CSeq, b"seq"),
             (5, b'r') => (Known::Route, b"oute"),
             (7, b'c') => (Known::CallId, b"all-id"),
+            (12, b'm') => (Known::MaxForwards, b"ax-forwards"),
+            (12, b'r') => (Known::RecordRoute, b"ecord-route"),
             (14, b'c') => (Known::ContentLength, b"ontent-length"),
             _ => return Known::Other,
         };
@@ -642,7 +681,11 @@ impl Known {
             Known::To => HeaderName::To,
             Known::CallId => HeaderName::CallId,
             Known::CSeq => HeaderName::CSeq,
-            Known::Route | Known::ContentLength | Known::Other => HeaderName::Other,
+            Known::Route
+            | Known::RecordRoute
+            | Known::MaxForwards
+            | Known::ContentLength
+            | Known::Other => HeaderName::Other,
         }
     }
 }
@@ -1084,6 +1127,20 @@ fn route_entry(b: &[u8], vs: usize, ve: usize) -> Result<RouteEntry, ParseError>
         host_port,
         lb,
     })
+}
+
+/// The URI of the first entry of a Record-Route value that carries an `lb` parameter. An
+/// entry this grammar cannot read ends the search: the header is someone else's, and a
+/// response is never refused for it.
+fn own_entry(b: &[u8], vs: usize, ve: usize) -> Option<Span> {
+    let mut at = vs;
+    loop {
+        let entry = route_entry(b, at, ve).ok()?;
+        if entry.lb.is_some() {
+            return Some(entry.uri);
+        }
+        at = entry.next?;
+    }
 }
 
 /// host:port and the `lb` parameter of a `sip:`/`sips:` URI in `b[s..e]` (RFC 3261 §19.1.1).

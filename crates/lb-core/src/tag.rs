@@ -7,6 +7,13 @@
 //! lowercase letters are both RFC 3261 `token` and URI `paramchar` characters, so the tag goes
 //! unescaped into a `lb=` URI parameter, a Via parameter or an extension header value.
 //!
+//! A tag faces one side. The Record-Route entry a backend sees carries a *backend-facing* tag,
+//! `b{backend}.{key id}.{mac}`, whose MAC input starts with [`BACKEND_FACING`]; the balancer
+//! rewrites it into the frontend-facing form in the responses it passes upstream (RFC 3261
+//! §16.7 step 4 lets a proxy rewrite its own Record-Route there). So only a backend ever holds a
+//! backend-facing tag, and a request carrying one comes from that backend, over whatever
+//! connection it arrives: a frontend cannot pass itself off as a backend.
+//!
 //! Choices:
 //! - 64 bits of MAC: a forger must guess among 2^64 values per Call-ID and gets one try per
 //!   request, while the tag stays short enough for every Record-Route and Via of the dialog.
@@ -37,6 +44,16 @@ pub(crate) enum TagError {
     UnknownKey,
     /// The MAC does not match.
     BadMac,
+}
+
+/// Which side of the balancer a tag is written for (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Facing {
+    /// Seen by frontends: Record-Route in responses upstream, the balancer's Via, the extension
+    /// header. The original form, so tags minted by earlier versions still verify.
+    Frontends,
+    /// Seen only by backends: the Record-Route entry of requests passed to them.
+    Backends,
 }
 
 /// Signs and verifies tags with the configured keys.
@@ -73,17 +90,34 @@ impl TagSigner {
         }
     }
 
-    /// Appends the tag for `backend` and this Call-ID to `out` (URI-parameter and token safe).
+    /// Appends the frontend-facing tag for `backend` and this Call-ID to `out`.
     pub(crate) fn write(&self, out: &mut BytesMut, backend: BackendId, call_id: &[u8]) {
+        self.write_facing(out, backend, call_id, Facing::Frontends);
+    }
+
+    /// Appends the tag for `backend` and this Call-ID, facing `facing`, to `out` (URI-parameter
+    /// and token safe).
+    pub(crate) fn write_facing(
+        &self,
+        out: &mut BytesMut,
+        backend: BackendId,
+        call_id: &[u8],
+        facing: Facing,
+    ) {
         let Some((key_id, mac)) = self.keys.first() else {
             // Unreachable with a validated config; writing nothing yields a tag that never
             // verifies, which is the safe failure.
             return;
         };
         let index = backend_index(backend);
-        let digest = compute_mac(mac, index, *key_id, call_id);
+        let digest = compute_mac(mac, facing, index, *key_id, call_id);
         let mut text = [0u8; TAG_LEN_MAX];
-        let mut len = write_decimal(&mut text, 0, u32::from(index));
+        let mut len = 0;
+        if facing == Facing::Backends {
+            text[0] = b'b';
+            len = 1;
+        }
+        len = write_decimal(&mut text, len, u32::from(index));
         text[len] = b'.';
         len += 1;
         len = write_decimal(&mut text, len, u32::from(*key_id));
@@ -97,8 +131,23 @@ impl TagSigner {
         out.extend_from_slice(&text[..len]);
     }
 
-    /// The backend named by `tag`, if its MAC verifies for this Call-ID (constant-time compare).
+    /// The backend named by `tag`, if its MAC verifies for this Call-ID, whichever side it
+    /// faces.
     pub(crate) fn verify(&self, tag: &[u8], call_id: &[u8]) -> Result<BackendId, TagError> {
+        self.verify_facing(tag, call_id).map(|(backend, _)| backend)
+    }
+
+    /// The backend named by `tag` and the side it faces, if its MAC verifies for this Call-ID
+    /// (constant-time compare).
+    pub(crate) fn verify_facing(
+        &self,
+        tag: &[u8],
+        call_id: &[u8],
+    ) -> Result<(BackendId, Facing), TagError> {
+        let (facing, tag) = match tag.strip_prefix(b"b") {
+            Some(rest) => (Facing::Backends, rest),
+            None => (Facing::Frontends, tag),
+        };
         let parsed = parse(tag).ok_or(TagError::Malformed)?;
         let (_, mac) = self
             .keys
@@ -106,10 +155,10 @@ impl TagSigner {
             .find(|(id, _)| *id == parsed.key_id)
             .ok_or(TagError::UnknownKey)?;
         let mut mac = mac.clone();
-        feed(&mut mac, parsed.backend, parsed.key_id, call_id);
+        feed(&mut mac, facing, parsed.backend, parsed.key_id, call_id);
         mac.verify_truncated_left(&parsed.mac)
             .map_err(|_| TagError::BadMac)?;
-        Ok(BackendId::new(usize::from(parsed.backend)))
+        Ok((BackendId::new(usize::from(parsed.backend)), facing))
     }
 
     /// 16 bytes derived from the signing key, the same on every balancer instance sharing the
@@ -142,15 +191,24 @@ fn backend_index(backend: BackendId) -> u16 {
     u16::try_from(backend.index()).unwrap_or(u16::MAX)
 }
 
-fn feed(mac: &mut HmacSha256, backend: u16, key_id: u8, call_id: &[u8]) {
+fn feed(mac: &mut HmacSha256, facing: Facing, backend: u16, key_id: u8, call_id: &[u8]) {
+    if facing == Facing::Backends {
+        mac.update(BACKEND_FACING);
+    }
     mac.update(&backend.to_be_bytes());
     mac.update(&[key_id]);
     mac.update(call_id);
 }
 
-fn compute_mac(keyed: &HmacSha256, backend: u16, key_id: u8, call_id: &[u8]) -> [u8; MAC_LEN] {
+fn compute_mac(
+    keyed: &HmacSha256,
+    facing: Facing,
+    backend: u16,
+    key_id: u8,
+    call_id: &[u8],
+) -> [u8; MAC_LEN] {
     let mut mac = keyed.clone();
-    feed(&mut mac, backend, key_id, call_id);
+    feed(&mut mac, facing, backend, key_id, call_id);
     let full = mac.finalize().into_bytes();
     let mut out = [0u8; MAC_LEN];
     out.copy_from_slice(&full[..MAC_LEN]);
@@ -233,6 +291,9 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 /// Domain separation: the rendezvous key is an HMAC of this label, never of tag input (which
 /// starts with a 2-byte backend index, so it cannot collide with a label this long).
 const RENDEZVOUS_LABEL: &[u8] = b"siplb rendezvous";
+/// Domain separation of backend-facing tags: the frontend-facing MAC input starts with the
+/// backend index, whose high byte is never 0xff (validation caps the backend list far below).
+const BACKEND_FACING: &[u8] = &[0xff, b'b'];
 
 #[cfg(test)]
 mod tests {
@@ -309,6 +370,31 @@ mod tests {
         signer.write(&mut out, BackendId::for_test(3), b"c");
         assert!(out.starts_with(b"lb=3.1."));
         assert_eq!(signer.verify(&out[3..], b"c"), Ok(BackendId::for_test(3)));
+    }
+
+    #[test]
+    fn facing_sides_are_distinct() {
+        let signer = TagSigner::new(&[key(1, 7)]);
+        let mut out = BytesMut::new();
+        signer.write_facing(&mut out, BackendId::for_test(3), b"c", Facing::Backends);
+        assert!(out.starts_with(b"b3.1."));
+        assert_eq!(
+            signer.verify_facing(&out, b"c"),
+            Ok((BackendId::for_test(3), Facing::Backends))
+        );
+        let front = tag_text(&signer, 3, b"c");
+        assert_eq!(
+            signer.verify_facing(&front, b"c"),
+            Ok((BackendId::for_test(3), Facing::Frontends))
+        );
+        // A frontend that prefixes `b` to the tag it saw does not get a backend-facing one.
+        let mut forged = b"b".to_vec();
+        forged.extend_from_slice(&front);
+        assert_eq!(signer.verify_facing(&forged, b"c"), Err(TagError::BadMac));
+        assert_eq!(
+            signer.verify_facing(&out[1..], b"c"),
+            Err(TagError::BadMac)
+        );
     }
 
     #[test]

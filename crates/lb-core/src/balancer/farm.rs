@@ -471,6 +471,7 @@ impl Balancer {
         self.config = ValidConfig {
             config,
             advertise: new.advertise,
+            advertise_backend: new.advertise_backend,
             backups,
         };
         for i in self.config.config.backends.len() - added..self.config.config.backends.len() {
