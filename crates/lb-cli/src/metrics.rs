@@ -170,7 +170,8 @@ impl Collector for SnapshotCollector {
             match series.kind {
                 Kind::Gauge => {
                     let gauge = ConstGauge::new(value);
-                    let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+                    let metric =
+                        encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
                     gauge.encode(metric)?;
                 }
                 Kind::Counter => {

@@ -25,6 +25,7 @@ use slab::Slab;
 use smallvec::SmallVec;
 
 use crate::config::{BackendConfig, BackendMode, ValidConfig};
+use crate::conn_token::ConnTokens;
 use crate::envelope::{self, Envelope, EnvelopeDecoder, Transport};
 use crate::framing::{Frame, StreamFramer};
 use crate::hops::{HopName, HopTable, ALIASES_PER_CONN_MAX};
@@ -40,7 +41,9 @@ use crate::select::{rendezvous, Candidate, Selector};
 use crate::stats::Stats;
 use crate::tag::TagSigner;
 
+mod dial;
 mod farm;
+mod route;
 mod timeouts;
 
 pub use farm::BackendStatus;
@@ -61,6 +64,8 @@ pub struct Balancer {
     rendezvous_key: [u8; 16],
     /// Keys the balancer's own Via branches.
     branch_key: [u8; 16],
+    /// Names connections in the balancer's own Via.
+    tokens: ConnTokens,
     hops: HopTable,
     rng: SmallRng,
     /// Reconnects and probes: irregular deadlines, one min-heap.
@@ -84,11 +89,16 @@ struct Conn {
 
 #[derive(Debug)]
 enum Side {
+    /// A connection to a SIP peer in front of the balancer: accepted, or dialled out.
     Frontend {
         peer: SocketAddr,
         framer: StreamFramer,
         aliases: SmallVec<[HopName; 1]>,
         liveness: Liveness,
+        /// A dial-out not yet connected, with what waits for it.
+        dialling: Option<Box<dial::Dialling>>,
+        /// The balancer opened it (counted against `limits.dial_outs_max`).
+        dialled: bool,
     },
     Backend {
         backend: BackendId,
@@ -121,6 +131,7 @@ impl Balancer {
         let table_key: [u8; 16] = rng.random();
         let hop_key: [u8; 16] = rng.random();
         let branch_key: [u8; 16] = rng.random();
+        let token_key: [u8; 16] = rng.random();
         let c = &config.config;
         let signer = TagSigner::new(&c.tag_keys);
         let backends = c.backends.iter().map(Backend::new).collect();
@@ -136,6 +147,7 @@ impl Balancer {
             rendezvous_key: signer.shared_hash_key(),
             signer,
             branch_key,
+            tokens: ConnTokens::new(token_key),
             hops: HopTable::new(hop_key),
             conns: Slab::new(),
             generation: 0,
@@ -185,6 +197,8 @@ impl Balancer {
             framer: StreamFramer::default(),
             aliases: SmallVec::new(),
             liveness: Liveness::new(self.now),
+            dialling: None,
+            dialled: false,
         };
         let conn = self.insert_conn(side);
         self.stats.frontends_open += 1;
@@ -206,7 +220,10 @@ impl Balancer {
         self.advance(now);
         match input {
             Input::Received { conn, bytes } => self.handle_received(conn, bytes),
-            Input::Connected { conn } => self.handle_connected(conn),
+            Input::Connected { conn } => match self.conn(conn).map(|c| &c.side) {
+                Some(Side::Frontend { .. }) => self.dial_connected(conn),
+                _ => self.handle_connected(conn),
+            },
             Input::Closed { conn, reason } => self.handle_closed(conn, reason),
             Input::Backends(change) => self.handle_backend_change(change),
             Input::Reload(config) => self.handle_reload(*config),
@@ -304,11 +321,24 @@ impl Balancer {
         let conn = self.conns.remove(id.slot());
         tracing::debug!(conn = %id, ?reason, "connection closed");
         match conn.side {
-            Side::Frontend { peer, aliases, .. } => {
-                self.stats.frontends_open -= 1;
+            Side::Frontend {
+                peer,
+                aliases,
+                dialling,
+                dialled,
+                ..
+            } => {
+                if dialled {
+                    self.stats.dial_outs_open -= 1;
+                } else {
+                    self.stats.frontends_open -= 1;
+                }
                 self.hops.remove_peer(id, peer);
                 for alias in &aliases {
                     self.hops.remove_alias(id, alias);
+                }
+                if let Some(dialling) = dialling {
+                    self.dial_failed(id, *dialling);
                 }
             }
             Side::Backend { backend, .. } => self.backend_closed(backend, id),
@@ -475,8 +505,6 @@ impl Balancer {
         match from_backend {
             None => {
                 if message.is_request() {
-                    self.stats.frontend_requests_in += 1;
-                    self.learn_alias(conn, &message);
                     self.route_frontend_request(source, message);
                 } else {
                     self.stats.frontend_responses_in += 1;
@@ -549,268 +577,6 @@ impl Balancer {
         self.hops.add_alias(conn, &name);
     }
 
-    // ----- routing -----
-
-    fn route_frontend_request(&mut self, source: Source, message: SipMessage) {
-        let call_id = message.call_id();
-        let method = message.method().unwrap_or(Method::Other);
-        let mut edits = Edits::new();
-        let mut target = None;
-        let mut initial = false;
-        let mut table_key = None;
-
-        if let Some(route) = message.top_route.filter(|r| r.lb.is_some()) {
-            // The balancer's own entry: a loose router removes it (RFC 3261 §16.4).
-            edits.push(cut_entry(
-                route.line,
-                route.sole_entry,
-                route.entry_with_comma,
-            ));
-            let tag = route.lb.map(|s| message.slice(s)).unwrap_or_default();
-            target = self.verify(tag, call_id);
-        }
-        if target.is_none() {
-            if let Some(span) = message.tag_header {
-                target = self.verify(message.slice(span), call_id);
-            }
-        }
-        if target.is_some() {
-            self.stats.tagged += 1;
-        } else {
-            let key = self.table.key(call_id);
-            table_key = Some(key);
-            initial = !message.to_tag
-                && !matches!(method, Method::Ack | Method::Cancel | Method::Register);
-            if let Some(backend) = self.table.lookup(key) {
-                self.stats.table_hits += 1;
-                target = Some(backend);
-            } else {
-                if method == Method::Ack {
-                    return self.drop_message(source.conn, "ACK of an unknown call");
-                }
-                // A CANCEL of a call never seen, or an in-dialog request (To tag) without a tag
-                // that verifies: no backend can own it, and making it a new call would let
-                // forged requests fill the table.
-                if method == Method::Cancel || message.to_tag {
-                    self.stats.replies_481 += 1;
-                    self.reply(source, &message.bytes, Reply::NoTransaction);
-                    return;
-                }
-                let Some(backend) = self.choose_backend() else {
-                    return self.unavailable(source, &message, "No Backend Available");
-                };
-                if self
-                    .table
-                    .insert(self.now, key, backend, method == Method::Invite)
-                    .is_err()
-                {
-                    return self.unavailable(source, &message, "Too Many Calls Being Set Up");
-                }
-                self.stats.new_calls += 1;
-                target = Some(backend);
-            }
-        }
-        let Some(tagged_backend) = target else { return };
-        let Some(backend) = self.available(tagged_backend, call_id) else {
-            if method == Method::Ack {
-                return self.drop_message(source.conn, "ACK for a backend that is down");
-            }
-            return self.unavailable(source, &message, "No Backend Available");
-        };
-        if let Some(key) = table_key.filter(|_| backend != tagged_backend) {
-            // The call continues on the backup; its later untagged messages must follow it.
-            self.table.reassign(key, backend);
-        }
-
-        if let Some(peer) = source.peer {
-            stamp_via(&message, peer, &mut edits);
-        }
-        if initial {
-            edits.push(Edit::insert(message.start_line_end, Insertion::RecordRoute));
-            if self.config.config.tag_header.is_some() {
-                edits.push(Edit::insert(message.start_line_end, Insertion::TagHeader));
-            }
-        }
-        let envelope = Envelope {
-            addr: source.peer,
-            transport: Transport::Tcp,
-            load: None,
-        };
-        self.forward_to_backend(backend, envelope, &message, &mut edits);
-    }
-
-    fn route_frontend_response(&mut self, source: Source, message: SipMessage) {
-        let via = message.top_via;
-        let Some(tag) = via.lb else {
-            return self.drop_message(source.conn, "response without the balancer's Via");
-        };
-        let Some(tagged) = self.verify(message.slice(tag), message.call_id()) else {
-            return self.drop_message(source.conn, "response with a bad tag");
-        };
-        self.stats.tagged += 1;
-        let Some(backend) = self.available(tagged, message.call_id()) else {
-            return self.drop_message(source.conn, "response for a backend that is down");
-        };
-        let mut edits = Edits::new();
-        edits.push(cut_entry(via.line, via.sole_value, via.value_with_comma));
-        let envelope = Envelope {
-            addr: source.peer,
-            transport: Transport::Tcp,
-            load: None,
-        };
-        self.forward_to_backend(backend, envelope, &message, &mut edits);
-    }
-
-    fn route_backend_response(&mut self, source: Source, backend: BackendId, message: SipMessage) {
-        let mut edits = Edits::new();
-        if let StartLine::Response { status } = message.start {
-            if message.cseq_method == Method::Invite && status >= 200 {
-                let key = self.table.key(message.call_id());
-                self.table.settle(self.now, key);
-            }
-            if message.cseq_method == Method::Invite && status == 503 {
-                self.note_overload(backend, &message);
-                // RFC 3261 §16.7 step 6: a 503 goes upstream only when every later request
-                // would get one too; otherwise it becomes a 500, so the proxy retries the call
-                // (landing on another backend) instead of treating the whole farm as down.
-                let farm_can_take_calls =
-                    (0..self.backends.len()).any(|i| self.takes_new_calls(BackendId::new(i)));
-                if farm_can_take_calls {
-                    edits.push(Edit {
-                        at: 0,
-                        cut: message.start_line_end,
-                        insert: Insertion::Raw(b"SIP/2.0 500 Server Internal Error\r\n"),
-                    });
-                }
-            }
-        }
-        // The backend's resolved next hop first; the Via it echoed if that names no connection.
-        let conn = source
-            .envelope
-            .and_then(|e| e.addr)
-            .and_then(|addr| self.hops.lookup_addr(addr))
-            .or_else(|| self.via_hop(&message));
-        let Some(conn) = conn.filter(|c| self.conn(*c).is_some_and(|c| !c.closing)) else {
-            return self.drop_message(source.conn, "no connection to the response's next hop");
-        };
-        self.stats.to_frontend += 1;
-        if edits.is_empty() {
-            // Nothing to change: the received bytes go out as they are, without a copy.
-            return self.send(conn, message.bytes);
-        }
-        self.send_rewritten(conn, backend, &message, &mut edits, None);
-    }
-
-    fn route_backend_request(&mut self, source: Source, backend: BackendId, message: SipMessage) {
-        let mut edits = Edits::new();
-        let mut next = message.top_route.map(|r| r.host_port);
-        if let Some(route) = message.top_route.filter(|r| r.lb.is_some()) {
-            edits.push(cut_entry(
-                route.line,
-                route.sole_entry,
-                route.entry_with_comma,
-            ));
-            next = message.second_route;
-        }
-        let next = next.or(message.request_uri_host);
-        let conn = source
-            .envelope
-            .and_then(|e| e.addr)
-            .and_then(|addr| self.hops.lookup_addr(addr))
-            .or_else(|| next.and_then(|hp| self.host_port_hop(&message, hp)));
-        let Some(conn) = conn.filter(|c| self.conn(*c).is_some_and(|c| !c.closing)) else {
-            if message.method() == Some(Method::Ack) {
-                return self.drop_message(source.conn, "ACK with no route to a frontend");
-            }
-            return self.unavailable(source, &message, "No Route To Frontend");
-        };
-        let branch = message
-            .top_via
-            .branch
-            .map_or(message.call_id(), |b| message.slice(b));
-        let mut hasher = SipHasher13::new_with_key(&self.branch_key);
-        hasher.write(branch);
-        edits.push(Edit::insert(
-            message.start_line_end,
-            Insertion::OwnVia {
-                branch: hasher.finish(),
-            },
-        ));
-        self.stats.to_frontend += 1;
-        self.send_rewritten(conn, backend, &message, &mut edits, None);
-    }
-
-    /// The frontend a response's top Via names: `received`/`rport` (stamped on the way in),
-    /// else its sent-by.
-    fn via_hop(&self, message: &SipMessage) -> Option<ConnId> {
-        let via = message.top_via;
-        let rport = match via.rport {
-            Rport::Value(p) => Some(p),
-            Rport::Absent | Rport::Empty { .. } => None,
-        };
-        if via.received.is_some() || rport.is_some() {
-            let host = via.received.unwrap_or(via.sent_by.host);
-            let port = rport.or(via.sent_by.port).unwrap_or(5060);
-            if let Some(conn) = self.hops.lookup_host(message.slice(host), port) {
-                return Some(conn);
-            }
-        }
-        self.host_port_hop(message, via.sent_by)
-    }
-
-    fn host_port_hop(&self, message: &SipMessage, hp: HostPort) -> Option<ConnId> {
-        self.hops
-            .lookup_host(message.slice(hp.host), hp.port.unwrap_or(5060))
-    }
-
-    fn verify(&mut self, tag: &[u8], call_id: &[u8]) -> Option<BackendId> {
-        match self.signer.verify(tag, call_id) {
-            Ok(b) if b.index() < self.backends.len() => Some(b),
-            Ok(_) | Err(_) => {
-                self.stats.tag_failures += 1;
-                None
-            }
-        }
-    }
-
-    /// A backend for a new call among those that take new calls (see `farm`).
-    fn choose_backend(&mut self) -> Option<BackendId> {
-        let mut candidates: SmallVec<[Candidate; 16]> = SmallVec::new();
-        for i in 0..self.backends.len() {
-            let id = BackendId::new(i);
-            if self.takes_new_calls(id) {
-                let load = match self.backends[i].load {
-                    Some(l) => u64::from(l),
-                    None => u64::from(self.table.assigned(id)),
-                };
-                let weight = self.config.config.backends[i].weight;
-                candidates.push(Candidate { id, weight, load });
-            }
-        }
-        self.selector.select(&candidates, &mut self.rng)
-    }
-
-    /// `backend` if it is up, else its backup: the configured one if up, else the rendezvous
-    /// winner among the backends that are up (draining ones included: they still serve calls).
-    fn available(&mut self, backend: BackendId, call_id: &[u8]) -> Option<BackendId> {
-        if self.is_backend_up(backend) {
-            return Some(backend);
-        }
-        let backup = match self.config.backups[backend.index()].filter(|b| self.is_backend_up(*b)) {
-            Some(b) => Some(b),
-            None => {
-                let up = (0..self.backends.len())
-                    .map(BackendId::new)
-                    .filter(|b| self.is_backend_up(*b));
-                rendezvous(self.rendezvous_key, call_id, up)
-            }
-        };
-        if backup.is_some() {
-            self.stats.to_backup += 1;
-        }
-        backup
-    }
-
     // ----- bytes out -----
 
     fn forward_to_backend(
@@ -842,7 +608,13 @@ impl Balancer {
         edits: &mut Edits,
         envelope: Option<&Envelope>,
     ) -> bool {
-        let cx = context(&self.config, &self.signer, backend, message.call_id());
+        let cx = context(
+            &self.config,
+            &self.signer,
+            &self.tokens,
+            backend,
+            message.call_id(),
+        );
         let Some(out) = self.conns.get_mut(conn.slot()).map(|c| &mut c.out) else {
             return false;
         };
@@ -858,13 +630,19 @@ impl Balancer {
 
     fn send(&mut self, conn: ConnId, bytes: Bytes) {
         self.stats.bytes_out += bytes.len() as u64;
-        self.outputs.push_back(Output::Send { conn, bytes });
+        if let Some(bytes) = self.hold_while_dialling(conn, bytes) {
+            self.outputs.push_back(Output::Send { conn, bytes });
+        }
     }
 
     /// Answers `request` on the connection it came from. Returns `false` when no response can
     /// be built (a header it must copy is missing).
     fn reply(&mut self, source: Source, request: &[u8], reply: Reply) -> bool {
-        let envelope_mode = match self.conn(source.conn).map(|c| &c.side) {
+        let envelope_mode = match self
+            .conn(source.conn)
+            .filter(|c| !c.closing)
+            .map(|c| &c.side)
+        {
             Some(Side::Backend {
                 reader: BackendReader::Envelope(_),
                 ..
@@ -955,12 +733,15 @@ fn frames_alone(bytes: &[u8], tag_header: Option<&[u8]>, headers_max: usize) -> 
 fn context<'a>(
     config: &'a ValidConfig,
     signer: &'a TagSigner,
+    tokens: &'a ConnTokens,
     backend: BackendId,
     call_id: &'a [u8],
 ) -> Context<'a> {
     Context {
         advertise: &config.advertise,
+        advertise_backend: &config.advertise_backend,
         signer,
+        tokens,
         backend,
         call_id,
         tag_header: config.config.tag_header.as_deref(),

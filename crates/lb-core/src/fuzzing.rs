@@ -521,6 +521,8 @@ struct Link {
     closing: bool,
     /// `Input::Closed` was reported: the id is dead.
     closed: bool,
+    /// A frontend the core dialled (`Output::Dial`), not one the harness accepted.
+    dialled: bool,
 }
 
 /// A message the core sent, kept to answer or replay it.
@@ -663,6 +665,7 @@ impl Harness {
                     connected: true,
                     closing: false,
                     closed: false,
+                    dialled: false,
                 });
                 self.drain();
             }
@@ -688,9 +691,7 @@ impl Harness {
                 self.feed(c, i, payload);
             }
             7 => {
-                let Some(i) = self.pick(c, |l| {
-                    !l.closed && !l.connected && matches!(l.role, Role::Backend { .. })
-                }) else {
+                let Some(i) = self.pick(c, |l| !l.closed && !l.connected) else {
                     return;
                 };
                 self.links[i].connected = true;
@@ -1022,6 +1023,21 @@ impl Harness {
                         connected: false,
                         closing: false,
                         closed: false,
+                        dialled: false,
+                    });
+                }
+                Output::Dial { conn, to } => {
+                    assert!(
+                        self.links.iter().all(|l| l.closed || l.id != conn),
+                        "Dial with {conn:?}, which is open"
+                    );
+                    self.links.push(Link {
+                        id: conn,
+                        role: Role::Frontend { peer: to },
+                        connected: false,
+                        closing: false,
+                        closed: false,
+                        dialled: true,
                     });
                 }
                 Output::Close { conn } => {
@@ -1105,7 +1121,7 @@ impl Harness {
         let frontends = self
             .links
             .iter()
-            .filter(|l| !l.closed && matches!(l.role, Role::Frontend { .. }))
+            .filter(|l| !l.closed && !l.dialled && matches!(l.role, Role::Frontend { .. }))
             .count() as u64;
         assert_eq!(stats.frontends_open, frontends, "frontends_open gauge");
         let connected = self

@@ -137,6 +137,24 @@ fn host_key(host: &[u8], port: u16) -> SmallVec<[u8; 64]> {
     key
 }
 
+/// Whether `host` and `port` (as written in a URI) name `advertised`, a validated
+/// `host[:port]` (port 5060 when absent): host names case-insensitively, IP literals by value.
+pub(crate) fn same_host_port(advertised: &str, host: &[u8], port: u16) -> bool {
+    let (a_host, a_port) = match advertised.rsplit_once(':') {
+        // `[v6]` alone has colons inside its brackets: a port follows only a `]` or no colon.
+        Some((h, p)) if !h.contains(':') || h.ends_with(']') => (h, p.parse().unwrap_or(0)),
+        _ => (advertised, 5060),
+    };
+    if a_port != port {
+        return false;
+    }
+    match (parse_ip(a_host.as_bytes()), parse_ip(host)) {
+        (Some(a), Some(b)) => a == b,
+        (None, None) => a_host.as_bytes().eq_ignore_ascii_case(host),
+        _ => false,
+    }
+}
+
 /// An IP literal as written in SIP: dotted IPv4, or IPv6 in brackets (or bare).
 pub(crate) fn parse_ip(host: &[u8]) -> Option<IpAddr> {
     if let Some(v4) = parse_ipv4_fast(host) {
@@ -187,6 +205,21 @@ impl BuildHasher for Keyed {
 
     fn build_hasher(&self) -> SipHasher13 {
         SipHasher13::new_with_key(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod same_host_port_tests {
+    use super::same_host_port;
+
+    #[test]
+    fn advertised_addresses_match_as_written_or_by_value() {
+        assert!(same_host_port("127.0.0.1:5070", b"127.0.0.1", 5070));
+        assert!(!same_host_port("127.0.0.1:5070", b"127.0.0.1", 5060));
+        assert!(same_host_port("LB.example.com", b"lb.EXAMPLE.com", 5060));
+        assert!(same_host_port("[::1]:5070", b"[0:0::1]", 5070));
+        assert!(same_host_port("[::1]", b"[::1]", 5060));
+        assert!(!same_host_port("lb.example.com:5060", b"127.0.0.1", 5060));
     }
 }
 

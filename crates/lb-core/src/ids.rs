@@ -27,6 +27,16 @@ impl ConnId {
     pub(crate) fn generation(self) -> u32 {
         self.generation
     }
+
+    /// Slot and generation, for the connection token.
+    pub(crate) fn parts(self) -> (u32, u32) {
+        (self.slot, self.generation)
+    }
+
+    /// The id with these parts; it names a live connection only if the core checks it does.
+    pub(crate) fn from_parts(slot: u32, generation: u32) -> ConnId {
+        ConnId { slot, generation }
+    }
 }
 
 impl fmt::Display for ConnId {

@@ -17,7 +17,7 @@ pub enum Input {
         /// The bytes; the core keeps slices of them, so hand over a `split_to` of the read buffer.
         bytes: BytesMut,
     },
-    /// A backend connection asked for by [`Output::Connect`] is established.
+    /// A connection asked for by [`Output::Connect`] or [`Output::Dial`] is established.
     Connected {
         /// The connection.
         conn: ConnId,
@@ -84,6 +84,15 @@ pub enum Output {
         conn: ConnId,
         /// The backend it belongs to.
         backend: BackendId,
+        /// Where to connect.
+        to: SocketAddr,
+    },
+    /// Open a TCP connection to a frontend (dial-out) and register it as `conn`; then report
+    /// [`Input::Connected`] or [`Input::Closed`]. The core sends nothing on it before
+    /// `Connected`; from then on it is a frontend connection like an accepted one.
+    Dial {
+        /// The id the core gave the new connection.
+        conn: ConnId,
         /// Where to connect.
         to: SocketAddr,
     },

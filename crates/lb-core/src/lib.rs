@@ -40,6 +40,7 @@
 
 mod balancer;
 mod config;
+mod conn_token;
 pub mod envelope;
 mod framing;
 #[doc(hidden)]

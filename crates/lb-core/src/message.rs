@@ -139,6 +139,8 @@ pub(crate) struct Via {
     pub(crate) rport: Rport,
     /// Value of the balancer's `lb` parameter.
     pub(crate) lb: Option<Span>,
+    /// Value of the balancer's `lbc` parameter: the connection a request came on.
+    pub(crate) lbc: Option<Span>,
 }
 
 /// The first route-param of the first Route header.
@@ -982,6 +984,7 @@ fn parse_via(b: &[u8], line: Span, vs: usize, ve: usize) -> Result<Via, ParseErr
         received: None,
         rport: Rport::Absent,
         lb: None,
+        lbc: None,
     };
     let mut p = skip_lws(b, last, ve);
     while p < ve && b[p] == b';' {
@@ -1007,6 +1010,8 @@ fn parse_via(b: &[u8], line: Span, vs: usize, ve: usize) -> Result<Via, ParseErr
             via.received = via.received.or(value);
         } else if name.eq_ignore_ascii_case(b"lb") {
             via.lb = via.lb.or(value);
+        } else if name.eq_ignore_ascii_case(b"lbc") {
+            via.lbc = via.lbc.or(value);
         } else if name.eq_ignore_ascii_case(b"rport") && via.rport == Rport::Absent {
             via.rport = match value {
                 None => Rport::Empty {

@@ -17,6 +17,10 @@ pub(crate) enum Reply {
     Malformed { status: u16, reason: &'static str },
     /// `481 Call/Transaction Does Not Exist`: a CANCEL for a call the balancer never saw.
     NoTransaction,
+    /// `483 Too Many Hops`: Max-Forwards reached zero (RFC 3261 §16.3 item 3).
+    TooManyHops,
+    /// `482 Loop Detected`: the request would go back where it came from (RFC 3261 §21.4.20).
+    LoopDetected,
     /// `503 Service Unavailable` with `Retry-After` (RFC 3261 §21.5.4).
     Unavailable {
         retry_after: Duration,
@@ -47,6 +51,8 @@ pub(crate) fn write(out: &mut BytesMut, request: &[u8], reply: Reply) -> bool {
     let _ = match reply {
         Reply::Malformed { status, reason } => write!(w, "SIP/2.0 {status} {reason}\r\n"),
         Reply::NoTransaction => write!(w, "SIP/2.0 481 Call/Transaction Does Not Exist\r\n"),
+        Reply::TooManyHops => write!(w, "SIP/2.0 483 Too Many Hops\r\n"),
+        Reply::LoopDetected => write!(w, "SIP/2.0 482 Loop Detected\r\n"),
         Reply::Unavailable { reason, .. } => write!(w, "SIP/2.0 503 {reason}\r\n"),
     };
     for (name, span) in header_lines(head) {

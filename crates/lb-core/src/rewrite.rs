@@ -11,9 +11,10 @@ use std::net::IpAddr;
 use bytes::{BufMut, BytesMut};
 use smallvec::SmallVec;
 
-use crate::ids::BackendId;
+use crate::conn_token::ConnTokens;
+use crate::ids::{BackendId, ConnId};
 use crate::message::Span;
-use crate::tag::TagSigner;
+use crate::tag::{Facing, TagSigner};
 
 /// One splice: at `at`, drop `cut` bytes, then write `insert`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,14 +29,29 @@ pub(crate) struct Edit {
 pub(crate) enum Insertion {
     /// Nothing: a pure cut.
     Nothing,
-    /// `Record-Route: <sip:ADVERTISE;transport=tcp;lr;lb=TAG>` line (RFC 3261 §16.6 step 4).
+    /// `Record-Route: <sip:ADVERTISE_BACKEND;transport=tcp;lr;lb=bTAG>` line (RFC 3261 §16.6
+    /// step 4) on an initial request passed to a backend: the entry backends see, with the
+    /// backend-facing tag.
     RecordRoute,
+    /// `sip:ADVERTISE;transport=tcp;lr;lb=TAG`: the URI of the balancer's Record-Route entry as
+    /// frontends see it, replacing the backend-facing one in a response going upstream
+    /// (RFC 3261 §16.7 step 4).
+    FrontendRouteUri,
+    /// `Max-Forwards: 70` line for a request that had none (RFC 3261 §16.6 step 3).
+    MaxForwards,
+    /// A decimal number: the decremented Max-Forwards value.
+    Decimal(u32),
     /// The configured extension header carrying the tag.
     TagHeader,
     /// The balancer's own `Via` line with the tag, for requests a backend originates; `branch` is
     /// derived from the received branch so retransmissions and CANCEL keep a stable one
     /// (RFC 3261 §16.11).
-    OwnVia { branch: u64 },
+    /// `came_on` names the connection the request came on (`lbc`, see `conn_token`) when it is
+    /// not the backend's own connection, so that the response goes back there.
+    OwnVia {
+        branch: u64,
+        came_on: Option<ConnId>,
+    },
     /// `;received=IP` on the top Via (RFC 3261 §18.2.1).
     Received(IpAddr),
     /// `=PORT` after a bare `rport` (RFC 3581 §4).
@@ -51,7 +67,10 @@ pub(crate) type Edits = SmallVec<[Edit; 6]>;
 pub(crate) struct Context<'a> {
     /// `host[:port]` of the balancer.
     pub(crate) advertise: &'a str,
+    /// `host[:port]` of the balancer as backends reach it.
+    pub(crate) advertise_backend: &'a str,
     pub(crate) signer: &'a TagSigner,
+    pub(crate) tokens: &'a ConnTokens,
     /// The backend the tag names.
     pub(crate) backend: BackendId,
     pub(crate) call_id: &'a [u8],
@@ -92,10 +111,21 @@ fn write_insertion(out: &mut BytesMut, insert: Insertion, cx: &Context<'_>) {
         Insertion::Nothing => {}
         Insertion::RecordRoute => {
             out.put_slice(b"Record-Route: <sip:");
+            out.put_slice(cx.advertise_backend.as_bytes());
+            out.put_slice(b";transport=tcp;lr;lb=");
+            cx.signer
+                .write_facing(out, cx.backend, cx.call_id, Facing::Backends);
+            out.put_slice(b">\r\n");
+        }
+        Insertion::FrontendRouteUri => {
+            out.put_slice(b"sip:");
             out.put_slice(cx.advertise.as_bytes());
             out.put_slice(b";transport=tcp;lr;lb=");
             cx.signer.write(out, cx.backend, cx.call_id);
-            out.put_slice(b">\r\n");
+        }
+        Insertion::MaxForwards => out.put_slice(b"Max-Forwards: 70\r\n"),
+        Insertion::Decimal(n) => {
+            let _ = write!(BufWriter(out), "{n}");
         }
         Insertion::TagHeader => {
             if let Some(name) = cx.tag_header {
@@ -105,13 +135,17 @@ fn write_insertion(out: &mut BytesMut, insert: Insertion, cx: &Context<'_>) {
                 out.put_slice(b"\r\n");
             }
         }
-        Insertion::OwnVia { branch } => {
+        Insertion::OwnVia { branch, came_on } => {
             out.put_slice(b"Via: SIP/2.0/TCP ");
             out.put_slice(cx.advertise.as_bytes());
             out.put_slice(b";branch=z9hG4bK");
             put_hex(out, branch);
             out.put_slice(b";lb=");
             cx.signer.write(out, cx.backend, cx.call_id);
+            if let Some(conn) = came_on {
+                out.put_slice(b";lbc=");
+                cx.tokens.write(out, conn, cx.call_id);
+            }
             out.put_slice(b"\r\n");
         }
         Insertion::Received(ip) => {

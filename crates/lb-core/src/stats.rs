@@ -101,10 +101,10 @@ stats_table! {
     counter dial_out_refused: "Requests refused with 503 because dial-out was at its limits";
     gauge backends_up: "Backends up now";
     gauge frontends_open: "Frontend connections open now";
+    gauge dial_outs_open: "Connections toward frontends the balancer opened, open or opening now";
     gauge table_len: "New-call table entries now";
     gauge table_len_max: "Largest number of new-call table entries seen";
 }
-
 
 impl std::fmt::Display for Stats {
     /// One line of `name=value` pairs, every counter, in declaration order: what the binaries

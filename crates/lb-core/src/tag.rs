@@ -391,10 +391,7 @@ mod tests {
         let mut forged = b"b".to_vec();
         forged.extend_from_slice(&front);
         assert_eq!(signer.verify_facing(&forged, b"c"), Err(TagError::BadMac));
-        assert_eq!(
-            signer.verify_facing(&out[1..], b"c"),
-            Err(TagError::BadMac)
-        );
+        assert_eq!(signer.verify_facing(&out[1..], b"c"), Err(TagError::BadMac));
     }
 
     #[test]

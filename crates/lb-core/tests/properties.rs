@@ -874,6 +874,7 @@ impl World {
     fn collect(&mut self) -> Result<Outs, String> {
         let mut outs = Outs::default();
         let mut closes = Vec::new();
+        let mut dials: Vec<ConnId> = Vec::new();
         while let Some(o) = self.lb.poll_output() {
             match o {
                 Output::Send { conn, bytes } => {
@@ -892,9 +893,26 @@ impl World {
                     self.be[j].conn = Some(conn);
                     self.be[j].up = false;
                 }
+                Output::Dial { conn, to } => {
+                    ensure!(
+                        to.ip().to_string() == "192.0.2.77",
+                        "dialled {to}, which no message named as a next hop"
+                    );
+                    dials.push(conn);
+                }
                 Output::Close { conn } => closes.push(conn),
                 Output::Event(e) => outs.events.push(e),
             }
+        }
+        // The model's network reaches no host but its own peers: every dial-out is refused.
+        for conn in dials {
+            self.input(Input::Closed {
+                conn,
+                reason: CloseReason::Error,
+            });
+            let more = self.collect()?;
+            outs.sends.extend(more.sends);
+            outs.events.extend(more.events);
         }
         for conn in closes {
             ensure!(
@@ -1875,7 +1893,8 @@ impl World {
                 Ok(())
             }
             9 => {
-                // A backend's request for a frontend the balancer does not know: 503 back.
+                // A backend's request for a frontend the balancer has no connection to: it dials
+                // the Request-URI's address, the model's network refuses, and a 503 goes back.
                 let Some(j) = up else { return Ok(()) };
                 let bye = request("BYE", ";tag=x", "").replace(
                     "sip:bob@example.com SIP/2.0",
@@ -2091,7 +2110,12 @@ fn check_copy(msg: &str, j: usize, call_id: &str, tag_header: bool) -> Result<()
         .lines()
         .find(|l| l.starts_with("Record-Route:"))
         .ok_or_else(|| format!("INVITE without Record-Route at backend {j}: {msg:?}"))?;
-    let tagged = lb_tag(rr).and_then(|t| tag_backend(&t));
+    let rr_tag = lb_tag(rr).unwrap_or_default();
+    ensure!(
+        rr_tag.starts_with('b'),
+        "the Record-Route a backend sees carries a frontend-facing tag: {rr}"
+    );
+    let tagged = tag_backend(&rr_tag);
     ensure!(
         tagged == Some(j),
         "INVITE at backend {j} with a tag naming {tagged:?}: {rr}"
@@ -2107,7 +2131,7 @@ fn check_copy(msg: &str, j: usize, call_id: &str, tag_header: bool) -> Result<()
     });
     if tag_header {
         ensure!(
-            header.is_some() && header == lb_tag(rr).as_deref(),
+            header.is_some_and(|h| !h.starts_with('b')) && header.and_then(tag_backend) == tagged,
             "the {TAG_HEADER} header {header:?} does not carry the Record-Route's tag: {msg:?}"
         );
     } else {
@@ -2125,8 +2149,9 @@ fn lb_tag(line: &str) -> Option<String> {
     Some(line[start..end].to_string())
 }
 
-/// The backend a tag names (its first field).
+/// The backend a tag names (its first field, after the `b` of a backend-facing tag).
 fn tag_backend(tag: &str) -> Option<usize> {
+    let tag = tag.strip_prefix('b').unwrap_or(tag);
     tag.split('.').next()?.parse().ok()
 }
 

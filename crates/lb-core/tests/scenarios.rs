@@ -77,9 +77,7 @@ fn in_dialog_requests_follow_the_tag_after_the_window() {
     let fe = h.frontend(PROXY);
     h.receive(fe, invite("call-long", "z9hG4bKl").as_bytes());
     let (b, forwarded, _) = h.expect_to_backend();
-    let tag = record_route_tag(&forwarded).unwrap();
-    h.backend_sends(b, &response_to(&forwarded, "200 OK"), None);
-    h.expect_to_frontend();
+    let tag = h.answer_tag(b, &forwarded);
     // Long after the new-call window (within the idle timeout): only the tag can route.
     h.advance(Duration::from_secs(600));
     h.expect_nothing();
@@ -103,8 +101,8 @@ fn a_forged_tag_is_treated_as_untagged() {
     let mut h = Harness::new(config(3, BackendMode::Plain));
     let fe = h.frontend(PROXY);
     h.receive(fe, invite("call-f", "z9hG4bKf").as_bytes());
-    let (_, forwarded, _) = h.expect_to_backend();
-    let tag = record_route_tag(&forwarded).unwrap();
+    let (b, forwarded, _) = h.expect_to_backend();
+    let tag = h.answer_tag(b, &forwarded);
     // The tag of another call does not verify for this one.
     h.receive(fe, in_dialog("BYE", "other-call", &tag, 2).as_bytes());
     h.drain();
@@ -162,7 +160,8 @@ fn a_down_backends_calls_go_to_one_backup() {
         let call = format!("call-d{n}");
         h.receive(fe, invite(&call, &format!("z9hG4bKd{n}")).as_bytes());
         let (b, fwd, _) = h.expect_to_backend();
-        tags.push((call, b, record_route_tag(&fwd).unwrap()));
+        let tag = h.answer_tag(b, &fwd);
+        tags.push((call, b, tag));
     }
     h.kill_backend(1);
     assert!(h.events.contains(&Event::BackendDown(h.backend_id(1))));
@@ -200,7 +199,7 @@ fn configured_backup_takes_over_and_reconnect_restores() {
     h.receive(fe, invite("call-c", "z9hG4bKc").as_bytes());
     let (b, fwd, _) = h.expect_to_backend();
     assert_eq!(b, 0);
-    let tag = record_route_tag(&fwd).unwrap();
+    let tag = h.answer_tag(b, &fwd);
     h.kill_backend(0);
     h.receive(fe, in_dialog("BYE", "call-c", &tag, 2).as_bytes());
     assert_eq!(h.expect_to_backend().0, 2, "the configured backup");
@@ -367,7 +366,7 @@ fn draining_backend_gets_no_new_calls_but_keeps_its_own() {
     let fe = h.frontend(PROXY);
     h.receive(fe, invite("call-dr", "z9hG4bKdr").as_bytes());
     let (b, fwd, _) = h.expect_to_backend();
-    let tag = record_route_tag(&fwd).unwrap();
+    let tag = h.answer_tag(b, &fwd);
     let id = h.backend_id(b);
     h.input(Input::Backends(BackendChange::Drain(id)));
     h.drain();
@@ -604,7 +603,8 @@ fn reload_adds_drains_and_removes_backends_without_dropping_calls() {
             invite(&format!("r-{n}"), &format!("z9hG4bKr{n}")).as_bytes(),
         );
         let (b, fwd, _) = h.expect_to_backend();
-        tags.push((format!("r-{n}"), b, record_route_tag(&fwd).unwrap()));
+        let tag = h.answer_tag(b, &fwd);
+        tags.push((format!("r-{n}"), b, tag));
     }
     // Backend 1 removed, backend 0 drained, a new backend added.
     let mut next = cfg.clone();

@@ -354,18 +354,11 @@ impl Driver {
             }
             Output::Connect { conn, backend, to } => {
                 tracing::debug!(conn = %conn, backend = %backend, %to, "connecting");
-                match self.connect(conn, to) {
-                    Ok(()) => {
-                        self.connect_deadlines
-                            .push_back((Instant::now() + CONNECT_TIMEOUT, conn));
-                    }
-                    Err(e) => {
-                        tracing::debug!(conn = %conn, error = %e, "connect failed");
-                        let reason = CloseReason::Error;
-                        self.lb
-                            .handle_input(Instant::now(), Input::Closed { conn, reason });
-                    }
-                }
+                self.start_connect(conn, to, false);
+            }
+            Output::Dial { conn, to } => {
+                tracing::debug!(conn = %conn, %to, "dialling a frontend");
+                self.start_connect(conn, to, true);
             }
             Output::Close { conn } => {
                 let Some(c) = self.get(conn) else { return };
@@ -385,13 +378,30 @@ impl Driver {
         }
     }
 
-    fn connect(&mut self, conn: ConnId, to: SocketAddr) -> io::Result<()> {
+    /// Starts connecting `conn` to `to` (a backend, or a frontend the core dials out to), with
+    /// the connect timeout; a connect that fails at once is reported closed at once.
+    fn start_connect(&mut self, conn: ConnId, to: SocketAddr, frontend: bool) {
+        match self.connect(conn, to, frontend) {
+            Ok(()) => {
+                self.connect_deadlines
+                    .push_back((Instant::now() + CONNECT_TIMEOUT, conn));
+            }
+            Err(e) => {
+                tracing::debug!(conn = %conn, error = %e, "connect failed");
+                let reason = CloseReason::Error;
+                self.lb
+                    .handle_input(Instant::now(), Input::Closed { conn, reason });
+            }
+        }
+    }
+
+    fn connect(&mut self, conn: ConnId, to: SocketAddr, frontend: bool) -> io::Result<()> {
         let mut stream = TcpStream::connect(to)?;
         let interest = Interest::READABLE | Interest::WRITABLE;
         self.poll
             .registry()
             .register(&mut stream, Token(conn.slot()), interest)?;
-        self.insert(conn, stream, false, State::Connecting, interest);
+        self.insert(conn, stream, frontend, State::Connecting, interest);
         Ok(())
     }
 

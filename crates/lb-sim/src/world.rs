@@ -98,8 +98,17 @@ pub(crate) enum Ev {
 /// Who is at the other end of a balancer connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Peer {
-    Frontend { proxy: u16, k: u16 },
-    Backend { backend: u16, connected: bool },
+    Frontend {
+        proxy: u16,
+        k: u16,
+    },
+    Backend {
+        backend: u16,
+        connected: bool,
+    },
+    /// A dial-out toward a frontend. The simulated proxies keep their connections up and
+    /// reconnect on their own, so no simulated host accepts one: it is refused.
+    Refused,
 }
 
 #[derive(Debug)]
@@ -469,6 +478,12 @@ impl World {
                     let lat = self.tcp_latency() * 2;
                     self.after(lat, Ev::ConnectResult { lb: i as u8, conn });
                 }
+                Output::Dial { conn, .. } => {
+                    self.put_slot(i, conn, Peer::Refused);
+                    let lat = self.tcp_latency() * 2;
+                    let (lb, reason) = (i as u8, CloseReason::Error);
+                    self.after(lat, Ev::FeedClosed { lb, conn, reason });
+                }
                 Output::Close { conn } => self.close_conn(i, conn, CloseReason::Requested),
                 Output::Event(e) => self.lb_event(i, e),
             }
@@ -559,6 +574,8 @@ impl World {
         let (kind, dest) = match peer {
             Peer::Backend { backend, .. } => (TraceKind::LbToBackend, backend),
             Peer::Frontend { proxy, .. } => (TraceKind::LbToFrontend, proxy),
+            // The core sends nothing on a dial before it connects, and no dial connects here.
+            Peer::Refused => return,
         };
         self.trace.record(TraceEvent {
             t_us: self.now / 1000,
@@ -626,6 +643,7 @@ impl World {
                     self.n.tcp_lost += 1;
                 }
             }
+            Peer::Refused => {}
             Peer::Frontend { .. } => {
                 if let (Kind::Response(st), Method::Invite, Some(c)) =
                     (s.kind, s.cseq_method, s.call)
@@ -741,6 +759,7 @@ impl World {
                     .conns
                     .retain(|&(l, c)| !(usize::from(l) == i && c == conn));
             }
+            Peer::Refused => {}
             Peer::Frontend { proxy, k } => {
                 self.proxies[usize::from(proxy)].conns[i][usize::from(k)] = None;
                 self.after(

@@ -328,24 +328,11 @@ impl Owner {
             }
             Output::Connect { conn, backend, to } => {
                 tracing::debug!(conn = %conn, backend = %backend, %to, "connecting");
-                let (writes, rx) = mpsc::unbounded_channel();
-                let queued = Arc::new(AtomicUsize::new(0));
-                let task = tokio::spawn(connect_task(
-                    conn,
-                    to,
-                    rx,
-                    queued.clone(),
-                    self.notes.clone(),
-                ));
-                self.insert(Conn {
-                    id: conn,
-                    frontend: false,
-                    state: State::Connecting,
-                    writes,
-                    queued,
-                    reader: None,
-                    writer: task.abort_handle(),
-                });
+                self.connect(conn, to, false);
+            }
+            Output::Dial { conn, to } => {
+                tracing::debug!(conn = %conn, %to, "dialling a frontend");
+                self.connect(conn, to, true);
             }
             Output::Close { conn } => {
                 let Some(c) = self.get(conn) else { return };
@@ -365,6 +352,28 @@ impl Owner {
             }
             Output::Event(event) => self.ops.event(&self.lb, &event, now()),
         }
+    }
+
+    /// Starts connecting `conn` to `to` (a backend, or a frontend the core dials out to).
+    fn connect(&mut self, conn: ConnId, to: SocketAddr, frontend: bool) {
+        let (writes, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn(connect_task(
+            conn,
+            to,
+            rx,
+            queued.clone(),
+            self.notes.clone(),
+        ));
+        self.insert(Conn {
+            id: conn,
+            frontend,
+            state: State::Connecting,
+            writes,
+            queued,
+            reader: None,
+            writer: task.abort_handle(),
+        });
     }
 
     /// Feeds the one `Closed` of `conn` and forgets it; its tasks stop.

@@ -277,18 +277,11 @@ impl Driver {
                 }
                 Output::Connect { conn, backend, to } => {
                     tracing::debug!(conn = %conn, backend = %backend, %to, "connecting");
-                    self.insert(Conn {
-                        id: conn,
-                        stream: None,
-                        frontend: false,
-                        out: VecDeque::new(),
-                        queued: 0,
-                        closing: false,
-                    });
-                    let tx = self.connected_tx.clone();
-                    std::thread::spawn(move || {
-                        let _ = tx.send((conn, TcpStream::connect_timeout(&to, CONNECT_TIMEOUT)));
-                    });
+                    self.connect(conn, to, false);
+                }
+                Output::Dial { conn, to } => {
+                    tracing::debug!(conn = %conn, %to, "dialling a frontend");
+                    self.connect(conn, to, true);
                 }
                 Output::Close { conn } => {
                     // The write step closes it once the queue is empty (or the connect ends).
@@ -299,6 +292,22 @@ impl Driver {
                 Output::Event(event) => self.ops.event(&self.lb, &event, Instant::now()),
             }
         }
+    }
+
+    /// Connects `conn` to `to` on a thread of its own (std has no non-blocking connect).
+    fn connect(&mut self, conn: ConnId, to: SocketAddr, frontend: bool) {
+        self.insert(Conn {
+            id: conn,
+            stream: None,
+            frontend,
+            out: VecDeque::new(),
+            queued: 0,
+            closing: false,
+        });
+        let tx = self.connected_tx.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send((conn, TcpStream::connect_timeout(&to, CONNECT_TIMEOUT)));
+        });
     }
 
     /// Forgets `conn` (dropping closes the socket) and reports it closed.

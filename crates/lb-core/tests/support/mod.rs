@@ -205,6 +205,14 @@ impl Harness {
     }
 
     #[track_caller]
+    /// Backend `b` answers the INVITE it got (`forwarded`) with 200; the tag comes from the
+    /// Record-Route that reached the frontend: the frontend-facing one a UA's route set holds.
+    pub fn answer_tag(&mut self, b: usize, forwarded: &str) -> String {
+        self.backend_sends(b, &response_to(forwarded, "200 OK"), None);
+        let (_, ok) = self.expect_to_frontend();
+        record_route_tag(&ok).expect("the 200 carries the balancer's Record-Route")
+    }
+
     pub fn expect_nothing(&mut self) {
         let outs = self.drain();
         assert!(outs.is_empty(), "expected no output, got {outs:?}");

@@ -1,0 +1,419 @@
+//! Routing: where each message goes (docs/design.md, "Routing by connection kind").
+//!
+//! - A request on a frontend connection whose top Route is the balancer's own entry: the tag
+//!   names the backend. A *backend-facing* tag there (`lb=b…`, only ever written toward
+//!   backends, see `tag`) means the request comes from that backend over a connection of its own
+//!   (a stack that does not reuse the balancer's connection): it is routed as that backend's
+//!   request. A frontend sees only frontend-facing tags, so it cannot pass for a backend.
+//! - A response on a frontend connection carries the balancer's own Via: its tag names the
+//!   backend, its `lbc` token the connection the request came on.
+//! - An untagged request: the new-call table, else a new call.
+//! - From a backend: responses go upstream by the envelope address, else the Via; requests go
+//!   to the next Route entry or the Request-URI, over an open connection or a new one.
+//!
+//! Every forwarded request has its Max-Forwards decremented (RFC 3261 §16.6 step 3), so a loop
+//! through a misconfigured peer ends with a 483 instead of circling.
+
+use super::*;
+use crate::tag::Facing;
+
+impl Balancer {
+    pub(super) fn route_frontend_request(&mut self, source: Source, message: SipMessage) {
+        let call_id = message.call_id();
+        let method = message.method().unwrap_or(Method::Other);
+        let mut target = None;
+        let mut initial = false;
+        let mut table_key = None;
+        let mut edits = Edits::new();
+
+        if let Some((route, tag)) = message
+            .top_route
+            .and_then(|r| r.lb.map(|tag| (r, message.slice(tag))))
+        {
+            match self.verify_facing(tag, call_id) {
+                Some((backend, Facing::Backends)) => {
+                    self.stats.backend_requests_in += 1;
+                    return self.route_backend_request(source, backend, message);
+                }
+                Some((backend, Facing::Frontends)) => target = Some(backend),
+                None => {}
+            }
+            // The balancer's own entry: a loose router removes it (RFC 3261 §16.4).
+            edits.push(cut_entry(
+                route.line,
+                route.sole_entry,
+                route.entry_with_comma,
+            ));
+        }
+        self.stats.frontend_requests_in += 1;
+        self.learn_alias(source.conn, &message);
+        let Some(hops) = self.hop_limit(source, &message) else {
+            return;
+        };
+        edits.push(hops);
+        if target.is_none() {
+            if let Some(span) = message.tag_header {
+                target = self.verify(message.slice(span), call_id);
+            }
+        }
+        if target.is_some() {
+            self.stats.tagged += 1;
+        } else {
+            let key = self.table.key(call_id);
+            table_key = Some(key);
+            initial = !message.to_tag
+                && !matches!(method, Method::Ack | Method::Cancel | Method::Register);
+            if let Some(backend) = self.table.lookup(key) {
+                self.stats.table_hits += 1;
+                target = Some(backend);
+            } else {
+                if method == Method::Ack {
+                    return self.drop_message(source.conn, "ACK of an unknown call");
+                }
+                // A CANCEL of a call never seen, or an in-dialog request (To tag) without a tag
+                // that verifies: no backend can own it, and making it a new call would let
+                // forged requests fill the table.
+                if method == Method::Cancel || message.to_tag {
+                    self.stats.replies_481 += 1;
+                    self.reply(source, &message.bytes, Reply::NoTransaction);
+                    return;
+                }
+                let Some(backend) = self.choose_backend() else {
+                    return self.unavailable(source, &message, "No Backend Available");
+                };
+                if self
+                    .table
+                    .insert(self.now, key, backend, method == Method::Invite)
+                    .is_err()
+                {
+                    return self.unavailable(source, &message, "Too Many Calls Being Set Up");
+                }
+                self.stats.new_calls += 1;
+                target = Some(backend);
+            }
+        }
+        let Some(tagged_backend) = target else { return };
+        let Some(backend) = self.available(tagged_backend, call_id) else {
+            if method == Method::Ack {
+                return self.drop_message(source.conn, "ACK for a backend that is down");
+            }
+            return self.unavailable(source, &message, "No Backend Available");
+        };
+        if let Some(key) = table_key.filter(|_| backend != tagged_backend) {
+            // The call continues on the backup; its later untagged messages must follow it.
+            self.table.reassign(key, backend);
+        }
+
+        if let Some(peer) = source.peer {
+            stamp_via(&message, peer, &mut edits);
+        }
+        if initial {
+            edits.push(Edit::insert(message.start_line_end, Insertion::RecordRoute));
+            if self.config.config.tag_header.is_some() {
+                edits.push(Edit::insert(message.start_line_end, Insertion::TagHeader));
+            }
+        }
+        let envelope = Envelope {
+            addr: source.peer,
+            transport: Transport::Tcp,
+            load: None,
+        };
+        self.forward_to_backend(backend, envelope, &message, &mut edits);
+    }
+
+    pub(super) fn route_frontend_response(&mut self, source: Source, message: SipMessage) {
+        let via = message.top_via;
+        let Some(tag) = via.lb else {
+            return self.drop_message(source.conn, "response without the balancer's Via");
+        };
+        let Some(tagged) = self.verify(message.slice(tag), message.call_id()) else {
+            return self.drop_message(source.conn, "response with a bad tag");
+        };
+        self.stats.tagged += 1;
+        let mut edits = Edits::new();
+        edits.push(cut_entry(via.line, via.sole_value, via.value_with_comma));
+        // The request came on a connection the backend opened: the answer goes back on it.
+        let came_on = via
+            .lbc
+            .and_then(|t| self.tokens.verify(message.slice(t), message.call_id()))
+            .filter(|c| self.conn(*c).is_some_and(|c| !c.closing));
+        if let Some(conn) = came_on {
+            self.stats.to_backend += 1;
+            self.send_rewritten(conn, tagged, &message, &mut edits, None);
+            return;
+        }
+        let Some(backend) = self.available(tagged, message.call_id()) else {
+            return self.drop_message(source.conn, "response for a backend that is down");
+        };
+        let envelope = Envelope {
+            addr: source.peer,
+            transport: Transport::Tcp,
+            load: None,
+        };
+        self.forward_to_backend(backend, envelope, &message, &mut edits);
+    }
+
+    pub(super) fn route_backend_response(
+        &mut self,
+        source: Source,
+        backend: BackendId,
+        message: SipMessage,
+    ) {
+        let mut edits = Edits::new();
+        if let StartLine::Response { status } = message.start {
+            if message.cseq_method == Method::Invite && status >= 200 {
+                let key = self.table.key(message.call_id());
+                self.table.settle(self.now, key);
+            }
+            if message.cseq_method == Method::Invite && status == 503 {
+                self.note_overload(backend, &message);
+                // RFC 3261 §16.7 step 6: a 503 goes upstream only when every later request
+                // would get one too; otherwise it becomes a 500, so the proxy retries the call
+                // (landing on another backend) instead of treating the whole farm as down.
+                let farm_can_take_calls =
+                    (0..self.backends.len()).any(|i| self.takes_new_calls(BackendId::new(i)));
+                if farm_can_take_calls {
+                    edits.push(Edit {
+                        at: 0,
+                        cut: message.start_line_end,
+                        insert: Insertion::Raw(b"SIP/2.0 500 Server Internal Error\r\n"),
+                    });
+                }
+            }
+        }
+        if let Some(uri) = message.own_record_route {
+            // The backend echoed the entry it saw; upstream sees the frontend-facing one.
+            edits.push(Edit {
+                at: uri.start,
+                cut: uri.end - uri.start,
+                insert: Insertion::FrontendRouteUri,
+            });
+        }
+        // The backend's resolved next hop first; the Via it echoed if that names no connection.
+        let conn = source
+            .envelope
+            .and_then(|e| e.addr)
+            .and_then(|addr| self.hops.lookup_addr(addr))
+            .or_else(|| self.via_hop(&message));
+        let Some(conn) = conn.filter(|c| self.conn(*c).is_some_and(|c| !c.closing)) else {
+            return self.drop_message(source.conn, "no connection to the response's next hop");
+        };
+        self.count_to_frontend(conn);
+        if edits.is_empty() {
+            // Nothing to change: the received bytes go out as they are, without a copy.
+            return self.send(conn, message.bytes);
+        }
+        self.send_rewritten(conn, backend, &message, &mut edits, None);
+    }
+
+    /// A request `backend` originated, on its own connection to the balancer or on one it
+    /// opened (`source`), to the frontend its route names.
+    pub(super) fn route_backend_request(
+        &mut self,
+        source: Source,
+        backend: BackendId,
+        message: SipMessage,
+    ) {
+        let Some(hops) = self.hop_limit(source, &message) else {
+            return;
+        };
+        let mut edits = Edits::new();
+        edits.push(hops);
+        let mut next = message.top_route.map(|r| r.host_port);
+        if let Some(route) = message.top_route.filter(|r| r.lb.is_some()) {
+            edits.push(cut_entry(
+                route.line,
+                route.sole_entry,
+                route.entry_with_comma,
+            ));
+            next = message.second_route;
+        }
+        let next = next.or(message.request_uri_host);
+        let named = source.envelope.and_then(|e| e.addr);
+        let found = named
+            .and_then(|addr| self.hops.lookup_addr(addr))
+            .or_else(|| next.and_then(|hp| self.host_port_hop(&message, hp)));
+        if found == Some(source.conn) || next.is_some_and(|hp| self.names_balancer(&message, hp)) {
+            return self.refuse_loop(source, &message);
+        }
+        let conn = match found.filter(|c| self.conn(*c).is_some_and(|c| !c.closing)) {
+            Some(conn) => conn,
+            None => {
+                let to = named.or_else(|| next.and_then(|hp| literal_addr(&message, hp)));
+                let Some(to) = to else {
+                    return self.unroutable(source, &message, "No Route To Frontend");
+                };
+                let Some(conn) = self.dial(to) else {
+                    self.stats.dial_out_refused += 1;
+                    return self.unroutable(source, &message, "Too Many Connections Opening");
+                };
+                conn
+            }
+        };
+        if !self.has_room(conn) {
+            self.stats.dial_out_refused += 1;
+            return self.unroutable(source, &message, "Next Hop Still Connecting");
+        }
+        if message.method() != Some(Method::Ack) {
+            self.note_dialled_request(conn, source.conn, message.bytes.clone());
+        }
+        let branch = message
+            .top_via
+            .branch
+            .map_or(message.call_id(), |b| message.slice(b));
+        let mut hasher = SipHasher13::new_with_key(&self.branch_key);
+        hasher.write(branch);
+        let own_conn = self.backends[backend.index()].conn == Some(source.conn);
+        edits.push(Edit::insert(
+            message.start_line_end,
+            Insertion::OwnVia {
+                branch: hasher.finish(),
+                came_on: (!own_conn).then_some(source.conn),
+            },
+        ));
+        self.count_to_frontend(conn);
+        self.send_rewritten(conn, backend, &message, &mut edits, None);
+    }
+
+    /// The Max-Forwards edit of a request the balancer forwards: the value less one, or a
+    /// `Max-Forwards: 70` where there was none (RFC 3261 §16.6 step 3). At zero the request
+    /// goes no further: 483 (§16.3 item 3), or dropped for an ACK, which has no response.
+    fn hop_limit(&mut self, source: Source, message: &SipMessage) -> Option<Edit> {
+        match message.max_forwards {
+            None => Some(Edit::insert(message.start_line_end, Insertion::MaxForwards)),
+            Some((span, left)) if left > 0 => Some(Edit {
+                at: span.start,
+                cut: span.end - span.start,
+                insert: Insertion::Decimal(left - 1),
+            }),
+            Some(_) => {
+                if message.method() == Some(Method::Ack) {
+                    self.drop_message(source.conn, "ACK with Max-Forwards 0");
+                } else if self.reply(source, &message.bytes, Reply::TooManyHops) {
+                    self.stats.replies_483 += 1;
+                }
+                None
+            }
+        }
+    }
+
+    /// 482 for a request that would go back where it came from.
+    fn refuse_loop(&mut self, source: Source, message: &SipMessage) {
+        if message.method() == Some(Method::Ack) {
+            return self.drop_message(source.conn, "ACK that would loop");
+        }
+        if self.reply(source, &message.bytes, Reply::LoopDetected) {
+            self.stats.replies_482 += 1;
+        }
+    }
+
+    /// 503 for a backend's request with no way to its frontend (never for ACK).
+    fn unroutable(&mut self, source: Source, message: &SipMessage, reason: &'static str) {
+        if message.method() == Some(Method::Ack) {
+            return self.drop_message(source.conn, "ACK with no route to a frontend");
+        }
+        self.unavailable(source, message, reason);
+    }
+
+    /// Whether `hp` names the balancer itself: one of its advertised addresses or listeners.
+    fn names_balancer(&self, message: &SipMessage, hp: HostPort) -> bool {
+        let host = message.slice(hp.host);
+        let port = hp.port.unwrap_or(5060);
+        let advertised = [&self.config.advertise, &self.config.advertise_backend];
+        if advertised
+            .iter()
+            .any(|a| crate::hops::same_host_port(a, host, port))
+        {
+            return true;
+        }
+        crate::hops::parse_ip(host).is_some_and(|ip| {
+            self.config
+                .config
+                .listeners
+                .iter()
+                .any(|l| l.ip() == ip && l.port() == port)
+        })
+    }
+
+    /// The frontend a response's top Via names: `received`/`rport` (stamped on the way in),
+    /// else its sent-by.
+    fn via_hop(&self, message: &SipMessage) -> Option<ConnId> {
+        let via = message.top_via;
+        let rport = match via.rport {
+            Rport::Value(p) => Some(p),
+            Rport::Absent | Rport::Empty { .. } => None,
+        };
+        if via.received.is_some() || rport.is_some() {
+            let host = via.received.unwrap_or(via.sent_by.host);
+            let port = rport.or(via.sent_by.port).unwrap_or(5060);
+            if let Some(conn) = self.hops.lookup_host(message.slice(host), port) {
+                return Some(conn);
+            }
+        }
+        self.host_port_hop(message, via.sent_by)
+    }
+
+    fn host_port_hop(&self, message: &SipMessage, hp: HostPort) -> Option<ConnId> {
+        self.hops
+            .lookup_host(message.slice(hp.host), hp.port.unwrap_or(5060))
+    }
+
+    pub(super) fn verify(&mut self, tag: &[u8], call_id: &[u8]) -> Option<BackendId> {
+        self.verify_facing(tag, call_id).map(|(backend, _)| backend)
+    }
+
+    fn verify_facing(&mut self, tag: &[u8], call_id: &[u8]) -> Option<(BackendId, Facing)> {
+        match self.signer.verify_facing(tag, call_id) {
+            Ok((b, facing)) if b.index() < self.backends.len() => Some((b, facing)),
+            Ok(_) | Err(_) => {
+                self.stats.tag_failures += 1;
+                None
+            }
+        }
+    }
+
+    /// A backend for a new call among those that take new calls (see `farm`).
+    pub(super) fn choose_backend(&mut self) -> Option<BackendId> {
+        let mut candidates: SmallVec<[Candidate; 16]> = SmallVec::new();
+        for i in 0..self.backends.len() {
+            let id = BackendId::new(i);
+            if self.takes_new_calls(id) {
+                let load = match self.backends[i].load {
+                    Some(l) => u64::from(l),
+                    None => u64::from(self.table.assigned(id)),
+                };
+                let weight = self.config.config.backends[i].weight;
+                candidates.push(Candidate { id, weight, load });
+            }
+        }
+        self.selector.select(&candidates, &mut self.rng)
+    }
+
+    /// `backend` if it is up, else its backup: the configured one if up, else the rendezvous
+    /// winner among the backends that are up (draining ones included: they still serve calls).
+    pub(super) fn available(&mut self, backend: BackendId, call_id: &[u8]) -> Option<BackendId> {
+        if self.is_backend_up(backend) {
+            return Some(backend);
+        }
+        let backup = match self.config.backups[backend.index()].filter(|b| self.is_backend_up(*b)) {
+            Some(b) => Some(b),
+            None => {
+                let up = (0..self.backends.len())
+                    .map(BackendId::new)
+                    .filter(|b| self.is_backend_up(*b));
+                rendezvous(self.rendezvous_key, call_id, up)
+            }
+        };
+        if backup.is_some() {
+            self.stats.to_backup += 1;
+        }
+        backup
+    }
+}
+
+/// The socket address of a next hop written as an IP literal: what dial-out can reach without
+/// a resolver (RFC 3263 §4.2: a numeric host needs no lookup; the port defaults to 5060).
+fn literal_addr(message: &SipMessage, hp: HostPort) -> Option<SocketAddr> {
+    let ip = crate::hops::parse_ip(message.slice(hp.host))?;
+    Some(SocketAddr::new(ip, hp.port.unwrap_or(5060)))
+}
