@@ -1,0 +1,209 @@
+//! Backends that send over connections of their own, dial-out toward frontends, and the proxy
+//! rules real SIP stacks rely on (Max-Forwards, loops): core traces, each output checked.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use lb_core::{BackendMode, CloseReason, Input, Output};
+use support::*;
+
+const CALLER_PROXY: &str = "203.0.113.5:40000";
+
+/// A call set up through the balancer: the backend index, the INVITE it got and the 200's
+/// frontend-facing tag.
+fn established(h: &mut Harness, fe: lb_core::ConnId, call_id: &str) -> (usize, String, String) {
+    h.receive(fe, invite(call_id, "z9hG4bKinv").as_bytes());
+    let (b, forwarded, _) = h.expect_to_backend();
+    let tag = h.answer_tag(b, &forwarded);
+    (b, forwarded, tag)
+}
+
+/// The callee's BYE as a backend's stack writes it: its route set is the Record-Route of the
+/// INVITE it received (RFC 3261 §12.1.1), its target the caller's Contact.
+fn callee_bye(forwarded: &str, b: usize, request_uri: &str) -> String {
+    let rr = forwarded
+        .lines()
+        .find(|l| l.starts_with("Record-Route:"))
+        .unwrap();
+    let route = rr.replacen("Record-Route:", "Route:", 1);
+    format!(
+        "BYE {request_uri} SIP/2.0\r\n\
+         Via: SIP/2.0/TCP 198.51.100.{}:5060;branch=z9hG4bKbye1\r\n\
+         {route}\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:bob@example.com>;tag=b1\r\n\
+         To: <sip:alice@example.com>;tag=a1\r\n\
+         Call-ID: call-b\r\n\
+         CSeq: 1 BYE\r\n\
+         Content-Length: 0\r\n\r\n",
+        b + 1
+    )
+}
+
+#[test]
+fn backends_see_a_backend_facing_tag_and_callers_a_frontend_facing_one() {
+    let mut h = Harness::new(config(2, BackendMode::Plain));
+    let fe = h.frontend(CALLER_PROXY);
+    let (_, forwarded, tag) = established(&mut h, fe, "call-b");
+    let seen_by_backend = record_route_tag(&forwarded).unwrap();
+    assert!(seen_by_backend.starts_with("b0.1."), "{seen_by_backend}");
+    assert!(tag.starts_with("0.1."), "{tag}");
+    assert_ne!(seen_by_backend[1..], tag, "the two sides' MACs differ");
+}
+
+#[test]
+fn a_backends_bye_on_a_connection_of_its_own_reaches_the_caller() {
+    let mut h = Harness::new(config(2, BackendMode::Plain));
+    let fe = h.frontend(CALLER_PROXY);
+    let (b, forwarded, _) = established(&mut h, fe, "call-b");
+    // The backend's stack opens its own connection to the Route's address (the bug of issue
+    // 10: this BYE used to go back to the backend).
+    let own = h.frontend("198.51.100.1:41000");
+    let bye = callee_bye(&forwarded, b, "sip:alice@203.0.113.5:5060;transport=tcp");
+    h.receive(own, bye.as_bytes());
+    let (conn, out) = h.expect_to_frontend();
+    assert_eq!(conn, fe, "the BYE reaches the caller's connection");
+    assert!(out.starts_with("BYE sip:alice@203.0.113.5:5060;transport=tcp SIP/2.0\r\n"));
+    assert!(!out.contains("Route:"), "the balancer's entry is popped: {out}");
+    assert!(out.contains("Max-Forwards: 69\r\n"));
+    let own_via = out.lines().find(|l| l.starts_with("Via:")).unwrap();
+    assert!(own_via.contains(";lb=0.1.") && own_via.contains(";lbc="), "{own_via}");
+    let stats = h.lb.stats();
+    assert_eq!(
+        (stats.backend_requests_in, stats.frontend_requests_in),
+        (1, 1),
+        "the BYE counts as the backend's, the INVITE as the caller's"
+    );
+    // The caller's 200 goes back on the connection the BYE came on, not the balancer's own.
+    h.receive(fe, response_to(&out, "200 OK").as_bytes());
+    let (back, ok) = h.expect_one_send();
+    assert_eq!(back, own);
+    let ok = text(&ok);
+    assert!(ok.starts_with("SIP/2.0 200 OK\r\n"));
+    assert_eq!(ok.matches("Via:").count(), 1, "the balancer's Via is stripped: {ok}");
+}
+
+#[test]
+fn a_frontend_on_a_backends_address_is_still_a_frontend() {
+    let mut h = Harness::new(config(2, BackendMode::Plain));
+    let fe = h.frontend(CALLER_PROXY);
+    let _other = h.frontend("203.0.113.9:40000");
+    let (b, _, tag) = established(&mut h, fe, "call-i");
+    // On the backend's IP, with everything a caller knows: the frontend-facing tag, and a
+    // target naming another frontend. It is a caller's request: to the call's backend.
+    let imp = h.frontend("198.51.100.1:42000");
+    let forged = in_dialog("BYE", "call-i", &tag, 2)
+        .replace("sip:bob@198.51.100.1:5060", "sip:victim@203.0.113.9:40000");
+    h.receive(imp, forged.as_bytes());
+    let (to, msg, _) = h.expect_to_backend();
+    assert_eq!(to, b);
+    assert!(msg.starts_with("BYE sip:victim@203.0.113.9:40000 SIP/2.0\r\n"));
+    // Prefixing `b` to the tag it knows makes no backend-facing tag: the request is untagged,
+    // found in the new-call table (the call is seconds old), and goes to the call's backend;
+    // no dial-out toward the address it names.
+    let forged = in_dialog("INFO", "call-i", &format!("b{tag}"), 3)
+        .replace("sip:bob@198.51.100.1:5060", "sip:victim@203.0.113.77:5060");
+    h.receive(imp, forged.as_bytes());
+    assert_eq!(h.expect_to_backend().0, b);
+    // Past the window, the same forgery finds no owner: 481.
+    h.advance(std::time::Duration::from_secs(60));
+    h.receive(imp, forged.replace("CSeq: 3", "CSeq: 4").as_bytes());
+    let (conn, reply) = h.expect_one_send();
+    assert_eq!(conn, imp);
+    assert!(text(&reply).starts_with("SIP/2.0 481 "), "{}", text(&reply));
+    assert_eq!(h.lb.stats().dial_outs, 0);
+    assert_eq!(h.lb.stats().tag_failures, 2);
+}
+
+#[test]
+fn dial_out_when_the_callers_connection_is_gone() {
+    let mut h = Harness::new(config(2, BackendMode::Plain));
+    let fe = h.frontend(CALLER_PROXY);
+    let (b, forwarded, _) = established(&mut h, fe, "call-b");
+    h.input(Input::Closed {
+        conn: fe,
+        reason: CloseReason::PeerClosed,
+    });
+    let bye = callee_bye(&forwarded, b, "sip:alice@203.0.113.5:5070;transport=tcp");
+    h.backend_sends(b, &bye, None);
+    let outs = h.drain();
+    let [Output::Dial { conn: dialled, to }] = outs.as_slice() else {
+        panic!("expected one Dial and nothing sent yet, got {outs:?}");
+    };
+    let dialled = *dialled;
+    assert_eq!(to.to_string(), "203.0.113.5:5070", "the Request-URI's address");
+    h.input(Input::Connected { conn: dialled });
+    let (conn, out) = h.expect_to_frontend();
+    assert_eq!(conn, dialled);
+    assert!(out.starts_with("BYE sip:alice@203.0.113.5:5070;transport=tcp SIP/2.0\r\n"));
+    // A second request to the same hop reuses the dialled connection.
+    h.backend_sends(b, &bye.replace("CSeq: 1 BYE", "CSeq: 2 BYE"), None);
+    assert_eq!(h.expect_to_frontend().0, dialled);
+    let stats = h.lb.stats();
+    assert_eq!((stats.dial_outs, stats.dial_outs_open, stats.to_frontend), (1, 1, 3));
+}
+
+#[test]
+fn a_dial_that_cannot_connect_answers_503() {
+    let mut h = Harness::new(config(2, BackendMode::Plain));
+    let fe = h.frontend(CALLER_PROXY);
+    let (b, forwarded, _) = established(&mut h, fe, "call-b");
+    let bye = callee_bye(&forwarded, b, "sip:alice@203.0.113.66:5060;transport=tcp");
+    h.backend_sends(b, &bye, None);
+    let outs = h.drain();
+    let [Output::Dial { conn: dialled, .. }] = outs.as_slice() else {
+        panic!("expected one Dial, got {outs:?}");
+    };
+    let dialled = *dialled;
+    h.input(Input::Closed {
+        conn: dialled,
+        reason: CloseReason::Error,
+    });
+    let (to, reply, _) = h.expect_to_backend();
+    assert_eq!(to, b);
+    assert!(reply.starts_with("SIP/2.0 503 Next Hop Unreachable\r\n"), "{reply}");
+    let stats = h.lb.stats();
+    assert_eq!(
+        (stats.dial_out_failures, stats.replies_503, stats.dial_outs_open),
+        (1, 1, 0)
+    );
+}
+
+#[test]
+fn max_forwards_is_decremented_added_and_enforced() {
+    let mut h = Harness::new(config(1, BackendMode::Plain));
+    let fe = h.frontend(CALLER_PROXY);
+    // The INVITE of the harness carries 69.
+    h.receive(fe, invite("mf-1", "z9hG4bKm1").as_bytes());
+    assert!(h.expect_to_backend().1.contains("\r\nMax-Forwards: 68\r\n"));
+    let none = invite("mf-2", "z9hG4bKm2").replace("Max-Forwards: 69\r\n", "");
+    h.receive(fe, none.as_bytes());
+    let (_, msg, _) = h.expect_to_backend();
+    assert_eq!(msg.matches("Max-Forwards:").count(), 1);
+    assert!(msg.contains("\r\nMax-Forwards: 70\r\n"), "{msg}");
+    let zero = invite("mf-3", "z9hG4bKm3").replace("Max-Forwards: 69", "Max-Forwards: 0");
+    h.receive(fe, zero.as_bytes());
+    let (conn, reply) = h.expect_one_send();
+    assert_eq!(conn, fe);
+    assert!(text(&reply).starts_with("SIP/2.0 483 Too Many Hops\r\n"));
+    let bad = invite("mf-4", "z9hG4bKm4").replace("Max-Forwards: 69", "Max-Forwards: x");
+    h.receive(fe, bad.as_bytes());
+    let (_, reply) = h.expect_one_send();
+    assert!(text(&reply).starts_with("SIP/2.0 400 Bad Max-Forwards\r\n"));
+    let stats = h.lb.stats();
+    assert_eq!((stats.new_calls, stats.replies_483, stats.replies_400), (2, 1, 1));
+}
+
+#[test]
+fn a_backend_request_back_to_the_balancer_is_a_loop() {
+    let mut h = Harness::new(config(2, BackendMode::Plain));
+    let fe = h.frontend(CALLER_PROXY);
+    let (b, forwarded, _) = established(&mut h, fe, "call-b");
+    // A target naming the balancer itself (its listener and advertised address).
+    let bye = callee_bye(&forwarded, b, &format!("sip:alice@{LB};transport=tcp"));
+    h.backend_sends(b, &bye, None);
+    let (to, reply, _) = h.expect_to_backend();
+    assert_eq!(to, b);
+    assert!(reply.starts_with("SIP/2.0 482 Loop Detected\r\n"), "{reply}");
+    assert_eq!((h.lb.stats().replies_482, h.lb.stats().dial_outs), (1, 0));
+}
