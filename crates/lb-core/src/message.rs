@@ -1134,6 +1134,39 @@ fn route_entry(b: &[u8], vs: usize, ve: usize) -> Result<RouteEntry, ParseError>
     })
 }
 
+/// The last Route entry of a head, for a request that a strict router upstream sent to the
+/// balancer's own URI (RFC 3261 §16.4): `uri` goes back into the Request-URI, `cut` removes
+/// the entry (its whole line when alone there, else with the comma before it). The cold path:
+/// a fresh walk over the header lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct LastRoute {
+    pub(crate) uri: Span,
+    pub(crate) cut: Span,
+}
+
+pub(crate) fn last_route(b: &[u8], start_line_end: usize) -> Option<LastRoute> {
+    let mut pos = start_line_end;
+    let mut last = None;
+    while let Step::Field(field) = next_field(b, pos) {
+        if matches!(Known::of(&b[field.name.clone()]), Known::Route) {
+            let (vs, ve) = (field.value.start, field.value.end);
+            let mut entry = route_entry(b, vs, ve).ok()?;
+            let mut cut = Span::new(pos, field.line_end);
+            while let Some(next) = entry.next {
+                let following = route_entry(b, next, ve).ok()?;
+                cut = Span::new(entry.end, following.end);
+                entry = following;
+            }
+            last = Some(LastRoute {
+                uri: entry.uri,
+                cut,
+            });
+        }
+        pos = field.line_end;
+    }
+    last
+}
+
 /// The URI of the first entry of a Record-Route value that carries an `lb` parameter. An
 /// entry this grammar cannot read ends the search: the header is someone else's, and a
 /// response is never refused for it.

@@ -58,6 +58,9 @@ pub(crate) enum Insertion {
     RportValue(u16),
     /// Fixed text, such as a replacement status line.
     Raw(&'static [u8]),
+    /// Bytes of the message itself, from elsewhere in it (a Route URI moved into the
+    /// Request-URI).
+    Copy(Span),
 }
 
 /// The edits of one message; a handful at most, kept inline.
@@ -100,13 +103,13 @@ pub(crate) fn write(out: &mut BytesMut, message: &[u8], edits: &mut Edits, cx: &
     for edit in edits.iter() {
         let at = (edit.at as usize).clamp(copied, message.len());
         out.put_slice(&message[copied..at]);
-        write_insertion(out, edit.insert, cx);
+        write_insertion(out, message, edit.insert, cx);
         copied = (at + edit.cut as usize).min(message.len());
     }
     out.put_slice(&message[copied..]);
 }
 
-fn write_insertion(out: &mut BytesMut, insert: Insertion, cx: &Context<'_>) {
+fn write_insertion(out: &mut BytesMut, message: &[u8], insert: Insertion, cx: &Context<'_>) {
     match insert {
         Insertion::Nothing => {}
         Insertion::RecordRoute => {
@@ -154,6 +157,7 @@ fn write_insertion(out: &mut BytesMut, insert: Insertion, cx: &Context<'_>) {
             let _ = write!(BufWriter(out), "{ip}");
         }
         Insertion::Raw(text) => out.put_slice(text),
+        Insertion::Copy(span) => out.put_slice(&message[span.range()]),
         Insertion::RportValue(port) => {
             out.put_u8(b'=');
             let _ = write!(BufWriter(out), "{port}");

@@ -64,10 +64,16 @@ fn a_backends_bye_on_a_connection_of_its_own_reaches_the_caller() {
     let (conn, out) = h.expect_to_frontend();
     assert_eq!(conn, fe, "the BYE reaches the caller's connection");
     assert!(out.starts_with("BYE sip:alice@203.0.113.5:5060;transport=tcp SIP/2.0\r\n"));
-    assert!(!out.contains("Route:"), "the balancer's entry is popped: {out}");
+    assert!(
+        !out.contains("Route:"),
+        "the balancer's entry is popped: {out}"
+    );
     assert!(out.contains("Max-Forwards: 69\r\n"));
     let own_via = out.lines().find(|l| l.starts_with("Via:")).unwrap();
-    assert!(own_via.contains(";lb=0.1.") && own_via.contains(";lbc="), "{own_via}");
+    assert!(
+        own_via.contains(";lb=0.1.") && own_via.contains(";lbc="),
+        "{own_via}"
+    );
     let stats = h.lb.stats();
     assert_eq!(
         (stats.backend_requests_in, stats.frontend_requests_in),
@@ -80,7 +86,11 @@ fn a_backends_bye_on_a_connection_of_its_own_reaches_the_caller() {
     assert_eq!(back, own);
     let ok = text(&ok);
     assert!(ok.starts_with("SIP/2.0 200 OK\r\n"));
-    assert_eq!(ok.matches("Via:").count(), 1, "the balancer's Via is stripped: {ok}");
+    assert_eq!(
+        ok.matches("Via:").count(),
+        1,
+        "the balancer's Via is stripped: {ok}"
+    );
 }
 
 #[test]
@@ -131,7 +141,11 @@ fn dial_out_when_the_callers_connection_is_gone() {
         panic!("expected one Dial and nothing sent yet, got {outs:?}");
     };
     let dialled = *dialled;
-    assert_eq!(to.to_string(), "203.0.113.5:5070", "the Request-URI's address");
+    assert_eq!(
+        to.to_string(),
+        "203.0.113.5:5070",
+        "the Request-URI's address"
+    );
     h.input(Input::Connected { conn: dialled });
     let (conn, out) = h.expect_to_frontend();
     assert_eq!(conn, dialled);
@@ -140,7 +154,10 @@ fn dial_out_when_the_callers_connection_is_gone() {
     h.backend_sends(b, &bye.replace("CSeq: 1 BYE", "CSeq: 2 BYE"), None);
     assert_eq!(h.expect_to_frontend().0, dialled);
     let stats = h.lb.stats();
-    assert_eq!((stats.dial_outs, stats.dial_outs_open, stats.to_frontend), (1, 1, 3));
+    assert_eq!(
+        (stats.dial_outs, stats.dial_outs_open, stats.to_frontend),
+        (1, 1, 3)
+    );
 }
 
 #[test]
@@ -161,10 +178,17 @@ fn a_dial_that_cannot_connect_answers_503() {
     });
     let (to, reply, _) = h.expect_to_backend();
     assert_eq!(to, b);
-    assert!(reply.starts_with("SIP/2.0 503 Next Hop Unreachable\r\n"), "{reply}");
+    assert!(
+        reply.starts_with("SIP/2.0 503 Next Hop Unreachable\r\n"),
+        "{reply}"
+    );
     let stats = h.lb.stats();
     assert_eq!(
-        (stats.dial_out_failures, stats.replies_503, stats.dial_outs_open),
+        (
+            stats.dial_out_failures,
+            stats.replies_503,
+            stats.dial_outs_open
+        ),
         (1, 1, 0)
     );
 }
@@ -191,7 +215,10 @@ fn max_forwards_is_decremented_added_and_enforced() {
     let (_, reply) = h.expect_one_send();
     assert!(text(&reply).starts_with("SIP/2.0 400 Bad Max-Forwards\r\n"));
     let stats = h.lb.stats();
-    assert_eq!((stats.new_calls, stats.replies_483, stats.replies_400), (2, 1, 1));
+    assert_eq!(
+        (stats.new_calls, stats.replies_483, stats.replies_400),
+        (2, 1, 1)
+    );
 }
 
 #[test]
@@ -204,6 +231,39 @@ fn a_backend_request_back_to_the_balancer_is_a_loop() {
     h.backend_sends(b, &bye, None);
     let (to, reply, _) = h.expect_to_backend();
     assert_eq!(to, b);
-    assert!(reply.starts_with("SIP/2.0 482 Loop Detected\r\n"), "{reply}");
+    assert!(
+        reply.starts_with("SIP/2.0 482 Loop Detected\r\n"),
+        "{reply}"
+    );
     assert_eq!((h.lb.stats().replies_482, h.lb.stats().dial_outs), (1, 0));
+}
+
+#[test]
+fn a_strict_router_upstream_is_undone() {
+    let mut h = Harness::new(config(2, BackendMode::Plain));
+    let fe = h.frontend(CALLER_PROXY);
+    let (b, _, tag) = established(&mut h, fe, "call-s");
+    // RFC 3261 §16.4: a strict router put the balancer's Record-Route URI into the
+    // Request-URI and the real target (the callee's Contact) last in Route.
+    let strict = in_dialog("BYE", "call-s", &tag, 2)
+        .replace(
+            "BYE sip:bob@198.51.100.1:5060 SIP/2.0",
+            &format!("BYE sip:{LB};transport=tcp;lr;lb={tag} SIP/2.0"),
+        )
+        .replace(
+            &format!("Route: <sip:{LB};transport=tcp;lr;lb={tag}>"),
+            "Route: <sip:edge.example.com;lr>, <sip:bob@198.51.100.1:5060>",
+        );
+    h.receive(fe, strict.as_bytes());
+    let (to, msg, _) = h.expect_to_backend();
+    assert_eq!(to, b);
+    assert!(
+        msg.starts_with("BYE sip:bob@198.51.100.1:5060 SIP/2.0\r\n"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("\r\nRoute: <sip:edge.example.com;lr>\r\n"),
+        "{msg}"
+    );
+    assert!(!msg.contains("lb="), "no tag left: {msg}");
 }

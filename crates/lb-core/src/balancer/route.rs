@@ -26,6 +26,26 @@ impl Balancer {
         let mut table_key = None;
         let mut edits = Edits::new();
 
+        if let Some(tag) = message.request_uri_lb {
+            // A strict router upstream sent the request to the balancer's own Record-Route
+            // URI and moved the real target into the last Route entry (RFC 3261 §16.4):
+            // restore it and take the tag from the URI.
+            let tag = message.slice(tag);
+            if let Some((backend, Facing::Frontends)) = self.verify_facing(tag, call_id) {
+                target = Some(backend);
+                if let (StartLine::Request { uri, .. }, Some(last)) = (
+                    message.start,
+                    crate::message::last_route(&message.bytes, message.start_line_end as usize),
+                ) {
+                    edits.push(Edit {
+                        at: uri.start,
+                        cut: uri.end - uri.start,
+                        insert: Insertion::Copy(last.uri),
+                    });
+                    edits.push(Edit::cut(last.cut));
+                }
+            }
+        }
         if let Some((route, tag)) = message
             .top_route
             .and_then(|r| r.lb.map(|tag| (r, message.slice(tag))))
@@ -35,15 +55,18 @@ impl Balancer {
                     self.stats.backend_requests_in += 1;
                     return self.route_backend_request(source, backend, message);
                 }
-                Some((backend, Facing::Frontends)) => target = Some(backend),
+                Some((backend, Facing::Frontends)) => target = target.or(Some(backend)),
                 None => {}
             }
-            // The balancer's own entry: a loose router removes it (RFC 3261 §16.4).
-            edits.push(cut_entry(
-                route.line,
-                route.sole_entry,
-                route.entry_with_comma,
-            ));
+            // The balancer's own entry: a loose router removes it (RFC 3261 §16.4). After a
+            // strict router the last entry is cut instead; a sole entry would be cut twice.
+            if message.request_uri_lb.is_none() {
+                edits.push(cut_entry(
+                    route.line,
+                    route.sole_entry,
+                    route.entry_with_comma,
+                ));
+            }
         }
         self.stats.frontend_requests_in += 1;
         self.learn_alias(source.conn, &message);
