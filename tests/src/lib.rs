@@ -27,6 +27,20 @@ pub mod trace;
 
 use std::path::{Path, PathBuf};
 
+/// One `#[test]` per (scenario, runtime): `tokio::NAME` and `mio::NAME`, each calling the
+/// test file's `fn NAME(rt: Runtime)`. Every scenario runs against both binaries.
+#[macro_export]
+macro_rules! for_both_runtimes {
+    ($($name:ident),* $(,)?) => {
+        mod tokio {
+            $( #[test] fn $name() { super::$name($crate::lb::Runtime::Tokio) } )*
+        }
+        mod mio {
+            $( #[test] fn $name() { super::$name($crate::lb::Runtime::Mio) } )*
+        }
+    };
+}
+
 /// A scratch directory for one test's logs and traces.
 ///
 /// Removed when the test passes; kept (and its path printed) when the test panics, because the

@@ -16,10 +16,13 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use siplb_e2e::envelope::EnvBackend;
-use siplb_e2e::lb::{BackendArg, Balancer, LbSpec, Runtime};
+use siplb_e2e::lb::{BackendArg, Balancer, LbSpec, Runtime, CLEAN};
 use siplb_e2e::net::{self, free_port};
 use siplb_e2e::sipp::{Transport, Uac, UacOutcome, UacSpec, Uas};
-use siplb_e2e::trace::{assert_affinity, assert_signatures, expect_sig, per_backend, Dir, Trace};
+use siplb_e2e::trace::{
+    assert_affinity, assert_signatures, assert_spread, expect_sig, owned_by, per_backend, Dir,
+    Trace,
+};
 use siplb_e2e::RunDir;
 
 // ---------------------------------------------------------------------------------------------
@@ -46,49 +49,6 @@ fn finish_all(backends: Vec<Uas>) -> Vec<Trace> {
 
 fn refs(traces: &[Trace]) -> Vec<&Trace> {
     traces.iter().collect()
-}
-
-/// Counters every run without failures must show.
-const CLEAN: &[(&str, u64)] = &[
-    ("tag_failures", 0),
-    ("to_backup", 0),
-    ("replies_503", 0),
-    ("replies_400", 0),
-    ("replies_481", 0),
-    ("malformed", 0),
-    ("framing_errors", 0),
-    ("dropped", 0),
-    ("backend_failures", 0),
-    ("frontends_open", 0),
-];
-
-/// Asserts every backend in `traces` owns at least one call and the per-backend counts add up.
-fn assert_spread(owner: &BTreeMap<String, String>, traces: &[Trace], calls: usize) {
-    let counts = per_backend(owner);
-    for t in traces {
-        assert!(
-            counts.get(&t.name).copied().unwrap_or(0) >= 1,
-            "backend {} got no call; calls per backend: {counts:?}",
-            t.name
-        );
-        // Attribution and the backend's own view agree: it saw exactly the calls it owns.
-        let own: BTreeSet<String> = owner
-            .iter()
-            .filter(|(_, b)| **b == t.name)
-            .map(|(id, _)| id.clone())
-            .collect();
-        assert_eq!(own, t.call_ids(), "{}: calls owned vs calls seen", t.name);
-    }
-    assert_eq!(counts.values().sum::<usize>(), calls, "{counts:?}");
-}
-
-/// The Call-IDs a backend owns.
-fn owned_by<'a>(owner: &'a BTreeMap<String, String>, name: &'a str) -> Vec<&'a String> {
-    owner
-        .iter()
-        .filter(|(_, b)| b.as_str() == name)
-        .map(|(id, _)| id)
-        .collect()
 }
 
 /// The balancer's own Route/Record-Route entry: its address and an `lb=` tag parameter.
@@ -1045,19 +1005,7 @@ fn s8_envelope_retransmission_and_cancel(rt: Runtime) {
 
 // ---------------------------------------------------------------------------------------------
 
-/// One `#[test]` per (scenario, runtime): `tokio::NAME` and `mio::NAME`.
-macro_rules! for_both_runtimes {
-    ($($name:ident),* $(,)?) => {
-        mod tokio {
-            $( #[test] fn $name() { super::$name(super::Runtime::Tokio) } )*
-        }
-        mod mio {
-            $( #[test] fn $name() { super::$name(super::Runtime::Mio) } )*
-        }
-    };
-}
-
-for_both_runtimes!(
+siplb_e2e::for_both_runtimes!(
     s1_basic_calls_one_connection,
     s1_basic_calls_unpaced,
     s1_basic_calls_widest_batch_window,
