@@ -21,7 +21,7 @@ use crate::RunDir;
 pub const KAMAILIO_MISSING: &str =
     "Kamailio missing: run `cargo xtask test`, which installs it (Debian package kamailio)";
 
-/// The configuration template; `@PORT@`, `@MPATH@` and `@BALANCER@` are filled in at start.
+/// The configuration template; `@PORT@` and `@BALANCER@` are filled in at start.
 const EDGE_CFG: &str = include_str!("../peers/kamailio-edge.cfg");
 
 /// The `kamailio` executable (`$KAMAILIO`, `PATH`, or `/usr/sbin` where Debian puts it).
@@ -30,37 +30,12 @@ pub fn kamailio() -> PathBuf {
     find_program("kamailio", "KAMAILIO").unwrap_or_else(|| panic!("{KAMAILIO_MISSING}"))
 }
 
-/// Kamailio's module folder: `$KAMAILIO_MPATH`, or where distributions install it
-/// (`/usr/lib/<multiarch>/kamailio/modules` on Debian), recognised by its `tm.so`.
-pub fn modules() -> PathBuf {
-    if let Some(dir) = std::env::var_os("KAMAILIO_MPATH") {
-        return PathBuf::from(dir);
-    }
-    let mut candidates: Vec<PathBuf> = ["/usr/lib", "/usr/lib64", "/usr/local/lib"]
-        .iter()
-        .map(|d| Path::new(d).join("kamailio/modules"))
-        .collect();
-    if let Ok(entries) = std::fs::read_dir("/usr/lib") {
-        candidates.extend(entries.flatten().map(|e| e.path().join("kamailio/modules")));
-    }
-    candidates
-        .into_iter()
-        .find(|d| d.join("tm.so").is_file())
-        .unwrap_or_else(|| {
-            panic!("Kamailio's modules (tm.so) not found; set KAMAILIO_MPATH. {KAMAILIO_MISSING}")
-        })
-}
-
 /// The configuration for an edge proxy listening on `127.0.0.1:port` that sends every new call
 /// to `balancer`.
-pub fn edge_config(port: u16, balancer: SocketAddr, mpath: &Path) -> String {
-    let mut mpath = mpath.display().to_string();
-    if !mpath.ends_with('/') {
-        mpath.push('/');
-    }
+/// Modules load from the binary's own default folder (the package's), so the config names none.
+pub fn edge_config(port: u16, balancer: SocketAddr) -> String {
     EDGE_CFG
         .replace("@PORT@", &port.to_string())
-        .replace("@MPATH@", &mpath)
         .replace("@BALANCER@", &balancer.to_string())
 }
 
@@ -78,7 +53,7 @@ impl EdgeProxy {
         let bin = kamailio();
         let port = free_port();
         let cfg = dir.file("kamailio.cfg");
-        std::fs::write(&cfg, edge_config(port, balancer, &modules()))
+        std::fs::write(&cfg, edge_config(port, balancer))
             .unwrap_or_else(|e| panic!("writing {}: {e}", cfg.display()));
         let runtime = dir.file("kamailio-run");
         std::fs::create_dir_all(&runtime).expect("creating Kamailio's runtime dir");

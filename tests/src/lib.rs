@@ -11,6 +11,7 @@
 //!   leaves nothing running;
 //! - [`sipp`]: SIPp client and server runs with their message traces and statistics;
 //! - [`trace`]: a parser for SIPp's `-trace_msg` log and the per-call attribution checks;
+//! - [`flows`]: what each scenario's peer logs of a call, where every topology agrees;
 //! - [`lb`]: the balancer process, its readiness and its `siplb-stats` line on SIGTERM;
 //! - [`envelope`]: the example envelope-mode backend and the counters it prints on SIGTERM;
 //! - [`kamailio`]: Kamailio as the edge proxy, started as a [`process::Proc`] with a config
@@ -21,6 +22,7 @@
 
 pub mod bins;
 pub mod envelope;
+pub mod flows;
 pub mod kamailio;
 pub mod lb;
 pub mod net;

@@ -16,6 +16,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use siplb_e2e::envelope::EnvBackend;
+use siplb_e2e::flows::{UAC_486, UAC_CANCEL, UAS_486, UAS_BASIC, UAS_BYE};
 use siplb_e2e::lb::{BackendArg, Balancer, LbSpec, Runtime, CLEAN};
 use siplb_e2e::net::{self, free_port};
 use siplb_e2e::sipp::{Transport, Uac, UacOutcome, UacSpec, Uas};
@@ -103,14 +104,6 @@ fn uac_spec(name: &str, scenario: &str, lb: &Balancer, calls: u32, rate: u32) ->
     spec
 }
 
-const BASIC_UAS: &[&str] = &[
-    "recv INVITE",
-    "sent 180/INVITE",
-    "sent 200/INVITE",
-    "recv ACK",
-    "recv BYE",
-    "sent 200/BYE",
-];
 const BASIC_UAC: &[&str] = &[
     "sent INVITE",
     "recv 180/INVITE",
@@ -140,7 +133,7 @@ fn basic_calls(rt: Runtime, transport: Transport, test: &str, flags: &[&str]) {
     let owner = assert_affinity(&[&uac.trace], &refs(&traces));
     assert_spread(&owner, &traces, CALLS as usize);
     for t in &traces {
-        assert_signatures(t, owned_by(&owner, &t.name), BASIC_UAS);
+        assert_signatures(t, owned_by(&owner, &t.name), UAS_BASIC);
     }
     stats.expect(CLEAN);
     let conns = if transport == Transport::One {
@@ -360,21 +353,7 @@ fn s3_retransmitted_invite_and_cancel(rt: Runtime) {
             ],
         );
     }
-    assert_signatures(
-        &uac.trace,
-        owner.keys(),
-        &[
-            "sent INVITE",
-            "recv 100/INVITE",
-            "recv 180/INVITE",
-            "sent INVITE",
-            "recv 180/INVITE",
-            "sent CANCEL",
-            "recv 200/CANCEL",
-            "recv 487/INVITE",
-            "sent ACK",
-        ],
-    );
+    assert_signatures(&uac.trace, owner.keys(), UAC_CANCEL);
     stats.expect(CLEAN);
     // Per call: the retransmitted INVITE, the CANCEL and the ACK of the 487, all untagged.
     stats.expect(&[
@@ -397,27 +376,9 @@ fn s3_ack_of_486(rt: Runtime) {
     let owner = assert_affinity(&[&uac.trace], &refs(&traces));
     assert_spread(&owner, &traces, CALLS as usize);
     for t in &traces {
-        assert_signatures(
-            t,
-            owned_by(&owner, &t.name),
-            &[
-                "recv INVITE",
-                "sent 100/INVITE",
-                "sent 486/INVITE",
-                "recv ACK",
-            ],
-        );
+        assert_signatures(t, owned_by(&owner, &t.name), UAS_486);
     }
-    assert_signatures(
-        &uac.trace,
-        owner.keys(),
-        &[
-            "sent INVITE",
-            "recv 100/INVITE",
-            "recv 486/INVITE",
-            "sent ACK",
-        ],
-    );
+    assert_signatures(&uac.trace, owner.keys(), UAC_486);
     stats.expect(CLEAN);
     // Per call: the ACK of the 486, untagged.
     stats.expect(&[
@@ -453,18 +414,7 @@ fn s4_backend_hangs_up(rt: Runtime) {
     let owner = assert_affinity(&[&a.trace, &b.trace], &refs(&traces));
     assert_spread(&owner, &traces, 2 * CALLS as usize);
     for t in &traces {
-        assert_signatures(
-            t,
-            owned_by(&owner, &t.name),
-            &[
-                "recv INVITE",
-                "sent 180/INVITE",
-                "sent 200/INVITE",
-                "recv ACK",
-                "sent BYE",
-                "recv 200/BYE",
-            ],
-        );
+        assert_signatures(t, owned_by(&owner, &t.name), UAS_BYE);
         // The 200 to its BYE arrives with the backend's own Via on top: the balancer's is gone.
         for m in t
             .msgs
@@ -613,7 +563,7 @@ fn s6_backend_killed(rt: Runtime) {
         assert_eq!(on.len(), 1, "call {id} on {} backends", on.len());
         assert_eq!(
             on[0].signature(id),
-            expect_sig(BASIC_UAS),
+            expect_sig(UAS_BASIC),
             "{}",
             on[0].dump_call(id)
         );
@@ -797,7 +747,7 @@ fn s7_garbage_on_another_connection(rt: Runtime) {
     let owner = assert_affinity(&[&uac.trace, &after.trace], &refs(&traces));
     assert_spread(&owner, &traces, CALLS as usize + 6);
     for t in &traces {
-        assert_signatures(t, owned_by(&owner, &t.name), BASIC_UAS);
+        assert_signatures(t, owned_by(&owner, &t.name), UAS_BASIC);
     }
     stats.expect(&[
         ("new_calls", u64::from(CALLS) + 6),
@@ -983,17 +933,7 @@ fn s8_envelope_retransmission_and_cancel(rt: Runtime) {
             window: None,
             pause_ms: 0,
             calls: 9,
-            uac_flow: &[
-                "sent INVITE",
-                "recv 100/INVITE",
-                "recv 180/INVITE",
-                "sent INVITE",
-                "recv 180/INVITE",
-                "sent CANCEL",
-                "recv 200/CANCEL",
-                "recv 487/INVITE",
-                "sent ACK",
-            ],
+            uac_flow: UAC_CANCEL,
             lb_expect: &[("tagged", 0), ("table_hits", 27)],
         },
     );

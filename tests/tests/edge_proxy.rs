@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use siplb_e2e::flows::{UAC_486, UAC_CANCEL, UAS_486, UAS_BASIC, UAS_BYE};
 use siplb_e2e::kamailio::EdgeProxy;
 use siplb_e2e::lb::{BackendArg, Balancer, LbSpec, LbStats, Runtime, CLEAN};
 use siplb_e2e::net::{self, free_port};
@@ -184,6 +185,38 @@ impl Finished {
     }
 }
 
+/// One caller's run through the edge: which scenario each side plays and what each side must
+/// see of every call.
+struct Case<'a> {
+    test: &'a str,
+    uas: &'a str,
+    backend_flow: &'a [&'a str],
+    uac: &'a str,
+    uac_flow: &'a [&'a str],
+    /// The caller's `-d` (its `<pause/>` between ACK and BYE).
+    pause_ms: u64,
+}
+
+impl Case<'_> {
+    /// Runs the case: all calls succeed, each reaches one backend, both sides see their whole
+    /// flow. Returns the caller's outcome and what the run left.
+    fn run(&self, rt: Runtime) -> (UacOutcome, Finished) {
+        let edge = Edge::start(rt, self.test, self.uas);
+        let uac = Uac::run(&edge.dir, edge.caller("uac", self.uac, self.pause_ms));
+        let done = edge.finish();
+        uac.assert_all_ok(CALLS.into());
+        let owner = done.assert_calls(&[&uac], self.backend_flow);
+        assert_signatures(&uac.trace, owner.keys(), self.uac_flow);
+        eprintln!(
+            "{}: calls per backend {:?}; {}",
+            self.test,
+            per_backend(&owner),
+            done.stats.line
+        );
+        (uac, done)
+    }
+}
+
 /// Each Record-Route entry of `m`, whether on one line or several.
 fn record_routes(m: &SipMsg) -> Vec<String> {
     m.header_values("Record-Route")
@@ -206,17 +239,7 @@ fn top_branch(m: &SipMsg) -> &str {
         .unwrap_or("")
 }
 
-/// The backend side of a call that ends with the caller's BYE.
-const BASIC_UAS: &[&str] = &[
-    "recv INVITE",
-    "sent 180/INVITE",
-    "sent 200/INVITE",
-    "recv ACK",
-    "recv BYE",
-    "sent 200/BYE",
-];
-
-/// The caller's side of it: the 100 now comes from Kamailio.
+/// The caller's side of a `uas_basic.xml` call (`uac_basic.xml`): the 100 comes from Kamailio.
 const BASIC_UAC: &[&str] = &[
     "sent INVITE",
     "recv 100/INVITE",
@@ -227,18 +250,31 @@ const BASIC_UAC: &[&str] = &[
     "recv 200/BYE",
 ];
 
+/// The caller's side of a `uas_bye.xml` call (`uac_recv_bye.xml`), the 100 from Kamailio.
+const CALLEE_BYE_UAC: &[&str] = &[
+    "sent INVITE",
+    "recv 100/INVITE",
+    "recv 180/INVITE",
+    "recv 200/INVITE",
+    "sent ACK",
+    "recv BYE",
+    "sent 200/BYE",
+];
+
 // ---------------------------------------------------------------------------------------------
 // Calls through Kamailio, the balancer and three backends
 
 /// `pause_ms` between the ACK and the BYE: short, or past the balancer's 2 s window.
 fn calls_through_kamailio(rt: Runtime, test: &str, pause_ms: u64) {
-    let edge = Edge::start(rt, test, "uas_basic.xml");
-    let uac = Uac::run(&edge.dir, edge.caller("uac", "uac_basic.xml", pause_ms));
-    let done = edge.finish();
-    uac.assert_all_ok(CALLS.into());
-
-    let owner = done.assert_calls(&[&uac], BASIC_UAS);
-    assert_signatures(&uac.trace, owner.keys(), BASIC_UAC);
+    let (uac, done) = Case {
+        test,
+        uas: "uas_basic.xml",
+        backend_flow: UAS_BASIC,
+        uac: "uac_basic.xml",
+        uac_flow: BASIC_UAC,
+        pause_ms,
+    }
+    .run(rt);
     done.assert_routing(&[&uac]);
     done.stats.expect(&[
         ("new_calls", CALLS.into()),
@@ -246,11 +282,6 @@ fn calls_through_kamailio(rt: Runtime, test: &str, pause_ms: u64) {
         ("tagged", 2 * u64::from(CALLS)),
         ("table_hits", 0),
     ]);
-    eprintln!(
-        "{test}: calls per backend {:?}; {}",
-        per_backend(&owner),
-        done.stats.line
-    );
 }
 
 fn calls_reach_one_backend_each(rt: Runtime) {
@@ -267,17 +298,13 @@ fn long_call_bye_reaches_its_backend_by_tag(rt: Runtime) {
 // CANCEL of a ringing call
 
 fn cancel_of_a_ringing_call(rt: Runtime) {
-    let edge = Edge::start(rt, "cancel", "uas_ring.xml");
-    let uac = Uac::run(&edge.dir, edge.caller("uac", "uac_cancel.xml", 0));
-    let done = edge.finish();
-    uac.assert_all_ok(CALLS.into());
-
-    // Kamailio answered the caller's retransmission (with the 180 again) and its CANCEL (200)
-    // and absorbed the caller's ACK of the 487; the backend that got the INVITE got Kamailio's
+    // Kamailio answers the caller's retransmission (with the 180 again) and its CANCEL (200)
+    // and absorbs the caller's ACK of the 487; the backend that got the INVITE gets Kamailio's
     // own CANCEL and Kamailio's own ACK of the 487.
-    let owner = done.assert_calls(
-        &[&uac],
-        &[
+    let (uac, done) = Case {
+        test: "cancel",
+        uas: "uas_ring.xml",
+        backend_flow: &[
             "recv INVITE",
             "sent 100/INVITE",
             "sent 180/INVITE",
@@ -286,22 +313,11 @@ fn cancel_of_a_ringing_call(rt: Runtime) {
             "sent 487/INVITE",
             "recv ACK",
         ],
-    );
-    assert_signatures(
-        &uac.trace,
-        owner.keys(),
-        &[
-            "sent INVITE",
-            "recv 100/INVITE",
-            "recv 180/INVITE",
-            "sent INVITE",
-            "recv 180/INVITE",
-            "sent CANCEL",
-            "recv 200/CANCEL",
-            "recv 487/INVITE",
-            "sent ACK",
-        ],
-    );
+        uac: "uac_cancel.xml",
+        uac_flow: UAC_CANCEL,
+        pause_ms: 0,
+    }
+    .run(rt);
     assert_hop_by_hop(&done.traces, &uac, &["CANCEL", "ACK"]);
     // The 487 reached the caller with its own Via: the backend answered the INVITE's Via list.
     for m in uac.trace.msgs.iter().filter(|m| m.label() == "487/INVITE") {
@@ -364,30 +380,15 @@ fn assert_hop_by_hop(traces: &[Trace], uac: &UacOutcome, methods: &[&str]) {
 // A rejected call: the ACK of the 486
 
 fn ack_of_a_rejected_call(rt: Runtime) {
-    let edge = Edge::start(rt, "busy", "uas_486.xml");
-    let uac = Uac::run(&edge.dir, edge.caller("uac", "uac_486.xml", 0));
-    let done = edge.finish();
-    uac.assert_all_ok(CALLS.into());
-
-    let owner = done.assert_calls(
-        &[&uac],
-        &[
-            "recv INVITE",
-            "sent 100/INVITE",
-            "sent 486/INVITE",
-            "recv ACK",
-        ],
-    );
-    assert_signatures(
-        &uac.trace,
-        owner.keys(),
-        &[
-            "sent INVITE",
-            "recv 100/INVITE",
-            "recv 486/INVITE",
-            "sent ACK",
-        ],
-    );
+    let (uac, done) = Case {
+        test: "busy",
+        uas: "uas_486.xml",
+        backend_flow: UAS_486,
+        uac: "uac_486.xml",
+        uac_flow: UAC_486,
+        pause_ms: 0,
+    }
+    .run(rt);
     // Kamailio's tm acknowledged the 486 itself; the caller's ACK stopped at Kamailio.
     assert_hop_by_hop(&done.traces, &uac, &["ACK"]);
     done.stats.expect(&[
@@ -414,33 +415,11 @@ fn callee_hangs_up(rt: Runtime) {
     b.assert_all_ok(CALLS.into());
     assert!(a.trace.call_ids().is_disjoint(&b.trace.call_ids()));
 
-    let owner = done.assert_calls(
-        &[&a, &b],
-        &[
-            "recv INVITE",
-            "sent 180/INVITE",
-            "sent 200/INVITE",
-            "recv ACK",
-            "sent BYE",
-            "recv 200/BYE",
-        ],
-    );
+    let owner = done.assert_calls(&[&a, &b], UAS_BYE);
     done.assert_routing(&[&a, &b]);
     let (lb, proxy) = (done.lb.to_string(), done.proxy.to_string());
     for uac in [&a, &b] {
-        assert_signatures(
-            &uac.trace,
-            uac.trace.call_ids().iter(),
-            &[
-                "sent INVITE",
-                "recv 100/INVITE",
-                "recv 180/INVITE",
-                "recv 200/INVITE",
-                "sent ACK",
-                "recv BYE",
-                "sent 200/BYE",
-            ],
-        );
+        assert_signatures(&uac.trace, uac.trace.call_ids().iter(), CALLEE_BYE_UAC);
         // The BYE came down both proxies: Kamailio's Via on top, the balancer's tagged one
         // below it, the backend's last.
         for m in uac.trace.msgs.iter().filter(|m| m.label() == "BYE") {
@@ -492,21 +471,15 @@ fn callee_hangs_up(rt: Runtime) {
 /// the caller's 70 reaches the backend as 68 (Kamailio, then the balancer), and the backend's
 /// 70 on its BYE reaches the caller as 68 (the balancer, then Kamailio).
 fn max_forwards_counts_both_proxies(rt: Runtime) {
-    let edge = Edge::start(rt, "max-forwards", "uas_bye.xml");
-    let uac = Uac::run(&edge.dir, edge.caller("uac", "uac_recv_bye.xml", 0));
-    let done = edge.finish();
-    uac.assert_all_ok(CALLS.into());
-    done.assert_calls(
-        &[&uac],
-        &[
-            "recv INVITE",
-            "sent 180/INVITE",
-            "sent 200/INVITE",
-            "recv ACK",
-            "sent BYE",
-            "recv 200/BYE",
-        ],
-    );
+    let (uac, done) = Case {
+        test: "max-forwards",
+        uas: "uas_bye.xml",
+        backend_flow: UAS_BYE,
+        uac: "uac_recv_bye.xml",
+        uac_flow: CALLEE_BYE_UAC,
+        pause_ms: 0,
+    }
+    .run(rt);
     let requests = done
         .traces
         .iter()
@@ -539,6 +512,4 @@ siplb_e2e::for_both_runtimes!(
 fn kamailio_is_installed() {
     let bin = siplb_e2e::kamailio::kamailio();
     assert!(bin.is_file(), "{}", siplb_e2e::kamailio::KAMAILIO_MISSING);
-    let mpath = siplb_e2e::kamailio::modules();
-    assert!(mpath.join("tm.so").is_file(), "{}", mpath.display());
 }
