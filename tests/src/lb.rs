@@ -90,6 +90,20 @@ impl BackendArg {
     }
 }
 
+/// Counters every run without failures must show (with [`LbStats::expect`]).
+pub const CLEAN: &[(&str, u64)] = &[
+    ("tag_failures", 0),
+    ("to_backup", 0),
+    ("replies_503", 0),
+    ("replies_400", 0),
+    ("replies_481", 0),
+    ("malformed", 0),
+    ("framing_errors", 0),
+    ("dropped", 0),
+    ("backend_failures", 0),
+    ("frontends_open", 0),
+];
+
 /// How to start the balancer.
 #[derive(Debug, Clone)]
 pub struct LbSpec {

@@ -1,6 +1,7 @@
 //! Harness for the end-to-end tests of the siplb binaries (`lb-tokio`, `lb-mio`) with real
-//! peers on 127.0.0.1: SIPp as the proxy-side client and as plain-mode backends, the example
-//! envelope backend, and raw Rust sockets for what SIPp cannot express (garbage input).
+//! peers on loopback: SIPp as the proxy-side client and as plain-mode backends, Kamailio as the
+//! edge proxy, the example envelope backend, and raw Rust sockets for what SIPp cannot express
+//! (garbage input).
 //!
 //! The tests themselves live in `tests/tests/`. This library gives them:
 //! - [`bins`]: the balancer and example binaries, built once per test process;
@@ -10,14 +11,19 @@
 //!   leaves nothing running;
 //! - [`sipp`]: SIPp client and server runs with their message traces and statistics;
 //! - [`trace`]: a parser for SIPp's `-trace_msg` log and the per-call attribution checks;
+//! - [`flows`]: what each scenario's peer logs of a call, where every topology agrees;
 //! - [`lb`]: the balancer process, its readiness and its `siplb-stats` line on SIGTERM;
 //! - [`envelope`]: the example envelope-mode backend and the counters it prints on SIGTERM;
+//! - [`kamailio`]: Kamailio as the edge proxy, started as a [`process::Proc`] with a config
+//!   generated from `peers/kamailio-edge.cfg`, waited for until it listens;
 //! - [`RunDir`]: a scratch directory per test, kept when the test fails.
 
 #![allow(clippy::unwrap_used)]
 
 pub mod bins;
 pub mod envelope;
+pub mod flows;
+pub mod kamailio;
 pub mod lb;
 pub mod net;
 pub mod ops;
@@ -26,6 +32,20 @@ pub mod sipp;
 pub mod trace;
 
 use std::path::{Path, PathBuf};
+
+/// One `#[test]` per (scenario, runtime): `tokio::NAME` and `mio::NAME`, each calling the
+/// test file's `fn NAME(rt: Runtime)`. Every scenario runs against both binaries.
+#[macro_export]
+macro_rules! for_both_runtimes {
+    ($($name:ident),* $(,)?) => {
+        mod tokio {
+            $( #[test] fn $name() { super::$name($crate::lb::Runtime::Tokio) } )*
+        }
+        mod mio {
+            $( #[test] fn $name() { super::$name($crate::lb::Runtime::Mio) } )*
+        }
+    };
+}
 
 /// A scratch directory for one test's logs and traces.
 ///

@@ -61,11 +61,7 @@ impl Proc {
     /// Sends a signal by name (`TERM`, `INT`, `KILL`, …) to this process only.
     pub fn signal(&mut self, sig: &str) {
         if self.is_running() {
-            // `kill(1)` rather than libc: the workspace forbids unsafe code.
-            let _ = Command::new("kill")
-                .arg(format!("-{sig}"))
-                .arg(self.pid().to_string())
-                .status();
+            signal_pid(self.pid(), sig);
         }
     }
 
@@ -128,6 +124,53 @@ impl Proc {
             tail(self.stderr())
         )
     }
+}
+
+/// Sends a signal by name to any process (one this test started, or a child of one).
+pub fn signal_pid(pid: u32, sig: &str) {
+    // `kill(1)` rather than libc: the workspace forbids unsafe code.
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// The pids whose parent is `pid`, from `/proc/*/stat` (for peers that fork workers).
+pub fn child_pids(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            // `PID (COMM) STATE PPID …`; COMM may hold spaces and parentheses, so split after
+            // the last `)`.
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let rest = s.rsplit_once(')')?.1.to_string();
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}
+
+/// An executable named `name`: `$ENV_VAR` if set (and a file), else the first match on `PATH`
+/// or in the sbin folders a non-root `PATH` often lacks (Kamailio installs into `/usr/sbin`).
+pub fn find_program(name: &str, env_var: &str) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(env_var) {
+        let p = PathBuf::from(p);
+        return p.is_file().then_some(p);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
 }
 
 impl Drop for Proc {

@@ -1,32 +1,25 @@
 //! Running SIPp as the proxy-side client (UAC) and as plain-mode backends (UAS).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::net::{self, free_port};
-use crate::process::Proc;
+use crate::process::{find_program, Proc};
 use crate::trace::Trace;
 use crate::RunDir;
 
 /// The message a test fails with when SIPp is not installed.
-pub const SIPP_MISSING: &str = "SIPp missing: apt-get install -y sip-tester";
+pub const SIPP_MISSING: &str =
+    "SIPp missing: run `cargo xtask test`, which installs it (Debian package sip-tester)";
 
 /// The `sipp` executable on `PATH` (or `$SIPP`). Panics with [`SIPP_MISSING`] when absent: the
 /// end-to-end tests never skip silently.
 pub fn sipp() -> PathBuf {
     static FOUND: OnceLock<Option<PathBuf>> = OnceLock::new();
-    let found = FOUND.get_or_init(|| {
-        if let Some(p) = std::env::var_os("SIPP") {
-            let p = PathBuf::from(p);
-            return p.is_file().then_some(p);
-        }
-        let path = std::env::var_os("PATH")?;
-        std::env::split_paths(&path)
-            .map(|d| d.join("sipp"))
-            .find(|p| p.is_file())
-    });
+    let found = FOUND.get_or_init(|| find_program("sipp", "SIPP"));
     match found {
         Some(p) => p.clone(),
         None => panic!("{SIPP_MISSING}"),
@@ -66,7 +59,7 @@ pub struct Uas {
     proc: Proc,
     killed: bool,
     name: String,
-    port: u16,
+    addr: SocketAddr,
     trace: PathBuf,
     errors: PathBuf,
 }
@@ -87,12 +80,33 @@ impl Uas {
         port: u16,
         keys: &[(&str, String)],
     ) -> Uas {
+        Uas::start_at(dir, name, scenario_file, net::local(port), keys)
+    }
+
+    /// Like [`Uas::start_on`] on another loopback address too (`127.0.0.2:port`, …), so that
+    /// each backend of a farm has an address of its own, as real ones do.
+    pub fn start_at(
+        dir: &RunDir,
+        name: &str,
+        scenario_file: &str,
+        addr: SocketAddr,
+        keys: &[(&str, String)],
+    ) -> Uas {
+        assert!(addr.ip().is_loopback(), "backends stay on loopback: {addr}");
+        let port = addr.port();
         let trace = dir.file(&format!("{name}_messages.log"));
         let errors = dir.file(&format!("{name}_errors.log"));
         let mut cmd = Command::new(sipp());
         cmd.arg("-sf")
             .arg(scenario(scenario_file))
-            .args(["-t", "t1", "-i", "127.0.0.1", "-bind_local", "-nostdin"])
+            .args([
+                "-t",
+                "t1",
+                "-i",
+                &addr.ip().to_string(),
+                "-bind_local",
+                "-nostdin",
+            ])
             .args(["-p", &port.to_string()])
             .arg("-trace_msg")
             .arg("-message_file")
@@ -106,7 +120,7 @@ impl Uas {
         cmd.current_dir(dir.path());
         let mut proc = Proc::spawn(name, cmd, dir.path());
         net::wait_until(
-            &format!("SIPp backend {name} to listen on port {port}"),
+            &format!("SIPp backend {name} to listen on {addr}"),
             Duration::from_secs(10),
             || {
                 assert!(
@@ -121,7 +135,7 @@ impl Uas {
             proc,
             killed: false,
             name: name.to_string(),
-            port,
+            addr,
             trace,
             errors,
         }
@@ -134,12 +148,12 @@ impl Uas {
 
     /// The port it listens on.
     pub fn port(&self) -> u16 {
-        self.port
+        self.addr.port()
     }
 
-    /// `127.0.0.1:port`.
-    pub fn addr(&self) -> std::net::SocketAddr {
-        net::local(self.port)
+    /// The address it listens on (`127.0.0.1:port` unless started with [`Uas::start_at`]).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     /// The trace so far (SIPp writes each message as it goes).
@@ -186,7 +200,7 @@ pub struct UacSpec {
     /// Scenario file in `tests/scenarios/`.
     pub scenario: String,
     /// Where to send (the balancer).
-    pub target: std::net::SocketAddr,
+    pub target: SocketAddr,
     /// One shared connection or one per call.
     pub transport: Transport,
     /// Number of calls (`-m`).
@@ -203,7 +217,7 @@ pub struct UacSpec {
 
 impl UacSpec {
     /// A spec with the common defaults: one connection, 10 calls at 20/s, no pause, 30 s.
-    pub fn new(name: &str, scenario: &str, target: std::net::SocketAddr) -> UacSpec {
+    pub fn new(name: &str, scenario: &str, target: SocketAddr) -> UacSpec {
         UacSpec {
             name: name.to_string(),
             scenario: scenario.to_string(),

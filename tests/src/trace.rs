@@ -337,6 +337,36 @@ pub fn per_backend(owner: &BTreeMap<String, String>) -> BTreeMap<String, usize> 
     out
 }
 
+/// Asserts every backend in `traces` owns at least one call, that each saw exactly the calls
+/// it owns, and that the per-backend counts add up to `calls`.
+pub fn assert_spread(owner: &BTreeMap<String, String>, traces: &[Trace], calls: usize) {
+    let counts = per_backend(owner);
+    for t in traces {
+        assert!(
+            counts.get(&t.name).copied().unwrap_or(0) >= 1,
+            "backend {} got no call; calls per backend: {counts:?}",
+            t.name
+        );
+        // Attribution and the backend's own view agree: it saw exactly the calls it owns.
+        let own: BTreeSet<String> = owner
+            .iter()
+            .filter(|(_, b)| **b == t.name)
+            .map(|(id, _)| id.clone())
+            .collect();
+        assert_eq!(own, t.call_ids(), "{}: calls owned vs calls seen", t.name);
+    }
+    assert_eq!(counts.values().sum::<usize>(), calls, "{counts:?}");
+}
+
+/// The Call-IDs a backend owns.
+pub fn owned_by<'a>(owner: &'a BTreeMap<String, String>, name: &'a str) -> Vec<&'a String> {
+    owner
+        .iter()
+        .filter(|(_, b)| b.as_str() == name)
+        .map(|(id, _)| id)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,10 +16,14 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use siplb_e2e::envelope::EnvBackend;
-use siplb_e2e::lb::{BackendArg, Balancer, LbSpec, Runtime};
+use siplb_e2e::flows::{UAC_486, UAC_CANCEL, UAS_486, UAS_BASIC, UAS_BYE};
+use siplb_e2e::lb::{BackendArg, Balancer, LbSpec, Runtime, CLEAN};
 use siplb_e2e::net::{self, free_port};
 use siplb_e2e::sipp::{Transport, Uac, UacOutcome, UacSpec, Uas};
-use siplb_e2e::trace::{assert_affinity, assert_signatures, expect_sig, per_backend, Dir, Trace};
+use siplb_e2e::trace::{
+    assert_affinity, assert_signatures, assert_spread, expect_sig, owned_by, per_backend, Dir,
+    Trace,
+};
 use siplb_e2e::RunDir;
 
 // ---------------------------------------------------------------------------------------------
@@ -46,49 +50,6 @@ fn finish_all(backends: Vec<Uas>) -> Vec<Trace> {
 
 fn refs(traces: &[Trace]) -> Vec<&Trace> {
     traces.iter().collect()
-}
-
-/// Counters every run without failures must show.
-const CLEAN: &[(&str, u64)] = &[
-    ("tag_failures", 0),
-    ("to_backup", 0),
-    ("replies_503", 0),
-    ("replies_400", 0),
-    ("replies_481", 0),
-    ("malformed", 0),
-    ("framing_errors", 0),
-    ("dropped", 0),
-    ("backend_failures", 0),
-    ("frontends_open", 0),
-];
-
-/// Asserts every backend in `traces` owns at least one call and the per-backend counts add up.
-fn assert_spread(owner: &BTreeMap<String, String>, traces: &[Trace], calls: usize) {
-    let counts = per_backend(owner);
-    for t in traces {
-        assert!(
-            counts.get(&t.name).copied().unwrap_or(0) >= 1,
-            "backend {} got no call; calls per backend: {counts:?}",
-            t.name
-        );
-        // Attribution and the backend's own view agree: it saw exactly the calls it owns.
-        let own: BTreeSet<String> = owner
-            .iter()
-            .filter(|(_, b)| **b == t.name)
-            .map(|(id, _)| id.clone())
-            .collect();
-        assert_eq!(own, t.call_ids(), "{}: calls owned vs calls seen", t.name);
-    }
-    assert_eq!(counts.values().sum::<usize>(), calls, "{counts:?}");
-}
-
-/// The Call-IDs a backend owns.
-fn owned_by<'a>(owner: &'a BTreeMap<String, String>, name: &'a str) -> Vec<&'a String> {
-    owner
-        .iter()
-        .filter(|(_, b)| b.as_str() == name)
-        .map(|(id, _)| id)
-        .collect()
 }
 
 /// The balancer's own Route/Record-Route entry: its address and an `lb=` tag parameter.
@@ -143,14 +104,6 @@ fn uac_spec(name: &str, scenario: &str, lb: &Balancer, calls: u32, rate: u32) ->
     spec
 }
 
-const BASIC_UAS: &[&str] = &[
-    "recv INVITE",
-    "sent 180/INVITE",
-    "sent 200/INVITE",
-    "recv ACK",
-    "recv BYE",
-    "sent 200/BYE",
-];
 const BASIC_UAC: &[&str] = &[
     "sent INVITE",
     "recv 180/INVITE",
@@ -180,7 +133,7 @@ fn basic_calls(rt: Runtime, transport: Transport, test: &str, flags: &[&str]) {
     let owner = assert_affinity(&[&uac.trace], &refs(&traces));
     assert_spread(&owner, &traces, CALLS as usize);
     for t in &traces {
-        assert_signatures(t, owned_by(&owner, &t.name), BASIC_UAS);
+        assert_signatures(t, owned_by(&owner, &t.name), UAS_BASIC);
     }
     stats.expect(CLEAN);
     let conns = if transport == Transport::One {
@@ -400,21 +353,7 @@ fn s3_retransmitted_invite_and_cancel(rt: Runtime) {
             ],
         );
     }
-    assert_signatures(
-        &uac.trace,
-        owner.keys(),
-        &[
-            "sent INVITE",
-            "recv 100/INVITE",
-            "recv 180/INVITE",
-            "sent INVITE",
-            "recv 180/INVITE",
-            "sent CANCEL",
-            "recv 200/CANCEL",
-            "recv 487/INVITE",
-            "sent ACK",
-        ],
-    );
+    assert_signatures(&uac.trace, owner.keys(), UAC_CANCEL);
     stats.expect(CLEAN);
     // Per call: the retransmitted INVITE, the CANCEL and the ACK of the 487, all untagged.
     stats.expect(&[
@@ -437,27 +376,9 @@ fn s3_ack_of_486(rt: Runtime) {
     let owner = assert_affinity(&[&uac.trace], &refs(&traces));
     assert_spread(&owner, &traces, CALLS as usize);
     for t in &traces {
-        assert_signatures(
-            t,
-            owned_by(&owner, &t.name),
-            &[
-                "recv INVITE",
-                "sent 100/INVITE",
-                "sent 486/INVITE",
-                "recv ACK",
-            ],
-        );
+        assert_signatures(t, owned_by(&owner, &t.name), UAS_486);
     }
-    assert_signatures(
-        &uac.trace,
-        owner.keys(),
-        &[
-            "sent INVITE",
-            "recv 100/INVITE",
-            "recv 486/INVITE",
-            "sent ACK",
-        ],
-    );
+    assert_signatures(&uac.trace, owner.keys(), UAC_486);
     stats.expect(CLEAN);
     // Per call: the ACK of the 486, untagged.
     stats.expect(&[
@@ -493,18 +414,7 @@ fn s4_backend_hangs_up(rt: Runtime) {
     let owner = assert_affinity(&[&a.trace, &b.trace], &refs(&traces));
     assert_spread(&owner, &traces, 2 * CALLS as usize);
     for t in &traces {
-        assert_signatures(
-            t,
-            owned_by(&owner, &t.name),
-            &[
-                "recv INVITE",
-                "sent 180/INVITE",
-                "sent 200/INVITE",
-                "recv ACK",
-                "sent BYE",
-                "recv 200/BYE",
-            ],
-        );
+        assert_signatures(t, owned_by(&owner, &t.name), UAS_BYE);
         // The 200 to its BYE arrives with the backend's own Via on top: the balancer's is gone.
         for m in t
             .msgs
@@ -653,7 +563,7 @@ fn s6_backend_killed(rt: Runtime) {
         assert_eq!(on.len(), 1, "call {id} on {} backends", on.len());
         assert_eq!(
             on[0].signature(id),
-            expect_sig(BASIC_UAS),
+            expect_sig(UAS_BASIC),
             "{}",
             on[0].dump_call(id)
         );
@@ -837,7 +747,7 @@ fn s7_garbage_on_another_connection(rt: Runtime) {
     let owner = assert_affinity(&[&uac.trace, &after.trace], &refs(&traces));
     assert_spread(&owner, &traces, CALLS as usize + 6);
     for t in &traces {
-        assert_signatures(t, owned_by(&owner, &t.name), BASIC_UAS);
+        assert_signatures(t, owned_by(&owner, &t.name), UAS_BASIC);
     }
     stats.expect(&[
         ("new_calls", u64::from(CALLS) + 6),
@@ -1023,17 +933,7 @@ fn s8_envelope_retransmission_and_cancel(rt: Runtime) {
             window: None,
             pause_ms: 0,
             calls: 9,
-            uac_flow: &[
-                "sent INVITE",
-                "recv 100/INVITE",
-                "recv 180/INVITE",
-                "sent INVITE",
-                "recv 180/INVITE",
-                "sent CANCEL",
-                "recv 200/CANCEL",
-                "recv 487/INVITE",
-                "sent ACK",
-            ],
+            uac_flow: UAC_CANCEL,
             lb_expect: &[("tagged", 0), ("table_hits", 27)],
         },
     );
@@ -1045,19 +945,7 @@ fn s8_envelope_retransmission_and_cancel(rt: Runtime) {
 
 // ---------------------------------------------------------------------------------------------
 
-/// One `#[test]` per (scenario, runtime): `tokio::NAME` and `mio::NAME`.
-macro_rules! for_both_runtimes {
-    ($($name:ident),* $(,)?) => {
-        mod tokio {
-            $( #[test] fn $name() { super::$name(super::Runtime::Tokio) } )*
-        }
-        mod mio {
-            $( #[test] fn $name() { super::$name(super::Runtime::Mio) } )*
-        }
-    };
-}
-
-for_both_runtimes!(
+siplb_e2e::for_both_runtimes!(
     s1_basic_calls_one_connection,
     s1_basic_calls_unpaced,
     s1_basic_calls_widest_batch_window,

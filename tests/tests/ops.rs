@@ -492,18 +492,7 @@ fn reload_changes_the_log_level(rt: Runtime) {
     lb.stop();
 }
 
-macro_rules! both_runtimes {
-    ($($name:ident),* $(,)?) => {
-        mod tokio {
-            $(#[test] fn $name() { super::$name(siplb_e2e::lb::Runtime::Tokio); })*
-        }
-        mod mio {
-            $(#[test] fn $name() { super::$name(siplb_e2e::lb::Runtime::Mio); })*
-        }
-    };
-}
-
-both_runtimes!(
+siplb_e2e::for_both_runtimes!(
     probes_take_a_silent_backend_down_and_back,
     reload_drains_and_adds_backends_without_dropping_calls,
     metrics_match_the_traffic,

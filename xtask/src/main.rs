@@ -14,13 +14,17 @@
 //!   (see [`peer`]); prints one line per balancer, then `ratio_tokio=X ratio_mio=Y`.
 //! - `bench core`, `bench sim`: run the core's and the simulator's benchmarks, pass their line.
 //! - `check-core`: fails if lb-core's normal dependencies include a runtime.
-//! - `ci`: rustfmt check, clippy with warnings denied, the tests.
+//! - `test [ARGS…]`: the README's test command: installs the Debian packages of the test peers
+//!   when missing (as root; else names the command), then `cargo test --workspace --release`
+//!   (see [`test`]).
+//! - `ci`: rustfmt check, clippy with warnings denied, the tests (as `test`).
 //!
 //! Every process a task starts is killed when the task ends, however it ends ([`procs::Proc`]).
 
 mod fuzz;
 mod peer;
 mod procs;
+mod test;
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -72,6 +76,7 @@ fn run(args: &[String]) -> Result<()> {
         ),
         ["fuzz", rest @ ..] => fuzz::fuzz(rest),
         ["check-core"] => check_core(),
+        ["test", rest @ ..] => test::test(rest),
         ["ci"] => ci(),
         _ => {
             eprintln!("{USAGE}");
@@ -88,6 +93,7 @@ const USAGE: &str = "usage: cargo xtask <task>
   bench peer [--rate CPS] [--calls N] [--runs N] [--only kamailio,tokio,mio] [--no-build]
   bench core | bench sim
   check-core
+  test [CARGO TEST ARGS…]
   fuzz stream_demux|envelope_decoder|core_sequence [--seconds N]
   ci";
 
@@ -596,7 +602,7 @@ fn banned_in(tree: &str) -> Vec<&str> {
 const FORBIDDEN_IN_CORE: [&str; 5] = ["tokio", "mio", "socket2", "async-std", "futures"];
 
 fn ci() -> Result<()> {
-    let steps: [(&str, &[&str]); 3] = [
+    let steps: [(&str, &[&str]); 2] = [
         ("fmt", &["fmt", "--all", "--check"]),
         (
             "clippy",
@@ -609,8 +615,6 @@ fn ci() -> Result<()> {
                 "warnings",
             ],
         ),
-        // The README's test command.
-        ("test", &["test", "--workspace", "--release"]),
     ];
     for (name, args) in steps {
         eprintln!("xtask ci: cargo {}", args.join(" "));
@@ -622,7 +626,9 @@ fn ci() -> Result<()> {
             bail!("ci step {name} failed");
         }
     }
-    check_core()
+    check_core()?;
+    // The README's test command.
+    test::test(&[])
 }
 
 fn cargo() -> Command {

@@ -293,7 +293,7 @@ impl Tools {
 }
 
 /// `name` on `PATH`, or in the sbin folders a non-root `PATH` often lacks (Kamailio lives there).
-fn find_program(name: &str) -> Option<PathBuf> {
+pub(crate) fn find_program(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
