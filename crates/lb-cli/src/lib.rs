@@ -93,6 +93,7 @@
 //! On the command line a backend is `ADDR[,weight=N][,mode=plain|envelope][,backup=ADDR]
 //! [,draining]`.
 
+pub mod dns;
 mod metrics;
 mod ops;
 mod pacer;

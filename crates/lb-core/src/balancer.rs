@@ -224,7 +224,15 @@ impl Balancer {
                 Some(Side::Frontend { .. }) => self.dial_connected(conn),
                 _ => self.handle_connected(conn),
             },
-            Input::Closed { conn, reason } => self.handle_closed(conn, reason),
+            Input::Closed { conn, reason } => {
+                if self.is_resolving(conn) {
+                    // A driver's stale report: this id never reached it.
+                    self.stats.stale_inputs += 1;
+                } else {
+                    self.handle_closed(conn, reason);
+                }
+            }
+            Input::Resolved { conn, addrs } => self.handle_resolved(conn, &addrs),
             Input::Backends(change) => self.handle_backend_change(change),
             Input::Reload(config) => self.handle_reload(*config),
             Input::Timeout => self.handle_timeout(),
@@ -298,6 +306,13 @@ impl Balancer {
         if conn.closing {
             return;
         }
+        if self.is_resolving(id) {
+            // Not yet the driver's: no Close to ask for, no Closed will come.
+            return self.abandon_resolving(id);
+        }
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
         conn.closing = true;
         let backend = match conn.side {
             Side::Backend { backend, .. } => Some(backend),

@@ -545,6 +545,8 @@ struct Harness {
     small: bool,
     tag_header: Option<&'static [u8]>,
     recent: Vec<Sent>,
+    /// `Output::Resolve` ids not answered yet.
+    resolving: Vec<ConnId>,
     /// Tags the core minted (`lb=` values), with the Call-ID they came with.
     tags: Vec<(Bytes, Bytes)>,
     /// The growing counters of the stats after the last input.
@@ -618,6 +620,7 @@ impl Harness {
             small,
             tag_header,
             recent: Vec::new(),
+            resolving: Vec::new(),
             tags: Vec::new(),
             from_frontend: None,
             counters: Vec::new(),
@@ -691,6 +694,15 @@ impl Harness {
                 self.feed(c, i, payload);
             }
             7 => {
+                if let Some(conn) = self.resolving.pop() {
+                    // Half the names resolve (to a host the harness then plays), half do not.
+                    let addrs = if c.byte().is_multiple_of(2) {
+                        vec![SocketAddr::from(([198, 51, 100, 250], 5060))]
+                    } else {
+                        Vec::new()
+                    };
+                    return self.input(Input::Resolved { conn, addrs });
+                }
                 let Some(i) = self.pick(c, |l| !l.closed && !l.connected) else {
                     return;
                 };
@@ -1026,11 +1038,19 @@ impl Harness {
                         dialled: false,
                     });
                 }
+                Output::Resolve { conn, .. } => {
+                    assert!(
+                        self.links.iter().all(|l| l.closed || l.id != conn),
+                        "Resolve with {conn:?}, which is open"
+                    );
+                    self.resolving.push(conn);
+                }
                 Output::Dial { conn, to } => {
                     assert!(
                         self.links.iter().all(|l| l.closed || l.id != conn),
                         "Dial with {conn:?}, which is open"
                     );
+                    self.resolving.retain(|r| *r != conn);
                     self.links.push(Link {
                         id: conn,
                         role: Role::Frontend { peer: to },

@@ -31,6 +31,14 @@ pub enum Input {
         /// Why, for logs and counters.
         reason: CloseReason,
     },
+    /// The answer to [`Output::Resolve`]: the addresses to try, best first; empty when the
+    /// name did not resolve.
+    Resolved {
+        /// The connection the resolution is for.
+        conn: ConnId,
+        /// Addresses with their ports (from SRV, or the port asked for).
+        addrs: Vec<SocketAddr>,
+    },
     /// The operator changed the backend farm.
     Backends(BackendChange),
     /// The operator reloaded the configuration (e.g. on SIGHUP). Backends are matched by
@@ -95,6 +103,19 @@ pub enum Output {
         conn: ConnId,
         /// Where to connect.
         to: SocketAddr,
+    },
+    /// Resolve a next hop's host name as RFC 3263 §4 has a client do for TCP: with `port`,
+    /// its A/AAAA records; without, the SRV records of `_sip._tcp.HOST` in priority and weight
+    /// order, then A/AAAA with port 5060. Report [`Input::Resolved`] for `conn`. The id is not
+    /// a connection yet: a [`Output::Dial`] for it follows a non-empty answer; after an empty
+    /// one the core forgets it, and the driver reports nothing else for it.
+    Resolve {
+        /// The dial the answer is for.
+        conn: ConnId,
+        /// The host name, as written in the URI.
+        host: String,
+        /// The URI's port, if it has one.
+        port: Option<u16>,
     },
     /// Flush what was sent, close the connection, then report [`Input::Closed`] with
     /// [`CloseReason::Requested`].

@@ -267,3 +267,79 @@ fn a_strict_router_upstream_is_undone() {
     );
     assert!(!msg.contains("lb="), "no tag left: {msg}");
 }
+
+#[test]
+fn a_next_hop_named_by_host_name_is_resolved_by_the_driver_then_dialled() {
+    let mut h = Harness::new(config(2, BackendMode::Plain));
+    let fe = h.frontend(CALLER_PROXY);
+    let (b, forwarded, _) = established(&mut h, fe, "call-b");
+    let bye = callee_bye(
+        &forwarded,
+        b,
+        "sip:alice@Caller.example.com:5070;transport=tcp",
+    );
+    h.backend_sends(b, &bye, None);
+    let outs = h.drain();
+    let [Output::Resolve { conn, host, port }] = outs.as_slice() else {
+        panic!("expected one Resolve, got {outs:?}");
+    };
+    let conn = *conn;
+    assert_eq!((host.as_str(), *port), ("Caller.example.com", Some(5070)));
+    // A second message to the same name waits on the same resolution.
+    h.backend_sends(b, &bye.replace("CSeq: 1 BYE", "CSeq: 2 BYE"), None);
+    h.expect_nothing();
+    let addrs = vec!["203.0.113.50:5070".parse().unwrap()];
+    h.input(Input::Resolved { conn, addrs });
+    let outs = h.drain();
+    assert_eq!(
+        outs,
+        [Output::Dial {
+            conn,
+            to: "203.0.113.50:5070".parse().unwrap()
+        }]
+    );
+    h.input(Input::Connected { conn });
+    let outs = h.drain();
+    let sent: Vec<String> = outs
+        .iter()
+        .map(|o| match o {
+            Output::Send { conn: c, bytes } if *c == conn => text(bytes),
+            other => panic!("expected the two BYEs on {conn:?}, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(sent.len(), 2);
+    assert!(sent[0].contains("CSeq: 1 BYE") && sent[1].contains("CSeq: 2 BYE"));
+}
+
+#[test]
+fn a_name_that_does_not_resolve_answers_503_and_leaves_nothing_behind() {
+    let mut h = Harness::new(config(2, BackendMode::Plain));
+    let fe = h.frontend(CALLER_PROXY);
+    let (b, forwarded, _) = established(&mut h, fe, "call-b");
+    let bye = callee_bye(&forwarded, b, "sip:alice@nowhere.invalid;transport=tcp");
+    h.backend_sends(b, &bye, None);
+    let outs = h.drain();
+    let [Output::Resolve {
+        conn, port: None, ..
+    }] = outs.as_slice()
+    else {
+        panic!("expected one Resolve without a port (SRV first), got {outs:?}");
+    };
+    let conn = *conn;
+    h.input(Input::Resolved {
+        conn,
+        addrs: Vec::new(),
+    });
+    let (to, reply, _) = h.expect_to_backend();
+    assert_eq!(to, b);
+    assert!(
+        reply.starts_with("SIP/2.0 503 Next Hop Unreachable\r\n"),
+        "{reply}"
+    );
+    let stats = h.lb.stats();
+    assert_eq!((stats.dial_outs_open, stats.dial_out_failures), (0, 1));
+    // The id is gone: a late report about it is a counted no-op.
+    h.input(Input::Connected { conn });
+    h.expect_nothing();
+    assert_eq!(h.lb.stats().stale_inputs, 1);
+}

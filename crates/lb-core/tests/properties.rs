@@ -893,6 +893,11 @@ impl World {
                     self.be[j].conn = Some(conn);
                     self.be[j].up = false;
                 }
+                Output::Resolve { host, .. } => {
+                    return Err(format!(
+                        "resolving {host:?}: the model names hops by address"
+                    ));
+                }
                 Output::Dial { conn, to } => {
                     ensure!(
                         to.ip().to_string() == "192.0.2.77",

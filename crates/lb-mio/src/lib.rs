@@ -94,6 +94,10 @@ struct Driver {
     readable_again: Vec<ConnId>,
     /// Keeps busy wake-ups `--batch-window` apart.
     pacer: WakePacer,
+    /// Wakes `poll` when a name is resolved.
+    dns_waker: std::sync::Arc<mio::Waker>,
+    /// Started at the first `Output::Resolve`: most runs never dial a host name.
+    dns: Option<lb_cli::dns::DnsThread>,
 }
 
 impl Driver {
@@ -104,6 +108,7 @@ impl Driver {
             .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)
             .map_err(RunError::Runtime)?;
         let ops = Ops::new(&settings)?;
+        let dns_waker = mio::Waker::new(poll.registry(), DNS_TOKEN).map_err(RunError::Runtime)?;
         let lb = Balancer::new(settings.core.clone(), lb_cli::os_seed()?, Instant::now());
         let mut listeners = Vec::new();
         for (id, addr) in lb.listeners() {
@@ -133,6 +138,8 @@ impl Driver {
             dirty: Vec::new(),
             readable_again: Vec::new(),
             pacer: WakePacer::new(settings.batch_window),
+            dns_waker: std::sync::Arc::new(dns_waker),
+            dns: None,
         };
         driver.drain();
         driver.flush_dirty();
@@ -172,6 +179,8 @@ impl Driver {
                             _ => stop = true,
                         }
                     }
+                } else if token == DNS_TOKEN {
+                    self.resolved();
                 } else if let Some(index) = listener_index(token, self.listeners.len()) {
                     self.accept(index);
                 } else {
@@ -328,6 +337,17 @@ impl Driver {
         self.readable_again.push(id);
     }
 
+    /// Feeds the names resolved since the last wake-up.
+    fn resolved(&mut self) {
+        let Some(dns) = &self.dns else { return };
+        let answers: Vec<_> = dns.answers().collect();
+        for (conn, addrs) in answers {
+            self.lb
+                .handle_input(Instant::now(), Input::Resolved { conn, addrs });
+            self.drain();
+        }
+    }
+
     fn drain(&mut self) {
         while let Some(output) = self.lb.poll_output() {
             self.perform(output);
@@ -359,6 +379,26 @@ impl Driver {
             Output::Dial { conn, to } => {
                 tracing::debug!(conn = %conn, %to, "dialling a frontend");
                 self.start_connect(conn, to, true);
+            }
+            Output::Resolve { conn, host, port } => {
+                tracing::debug!(conn = %conn, %host, ?port, "resolving");
+                if self.dns.is_none() {
+                    let waker = self.dns_waker.clone();
+                    match lb_cli::dns::DnsThread::start(move || {
+                        let _ = waker.wake();
+                    }) {
+                        Ok(dns) => self.dns = Some(dns),
+                        Err(e) => tracing::warn!(error = %e, "cannot start the resolver thread"),
+                    }
+                }
+                match &self.dns {
+                    Some(dns) => dns.resolve(conn, host, port),
+                    None => {
+                        let addrs = Vec::new();
+                        self.lb
+                            .handle_input(Instant::now(), Input::Resolved { conn, addrs });
+                    }
+                }
             }
             Output::Close { conn } => {
                 let Some(c) = self.get(conn) else { return };
@@ -634,6 +674,10 @@ fn listener_index(token: Token, count: usize) -> Option<usize> {
     let index = LISTENER_TOKEN_TOP.checked_sub(token.0)?;
     (index < count).then_some(index)
 }
+
+/// The resolver's waker: above every connection slot (those stay below `u32::MAX`), below
+/// the listeners'.
+const DNS_TOKEN: Token = Token(u32::MAX as usize);
 
 /// The signal pipe's token: the top of the token space.
 const SIGNAL_TOKEN: Token = Token(usize::MAX);

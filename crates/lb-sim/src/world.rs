@@ -457,6 +457,7 @@ impl World {
     }
 
     fn drain(&mut self, i: usize) {
+        let mut unresolved = Vec::new();
         while let Some(out) = self.lbs[i].core.poll_output() {
             match out {
                 Output::Send { conn, bytes } => self.lb_send(i, conn, bytes),
@@ -478,6 +479,8 @@ impl World {
                     let lat = self.tcp_latency() * 2;
                     self.after(lat, Ev::ConnectResult { lb: i as u8, conn });
                 }
+                // The simulated network has no DNS: every name fails to resolve.
+                Output::Resolve { conn, .. } => unresolved.push(conn),
                 Output::Dial { conn, .. } => {
                     self.put_slot(i, conn, Peer::Refused);
                     let lat = self.tcp_latency() * 2;
@@ -487,6 +490,10 @@ impl World {
                 Output::Close { conn } => self.close_conn(i, conn, CloseReason::Requested),
                 Output::Event(e) => self.lb_event(i, e),
             }
+        }
+        for conn in unresolved {
+            let addrs = Vec::new();
+            self.lb_input(i, Input::Resolved { conn, addrs });
         }
         let deadline = self.lbs[i]
             .core

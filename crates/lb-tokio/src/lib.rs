@@ -106,6 +106,7 @@ pub async fn serve(
         conns: Vec::new(),
         notes: notes_tx,
         output_cap: settings.output_cap_bytes,
+        dns: None,
     };
     owner.drain();
     owner.ops.turn(&owner.lb, now());
@@ -185,6 +186,11 @@ enum Note {
     LingerOver {
         conn: ConnId,
     },
+    /// The answer to an `Output::Resolve`.
+    Resolved {
+        conn: ConnId,
+        addrs: Vec<SocketAddr>,
+    },
 }
 
 /// What the owner tells a writer task.
@@ -222,6 +228,8 @@ struct Owner {
     conns: Vec<Option<Conn>>,
     notes: mpsc::Sender<Note>,
     output_cap: usize,
+    /// Made at the first `Output::Resolve`: most runs never dial a host name.
+    dns: Option<lb_cli::dns::Dns>,
 }
 
 impl Owner {
@@ -291,6 +299,9 @@ impl Owner {
                     self.finish(conn, reason);
                 }
             }
+            Note::Resolved { conn, addrs } => {
+                self.lb.handle_input(now(), Input::Resolved { conn, addrs });
+            }
             Note::LingerOver { conn } => {
                 if let Some(c) = self.get(conn).filter(|c| c.state == State::Closing) {
                     let unsent = c.queued.load(Ordering::Relaxed);
@@ -333,6 +344,18 @@ impl Owner {
             Output::Dial { conn, to } => {
                 tracing::debug!(conn = %conn, %to, "dialling a frontend");
                 self.connect(conn, to, true);
+            }
+            Output::Resolve { conn, host, port } => {
+                tracing::debug!(conn = %conn, %host, ?port, "resolving");
+                let dns = self
+                    .dns
+                    .get_or_insert_with(lb_cli::dns::Dns::from_system)
+                    .clone();
+                let notes = self.notes.clone();
+                tokio::spawn(async move {
+                    let addrs = dns.resolve(&host, port).await;
+                    let _ = notes.send(Note::Resolved { conn, addrs }).await;
+                });
             }
             Output::Close { conn } => {
                 let Some(c) = self.get(conn) else { return };
@@ -446,7 +469,8 @@ impl Owner {
                     Note::Accepted { .. }
                     | Note::Received { .. }
                     | Note::Connected { .. }
-                    | Note::LingerOver { .. },
+                    | Note::LingerOver { .. }
+                    | Note::Resolved { .. },
                 )) => {}
                 Ok(None) | Err(_) => break,
             }

@@ -54,6 +54,8 @@ struct Driver {
     output_cap: usize,
     /// Results of connects running on helper threads: std has no non-blocking connect.
     connected_tx: mpsc::Sender<(ConnId, std::io::Result<TcpStream>)>,
+    /// The resolver thread, started at the first `Output::Resolve`.
+    dns: Option<lb_cli::dns::DnsThread>,
 }
 
 fn run(settings: Settings) -> Result<Stats, RunError> {
@@ -82,6 +84,7 @@ fn run(settings: Settings) -> Result<Stats, RunError> {
         conns: Vec::new(),
         output_cap: settings.output_cap_bytes,
         connected_tx,
+        dns: None,
     };
     // The core asks for its backend connections as soon as it exists.
     d.drain();
@@ -111,6 +114,14 @@ fn run(settings: Settings) -> Result<Stats, RunError> {
         while let Ok((conn, result)) = connected_rx.try_recv() {
             progress = true;
             d.connected(conn, result);
+        }
+
+        // Dial-out: names the resolver thread has answered (the loop polls, so no wake-up).
+        let answers: Vec<_> = d.dns.iter().flat_map(|dns| dns.answers()).collect();
+        for (conn, addrs) in answers {
+            progress = true;
+            d.lb.handle_input(Instant::now(), Input::Resolved { conn, addrs });
+            d.drain();
         }
 
         // One read and one write attempt per connection and pass keeps every connection served.
@@ -282,6 +293,21 @@ impl Driver {
                 Output::Dial { conn, to } => {
                     tracing::debug!(conn = %conn, %to, "dialling a frontend");
                     self.connect(conn, to, true);
+                }
+                Output::Resolve { conn, host, port } => {
+                    if self.dns.is_none() {
+                        self.dns = lb_cli::dns::DnsThread::start(|| {}).ok();
+                    }
+                    match &self.dns {
+                        Some(dns) => dns.resolve(conn, host, port),
+                        None => self.lb.handle_input(
+                            Instant::now(),
+                            Input::Resolved {
+                                conn,
+                                addrs: Vec::new(),
+                            },
+                        ),
+                    }
                 }
                 Output::Close { conn } => {
                     // The write step closes it once the queue is empty (or the connect ends).

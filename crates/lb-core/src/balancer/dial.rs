@@ -4,6 +4,12 @@
 //! in the connection until the driver reports it connected; if it never does, every request
 //! that waited gets a 503 from the balancer, so its sender learns at once instead of by timeout.
 //!
+//! A next hop named by a host name is resolved first: the core asks the driver with
+//! [`Output::Resolve`] (RFC 3263: SRV, then A/AAAA; the driver owns the resolver, so the core
+//! stays sans-IO and the simulator can fake DNS), and dials the first address of the answer.
+//! While it resolves, the name is an alias of the connection, so later messages to the same
+//! name wait on the same dial.
+//!
 //! Bounded twice: `limits.dial_outs_max` connections open or opening toward frontends at once,
 //! `limits.dial_queue_max` messages waiting per connection. A request past either gets 503.
 
@@ -12,6 +18,8 @@ use super::*;
 /// A connection the balancer is opening toward a frontend.
 #[derive(Debug, Default)]
 pub(super) struct Dialling {
+    /// Its address is still being resolved: the driver holds nothing of it yet.
+    resolving: bool,
     /// Messages written while connecting, in order.
     queued: Vec<Bytes>,
     /// The requests among them, by the connection they came from, to answer 503 if the dial
@@ -43,6 +51,79 @@ impl Balancer {
         tracing::debug!(%conn, %to, "dialling a frontend");
         self.outputs.push_back(Output::Dial { conn, to });
         Some(conn)
+    }
+
+    /// A new connection toward host name `host` (`port`, or SRV when absent), resolved first.
+    /// `None` when dial-out is at its limit or the name is not one a resolver could look up.
+    pub(super) fn dial_name(&mut self, host: &[u8], port: Option<u16>) -> Option<ConnId> {
+        let valid = !host.is_empty()
+            && host.len() <= 253
+            && host
+                .iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_'));
+        if !valid || self.stats.dial_outs_open as usize >= self.config.config.limits.dial_outs_max {
+            return None;
+        }
+        let name = HopName::from_sent_by(host, port.unwrap_or(5060));
+        let conn = self.insert_conn(Side::Frontend {
+            peer: SocketAddr::from(([0, 0, 0, 0], 0)),
+            framer: StreamFramer::default(),
+            aliases: SmallVec::from_elem(name.clone(), 1),
+            liveness: Liveness::new(self.now),
+            dialling: Some(Box::new(Dialling {
+                resolving: true,
+                ..Dialling::default()
+            })),
+            dialled: true,
+        });
+        self.stats.dial_outs += 1;
+        self.stats.dial_outs_open += 1;
+        self.hops.add_alias(conn, &name);
+        let host = String::from_utf8_lossy(host).into_owned();
+        tracing::debug!(%conn, %host, ?port, "resolving a frontend");
+        self.outputs.push_back(Output::Resolve { conn, host, port });
+        Some(conn)
+    }
+
+    /// The driver's answer to [`Output::Resolve`]: dial the first address, or fail the dial.
+    pub(super) fn handle_resolved(&mut self, id: ConnId, addrs: &[SocketAddr]) {
+        let Some(Conn {
+            side:
+                Side::Frontend {
+                    peer,
+                    dialling: Some(d),
+                    ..
+                },
+            ..
+        }) = self.conn_mut(id)
+        else {
+            self.stats.stale_inputs += 1;
+            return;
+        };
+        if !d.resolving {
+            self.stats.stale_inputs += 1;
+            return;
+        }
+        let Some(&to) = addrs.first() else {
+            return self.abandon_resolving(id);
+        };
+        d.resolving = false;
+        *peer = to;
+        self.hops.add_peer(id, to);
+        self.outputs.push_back(Output::Dial { conn: id, to });
+    }
+
+    /// Whether `id` is a dial still resolving its name (the driver knows nothing of it).
+    pub(super) fn is_resolving(&self, id: ConnId) -> bool {
+        matches!(
+            self.conn(id).map(|c| &c.side),
+            Some(Side::Frontend { dialling: Some(d), .. }) if d.resolving
+        )
+    }
+
+    /// Ends a dial that never reached the driver: as if it had been reported closed.
+    pub(super) fn abandon_resolving(&mut self, id: ConnId) {
+        self.handle_closed(id, CloseReason::Error);
     }
 
     /// Whether `conn` can take one more message now: open, or dialling with room in its queue.

@@ -262,13 +262,19 @@ impl Balancer {
         let conn = match found.filter(|c| self.conn(*c).is_some_and(|c| !c.closing)) {
             Some(conn) => conn,
             None => {
-                let to = named.or_else(|| next.and_then(|hp| literal_addr(&message, hp)));
-                let Some(to) = to else {
-                    return self.unroutable(source, &message, "No Route To Frontend");
+                let dialled = match (named, next) {
+                    (Some(to), _) => self.dial(to),
+                    (None, Some(hp)) => match literal_addr(&message, hp) {
+                        Some(to) => self.dial(to),
+                        None => self.dial_name(message.slice(hp.host), hp.port),
+                    },
+                    (None, None) => {
+                        return self.unroutable(source, &message, "No Route To Frontend");
+                    }
                 };
-                let Some(conn) = self.dial(to) else {
+                let Some(conn) = dialled else {
                     self.stats.dial_out_refused += 1;
-                    return self.unroutable(source, &message, "Too Many Connections Opening");
+                    return self.unroutable(source, &message, "Cannot Reach Next Hop");
                 };
                 conn
             }
