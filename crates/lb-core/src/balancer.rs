@@ -131,7 +131,9 @@ impl Balancer {
         let table_key: [u8; 16] = rng.random();
         let hop_key: [u8; 16] = rng.random();
         let branch_key: [u8; 16] = rng.random();
-        let token_key: [u8; 16] = rng.random();
+        // Derived, not drawn: the seeded stream stays what it was before connection tokens
+        // existed, so simulator runs of a seed still replay.
+        let token_key = derive_key(&branch_key, b"siplb connection tokens");
         let c = &config.config;
         let signer = TagSigner::new(&c.tag_keys);
         let backends = c.backends.iter().map(Backend::new).collect();
@@ -733,6 +735,18 @@ fn write_message(
         envelope::set_payload_len(&mut out[start..payload_start], len);
     }
     Some(out.split().freeze())
+}
+
+/// A 16-byte key for another purpose, from `key` and a label.
+fn derive_key(key: &[u8; 16], label: &[u8]) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    for (i, half) in out.chunks_exact_mut(8).enumerate() {
+        let mut hasher = SipHasher13::new_with_key(key);
+        hasher.write(label);
+        hasher.write_u8(i as u8);
+        half.copy_from_slice(&hasher.finish().to_le_bytes());
+    }
+    out
 }
 
 /// Whether `bytes` is exactly one message by its own Content-Length, as a stream would frame it.
