@@ -7,7 +7,8 @@
 //! balancer's listener for it: the balancer must know that BYE by its backend-side tag, not by
 //! the connection. The other scenarios cover what that change touches: the balancer dialling a
 //! caller whose connection is gone, a frontend on a backend's IP that claims to be the backend,
-//! IPv6 throughout, and Max-Forwards.
+//! IPv6 throughout, and Max-Forwards; and one thing Net::SIP showed on the way, the `received=`
+//! it stamps on callers' Vias.
 //!
 //! Against the binaries built before the fix (issue 10), `netsip_backends_hang_up_to_callers`
 //! fails: no caller receives its BYE, because the balancer takes the backend's new connection
@@ -315,7 +316,8 @@ fn a_frontend_on_a_backend_address_is_still_a_frontend(rt: Runtime) {
     let dir = RunDir::new(&format!("impostor-{}", rt.name()));
     // A SIPp backend on the backend address: Net::SIP would stamp `received=` with the
     // balancer's address on the callers' Vias (see netsip-uas.pl), which misroutes the
-    // impostor's own 200 to the other frontend on 127.0.0.1; here only the impostor's requests
+    // impostor's own 200 to the other frontend on 127.0.0.1 (what
+    // `responses_reach_callers_on_other_addresses` covers); here only the impostor's requests
     // are under test.
     let uas = Uas::start_at(
         &dir,
@@ -494,12 +496,64 @@ fn max_forwards(rt: Runtime) {
     stats.expect(&[("replies_483", 1), ("replies_482", 0)]);
 }
 
+// ---------------------------------------------------------------------------------------------
+// f. Responses of a Net::SIP backend reach callers that are not on the balancer's IP. The
+//    balancer adds no Via, so Net::SIP (RFC 3261 §18.2.1) stamps `received=` with the
+//    balancer's own address on each caller's Via, replacing the one the balancer stamped for a
+//    caller behind NAT. The balancer's hop lookup then tries that address, and its last resort
+//    ("the IP alone when exactly one connection comes from it") finds a frontend on the
+//    balancer's own IP, a co-located proxy, which gets other callers' responses. Without that
+//    frontend the lookup falls through to the Via sent-by and every 200 arrives (checked by
+//    hand against the binaries of the fix).
+
+fn responses_reach_callers_on_other_addresses(rt: Runtime) {
+    let dir = RunDir::new(&format!("netsip-received-{}", rt.name()));
+    let quiet = NetsipOpts {
+        bye_after: 0.0,
+        ..NetsipOpts::default()
+    };
+    let backends = start_netsip(&dir, &[2], &quiet);
+    let mut lb = plain_lb(&dir, rt, &addrs(&backends));
+    // A proxy on the balancer's host, a proxy on another address, and one behind NAT (its Via
+    // names a private address it is not seen from).
+    let mut colocated = SipClient::connect(lb.addr());
+    let mut remote = SipClient::connect_from(lb.addr(), loopback(5));
+    let behind_nat = SocketAddr::new(loopback(9), free_port());
+    let mut natted = SipClient::connect_from(lb.addr(), loopback(6)).advertising(behind_nat);
+    let local = colocated.call("colocated-1");
+    assert_eq!(local.status, 200, "{}", local.response);
+    let mut lost = Vec::new();
+    for (client, id) in [(&mut remote, "remote-1"), (&mut natted, "natted-1")] {
+        client.send_raw(client.invite(id, Some(70)).as_bytes());
+        let answer = client.final_response_within(id, Duration::from_secs(3));
+        if answer.as_deref().and_then(status) != Some(200) {
+            lost.push(id);
+        }
+    }
+    let misdelivered = colocated.read_within(Duration::from_millis(300));
+    let stats = lb.stop();
+    let (logs, traces) = stop_all(backends);
+    assert!(
+        lost.is_empty() && misdelivered.is_none(),
+        "200s lost: {lost:?}; the co-located frontend received {misdelivered:?}\n{}\n{}",
+        logs[0].text,
+        traces[0]
+            .msgs
+            .iter()
+            .filter(|m| m.label() == "200/INVITE")
+            .map(|m| m.raw.as_str())
+            .collect::<String>()
+    );
+    stats.expect(&[("new_calls", 3)]);
+}
+
 siplb_e2e::for_both_runtimes!(
     netsip_backends_hang_up_to_callers,
     dial_out_when_the_callers_connection_is_gone,
     a_frontend_on_a_backend_address_is_still_a_frontend,
     ipv6_end_to_end,
     max_forwards,
+    responses_reach_callers_on_other_addresses,
 );
 
 /// Perl's Net::SIP must be there: the suite fails (never skips) without it.
