@@ -40,6 +40,17 @@ pub const UAS_BYE: &[&str] = &[
     "recv 200/BYE",
 ];
 
+/// `uac_recv_bye.xml`: the caller's side of a call the backend hangs up (100 Trying, optional
+/// in the scenario, comes only from peers that send it).
+pub const UAC_RECV_BYE: &[&str] = &[
+    "sent INVITE",
+    "recv 180/INVITE",
+    "recv 200/INVITE",
+    "sent ACK",
+    "recv BYE",
+    "sent 200/BYE",
+];
+
 /// `uac_cancel.xml`: the caller retransmits its INVITE once, then cancels it while it rings.
 pub const UAC_CANCEL: &[&str] = &[
     "sent INVITE",

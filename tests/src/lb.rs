@@ -1,7 +1,7 @@
 //! The balancer under test as a child process.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -117,6 +117,8 @@ pub struct LbSpec {
     pub extra_args: Vec<String>,
     /// Listen port chosen beforehand (when a backend must know it); a free one if `None`.
     pub port: Option<u16>,
+    /// Address to listen on and advertise (127.0.0.1 unless a test needs another, e.g. ::1).
+    pub ip: IpAddr,
 }
 
 impl LbSpec {
@@ -128,7 +130,14 @@ impl LbSpec {
             window_secs: None,
             extra_args: Vec::new(),
             port: None,
+            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
         }
+    }
+
+    /// Appends flags to the command line.
+    pub fn with_args(mut self, args: &[&str]) -> LbSpec {
+        self.extra_args.extend(args.iter().map(|a| a.to_string()));
+        self
     }
 }
 
@@ -189,11 +198,11 @@ impl LbStats {
 }
 
 impl Balancer {
-    /// Starts the balancer on a free port of 127.0.0.1 (advertising that address) and waits
+    /// Starts the balancer on a free port of `spec.ip` (advertising that address) and waits
     /// until it listens and has a connection to every backend that is listening.
     pub fn start(dir: &RunDir, spec: LbSpec) -> Balancer {
         let port = spec.port.unwrap_or_else(free_port);
-        let listen = net::local(port);
+        let listen = SocketAddr::new(spec.ip, port);
         let mut cmd = Command::new(spec.runtime.binary());
         cmd.args(["--listen", &listen.to_string()])
             .args(["--advertise", &listen.to_string()])
@@ -237,7 +246,7 @@ impl Balancer {
 
     /// Its listen (and advertised) address.
     pub fn addr(&self) -> SocketAddr {
-        net::local(self.port)
+        SocketAddr::new(self.spec.ip, self.port)
     }
 
     /// Its listen port.

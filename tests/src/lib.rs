@@ -16,6 +16,9 @@
 //! - [`envelope`]: the example envelope-mode backend and the counters it prints on SIGTERM;
 //! - [`kamailio`]: Kamailio as the edge proxy, started as a [`process::Proc`] with a config
 //!   generated from `peers/kamailio-edge.cfg`, waited for until it listens;
+//! - [`netsip`]: a backend on an independent SIP stack (Perl's Net::SIP), which sends its own
+//!   requests over connections it opens itself, with its message log and trace;
+//! - [`ops`]: raw-socket SIP clients and backends for what SIPp cannot express;
 //! - [`RunDir`]: a scratch directory per test, kept when the test fails.
 
 #![allow(clippy::unwrap_used)]
@@ -26,6 +29,7 @@ pub mod flows;
 pub mod kamailio;
 pub mod lb;
 pub mod net;
+pub mod netsip;
 pub mod ops;
 pub mod process;
 pub mod sipp;

@@ -110,16 +110,24 @@ pub fn accepted_connections(port: u16) -> usize {
 }
 
 /// Polls `ready` every 20 ms until it is true; panics naming `what` after `timeout`.
-pub fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+pub fn wait_until(what: &str, timeout: Duration, ready: impl FnMut() -> bool) {
+    assert!(
+        poll_until(timeout, ready),
+        "timed out after {timeout:?} waiting for {what}"
+    );
+}
+
+/// Polls `ready` every 20 ms until it is true (returns true) or `timeout` passes (false): for
+/// a state a test waits for but whose absence its own assertions then explain better.
+pub fn poll_until(timeout: Duration, mut ready: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         if ready() {
-            return;
+            return true;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        if Instant::now() >= deadline {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }

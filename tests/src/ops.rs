@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
@@ -313,8 +313,8 @@ struct BackendShared {
     invite_status: AtomicU16,
     /// `Retry-After` seconds on a 503; 0 for none.
     retry_after: AtomicU32,
-    /// (method, Call-ID) of every request, in arrival order.
-    requests: Mutex<Vec<(String, String)>>,
+    /// (method, Call-ID, whole message) of every request, in arrival order.
+    requests: Mutex<Vec<(String, String, String)>>,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
 }
@@ -370,8 +370,20 @@ impl SipBackend {
             .lock()
             .unwrap()
             .iter()
-            .filter(|(m, _)| m == method)
-            .map(|(_, c)| c.clone())
+            .filter(|(m, _, _)| m == method)
+            .map(|(_, c, _)| c.clone())
+            .collect()
+    }
+
+    /// The requests with `method` received so far, whole.
+    pub fn received_messages(&self, method: &str) -> Vec<String> {
+        self.shared
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(m, _, _)| m == method)
+            .map(|(_, _, text)| text.clone())
             .collect()
     }
 
@@ -402,7 +414,7 @@ fn serve_backend(stream: TcpStream, addr: SocketAddr, shared: &BackendShared) {
             .requests
             .lock()
             .unwrap()
-            .push((method.clone(), call_id));
+            .push((method.clone(), call_id, message.clone()));
         let reply = match method.as_str() {
             "ACK" => continue,
             "OPTIONS" if !shared.answer_options.load(Ordering::SeqCst) => continue,
@@ -469,7 +481,9 @@ pub fn response(request: &str, code: u16, extra: &str) -> String {
 pub struct SipClient {
     out: TcpStream,
     reader: SipReader,
-    local: SocketAddr,
+    /// The address named in its Via, Contact and From: the socket's own unless it
+    /// [advertises](SipClient::advertising) a listening one.
+    me: SocketAddr,
     lb: SocketAddr,
     /// Bytes written.
     pub bytes_out: u64,
@@ -491,17 +505,50 @@ pub struct Answered {
 impl SipClient {
     /// Connects to the balancer.
     pub fn connect(lb: SocketAddr) -> SipClient {
-        let stream = TcpStream::connect(lb).expect("connecting to the balancer");
+        SipClient::over(
+            TcpStream::connect(lb).expect("connecting to the balancer"),
+            lb,
+        )
+    }
+
+    /// Connects to the balancer from a socket bound to `ip` first (port chosen by the kernel):
+    /// a frontend on an address of the test's choosing, e.g. a backend's.
+    pub fn connect_from(lb: SocketAddr, ip: IpAddr) -> SipClient {
+        let domain = socket2::Domain::for_address(lb);
+        let socket = socket2::Socket::new(domain, socket2::Type::STREAM, None)
+            .expect("creating a client socket");
+        socket
+            .bind(&SocketAddr::new(ip, 0).into())
+            .unwrap_or_else(|e| panic!("binding a client socket to {ip}: {e}"));
+        socket
+            .connect(&lb.into())
+            .expect("connecting to the balancer");
+        SipClient::over(socket.into(), lb)
+    }
+
+    fn over(stream: TcpStream, lb: SocketAddr) -> SipClient {
         stream.set_nodelay(true).unwrap();
-        let local = stream.local_addr().unwrap();
+        let me = stream.local_addr().unwrap();
         SipClient {
             out: stream.try_clone().unwrap(),
             reader: SipReader::new(stream),
-            local,
+            me,
             lb,
             bytes_out: 0,
             bytes_in: 0,
         }
+    }
+
+    /// Names `addr` (where the test listens) in Via sent-by, Contact and From from now on, as
+    /// a user agent reachable there does; the connection stays the same.
+    pub fn advertising(mut self, addr: SocketAddr) -> SipClient {
+        self.me = addr;
+        self
+    }
+
+    /// The socket's local address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.out.local_addr().unwrap()
     }
 
     /// Writes raw bytes.
@@ -521,13 +568,23 @@ impl SipClient {
         m
     }
 
-    /// Sends an INVITE for a new call `call_id` and waits for its final response (the ACK of a
-    /// non-2xx is sent; a 2xx is left unacknowledged, harmless here).
-    pub fn call(&mut self, call_id: &str) -> Answered {
-        let invite = format!(
+    /// The next message if one arrives within `wait`; `None` after that or at EOF.
+    pub fn read_within(&mut self, wait: Duration) -> Option<String> {
+        self.reader.stream.set_read_timeout(Some(wait)).unwrap();
+        let m = self.reader.next_message();
+        self.reader.stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        let m = m.ok().flatten()?;
+        self.bytes_in += m.len() as u64;
+        Some(m)
+    }
+
+    /// An initial INVITE for call `call_id`, with `Max-Forwards` when given.
+    pub fn invite(&self, call_id: &str, max_forwards: Option<u32>) -> String {
+        let max_forwards = max_forwards.map_or(String::new(), |n| format!("Max-Forwards: {n}\r\n"));
+        format!(
             "INVITE sip:service@{lb} SIP/2.0\r\n\
              Via: SIP/2.0/TCP {me};branch=z9hG4bK-{call_id}-1\r\n\
-             Max-Forwards: 70\r\n\
+             {max_forwards}\
              From: <sip:caller@{me}>;tag=c-{call_id}\r\n\
              To: <sip:service@{lb}>\r\n\
              Call-ID: {call_id}\r\n\
@@ -535,8 +592,19 @@ impl SipClient {
              Contact: <sip:caller@{me};transport=tcp>\r\n\
              Content-Length: 0\r\n\r\n",
             lb = self.lb,
-            me = self.local,
-        );
+            me = self.me,
+        )
+    }
+
+    /// Sends an INVITE for a new call `call_id` and waits for its final response (the ACK of a
+    /// non-2xx is sent; a 2xx is left unacknowledged, harmless here).
+    pub fn call(&mut self, call_id: &str) -> Answered {
+        self.call_with(call_id, Some(70))
+    }
+
+    /// [`SipClient::call`] with this `Max-Forwards` (`None`: no such header).
+    pub fn call_with(&mut self, call_id: &str, max_forwards: Option<u32>) -> Answered {
+        let invite = self.invite(call_id, max_forwards);
         self.send_raw(invite.as_bytes());
         let response = self.final_response(call_id);
         if status(&response).is_some_and(|s| s >= 300) {
@@ -551,7 +619,7 @@ impl SipClient {
                  CSeq: 1 ACK\r\n\
                  Content-Length: 0\r\n\r\n",
                 lb = self.lb,
-                me = self.local,
+                me = self.me,
                 to = header(&response, "To").unwrap_or_default(),
             );
             self.send_raw(ack.as_bytes());
@@ -563,37 +631,58 @@ impl SipClient {
         }
     }
 
-    /// Sends BYE in the dialog of an answered call, routed by its Record-Route (the
-    /// balancer's tag); returns the final status.
-    pub fn bye(&mut self, call: &Answered) -> u16 {
+    /// A request in the dialog of an answered call, from the caller: its Request-URI is the
+    /// callee's Contact and its Route the Record-Route of the 2xx (the balancer's tag).
+    pub fn in_dialog(&self, method: &str, call: &Answered, cseq: u32, branch: &str) -> String {
         let route = header(&call.response, "Record-Route").expect("a Record-Route in the 200");
         let to = header(&call.response, "To").unwrap_or_default();
         let contact = header(&call.response, "Contact").unwrap_or_default();
         let target = contact.trim_start_matches('<').trim_end_matches('>');
         let id = &call.call_id;
-        let bye = format!(
-            "BYE {target} SIP/2.0\r\n\
+        format!(
+            "{method} {target} SIP/2.0\r\n\
              Route: {route}\r\n\
-             Via: SIP/2.0/TCP {me};branch=z9hG4bK-{id}-2\r\n\
+             Via: SIP/2.0/TCP {me};branch=z9hG4bK-{id}-{branch}\r\n\
              Max-Forwards: 70\r\n\
              From: <sip:caller@{me}>;tag=c-{id}\r\n\
              To: {to}\r\n\
              Call-ID: {id}\r\n\
-             CSeq: 2 BYE\r\n\
+             CSeq: {cseq} {method}\r\n\
              Content-Length: 0\r\n\r\n",
-            me = self.local,
-        );
-        self.send_raw(bye.as_bytes());
-        status(&self.final_response(id)).unwrap_or(0)
+            me = self.me,
+        )
     }
 
-    fn final_response(&mut self, call_id: &str) -> String {
+    /// Sends the ACK of an answered call's 2xx (a transaction of its own: new branch).
+    pub fn ack(&mut self, call: &Answered) {
+        let ack = self.in_dialog("ACK", call, 1, "ack");
+        self.send_raw(ack.as_bytes());
+    }
+
+    /// Sends BYE in the dialog of an answered call, routed by its Record-Route (the
+    /// balancer's tag); returns the final status.
+    pub fn bye(&mut self, call: &Answered) -> u16 {
+        let bye = self.in_dialog("BYE", call, 2, "2");
+        self.send_raw(bye.as_bytes());
+        status(&self.final_response(&call.call_id)).unwrap_or(0)
+    }
+
+    /// Reads until the final response of call `call_id` (other messages are skipped).
+    pub fn final_response(&mut self, call_id: &str) -> String {
+        self.final_response_within(call_id, PATIENCE)
+            .unwrap_or_else(|| panic!("no final response for {call_id} within {PATIENCE:?} (or the connection closed)"))
+    }
+
+    /// [`SipClient::final_response`], `None` if it has not come within `wait`.
+    pub fn final_response_within(&mut self, call_id: &str, wait: Duration) -> Option<String> {
+        let deadline = std::time::Instant::now() + wait;
         loop {
-            let m = self.read();
+            let left = deadline.checked_duration_since(std::time::Instant::now())?;
+            let m = self.read_within(left.max(Duration::from_millis(1)))?;
             let final_for_us =
                 header(&m, "Call-ID") == Some(call_id) && status(&m).is_some_and(|s| s >= 200);
             if final_for_us {
-                return m;
+                return Some(m);
             }
         }
     }
@@ -605,4 +694,23 @@ pub fn backend_tables(backends: &[&SipBackend]) -> String {
         .iter()
         .map(|b| format!("[[backend]]\naddr = \"{}\"\n", b.addr))
         .collect()
+}
+
+/// The next connection `listener` accepts within `wait` (set to blocking), `None` if none
+/// comes: for a peer the balancer must dial, or must not.
+pub fn accept_within(listener: &TcpListener, wait: Duration) -> Option<TcpStream> {
+    listener.set_nonblocking(true).unwrap();
+    let mut accepted = None;
+    net::poll_until(wait, || match listener.accept() {
+        Ok((stream, _)) => {
+            accepted = Some(stream);
+            true
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+        Err(e) => panic!("accepting on {:?}: {e}", listener.local_addr()),
+    });
+    listener.set_nonblocking(false).unwrap();
+    let stream = accepted?;
+    stream.set_nonblocking(false).unwrap();
+    Some(stream)
 }

@@ -1,6 +1,6 @@
 //! Running SIPp as the proxy-side client (UAC) and as plain-mode backends (UAS).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
@@ -213,6 +213,8 @@ pub struct UacSpec {
     pub keys: Vec<(String, String)>,
     /// SIPp's own global timeout; the run fails when reached.
     pub timeout: Duration,
+    /// Local address (`-i`), 127.0.0.1 by default.
+    pub local_ip: IpAddr,
 }
 
 impl UacSpec {
@@ -228,6 +230,7 @@ impl UacSpec {
             pause_ms: 0,
             keys: Vec::new(),
             timeout: Duration::from_secs(30),
+            local_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
         }
     }
 }
@@ -276,7 +279,7 @@ impl Uac {
             .arg(scenario(&spec.scenario))
             .arg(spec.target.to_string())
             .args(["-t", spec.transport.flag()])
-            .args(["-i", "127.0.0.1", "-bind_local", "-nostdin"])
+            .args(["-i", &spec.local_ip.to_string(), "-bind_local", "-nostdin"])
             .args(["-p", &port.to_string()])
             .args(["-m", &spec.calls.to_string()])
             .args(["-r", &spec.rate.to_string(), "-rp", "1000"])
