@@ -95,6 +95,11 @@ impl HopTable {
         }
     }
 
+    /// The connection whose peer (or alias) is exactly `addr`.
+    pub(crate) fn lookup_exact(&self, addr: SocketAddr) -> Option<ConnId> {
+        self.by_addr.get(&addr).copied()
+    }
+
     /// The connection an address names: exact, then by IP when unique.
     pub(crate) fn lookup_addr(&self, addr: SocketAddr) -> Option<ConnId> {
         self.by_addr

@@ -1134,6 +1134,29 @@ fn route_entry(b: &[u8], vs: usize, ve: usize) -> Result<RouteEntry, ParseError>
     })
 }
 
+/// The via-parm after the top one: the next hop back for a response whose top Via was the
+/// balancer's own. The cold path (a response whose connection is gone): a fresh walk.
+pub(crate) fn second_via(b: &[u8], start_line_end: usize) -> Option<Via> {
+    let mut pos = start_line_end;
+    let mut seen_top = false;
+    while let Step::Field(field) = next_field(b, pos) {
+        if matches!(Known::of(&b[field.name.clone()]), Known::Via) {
+            let (vs, ve) = (field.value.start, field.value.end);
+            let line = Span::new(pos, field.line_end);
+            let via = parse_via(b, line, vs, ve).ok()?;
+            if seen_top {
+                return Some(via);
+            }
+            if !via.sole_value {
+                return parse_via(b, line, via.value_with_comma.end as usize, ve).ok();
+            }
+            seen_top = true;
+        }
+        pos = field.line_end;
+    }
+    None
+}
+
 /// The last Route entry of a head, for a request that a strict router upstream sent to the
 /// balancer's own URI (RFC 3261 §16.4): `uri` goes back into the Request-URI, `cut` removes
 /// the entry (its whole line when alone there, else with the comma before it). The cold path:

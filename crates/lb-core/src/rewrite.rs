@@ -52,6 +52,10 @@ pub(crate) enum Insertion {
         branch: u64,
         came_on: Option<ConnId>,
     },
+    /// The balancer's own Via on a request passed to a backend (RFC 3261 §16.6 step 8):
+    /// `Via: SIP/2.0/TCP ADVERTISE_BACKEND;branch=z9hG4bK…;lbc=TOKEN`. Its `lbc` token names the
+    /// frontend connection the request came on, so the response goes back on exactly that one.
+    ProxyVia { branch: u64, came_on: ConnId },
     /// `;received=IP` on the top Via (RFC 3261 §18.2.1).
     Received(IpAddr),
     /// `=PORT` after a bare `rport` (RFC 3581 §4).
@@ -149,6 +153,15 @@ fn write_insertion(out: &mut BytesMut, message: &[u8], insert: Insertion, cx: &C
                 out.put_slice(b";lbc=");
                 cx.tokens.write(out, conn, cx.call_id);
             }
+            out.put_slice(b"\r\n");
+        }
+        Insertion::ProxyVia { branch, came_on } => {
+            out.put_slice(b"Via: SIP/2.0/TCP ");
+            out.put_slice(cx.advertise_backend.as_bytes());
+            out.put_slice(b";branch=z9hG4bK");
+            put_hex(out, branch);
+            out.put_slice(b";lbc=");
+            cx.tokens.write(out, came_on, cx.call_id);
             out.put_slice(b"\r\n");
         }
         Insertion::Received(ip) => {

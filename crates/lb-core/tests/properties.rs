@@ -1266,7 +1266,16 @@ impl World {
                     "new call {k} given to draining backend {j}"
                 );
                 check_copy(&msg, j, &call_id, self.tag_header)?;
-                let via = top_via(&msg);
+                let mut vias = msg
+                    .lines()
+                    .filter(|l| l.starts_with("Via:") || l.starts_with("v:"));
+                let own = vias.next().unwrap_or_default();
+                ensure!(
+                    own.starts_with(&format!("Via: SIP/2.0/TCP {LB};branch=z9hG4bK"))
+                        && own.contains(";lbc="),
+                    "the balancer's own Via is not on top: {own}"
+                );
+                let via = vias.next().unwrap_or_default();
                 let (received, rport) = match f % 3 {
                     0 => (true, true),
                     1 => (false, false),

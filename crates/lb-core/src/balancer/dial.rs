@@ -28,10 +28,10 @@ pub(super) struct Dialling {
 }
 
 impl Balancer {
-    /// The connection to reach `to` on: one already open or opening toward it, else a new
-    /// dial. `None` when dial-out is at its limit.
+    /// The connection to reach `to` on: one already open or opening toward exactly that
+    /// address, else a new dial. `None` when dial-out is at its limit.
     pub(super) fn dial(&mut self, to: SocketAddr) -> Option<ConnId> {
-        if let Some(conn) = self.hops.lookup_addr(to) {
+        if let Some(conn) = self.hops.lookup_exact(to).filter(|c| self.is_open(*c)) {
             return Some(conn);
         }
         if self.stats.dial_outs_open as usize >= self.config.config.limits.dial_outs_max {
@@ -124,6 +124,11 @@ impl Balancer {
     /// Ends a dial that never reached the driver: as if it had been reported closed.
     pub(super) fn abandon_resolving(&mut self, id: ConnId) {
         self.handle_closed(id, CloseReason::Error);
+    }
+
+    /// Whether `conn` exists and is not closing.
+    pub(super) fn is_open(&self, conn: ConnId) -> bool {
+        self.conn(conn).is_some_and(|c| !c.closing)
     }
 
     /// Whether `conn` can take one more message now: open, or dialling with room in its queue.

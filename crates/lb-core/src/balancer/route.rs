@@ -130,6 +130,13 @@ impl Balancer {
         if let Some(peer) = source.peer {
             stamp_via(&message, peer, &mut edits);
         }
+        edits.push(Edit::insert(
+            message.start_line_end,
+            Insertion::ProxyVia {
+                branch: self.proxy_branch(&message, source.conn),
+                came_on: source.conn,
+            },
+        ));
         if initial {
             edits.push(Edit::insert(message.start_line_end, Insertion::RecordRoute));
             if self.config.config.tag_header.is_some() {
@@ -204,6 +211,13 @@ impl Balancer {
                 }
             }
         }
+        let via = message.top_via;
+        let mut came_on = None;
+        if let Some(token) = via.lbc {
+            // The balancer's own Via: it names the frontend connection the request came on.
+            edits.push(cut_entry(via.line, via.sole_value, via.value_with_comma));
+            came_on = self.tokens.verify(message.slice(token), message.call_id());
+        }
         if let Some(uri) = message.own_record_route {
             // The backend echoed the entry it saw; upstream sees the frontend-facing one.
             edits.push(Edit {
@@ -212,15 +226,33 @@ impl Balancer {
                 insert: Insertion::FrontendRouteUri,
             });
         }
-        // The backend's resolved next hop first; the Via it echoed if that names no connection.
-        let conn = source
-            .envelope
-            .and_then(|e| e.addr)
-            .and_then(|addr| self.hops.lookup_addr(addr))
-            .or_else(|| self.via_hop(&message));
-        let Some(conn) = conn.filter(|c| self.conn(*c).is_some_and(|c| !c.closing)) else {
+        // Back on the connection the request came on, and no other (RFC 3261 §18.2.2). If it is
+        // gone: a new connection to the address the next Via names (`received`, `rport`),
+        // never some other connection that happens to share an address or a name.
+        let conn = match came_on.filter(|c| self.is_open(*c)) {
+            Some(conn) => Some(conn),
+            None => {
+                let to = match came_on.or(via.lbc.map(|_| source.conn)) {
+                    // Our Via was on top: the next one is the frontend's.
+                    Some(_) => {
+                        crate::message::second_via(&message.bytes, message.start_line_end as usize)
+                            .and_then(|v| via_addr(&message, &v))
+                    }
+                    // A backend that dropped our Via: its envelope, else the top Via.
+                    None => source
+                        .envelope
+                        .and_then(|e| e.addr)
+                        .or_else(|| via_addr(&message, &via)),
+                };
+                to.and_then(|to| self.dial(to))
+            }
+        };
+        let Some(conn) = conn else {
             return self.drop_message(source.conn, "no connection to the response's next hop");
         };
+        if !self.has_room(conn) {
+            return self.drop_message(source.conn, "next hop still connecting, queue full");
+        }
         self.count_to_frontend(conn);
         if edits.is_empty() {
             // Nothing to change: the received bytes go out as they are, without a copy.
@@ -364,22 +396,20 @@ impl Balancer {
         })
     }
 
-    /// The frontend a response's top Via names: `received`/`rport` (stamped on the way in),
-    /// else its sent-by.
-    fn via_hop(&self, message: &SipMessage) -> Option<ConnId> {
-        let via = message.top_via;
-        let rport = match via.rport {
-            Rport::Value(p) => Some(p),
-            Rport::Absent | Rport::Empty { .. } => None,
-        };
-        if via.received.is_some() || rport.is_some() {
-            let host = via.received.unwrap_or(via.sent_by.host);
-            let port = rport.or(via.sent_by.port).unwrap_or(5060);
-            if let Some(conn) = self.hops.lookup_host(message.slice(host), port) {
-                return Some(conn);
-            }
+    /// The balancer's Via branch for a request from `conn`: a keyed hash of the frontend's
+    /// branch, the Call-ID and the connection, so a retransmission, its CANCEL and the ACK of
+    /// a failure get the same one (RFC 3261 §16.11), and no other connection can produce it
+    /// (a CANCEL copied by another peer matches no transaction at the backend).
+    fn proxy_branch(&self, message: &SipMessage, conn: ConnId) -> u64 {
+        let mut hasher = SipHasher13::new_with_key(&self.branch_key);
+        if let Some(b) = message.top_via.branch {
+            hasher.write(message.slice(b));
         }
-        self.host_port_hop(message, via.sent_by)
+        hasher.write(message.call_id());
+        let (slot, generation) = conn.parts();
+        hasher.write_u32(slot);
+        hasher.write_u32(generation);
+        hasher.finish()
     }
 
     fn host_port_hop(&self, message: &SipMessage, hp: HostPort) -> Option<ConnId> {
@@ -438,6 +468,22 @@ impl Balancer {
         }
         backup
     }
+}
+
+/// Where a Via says a response goes over a new connection (RFC 3261 §18.2.2, RFC 3581): the
+/// `received` address (else the sent-by host, if an IP literal) and the `rport` port (else the
+/// sent-by port, else 5060).
+fn via_addr(message: &SipMessage, via: &crate::message::Via) -> Option<SocketAddr> {
+    let host = via.received.unwrap_or(via.sent_by.host);
+    let ip = crate::hops::parse_ip(message.slice(host))?;
+    let port = match via.rport {
+        Rport::Value(p) => Some(p),
+        Rport::Absent | Rport::Empty { .. } => None,
+    };
+    Some(SocketAddr::new(
+        ip,
+        port.or(via.sent_by.port).unwrap_or(5060),
+    ))
 }
 
 /// The socket address of a next hop written as an IP literal: what dial-out can reach without

@@ -1,0 +1,84 @@
+//! A response goes back on the connection its request came on, named by the token in the
+//! balancer's own Via, whatever the Vias below it claim: no peer can draw another's responses.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use lb_core::{BackendMode, CloseReason, Input, Output};
+use support::*;
+
+#[test]
+fn a_response_reaches_its_requests_connection_not_the_one_claiming_its_via() {
+    let mut h = Harness::new(config(1, BackendMode::Plain));
+    // The victim names its listening port in its Via and asks no rport, as proxies do.
+    let victim = h.frontend("203.0.113.5:40000");
+    let invite = invite("call-v", "z9hG4bKv").replace(";rport", "");
+    h.receive(victim, invite.as_bytes());
+    let (_, forwarded, _) = h.expect_to_backend();
+    // The attacker, on the same IP, claims the same sent-by in a request of its own.
+    let attacker = h.frontend("203.0.113.5:40001");
+    let claim = format!(
+        "OPTIONS sip:x@example.com SIP/2.0\r\n\
+         Via: SIP/2.0/TCP proxy.example.com:5060;branch=z9hG4bKatt\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:a@x>;tag=1\r\nTo: <sip:x@example.com>\r\n\
+         Call-ID: att-1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    );
+    h.receive(attacker, claim.as_bytes());
+    h.expect_to_backend();
+    for status in ["100 Trying", "180 Ringing", "200 OK"] {
+        h.backend_sends(0, &response_to(&forwarded, status), None);
+        let (conn, out) = h.expect_to_frontend();
+        assert_eq!(conn, victim, "{status} went to {conn:?}");
+        assert!(out.starts_with(&format!("SIP/2.0 {status}\r\n")));
+        assert_eq!(
+            out.matches("Via:").count(),
+            1,
+            "the balancer's Via is popped: {out}"
+        );
+    }
+}
+
+#[test]
+fn a_response_whose_connection_closed_is_dialled_to_its_received_address() {
+    let mut h = Harness::new(config(1, BackendMode::Plain));
+    let gone = h.frontend("203.0.113.5:40000");
+    let _neighbour = h.frontend("203.0.113.5:40001");
+    h.receive(gone, invite("call-c", "z9hG4bKc").as_bytes());
+    let (_, forwarded, _) = h.expect_to_backend();
+    h.input(Input::Closed {
+        conn: gone,
+        reason: CloseReason::PeerClosed,
+    });
+    // RFC 3261 §18.2.2 and RFC 3581: a new connection to `received` and `rport` (which the
+    // balancer stamped from the closed connection's source), not the neighbour on that IP.
+    h.backend_sends(0, &response_to(&forwarded, "180 Ringing"), None);
+    let outs = h.drain();
+    let [Output::Dial { conn, to }] = outs.as_slice() else {
+        panic!("expected a Dial and nothing sent to the neighbour, got {outs:?}");
+    };
+    assert_eq!(to.to_string(), "203.0.113.5:40000");
+    let conn = *conn;
+    h.input(Input::Connected { conn });
+    let (to, out) = h.expect_to_frontend();
+    assert_eq!(to, conn);
+    assert!(out.starts_with("SIP/2.0 180 Ringing\r\n"));
+}
+
+#[test]
+fn a_response_with_a_forged_connection_token_goes_nowhere_else() {
+    let mut h = Harness::new(config(1, BackendMode::Plain));
+    let fe = h.frontend("203.0.113.5:40000");
+    let other = h.frontend("203.0.113.9:40000");
+    h.receive(fe, invite("call-f", "z9hG4bKf").as_bytes());
+    let (_, forwarded, _) = h.expect_to_backend();
+    // A backend (or whatever wrote this) names another connection's slot with a bad MAC: the
+    // token fails, and the response follows the frontend's own Via, to `fe`.
+    let own_via = forwarded.lines().find(|l| l.starts_with("Via:")).unwrap();
+    let token = own_via.split(";lbc=").nth(1).unwrap();
+    let forged_via = own_via.replace(token, "1.2.0000000000000000");
+    let response = response_to(&forwarded, "180 Ringing").replace(own_via, &forged_via);
+    h.backend_sends(0, &response, None);
+    let (conn, _) = h.expect_to_frontend();
+    assert_eq!(conn, fe);
+    assert_ne!(conn, other);
+}
