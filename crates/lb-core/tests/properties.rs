@@ -716,13 +716,6 @@ fn dialect(f: usize, message: String) -> String {
 }
 
 /// The first Via line, in either form.
-fn top_via(message: &str) -> &str {
-    message
-        .lines()
-        .find(|l| l.starts_with("Via:") || l.starts_with("v:"))
-        .unwrap_or("")
-}
-
 fn config(script: &Script, options: Options) -> Config {
     let n = usize::from(script.backends.clamp(2, 4));
     let mut backends: Vec<BackendConfig> = (0..n)

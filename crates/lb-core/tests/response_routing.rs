@@ -17,12 +17,10 @@ fn a_response_reaches_its_requests_connection_not_the_one_claiming_its_via() {
     let (_, forwarded, _) = h.expect_to_backend();
     // The attacker, on the same IP, claims the same sent-by in a request of its own.
     let attacker = h.frontend("203.0.113.5:40001");
-    let claim = format!(
-        "OPTIONS sip:x@example.com SIP/2.0\r\n\
+    let claim = "OPTIONS sip:x@example.com SIP/2.0\r\n\
          Via: SIP/2.0/TCP proxy.example.com:5060;branch=z9hG4bKatt\r\n\
          Max-Forwards: 70\r\nFrom: <sip:a@x>;tag=1\r\nTo: <sip:x@example.com>\r\n\
-         Call-ID: att-1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
-    );
+         Call-ID: att-1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
     h.receive(attacker, claim.as_bytes());
     h.expect_to_backend();
     for status in ["100 Trying", "180 Ringing", "200 OK"] {
