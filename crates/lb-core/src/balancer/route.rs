@@ -130,8 +130,10 @@ impl Balancer {
         if let Some(peer) = source.peer {
             stamp_via(&message, peer, &mut edits);
         }
+        // Right above the top Via, so the Via lines stay together (a peer reading "the Via
+        // block" as one run of lines still gets them all).
         edits.push(Edit::insert(
-            message.start_line_end,
+            message.top_via.line.start,
             Insertion::ProxyVia {
                 branch: self.proxy_branch(&message, source.conn),
                 came_on: source.conn,
@@ -326,7 +328,7 @@ impl Balancer {
         hasher.write(branch);
         let own_conn = self.backends[backend.index()].conn == Some(source.conn);
         edits.push(Edit::insert(
-            message.start_line_end,
+            message.top_via.line.start,
             Insertion::OwnVia {
                 branch: hasher.finish(),
                 came_on: (!own_conn).then_some(source.conn),
