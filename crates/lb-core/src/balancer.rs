@@ -99,6 +99,8 @@ enum Side {
         dialling: Option<Box<dial::Dialling>>,
         /// The balancer opened it (counted against `limits.dial_outs_max`).
         dialled: bool,
+        /// Accepted on a TLS listener: what the balancer writes toward it names TLS.
+        tls: bool,
     },
     Backend {
         backend: BackendId,
@@ -169,13 +171,19 @@ impl Balancer {
     }
 
     /// The listeners of the configuration, to bind: report accepted connections with their id.
+    /// The TCP listeners come first, then the TLS ones ([`Balancer::is_tls_listener`]).
     pub fn listeners(&self) -> impl Iterator<Item = (ListenerId, SocketAddr)> + '_ {
-        self.config
-            .config
-            .listeners
+        let c = &self.config.config;
+        c.listeners
             .iter()
+            .chain(&c.tls_listeners)
             .enumerate()
             .map(|(i, a)| (ListenerId::new(i), *a))
+    }
+
+    /// Whether `listener` takes TLS: the driver runs the handshake and hands the core plaintext.
+    pub fn is_tls_listener(&self, listener: ListenerId) -> bool {
+        listener.index() >= self.config.config.listeners.len()
     }
 
     /// The configured backends with their ids, in configuration order.
@@ -192,7 +200,7 @@ impl Balancer {
     /// frontend limit is reached the id comes with an [`Output::Close`] already queued.
     pub fn accept(&mut self, now: Instant, listener: ListenerId, peer: SocketAddr) -> ConnId {
         self.advance(now);
-        let _ = listener;
+        let tls = self.is_tls_listener(listener);
         let full = self.stats.frontends_open as usize >= self.config.config.limits.frontends_max;
         let side = Side::Frontend {
             peer,
@@ -201,6 +209,7 @@ impl Balancer {
             liveness: Liveness::new(self.now),
             dialling: None,
             dialled: false,
+            tls,
         };
         let conn = self.insert_conn(side);
         self.stats.frontends_open += 1;
@@ -769,6 +778,7 @@ fn context<'a>(
     Context {
         advertise: &config.advertise,
         advertise_backend: &config.advertise_backend,
+        advertise_tls: &config.advertise_tls,
         signer,
         tokens,
         backend,

@@ -166,6 +166,12 @@ impl Default for ProbeConfig {
 pub struct Config {
     /// Addresses frontends connect to; the driver binds them, the core numbers them.
     pub listeners: Vec<SocketAddr>,
+    /// Addresses frontends connect to over TLS; numbered after `listeners`. The driver does
+    /// the TLS; the core sees plaintext and names the transport in what it writes.
+    pub tls_listeners: Vec<SocketAddr>,
+    /// `host[:port]` of the balancer in what it writes toward TLS frontends; defaults to the
+    /// first TLS listener.
+    pub advertise_tls: Option<String>,
     /// `host[:port]` put in the balancer's Record-Route and Via; defaults to the first listener.
     pub advertise: Option<String>,
     /// `host[:port]` of the balancer as backends reach it, in the Record-Route entry they see;
@@ -210,6 +216,8 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             listeners: Vec::new(),
+            tls_listeners: Vec::new(),
+            advertise_tls: None,
             advertise: None,
             advertise_backend: None,
             backends: Vec::new(),
@@ -239,6 +247,8 @@ pub struct ValidConfig {
     pub(crate) advertise: String,
     /// `host[:port]` of the balancer in the Record-Route entry backends see.
     pub(crate) advertise_backend: String,
+    /// `host[:port]` of the balancer toward TLS frontends.
+    pub(crate) advertise_tls: String,
     /// Backup of each backend, resolved to ids.
     pub(crate) backups: Vec<Option<BackendId>>,
 }
@@ -318,10 +328,10 @@ pub enum ConfigError {
 impl Config {
     /// Checks the configuration once; the core then relies on what was checked.
     pub fn validate(self) -> Result<ValidConfig, ConfigError> {
-        if self.listeners.is_empty() {
+        if self.listeners.is_empty() && self.tls_listeners.is_empty() {
             return Err(ConfigError::NoListener);
         }
-        if self.listeners.len() > usize::from(u16::MAX) {
+        if self.listeners.len() + self.tls_listeners.len() > usize::from(u16::MAX) {
             return Err(ConfigError::TooMany {
                 key: "listen",
                 max: usize::from(u16::MAX),
@@ -429,7 +439,16 @@ impl Config {
                 }
                 a.clone()
             }
-            None => self.listeners[0].to_string(),
+            None => match (self.listeners.first(), self.tls_listeners.first()) {
+                (Some(first), _) | (None, Some(first)) => first.to_string(),
+                (None, None) => return Err(ConfigError::NoListener),
+            },
+        };
+        let advertise_tls = match (&self.advertise_tls, self.tls_listeners.first()) {
+            (Some(a), _) if !is_host_port(a) => return Err(ConfigError::BadAdvertise(a.clone())),
+            (Some(a), _) => a.clone(),
+            (None, Some(first)) => first.to_string(),
+            (None, None) => advertise.clone(),
         };
         let advertise_backend = match &self.advertise_backend {
             Some(a) if !is_host_port(a) => return Err(ConfigError::BadAdvertise(a.clone())),
@@ -445,6 +464,7 @@ impl Config {
             config: self,
             advertise,
             advertise_backend,
+            advertise_tls,
             backups,
         })
     }

@@ -466,6 +466,8 @@ fn fuzz_config(flags: u8, variant: u8, small: bool) -> ValidConfig {
         listeners: vec![SocketAddr::from(([127, 0, 0, 1], 5060))],
         advertise: Some(ADVERTISE.to_owned()),
         advertise_backend: None,
+        tls_listeners: Vec::new(),
+        advertise_tls: None,
         backends,
         algorithm: match flags % 4 {
             1 => Algorithm::Weighted,

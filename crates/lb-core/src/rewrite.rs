@@ -36,7 +36,7 @@ pub(crate) enum Insertion {
     /// `sip:ADVERTISE;transport=tcp;lr;lb=TAG`: the URI of the balancer's Record-Route entry as
     /// frontends see it, replacing the backend-facing one in a response going upstream
     /// (RFC 3261 §16.7 step 4).
-    FrontendRouteUri,
+    FrontendRouteUri { tls: bool },
     /// `Max-Forwards: 70` line for a request that had none (RFC 3261 §16.6 step 3).
     MaxForwards,
     /// A decimal number: the decremented Max-Forwards value.
@@ -51,6 +51,7 @@ pub(crate) enum Insertion {
     OwnVia {
         branch: u64,
         came_on: Option<ConnId>,
+        tls: bool,
     },
     /// The balancer's own Via on a request passed to a backend (RFC 3261 §16.6 step 8):
     /// `Via: SIP/2.0/TCP ADVERTISE_BACKEND;branch=z9hG4bK…;lbc=TOKEN`. Its `lbc` token names the
@@ -76,6 +77,8 @@ pub(crate) struct Context<'a> {
     pub(crate) advertise: &'a str,
     /// `host[:port]` of the balancer as backends reach it.
     pub(crate) advertise_backend: &'a str,
+    /// `host[:port]` of the balancer as TLS frontends reach it.
+    pub(crate) advertise_tls: &'a str,
     pub(crate) signer: &'a TagSigner,
     pub(crate) tokens: &'a ConnTokens,
     /// The backend the tag names.
@@ -124,10 +127,17 @@ fn write_insertion(out: &mut BytesMut, message: &[u8], insert: Insertion, cx: &C
                 .write_facing(out, cx.backend, cx.call_id, Facing::Backends);
             out.put_slice(b">\r\n");
         }
-        Insertion::FrontendRouteUri => {
+        Insertion::FrontendRouteUri { tls } => {
             out.put_slice(b"sip:");
-            out.put_slice(cx.advertise.as_bytes());
-            out.put_slice(b";transport=tcp;lr;lb=");
+            if tls {
+                // RFC 5630 §3.1.3 deprecates `transport=tls` in favour of sips: for end-to-end
+                // TLS; for one hop it is what peers (Kamailio among them) write and read.
+                out.put_slice(cx.advertise_tls.as_bytes());
+                out.put_slice(b";transport=tls;lr;lb=");
+            } else {
+                out.put_slice(cx.advertise.as_bytes());
+                out.put_slice(b";transport=tcp;lr;lb=");
+            }
             cx.signer.write(out, cx.backend, cx.call_id);
         }
         Insertion::MaxForwards => out.put_slice(b"Max-Forwards: 70\r\n"),
@@ -142,9 +152,18 @@ fn write_insertion(out: &mut BytesMut, message: &[u8], insert: Insertion, cx: &C
                 out.put_slice(b"\r\n");
             }
         }
-        Insertion::OwnVia { branch, came_on } => {
-            out.put_slice(b"Via: SIP/2.0/TCP ");
-            out.put_slice(cx.advertise.as_bytes());
+        Insertion::OwnVia {
+            branch,
+            came_on,
+            tls,
+        } => {
+            if tls {
+                out.put_slice(b"Via: SIP/2.0/TLS ");
+                out.put_slice(cx.advertise_tls.as_bytes());
+            } else {
+                out.put_slice(b"Via: SIP/2.0/TCP ");
+                out.put_slice(cx.advertise.as_bytes());
+            }
             out.put_slice(b";branch=z9hG4bK");
             put_hex(out, branch);
             out.put_slice(b";lb=");

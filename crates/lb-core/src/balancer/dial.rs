@@ -44,6 +44,7 @@ impl Balancer {
             liveness: Liveness::new(self.now),
             dialling: Some(Box::default()),
             dialled: true,
+            tls: false,
         });
         self.stats.dial_outs += 1;
         self.stats.dial_outs_open += 1;
@@ -75,6 +76,7 @@ impl Balancer {
                 ..Dialling::default()
             })),
             dialled: true,
+            tls: false,
         });
         self.stats.dial_outs += 1;
         self.stats.dial_outs_open += 1;
@@ -124,6 +126,14 @@ impl Balancer {
     /// Ends a dial that never reached the driver: as if it had been reported closed.
     pub(super) fn abandon_resolving(&mut self, id: ConnId) {
         self.handle_closed(id, CloseReason::Error);
+    }
+
+    /// Whether `conn` is a frontend connection over TLS.
+    pub(super) fn is_tls(&self, conn: ConnId) -> bool {
+        matches!(
+            self.conn(conn).map(|c| &c.side),
+            Some(Side::Frontend { tls: true, .. })
+        )
     }
 
     /// Whether `conn` exists and is not closing.

@@ -472,6 +472,7 @@ impl Balancer {
             config,
             advertise: new.advertise,
             advertise_backend: new.advertise_backend,
+            advertise_tls: new.advertise_tls,
             backups,
         };
         for i in self.config.config.backends.len() - added..self.config.config.backends.len() {

@@ -220,14 +220,6 @@ impl Balancer {
             edits.push(cut_entry(via.line, via.sole_value, via.value_with_comma));
             came_on = self.tokens.verify(message.slice(token), message.call_id());
         }
-        if let Some(uri) = message.own_record_route {
-            // The backend echoed the entry it saw; upstream sees the frontend-facing one.
-            edits.push(Edit {
-                at: uri.start,
-                cut: uri.end - uri.start,
-                insert: Insertion::FrontendRouteUri,
-            });
-        }
         // Back on the connection the request came on, and no other (RFC 3261 §18.2.2). If it is
         // gone: a new connection to the address the next Via names (`received`, `rport`),
         // never some other connection that happens to share an address or a name.
@@ -254,6 +246,17 @@ impl Balancer {
         };
         if !self.has_room(conn) {
             return self.drop_message(source.conn, "next hop still connecting, queue full");
+        }
+        if let Some(uri) = message.own_record_route {
+            // The backend echoed the entry it saw; upstream sees the frontend-facing one, in
+            // the transport of the connection it goes to.
+            edits.push(Edit {
+                at: uri.start,
+                cut: uri.end - uri.start,
+                insert: Insertion::FrontendRouteUri {
+                    tls: self.is_tls(conn),
+                },
+            });
         }
         self.count_to_frontend(conn);
         if edits.is_empty() {
@@ -332,6 +335,7 @@ impl Balancer {
             Insertion::OwnVia {
                 branch: hasher.finish(),
                 came_on: (!own_conn).then_some(source.conn),
+                tls: self.is_tls(conn),
             },
         ));
         self.count_to_frontend(conn);
