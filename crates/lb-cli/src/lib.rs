@@ -98,6 +98,7 @@ mod metrics;
 mod ops;
 mod pacer;
 mod settings;
+pub mod tls;
 
 use std::collections::VecDeque;
 use std::fmt::Display;

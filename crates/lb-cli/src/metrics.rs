@@ -31,6 +31,8 @@ pub struct Snapshot {
     pub backends: Vec<BackendStatus>,
     /// The new-call table's capacity (fixed until a restart).
     pub table_capacity: u64,
+    /// The TLS handshake counters, when TLS listeners exist (read live, not copied).
+    pub tls: Option<Arc<crate::tls::TlsCounters>>,
 }
 
 impl Snapshot {
@@ -182,6 +184,13 @@ impl Collector for SnapshotCollector {
                 }
             }
         }
+        if let Some(tls) = &snapshot.tls {
+            for (name, help, value) in tls.series() {
+                let counter = ConstCounter::new(value);
+                let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+                counter.encode(metric)?;
+            }
+        }
         let capacity = ConstGauge::new(snapshot.table_capacity);
         let metric = encoder.encode_descriptor(
             "table_capacity",
@@ -291,6 +300,7 @@ mod tests {
             stats,
             backends,
             table_capacity: 1000,
+            tls: None,
         }
     }
 

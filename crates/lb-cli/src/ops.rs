@@ -3,6 +3,7 @@
 //! the balancer; it never holds the balancer, it is shown it.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lb_core::{BackendId, Balancer, ConnId, Event, ValidConfig};
@@ -143,6 +144,8 @@ impl RateLimiter {
 /// The driver's operator side: logging, metrics, reload.
 #[derive(Debug)]
 pub struct Ops {
+    /// The TLS configuration of the TLS listeners, reloaded on SIGHUP.
+    tls: Option<Arc<crate::tls::Tls>>,
     settings: Settings,
     limiter: RateLimiter,
     metrics: Option<MetricsServer>,
@@ -155,10 +158,20 @@ pub struct Ops {
 impl Ops {
     /// Starts the metrics server if `--metrics` was given (binding its address now).
     pub fn new(settings: &Settings) -> Result<Ops, RunError> {
+        let tls = match &settings.tls {
+            // Checked when the settings were parsed; a file changed since fails the start.
+            Some(t) => {
+                Some(Arc::new(crate::tls::Tls::load(t).map_err(|e| {
+                    RunError::Runtime(std::io::Error::other(e.to_string()))
+                })?))
+            }
+            None => None,
+        };
         let metrics = match settings.metrics {
             Some(addr) => {
                 let first = Snapshot {
                     table_capacity: settings.core.config().limits.table_capacity as u64,
+                    tls: tls.as_ref().map(|t| t.counters.clone()),
                     ..Snapshot::default()
                 };
                 Some(MetricsServer::start(addr, first)?)
@@ -166,12 +179,18 @@ impl Ops {
             None => None,
         };
         Ok(Ops {
+            tls,
             settings: settings.clone(),
             limiter: RateLimiter::default(),
             metrics,
             published: None,
             publish_pending: false,
         })
+    }
+
+    /// The TLS configuration for new handshakes on TLS listeners, if there are any.
+    pub fn tls(&self) -> Option<&Arc<crate::tls::Tls>> {
+        self.tls.as_ref()
     }
 
     /// The settings in force (those of the last successful reload).
@@ -288,7 +307,29 @@ impl Ops {
     /// flags. On success returns the configuration to feed as `Input::Reload`; on failure logs
     /// one warning naming the key and returns `None`: the running configuration stays.
     /// Without a config file or key file there is nothing to reread, which is logged.
+    /// SIGHUP rereads the certificates and keys (whatever else the reload does): new
+    /// handshakes use the new ones, established connections keep theirs, and a bad file leaves
+    /// the running ones in place with a log line.
+    fn reload_tls(&mut self) {
+        let Some(tls) = &self.tls else { return };
+        let wanted = match self.settings.reload() {
+            Ok(new) => new.tls,
+            Err(_) => self.settings.tls.clone(),
+        };
+        let Some(wanted) = wanted else { return };
+        match tls.reload(&wanted) {
+            Ok(()) => tracing::info!(
+                certs = wanted.certs.len(),
+                "SIGHUP: TLS certificates reread"
+            ),
+            Err(e) => {
+                tracing::warn!("SIGHUP: TLS certificates refused, keeping the running ones: {e}")
+            }
+        }
+    }
+
     pub fn reload(&mut self) -> Option<ValidConfig> {
+        self.reload_tls();
         let file = self.settings.config_file().map(|p| p.display().to_string());
         if file.is_none() && self.settings.tag_key_generated {
             tracing::warn!("SIGHUP: no --config or --tag-key-file to reread; nothing changes");

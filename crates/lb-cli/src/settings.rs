@@ -37,6 +37,8 @@ pub struct Settings {
     /// `--batch-window`: under load, the least time between two wake-ups of the event loop
     /// ([`crate::WakePacer`]); zero wakes for every message.
     pub batch_window: Duration,
+    /// Certificates for the TLS listeners (`--listen-tls`), when there are any.
+    pub tls: Option<crate::tls::TlsSettings>,
     /// The command line as given, so [`Settings::reload`] can merge it with the file again.
     args: Args,
 }
@@ -88,7 +90,7 @@ pub enum CliError {
 }
 
 impl CliError {
-    fn invalid(key: &'static str, reason: impl Into<String>) -> CliError {
+    pub(crate) fn invalid(key: &'static str, reason: impl Into<String>) -> CliError {
         CliError::Invalid {
             key,
             reason: reason.into(),
@@ -161,6 +163,25 @@ struct Args {
     /// Address to accept frontend connections on (repeatable)
     #[arg(long, value_name = "ADDR")]
     listen: Vec<String>,
+    /// Address to accept TLS frontend connections on (repeatable)
+    #[arg(long, value_name = "ADDR")]
+    listen_tls: Vec<String>,
+    /// PEM certificate chain for TLS listeners; repeat with --tls-key in pairs, chosen by SNI
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Vec<PathBuf>,
+    /// PEM private key of the --tls-cert at the same position
+    #[arg(long, value_name = "FILE")]
+    tls_key: Vec<PathBuf>,
+    /// CA bundle client certificates must chain to [default: no client certificates]
+    #[arg(long, value_name = "FILE")]
+    tls_client_ca: Option<PathBuf>,
+    /// With --tls-client-ca: refuse clients without a certificate, or accept them [default: required]
+    #[arg(long, value_name = "required|optional")]
+    tls_client_auth: Option<String>,
+    /// host[:port] written into Record-Route and Via toward TLS frontends [default: the first
+    /// --listen-tls address]
+    #[arg(long, value_name = "HOST[:PORT]")]
+    advertise_tls: Option<String>,
     /// A backend (repeatable)
     #[arg(
         long,
@@ -237,6 +258,9 @@ struct Args {
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 struct FileConfig {
     listen: Vec<String>,
+    listen_tls: Vec<String>,
+    advertise_tls: Option<String>,
+    tls: FileTls,
     backend: Vec<FileBackend>,
     backend_mode: Option<String>,
     algorithm: Option<String>,
@@ -274,6 +298,26 @@ struct FileBackend {
     backup: Option<String>,
     #[serde(default)]
     draining: bool,
+}
+
+/// The `[tls]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+struct FileTls {
+    /// `[[tls.cert]]` tables.
+    cert: Vec<FileCert>,
+    client_ca: Option<PathBuf>,
+    client_auth: Option<String>,
+}
+
+/// One `[[tls.cert]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileCert {
+    cert: PathBuf,
+    key: PathBuf,
+    #[serde(default)]
+    names: Vec<String>,
 }
 
 /// The `[limits]` table: the core's [`lb_core::Limits`].
@@ -334,6 +378,22 @@ fn merge(
         .iter()
         .map(|a| parse_addr("listen", a))
         .collect::<Result<_, _>>()?;
+    let listen_tls = if args.listen_tls.is_empty() {
+        &file.listen_tls
+    } else {
+        &args.listen_tls
+    };
+    core.tls_listeners = listen_tls
+        .iter()
+        .map(|a| parse_addr("listen-tls", a))
+        .collect::<Result<_, _>>()?;
+    core.advertise_tls = args.advertise_tls.clone().or(file.advertise_tls.clone());
+    let tls = merge_tls(
+        &args,
+        &file,
+        file_path.as_deref(),
+        !core.tls_listeners.is_empty(),
+    )?;
 
     let default_mode = match args
         .backend_mode
@@ -502,8 +562,90 @@ fn merge(
         tag_key_generated,
         metrics,
         batch_window,
+        tls,
         args: kept,
     })
+}
+
+/// The TLS settings of `--listen-tls` listeners: flags' pairs replace the file's `[[tls.cert]]`
+/// list; paths in the file are relative to it. Every file is loaded once here, so a bad one
+/// fails `--check-config` and the start with its name.
+fn merge_tls(
+    args: &Args,
+    file: &FileConfig,
+    file_path: Option<&Path>,
+    listening: bool,
+) -> Result<Option<crate::tls::TlsSettings>, CliError> {
+    use crate::tls::{CertPair, ClientAuth, TlsSettings};
+    let relative = |p: &PathBuf| match file_path.and_then(Path::parent) {
+        Some(dir) if p.is_relative() => dir.join(p),
+        _ => p.clone(),
+    };
+    if args.tls_cert.len() != args.tls_key.len() {
+        return Err(CliError::invalid(
+            "tls-key",
+            format!(
+                "{} --tls-cert but {} --tls-key: give them in pairs",
+                args.tls_cert.len(),
+                args.tls_key.len()
+            ),
+        ));
+    }
+    let certs: Vec<CertPair> = if args.tls_cert.is_empty() {
+        file.tls
+            .cert
+            .iter()
+            .map(|c| CertPair {
+                cert: relative(&c.cert),
+                key: relative(&c.key),
+                names: c.names.clone(),
+            })
+            .collect()
+    } else {
+        args.tls_cert
+            .iter()
+            .zip(&args.tls_key)
+            .map(|(cert, key)| CertPair {
+                cert: cert.clone(),
+                key: key.clone(),
+                names: Vec::new(),
+            })
+            .collect()
+    };
+    let client_ca = args
+        .tls_client_ca
+        .clone()
+        .or_else(|| file.tls.client_ca.as_ref().map(relative));
+    let client_auth = match args
+        .tls_client_auth
+        .as_deref()
+        .or(file.tls.client_auth.as_deref())
+    {
+        None | Some("required") => ClientAuth::Required,
+        Some("optional") => ClientAuth::Optional,
+        Some(other) => {
+            return Err(CliError::invalid(
+                "tls-client-auth",
+                format!("{other:?} is not required or optional"),
+            ))
+        }
+    };
+    if !listening {
+        if !certs.is_empty() || client_ca.is_some() {
+            return Err(CliError::invalid(
+                "tls-cert",
+                "certificates given but no --listen-tls address",
+            ));
+        }
+        return Ok(None);
+    }
+    let settings = TlsSettings {
+        certs,
+        client_ca,
+        client_auth,
+    };
+    crate::tls::Tls::load(&settings)?;
+    Ok(Some(settings))
 }
 
 /// Probes are on when an interval is given; the other probe keys refine them and are refused

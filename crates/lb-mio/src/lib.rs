@@ -27,12 +27,14 @@
 //! [`lb_cli::PUBLISH_EVERY`]; the poll timeout includes the pending publish) and rate-limit
 //! summaries go through one [`lb_cli::Ops`].
 
+mod tls;
+
 use std::collections::VecDeque;
 use std::io::{self, ErrorKind};
 use std::net::{Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use lb_cli::{
     Ops, RunError, Settings, WakePacer, BATCH_MAX, CLOSE_LINGER_MAX, CONNECT_TIMEOUT,
     SHUTDOWN_FLUSH_MAX,
@@ -65,6 +67,8 @@ struct Conn {
     id: ConnId,
     stream: TcpStream,
     frontend: bool,
+    /// A TLS frontend: its rustls state; the core reads and writes the plaintext inside.
+    tls: Option<Box<tls::TlsConn>>,
     state: State,
     out: VecDeque<Bytes>,
     /// Sum of `out`'s lengths, checked against the output cap.
@@ -98,6 +102,12 @@ struct Driver {
     dns_waker: std::sync::Arc<mio::Waker>,
     /// Started at the first `Output::Resolve`: most runs never dial a host name.
     dns: Option<lb_cli::dns::DnsThread>,
+    /// TLS listeners' configuration, if any.
+    tls: Option<std::sync::Arc<lb_cli::tls::Tls>>,
+    /// TLS handshakes in progress, each abandoned at its deadline.
+    handshakes: VecDeque<(Instant, ConnId)>,
+    /// How many of `handshakes` are still handshaking.
+    handshaking: usize,
 }
 
 impl Driver {
@@ -140,7 +150,11 @@ impl Driver {
             pacer: WakePacer::new(settings.batch_window),
             dns_waker: std::sync::Arc::new(dns_waker),
             dns: None,
+            tls: None,
+            handshakes: VecDeque::new(),
+            handshaking: 0,
         };
+        driver.tls = driver.ops.tls().cloned();
         driver.drain();
         driver.flush_dirty();
         driver.ops.turn(&driver.lb, Instant::now());
@@ -235,6 +249,10 @@ impl Driver {
             let listener = *listener;
             match socket.accept() {
                 Ok((mut stream, peer)) => {
+                    let tls = match self.tls_session(listener) {
+                        Ok(tls) => tls,
+                        Err(()) => continue,
+                    };
                     let conn = self.lb.accept(Instant::now(), listener, peer);
                     lb_cli::log_frontend_open(conn, peer);
                     let _ = stream.set_nodelay(true);
@@ -244,7 +262,17 @@ impl Driver {
                         Interest::READABLE,
                     );
                     match registered {
-                        Ok(()) => self.insert(conn, stream, true, State::Open, Interest::READABLE),
+                        Ok(()) => {
+                            self.insert(conn, stream, true, State::Open, Interest::READABLE);
+                            if let Some(tls) = tls {
+                                if let Some(c) = self.get(conn) {
+                                    c.tls = Some(tls);
+                                }
+                                self.handshaking += 1;
+                                let deadline = Instant::now() + lb_cli::tls::HANDSHAKE_TIMEOUT;
+                                self.handshakes.push_back((deadline, conn));
+                            }
+                        }
                         Err(e) => {
                             tracing::warn!(conn = %conn, error = %e, "register failed");
                             lb_cli::log_frontend_closed(conn, CloseReason::Error);
@@ -309,6 +337,9 @@ impl Driver {
             if c.id != id || c.state != State::Open {
                 return;
             }
+            if c.tls.is_some() {
+                return self.read_tls(id);
+            }
             match self.read_buf.read_some(&mut c.stream) {
                 Ok(0) => {
                     self.finish(id, CloseReason::PeerClosed);
@@ -335,6 +366,97 @@ impl Driver {
             }
         }
         self.readable_again.push(id);
+    }
+
+    /// A new TLS session for a connection accepted on `listener`, `None` for a TCP listener;
+    /// `Err` when the socket is refused (too many handshakes in progress).
+    fn tls_session(&mut self, listener: ListenerId) -> Result<Option<Box<tls::TlsConn>>, ()> {
+        let Some(config) = self
+            .tls
+            .as_ref()
+            .filter(|_| self.lb.is_tls_listener(listener))
+        else {
+            return Ok(None);
+        };
+        let counters = &config.counters;
+        if self.handshaking >= lb_cli::tls::HANDSHAKES_MAX {
+            counters
+                .refused_busy
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(());
+        }
+        match rustls::ServerConnection::new(config.config()) {
+            Ok(session) => Ok(Some(Box::new(tls::TlsConn::new(session)))),
+            Err(e) => {
+                tracing::warn!(error = %e, "TLS session refused");
+                counters
+                    .failed_other
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Err(())
+            }
+        }
+    }
+
+    /// Reads a TLS frontend: every record the socket has, the plaintext to the core.
+    fn read_tls(&mut self, id: ConnId) {
+        let Some(c) = self.conns.get_mut(id.slot()).and_then(Option::as_mut) else {
+            return;
+        };
+        let Some(session) = c.tls.as_mut() else {
+            return;
+        };
+        let mut plain = BytesMut::new();
+        let result = session.read(&mut c.stream, &mut plain);
+        let (handshaking, wants_write, version) = (
+            session.handshaking,
+            session.wants_write(),
+            session.version(),
+        );
+        let counters = self.tls.as_ref().map(|t| t.counters.clone());
+        match result {
+            Ok(read) => {
+                if read.handshake_done {
+                    self.handshaking = self.handshaking.saturating_sub(1);
+                    if let Some(counters) = &counters {
+                        counters.handshake_done(version);
+                    }
+                }
+                if wants_write {
+                    self.mark_dirty(id);
+                }
+                if !plain.is_empty() {
+                    self.lb.handle_input(
+                        Instant::now(),
+                        Input::Received {
+                            conn: id,
+                            bytes: plain,
+                        },
+                    );
+                    self.drain();
+                }
+                if read.eof {
+                    self.finish(id, CloseReason::PeerClosed);
+                    self.drain();
+                }
+            }
+            Err(e) => {
+                tracing::debug!(conn = %id, error = %e, "TLS read failed");
+                if handshaking {
+                    self.handshaking = self.handshaking.saturating_sub(1);
+                    if let Some(counters) = &counters {
+                        counters.handshake_failed(&e);
+                    }
+                }
+                // A TLS error leaves an alert to send; the connection is done either way.
+                if let Some(Some(c)) = self.conns.get_mut(id.slot()) {
+                    if let Some(session) = c.tls.as_mut() {
+                        let _ = session.write(&mut VecDeque::new(), &mut c.stream, false);
+                    }
+                }
+                self.finish(id, CloseReason::Error);
+                self.drain();
+            }
+        }
     }
 
     /// Feeds the names resolved since the last wake-up.
@@ -483,12 +605,12 @@ impl Driver {
             self.finish(id, reason);
             return;
         }
-        if c.state == State::Closing && c.out.is_empty() {
+        if c.state == State::Closing && c.out.is_empty() && !tls_wants_write(c) {
             let _ = c.stream.shutdown(Shutdown::Both);
             self.finish(id, CloseReason::Requested);
             return;
         }
-        let want = match (c.state, c.out.is_empty()) {
+        let want = match (c.state, c.out.is_empty() && !tls_wants_write(c)) {
             (State::Closing, _) => Interest::WRITABLE,
             (_, true) => Interest::READABLE,
             (_, false) => Interest::READABLE | Interest::WRITABLE,
@@ -515,6 +637,27 @@ impl Driver {
             self.connect_deadlines.pop_front();
             if self.get(id).is_some_and(|c| c.state == State::Connecting) {
                 tracing::debug!(conn = %id, "connect timed out");
+                self.finish(id, CloseReason::Error);
+                self.drain();
+            }
+        }
+        while let Some(&(deadline, id)) = self.handshakes.front() {
+            if deadline > now {
+                break;
+            }
+            self.handshakes.pop_front();
+            let stalled = self
+                .get(id)
+                .and_then(|c| c.tls.as_ref())
+                .is_some_and(|t| t.handshaking);
+            if stalled {
+                tracing::debug!(conn = %id, "TLS handshake timed out");
+                self.handshaking = self.handshaking.saturating_sub(1);
+                if let Some(tls) = &self.tls {
+                    tls.counters
+                        .failed_timeout
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 self.finish(id, CloseReason::Error);
                 self.drain();
             }
@@ -584,6 +727,7 @@ impl Driver {
             queued: 0,
             interest,
             dirty: false,
+            tls: None,
         });
     }
 
@@ -635,11 +779,20 @@ impl Driver {
     }
 }
 
-/// Writes the connection's queue until it is empty or the socket would block.
+/// Writes the connection's queue until it is empty or the socket would block (through its
+/// TLS session, if it has one).
 fn write_queue(c: &mut Conn) -> io::Result<()> {
-    let written = lb_cli::write_queue(&mut c.out, &mut c.stream)?;
+    let written = match c.tls.as_mut() {
+        Some(session) => session.write(&mut c.out, &mut c.stream, c.state == State::Closing)?,
+        None => lb_cli::write_queue(&mut c.out, &mut c.stream)?,
+    };
     c.queued -= written;
     Ok(())
+}
+
+/// TLS records (a handshake message, an alert, data) wait for the socket.
+fn tls_wants_write(c: &Conn) -> bool {
+    c.tls.as_ref().is_some_and(|t| t.wants_write())
 }
 
 /// Whether a non-blocking connect finished: `Ok(true)` connected, `Ok(false)` still in progress,

@@ -10,6 +10,9 @@
 //!   drains an unbounded channel of `Bytes` whose queued size is counted: past the output cap the
 //!   owner closes the connection and reports [`CloseReason::OutputOverflow`];
 //! - `Output::Connect` spawns a task that connects with a timeout and then becomes the writer.
+//! - A TLS listener's accept task hands each socket to a handshake task (tokio-rustls, at most
+//!   [`lb_cli::tls::HANDSHAKES_MAX`] at once, each within [`lb_cli::tls::HANDSHAKE_TIMEOUT`]);
+//!   only a finished handshake reaches the owner, whose reader and writer then see plaintext.
 //!
 //! The owner loop waits for a note, the core's deadline (one `Sleep`, reset only when the
 //! deadline moves) or the shutdown signal; it handles up to [`lb_cli::BATCH_MAX`] notes per
@@ -36,8 +39,8 @@ use lb_cli::{
     READ_CHUNK_BYTES, SHUTDOWN_FLUSH_MAX,
 };
 use lb_core::{Balancer, CloseReason, ConnId, Input, ListenerId, Output, Stats};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
@@ -96,8 +99,17 @@ pub async fn serve(
         let socket = TcpListener::bind(addr)
             .await
             .map_err(|source| RunError::Bind { addr, source })?;
-        tracing::info!(listener = %id, %addr, "listening");
-        acceptors.push(tokio::spawn(accept_loop(id, socket, notes_tx.clone())).abort_handle());
+        let task = match ops.tls().filter(|_| lb.is_tls_listener(id)) {
+            Some(tls) => {
+                tracing::info!(listener = %id, %addr, "listening (TLS)");
+                tokio::spawn(tls_accept_loop(id, socket, tls.clone(), notes_tx.clone()))
+            }
+            None => {
+                tracing::info!(listener = %id, %addr, "listening");
+                tokio::spawn(accept_loop(id, socket, notes_tx.clone()))
+            }
+        };
+        acceptors.push(task.abort_handle());
     }
 
     let mut owner = Owner {
@@ -167,6 +179,12 @@ enum Note {
     Accepted {
         listener: ListenerId,
         stream: TcpStream,
+        peer: SocketAddr,
+    },
+    /// A TLS frontend whose handshake finished.
+    AcceptedTls {
+        listener: ListenerId,
+        stream: Box<tokio_rustls::server::TlsStream<TcpStream>>,
         peer: SocketAddr,
     },
     Received {
@@ -250,29 +268,17 @@ impl Owner {
                 stream,
                 peer,
             } => {
-                let conn = self.lb.accept(now(), listener, peer);
-                lb_cli::log_frontend_open(conn, peer);
                 let _ = stream.set_nodelay(true);
                 let (read, write) = stream.into_split();
-                let (writes, rx) = mpsc::unbounded_channel();
-                let queued = Arc::new(AtomicUsize::new(0));
-                let writer = tokio::spawn(write_loop(
-                    conn,
-                    write,
-                    rx,
-                    queued.clone(),
-                    self.notes.clone(),
-                ));
-                let reader = tokio::spawn(read_loop(conn, read, self.notes.clone()));
-                self.insert(Conn {
-                    id: conn,
-                    frontend: true,
-                    state: State::Open,
-                    writes,
-                    queued,
-                    reader: Some(reader.abort_handle()),
-                    writer: writer.abort_handle(),
-                });
+                self.start_frontend(listener, peer, read, write);
+            }
+            Note::AcceptedTls {
+                listener,
+                stream,
+                peer,
+            } => {
+                let (read, write) = tokio::io::split(*stream);
+                self.start_frontend(listener, peer, read, write);
             }
             Note::Received { conn, bytes } => {
                 if self.get(conn).is_some_and(|c| c.state == State::Open) {
@@ -377,6 +383,36 @@ impl Owner {
         }
     }
 
+    /// A frontend connection (TCP, or TLS after its handshake) is the core's from now on: its
+    /// reader and writer tasks start.
+    fn start_frontend<R, W>(&mut self, listener: ListenerId, peer: SocketAddr, read: R, write: W)
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let conn = self.lb.accept(now(), listener, peer);
+        lb_cli::log_frontend_open(conn, peer);
+        let (writes, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let writer = tokio::spawn(write_loop(
+            conn,
+            write,
+            rx,
+            queued.clone(),
+            self.notes.clone(),
+        ));
+        let reader = tokio::spawn(read_loop(conn, read, self.notes.clone()));
+        self.insert(Conn {
+            id: conn,
+            frontend: true,
+            state: State::Open,
+            writes,
+            queued,
+            reader: Some(reader.abort_handle()),
+            writer: writer.abort_handle(),
+        });
+    }
+
     /// Starts connecting `conn` to `to` (a backend, or a frontend the core dials out to).
     fn connect(&mut self, conn: ConnId, to: SocketAddr, frontend: bool) {
         let (writes, rx) = mpsc::unbounded_channel();
@@ -467,6 +503,7 @@ impl Owner {
                 }
                 Ok(Some(
                     Note::Accepted { .. }
+                    | Note::AcceptedTls { .. }
                     | Note::Received { .. }
                     | Note::Connected { .. }
                     | Note::LingerOver { .. }
@@ -506,7 +543,66 @@ async fn accept_loop(listener: ListenerId, socket: TcpListener, notes: mpsc::Sen
     }
 }
 
-async fn read_loop(conn: ConnId, mut read: OwnedReadHalf, notes: mpsc::Sender<Note>) {
+/// Accepts TLS frontends: each socket gets a handshake task, within the cap on handshakes in
+/// progress and the handshake timeout; only a finished handshake reaches the owner. Failures
+/// close that socket alone and are counted by reason.
+async fn tls_accept_loop(
+    listener: ListenerId,
+    socket: TcpListener,
+    tls: Arc<lb_cli::tls::Tls>,
+    notes: mpsc::Sender<Note>,
+) {
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(lb_cli::tls::HANDSHAKES_MAX));
+    loop {
+        let (stream, peer) = match socket.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(listener = %listener, error = %e, "accept failed");
+                tokio::time::sleep(ACCEPT_RETRY).await;
+                continue;
+            }
+        };
+        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+            tls.counters
+                .refused_busy
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+        let (counters, notes) = (tls.counters.clone(), notes.clone());
+        tokio::spawn(async move {
+            let handshake =
+                tokio::time::timeout(lb_cli::tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+            let stream = match handshake.await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return counters.handshake_failed(&e);
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    counters
+                        .failed_timeout
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return;
+                }
+            };
+            drop(permit);
+            counters.handshake_done(stream.get_ref().1.protocol_version());
+            let stream = Box::new(stream);
+            let _ = notes
+                .send(Note::AcceptedTls {
+                    listener,
+                    stream,
+                    peer,
+                })
+                .await;
+        });
+    }
+}
+
+async fn read_loop(conn: ConnId, mut read: impl AsyncRead + Unpin, notes: mpsc::Sender<Note>) {
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let reason = loop {
         // Reclaims the space of earlier chunks once the core has dropped them.
@@ -530,7 +626,7 @@ async fn read_loop(conn: ConnId, mut read: OwnedReadHalf, notes: mpsc::Sender<No
 
 async fn write_loop(
     conn: ConnId,
-    write: OwnedWriteHalf,
+    write: impl AsyncWrite + Unpin,
     mut writes: mpsc::UnboundedReceiver<Write>,
     queued: Arc<AtomicUsize>,
     notes: mpsc::Sender<Note>,
