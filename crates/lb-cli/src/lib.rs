@@ -114,6 +114,13 @@ use rand::TryRngCore;
 use tracing_subscriber::{EnvFilter, Registry};
 
 pub use metrics::{Snapshot, PUBLISH_EVERY};
+
+/// What a TLS backend connection needs: the client configuration and the name its
+/// certificate is checked for ([`Ops::backend_tls`]).
+pub type BackendTls = (
+    std::sync::Arc<rustls::ClientConfig>,
+    rustls::pki_types::ServerName<'static>,
+);
 pub use ops::{Noise, Ops, RateLimiter, NOISE_LINES_MAX, NOISE_WINDOW};
 pub use pacer::WakePacer;
 pub use settings::{parse, read_tag_keys, CliError, Settings};

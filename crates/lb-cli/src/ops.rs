@@ -146,6 +146,8 @@ impl RateLimiter {
 pub struct Ops {
     /// The TLS configuration of the TLS listeners, reloaded on SIGHUP.
     tls: Option<Arc<crate::tls::Tls>>,
+    /// The client configuration toward TLS backends (read at start).
+    backend_tls: Option<Arc<rustls::ClientConfig>>,
     settings: Settings,
     limiter: RateLimiter,
     metrics: Option<MetricsServer>,
@@ -178,8 +180,16 @@ impl Ops {
             }
             None => None,
         };
+        let backend_tls = match &settings.backend_tls {
+            Some(t) => Some(
+                crate::tls::backend_client_config(t)
+                    .map_err(|e| RunError::Runtime(std::io::Error::other(e.to_string())))?,
+            ),
+            None => None,
+        };
         Ok(Ops {
             tls,
+            backend_tls,
             settings: settings.clone(),
             limiter: RateLimiter::default(),
             metrics,
@@ -191,6 +201,18 @@ impl Ops {
     /// The TLS configuration for new handshakes on TLS listeners, if there are any.
     pub fn tls(&self) -> Option<&Arc<crate::tls::Tls>> {
         self.tls.as_ref()
+    }
+
+    /// The TLS client configuration and server name for connecting to backend `index`, when it
+    /// is a TLS backend.
+    pub fn backend_tls(&self, lb: &Balancer, backend: BackendId) -> Option<crate::BackendTls> {
+        let (_, config) = lb.backends().nth(backend.index())?;
+        let name = config.tls.as_deref()?;
+        let Some(name) = crate::tls::backend_server_name(name) else {
+            tracing::warn!(backend = %backend, name, "not a name a certificate can be checked for");
+            return None;
+        };
+        Some((self.backend_tls.clone()?, name))
     }
 
     /// The settings in force (those of the last successful reload).

@@ -39,6 +39,8 @@ pub struct Settings {
     pub batch_window: Duration,
     /// Certificates for the TLS listeners (`--listen-tls`), when there are any.
     pub tls: Option<crate::tls::TlsSettings>,
+    /// What TLS backends (`--backend ADDR,tls`) are verified with, when there are any.
+    pub backend_tls: Option<crate::tls::BackendTlsSettings>,
     /// The command line as given, so [`Settings::reload`] can merge it with the file again.
     args: Args,
 }
@@ -178,6 +180,15 @@ struct Args {
     /// With --tls-client-ca: refuse clients without a certificate, or accept them [default: required]
     #[arg(long, value_name = "required|optional")]
     tls_client_auth: Option<String>,
+    /// CA bundle TLS backends' certificates must chain to (needed with `--backend ADDR,tls`)
+    #[arg(long, value_name = "FILE")]
+    tls_backend_ca: Option<PathBuf>,
+    /// Client certificate chain presented to TLS backends that ask for one
+    #[arg(long, value_name = "FILE")]
+    tls_backend_cert: Option<PathBuf>,
+    /// Private key of --tls-backend-cert
+    #[arg(long, value_name = "FILE")]
+    tls_backend_key: Option<PathBuf>,
     /// host[:port] written into Record-Route and Via toward TLS frontends [default: the first
     /// --listen-tls address]
     #[arg(long, value_name = "HOST[:PORT]")]
@@ -298,6 +309,7 @@ struct FileBackend {
     backup: Option<String>,
     #[serde(default)]
     draining: bool,
+    tls: Option<toml::Value>,
 }
 
 /// The `[tls]` table.
@@ -308,6 +320,9 @@ struct FileTls {
     cert: Vec<FileCert>,
     client_ca: Option<PathBuf>,
     client_auth: Option<String>,
+    backend_ca: Option<PathBuf>,
+    backend_cert: Option<PathBuf>,
+    backend_key: Option<PathBuf>,
 }
 
 /// One `[[tls.cert]]` table.
@@ -421,6 +436,13 @@ fn merge(
             ..b.config
         })
         .collect();
+
+    let backend_tls = merge_backend_tls(
+        &args,
+        &file,
+        file_path.as_deref(),
+        core.backends.iter().any(|b| b.tls.is_some()),
+    )?;
 
     if let Some(a) = args.algorithm.as_deref().or(file.algorithm.as_deref()) {
         core.algorithm = parse_algorithm(a)?;
@@ -563,8 +585,58 @@ fn merge(
         metrics,
         batch_window,
         tls,
+        backend_tls,
         args: kept,
     })
+}
+
+/// What TLS backends are verified with: a CA is required once a backend asks for TLS (a
+/// connection to a backend nobody can verify is no better than TCP), a client certificate is
+/// optional. Loaded once here so a bad file fails the start with its name.
+fn merge_backend_tls(
+    args: &Args,
+    file: &FileConfig,
+    file_path: Option<&Path>,
+    wanted: bool,
+) -> Result<Option<crate::tls::BackendTlsSettings>, CliError> {
+    let relative = |p: &PathBuf| match file_path.and_then(Path::parent) {
+        Some(dir) if p.is_relative() => dir.join(p),
+        _ => p.clone(),
+    };
+    let ca = args
+        .tls_backend_ca
+        .clone()
+        .or_else(|| file.tls.backend_ca.as_ref().map(relative));
+    let cert = args
+        .tls_backend_cert
+        .clone()
+        .or_else(|| file.tls.backend_cert.as_ref().map(relative));
+    let key = args
+        .tls_backend_key
+        .clone()
+        .or_else(|| file.tls.backend_key.as_ref().map(relative));
+    let client_cert = match (cert, key) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => {
+            return Err(CliError::invalid(
+                "tls-backend-key",
+                "tls-backend-cert and tls-backend-key go together",
+            ))
+        }
+    };
+    if !wanted {
+        return Ok(None);
+    }
+    let Some(ca) = ca else {
+        return Err(CliError::invalid(
+            "tls-backend-ca",
+            "a backend with tls needs a CA to verify it against",
+        ));
+    };
+    let settings = crate::tls::BackendTlsSettings { ca, client_cert };
+    crate::tls::backend_client_config(&settings)?;
+    Ok(Some(settings))
 }
 
 /// The TLS settings of `--listen-tls` listeners: flags' pairs replace the file's `[[tls.cert]]`
@@ -723,6 +795,18 @@ fn file_backend(b: &FileBackend) -> Result<PartialBackend, CliError> {
         config.backup = Some(parse_addr("backend", backup)?);
     }
     config.draining = b.draining;
+    // `tls = true` checks the certificate for the address, `tls = "NAME"` for that name.
+    config.tls = match &b.tls {
+        None | Some(toml::Value::Boolean(false)) => None,
+        Some(toml::Value::Boolean(true)) => Some(config.addr.ip().to_string()),
+        Some(toml::Value::String(name)) => Some(name.clone()),
+        Some(other) => {
+            return Err(CliError::invalid(
+                "backend",
+                format!("tls = {other}: true, false or a name"),
+            ))
+        }
+    };
     let mode = b
         .mode
         .as_deref()
@@ -752,11 +836,14 @@ fn parse_backend(spec: &str) -> Result<PartialBackend, CliError> {
             "mode" => mode = Some(parse_mode("backend", value)?),
             "backup" => config.backup = Some(parse_addr("backend", value)?),
             "draining" if value.is_empty() => config.draining = true,
+            // TLS to the backend, its certificate checked for `tls=NAME`, else its address.
+            "tls" if value.is_empty() => config.tls = Some(config.addr.ip().to_string()),
+            "tls" => config.tls = Some(value.to_string()),
             _ => {
                 return Err(CliError::invalid(
                     "backend",
                     format!(
-                        "{spec:?}: unknown option {part:?} (weight=, mode=, backup=, draining)"
+                        "{spec:?}: unknown option {part:?} (weight=, mode=, backup=, draining, tls[=NAME])"
                     ),
                 ))
             }

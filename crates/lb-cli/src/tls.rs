@@ -50,6 +50,55 @@ pub struct CertPair {
     pub names: Vec<String>,
 }
 
+/// What the balancer presents and trusts toward backends reached over TLS
+/// (`--backend ADDR,tls[=NAME]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendTlsSettings {
+    /// CA bundle the backends' certificates must chain to.
+    pub ca: PathBuf,
+    /// A client certificate chain and key for backends that ask for one.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+}
+
+/// The rustls client configuration for TLS backends.
+pub fn backend_client_config(
+    settings: &BackendTlsSettings,
+) -> Result<Arc<rustls::ClientConfig>, CliError> {
+    let provider = provider();
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(&settings.ca)
+        .map_err(|e| file_error("tls-backend-ca", &settings.ca, e))?
+    {
+        let cert = cert.map_err(|e| file_error("tls-backend-ca", &settings.ca, e))?;
+        roots
+            .add(cert)
+            .map_err(|e| CliError::invalid("tls-backend-ca", e.to_string()))?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| CliError::invalid("tls", e.to_string()))?
+        .with_root_certificates(roots);
+    let config = match &settings.client_cert {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+                .and_then(|certs| certs.collect())
+                .map_err(|e| file_error("tls-backend-cert", cert, e))?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| file_error("tls-backend-key", key, e))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| CliError::invalid("tls-backend-key", e.to_string()))?
+        }
+    };
+    Ok(Arc::new(config))
+}
+
+/// The name a TLS backend's certificate is checked against, from its `tls=NAME` setting.
+pub fn backend_server_name(name: &str) -> Option<ServerName<'static>> {
+    ServerName::try_from(name.to_string()).ok()
+}
+
 /// Client certificates with a CA configured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClientAuth {

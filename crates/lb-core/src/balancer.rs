@@ -779,6 +779,11 @@ fn context<'a>(
         advertise: &config.advertise,
         advertise_backend: &config.advertise_backend,
         advertise_tls: &config.advertise_tls,
+        backend_tls: config
+            .config
+            .backends
+            .get(backend.index())
+            .is_some_and(|b| b.tls.is_some()),
         signer,
         tokens,
         backend,

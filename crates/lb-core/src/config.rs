@@ -63,6 +63,9 @@ pub struct BackendConfig {
     pub backup: Option<SocketAddr>,
     /// Takes no new calls, but tagged and table traffic still flows to it.
     pub draining: bool,
+    /// Reach it over TLS, verifying its certificate for this name (a DNS name or an IP
+    /// literal); `None`: plain TCP. The driver does the TLS; the core only carries the setting.
+    pub tls: Option<String>,
 }
 
 impl BackendConfig {
@@ -74,6 +77,7 @@ impl BackendConfig {
             mode: BackendMode::Plain,
             backup: None,
             draining: false,
+            tls: None,
         }
     }
 }

@@ -79,6 +79,8 @@ pub(crate) struct Context<'a> {
     pub(crate) advertise_backend: &'a str,
     /// `host[:port]` of the balancer as TLS frontends reach it.
     pub(crate) advertise_tls: &'a str,
+    /// The backend the message goes to (or is tagged for) is reached over TLS.
+    pub(crate) backend_tls: bool,
     pub(crate) signer: &'a TagSigner,
     pub(crate) tokens: &'a ConnTokens,
     /// The backend the tag names.
@@ -122,7 +124,11 @@ fn write_insertion(out: &mut BytesMut, message: &[u8], insert: Insertion, cx: &C
         Insertion::RecordRoute => {
             out.put_slice(b"Record-Route: <sip:");
             out.put_slice(cx.advertise_backend.as_bytes());
-            out.put_slice(b";transport=tcp;lr;lb=");
+            out.put_slice(if cx.backend_tls {
+                b";transport=tls;lr;lb="
+            } else {
+                b";transport=tcp;lr;lb="
+            });
             cx.signer
                 .write_facing(out, cx.backend, cx.call_id, Facing::Backends);
             out.put_slice(b">\r\n");
@@ -175,7 +181,11 @@ fn write_insertion(out: &mut BytesMut, message: &[u8], insert: Insertion, cx: &C
             out.put_slice(b"\r\n");
         }
         Insertion::ProxyVia { branch, came_on } => {
-            out.put_slice(b"Via: SIP/2.0/TCP ");
+            out.put_slice(if cx.backend_tls {
+                b"Via: SIP/2.0/TLS "
+            } else {
+                b"Via: SIP/2.0/TCP "
+            });
             out.put_slice(cx.advertise_backend.as_bytes());
             out.put_slice(b";branch=z9hG4bK");
             put_hex(out, branch);

@@ -67,8 +67,11 @@ struct Conn {
     id: ConnId,
     stream: TcpStream,
     frontend: bool,
-    /// A TLS frontend: its rustls state; the core reads and writes the plaintext inside.
+    /// A TLS frontend or backend: its rustls state; the core reads and writes the plaintext
+    /// inside.
     tls: Option<Box<tls::TlsConn>>,
+    /// A TLS backend still connecting: what its session will be made of once TCP is up.
+    backend_tls: Option<lb_cli::BackendTls>,
     state: State,
     out: VecDeque<Bytes>,
     /// Sum of `out`'s lengths, checked against the output cap.
@@ -305,6 +308,17 @@ impl Driver {
                 Ok(true) => {
                     c.state = State::Open;
                     let _ = c.stream.set_nodelay(true);
+                    c.tls = c.backend_tls.take().and_then(|(config, name)| {
+                        // The ClientHello goes out with the first flush; the core's messages
+                        // wait in rustls until the handshake is done.
+                        match rustls::ClientConnection::new(config, name) {
+                            Ok(session) => Some(Box::new(tls::TlsConn::new(session))),
+                            Err(e) => {
+                                tracing::warn!(conn = %id, error = %e, "TLS to the backend refused");
+                                None
+                            }
+                        }
+                    });
                     self.mark_dirty(id);
                     self.lb
                         .handle_input(Instant::now(), Input::Connected { conn: id });
@@ -496,7 +510,11 @@ impl Driver {
             }
             Output::Connect { conn, backend, to } => {
                 tracing::debug!(conn = %conn, backend = %backend, %to, "connecting");
+                let tls = self.ops.backend_tls(&self.lb, backend);
                 self.start_connect(conn, to, false);
+                if let Some(c) = self.get(conn) {
+                    c.backend_tls = tls;
+                }
             }
             Output::Dial { conn, to } => {
                 tracing::debug!(conn = %conn, %to, "dialling a frontend");
@@ -728,6 +746,7 @@ impl Driver {
             interest,
             dirty: false,
             tls: None,
+            backend_tls: None,
         });
     }
 

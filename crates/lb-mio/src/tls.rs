@@ -8,11 +8,9 @@ use std::io::{self, ErrorKind, Read, Write};
 
 use bytes::{Buf, Bytes, BytesMut};
 use mio::net::TcpStream;
-use rustls::ServerConnection;
-
-/// One TLS frontend's state.
+/// One TLS connection's state: a frontend's (server side) or a TLS backend's (client side).
 pub(crate) struct TlsConn {
-    conn: ServerConnection,
+    conn: rustls::Connection,
     /// The handshake has not finished yet (counted once when it does).
     pub(crate) handshaking: bool,
     close_notify_sent: bool,
@@ -27,9 +25,9 @@ pub(crate) struct ReadOutcome {
 }
 
 impl TlsConn {
-    pub(crate) fn new(conn: ServerConnection) -> TlsConn {
+    pub(crate) fn new(conn: impl Into<rustls::Connection>) -> TlsConn {
         TlsConn {
-            conn,
+            conn: conn.into(),
             handshaking: true,
             close_notify_sent: false,
         }

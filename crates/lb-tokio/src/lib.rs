@@ -35,12 +35,11 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use lb_cli::{
-    Ops, RunError, Settings, WakePacer, BATCH_MAX, CLOSE_LINGER_MAX, CONNECT_TIMEOUT,
+    BackendTls, Ops, RunError, Settings, WakePacer, BATCH_MAX, CLOSE_LINGER_MAX, CONNECT_TIMEOUT,
     READ_CHUNK_BYTES, SHUTDOWN_FLUSH_MAX,
 };
 use lb_core::{Balancer, CloseReason, ConnId, Input, ListenerId, Output, Stats};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
@@ -193,7 +192,8 @@ enum Note {
     },
     Connected {
         conn: ConnId,
-        read: OwnedReadHalf,
+        /// The read half: of the TCP stream, or of the TLS stream to a TLS backend.
+        read: Box<dyn AsyncRead + Send + Unpin>,
     },
     Closed {
         conn: ConnId,
@@ -345,11 +345,12 @@ impl Owner {
             }
             Output::Connect { conn, backend, to } => {
                 tracing::debug!(conn = %conn, backend = %backend, %to, "connecting");
-                self.connect(conn, to, false);
+                let tls = self.ops.backend_tls(&self.lb, backend);
+                self.connect(conn, to, false, tls);
             }
             Output::Dial { conn, to } => {
                 tracing::debug!(conn = %conn, %to, "dialling a frontend");
-                self.connect(conn, to, true);
+                self.connect(conn, to, true, None);
             }
             Output::Resolve { conn, host, port } => {
                 tracing::debug!(conn = %conn, %host, ?port, "resolving");
@@ -414,12 +415,13 @@ impl Owner {
     }
 
     /// Starts connecting `conn` to `to` (a backend, or a frontend the core dials out to).
-    fn connect(&mut self, conn: ConnId, to: SocketAddr, frontend: bool) {
+    fn connect(&mut self, conn: ConnId, to: SocketAddr, frontend: bool, tls: Option<BackendTls>) {
         let (writes, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let task = tokio::spawn(connect_task(
             conn,
             to,
+            tls,
             rx,
             queued.clone(),
             self.notes.clone(),
@@ -675,6 +677,7 @@ async fn write_loop(
 async fn connect_task(
     conn: ConnId,
     to: SocketAddr,
+    tls: Option<BackendTls>,
     writes: mpsc::UnboundedReceiver<Write>,
     queued: Arc<AtomicUsize>,
     notes: mpsc::Sender<Note>,
@@ -703,8 +706,34 @@ async fn connect_task(
         }
     };
     let _ = stream.set_nodelay(true);
-    let (read, write) = stream.into_split();
-    // The owner spawns the reader, so no data can overtake this note.
+    let Some((config, name)) = tls else {
+        let (read, write) = stream.into_split();
+        // The owner spawns the reader, so no data can overtake this note.
+        let read = Box::new(read);
+        if notes.send(Note::Connected { conn, read }).await.is_err() {
+            return;
+        }
+        return write_loop(conn, write, writes, queued, notes).await;
+    };
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let handshake = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, stream));
+    let stream = match handshake.await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            tracing::warn!(conn = %conn, %to, error = %e, "TLS to the backend failed");
+            let reason = CloseReason::Error;
+            let _ = notes.send(Note::Closed { conn, reason }).await;
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(conn = %conn, %to, "TLS handshake with the backend timed out");
+            let reason = CloseReason::Error;
+            let _ = notes.send(Note::Closed { conn, reason }).await;
+            return;
+        }
+    };
+    let (read, write) = tokio::io::split(stream);
+    let read = Box::new(read);
     if notes.send(Note::Connected { conn, read }).await.is_err() {
         return;
     }
