@@ -93,6 +93,8 @@
 //! On the command line a backend is `ADDR[,weight=N][,mode=plain|envelope][,backup=ADDR]
 //! [,draining]`.
 
+pub mod admin;
+pub mod ctl;
 pub mod dns;
 mod metrics;
 mod ops;
@@ -115,7 +117,7 @@ use tracing_subscriber::{EnvFilter, Registry};
 pub use metrics::{Snapshot, PUBLISH_EVERY};
 pub use ops::{Noise, Ops, RateLimiter, NOISE_LINES_MAX, NOISE_WINDOW};
 pub use pacer::WakePacer;
-pub use settings::{parse, read_tag_keys, CliError, Settings};
+pub use settings::{command, parse, read_tag_keys, CliError, Settings};
 
 /// How long a backend connect may take before the driver reports it closed; the core then
 /// retries with backoff.
@@ -243,6 +245,14 @@ pub enum RunError {
         /// Why.
         reason: String,
     },
+    /// The admin API address could not be served.
+    #[error("admin: {addr}: {reason}")]
+    Admin {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
     /// The runtime or the poller failed.
     #[error("runtime: {0}")]
     Runtime(#[source] std::io::Error),
@@ -261,8 +271,40 @@ pub fn settings_from_args() -> Settings {
     }
 }
 
-/// Installs the `tracing` subscriber (stderr, `settings.log_level` as filter) and logs the
-/// start-up warnings the settings imply. Call once, before the driver starts.
+/// How log lines are written (`--log-format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// tracing-subscriber's human format: `TIMESTAMP LEVEL target: message key=value…`.
+    #[default]
+    Text,
+    /// One JSON object per line, tracing-subscriber's JSON format: `timestamp` (RFC 3339,
+    /// UTC), `level` (`INFO`…), `target` (the module), `fields` (`message` and the event's
+    /// own fields), and `span` / `spans` when the event happened inside a span.
+    Json,
+}
+
+impl LogFormat {
+    /// `text` or `json`.
+    pub fn parse(text: &str) -> Option<LogFormat> {
+        match text.trim() {
+            "text" => Some(LogFormat::Text),
+            "json" => Some(LogFormat::Json),
+            _ => None,
+        }
+    }
+
+    /// The name [`LogFormat::parse`] takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+/// Installs the `tracing` subscriber (stderr, `settings.log_level` as filter,
+/// `settings.log_format` as format) and logs the start-up warnings the settings imply. Call
+/// once, before the driver starts.
 pub fn init_logging(settings: &Settings) {
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
@@ -270,12 +312,29 @@ pub fn init_logging(settings: &Settings) {
     // The level was checked by `parse`; falling back to `info` only guards a hand-built Settings.
     let filter = EnvFilter::try_new(&settings.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
+    // One of the two is installed; `Option<Layer>` is a layer that does nothing when `None`.
+    let (text, json) = match settings.log_format {
+        LogFormat::Text => (
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::stderr().is_terminal()),
+            ),
+            None,
+        ),
+        LogFormat::Json => (
+            None,
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            ),
+        ),
+    };
     if tracing_subscriber::registry()
         .with(filter)
-        .with(fmt)
+        .with(text)
+        .with(json)
         .try_init()
         .is_ok()
     {

@@ -37,6 +37,10 @@ pub struct Settings {
     /// `--batch-window`: under load, the least time between two wake-ups of the event loop
     /// ([`crate::WakePacer`]); zero wakes for every message.
     pub batch_window: Duration,
+    /// `--log-format`: human text (default) or JSON lines.
+    pub log_format: crate::LogFormat,
+    /// `--admin` and `--admin-token-file`: the admin API ([`crate::admin`]).
+    pub admin: crate::admin::AdminSettings,
     /// The command line as given, so [`Settings::reload`] can merge it with the file again.
     args: Args,
 }
@@ -67,6 +71,13 @@ impl Settings {
     }
 }
 
+/// The command line's definition (both binaries share it; `name` is the binary's), for man
+/// pages and shell completions (`cargo xtask dist`).
+pub fn command(name: &'static str) -> clap::Command {
+    use clap::CommandFactory as _;
+    Args::command().name(name).bin_name(name)
+}
+
 /// Why the command line or config file was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -88,7 +99,7 @@ pub enum CliError {
 }
 
 impl CliError {
-    fn invalid(key: &'static str, reason: impl Into<String>) -> CliError {
+    pub(crate) fn invalid(key: &'static str, reason: impl Into<String>) -> CliError {
         CliError::Invalid {
             key,
             reason: reason.into(),
@@ -230,6 +241,16 @@ struct Args {
     /// syscalls per call, at most SECS of added delay; 0 wakes for every message [default: 0.002]
     #[arg(long, value_name = "SECS")]
     batch_window: Option<String>,
+    /// Log line format: `text` for people, `json` (one object per line) for collectors
+    /// [default: text]
+    #[arg(long, value_name = "text|json")]
+    log_format: Option<String>,
+    /// Serve the admin API (JSON over HTTP) at ADDR; loopback only unless --admin-token-file
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<String>,
+    /// A bearer token (the file's first line) every admin request must present
+    #[arg(long, value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
 }
 
 /// The TOML file; keys mirror the flags.
@@ -261,6 +282,9 @@ struct FileConfig {
     overload_hold_max: Option<f64>,
     metrics: Option<String>,
     batch_window: Option<f64>,
+    log_format: Option<String>,
+    admin: Option<String>,
+    admin_token_file: Option<PathBuf>,
     limits: FileLimits,
 }
 
@@ -494,6 +518,23 @@ fn merge(
         ));
     }
 
+    let log_format = match args.log_format.as_deref().or(file.log_format.as_deref()) {
+        Some(text) => crate::LogFormat::parse(text).ok_or_else(|| {
+            CliError::invalid("log-format", format!("{text:?} is not text or json"))
+        })?,
+        None => crate::LogFormat::Text,
+    };
+    let admin = match args.admin.as_deref().or(file.admin.as_deref()) {
+        Some(a) => Some(parse_addr("admin", a)?),
+        None => None,
+    };
+    let token_file = relative_to(
+        args.admin_token_file,
+        file.admin_token_file,
+        file_path.as_deref(),
+    );
+    let admin = crate::admin::AdminSettings::new(admin, token_file.as_deref())?;
+
     Ok(Settings {
         core: core.validate()?,
         log_level,
@@ -502,8 +543,26 @@ fn merge(
         tag_key_generated,
         metrics,
         batch_window,
+        log_format,
+        admin,
         args: kept,
     })
+}
+
+/// The flag's path, else the file's, which is relative to the config file.
+fn relative_to(
+    flag: Option<PathBuf>,
+    file: Option<PathBuf>,
+    config: Option<&Path>,
+) -> Option<PathBuf> {
+    match (flag, file) {
+        (Some(p), _) => Some(p),
+        (None, Some(p)) => Some(match config.and_then(Path::parent) {
+            Some(dir) if p.is_relative() => dir.join(p),
+            _ => p,
+        }),
+        (None, None) => None,
+    }
 }
 
 /// Probes are on when an interval is given; the other probe keys refine them and are refused

@@ -94,8 +94,11 @@ struct Driver {
     readable_again: Vec<ConnId>,
     /// Keeps busy wake-ups `--batch-window` apart.
     pacer: WakePacer,
-    /// Wakes `poll` when a name is resolved.
+    /// Wakes `poll` when a name is resolved or an admin command waits (mio allows one waker
+    /// per `Poll`).
     dns_waker: std::sync::Arc<mio::Waker>,
+    /// `--admin` commands, applied between events.
+    admin: lb_cli::admin::AdminQueue,
     /// Started at the first `Output::Resolve`: most runs never dial a host name.
     dns: Option<lb_cli::dns::DnsThread>,
 }
@@ -107,8 +110,13 @@ impl Driver {
         poll.registry()
             .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)
             .map_err(RunError::Runtime)?;
-        let ops = Ops::new(&settings)?;
+        let mut ops = Ops::new(&settings)?;
         let dns_waker = mio::Waker::new(poll.registry(), DNS_TOKEN).map_err(RunError::Runtime)?;
+        let dns_waker = std::sync::Arc::new(dns_waker);
+        let admin_waker = dns_waker.clone();
+        let admin = ops.start_admin(move || {
+            let _ = admin_waker.wake();
+        })?;
         let lb = Balancer::new(settings.core.clone(), lb_cli::os_seed()?, Instant::now());
         let mut listeners = Vec::new();
         for (id, addr) in lb.listeners() {
@@ -138,7 +146,8 @@ impl Driver {
             dirty: Vec::new(),
             readable_again: Vec::new(),
             pacer: WakePacer::new(settings.batch_window),
-            dns_waker: std::sync::Arc::new(dns_waker),
+            dns_waker,
+            admin,
             dns: None,
         };
         driver.drain();
@@ -181,6 +190,7 @@ impl Driver {
                     }
                 } else if token == DNS_TOKEN {
                     self.resolved();
+                    self.admin();
                 } else if let Some(index) = listener_index(token, self.listeners.len()) {
                     self.accept(index);
                 } else {
@@ -335,6 +345,15 @@ impl Driver {
             }
         }
         self.readable_again.push(id);
+    }
+
+    /// Applies the admin commands waiting since the last wake-up.
+    fn admin(&mut self) {
+        while let Some(command) = self.admin.try_next() {
+            self.ops.handle_admin(&mut self.lb, Instant::now(), command);
+            self.output_cap = self.ops.settings().output_cap_bytes;
+            self.drain();
+        }
     }
 
     /// Feeds the names resolved since the last wake-up.

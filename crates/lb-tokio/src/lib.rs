@@ -86,7 +86,9 @@ pub async fn serve(
 ) -> Result<Stats, RunError> {
     let seed = lb_cli::os_seed()?;
     let mut hangup = Hangup::new().map_err(RunError::Runtime)?;
-    let ops = Ops::new(&settings)?;
+    let mut ops = Ops::new(&settings)?;
+    // The owner awaits the admin queue itself: no waker needed.
+    let mut admin = ops.start_admin(|| {})?;
     let lb = Balancer::new(settings.core.clone(), seed, now());
     let (notes_tx, mut notes) = mpsc::channel(NOTES_CAPACITY);
 
@@ -150,6 +152,11 @@ pub async fn serve(
                 }
             }
             () = hangup.recv() => owner.reload(),
+            command = admin.next() => {
+                owner.ops.handle_admin(&mut owner.lb, now(), command);
+                owner.output_cap = owner.ops.settings().output_cap_bytes;
+                owner.drain();
+            }
         }
         owner.ops.turn(&owner.lb, now());
     }
