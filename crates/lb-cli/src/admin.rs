@@ -699,6 +699,8 @@ const TOKEN_BYTES_MIN: usize = 16;
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
     use tiny_http::Method;
 

@@ -6,7 +6,11 @@
 //! - [`parse`] / [`settings_from_args`]: flags and a TOML file merged into [`Settings`] (flags
 //!   win), validated by `lb_core::Config::validate`. Errors are one line, `siplb: <key>: <reason>`,
 //!   exit code 2.
-//! - [`init_logging`]: `tracing-subscriber` with an `EnvFilter`, to stderr.
+//! - [`init_logging`]: `tracing-subscriber` with an `EnvFilter`, to stderr, as text or JSON
+//!   lines ([`LogFormat`]).
+//! - [`admin`]: the `--admin` API (JSON over HTTP), applied by the drivers between events
+//!   through [`Ops::start_admin`] and [`Ops::handle_admin`]; [`ctl`]: its client, `siplb-ctl`.
+//!   Operators' guide: `docs/operations.md`.
 //! - [`Ops`]: what a driver owes the operator besides bytes: the core's events as log lines
 //!   (those a peer can provoke rate limited per kind by a [`RateLimiter`]), the `--metrics`
 //!   snapshot and HTTP server (module docs of [`Snapshot`]), and SIGHUP reloads.
@@ -31,8 +35,9 @@
 //! command line given at start (flags still win). A valid result is applied without dropping a
 //! connection or a call: backends added, removed, drained and re-weighted, the algorithm, the
 //! tag keys, timeouts, probes, overload holds, the output cap and the log level. Listen
-//! addresses, `metrics`, `batch-window`, `window`, `ringing-max` and `limits.table-capacity`
-//! change only at a restart.
+//! addresses, `metrics`, `admin`, `admin-token-file`, `log-format`, `batch-window`, `window`,
+//! `ringing-max` and `limits.table-capacity` change only at a restart. A reload also drops
+//! the changes made through the admin API.
 //! An invalid file is refused with one warning naming the key, and the running configuration
 //! stays. **A config file is needed for a reload to change anything**: the flags do not
 //! change, so a balancer started from flags alone can only reread its tag key file.
@@ -57,6 +62,7 @@
 //! tag-key-file = "tag.keys"       # lines `ID:HEXSECRET`, the first signs
 //! tag-header = "X-LB-Tag"
 //! log-level = "info"
+//! log-format = "text"             # text | json (one object per line)
 //! output-cap = 4194304
 //! retry-after = 5                 # file only: 503 Retry-After, backend reconnect backoff
 //! reconnect-min = 0.1
@@ -71,6 +77,7 @@
 //! overload-hold-max = 300         # file only: cap on a backend's Retry-After
 //! batch-window = 0.002            # under load, wake at most this often (0: at every message)
 //! metrics = "127.0.0.1:9090"      # /metrics and /health
+//! admin = "127.0.0.1:9091"        # admin API; elsewhere than loopback needs admin-token-file
 //!
 //! [[backend]]
 //! addr = "10.0.0.1:5060"

@@ -10,8 +10,9 @@ use std::path::PathBuf;
 
 const SAMPLE: &str = include_str!("../../../packaging/siplb.toml");
 
-fn dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("lb-cli-sample-{}", std::process::id()));
+/// A directory per config file: the tests run in parallel and each writes the key files.
+fn dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lb-cli-sample-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("tag.keys"), "1:00112233445566778899aabbccddeeff\n").unwrap();
     std::fs::write(
@@ -23,7 +24,7 @@ fn dir() -> PathBuf {
 }
 
 fn parse(name: &str, text: &str) -> Result<lb_cli::Settings, lb_cli::CliError> {
-    let path = dir().join(name);
+    let path = dir(name).join(name);
     std::fs::write(&path, text).unwrap();
     lb_cli::parse(["lb-tokio", "--config", path.to_str().unwrap()])
 }

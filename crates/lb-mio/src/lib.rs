@@ -22,6 +22,8 @@
 //! SIGINT/SIGTERM arrive through `signal-hook-mio`: accepting stops, queued output is flushed
 //! for at most [`lb_cli::SHUTDOWN_FLUSH_MAX`], and the final counters are returned. SIGHUP
 //! rereads the configuration ([`lb_cli::Ops::reload`]) and feeds it as `Input::Reload`.
+//! `--admin` commands wake the poll through the one `mio::Waker` (shared with the resolver)
+//! and are applied with [`lb_cli::Ops::handle_admin`] between events.
 //!
 //! Logging, the `--metrics` snapshot (published at the end of a wake-up, at most every
 //! [`lb_cli::PUBLISH_EVERY`]; the poll timeout includes the pending publish) and rate-limit

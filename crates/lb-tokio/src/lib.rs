@@ -17,7 +17,8 @@
 //! so a paused test clock drives the core too.
 //!
 //! SIGHUP rereads the configuration ([`lb_cli::Ops::reload`]) and feeds it as
-//! `Input::Reload`. Logging, the `--metrics` snapshot (published after a wake-up, at most every
+//! `Input::Reload`. `--admin` commands arrive on a channel the owner awaits like the notes and
+//! applies with [`lb_cli::Ops::handle_admin`]. Logging, the `--metrics` snapshot (published after a wake-up, at most every
 //! [`lb_cli::PUBLISH_EVERY`]; the owner's one `Sleep` also covers a pending publish) and
 //! rate-limit summaries go through one [`lb_cli::Ops`].
 //!
