@@ -159,6 +159,39 @@ fn write_config(path: &std::path::Path, port: u16, metrics_port: u16, body: &str
     std::fs::rename(&tmp, path).expect("replacing the config file");
 }
 
+/// One HTTP/1.1 request with `Connection: close` and `headers` (full lines without CRLF):
+/// (status, body). The admin API answers with a Content-Length, never chunked.
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    headers: &[&str],
+) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connecting to the HTTP port");
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text)
+        .expect("reading the HTTP response");
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_string());
+    (status, body)
+}
+
 /// A minimal HTTP/1.1 GET with `Connection: close`: (status, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).expect("connecting to the metrics port");

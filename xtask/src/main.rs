@@ -13,6 +13,8 @@
 //! - `bench peer [--rate CPS] [--calls N]`: siplb against Kamailio's dispatcher with SIPp
 //!   (see [`peer`]); prints one line per balancer, then `ratio_tokio=X ratio_mio=Y`.
 //! - `bench core`, `bench sim`: run the core's and the simulator's benchmarks, pass their line.
+//! - `dist`: man pages and shell completions from the clap definitions into `target/dist`
+//!   (see [`dist`]).
 //! - `check-core`: fails if lb-core's normal dependencies include a runtime.
 //! - `test [ARGS…]`: the README's test command: installs the Debian packages of the test peers
 //!   when missing (as root; else names the command), then `cargo test --workspace --release`
@@ -21,6 +23,7 @@
 //!
 //! Every process a task starts is killed when the task ends, however it ends ([`procs::Proc`]).
 
+mod dist;
 mod fuzz;
 mod peer;
 mod procs;
@@ -76,6 +79,7 @@ fn run(args: &[String]) -> Result<()> {
         ),
         ["fuzz", rest @ ..] => fuzz::fuzz(rest),
         ["check-core"] => check_core(),
+        ["dist"] => dist::dist(),
         ["test", rest @ ..] => test::test(rest),
         ["ci"] => ci(),
         _ => {
@@ -93,6 +97,7 @@ const USAGE: &str = "usage: cargo xtask <task>
   bench peer [--rate CPS] [--calls N] [--runs N] [--only kamailio,tokio,mio] [--no-build]
   bench core | bench sim
   check-core
+  dist
   test [CARGO TEST ARGS…]
   fuzz stream_demux|envelope_decoder|core_sequence [--seconds N]
   ci";
@@ -643,15 +648,19 @@ fn workspace_root() -> PathBuf {
 }
 
 fn release_dir() -> PathBuf {
+    target_dir().join("release")
+}
+
+/// The target directory: `CARGO_TARGET_DIR` (relative to the workspace) or `target`.
+fn target_dir() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"));
-    let target = if target.is_relative() {
+    if target.is_relative() {
         workspace_root().join(target)
     } else {
         target
-    };
-    target.join("release")
+    }
 }
 
 #[cfg(test)]

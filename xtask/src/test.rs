@@ -52,6 +52,12 @@ const PEERS: &[Peer] = &[
         probe: Probe::PerlModule("Net::SIP"),
         package: "libnet-sip-perl",
     },
+    // `systemd-analyze verify` of packaging/siplb.service (tests/tests/packaging.rs).
+    Peer {
+        name: "systemd-analyze",
+        probe: Probe::Program("systemd-analyze"),
+        package: "systemd",
+    },
 ];
 
 /// The entry point of `test`.

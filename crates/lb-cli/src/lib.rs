@@ -6,7 +6,11 @@
 //! - [`parse`] / [`settings_from_args`]: flags and a TOML file merged into [`Settings`] (flags
 //!   win), validated by `lb_core::Config::validate`. Errors are one line, `siplb: <key>: <reason>`,
 //!   exit code 2.
-//! - [`init_logging`]: `tracing-subscriber` with an `EnvFilter`, to stderr.
+//! - [`init_logging`]: `tracing-subscriber` with an `EnvFilter`, to stderr, as text or JSON
+//!   lines ([`LogFormat`]).
+//! - [`admin`]: the `--admin` API (JSON over HTTP), applied by the drivers between events
+//!   through [`Ops::start_admin`] and [`Ops::handle_admin`]; [`ctl`]: its client, `siplb-ctl`.
+//!   Operators' guide: `docs/operations.md`.
 //! - [`Ops`]: what a driver owes the operator besides bytes: the core's events as log lines
 //!   (those a peer can provoke rate limited per kind by a [`RateLimiter`]), the `--metrics`
 //!   snapshot and HTTP server (module docs of [`Snapshot`]), and SIGHUP reloads.
@@ -31,8 +35,9 @@
 //! command line given at start (flags still win). A valid result is applied without dropping a
 //! connection or a call: backends added, removed, drained and re-weighted, the algorithm, the
 //! tag keys, timeouts, probes, overload holds, the output cap and the log level. Listen
-//! addresses, `metrics`, `batch-window`, `window`, `ringing-max` and `limits.table-capacity`
-//! change only at a restart.
+//! addresses, `metrics`, `admin`, `admin-token-file`, `log-format`, `batch-window`, `window`,
+//! `ringing-max` and `limits.table-capacity` change only at a restart. A reload also drops
+//! the changes made through the admin API.
 //! An invalid file is refused with one warning naming the key, and the running configuration
 //! stays. **A config file is needed for a reload to change anything**: the flags do not
 //! change, so a balancer started from flags alone can only reread its tag key file.
@@ -57,6 +62,7 @@
 //! tag-key-file = "tag.keys"       # lines `ID:HEXSECRET`, the first signs
 //! tag-header = "X-LB-Tag"
 //! log-level = "info"
+//! log-format = "text"             # text | json (one object per line)
 //! output-cap = 4194304
 //! retry-after = 5                 # file only: 503 Retry-After, backend reconnect backoff
 //! reconnect-min = 0.1
@@ -71,6 +77,7 @@
 //! overload-hold-max = 300         # file only: cap on a backend's Retry-After
 //! batch-window = 0.002            # under load, wake at most this often (0: at every message)
 //! metrics = "127.0.0.1:9090"      # /metrics and /health
+//! admin = "127.0.0.1:9091"        # admin API; elsewhere than loopback needs admin-token-file
 //!
 //! [[backend]]
 //! addr = "10.0.0.1:5060"
@@ -93,6 +100,8 @@
 //! On the command line a backend is `ADDR[,weight=N][,mode=plain|envelope][,backup=ADDR]
 //! [,draining]`.
 
+pub mod admin;
+pub mod ctl;
 pub mod dns;
 mod metrics;
 mod ops;
@@ -123,7 +132,7 @@ pub type BackendTls = (
 );
 pub use ops::{Noise, Ops, RateLimiter, NOISE_LINES_MAX, NOISE_WINDOW};
 pub use pacer::WakePacer;
-pub use settings::{parse, read_tag_keys, CliError, Settings};
+pub use settings::{command, parse, read_tag_keys, CliError, Settings};
 
 /// How long a backend connect may take before the driver reports it closed; the core then
 /// retries with backoff.
@@ -251,6 +260,14 @@ pub enum RunError {
         /// Why.
         reason: String,
     },
+    /// The admin API address could not be served.
+    #[error("admin: {addr}: {reason}")]
+    Admin {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
     /// The runtime or the poller failed.
     #[error("runtime: {0}")]
     Runtime(#[source] std::io::Error),
@@ -269,8 +286,40 @@ pub fn settings_from_args() -> Settings {
     }
 }
 
-/// Installs the `tracing` subscriber (stderr, `settings.log_level` as filter) and logs the
-/// start-up warnings the settings imply. Call once, before the driver starts.
+/// How log lines are written (`--log-format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// tracing-subscriber's human format: `TIMESTAMP LEVEL target: message key=value…`.
+    #[default]
+    Text,
+    /// One JSON object per line, tracing-subscriber's JSON format: `timestamp` (RFC 3339,
+    /// UTC), `level` (`INFO`…), `target` (the module), `fields` (`message` and the event's
+    /// own fields), and `span` / `spans` when the event happened inside a span.
+    Json,
+}
+
+impl LogFormat {
+    /// `text` or `json`.
+    pub fn parse(text: &str) -> Option<LogFormat> {
+        match text.trim() {
+            "text" => Some(LogFormat::Text),
+            "json" => Some(LogFormat::Json),
+            _ => None,
+        }
+    }
+
+    /// The name [`LogFormat::parse`] takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+/// Installs the `tracing` subscriber (stderr, `settings.log_level` as filter,
+/// `settings.log_format` as format) and logs the start-up warnings the settings imply. Call
+/// once, before the driver starts.
 pub fn init_logging(settings: &Settings) {
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
@@ -278,12 +327,29 @@ pub fn init_logging(settings: &Settings) {
     // The level was checked by `parse`; falling back to `info` only guards a hand-built Settings.
     let filter = EnvFilter::try_new(&settings.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
+    // One of the two is installed; `Option<Layer>` is a layer that does nothing when `None`.
+    let (text, json) = match settings.log_format {
+        LogFormat::Text => (
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::stderr().is_terminal()),
+            ),
+            None,
+        ),
+        LogFormat::Json => (
+            None,
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            ),
+        ),
+    };
     if tracing_subscriber::registry()
         .with(filter)
-        .with(fmt)
+        .with(text)
+        .with(json)
         .try_init()
         .is_ok()
     {

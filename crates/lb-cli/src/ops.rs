@@ -151,6 +151,8 @@ pub struct Ops {
     settings: Settings,
     limiter: RateLimiter,
     metrics: Option<MetricsServer>,
+    /// `--admin`: the API server, once the driver started it ([`Ops::start_admin`]).
+    admin: Option<crate::admin::AdminServer>,
     /// When the snapshot was last published.
     published: Option<Instant>,
     /// A loop turn happened since the last publish: publish when [`PUBLISH_EVERY`] has passed.
@@ -193,6 +195,7 @@ impl Ops {
             settings: settings.clone(),
             limiter: RateLimiter::default(),
             metrics,
+            admin: None,
             published: None,
             publish_pending: false,
         })
@@ -218,6 +221,29 @@ impl Ops {
     /// The settings in force (those of the last successful reload).
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// Starts the admin API if `--admin` was given (binding its address now) and returns the
+    /// driver's end of its command channel; `wake` is called from the API's thread after each
+    /// command is queued (a readiness loop's waker; an async loop awaits
+    /// [`crate::admin::AdminQueue::next`] and needs none). Apply each command with
+    /// [`Ops::handle_admin`].
+    pub fn start_admin(
+        &mut self,
+        wake: impl Fn() + Send + 'static,
+    ) -> Result<crate::admin::AdminQueue, RunError> {
+        match crate::admin::AdminServer::start(&self.settings.admin, Box::new(wake))? {
+            Some((server, queue)) => {
+                self.admin = Some(server);
+                Ok(queue)
+            }
+            None => Ok(crate::admin::AdminQueue::none()),
+        }
+    }
+
+    /// Where the admin API is served, if it is.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(crate::admin::AdminServer::addr)
     }
 
     /// Where metrics are served, if they are.
@@ -351,11 +377,17 @@ impl Ops {
     }
 
     pub fn reload(&mut self) -> Option<ValidConfig> {
+        self.try_reload("SIGHUP").ok()
+    }
+
+    /// [`Ops::reload`], for `why` (`SIGHUP`, the admin API); `Err` says why nothing changes.
+    pub(crate) fn try_reload(&mut self, why: &str) -> Result<ValidConfig, String> {
         self.reload_tls();
         let file = self.settings.config_file().map(|p| p.display().to_string());
         if file.is_none() && self.settings.tag_key_generated {
-            tracing::warn!("SIGHUP: no --config or --tag-key-file to reread; nothing changes");
-            return None;
+            let reason = "no --config or --tag-key-file to reread; nothing changes";
+            tracing::warn!("{why}: {reason}");
+            return Err(reason.to_string());
         }
         let file = file.unwrap_or_else(|| "(flags only)".to_string());
         match self.settings.reload() {
@@ -379,21 +411,32 @@ impl Ops {
                 if new.batch_window != old.batch_window {
                     tracing::warn!(file, "reload: batch-window changes only at a restart");
                 }
+                if new.admin.addr != old.admin.addr || new.log_format != old.log_format {
+                    tracing::warn!(
+                        file,
+                        "reload: admin, admin-token-file and log-format change only at a restart"
+                    );
+                }
                 tracing::info!(
                     file,
                     backends = new.core.config().backends.len(),
-                    "SIGHUP: configuration reread and valid, applying"
+                    "{why}: configuration reread and valid, applying"
                 );
                 let core = new.core.clone();
+                // The admin token stays the one read at start, like the address.
+                let admin = std::mem::take(&mut self.settings.admin);
                 self.settings = new;
-                Some(core)
+                self.settings.admin = admin;
+                Ok(core)
             }
             Err(e) => {
                 tracing::warn!(
                     file,
-                    "SIGHUP: configuration refused, keeping the running one: {e}"
+                    "{why}: configuration refused, keeping the running one: {e}"
                 );
-                None
+                Err(format!(
+                    "configuration refused, keeping the running one: {e}"
+                ))
             }
         }
     }

@@ -41,6 +41,10 @@ pub struct Settings {
     pub tls: Option<crate::tls::TlsSettings>,
     /// What TLS backends (`--backend ADDR,tls`) are verified with, when there are any.
     pub backend_tls: Option<crate::tls::BackendTlsSettings>,
+    /// `--log-format`: human text (default) or JSON lines.
+    pub log_format: crate::LogFormat,
+    /// `--admin` and `--admin-token-file`: the admin API ([`crate::admin`]).
+    pub admin: crate::admin::AdminSettings,
     /// The command line as given, so [`Settings::reload`] can merge it with the file again.
     args: Args,
 }
@@ -69,6 +73,13 @@ impl Settings {
     pub fn config_file(&self) -> Option<&Path> {
         self.args.config.as_deref()
     }
+}
+
+/// The command line's definition (both binaries share it; `name` is the binary's), for man
+/// pages and shell completions (`cargo xtask dist`).
+pub fn command(name: &'static str) -> clap::Command {
+    use clap::CommandFactory as _;
+    Args::command().name(name).bin_name(name)
 }
 
 /// Why the command line or config file was refused.
@@ -262,6 +273,16 @@ struct Args {
     /// syscalls per call, at most SECS of added delay; 0 wakes for every message [default: 0.002]
     #[arg(long, value_name = "SECS")]
     batch_window: Option<String>,
+    /// Log line format: `text` for people, `json` (one object per line) for collectors
+    /// [default: text]
+    #[arg(long, value_name = "text|json")]
+    log_format: Option<String>,
+    /// Serve the admin API (JSON over HTTP) at ADDR; loopback only unless --admin-token-file
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<String>,
+    /// A bearer token (the file's first line) every admin request must present
+    #[arg(long, value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
 }
 
 /// The TOML file; keys mirror the flags.
@@ -296,6 +317,9 @@ struct FileConfig {
     overload_hold_max: Option<f64>,
     metrics: Option<String>,
     batch_window: Option<f64>,
+    log_format: Option<String>,
+    admin: Option<String>,
+    admin_token_file: Option<PathBuf>,
     limits: FileLimits,
 }
 
@@ -576,6 +600,23 @@ fn merge(
         ));
     }
 
+    let log_format = match args.log_format.as_deref().or(file.log_format.as_deref()) {
+        Some(text) => crate::LogFormat::parse(text).ok_or_else(|| {
+            CliError::invalid("log-format", format!("{text:?} is not text or json"))
+        })?,
+        None => crate::LogFormat::Text,
+    };
+    let admin = match args.admin.as_deref().or(file.admin.as_deref()) {
+        Some(a) => Some(parse_addr("admin", a)?),
+        None => None,
+    };
+    let token_file = relative_to(
+        args.admin_token_file,
+        file.admin_token_file,
+        file_path.as_deref(),
+    );
+    let admin = crate::admin::AdminSettings::new(admin, token_file.as_deref())?;
+
     Ok(Settings {
         core: core.validate()?,
         log_level,
@@ -586,6 +627,8 @@ fn merge(
         batch_window,
         tls,
         backend_tls,
+        log_format,
+        admin,
         args: kept,
     })
 }
@@ -718,6 +761,22 @@ fn merge_tls(
     };
     crate::tls::Tls::load(&settings)?;
     Ok(Some(settings))
+}
+
+/// The flag's path, else the file's, which is relative to the config file.
+fn relative_to(
+    flag: Option<PathBuf>,
+    file: Option<PathBuf>,
+    config: Option<&Path>,
+) -> Option<PathBuf> {
+    match (flag, file) {
+        (Some(p), _) => Some(p),
+        (None, Some(p)) => Some(match config.and_then(Path::parent) {
+            Some(dir) if p.is_relative() => dir.join(p),
+            _ => p,
+        }),
+        (None, None) => None,
+    }
 }
 
 /// Probes are on when an interval is given; the other probe keys refine them and are refused

@@ -22,6 +22,8 @@
 //! SIGINT/SIGTERM arrive through `signal-hook-mio`: accepting stops, queued output is flushed
 //! for at most [`lb_cli::SHUTDOWN_FLUSH_MAX`], and the final counters are returned. SIGHUP
 //! rereads the configuration ([`lb_cli::Ops::reload`]) and feeds it as `Input::Reload`.
+//! `--admin` commands wake the poll through the one `mio::Waker` (shared with the resolver)
+//! and are applied with [`lb_cli::Ops::handle_admin`] between events.
 //!
 //! Logging, the `--metrics` snapshot (published at the end of a wake-up, at most every
 //! [`lb_cli::PUBLISH_EVERY`]; the poll timeout includes the pending publish) and rate-limit
@@ -101,8 +103,11 @@ struct Driver {
     readable_again: Vec<ConnId>,
     /// Keeps busy wake-ups `--batch-window` apart.
     pacer: WakePacer,
-    /// Wakes `poll` when a name is resolved.
+    /// Wakes `poll` when a name is resolved or an admin command waits (mio allows one waker
+    /// per `Poll`).
     dns_waker: std::sync::Arc<mio::Waker>,
+    /// `--admin` commands, applied between events.
+    admin: lb_cli::admin::AdminQueue,
     /// Started at the first `Output::Resolve`: most runs never dial a host name.
     dns: Option<lb_cli::dns::DnsThread>,
     /// TLS listeners' configuration, if any.
@@ -120,8 +125,13 @@ impl Driver {
         poll.registry()
             .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)
             .map_err(RunError::Runtime)?;
-        let ops = Ops::new(&settings)?;
+        let mut ops = Ops::new(&settings)?;
         let dns_waker = mio::Waker::new(poll.registry(), DNS_TOKEN).map_err(RunError::Runtime)?;
+        let dns_waker = std::sync::Arc::new(dns_waker);
+        let admin_waker = dns_waker.clone();
+        let admin = ops.start_admin(move || {
+            let _ = admin_waker.wake();
+        })?;
         let lb = Balancer::new(settings.core.clone(), lb_cli::os_seed()?, Instant::now());
         let mut listeners = Vec::new();
         for (id, addr) in lb.listeners() {
@@ -151,7 +161,8 @@ impl Driver {
             dirty: Vec::new(),
             readable_again: Vec::new(),
             pacer: WakePacer::new(settings.batch_window),
-            dns_waker: std::sync::Arc::new(dns_waker),
+            dns_waker,
+            admin,
             dns: None,
             tls: None,
             handshakes: VecDeque::new(),
@@ -198,6 +209,7 @@ impl Driver {
                     }
                 } else if token == DNS_TOKEN {
                     self.resolved();
+                    self.admin();
                 } else if let Some(index) = listener_index(token, self.listeners.len()) {
                     self.accept(index);
                 } else {
@@ -426,10 +438,16 @@ impl Driver {
             session.wants_write(),
             session.version(),
         );
-        let counters = self.tls.as_ref().map(|t| t.counters.clone());
+        // A TLS backend's handshake is not one of the listeners': neither counted nor capped.
+        let frontend = c.frontend;
+        let counters = self
+            .tls
+            .as_ref()
+            .filter(|_| frontend)
+            .map(|t| t.counters.clone());
         match result {
             Ok(read) => {
-                if read.handshake_done {
+                if read.handshake_done && frontend {
                     self.handshaking = self.handshaking.saturating_sub(1);
                     if let Some(counters) = &counters {
                         counters.handshake_done(version);
@@ -455,7 +473,7 @@ impl Driver {
             }
             Err(e) => {
                 tracing::debug!(conn = %id, error = %e, "TLS read failed");
-                if handshaking {
+                if handshaking && frontend {
                     self.handshaking = self.handshaking.saturating_sub(1);
                     if let Some(counters) = &counters {
                         counters.handshake_failed(&e);
@@ -470,6 +488,15 @@ impl Driver {
                 self.finish(id, CloseReason::Error);
                 self.drain();
             }
+        }
+    }
+
+    /// Applies the admin commands waiting since the last wake-up.
+    fn admin(&mut self) {
+        while let Some(command) = self.admin.try_next() {
+            self.ops.handle_admin(&mut self.lb, Instant::now(), command);
+            self.output_cap = self.ops.settings().output_cap_bytes;
+            self.drain();
         }
     }
 

@@ -20,7 +20,8 @@
 //! so a paused test clock drives the core too.
 //!
 //! SIGHUP rereads the configuration ([`lb_cli::Ops::reload`]) and feeds it as
-//! `Input::Reload`. Logging, the `--metrics` snapshot (published after a wake-up, at most every
+//! `Input::Reload`. `--admin` commands arrive on a channel the owner awaits like the notes and
+//! applies with [`lb_cli::Ops::handle_admin`]. Logging, the `--metrics` snapshot (published after a wake-up, at most every
 //! [`lb_cli::PUBLISH_EVERY`]; the owner's one `Sleep` also covers a pending publish) and
 //! rate-limit summaries go through one [`lb_cli::Ops`].
 //!
@@ -88,7 +89,9 @@ pub async fn serve(
 ) -> Result<Stats, RunError> {
     let seed = lb_cli::os_seed()?;
     let mut hangup = Hangup::new().map_err(RunError::Runtime)?;
-    let ops = Ops::new(&settings)?;
+    let mut ops = Ops::new(&settings)?;
+    // The owner awaits the admin queue itself: no waker needed.
+    let mut admin = ops.start_admin(|| {})?;
     let lb = Balancer::new(settings.core.clone(), seed, now());
     let (notes_tx, mut notes) = mpsc::channel(NOTES_CAPACITY);
 
@@ -161,6 +164,11 @@ pub async fn serve(
                 }
             }
             () = hangup.recv() => owner.reload(),
+            command = admin.next() => {
+                owner.ops.handle_admin(&mut owner.lb, now(), command);
+                owner.output_cap = owner.ops.settings().output_cap_bytes;
+                owner.drain();
+            }
         }
         owner.ops.turn(&owner.lb, now());
     }

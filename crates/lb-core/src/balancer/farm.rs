@@ -48,6 +48,8 @@ pub struct BackendStatus {
     pub assigned: u32,
     /// Its weight.
     pub weight: u32,
+    /// Open connections to it: the balancer keeps one per backend, so 0 or 1.
+    pub connections: u32,
 }
 
 #[derive(Debug)]
@@ -134,6 +136,7 @@ impl Balancer {
                 load: b.load,
                 assigned: self.table.assigned(id),
                 weight: config.weight,
+                connections: u32::from(b.state == BackendState::Up && b.conn.is_some()),
             }
         })
     }
