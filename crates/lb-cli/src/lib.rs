@@ -15,6 +15,11 @@
 //! - [`ReadBuffer`], [`write_queue`]: socket reads and queued writes for readiness-based loops.
 //! - [`WakePacer`]: under load, at most one wake-up per `batch-window`.
 //! - [`main_with`]: the whole `main` of a binary around a driver's `run`.
+//! - [`run_workers`]: the process around a driver's per-worker loop (`--workers`): signals,
+//!   listeners bound with `SO_REUSEPORT`, one metrics server, reloads handed to every worker,
+//!   the workers' counters summed at exit.
+//! - [`ProxyHeaderReader`]: the PROXY protocol header of a connection's first bytes
+//!   (`--proxy-protocol`), read before anything reaches the core.
 //! - The driver knobs both binaries share: [`CONNECT_TIMEOUT`], [`CLOSE_LINGER_MAX`],
 //!   [`SHUTDOWN_FLUSH_MAX`],
 //!   [`READ_CHUNK_BYTES`], [`BATCH_MAX`].
@@ -97,7 +102,9 @@ pub mod dns;
 mod metrics;
 mod ops;
 mod pacer;
+mod proxy;
 mod settings;
+mod workers;
 
 use std::collections::VecDeque;
 use std::fmt::Display;
@@ -113,9 +120,14 @@ use rand::TryRngCore;
 use tracing_subscriber::{EnvFilter, Registry};
 
 pub use metrics::{Snapshot, PUBLISH_EVERY};
-pub use ops::{Noise, Ops, RateLimiter, NOISE_LINES_MAX, NOISE_WINDOW};
+pub use ops::{reload, Noise, Ops, RateLimiter, NOISE_LINES_MAX, NOISE_WINDOW};
 pub use pacer::WakePacer;
+pub use proxy::{
+    ProxyHeaderReader, ProxyRead, ProxyReject, PROXY_HEADER_BYTES_MAX, PROXY_HEADER_TIMEOUT,
+    PROXY_PENDING_MAX,
+};
 pub use settings::{parse, read_tag_keys, CliError, Settings};
+pub use workers::{bind_listener, run_workers, sum, Command, Commander, Control, Worker};
 
 /// How long a backend connect may take before the driver reports it closed; the core then
 /// retries with backoff.
@@ -318,6 +330,12 @@ pub fn stats_line(stats: &Stats) -> String {
 /// Logs a frontend connection the driver accepted.
 pub fn log_frontend_open(conn: ConnId, peer: SocketAddr) {
     tracing::info!(conn = %conn, peer = %peer, "frontend connection open");
+}
+
+/// Logs a frontend connection accepted behind an L4 balancer: `peer` is the client its PROXY
+/// header announced, `proxy` the socket's own peer.
+pub fn log_frontend_open_proxied(conn: ConnId, peer: SocketAddr, proxy: SocketAddr) {
+    tracing::info!(conn = %conn, peer = %peer, proxy = %proxy, "frontend connection open");
 }
 
 /// Logs the end of a frontend connection.

@@ -3,11 +3,13 @@
 //! the balancer; it never holds the balancer, it is shown it.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lb_core::{BackendId, Balancer, ConnId, Event, ValidConfig};
 
 use crate::metrics::{self, MetricsServer, Snapshot, PUBLISH_EVERY};
+use crate::proxy::ProxyReject;
 use crate::{RunError, Settings};
 
 /// Lines of one [`Noise`] kind logged per [`NOISE_WINDOW`]; the rest are counted and summed up
@@ -35,9 +37,11 @@ pub enum Noise {
     Overload,
     /// `accept` failures (typically out of file descriptors).
     AcceptFailed,
+    /// Connections without a valid PROXY header (`--proxy-protocol`).
+    ProxyHeader,
 }
 
-const NOISE_KINDS: usize = 7;
+const NOISE_KINDS: usize = 8;
 
 impl Noise {
     fn index(self) -> usize {
@@ -53,6 +57,7 @@ impl Noise {
             Noise::OutputCap => "output cap",
             Noise::Overload => "backend overload",
             Noise::AcceptFailed => "accept failure",
+            Noise::ProxyHeader => "PROXY header",
         }
     }
 
@@ -64,6 +69,7 @@ impl Noise {
         Noise::OutputCap,
         Noise::Overload,
         Noise::AcceptFailed,
+        Noise::ProxyHeader,
     ];
 }
 
@@ -145,7 +151,10 @@ impl RateLimiter {
 pub struct Ops {
     settings: Settings,
     limiter: RateLimiter,
-    metrics: Option<MetricsServer>,
+    /// The process's metrics server and this worker's slot in it.
+    metrics: Option<(Arc<MetricsServer>, usize)>,
+    /// Connections closed before they reached the core, by [`ProxyReject`] cause.
+    proxy_rejected: [u64; 3],
     /// When the snapshot was last published.
     published: Option<Instant>,
     /// A loop turn happened since the last publish: publish when [`PUBLISH_EVERY`] has passed.
@@ -153,25 +162,24 @@ pub struct Ops {
 }
 
 impl Ops {
-    /// Starts the metrics server if `--metrics` was given (binding its address now).
+    /// The operator side of a process with one balancer: starts the metrics server if
+    /// `--metrics` was given (binding its address now). The binaries, which may run several
+    /// workers, get theirs from [`crate::run_workers`] instead.
     pub fn new(settings: &Settings) -> Result<Ops, RunError> {
-        let metrics = match settings.metrics {
-            Some(addr) => {
-                let first = Snapshot {
-                    table_capacity: settings.core.config().limits.table_capacity as u64,
-                    ..Snapshot::default()
-                };
-                Some(MetricsServer::start(addr, first)?)
-            }
-            None => None,
-        };
-        Ok(Ops {
+        let metrics = start_metrics(settings, 1)?;
+        Ok(Ops::for_worker(settings, metrics.map(|m| (m, 0))))
+    }
+
+    /// Worker `slot` of a process whose metrics server (if any) is `metrics`.
+    pub(crate) fn for_worker(settings: &Settings, metrics: Option<(Arc<MetricsServer>, usize)>) -> Ops {
+        Ops {
             settings: settings.clone(),
             limiter: RateLimiter::default(),
             metrics,
+            proxy_rejected: [0; 3],
             published: None,
             publish_pending: false,
-        })
+        }
     }
 
     /// The settings in force (those of the last successful reload).
@@ -181,7 +189,7 @@ impl Ops {
 
     /// Where metrics are served, if they are.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics.as_ref().map(MetricsServer::addr)
+        self.metrics.as_ref().map(|(server, _)| server.addr())
     }
 
     /// Call once per loop turn, after the inputs of the turn: publishes the metrics snapshot
@@ -189,15 +197,21 @@ impl Ops {
     /// logs due rate-limit summaries.
     pub fn turn(&mut self, lb: &Balancer, now: Instant) {
         self.limiter.flush(now);
-        let Some(server) = &self.metrics else { return };
+        let Some((server, slot)) = &self.metrics else {
+            return;
+        };
         if self.published.is_some_and(|t| now < t + PUBLISH_EVERY) {
             self.publish_pending = true;
             return;
         }
-        let mut snapshot = metrics::lock(&server.shared);
+        let Some(shared) = server.shared.get(*slot) else {
+            return;
+        };
+        let mut snapshot = metrics::lock(shared);
         snapshot.stats.clone_from(lb.stats());
         snapshot.backends.clear();
         snapshot.backends.extend(lb.backend_status());
+        snapshot.proxy_rejected = self.proxy_rejected;
         drop(snapshot);
         self.published = Some(now);
         self.publish_pending = false;
@@ -284,54 +298,105 @@ impl Ops {
         }
     }
 
+    /// A connection was closed before it reached the core (`--proxy-protocol`): counted for
+    /// metrics, logged (rate limited).
+    pub fn proxy_rejected(&mut self, peer: SocketAddr, cause: ProxyReject, now: Instant) {
+        self.proxy_rejected[cause.index()] += 1;
+        self.publish_pending = true;
+        if self.limiter.allow(Noise::ProxyHeader, now) {
+            tracing::info!(%peer, cause = cause.name(), "no valid PROXY header, closing");
+        }
+    }
+
+    /// Connections closed for want of a valid PROXY header so far, by cause.
+    pub fn proxy_rejections(&self) -> [u64; 3] {
+        self.proxy_rejected
+    }
+
     /// SIGHUP: rereads the config file (and the key file) and merges them with the original
     /// flags. On success returns the configuration to feed as `Input::Reload`; on failure logs
     /// one warning naming the key and returns `None`: the running configuration stays.
     /// Without a config file or key file there is nothing to reread, which is logged.
     pub fn reload(&mut self) -> Option<ValidConfig> {
-        let file = self.settings.config_file().map(|p| p.display().to_string());
-        if file.is_none() && self.settings.tag_key_generated {
-            tracing::warn!("SIGHUP: no --config or --tag-key-file to reread; nothing changes");
-            return None;
-        }
-        let file = file.unwrap_or_else(|| "(flags only)".to_string());
-        match self.settings.reload() {
-            Ok(new) => {
-                let old = &self.settings;
-                if new.core.config().listeners != old.core.config().listeners {
-                    tracing::warn!(file, "reload: listen addresses change only at a restart");
-                }
-                if new.metrics != old.metrics {
-                    tracing::warn!(file, "reload: metrics address changes only at a restart");
-                }
-                if new.log_level != old.log_level {
-                    match crate::set_log_level(&new.log_level) {
-                        Ok(true) => {
-                            tracing::info!(file, level = %new.log_level, "reload: log level")
-                        }
-                        Ok(false) => {}
-                        Err(e) => tracing::warn!(file, error = %e, "reload: log level kept"),
-                    }
-                }
-                if new.batch_window != old.batch_window {
-                    tracing::warn!(file, "reload: batch-window changes only at a restart");
-                }
-                tracing::info!(
-                    file,
-                    backends = new.core.config().backends.len(),
-                    "SIGHUP: configuration reread and valid, applying"
-                );
-                let core = new.core.clone();
-                self.settings = new;
-                Some(core)
+        reload(&self.settings).map(|new| self.adopt(new))
+    }
+
+    /// Takes settings reread elsewhere (by the process, once for all its workers, with
+    /// [`reload`]) as the ones in force; returns the configuration to feed as
+    /// `Input::Reload`.
+    pub fn adopt(&mut self, settings: Settings) -> ValidConfig {
+        let core = settings.core.clone();
+        self.settings = settings;
+        core
+    }
+}
+
+/// Starts the metrics server of a process with `workers` workers if `--metrics` was given.
+pub(crate) fn start_metrics(
+    settings: &Settings,
+    workers: usize,
+) -> Result<Option<Arc<MetricsServer>>, RunError> {
+    let Some(addr) = settings.metrics else {
+        return Ok(None);
+    };
+    let first = Snapshot {
+        table_capacity: settings.core.config().limits.table_capacity as u64,
+        ..Snapshot::default()
+    };
+    Ok(Some(Arc::new(MetricsServer::start(addr, first, workers)?)))
+}
+
+/// SIGHUP: rereads the config file (and the key file) named by `current` and merges them with
+/// the original flags; logs what a reload cannot change, applies a new log level, and returns
+/// the new settings, or `None` (one warning naming the key) when they are refused. Done once
+/// per process; every worker then adopts the result ([`Ops::adopt`]).
+pub fn reload(current: &Settings) -> Option<Settings> {
+    let file = current.config_file().map(|p| p.display().to_string());
+    if file.is_none() && current.tag_key_generated {
+        tracing::warn!("SIGHUP: no --config or --tag-key-file to reread; nothing changes");
+        return None;
+    }
+    let file = file.unwrap_or_else(|| "(flags only)".to_string());
+    match current.reload() {
+        Ok(new) => {
+            let old = current;
+            if new.core.config().listeners != old.core.config().listeners {
+                tracing::warn!(file, "reload: listen addresses change only at a restart");
             }
-            Err(e) => {
+            if new.metrics != old.metrics {
+                tracing::warn!(file, "reload: metrics address changes only at a restart");
+            }
+            if new.log_level != old.log_level {
+                match crate::set_log_level(&new.log_level) {
+                    Ok(true) => {
+                        tracing::info!(file, level = %new.log_level, "reload: log level")
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(file, error = %e, "reload: log level kept"),
+                }
+            }
+            if new.batch_window != old.batch_window {
+                tracing::warn!(file, "reload: batch-window changes only at a restart");
+            }
+            if new.workers != old.workers || new.proxy_protocol != old.proxy_protocol {
                 tracing::warn!(
                     file,
-                    "SIGHUP: configuration refused, keeping the running one: {e}"
+                    "reload: workers and proxy-protocol change only at a restart"
                 );
-                None
             }
+            tracing::info!(
+                file,
+                backends = new.core.config().backends.len(),
+                "SIGHUP: configuration reread and valid, applying"
+            );
+            Some(new)
+        }
+        Err(e) => {
+            tracing::warn!(
+                file,
+                "SIGHUP: configuration refused, keeping the running one: {e}"
+            );
+            None
         }
     }
 }

@@ -37,6 +37,14 @@ pub struct Settings {
     /// `--batch-window`: under load, the least time between two wake-ups of the event loop
     /// ([`crate::WakePacer`]); zero wakes for every message.
     pub batch_window: Duration,
+    /// `--workers`: balancer cores, one per thread, each with its own event loop, listeners
+    /// (`SO_REUSEPORT`), backend connections and new-call table; at least 1 (default: one per
+    /// available core). Changes only at a restart.
+    pub workers: usize,
+    /// `--proxy-protocol`: every frontend connection accepted on a listener must open with a
+    /// PROXY protocol v1 or v2 header, whose client address then stands for the peer's.
+    /// Changes only at a restart.
+    pub proxy_protocol: bool,
     /// The command line as given, so [`Settings::reload`] can merge it with the file again.
     args: Args,
 }
@@ -230,6 +238,14 @@ struct Args {
     /// syscalls per call, at most SECS of added delay; 0 wakes for every message [default: 0.002]
     #[arg(long, value_name = "SECS")]
     batch_window: Option<String>,
+    /// Balancer cores, one per thread, sharing the listen ports (SO_REUSEPORT) [default: one
+    /// per available core]
+    #[arg(long, value_name = "N")]
+    workers: Option<String>,
+    /// Frontend connections open with a PROXY protocol v1/v2 header (HAProxy, AWS NLB); its
+    /// client address stands for the peer's, and a connection without one is closed
+    #[arg(long)]
+    proxy_protocol: bool,
 }
 
 /// The TOML file; keys mirror the flags.
@@ -261,6 +277,8 @@ struct FileConfig {
     overload_hold_max: Option<f64>,
     metrics: Option<String>,
     batch_window: Option<f64>,
+    workers: Option<u32>,
+    proxy_protocol: Option<bool>,
     limits: FileLimits,
 }
 
@@ -494,6 +512,18 @@ fn merge(
         ));
     }
 
+    let workers = match pick_count("workers", args.workers.as_deref(), file.workers)? {
+        Some(n) => n as usize,
+        None => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+    };
+    if workers > WORKERS_MAX {
+        return Err(CliError::invalid(
+            "workers",
+            format!("{workers} is more than {WORKERS_MAX}"),
+        ));
+    }
+    let proxy_protocol = args.proxy_protocol || file.proxy_protocol.unwrap_or(false);
+
     Ok(Settings {
         core: core.validate()?,
         log_level,
@@ -502,6 +532,8 @@ fn merge(
         tag_key_generated,
         metrics,
         batch_window,
+        workers,
+        proxy_protocol,
         args: kept,
     })
 }
@@ -749,6 +781,9 @@ const BATCH_WINDOW_DEFAULT: Duration = Duration::from_millis(2);
 /// Beyond this the delay starts to show in call setup times measured by carriers (tens of ms
 /// per call through several hops), for no further saving.
 const BATCH_WINDOW_MAX: Duration = Duration::from_millis(50);
+
+/// More threads than this is a typo, not a machine.
+const WORKERS_MAX: usize = 1024;
 
 /// The core refuses shorter secrets; checking here names the line of the file.
 const TAG_KEY_BYTES_MIN: usize = 16;
