@@ -500,8 +500,7 @@ mod tests {
 
     #[test]
     fn serves_metrics_and_health_over_http() {
-        let server =
-            MetricsServer::start("127.0.0.1:0".parse().unwrap(), snapshot(), 1).unwrap();
+        let server = MetricsServer::start("127.0.0.1:0".parse().unwrap(), snapshot(), 1).unwrap();
         let addr = server.addr();
         let metrics = get(addr, "/metrics");
         assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");

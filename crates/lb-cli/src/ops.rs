@@ -171,7 +171,10 @@ impl Ops {
     }
 
     /// Worker `slot` of a process whose metrics server (if any) is `metrics`.
-    pub(crate) fn for_worker(settings: &Settings, metrics: Option<(Arc<MetricsServer>, usize)>) -> Ops {
+    pub(crate) fn for_worker(
+        settings: &Settings,
+        metrics: Option<(Arc<MetricsServer>, usize)>,
+    ) -> Ops {
         Ops {
             settings: settings.clone(),
             limiter: RateLimiter::default(),

@@ -200,8 +200,10 @@ mod tests {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                let pick = [b'P', b'\r', b'\n', b' ', b'R', b'O', b'X', b'Y', b'1', 0x21, 0];
-                let byte = if x % 3 == 0 {
+                let pick = [
+                    b'P', b'\r', b'\n', b' ', b'R', b'O', b'X', b'Y', b'1', 0x21, 0,
+                ];
+                let byte = if x.is_multiple_of(3) {
                     pick[(x >> 8) as usize % pick.len()]
                 } else {
                     (x >> 16) as u8
