@@ -52,6 +52,11 @@ const PEERS: &[Peer] = &[
         probe: Probe::PerlModule("Net::SIP"),
         package: "libnet-sip-perl",
     },
+    Peer {
+        name: "HAProxy",
+        probe: Probe::Program("haproxy"),
+        package: "haproxy",
+    },
 ];
 
 /// The entry point of `test`.

@@ -523,6 +523,8 @@ fn merge(
         ));
     }
     let proxy_protocol = args.proxy_protocol || file.proxy_protocol.unwrap_or(false);
+    // A frontend connection alone from its IP in one worker is not alone in the process.
+    core.hop_by_unique_ip = workers == 1;
 
     Ok(Settings {
         core: core.validate()?,
