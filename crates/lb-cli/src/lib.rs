@@ -35,9 +35,10 @@
 //! On SIGHUP the binaries reread the config file and the tag key file and merge them with the
 //! command line given at start (flags still win). A valid result is applied without dropping a
 //! connection or a call: backends added, removed, drained and re-weighted, the algorithm, the
-//! tag keys, timeouts, probes, overload holds, the output cap and the log level. Listen
-//! addresses, `metrics`, `batch-window`, `window`, `ringing-max` and `limits.table-capacity`
-//! change only at a restart.
+//! tag keys, timeouts, probes, overload holds, the output cap and the log level, in every
+//! worker (the file is reread once per process). Listen addresses, `metrics`, `batch-window`,
+//! `workers`, `proxy-protocol`, `window`, `ringing-max` and `limits.table-capacity` change only
+//! at a restart.
 //! An invalid file is refused with one warning naming the key, and the running configuration
 //! stays. **A config file is needed for a reload to change anything**: the flags do not
 //! change, so a balancer started from flags alone can only reread its tag key file.
@@ -75,6 +76,8 @@
 //! overload-hold = 5               # no new calls to a backend that answered 503 (no Retry-After)
 //! overload-hold-max = 300         # file only: cap on a backend's Retry-After
 //! batch-window = 0.002            # under load, wake at most this often (0: at every message)
+//! workers = 4                     # balancer cores, one per thread [default: one per core]
+//! proxy-protocol = false          # frontends open with a PROXY v1/v2 header (L4 balancer)
 //! metrics = "127.0.0.1:9090"      # /metrics and /health
 //!
 //! [[backend]]

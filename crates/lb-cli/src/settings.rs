@@ -825,6 +825,25 @@ mod tests {
     }
 
     #[test]
+    fn workers_and_proxy_protocol() {
+        let s = parse(args(&[])).unwrap();
+        assert!(s.workers >= 1);
+        assert!(!s.proxy_protocol);
+        let s = parse(args(&["--workers", "1"])).unwrap();
+        assert_eq!(s.workers, 1);
+        assert!(s.core.config().hop_by_unique_ip);
+        let s = parse(args(&["--workers", "3", "--proxy-protocol"])).unwrap();
+        assert_eq!(s.workers, 3);
+        assert!(s.proxy_protocol);
+        assert!(!s.core.config().hop_by_unique_ip);
+        let e = parse(args(&["--workers", "0"])).unwrap_err();
+        assert_eq!(e.key().as_deref(), Some("workers"));
+        let file = temp_file("workers.toml", "workers = 2\nproxy-protocol = true\n");
+        let s = parse(args(&["--config", file.to_str().unwrap()])).unwrap();
+        assert_eq!((s.workers, s.proxy_protocol), (2, true));
+    }
+
+    #[test]
     fn minimal_flags_give_defaults_and_a_random_key() {
         let s = parse(args(&[])).unwrap();
         let c = s.core.config();
