@@ -119,6 +119,9 @@ pub struct LbSpec {
     pub port: Option<u16>,
     /// Address to listen on and advertise (127.0.0.1 unless a test needs another, e.g. ::1).
     pub ip: IpAddr,
+    /// `--workers N`: 1 unless the test is about workers, so counts and limits are one
+    /// balancer's.
+    pub workers: usize,
 }
 
 impl LbSpec {
@@ -131,7 +134,14 @@ impl LbSpec {
             extra_args: Vec::new(),
             port: None,
             ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            workers: 1,
         }
+    }
+
+    /// Runs `n` workers (`--workers n`).
+    pub fn with_workers(mut self, n: usize) -> LbSpec {
+        self.workers = n;
+        self
     }
 
     /// Appends flags to the command line.
@@ -206,7 +216,8 @@ impl Balancer {
         let mut cmd = Command::new(spec.runtime.binary());
         cmd.args(["--listen", &listen.to_string()])
             .args(["--advertise", &listen.to_string()])
-            .args(["--log-level", "info"]);
+            .args(["--log-level", "info"])
+            .args(["--workers", &spec.workers.to_string()]);
         for b in &spec.backends {
             cmd.args(["--backend", &b.to_flag()]);
         }
@@ -235,7 +246,7 @@ impl Balancer {
                 net::is_listening(port)
                     && backend_ports
                         .iter()
-                        .all(|p| net::accepted_connections(*p) >= 1)
+                        .all(|p| net::accepted_connections(*p) >= spec.workers)
             },
         );
         // The kernel completes the handshake before the driver has told the core the backend

@@ -46,6 +46,10 @@ impl OpsLb {
         if !body.contains("log-level") {
             cmd.args(["--log-level", "info"]);
         }
+        // One worker unless the test says otherwise: counts and limits are one balancer's.
+        if !flags.contains(&"--workers") {
+            cmd.args(["--workers", "1"]);
+        }
         cmd.args(flags).current_dir(dir.path());
         let name = format!("{}-{port}", runtime.name());
         let mut proc = Proc::spawn(&name, cmd, dir.path());

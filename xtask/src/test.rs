@@ -35,7 +35,7 @@ struct Peer {
     package: &'static str,
 }
 
-/// Every peer of the test suite, one line each; a new peer (stunnel4, haproxy) is one more line.
+/// Every peer of the test suite, one line each; a new peer (stunnel4) is one more line.
 const PEERS: &[Peer] = &[
     Peer {
         name: "SIPp",
@@ -57,6 +57,11 @@ const PEERS: &[Peer] = &[
         name: "systemd-analyze",
         probe: Probe::Program("systemd-analyze"),
         package: "systemd",
+    },
+    Peer {
+        name: "HAProxy",
+        probe: Probe::Program("haproxy"),
+        package: "haproxy",
     },
 ];
 

@@ -19,6 +19,11 @@
 //! - [`ReadBuffer`], [`write_queue`]: socket reads and queued writes for readiness-based loops.
 //! - [`WakePacer`]: under load, at most one wake-up per `batch-window`.
 //! - [`main_with`]: the whole `main` of a binary around a driver's `run`.
+//! - [`run_workers`]: the process around a driver's per-worker loop (`--workers`): signals,
+//!   listeners bound with `SO_REUSEPORT`, one metrics server, reloads handed to every worker,
+//!   the workers' counters summed at exit.
+//! - [`ProxyHeaderReader`]: the PROXY protocol header of a connection's first bytes
+//!   (`--proxy-protocol`), read before anything reaches the core.
 //! - The driver knobs both binaries share: [`CONNECT_TIMEOUT`], [`CLOSE_LINGER_MAX`],
 //!   [`SHUTDOWN_FLUSH_MAX`],
 //!   [`READ_CHUNK_BYTES`], [`BATCH_MAX`].
@@ -34,10 +39,11 @@
 //! On SIGHUP the binaries reread the config file and the tag key file and merge them with the
 //! command line given at start (flags still win). A valid result is applied without dropping a
 //! connection or a call: backends added, removed, drained and re-weighted, the algorithm, the
-//! tag keys, timeouts, probes, overload holds, the output cap and the log level. Listen
-//! addresses, `metrics`, `admin`, `admin-token-file`, `log-format`, `batch-window`, `window`,
-//! `ringing-max` and `limits.table-capacity` change only at a restart. A reload also drops
-//! the changes made through the admin API.
+//! tag keys, timeouts, probes, overload holds, the output cap, the log level and the TLS
+//! certificates, in every worker (the file is reread once per process). Listen addresses,
+//! `metrics`, `admin`, `admin-token-file`, `log-format`, `batch-window`, `workers`,
+//! `proxy-protocol`, `window`, `ringing-max` and `limits.table-capacity` change only at a
+//! restart. A reload also drops the changes made through the admin API.
 //! An invalid file is refused with one warning naming the key, and the running configuration
 //! stays. **A config file is needed for a reload to change anything**: the flags do not
 //! change, so a balancer started from flags alone can only reread its tag key file.
@@ -76,6 +82,8 @@
 //! overload-hold = 5               # no new calls to a backend that answered 503 (no Retry-After)
 //! overload-hold-max = 300         # file only: cap on a backend's Retry-After
 //! batch-window = 0.002            # under load, wake at most this often (0: at every message)
+//! workers = 4                     # balancer cores, one per thread [default: one per core]
+//! proxy-protocol = false          # frontends open with a PROXY v1/v2 header (L4 balancer)
 //! metrics = "127.0.0.1:9090"      # /metrics and /health
 //! admin = "127.0.0.1:9091"        # admin API; elsewhere than loopback needs admin-token-file
 //!
@@ -106,8 +114,10 @@ pub mod dns;
 mod metrics;
 mod ops;
 mod pacer;
+mod proxy;
 mod settings;
 pub mod tls;
+mod workers;
 
 use std::collections::VecDeque;
 use std::fmt::Display;
@@ -130,9 +140,14 @@ pub type BackendTls = (
     std::sync::Arc<rustls::ClientConfig>,
     rustls::pki_types::ServerName<'static>,
 );
-pub use ops::{Noise, Ops, RateLimiter, NOISE_LINES_MAX, NOISE_WINDOW};
+pub use ops::{reload, Noise, Ops, RateLimiter, NOISE_LINES_MAX, NOISE_WINDOW};
 pub use pacer::WakePacer;
+pub use proxy::{
+    ProxyHeaderReader, ProxyRead, ProxyReject, PROXY_HEADER_BYTES_MAX, PROXY_HEADER_TIMEOUT,
+    PROXY_PENDING_MAX,
+};
 pub use settings::{command, parse, read_tag_keys, CliError, Settings};
+pub use workers::{bind_listener, run_workers, sum, Command, Commander, Control, Worker};
 
 /// How long a backend connect may take before the driver reports it closed; the core then
 /// retries with backoff.
@@ -392,6 +407,12 @@ pub fn stats_line(stats: &Stats) -> String {
 /// Logs a frontend connection the driver accepted.
 pub fn log_frontend_open(conn: ConnId, peer: SocketAddr) {
     tracing::info!(conn = %conn, peer = %peer, "frontend connection open");
+}
+
+/// Logs a frontend connection accepted behind an L4 balancer: `peer` is the client its PROXY
+/// header announced, `proxy` the socket's own peer.
+pub fn log_frontend_open_proxied(conn: ConnId, peer: SocketAddr, proxy: SocketAddr) {
+    tracing::info!(conn = %conn, peer = %peer, proxy = %proxy, "frontend connection open");
 }
 
 /// Logs the end of a frontend connection.

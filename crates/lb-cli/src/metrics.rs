@@ -1,10 +1,12 @@
 //! `--metrics ADDR`: the core's counters in the Prometheus / OpenMetrics text format at
 //! `/metrics`, and readiness at `/health`, served by `tiny_http` on a thread of its own.
 //!
-//! The balancer is never shared: the driver copies `lb.stats()` and `lb.backend_status()` into
-//! a [`Snapshot`] behind a mutex (see [`crate::Ops`]), at most every [`PUBLISH_EVERY`], and the
-//! HTTP thread renders whatever snapshot is there. A scrape therefore sees figures at most
-//! [`PUBLISH_EVERY`] old and never slows the loop down beyond one short lock.
+//! The balancer is never shared: each worker's driver copies `lb.stats()` and
+//! `lb.backend_status()` into its own [`Snapshot`] slot behind a mutex (see [`crate::Ops`]), at
+//! most every [`PUBLISH_EVERY`], and the HTTP thread renders the sum of whatever snapshots are
+//! there ([`Snapshot::merge`]), plus a few series per worker (`siplb_worker_*{worker="i"}`). A
+//! scrape therefore sees figures at most [`PUBLISH_EVERY`] old and never slows a loop down
+//! beyond one short lock.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -17,6 +19,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
+use crate::proxy::ProxyReject;
 use crate::RunError;
 
 /// Longest a published snapshot lags behind the balancer while it is busy.
@@ -33,9 +36,49 @@ pub struct Snapshot {
     pub table_capacity: u64,
     /// The TLS handshake counters, when TLS listeners exist (read live, not copied).
     pub tls: Option<Arc<crate::tls::TlsCounters>>,
+    /// Connections the driver closed before they reached the core, by [`ProxyReject`] cause
+    /// (`--proxy-protocol`), in [`ProxyReject::ALL`] order.
+    pub proxy_rejected: [u64; 3],
 }
 
 impl Snapshot {
+    /// The figures of one process from those of its workers. Counters, levels of per-worker
+    /// things (open connections, table entries, table capacity) and rejections add up; a
+    /// backend is up only when it is up on every worker (any worker may be handed the next
+    /// connection), draining, removed or overloaded when it is on any, `assigned` adds up and
+    /// `load` is the highest; `backends_up` counts the backends up so defined, and
+    /// `table_len_max` is the sum of the workers' high-water marks (an upper bound).
+    pub fn merge(workers: &[Snapshot]) -> Snapshot {
+        let mut merged = Snapshot::default();
+        for (i, w) in workers.iter().enumerate() {
+            merged.stats.accumulate(&w.stats);
+            merged.table_capacity += w.table_capacity;
+            for (sum, n) in merged.proxy_rejected.iter_mut().zip(w.proxy_rejected) {
+                *sum += n;
+            }
+            if i == 0 {
+                merged.backends.clone_from(&w.backends);
+                continue;
+            }
+            for (m, b) in merged.backends.iter_mut().zip(&w.backends) {
+                m.up &= b.up;
+                m.draining |= b.draining;
+                m.removed |= b.removed;
+                m.overloaded |= b.overloaded;
+                m.assigned = m.assigned.saturating_add(b.assigned);
+                m.load = m.load.max(b.load);
+            }
+            // A worker that has not published yet knows no backend: none is up everywhere.
+            if w.backends.len() < merged.backends.len() {
+                merged.backends.iter_mut().for_each(|m| m.up = false);
+            }
+        }
+        if workers.len() > 1 {
+            merged.stats.backends_up = merged.backends.iter().filter(|b| b.up).count() as u64;
+        }
+        merged
+    }
+
     /// Ready for traffic: at least one backend is up.
     pub fn ready(&self) -> bool {
         self.backends.iter().any(|b| b.up)
@@ -43,27 +86,37 @@ impl Snapshot {
 
     /// The exposition text of this snapshot, as `/metrics` serves it.
     pub fn render(&self) -> String {
-        render(&registry(Arc::new(Mutex::new(self.clone()))))
+        render(&registry(Arc::new([Mutex::new(self.clone())])))
     }
 }
+
+/// The snapshot slots of a process, one per worker.
+type Slots = Arc<[Mutex<Snapshot>]>;
 
 /// The running HTTP server; stops (and frees its port) when dropped.
 pub(crate) struct MetricsServer {
     server: Arc<tiny_http::Server>,
-    pub(crate) shared: Arc<Mutex<Snapshot>>,
+    pub(crate) shared: Slots,
     addr: SocketAddr,
 }
 
 impl MetricsServer {
-    /// Binds `addr` now, so a busy port fails the start-up, and serves from a new thread.
-    pub(crate) fn start(addr: SocketAddr, first: Snapshot) -> Result<MetricsServer, RunError> {
+    /// Binds `addr` now, so a busy port fails the start-up, and serves from a new thread the
+    /// sum of `workers` slots, each starting as `first`.
+    pub(crate) fn start(
+        addr: SocketAddr,
+        first: Snapshot,
+        workers: usize,
+    ) -> Result<MetricsServer, RunError> {
         let server = tiny_http::Server::http(addr).map_err(|e| RunError::Metrics {
             addr,
             reason: e.to_string(),
         })?;
         let addr = server.server_addr().to_ip().unwrap_or(addr);
         let server = Arc::new(server);
-        let shared = Arc::new(Mutex::new(first));
+        let shared: Slots = (0..workers.max(1))
+            .map(|_| Mutex::new(first.clone()))
+            .collect();
         let (thread_server, thread_shared) = (Arc::clone(&server), Arc::clone(&shared));
         std::thread::Builder::new()
             .name("siplb-metrics".to_string())
@@ -105,7 +158,13 @@ pub(crate) fn lock(shared: &Mutex<Snapshot>) -> MutexGuard<'_, Snapshot> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn serve(server: &tiny_http::Server, shared: Arc<Mutex<Snapshot>>) {
+/// The sum of every worker's snapshot, and the snapshots themselves.
+fn collect(shared: &Slots) -> (Snapshot, Vec<Snapshot>) {
+    let workers: Vec<Snapshot> = shared.iter().map(|slot| lock(slot).clone()).collect();
+    (Snapshot::merge(&workers), workers)
+}
+
+fn serve(server: &tiny_http::Server, shared: Slots) {
     let registry = registry(Arc::clone(&shared));
     for request in server.incoming_requests() {
         let path = request.url().split('?').next().unwrap_or_default();
@@ -116,7 +175,7 @@ fn serve(server: &tiny_http::Server, shared: Arc<Mutex<Snapshot>>) {
         let response = match (readable, path) {
             (true, "/metrics") => text(200, render(&registry), OPENMETRICS_TYPE),
             (true, "/health") => {
-                if lock(&shared).ready() {
+                if collect(&shared).0.ready() {
                     text(200, "ready\n".to_string(), PLAIN_TYPE)
                 } else {
                     text(503, "not ready: no backend is up\n".to_string(), PLAIN_TYPE)
@@ -146,7 +205,7 @@ fn text(
 const OPENMETRICS_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const PLAIN_TYPE: &str = "text/plain; charset=utf-8";
 
-fn registry(shared: Arc<Mutex<Snapshot>>) -> Registry {
+fn registry(shared: Slots) -> Registry {
     let mut registry = Registry::with_prefix("siplb");
     registry.register_collector(Box::new(SnapshotCollector(shared)));
     registry
@@ -162,11 +221,11 @@ fn render(registry: &Registry) -> String {
 
 /// Encodes the shared snapshot on each scrape.
 #[derive(Debug)]
-struct SnapshotCollector(Arc<Mutex<Snapshot>>);
+struct SnapshotCollector(Slots);
 
 impl Collector for SnapshotCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let snapshot = lock(&self.0).clone();
+        let (snapshot, workers) = collect(&self.0);
         for (series, (_, value)) in Stats::SERIES.iter().zip(snapshot.stats.pairs()) {
             let (name, help) = (series.name, series.help);
             match series.kind {
@@ -254,6 +313,66 @@ impl Collector for SnapshotCollector {
                 }
             }
         }
+
+        let count = ConstGauge::new(workers.len() as u64);
+        let metric = encoder.encode_descriptor(
+            "workers",
+            "Balancer cores (threads) of this process",
+            None,
+            count.metric_type(),
+        )?;
+        count.encode(metric)?;
+        type WorkerField = fn(&Stats) -> u64;
+        let per_worker: [(&str, &str, Kind, WorkerField); 3] = [
+            (
+                "worker_frontends_accepted",
+                "Frontend connections accepted by this worker",
+                Kind::Counter,
+                |s| s.frontends_accepted,
+            ),
+            (
+                "worker_frontends_open",
+                "Frontend connections this worker holds now",
+                Kind::Gauge,
+                |s| s.frontends_open,
+            ),
+            (
+                "worker_new_calls",
+                "New calls this worker assigned",
+                Kind::Counter,
+                |s| s.new_calls,
+            ),
+        ];
+        for (name, help, kind, field) in per_worker {
+            let metric_type = match kind {
+                Kind::Counter => ConstCounter::new(0u64).metric_type(),
+                Kind::Gauge => count.metric_type(),
+            };
+            let mut metric = encoder.encode_descriptor(name, help, None, metric_type)?;
+            for (i, w) in workers.iter().enumerate() {
+                let labels = [("worker", i.to_string())];
+                let value = field(&w.stats);
+                match kind {
+                    Kind::Counter => {
+                        ConstCounter::new(value).encode(metric.encode_family(&labels)?)?
+                    }
+                    Kind::Gauge => ConstGauge::new(value).encode(metric.encode_family(&labels)?)?,
+                }
+            }
+        }
+
+        let mut metric = encoder.encode_descriptor(
+            "proxy_header_rejected",
+            "Connections closed before reaching the balancer: no valid PROXY header \
+             (--proxy-protocol)",
+            None,
+            ConstCounter::new(0u64).metric_type(),
+        )?;
+        for cause in ProxyReject::ALL {
+            let labels = [("cause", cause.name())];
+            ConstCounter::new(snapshot.proxy_rejected[cause.index()])
+                .encode(metric.encode_family(&labels)?)?;
+        }
         Ok(())
     }
 }
@@ -301,6 +420,7 @@ mod tests {
             backends,
             table_capacity: 1000,
             tls: None,
+            proxy_rejected: [0; 3],
         }
     }
 
@@ -337,6 +457,45 @@ mod tests {
         }
     }
 
+    #[test]
+    fn workers_add_up_and_show_one_by_one() {
+        let one = snapshot();
+        let mut two = snapshot();
+        two.stats.frontends_accepted = 5;
+        two.proxy_rejected = [1, 2, 0];
+        two.backends[0].load = Some(50);
+        let merged = Snapshot::merge(&[one.clone(), two.clone()]);
+        assert_eq!(merged.stats.new_calls, 14);
+        assert_eq!(merged.stats.frontends_accepted, 5);
+        assert_eq!(merged.stats.backends_up, 1);
+        assert_eq!(merged.table_capacity, 2000);
+        assert_eq!(merged.backends[0].assigned, 6);
+        assert_eq!(merged.backends[0].load, Some(50));
+        assert!(merged.ready());
+        // A backend down on one worker is down for the process.
+        two.backends[0].up = false;
+        let merged = Snapshot::merge(&[one.clone(), two.clone()]);
+        assert_eq!(merged.stats.backends_up, 0);
+        assert!(!merged.ready());
+
+        let shared: Slots = Arc::new([Mutex::new(one), Mutex::new(two)]);
+        let text = render(&registry(shared));
+        for line in [
+            "siplb_new_calls_total 14",
+            "siplb_workers 2",
+            "siplb_worker_frontends_accepted_total{worker=\"0\"} 0",
+            "siplb_worker_frontends_accepted_total{worker=\"1\"} 5",
+            "siplb_worker_new_calls_total{worker=\"1\"} 7",
+            "siplb_proxy_header_rejected_total{cause=\"invalid\"} 1",
+            "siplb_proxy_header_rejected_total{cause=\"timeout\"} 2",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+    }
+
     fn get(addr: SocketAddr, path: &str) -> String {
         let mut s = TcpStream::connect(addr).unwrap();
         write!(
@@ -351,7 +510,7 @@ mod tests {
 
     #[test]
     fn serves_metrics_and_health_over_http() {
-        let server = MetricsServer::start("127.0.0.1:0".parse().unwrap(), snapshot()).unwrap();
+        let server = MetricsServer::start("127.0.0.1:0".parse().unwrap(), snapshot(), 1).unwrap();
         let addr = server.addr();
         let metrics = get(addr, "/metrics");
         assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
@@ -365,7 +524,7 @@ mod tests {
         assert!(health.ends_with("ready\n"), "{health}");
         assert!(get(addr, "/nope").starts_with("HTTP/1.1 404"));
 
-        lock(&server.shared).backends[0].up = false;
+        lock(&server.shared[0]).backends[0].up = false;
         let health = get(addr, "/health");
         assert!(health.starts_with("HTTP/1.1 503"), "{health}");
         drop(server);

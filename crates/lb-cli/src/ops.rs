@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use lb_core::{BackendId, Balancer, ConnId, Event, ValidConfig};
 
 use crate::metrics::{self, MetricsServer, Snapshot, PUBLISH_EVERY};
+use crate::proxy::ProxyReject;
 use crate::{RunError, Settings};
 
 /// Lines of one [`Noise`] kind logged per [`NOISE_WINDOW`]; the rest are counted and summed up
@@ -36,9 +37,11 @@ pub enum Noise {
     Overload,
     /// `accept` failures (typically out of file descriptors).
     AcceptFailed,
+    /// Connections without a valid PROXY header (`--proxy-protocol`).
+    ProxyHeader,
 }
 
-const NOISE_KINDS: usize = 7;
+const NOISE_KINDS: usize = 8;
 
 impl Noise {
     fn index(self) -> usize {
@@ -54,6 +57,7 @@ impl Noise {
             Noise::OutputCap => "output cap",
             Noise::Overload => "backend overload",
             Noise::AcceptFailed => "accept failure",
+            Noise::ProxyHeader => "PROXY header",
         }
     }
 
@@ -65,6 +69,7 @@ impl Noise {
         Noise::OutputCap,
         Noise::Overload,
         Noise::AcceptFailed,
+        Noise::ProxyHeader,
     ];
 }
 
@@ -144,15 +149,18 @@ impl RateLimiter {
 /// The driver's operator side: logging, metrics, reload.
 #[derive(Debug)]
 pub struct Ops {
-    /// The TLS configuration of the TLS listeners, reloaded on SIGHUP.
+    settings: Settings,
+    limiter: RateLimiter,
+    /// The process's metrics server and this worker's slot in it.
+    metrics: Option<(Arc<MetricsServer>, usize)>,
+    /// `--admin`: the API server, once the driver started it ([`Ops::start_admin`]).
+    admin: Option<crate::admin::AdminServer>,
+    /// The TLS configuration of the TLS listeners, reloaded with the settings.
     tls: Option<Arc<crate::tls::Tls>>,
     /// The client configuration toward TLS backends (read at start).
     backend_tls: Option<Arc<rustls::ClientConfig>>,
-    settings: Settings,
-    limiter: RateLimiter,
-    metrics: Option<MetricsServer>,
-    /// `--admin`: the API server, once the driver started it ([`Ops::start_admin`]).
-    admin: Option<crate::admin::AdminServer>,
+    /// Connections closed before they reached the core, by [`ProxyReject`] cause.
+    proxy_rejected: [u64; 3],
     /// When the snapshot was last published.
     published: Option<Instant>,
     /// A loop turn happened since the last publish: publish when [`PUBLISH_EVERY`] has passed.
@@ -160,62 +168,47 @@ pub struct Ops {
 }
 
 impl Ops {
-    /// Starts the metrics server if `--metrics` was given (binding its address now).
+    /// The operator side of a process with one balancer: starts the metrics server if
+    /// `--metrics` was given (binding its address now). The binaries, which may run several
+    /// workers, get theirs from [`crate::run_workers`] instead.
     pub fn new(settings: &Settings) -> Result<Ops, RunError> {
-        let tls = match &settings.tls {
-            // Checked when the settings were parsed; a file changed since fails the start.
-            Some(t) => {
-                Some(Arc::new(crate::tls::Tls::load(t).map_err(|e| {
-                    RunError::Runtime(std::io::Error::other(e.to_string()))
-                })?))
-            }
-            None => None,
-        };
-        let metrics = match settings.metrics {
-            Some(addr) => {
-                let first = Snapshot {
-                    table_capacity: settings.core.config().limits.table_capacity as u64,
-                    tls: tls.as_ref().map(|t| t.counters.clone()),
-                    ..Snapshot::default()
-                };
-                Some(MetricsServer::start(addr, first)?)
-            }
-            None => None,
-        };
-        let backend_tls = match &settings.backend_tls {
-            Some(t) => Some(
-                crate::tls::backend_client_config(t)
-                    .map_err(|e| RunError::Runtime(std::io::Error::other(e.to_string())))?,
-            ),
-            None => None,
-        };
-        Ok(Ops {
+        let metrics = start_metrics(settings, 1)?;
+        Ok(Ops::for_worker(settings, metrics.map(|m| (m, 0))))
+    }
+
+    /// Worker `slot` of a process whose metrics server (if any) is `metrics`.
+    pub(crate) fn for_worker(
+        settings: &Settings,
+        metrics: Option<(Arc<MetricsServer>, usize)>,
+    ) -> Ops {
+        // Checked when the settings were parsed; a file that broke since is logged and its
+        // listeners refuse TLS (the settings' own check fails the start in the common case).
+        let tls = settings
+            .tls
+            .as_ref()
+            .and_then(|t| match crate::tls::Tls::load(t) {
+                Ok(tls) => Some(Arc::new(tls)),
+                Err(e) => {
+                    tracing::error!("TLS certificates: {e}");
+                    None
+                }
+            });
+        let backend_tls = settings.backend_tls.as_ref().and_then(|t| {
+            crate::tls::backend_client_config(t)
+                .inspect_err(|e| tracing::error!("TLS toward backends: {e}"))
+                .ok()
+        });
+        Ops {
+            admin: None,
             tls,
             backend_tls,
             settings: settings.clone(),
             limiter: RateLimiter::default(),
             metrics,
-            admin: None,
+            proxy_rejected: [0; 3],
             published: None,
             publish_pending: false,
-        })
-    }
-
-    /// The TLS configuration for new handshakes on TLS listeners, if there are any.
-    pub fn tls(&self) -> Option<&Arc<crate::tls::Tls>> {
-        self.tls.as_ref()
-    }
-
-    /// The TLS client configuration and server name for connecting to backend `index`, when it
-    /// is a TLS backend.
-    pub fn backend_tls(&self, lb: &Balancer, backend: BackendId) -> Option<crate::BackendTls> {
-        let (_, config) = lb.backends().nth(backend.index())?;
-        let name = config.tls.as_deref()?;
-        let Some(name) = crate::tls::backend_server_name(name) else {
-            tracing::warn!(backend = %backend, name, "not a name a certificate can be checked for");
-            return None;
-        };
-        Some((self.backend_tls.clone()?, name))
+        }
     }
 
     /// The settings in force (those of the last successful reload).
@@ -223,32 +216,9 @@ impl Ops {
         &self.settings
     }
 
-    /// Starts the admin API if `--admin` was given (binding its address now) and returns the
-    /// driver's end of its command channel; `wake` is called from the API's thread after each
-    /// command is queued (a readiness loop's waker; an async loop awaits
-    /// [`crate::admin::AdminQueue::next`] and needs none). Apply each command with
-    /// [`Ops::handle_admin`].
-    pub fn start_admin(
-        &mut self,
-        wake: impl Fn() + Send + 'static,
-    ) -> Result<crate::admin::AdminQueue, RunError> {
-        match crate::admin::AdminServer::start(&self.settings.admin, Box::new(wake))? {
-            Some((server, queue)) => {
-                self.admin = Some(server);
-                Ok(queue)
-            }
-            None => Ok(crate::admin::AdminQueue::none()),
-        }
-    }
-
-    /// Where the admin API is served, if it is.
-    pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin.as_ref().map(crate::admin::AdminServer::addr)
-    }
-
     /// Where metrics are served, if they are.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics.as_ref().map(MetricsServer::addr)
+        self.metrics.as_ref().map(|(server, _)| server.addr())
     }
 
     /// Call once per loop turn, after the inputs of the turn: publishes the metrics snapshot
@@ -256,15 +226,21 @@ impl Ops {
     /// logs due rate-limit summaries.
     pub fn turn(&mut self, lb: &Balancer, now: Instant) {
         self.limiter.flush(now);
-        let Some(server) = &self.metrics else { return };
+        let Some((server, slot)) = &self.metrics else {
+            return;
+        };
         if self.published.is_some_and(|t| now < t + PUBLISH_EVERY) {
             self.publish_pending = true;
             return;
         }
-        let mut snapshot = metrics::lock(&server.shared);
+        let Some(shared) = server.shared.get(*slot) else {
+            return;
+        };
+        let mut snapshot = metrics::lock(shared);
         snapshot.stats.clone_from(lb.stats());
         snapshot.backends.clear();
         snapshot.backends.extend(lb.backend_status());
+        snapshot.proxy_rejected = self.proxy_rejected;
         drop(snapshot);
         self.published = Some(now);
         self.publish_pending = false;
@@ -351,93 +327,183 @@ impl Ops {
         }
     }
 
+    /// A connection was closed before it reached the core (`--proxy-protocol`): counted for
+    /// metrics, logged (rate limited).
+    pub fn proxy_rejected(&mut self, peer: SocketAddr, cause: ProxyReject, now: Instant) {
+        self.proxy_rejected[cause.index()] += 1;
+        self.publish_pending = true;
+        if self.limiter.allow(Noise::ProxyHeader, now) {
+            tracing::info!(%peer, cause = cause.name(), "no valid PROXY header, closing");
+        }
+    }
+
+    /// Connections closed for want of a valid PROXY header so far, by cause.
+    pub fn proxy_rejections(&self) -> [u64; 3] {
+        self.proxy_rejected
+    }
+
     /// SIGHUP: rereads the config file (and the key file) and merges them with the original
     /// flags. On success returns the configuration to feed as `Input::Reload`; on failure logs
     /// one warning naming the key and returns `None`: the running configuration stays.
     /// Without a config file or key file there is nothing to reread, which is logged.
-    /// SIGHUP rereads the certificates and keys (whatever else the reload does): new
-    /// handshakes use the new ones, established connections keep theirs, and a bad file leaves
-    /// the running ones in place with a log line.
-    fn reload_tls(&mut self) {
-        let Some(tls) = &self.tls else { return };
-        let wanted = match self.settings.reload() {
-            Ok(new) => new.tls,
-            Err(_) => self.settings.tls.clone(),
-        };
-        let Some(wanted) = wanted else { return };
-        match tls.reload(&wanted) {
-            Ok(()) => tracing::info!(
-                certs = wanted.certs.len(),
-                "SIGHUP: TLS certificates reread"
-            ),
-            Err(e) => {
-                tracing::warn!("SIGHUP: TLS certificates refused, keeping the running ones: {e}")
-            }
-        }
-    }
-
     pub fn reload(&mut self) -> Option<ValidConfig> {
-        self.try_reload("SIGHUP").ok()
+        reload(&self.settings).map(|new| self.adopt(new))
     }
 
     /// [`Ops::reload`], for `why` (`SIGHUP`, the admin API); `Err` says why nothing changes.
     pub(crate) fn try_reload(&mut self, why: &str) -> Result<ValidConfig, String> {
-        self.reload_tls();
-        let file = self.settings.config_file().map(|p| p.display().to_string());
-        if file.is_none() && self.settings.tag_key_generated {
-            let reason = "no --config or --tag-key-file to reread; nothing changes";
-            tracing::warn!("{why}: {reason}");
-            return Err(reason.to_string());
+        match reload(&self.settings) {
+            Some(new) => Ok(self.adopt(new)),
+            None => Err(format!(
+                "{why}: the configuration was refused or there is nothing to reread (see the log)"
+            )),
         }
-        let file = file.unwrap_or_else(|| "(flags only)".to_string());
-        match self.settings.reload() {
-            Ok(new) => {
-                let old = &self.settings;
-                if new.core.config().listeners != old.core.config().listeners {
-                    tracing::warn!(file, "reload: listen addresses change only at a restart");
-                }
-                if new.metrics != old.metrics {
-                    tracing::warn!(file, "reload: metrics address changes only at a restart");
-                }
-                if new.log_level != old.log_level {
-                    match crate::set_log_level(&new.log_level) {
-                        Ok(true) => {
-                            tracing::info!(file, level = %new.log_level, "reload: log level")
-                        }
-                        Ok(false) => {}
-                        Err(e) => tracing::warn!(file, error = %e, "reload: log level kept"),
-                    }
-                }
-                if new.batch_window != old.batch_window {
-                    tracing::warn!(file, "reload: batch-window changes only at a restart");
-                }
-                if new.admin.addr != old.admin.addr || new.log_format != old.log_format {
+    }
+
+    /// Takes settings reread elsewhere (by the process, once for all its workers, with
+    /// [`reload`]) as the ones in force; returns the configuration to feed as
+    /// `Input::Reload`. The TLS certificates are reread too: new handshakes use the new ones,
+    /// established connections keep theirs, and a bad file keeps the running ones.
+    pub fn adopt(&mut self, mut settings: Settings) -> ValidConfig {
+        if let (Some(tls), Some(wanted)) = (&self.tls, &settings.tls) {
+            match tls.reload(wanted) {
+                Ok(()) => tracing::info!(
+                    certs = wanted.certs.len(),
+                    "reload: TLS certificates reread"
+                ),
+                Err(e) => {
                     tracing::warn!(
-                        file,
-                        "reload: admin, admin-token-file and log-format change only at a restart"
-                    );
+                        "reload: TLS certificates refused, keeping the running ones: {e}"
+                    )
                 }
-                tracing::info!(
-                    file,
-                    backends = new.core.config().backends.len(),
-                    "{why}: configuration reread and valid, applying"
-                );
-                let core = new.core.clone();
-                // The admin token stays the one read at start, like the address.
-                let admin = std::mem::take(&mut self.settings.admin);
-                self.settings = new;
-                self.settings.admin = admin;
-                Ok(core)
             }
-            Err(e) => {
+        }
+        // The admin token stays the one read at start, like the address.
+        settings.admin = std::mem::take(&mut self.settings.admin);
+        let core = settings.core.clone();
+        self.settings = settings;
+        core
+    }
+
+    /// The TLS configuration for new handshakes on TLS listeners, if there are any.
+    pub fn tls(&self) -> Option<&Arc<crate::tls::Tls>> {
+        self.tls.as_ref()
+    }
+
+    /// The TLS client configuration and server name for connecting to `backend`, when it is
+    /// a TLS backend.
+    pub fn backend_tls(&self, lb: &Balancer, backend: BackendId) -> Option<crate::BackendTls> {
+        let (_, config) = lb.backends().nth(backend.index())?;
+        let name = config.tls.as_deref()?;
+        let Some(name) = crate::tls::backend_server_name(name) else {
+            tracing::warn!(backend = %backend, name, "not a name a certificate can be checked for");
+            return None;
+        };
+        Some((self.backend_tls.clone()?, name))
+    }
+
+    /// Starts the admin API if `--admin` was given (binding its address now) and returns the
+    /// driver's end of its command channel; `wake` is called from the API's thread after each
+    /// command is queued (a readiness loop's waker; an async loop awaits
+    /// [`crate::admin::AdminQueue::next`] and needs none). Apply each command with
+    /// [`Ops::handle_admin`]. With several workers only the first serves it (one address).
+    pub fn start_admin(
+        &mut self,
+        wake: impl Fn() + Send + 'static,
+    ) -> Result<crate::admin::AdminQueue, RunError> {
+        let first_worker = self.metrics.as_ref().is_none_or(|(_, slot)| *slot == 0);
+        if !first_worker {
+            return Ok(crate::admin::AdminQueue::none());
+        }
+        match crate::admin::AdminServer::start(&self.settings.admin, Box::new(wake))? {
+            Some((server, queue)) => {
+                self.admin = Some(server);
+                Ok(queue)
+            }
+            None => Ok(crate::admin::AdminQueue::none()),
+        }
+    }
+
+    /// Where the admin API is served, if it is.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(crate::admin::AdminServer::addr)
+    }
+}
+
+/// Starts the metrics server of a process with `workers` workers if `--metrics` was given.
+pub(crate) fn start_metrics(
+    settings: &Settings,
+    workers: usize,
+) -> Result<Option<Arc<MetricsServer>>, RunError> {
+    let Some(addr) = settings.metrics else {
+        return Ok(None);
+    };
+    let first = Snapshot {
+        table_capacity: settings.core.config().limits.table_capacity as u64,
+        tls: settings.tls.as_ref().map(|_| crate::tls::counters()),
+        ..Snapshot::default()
+    };
+    Ok(Some(Arc::new(MetricsServer::start(addr, first, workers)?)))
+}
+
+/// SIGHUP: rereads the config file (and the key file) named by `current` and merges them with
+/// the original flags; logs what a reload cannot change, applies a new log level, and returns
+/// the new settings, or `None` (one warning naming the key) when they are refused. Done once
+/// per process; every worker then adopts the result ([`Ops::adopt`]).
+pub fn reload(current: &Settings) -> Option<Settings> {
+    let file = current.config_file().map(|p| p.display().to_string());
+    // TLS certificate files are always worth rereading.
+    if file.is_none() && current.tag_key_generated && current.tls.is_none() {
+        tracing::warn!("SIGHUP: no --config or --tag-key-file to reread; nothing changes");
+        return None;
+    }
+    let file = file.unwrap_or_else(|| "(flags only)".to_string());
+    match current.reload() {
+        Ok(new) => {
+            let old = current;
+            if new.core.config().listeners != old.core.config().listeners {
+                tracing::warn!(file, "reload: listen addresses change only at a restart");
+            }
+            if new.metrics != old.metrics {
+                tracing::warn!(file, "reload: metrics address changes only at a restart");
+            }
+            if new.log_level != old.log_level {
+                match crate::set_log_level(&new.log_level) {
+                    Ok(true) => {
+                        tracing::info!(file, level = %new.log_level, "reload: log level")
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(file, error = %e, "reload: log level kept"),
+                }
+            }
+            if new.batch_window != old.batch_window {
+                tracing::warn!(file, "reload: batch-window changes only at a restart");
+            }
+            if new.admin.addr != old.admin.addr || new.log_format != old.log_format {
                 tracing::warn!(
                     file,
-                    "{why}: configuration refused, keeping the running one: {e}"
+                    "reload: admin, admin-token-file and log-format change only at a restart"
                 );
-                Err(format!(
-                    "configuration refused, keeping the running one: {e}"
-                ))
             }
+            if new.workers != old.workers || new.proxy_protocol != old.proxy_protocol {
+                tracing::warn!(
+                    file,
+                    "reload: workers and proxy-protocol change only at a restart"
+                );
+            }
+            tracing::info!(
+                file,
+                backends = new.core.config().backends.len(),
+                "SIGHUP: configuration reread and valid, applying"
+            );
+            Some(new)
+        }
+        Err(e) => {
+            tracing::warn!(
+                file,
+                "SIGHUP: configuration refused, keeping the running one: {e}"
+            );
+            None
         }
     }
 }

@@ -45,6 +45,14 @@ pub struct Settings {
     pub log_format: crate::LogFormat,
     /// `--admin` and `--admin-token-file`: the admin API ([`crate::admin`]).
     pub admin: crate::admin::AdminSettings,
+    /// `--workers`: balancer cores, one per thread, each with its own event loop, listeners
+    /// (`SO_REUSEPORT`), backend connections and new-call table; at least 1 (default: one per
+    /// available core). Changes only at a restart.
+    pub workers: usize,
+    /// `--proxy-protocol`: every frontend connection accepted on a listener must open with a
+    /// PROXY protocol v1 or v2 header, whose client address then stands for the peer's.
+    /// Changes only at a restart.
+    pub proxy_protocol: bool,
     /// The command line as given, so [`Settings::reload`] can merge it with the file again.
     args: Args,
 }
@@ -283,6 +291,14 @@ struct Args {
     /// A bearer token (the file's first line) every admin request must present
     #[arg(long, value_name = "FILE")]
     admin_token_file: Option<PathBuf>,
+    /// Balancer cores, one per thread, sharing the listen ports (SO_REUSEPORT) [default: one
+    /// per available core]
+    #[arg(long, value_name = "N")]
+    workers: Option<String>,
+    /// Frontend connections open with a PROXY protocol v1/v2 header (HAProxy, AWS NLB); its
+    /// client address stands for the peer's, and a connection without one is closed
+    #[arg(long)]
+    proxy_protocol: bool,
 }
 
 /// The TOML file; keys mirror the flags.
@@ -320,6 +336,8 @@ struct FileConfig {
     log_format: Option<String>,
     admin: Option<String>,
     admin_token_file: Option<PathBuf>,
+    workers: Option<u32>,
+    proxy_protocol: Option<bool>,
     limits: FileLimits,
 }
 
@@ -616,6 +634,28 @@ fn merge(
         file_path.as_deref(),
     );
     let admin = crate::admin::AdminSettings::new(admin, token_file.as_deref())?;
+    let workers = match pick_count("workers", args.workers.as_deref(), file.workers)? {
+        Some(n) => n as usize,
+        None => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+    };
+    if workers > WORKERS_MAX {
+        return Err(CliError::invalid(
+            "workers",
+            format!("{workers} is more than {WORKERS_MAX}"),
+        ));
+    }
+    let proxy_protocol = args.proxy_protocol || file.proxy_protocol.unwrap_or(false);
+    if proxy_protocol && !core.tls_listeners.is_empty() {
+        // The PROXY header comes before the ClientHello; the drivers do not yet hand the
+        // bytes after the header to the TLS session, so the combination is refused, not half
+        // done.
+        return Err(CliError::invalid(
+            "proxy-protocol",
+            "not supported together with listen-tls yet",
+        ));
+    }
+    // A frontend connection alone from its IP in one worker is not alone in the process.
+    core.hop_by_unique_ip = workers == 1;
 
     Ok(Settings {
         core: core.validate()?,
@@ -629,6 +669,8 @@ fn merge(
         backend_tls,
         log_format,
         admin,
+        workers,
+        proxy_protocol,
         args: kept,
     })
 }
@@ -1038,6 +1080,9 @@ const BATCH_WINDOW_DEFAULT: Duration = Duration::from_millis(2);
 /// per call through several hops), for no further saving.
 const BATCH_WINDOW_MAX: Duration = Duration::from_millis(50);
 
+/// More threads than this is a typo, not a machine.
+const WORKERS_MAX: usize = 1024;
+
 /// The core refuses shorter secrets; checking here names the line of the file.
 const TAG_KEY_BYTES_MIN: usize = 16;
 
@@ -1073,6 +1118,25 @@ mod tests {
             .write_all(text.as_bytes())
             .unwrap();
         path
+    }
+
+    #[test]
+    fn workers_and_proxy_protocol() {
+        let s = parse(args(&[])).unwrap();
+        assert!(s.workers >= 1);
+        assert!(!s.proxy_protocol);
+        let s = parse(args(&["--workers", "1"])).unwrap();
+        assert_eq!(s.workers, 1);
+        assert!(s.core.config().hop_by_unique_ip);
+        let s = parse(args(&["--workers", "3", "--proxy-protocol"])).unwrap();
+        assert_eq!(s.workers, 3);
+        assert!(s.proxy_protocol);
+        assert!(!s.core.config().hop_by_unique_ip);
+        let e = parse(args(&["--workers", "0"])).unwrap_err();
+        assert_eq!(e.key().as_deref(), Some("workers"));
+        let file = temp_file("workers.toml", "workers = 2\nproxy-protocol = true\n");
+        let s = parse(args(&["--config", file.to_str().unwrap()])).unwrap();
+        assert_eq!((s.workers, s.proxy_protocol), (2, true));
     }
 
     #[test]

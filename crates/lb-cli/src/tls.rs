@@ -212,6 +212,12 @@ impl TlsCounters {
     }
 }
 
+/// The process's handshake counters: one set, whichever worker's listener took the handshake.
+pub fn counters() -> Arc<TlsCounters> {
+    static COUNTERS: std::sync::OnceLock<Arc<TlsCounters>> = std::sync::OnceLock::new();
+    COUNTERS.get_or_init(Arc::default).clone()
+}
+
 /// The running TLS configuration: swapped whole on reload.
 #[derive(Debug)]
 pub struct Tls {
@@ -225,7 +231,7 @@ impl Tls {
     pub fn load(settings: &TlsSettings) -> Result<Tls, CliError> {
         Ok(Tls {
             current: RwLock::new(server_config(settings)?),
-            counters: Arc::new(TlsCounters::default()),
+            counters: counters(),
         })
     }
 

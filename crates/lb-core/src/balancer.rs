@@ -152,7 +152,7 @@ impl Balancer {
             signer,
             branch_key,
             tokens: ConnTokens::new(token_key),
-            hops: HopTable::new(hop_key),
+            hops: HopTable::new(hop_key, c.hop_by_unique_ip),
             conns: Slab::new(),
             generation: 0,
             backends,

@@ -214,6 +214,11 @@ pub struct Config {
     pub overload_hold: Duration,
     /// Cap on a backend's Retry-After.
     pub overload_hold_max: Duration,
+    /// A next hop that names no connection exactly nor by alias may take the only frontend
+    /// connection from its IP (`hops`). Off when several balancers share the frontends (the
+    /// workers of a process, instances behind one L4 balancer): a connection alone from its IP
+    /// in one balancer is not alone among them, and the request must be dialled instead.
+    pub hop_by_unique_ip: bool,
 }
 
 impl Default for Config {
@@ -235,6 +240,7 @@ impl Default for Config {
             reconnect_max: Duration::from_secs(10),
             limits: Limits::default(),
             probe: None,
+            hop_by_unique_ip: true,
             idle_timeout: Duration::from_secs(15 * 60),
             partial_timeout: Duration::from_secs(10),
             overload_hold: Duration::from_secs(5),

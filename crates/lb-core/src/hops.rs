@@ -35,14 +35,17 @@ pub(crate) struct HopTable {
     /// stack buffer instead of allocating a key.
     by_host: HashMap<Box<[u8]>, ConnId, Keyed>,
     by_ip: HashMap<IpAddr, SmallVec<[ConnId; 2]>, Keyed>,
+    /// `Config::hop_by_unique_ip`: the last step of the lookup is on.
+    unique_ip: bool,
 }
 
 impl HopTable {
-    pub(crate) fn new(key: [u8; 16]) -> HopTable {
+    pub(crate) fn new(key: [u8; 16], unique_ip: bool) -> HopTable {
         HopTable {
             by_addr: HashMap::with_hasher(Keyed(key)),
             by_host: HashMap::with_hasher(Keyed(key)),
             by_ip: HashMap::with_hasher(Keyed(key)),
+            unique_ip,
         }
     }
 
@@ -117,6 +120,9 @@ impl HopTable {
     }
 
     fn lookup_ip(&self, ip: IpAddr) -> Option<ConnId> {
+        if !self.unique_ip {
+            return None;
+        }
         match self.by_ip.get(&ip).map(|c| c.as_slice()) {
             Some([only]) => Some(*only),
             _ => None,
@@ -237,8 +243,17 @@ mod tests {
     }
 
     #[test]
+    fn without_unique_ip_only_exact_and_alias_names_match() {
+        let mut hops = HopTable::new([1; 16], false);
+        let peer: SocketAddr = "192.0.2.1:40000".parse().unwrap();
+        hops.add_peer(conn(1), peer);
+        assert_eq!(hops.lookup_addr(peer), Some(conn(1)));
+        assert_eq!(hops.lookup_host(b"192.0.2.1", 5060), None);
+    }
+
+    #[test]
     fn lookup_order_exact_alias_then_unique_ip() {
-        let mut hops = HopTable::new([1; 16]);
+        let mut hops = HopTable::new([1; 16], true);
         let peer: SocketAddr = "192.0.2.1:40000".parse().unwrap();
         hops.add_peer(conn(1), peer);
         hops.add_alias(conn(1), &HopName::from_sent_by(b"proxy.example.com", 5060));

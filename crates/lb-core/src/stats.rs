@@ -58,6 +58,13 @@ macro_rules! stats_table {
             pub fn pairs(&self) -> [(&'static str, u64); Stats::LEN] {
                 [$((stringify!($name), self.$name),)*]
             }
+
+            /// Adds every figure of `other` to this one, gauges too: the sum over several
+            /// balancers (one process's workers). A caller for whom a summed gauge means
+            /// nothing (`backends_up`) sets it afterwards.
+            pub fn accumulate(&mut self, other: &Stats) {
+                $(self.$name = self.$name.saturating_add(other.$name);)*
+            }
         }
     };
 }

@@ -19,11 +19,17 @@
 //!    load it first sleeps out what is left of `--batch-window` since the last wake-up
 //!    ([`lb_cli::WakePacer`]), so the next poll finds a batch.
 //!
-//! SIGINT/SIGTERM arrive through `signal-hook-mio`: accepting stops, queued output is flushed
-//! for at most [`lb_cli::SHUTDOWN_FLUSH_MAX`], and the final counters are returned. SIGHUP
-//! rereads the configuration ([`lb_cli::Ops::reload`]) and feeds it as `Input::Reload`.
-//! `--admin` commands wake the poll through the one `mio::Waker` (shared with the resolver)
-//! and are applied with [`lb_cli::Ops::handle_admin`] between events.
+//! `--workers N` runs N such loops, each on a thread with its own `Poll` and listen sockets of
+//! its own on the same addresses ([`lb_cli::run_workers`]). The process takes the signals and
+//! sends each loop its [`lb_cli::Command`]s: on stop, accepting stops, queued output is flushed
+//! for at most [`lb_cli::SHUTDOWN_FLUSH_MAX`], and the final counters are returned; SIGHUP's
+//! reread configuration is fed as `Input::Reload`. Commands, resolver answers and `--admin`
+//! commands all wake the poll through its one `mio::Waker` (mio allows one per `Poll`); admin
+//! commands are applied with [`lb_cli::Ops::handle_admin`] between events.
+//!
+//! With `--proxy-protocol` an accepted socket first waits, under a token above the connection
+//! slots, until its PROXY header is whole ([`lb_cli::ProxyHeaderReader`]); only then does the
+//! core learn of it, with the announced client address and the bytes after the header.
 //!
 //! Logging, the `--metrics` snapshot (published at the end of a wake-up, at most every
 //! [`lb_cli::PUBLISH_EVERY`]; the poll timeout includes the pending publish) and rate-limit
@@ -38,19 +44,24 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use lb_cli::{
-    Ops, RunError, Settings, WakePacer, BATCH_MAX, CLOSE_LINGER_MAX, CONNECT_TIMEOUT,
-    SHUTDOWN_FLUSH_MAX,
+    Command, Control, Ops, ProxyHeaderReader, ProxyRead, ProxyReject, RunError, Settings,
+    WakePacer, Worker, BATCH_MAX, CLOSE_LINGER_MAX, CONNECT_TIMEOUT, PROXY_HEADER_TIMEOUT,
+    PROXY_PENDING_MAX, SHUTDOWN_FLUSH_MAX,
 };
 use lb_core::{Balancer, CloseReason, ConnId, Input, ListenerId, Output, Stats};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-use signal_hook_mio::v1_0::Signals;
 
-/// Runs the balancer on the calling thread until SIGINT or SIGTERM, then flushes queued output
-/// (at most [`SHUTDOWN_FLUSH_MAX`]) and returns the final counters.
+/// Runs `--workers` balancers, each on a thread with its own `Poll`, until SIGINT or SIGTERM,
+/// then flushes queued output (at most [`SHUTDOWN_FLUSH_MAX`]) and returns the sum of their
+/// final counters.
 pub fn run(settings: Settings) -> Result<Stats, RunError> {
-    let mut driver = Driver::new(settings)?;
+    lb_cli::run_workers(settings, run_worker)
+}
+
+/// Runs one worker on the calling thread until the process tells it to stop.
+pub fn run_worker(worker: Worker) -> Result<Stats, RunError> {
+    let mut driver = Driver::new(worker)?;
     driver.serve()?;
     driver.flush_all();
     Ok(driver.lb.stats().clone())
@@ -83,6 +94,15 @@ struct Conn {
     dirty: bool,
 }
 
+/// An accepted connection waiting for its PROXY header (`--proxy-protocol`).
+struct Pending {
+    stream: TcpStream,
+    listener: ListenerId,
+    peer: SocketAddr,
+    reader: ProxyHeaderReader,
+    deadline: Instant,
+}
+
 struct Driver {
     lb: Balancer,
     ops: Ops,
@@ -90,7 +110,14 @@ struct Driver {
     /// Indexed by `ConnId::slot`, which is also the connection's token.
     conns: Vec<Option<Conn>>,
     listeners: Vec<(ListenerId, TcpListener)>,
-    signals: Signals,
+    /// Commands from the process (stop, reload), announced by the control waker.
+    control: Control,
+    /// `--proxy-protocol`: accepted connections first wait here for their header.
+    proxy_protocol: bool,
+    /// Token `PENDING_TOKEN_BASE + key`.
+    pending: slab::Slab<Pending>,
+    /// Header deadlines in accept order (all have the same timeout).
+    pending_deadlines: VecDeque<(Instant, usize)>,
     read_buf: lb_cli::ReadBuffer,
     output_cap: usize,
     /// Connects in start order; all have the same timeout, so the front expires first.
@@ -119,24 +146,31 @@ struct Driver {
 }
 
 impl Driver {
-    fn new(settings: Settings) -> Result<Driver, RunError> {
+    fn new(worker: Worker) -> Result<Driver, RunError> {
+        let Worker {
+            settings,
+            ops,
+            listeners: sockets,
+            control,
+            ..
+        } = worker;
         let poll = Poll::new().map_err(RunError::Runtime)?;
-        let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(RunError::Runtime)?;
-        poll.registry()
-            .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)
-            .map_err(RunError::Runtime)?;
-        let mut ops = Ops::new(&settings)?;
-        let dns_waker = mio::Waker::new(poll.registry(), DNS_TOKEN).map_err(RunError::Runtime)?;
+        let mut ops = ops;
+        let dns_waker = mio::Waker::new(poll.registry(), WAKE_TOKEN).map_err(RunError::Runtime)?;
         let dns_waker = std::sync::Arc::new(dns_waker);
+        let control_waker = dns_waker.clone();
+        control.on_command(move || {
+            let _ = control_waker.wake();
+        });
         let admin_waker = dns_waker.clone();
         let admin = ops.start_admin(move || {
             let _ = admin_waker.wake();
         })?;
         let lb = Balancer::new(settings.core.clone(), lb_cli::os_seed()?, Instant::now());
         let mut listeners = Vec::new();
-        for (id, addr) in lb.listeners() {
-            let mut socket =
-                TcpListener::bind(addr).map_err(|source| RunError::Bind { addr, source })?;
+        let ids: Vec<(ListenerId, SocketAddr)> = lb.listeners().collect();
+        for ((id, addr), socket) in ids.into_iter().zip(sockets) {
+            let mut socket = TcpListener::from_std(socket);
             poll.registry()
                 .register(
                     &mut socket,
@@ -153,7 +187,10 @@ impl Driver {
             poll,
             conns: Vec::new(),
             listeners,
-            signals,
+            control,
+            proxy_protocol: settings.proxy_protocol,
+            pending: slab::Slab::new(),
+            pending_deadlines: VecDeque::new(),
             read_buf: lb_cli::ReadBuffer::default(),
             output_cap: settings.output_cap_bytes,
             connect_deadlines: VecDeque::new(),
@@ -194,30 +231,30 @@ impl Driver {
             if !events.is_empty() {
                 self.pacer.woke(Instant::now());
             }
-            let (mut stop, mut reload) = (false, false);
+            let mut stop = false;
             for id in std::mem::take(&mut self.readable_again) {
                 self.read(id, true);
             }
             for event in &events {
                 let token = event.token();
-                if token == SIGNAL_TOKEN {
-                    for signal in self.signals.pending() {
-                        match signal {
-                            SIGHUP => reload = true,
-                            _ => stop = true,
-                        }
-                    }
-                } else if token == DNS_TOKEN {
+                if token == WAKE_TOKEN {
+                    // Commands from the process are drained below, every turn.
                     self.resolved();
                     self.admin();
                 } else if let Some(index) = listener_index(token, self.listeners.len()) {
                     self.accept(index);
+                } else if let Some(key) = token.0.checked_sub(PENDING_TOKEN_BASE) {
+                    self.read_proxy_header(key);
                 } else {
                     self.ready(token.0, event);
                 }
             }
-            if reload && !stop {
-                self.reload();
+            while let Some(command) = self.control.try_recv() {
+                match command {
+                    Command::Stop => stop = true,
+                    Command::Reload(settings) if !stop => self.reload(*settings),
+                    Command::Reload(_) => {}
+                }
             }
             self.flush_dirty();
             self.handle_deadlines();
@@ -235,10 +272,12 @@ impl Driver {
         }
         let connect = self.connect_deadlines.front().map(|(d, _)| *d);
         let close = self.close_deadlines.front().map(|(d, _)| *d);
+        let header = self.pending_deadlines.front().map(|(d, _)| *d);
         [
             self.lb.poll_timeout(),
             connect,
             close,
+            header,
             self.ops.poll_timeout(),
         ]
         .into_iter()
@@ -247,15 +286,14 @@ impl Driver {
         .map(|d| d.saturating_duration_since(Instant::now()))
     }
 
-    /// SIGHUP: a valid reread configuration goes to the core; the output cap applies to the
-    /// next sends.
-    fn reload(&mut self) {
-        if let Some(config) = self.ops.reload() {
-            self.output_cap = self.ops.settings().output_cap_bytes;
-            self.lb
-                .handle_input(Instant::now(), Input::Reload(Box::new(config)));
-            self.drain();
-        }
+    /// SIGHUP: the process's reread configuration goes to the core; the output cap applies to
+    /// the next sends.
+    fn reload(&mut self, settings: Settings) {
+        let config = self.ops.adopt(settings);
+        self.output_cap = self.ops.settings().output_cap_bytes;
+        self.lb
+            .handle_input(Instant::now(), Input::Reload(Box::new(config)));
+        self.drain();
     }
 
     fn accept(&mut self, index: usize) {
@@ -263,40 +301,11 @@ impl Driver {
             let (listener, socket) = &self.listeners[index];
             let listener = *listener;
             match socket.accept() {
-                Ok((mut stream, peer)) => {
-                    let tls = match self.tls_session(listener) {
-                        Ok(tls) => tls,
-                        Err(()) => continue,
-                    };
-                    let conn = self.lb.accept(Instant::now(), listener, peer);
-                    lb_cli::log_frontend_open(conn, peer);
-                    let _ = stream.set_nodelay(true);
-                    let registered = self.poll.registry().register(
-                        &mut stream,
-                        Token(conn.slot()),
-                        Interest::READABLE,
-                    );
-                    match registered {
-                        Ok(()) => {
-                            self.insert(conn, stream, true, State::Open, Interest::READABLE);
-                            if let Some(tls) = tls {
-                                if let Some(c) = self.get(conn) {
-                                    c.tls = Some(tls);
-                                }
-                                self.handshaking += 1;
-                                let deadline = Instant::now() + lb_cli::tls::HANDSHAKE_TIMEOUT;
-                                self.handshakes.push_back((deadline, conn));
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(conn = %conn, error = %e, "register failed");
-                            lb_cli::log_frontend_closed(conn, CloseReason::Error);
-                            let reason = CloseReason::Error;
-                            self.lb
-                                .handle_input(Instant::now(), Input::Closed { conn, reason });
-                        }
-                    }
-                    self.drain();
+                Ok((stream, peer)) if self.proxy_protocol => {
+                    self.await_proxy_header(listener, stream, peer)
+                }
+                Ok((stream, peer)) => {
+                    self.open_frontend(listener, stream, peer, None, BytesMut::new());
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -306,6 +315,127 @@ impl Driver {
                     return;
                 }
             }
+        }
+    }
+
+    /// Hands an accepted connection to the core as `peer` and registers it under its slot;
+    /// `proxy` is the socket's peer when it was waiting for its PROXY header (registered under
+    /// a pending token), `first` what followed the header.
+    fn open_frontend(
+        &mut self,
+        listener: ListenerId,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        proxy: Option<SocketAddr>,
+        first: BytesMut,
+    ) {
+        let tls = match self.tls_session(listener) {
+            Ok(tls) => tls,
+            // Refused before the core knew of it: dropping the socket closes it.
+            Err(()) => return,
+        };
+        let conn = self.lb.accept(Instant::now(), listener, peer);
+        match proxy {
+            Some(proxy) => lb_cli::log_frontend_open_proxied(conn, peer, proxy),
+            None => lb_cli::log_frontend_open(conn, peer),
+        }
+        let _ = stream.set_nodelay(true);
+        let (registry, token) = (self.poll.registry(), Token(conn.slot()));
+        let registered = match proxy {
+            Some(_) => registry.reregister(&mut stream, token, Interest::READABLE),
+            None => registry.register(&mut stream, token, Interest::READABLE),
+        };
+        match registered {
+            Ok(()) => {
+                self.insert(conn, stream, true, State::Open, Interest::READABLE);
+                if let Some(tls) = tls {
+                    if let Some(c) = self.get(conn) {
+                        c.tls = Some(tls);
+                    }
+                    self.handshaking += 1;
+                    let deadline = Instant::now() + lb_cli::tls::HANDSHAKE_TIMEOUT;
+                    self.handshakes.push_back((deadline, conn));
+                }
+                if !first.is_empty() {
+                    let bytes = first;
+                    self.lb
+                        .handle_input(Instant::now(), Input::Received { conn, bytes });
+                }
+            }
+            Err(e) => {
+                tracing::warn!(conn = %conn, error = %e, "register failed");
+                lb_cli::log_frontend_closed(conn, CloseReason::Error);
+                let reason = CloseReason::Error;
+                self.lb
+                    .handle_input(Instant::now(), Input::Closed { conn, reason });
+            }
+        }
+        self.drain();
+    }
+
+    /// `--proxy-protocol`: parks an accepted connection until its header is whole.
+    fn await_proxy_header(
+        &mut self,
+        listener: ListenerId,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+    ) {
+        let now = Instant::now();
+        if self.pending.len() >= PROXY_PENDING_MAX {
+            self.ops.proxy_rejected(peer, ProxyReject::TooMany, now);
+            return;
+        }
+        let entry = self.pending.vacant_entry();
+        let token = Token(PENDING_TOKEN_BASE + entry.key());
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut stream, token, Interest::READABLE)
+        {
+            tracing::warn!(%peer, error = %e, "register failed");
+            return;
+        }
+        let deadline = now + PROXY_HEADER_TIMEOUT;
+        self.pending_deadlines.push_back((deadline, entry.key()));
+        entry.insert(Pending {
+            stream,
+            listener,
+            peer,
+            reader: ProxyHeaderReader::new(),
+            deadline,
+        });
+    }
+
+    /// Reads a parked connection until its PROXY header is whole (then it goes to the core), a
+    /// fault (then it is closed and counted), or `WouldBlock`.
+    fn read_proxy_header(&mut self, key: usize) {
+        let mut buf = [0u8; 512];
+        let outcome = loop {
+            let Some(p) = self.pending.get_mut(key) else {
+                return;
+            };
+            match std::io::Read::read(&mut p.stream, &mut buf) {
+                Ok(0) => break ProxyRead::Rejected(ProxyReject::TimedOut),
+                Ok(n) => match p.reader.push(&buf[..n]) {
+                    ProxyRead::Incomplete => {}
+                    done => break done,
+                },
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => break ProxyRead::Rejected(ProxyReject::TimedOut),
+            }
+        };
+        let mut p = self.pending.remove(key);
+        match outcome {
+            ProxyRead::Header { client, rest } => {
+                let peer = client.unwrap_or(p.peer);
+                self.open_frontend(p.listener, p.stream, peer, Some(p.peer), rest);
+            }
+            ProxyRead::Rejected(cause) => {
+                let _ = self.poll.registry().deregister(&mut p.stream);
+                self.ops.proxy_rejected(p.peer, cause, Instant::now());
+            }
+            ProxyRead::Incomplete => {}
         }
     }
 
@@ -675,6 +805,22 @@ impl Driver {
 
     fn handle_deadlines(&mut self) {
         let now = Instant::now();
+        while let Some(&(deadline, key)) = self.pending_deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.pending_deadlines.pop_front();
+            // The slot may hold a later connection by now, with a later deadline.
+            if self
+                .pending
+                .get(key)
+                .is_some_and(|p| p.deadline == deadline)
+            {
+                let mut p = self.pending.remove(key);
+                let _ = self.poll.registry().deregister(&mut p.stream);
+                self.ops.proxy_rejected(p.peer, ProxyReject::TimedOut, now);
+            }
+        }
         while let Some(&(deadline, id)) = self.connect_deadlines.front() {
             if deadline > now {
                 break;
@@ -874,12 +1020,13 @@ fn listener_index(token: Token, count: usize) -> Option<usize> {
     (index < count).then_some(index)
 }
 
-/// The resolver's waker: above every connection slot (those stay below `u32::MAX`), below
-/// the listeners'.
-const DNS_TOKEN: Token = Token(u32::MAX as usize);
+/// The loop's one waker (the process's commands, resolver answers, admin commands): above
+/// every connection slot (those stay below `u32::MAX`), below the listeners'.
+const WAKE_TOKEN: Token = Token(u32::MAX as usize);
 
-/// The signal pipe's token: the top of the token space.
-const SIGNAL_TOKEN: Token = Token(usize::MAX);
+/// Connections waiting for their PROXY header: `PENDING_TOKEN_BASE + key`, above the DNS
+/// token, far below the listeners' (at most [`PROXY_PENDING_MAX`] keys).
+const PENDING_TOKEN_BASE: usize = u32::MAX as usize + 1;
 
 /// Listener `i` has token `LISTENER_TOKEN_TOP - i`; connection slots stay below `u32::MAX`.
 const LISTENER_TOKEN_TOP: usize = usize::MAX - 1;

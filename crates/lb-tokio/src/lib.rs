@@ -19,16 +19,21 @@
 //! wake-up and drains every output after each input. Time is read from `tokio::time::Instant`,
 //! so a paused test clock drives the core too.
 //!
-//! SIGHUP rereads the configuration ([`lb_cli::Ops::reload`]) and feeds it as
-//! `Input::Reload`. `--admin` commands arrive on a channel the owner awaits like the notes and
-//! applies with [`lb_cli::Ops::handle_admin`]. Logging, the `--metrics` snapshot (published after a wake-up, at most every
+//! `--workers N` runs N such owners, each on a thread and runtime of its own, with listen
+//! sockets of its own on the same addresses ([`lb_cli::run_workers`]); the process takes the
+//! signals and sends each owner its [`lb_cli::Command`]s: SIGHUP's reread configuration, fed
+//! as `Input::Reload`, and the stop. `--admin` commands arrive on a channel the first owner
+//! awaits like the notes and applies with [`lb_cli::Ops::handle_admin`]. With
+//! `--proxy-protocol` each accepted socket is first read by a task of its own until its PROXY
+//! header is whole ([`lb_cli::ProxyHeaderReader`]); the owner learns of the connection only
+//! then, with the client address the header announced and the bytes that followed it.
+//! Logging, the `--metrics` snapshot (published after a wake-up, at most every
 //! [`lb_cli::PUBLISH_EVERY`]; the owner's one `Sleep` also covers a pending publish) and
 //! rate-limit summaries go through one [`lb_cli::Ops`].
 //!
 //! Each connection id gets exactly one `Input::Closed`: the owner removes its table entry when
 //! it feeds it, and notes for ids no longer in the table are ignored.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -36,8 +41,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use lb_cli::{
-    BackendTls, Ops, RunError, Settings, WakePacer, BATCH_MAX, CLOSE_LINGER_MAX, CONNECT_TIMEOUT,
-    READ_CHUNK_BYTES, SHUTDOWN_FLUSH_MAX,
+    BackendTls, Command, Ops, ProxyHeaderReader, ProxyRead, ProxyReject, RunError, Settings,
+    WakePacer, Worker, BATCH_MAX, CLOSE_LINGER_MAX, CONNECT_TIMEOUT, PROXY_HEADER_TIMEOUT,
+    PROXY_PENDING_MAX, READ_CHUNK_BYTES, SHUTDOWN_FLUSH_MAX,
 };
 use lb_core::{Balancer, CloseReason, ConnId, Input, ListenerId, Output, Stats};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
@@ -46,11 +52,17 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio::time::Instant as TokioInstant;
 
-/// Runs the balancer on a new current-thread runtime until SIGINT or SIGTERM, then flushes
-/// queued output (at most [`SHUTDOWN_FLUSH_MAX`]) and returns the final counters. The runtime's
-/// park hook paces its wake-ups to `--batch-window` ([`WakePacer`]).
+/// Runs `--workers` balancers, each on a new current-thread runtime on a thread of its own,
+/// until SIGINT or SIGTERM, then flushes queued output (at most [`SHUTDOWN_FLUSH_MAX`]) and
+/// returns the sum of their final counters.
 pub fn run(settings: Settings) -> Result<Stats, RunError> {
-    let pacer = Arc::new(Mutex::new(WakePacer::new(settings.batch_window)));
+    lb_cli::run_workers(settings, run_worker)
+}
+
+/// Runs one worker on a new current-thread runtime until the process tells it to stop. The
+/// runtime's park hook paces its wake-ups to `--batch-window` ([`WakePacer`]).
+pub fn run_worker(worker: Worker) -> Result<Stats, RunError> {
+    let pacer = Arc::new(Mutex::new(WakePacer::new(worker.settings.batch_window)));
     let woke = Arc::clone(&pacer);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -65,11 +77,7 @@ pub fn run(settings: Settings) -> Result<Stats, RunError> {
         .on_thread_unpark(move || lock(&woke).woke(std::time::Instant::now()))
         .build()
         .map_err(RunError::Runtime)?;
-    runtime.block_on(async {
-        // Registered before anything is bound, so a signal sent once the port answers is seen.
-        let shutdown = shutdown_signal().map_err(RunError::Runtime)?;
-        serve(settings, shutdown).await
-    })
+    runtime.block_on(serve(worker))
 }
 
 /// The pacer is only touched by the runtime's own thread, so the lock is never contended; a
@@ -78,29 +86,31 @@ fn lock(pacer: &Mutex<WakePacer>) -> std::sync::MutexGuard<'_, WakePacer> {
     pacer.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Runs the balancer inside the caller's runtime until `shutdown` completes, then flushes queued
-/// output (at most [`SHUTDOWN_FLUSH_MAX`]) and returns the final counters. Spawns tasks with
-/// `tokio::spawn`; meant for a current-thread runtime (one balancer per thread). Pacing
-/// belongs to the runtime, not to this function: an embedder who wants it installs a
-/// [`WakePacer`] in its own runtime's park hooks, as [`run`] does.
-pub async fn serve(
-    settings: Settings,
-    shutdown: impl Future<Output = ()>,
-) -> Result<Stats, RunError> {
+/// Runs one worker's balancer inside the caller's runtime until its control says stop, then
+/// flushes queued output (at most [`SHUTDOWN_FLUSH_MAX`]) and returns the final counters.
+/// Spawns tasks with `tokio::spawn`; meant for a current-thread runtime (one balancer per
+/// thread). Pacing belongs to the runtime, not to this function: an embedder who wants it
+/// installs a [`WakePacer`] in its own runtime's park hooks, as [`run_worker`] does.
+pub async fn serve(worker: Worker) -> Result<Stats, RunError> {
+    let Worker {
+        settings,
+        ops,
+        listeners,
+        mut control,
+        ..
+    } = worker;
     let seed = lb_cli::os_seed()?;
-    let mut hangup = Hangup::new().map_err(RunError::Runtime)?;
-    let mut ops = Ops::new(&settings)?;
+    let mut ops = ops;
     // The owner awaits the admin queue itself: no waker needed.
     let mut admin = ops.start_admin(|| {})?;
     let lb = Balancer::new(settings.core.clone(), seed, now());
     let (notes_tx, mut notes) = mpsc::channel(NOTES_CAPACITY);
 
-    let addrs: Vec<(ListenerId, SocketAddr)> = lb.listeners().collect();
-    let mut acceptors = Vec::with_capacity(addrs.len());
-    for (id, addr) in addrs {
-        let socket = TcpListener::bind(addr)
-            .await
-            .map_err(|source| RunError::Bind { addr, source })?;
+    let ids: Vec<(ListenerId, SocketAddr)> = lb.listeners().collect();
+    let mut acceptors = Vec::with_capacity(ids.len());
+    for ((id, addr), socket) in ids.into_iter().zip(listeners) {
+        let socket =
+            TcpListener::from_std(socket).map_err(|source| RunError::Bind { addr, source })?;
         let task = match ops.tls().filter(|_| lb.is_tls_listener(id)) {
             Some(tls) => {
                 tracing::info!(listener = %id, %addr, "listening (TLS)");
@@ -108,7 +118,8 @@ pub async fn serve(
             }
             None => {
                 tracing::info!(listener = %id, %addr, "listening");
-                tokio::spawn(accept_loop(id, socket, notes_tx.clone()))
+                let accept = accept_loop(id, socket, settings.proxy_protocol, notes_tx.clone());
+                tokio::spawn(accept)
             }
         };
         acceptors.push(task.abort_handle());
@@ -125,7 +136,6 @@ pub async fn serve(
     owner.drain();
     owner.ops.turn(&owner.lb, now());
 
-    tokio::pin!(shutdown);
     let sleep = tokio::time::sleep_until(far_future());
     tokio::pin!(sleep);
     let mut armed: Option<std::time::Instant> = None;
@@ -142,7 +152,10 @@ pub async fn serve(
         }
         tokio::select! {
             biased;
-            () = &mut shutdown => break,
+            command = control.recv() => match command {
+                Command::Stop => break,
+                Command::Reload(settings) => owner.reload(*settings),
+            },
             note = notes.recv() => {
                 // The owner holds a sender itself, so the channel never ends while it runs.
                 let Some(note) = note else { break };
@@ -163,7 +176,6 @@ pub async fn serve(
                     owner.drain();
                 }
             }
-            () = hangup.recv() => owner.reload(),
             command = admin.next() => {
                 owner.ops.handle_admin(&mut owner.lb, now(), command);
                 owner.output_cap = owner.ops.settings().output_cap_bytes;
@@ -186,7 +198,17 @@ enum Note {
     Accepted {
         listener: ListenerId,
         stream: TcpStream,
+        /// The socket's peer, or the client its PROXY header announced.
         peer: SocketAddr,
+        /// The socket's peer when `peer` came from a PROXY header.
+        proxy: Option<SocketAddr>,
+        /// Bytes read after the PROXY header: the start of the SIP stream.
+        first: BytesMut,
+    },
+    /// A connection closed for want of a valid PROXY header.
+    ProxyRejected {
+        peer: SocketAddr,
+        cause: ProxyReject,
     },
     /// A TLS frontend whose handshake finished.
     AcceptedTls {
@@ -259,14 +281,13 @@ struct Owner {
 }
 
 impl Owner {
-    /// SIGHUP: a valid reread configuration goes to the core; the output cap applies to the
-    /// next sends.
-    fn reload(&mut self) {
-        if let Some(config) = self.ops.reload() {
-            self.output_cap = self.ops.settings().output_cap_bytes;
-            self.lb.handle_input(now(), Input::Reload(Box::new(config)));
-            self.drain();
-        }
+    /// SIGHUP: the process's reread configuration goes to the core; the output cap applies to
+    /// the next sends.
+    fn reload(&mut self, settings: Settings) {
+        let config = self.ops.adopt(settings);
+        self.output_cap = self.ops.settings().output_cap_bytes;
+        self.lb.handle_input(now(), Input::Reload(Box::new(config)));
+        self.drain();
     }
 
     fn handle_note(&mut self, note: Note) {
@@ -275,10 +296,12 @@ impl Owner {
                 listener,
                 stream,
                 peer,
+                proxy,
+                first,
             } => {
                 let _ = stream.set_nodelay(true);
                 let (read, write) = stream.into_split();
-                self.start_frontend(listener, peer, read, write);
+                self.start_frontend(listener, peer, proxy, first, read, write);
             }
             Note::AcceptedTls {
                 listener,
@@ -286,8 +309,9 @@ impl Owner {
                 peer,
             } => {
                 let (read, write) = tokio::io::split(*stream);
-                self.start_frontend(listener, peer, read, write);
+                self.start_frontend(listener, peer, None, BytesMut::new(), read, write);
             }
+            Note::ProxyRejected { peer, cause } => self.ops.proxy_rejected(peer, cause, now()),
             Note::Received { conn, bytes } => {
                 if self.get(conn).is_some_and(|c| c.state == State::Open) {
                     self.lb.handle_input(now(), Input::Received { conn, bytes });
@@ -394,13 +418,23 @@ impl Owner {
 
     /// A frontend connection (TCP, or TLS after its handshake) is the core's from now on: its
     /// reader and writer tasks start.
-    fn start_frontend<R, W>(&mut self, listener: ListenerId, peer: SocketAddr, read: R, write: W)
-    where
+    fn start_frontend<R, W>(
+        &mut self,
+        listener: ListenerId,
+        peer: SocketAddr,
+        proxy: Option<SocketAddr>,
+        first: BytesMut,
+        read: R,
+        write: W,
+    ) where
         R: AsyncRead + Unpin + Send + 'static,
         W: AsyncWrite + Unpin + Send + 'static,
     {
         let conn = self.lb.accept(now(), listener, peer);
-        lb_cli::log_frontend_open(conn, peer);
+        match proxy {
+            Some(proxy) => lb_cli::log_frontend_open_proxied(conn, peer, proxy),
+            None => lb_cli::log_frontend_open(conn, peer),
+        }
         let (writes, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let writer = tokio::spawn(write_loop(
@@ -420,6 +454,11 @@ impl Owner {
             reader: Some(reader.abort_handle()),
             writer: writer.abort_handle(),
         });
+        // Bytes that came after a PROXY header, read before the connection was the core's.
+        if !first.is_empty() {
+            let bytes = first;
+            self.lb.handle_input(now(), Input::Received { conn, bytes });
+        }
     }
 
     /// Starts connecting `conn` to `to` (a backend, or a frontend the core dials out to).
@@ -514,6 +553,7 @@ impl Owner {
                 Ok(Some(
                     Note::Accepted { .. }
                     | Note::AcceptedTls { .. }
+                    | Note::ProxyRejected { .. }
                     | Note::Received { .. }
                     | Note::Connected { .. }
                     | Note::LingerOver { .. }
@@ -528,19 +568,50 @@ impl Owner {
     }
 }
 
-async fn accept_loop(listener: ListenerId, socket: TcpListener, notes: mpsc::Sender<Note>) {
+async fn accept_loop(
+    listener: ListenerId,
+    socket: TcpListener,
+    proxy_protocol: bool,
+    notes: mpsc::Sender<Note>,
+) {
+    // Connections still reading their PROXY header.
+    let pending = Arc::new(AtomicUsize::new(0));
     loop {
         match socket.accept().await {
+            Ok((stream, peer)) if proxy_protocol => {
+                if pending.load(Ordering::Relaxed) >= PROXY_PENDING_MAX {
+                    drop(stream);
+                    let cause = ProxyReject::TooMany;
+                    let _ = notes.try_send(Note::ProxyRejected { peer, cause });
+                    continue;
+                }
+                pending.fetch_add(1, Ordering::Relaxed);
+                let (pending, notes) = (Arc::clone(&pending), notes.clone());
+                tokio::spawn(async move {
+                    let note = match proxy_header(stream).await {
+                        Ok((stream, client, first)) => Note::Accepted {
+                            listener,
+                            stream,
+                            peer: client.unwrap_or(peer),
+                            proxy: Some(peer),
+                            first,
+                        },
+                        Err(cause) => Note::ProxyRejected { peer, cause },
+                    };
+                    pending.fetch_sub(1, Ordering::Relaxed);
+                    let _ = notes.send(note).await;
+                });
+            }
             Ok((stream, peer)) => {
-                if notes
-                    .send(Note::Accepted {
-                        listener,
-                        stream,
-                        peer,
-                    })
-                    .await
-                    .is_err()
-                {
+                let first = BytesMut::new();
+                let note = Note::Accepted {
+                    listener,
+                    stream,
+                    peer,
+                    proxy: None,
+                    first,
+                };
+                if notes.send(note).await.is_err() {
                     return;
                 }
             }
@@ -609,6 +680,32 @@ async fn tls_accept_loop(
                 })
                 .await;
         });
+    }
+}
+
+/// Reads an accepted connection's PROXY header: the stream, the client it announces (`None`:
+/// the proxy's own connection) and the bytes after it. A fault closes the stream.
+async fn proxy_header(
+    mut stream: TcpStream,
+) -> Result<(TcpStream, Option<SocketAddr>, BytesMut), ProxyReject> {
+    let mut reader = ProxyHeaderReader::new();
+    let mut buf = [0u8; 512];
+    let read = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return Err(ProxyReject::TimedOut),
+                Ok(n) => match reader.push(&buf[..n]) {
+                    ProxyRead::Incomplete => {}
+                    ProxyRead::Header { client, rest } => return Ok((client, rest)),
+                    ProxyRead::Rejected(cause) => return Err(cause),
+                },
+            }
+        }
+    };
+    match tokio::time::timeout(PROXY_HEADER_TIMEOUT, read).await {
+        Ok(Ok((client, rest))) => Ok((stream, client, rest)),
+        Ok(Err(cause)) => Err(cause),
+        Err(_) => Err(ProxyReject::TimedOut),
     }
 }
 
@@ -746,52 +843,6 @@ async fn connect_task(
         return;
     }
     write_loop(conn, write, writes, queued, notes).await;
-}
-
-/// Completes on the first SIGINT or SIGTERM (Ctrl-C elsewhere). The handlers are installed when
-/// this is called, not when the future is first polled.
-fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut interrupt = signal(SignalKind::interrupt())?;
-        let mut terminate = signal(SignalKind::terminate())?;
-        Ok(async move {
-            tokio::select! {
-                _ = interrupt.recv() => {}
-                _ = terminate.recv() => {}
-            }
-        })
-    }
-    #[cfg(not(unix))]
-    {
-        Ok(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-    }
-}
-
-/// SIGHUP, for reloads; never fires where there is no such signal.
-struct Hangup {
-    #[cfg(unix)]
-    signal: tokio::signal::unix::Signal,
-}
-
-impl Hangup {
-    fn new() -> std::io::Result<Hangup> {
-        Ok(Hangup {
-            #[cfg(unix)]
-            signal: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?,
-        })
-    }
-
-    async fn recv(&mut self) {
-        #[cfg(unix)]
-        if self.signal.recv().await.is_some() {
-            return;
-        }
-        std::future::pending::<()>().await;
-    }
 }
 
 fn now() -> std::time::Instant {

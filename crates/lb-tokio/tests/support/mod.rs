@@ -98,6 +98,8 @@ pub fn start(exe: &str, backend: &TcpListener, extra: &[&str]) -> Balancer {
                 &backend_addr,
             ])
             .args(["--log-level", "info"])
+            // One worker: these tests count one balancer's connections and limits.
+            .args(["--workers", "1"])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
