@@ -273,11 +273,15 @@ impl Driver {
         let connect = self.connect_deadlines.front().map(|(d, _)| *d);
         let close = self.close_deadlines.front().map(|(d, _)| *d);
         let header = self.pending_deadlines.front().map(|(d, _)| *d);
+        // A stalled handshake must time out even when nothing else wakes the loop (found by
+        // the TLS end-to-end tests).
+        let handshake = self.handshakes.front().map(|(d, _)| *d);
         [
             self.lb.poll_timeout(),
             connect,
             close,
             header,
+            handshake,
             self.ops.poll_timeout(),
         ]
         .into_iter()
@@ -597,6 +601,16 @@ impl Driver {
                     self.drain();
                 }
                 if read.eof {
+                    // A hang-up mid-handshake is a failed handshake: its place in the cap is
+                    // freed now, not left for a timeout that finds the connection gone (found
+                    // by the TLS end-to-end tests).
+                    if handshaking && frontend {
+                        if let Some(counters) = &counters {
+                            counters
+                                .failed_other
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
                     self.finish(id, CloseReason::PeerClosed);
                     self.drain();
                 }
@@ -604,7 +618,6 @@ impl Driver {
             Err(e) => {
                 tracing::debug!(conn = %id, error = %e, "TLS read failed");
                 if handshaking && frontend {
-                    self.handshaking = self.handshaking.saturating_sub(1);
                     if let Some(counters) = &counters {
                         counters.handshake_failed(&e);
                     }
@@ -843,7 +856,6 @@ impl Driver {
                 .is_some_and(|t| t.handshaking);
             if stalled {
                 tracing::debug!(conn = %id, "TLS handshake timed out");
-                self.handshaking = self.handshaking.saturating_sub(1);
                 if let Some(tls) = &self.tls {
                     tls.counters
                         .failed_timeout
@@ -881,6 +893,10 @@ impl Driver {
         let _ = self.poll.registry().deregister(&mut c.stream);
         if c.frontend {
             lb_cli::log_frontend_closed(id, reason);
+            // However it ends, a handshake in progress frees its place in the cap here.
+            if c.tls.as_ref().is_some_and(|t| t.handshaking) {
+                self.handshaking = self.handshaking.saturating_sub(1);
+            }
         }
         self.lb
             .handle_input(Instant::now(), Input::Closed { conn: id, reason });
