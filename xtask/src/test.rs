@@ -52,6 +52,16 @@ const PEERS: &[Peer] = &[
         probe: Probe::PerlModule("Net::SIP"),
         package: "libnet-sip-perl",
     },
+    Peer {
+        name: "stunnel",
+        probe: Probe::Program("stunnel4"),
+        package: "stunnel4",
+    },
+    Peer {
+        name: "OpenSSL",
+        probe: Probe::Program("openssl"),
+        package: "openssl",
+    },
 ];
 
 /// The entry point of `test`.
