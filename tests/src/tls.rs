@@ -263,12 +263,7 @@ impl Pki {
 pub fn cert_identity(pem: &str) -> (String, String) {
     let mut child = Command::new(openssl())
         .args([
-            "x509",
-            "-noout",
-            "-subject",
-            "-serial",
-            "-nameopt",
-            "RFC2253",
+            "x509", "-noout", "-subject", "-serial", "-nameopt", "RFC2253",
         ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -424,10 +419,14 @@ impl TlsLb {
         let before = self.reloads();
         self.lb.hup();
         let mut now = before;
-        wait_until("the balancer to log the outcome of SIGHUP", PATIENCE, || {
-            now = self.reloads();
-            now != before
-        });
+        wait_until(
+            "the balancer to log the outcome of SIGHUP",
+            PATIENCE,
+            || {
+                now = self.reloads();
+                now != before
+            },
+        );
         now.0 > before.0
     }
 
@@ -766,4 +765,37 @@ pub fn plain_sip_attempt(addr: SocketAddr) -> PlainAttempt {
         }
     }
     PlainAttempt { reply, closed }
+}
+
+/// A TCP connection to `addr` that sends `bytes` (nothing, or the start of a ClientHello) and
+/// then stalls.
+pub fn stalled_connection(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
+    let mut s = TcpStream::connect(addr).expect("connecting to the TLS listener");
+    s.write_all(bytes).expect("writing to the TLS listener");
+    s
+}
+
+/// Whether the other side has closed `s`: reads (discarding) until EOF or an error, waiting
+/// at most `wait`.
+pub fn is_closed_within(s: &mut TcpStream, wait: Duration) -> bool {
+    let deadline = Instant::now() + wait;
+    let mut chunk = [0u8; 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        s.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .unwrap();
+        match s.read(&mut chunk) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return true,
+        }
+    }
 }

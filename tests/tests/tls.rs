@@ -11,7 +11,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use siplb_e2e::flows::{UAC_CANCEL, UAC_RECV_BYE, UAS_BYE};
 use siplb_e2e::lb::{BackendArg, LbSpec, Runtime, CLEAN};
@@ -19,8 +19,8 @@ use siplb_e2e::net::{free_port, poll_until};
 use siplb_e2e::ops::SipBackend;
 use siplb_e2e::sipp::{Uac, UacSpec, Uas};
 use siplb_e2e::tls::{
-    file_identity, plain_sip_attempt, s_client, CertFiles, Handshake, Pki, Stunnel, StunnelSpec,
-    TlsLb, Usage,
+    file_identity, is_closed_within, plain_sip_attempt, s_client, stalled_connection, CertFiles,
+    Handshake, Pki, Stunnel, StunnelSpec, TlsLb, Usage,
 };
 use siplb_e2e::trace::{assert_affinity, assert_signatures, owned_by, per_backend, Dir, Trace};
 use siplb_e2e::RunDir;
@@ -281,8 +281,7 @@ fn callee_hangs_up_over_tls(rt: Runtime) {
 
     let got_bye = uac.trace.call_ids_with(Dir::Received, "BYE").len();
     assert_eq!(
-        got_bye,
-        CALLS as usize,
+        got_bye, CALLS as usize,
         "{got_bye} of {CALLS} callers received their callee's BYE over TLS\n{}",
         stats.line
     );
@@ -440,14 +439,26 @@ fn old_versions_and_plain_tcp_are_refused(rt: Runtime) {
     // The listener still takes both versions it supports.
     let tls12 = probe(&lb, &verify, &["-tls1_2"]);
     tls12.assert_ok();
-    assert_eq!(tls12.version.as_deref(), Some("TLSv1.2"), "{}", tls12.output);
+    assert_eq!(
+        tls12.version.as_deref(),
+        Some("TLSv1.2"),
+        "{}",
+        tls12.output
+    );
     let tls13 = probe(&lb, &verify, &["-tls1_3"]);
     tls13.assert_ok();
-    assert_eq!(tls13.version.as_deref(), Some("TLSv1.3"), "{}", tls13.output);
+    assert_eq!(
+        tls13.version.as_deref(),
+        Some("TLSv1.3"),
+        "{}",
+        tls13.output
+    );
     for h in [&tls12, &tls13] {
         assert_eq!(h.verify.as_deref(), Some("0 (ok)"), "{}", h.output);
         assert!(
-            h.answer.as_deref().is_some_and(|a| a.starts_with("SIP/2.0 483")),
+            h.answer
+                .as_deref()
+                .is_some_and(|a| a.starts_with("SIP/2.0 483")),
             "{h:?}"
         );
     }
@@ -511,7 +522,11 @@ fn certificate_reload_drops_no_call(rt: Runtime) {
     let second = file_identity(&next);
     assert_ne!(first, second);
     cert.replace_with(&next);
-    assert!(lb.hup(), "SIGHUP refused a good certificate\n{}", lb.lb.log());
+    assert!(
+        lb.hup(),
+        "SIGHUP refused a good certificate\n{}",
+        lb.lb.log()
+    );
     let after = probe(&lb, &verify, &[]);
     after.assert_ok();
     assert_eq!(
@@ -534,10 +549,18 @@ fn certificate_reload_drops_no_call(rt: Runtime) {
     let third = pki.issue("lb-a-3", LB_A, "siplb e2e third", 3, Usage::Server);
     cert.overwrite_cert(&std::fs::read_to_string(&third.cert).unwrap());
     cert.replace_key_with(&next);
-    assert!(!lb.hup(), "SIGHUP took a key that does not fit its certificate");
+    assert!(
+        !lb.hup(),
+        "SIGHUP took a key that does not fit its certificate"
+    );
     let mismatched = probe(&lb, &verify, &[]);
     mismatched.assert_ok();
-    assert_eq!(mismatched.serial, Some(second.1.clone()), "{}", mismatched.output);
+    assert_eq!(
+        mismatched.serial,
+        Some(second.1.clone()),
+        "{}",
+        mismatched.output
+    );
 
     let uac = uac.wait();
     lb.wait_no_tls_connections();
@@ -655,7 +678,9 @@ fn mutual_tls(rt: Runtime) {
         ("tls_version_tls13", 1),
         ("tls_handshakes_failed_certificate", 3),
     ]);
-    lb.lb.stop().expect(&[("replies_483", 2), ("frontends_open", 0)]);
+    lb.lb
+        .stop()
+        .expect(&[("replies_483", 2), ("frontends_open", 0)]);
 
     // Optional.
     let spec = LbSpec::new(rt, vec![BackendArg::plain(backend.addr)]);
@@ -677,7 +702,90 @@ fn mutual_tls(rt: Runtime) {
         ("tls_version_tls13", 2),
         ("tls_handshakes_failed_certificate", 1),
     ]);
-    lb.lb.stop().expect(&[("replies_483", 3), ("frontends_open", 0)]);
+    lb.lb
+        .stop()
+        .expect(&[("replies_483", 3), ("frontends_open", 0)]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. Handshakes that stall: they do not hold up other clients, are closed after the handshake
+//    timeout (10 s) and counted; at the cap of handshakes in progress (512) a further
+//    connection is refused at once.
+
+/// `HANDSHAKE_TIMEOUT` and `HANDSHAKES_MAX` of crates/lb-cli/src/tls.rs.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HANDSHAKES_MAX: usize = 512;
+
+fn stalled_handshakes_time_out_and_are_capped(rt: Runtime) {
+    let dir = RunDir::new(&format!("tls-stalled-{}", rt.name()));
+    let pki = Pki::new(&dir, "pki");
+    let cert = pki.server("lb-a", LB_A, 1);
+    let backend = SipBackend::start();
+    let spec = LbSpec::new(rt, vec![BackendArg::plain(backend.addr)]);
+    let mut lb = TlsLb::start(&dir, spec, &[&cert], &[]);
+    let verify = verifying(&pki, LB_A);
+    let started = Instant::now();
+    // One says nothing; one sends a TLS record header announcing 255 bytes, and no more.
+    let mut stalled = vec![
+        stalled_connection(lb.tls, b""),
+        stalled_connection(lb.tls, &[0x16, 0x03, 0x01, 0x00, 0xff]),
+    ];
+    probe(&lb, &verify, &[]).assert_ok();
+
+    // Up to the cap, then one more.
+    while stalled.len() < HANDSHAKES_MAX {
+        stalled.push(stalled_connection(lb.tls, b""));
+    }
+    let mut over = stalled_connection(lb.tls, b"");
+    assert!(
+        is_closed_within(&mut over, Duration::from_secs(2)),
+        "the connection past {HANDSHAKES_MAX} handshakes in progress was not refused"
+    );
+    let refused = probe(&lb, &verify, &[]);
+    refused.assert_refused();
+    lb.expect_tls_counters(&[
+        ("tls_handshakes", 1),
+        ("tls_version_tls13", 1),
+        ("tls_refused_busy", 2),
+    ]);
+
+    // The first stalled handshake is closed at its timeout, not before and not much later.
+    let first_open = started.elapsed();
+    assert!(
+        is_closed_within(&mut stalled[0], HANDSHAKE_TIMEOUT + Duration::from_secs(3)),
+        "a silent client was still connected {:?} after it connected (handshake timeout \
+         {HANDSHAKE_TIMEOUT:?}, nothing else happening)\n{}",
+        started.elapsed(),
+        lb.lb.log_tail(10)
+    );
+    let closed_after = started.elapsed();
+    assert!(
+        closed_after >= HANDSHAKE_TIMEOUT - Duration::from_millis(500) && first_open < closed_after,
+        "a silent client was closed after {closed_after:?}, before the handshake timeout"
+    );
+    let open: Vec<usize> = stalled
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(i, s)| (!is_closed_within(s, Duration::from_secs(3))).then_some(i))
+        .collect();
+    assert!(
+        open.is_empty(),
+        "{} stalled handshakes still open after {:?}: {:?}…",
+        open.len(),
+        started.elapsed(),
+        &open[..open.len().min(10)]
+    );
+    probe(&lb, &verify, &[]).assert_ok();
+    lb.expect_tls_counters(&[
+        ("tls_handshakes", 2),
+        ("tls_version_tls13", 2),
+        ("tls_refused_busy", 2),
+        ("tls_handshakes_failed_timeout", HANDSHAKES_MAX as u64),
+    ]);
+    lb.wait_no_tls_connections();
+    lb.lb
+        .stop()
+        .expect(&[("replies_483", 2), ("frontends_open", 0)]);
 }
 
 siplb_e2e::for_both_runtimes!(
@@ -688,6 +796,7 @@ siplb_e2e::for_both_runtimes!(
     certificate_reload_drops_no_call,
     sni_picks_the_certificate,
     mutual_tls,
+    stalled_handshakes_time_out_and_are_capped,
 );
 
 /// The peers these tests need are there: the suite fails (never skips) without them.
