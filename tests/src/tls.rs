@@ -673,8 +673,9 @@ pub fn s_client(addr: SocketAddr, args: &[&str]) -> Handshake {
     }
     if status.is_none() {
         let _ = child.kill();
-        status = child.wait().ok();
     }
+    // Reaps it in every case (after `try_wait` found it gone, this returns that status).
+    let status = child.wait().ok().or(status);
     let _ = out_t.join();
     let _ = err_t.join();
     let stdout = text(&out);
