@@ -115,6 +115,11 @@ impl CertFiles {
     }
 }
 
+fn write_config(path: &Path, tls: SocketAddr, metrics: SocketAddr, body: &str) {
+    let text = format!("listen-tls = [\"{tls}\"]\nmetrics = \"{metrics}\"\n{body}");
+    write_atomically(path, text.as_bytes());
+}
+
 fn write_atomically(path: &Path, bytes: &[u8]) {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes).unwrap_or_else(|e| panic!("writing {}: {e}", tmp.display()));
@@ -306,6 +311,8 @@ pub struct TlsLb {
     pub tls: SocketAddr,
     /// The metrics listener.
     pub metrics: SocketAddr,
+    /// The TOML file, when started from one.
+    config: Option<PathBuf>,
 }
 
 /// The handshake counters of `/metrics` (each `siplb_NAME_total`).
@@ -338,6 +345,35 @@ impl TlsLb {
             args.extend(c.flags());
         }
         args.extend(extra.iter().map(|s| s.to_string()));
+        TlsLb::launch(dir, spec, &args, tls, metrics, None)
+    }
+
+    /// Starts the balancer of `spec` with `--config dir/siplb-tls.toml`: `listen-tls` (a free
+    /// port) and `metrics`, then `body` (the `[tls]` and `[[tls.cert]]` tables; relative paths
+    /// are relative to the run directory).
+    pub fn start_with_config(dir: &RunDir, spec: LbSpec, body: &str) -> TlsLb {
+        let tls = net::local(free_port());
+        let metrics = net::local(free_port());
+        let config = dir.file("siplb-tls.toml");
+        write_config(&config, tls, metrics, body);
+        let args = vec!["--config".to_string(), config.display().to_string()];
+        TlsLb::launch(dir, spec, &args, tls, metrics, Some(config))
+    }
+
+    /// Replaces the TOML file's body (the listen-tls and metrics keys stay), by a rename.
+    pub fn rewrite_config(&self, body: &str) {
+        let config = self.config.as_ref().expect("started without a config file");
+        write_config(config, self.tls, self.metrics, body);
+    }
+
+    fn launch(
+        dir: &RunDir,
+        spec: LbSpec,
+        args: &[String],
+        tls: SocketAddr,
+        metrics: SocketAddr,
+        config: Option<PathBuf>,
+    ) -> TlsLb {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut lb = Balancer::start(dir, spec.with_args(&args));
         wait_until(
@@ -348,7 +384,12 @@ impl TlsLb {
                 net::is_listening(tls.port()) && net::is_listening(metrics.port())
             },
         );
-        TlsLb { lb, tls, metrics }
+        TlsLb {
+            lb,
+            tls,
+            metrics,
+            config,
+        }
     }
 
     /// `/metrics`, parsed.

@@ -788,6 +788,94 @@ fn stalled_handshakes_time_out_and_are_capped(rt: Runtime) {
         .expect(&[("replies_483", 2), ("frontends_open", 0)]);
 }
 
+// ---------------------------------------------------------------------------------------------
+// 9. The same from the TOML file: `listen-tls`, `[tls]` with an optional client CA, and
+//    `[[tls.cert]]` tables whose `names` replace the names the certificate is valid for;
+//    SIGHUP rereads the tables.
+
+fn toml_certificates_names_and_client_auth(rt: Runtime) {
+    let dir = RunDir::new(&format!("tls-toml-{}", rt.name()));
+    let pki = Pki::new(&dir, "pki");
+    let a = pki.server("lb-a", LB_A, 1);
+    let b = pki.server("lb-b", LB_B, 2);
+    let client = pki.client("client", "client.test", 10);
+    let rogue = Pki::new(&dir, "rogue-ca").client("rogue", "client.test", 11);
+    let (a_id, b_id) = (file_identity(&a), file_identity(&b));
+    // Paths relative to the file (in the run directory).
+    let body = |b_names: &str| {
+        format!(
+            "[tls]\n\
+             client-ca = \"pki/ca.pem\"\n\
+             client-auth = \"optional\"\n\
+             [[tls.cert]]\n\
+             cert = \"pki/lb-a.pem\"\n\
+             key = \"pki/lb-a.key\"\n\
+             [[tls.cert]]\n\
+             cert = \"pki/lb-b.pem\"\n\
+             key = \"pki/lb-b.key\"\n\
+             names = [{b_names}]\n"
+        )
+    };
+    let backend = SipBackend::start();
+    let spec = LbSpec::new(rt, vec![BackendArg::plain(backend.addr)]);
+    let mut lb = TlsLb::start_with_config(&dir, spec, &body("\"alias.test\""));
+    let ca = pki.ca().display().to_string();
+    let served = |lb: &TlsLb, sni: &str, more: &[&str]| {
+        let mut args = vec!["-servername", sni, "-CAfile", &ca];
+        args.extend(more);
+        let h = s_client(lb.tls, &args);
+        h.assert_ok();
+        h.serial.clone().unwrap_or_default()
+    };
+    // lb-b serves only its configured name; lb-a (no names) those it is valid for.
+    assert_eq!(served(&lb, "alias.test", &[]), b_id.1, "SNI alias.test");
+    assert_eq!(
+        served(&lb, LB_B, &[]),
+        a_id.1,
+        "SNI {LB_B}: names replace the SAN"
+    );
+    assert_eq!(served(&lb, LB_A, &[]), a_id.1, "SNI {LB_A}");
+    // Optional client certificates: none, or one of the CA; not one of another CA.
+    let (cert, key) = (
+        client.cert.display().to_string(),
+        client.key.display().to_string(),
+    );
+    assert_eq!(served(&lb, LB_A, &["-cert", &cert, "-key", &key]), a_id.1);
+    let (rcert, rkey) = (
+        rogue.cert.display().to_string(),
+        rogue.key.display().to_string(),
+    );
+    s_client(
+        lb.tls,
+        &["-servername", LB_A, "-cert", &rcert, "-key", &rkey],
+    )
+    .assert_refused();
+
+    // SIGHUP rereads the tables: lb-b now answers to its own name and a new alias.
+    lb.rewrite_config(&body(&format!("\"{LB_B}\", \"alias2.test\"")));
+    assert!(lb.hup(), "SIGHUP refused the certificates\n{}", lb.lb.log());
+    assert_eq!(
+        served(&lb, "alias2.test", &[]),
+        b_id.1,
+        "after SIGHUP: alias2.test"
+    );
+    assert_eq!(served(&lb, LB_B, &[]), b_id.1, "after SIGHUP: {LB_B}");
+    assert_eq!(
+        served(&lb, "alias.test", &[]),
+        a_id.1,
+        "after SIGHUP: alias.test"
+    );
+    lb.wait_no_tls_connections();
+    lb.expect_tls_counters(&[
+        ("tls_handshakes", 7),
+        ("tls_version_tls13", 7),
+        ("tls_handshakes_failed_certificate", 1),
+    ]);
+    lb.lb
+        .stop()
+        .expect(&[("replies_483", 7), ("frontends_open", 0)]);
+}
+
 siplb_e2e::for_both_runtimes!(
     callee_hangs_up_over_tls,
     cancel_over_tls,
@@ -797,6 +885,7 @@ siplb_e2e::for_both_runtimes!(
     sni_picks_the_certificate,
     mutual_tls,
     stalled_handshakes_time_out_and_are_capped,
+    toml_certificates_names_and_client_auth,
 );
 
 /// The peers these tests need are there: the suite fails (never skips) without them.
