@@ -311,6 +311,8 @@ pub struct TlsLb {
     pub tls: SocketAddr,
     /// The metrics listener.
     pub metrics: SocketAddr,
+    /// What it advertises toward TLS frontends (`--advertise-tls`, else the TLS listener).
+    pub advertised: String,
     /// The TOML file, when started from one.
     config: Option<PathBuf>,
 }
@@ -384,10 +386,16 @@ impl TlsLb {
                 net::is_listening(tls.port()) && net::is_listening(metrics.port())
             },
         );
+        let advertised = args
+            .iter()
+            .position(|a| *a == "--advertise-tls")
+            .and_then(|i| args.get(i + 1))
+            .map_or_else(|| tls.to_string(), |a| a.to_string());
         TlsLb {
             lb,
             tls,
             metrics,
+            advertised,
             config,
         }
     }
@@ -471,14 +479,28 @@ impl TlsLb {
         now.0 > before.0
     }
 
-    /// Waits until no connection to the TLS listener is left (so that `frontends_open` is 0
-    /// when the balancer stops); panics if one stays.
+    /// Waits until the balancer has closed every connection its TLS listener accepted
+    /// (none left established or half-closed by the peer), so that `frontends_open` is 0 when
+    /// it stops; panics if one stays.
     pub fn wait_no_tls_connections(&self) {
+        /// `/proc/net/tcp` states: the balancer's end of a connection it has not closed.
+        const ESTABLISHED: u8 = 0x01;
+        const CLOSE_WAIT: u8 = 0x08;
         let port = self.tls.port();
-        wait_until(
-            &format!("the connections to the TLS listener {} to close", self.tls),
-            PATIENCE,
-            || net::accepted_connections(port) == 0,
+        let open = || {
+            net::tcp_sockets()
+                .iter()
+                .filter(|s| s.local_port == port && matches!(s.state, ESTABLISHED | CLOSE_WAIT))
+                .count()
+        };
+        let closed = net::poll_until(PATIENCE, || open() == 0);
+        assert!(
+            closed,
+            "{} connections to the TLS listener {} still open on the balancer's side after \
+             {PATIENCE:?}\n{}",
+            open(),
+            self.tls,
+            self.lb.log_tail(10)
         );
     }
 }

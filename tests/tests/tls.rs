@@ -70,6 +70,17 @@ struct Setup {
 }
 
 fn setup(rt: Runtime, test: &str, scenario: &str, max_version: Option<&str>) -> Setup {
+    setup_with(rt, test, scenario, max_version, &[])
+}
+
+/// [`setup`] with more balancer flags.
+fn setup_with(
+    rt: Runtime,
+    test: &str,
+    scenario: &str,
+    max_version: Option<&str>,
+    flags: &[&str],
+) -> Setup {
     let dir = RunDir::new(&format!("{test}-{}", rt.name()));
     let pki = Pki::new(&dir, "pki");
     let cert = pki.server("lb-a", LB_A, 1);
@@ -82,7 +93,7 @@ fn setup(rt: Runtime, test: &str, scenario: &str, max_version: Option<&str>) -> 
             .collect(),
     );
     spec.window_secs = Some(WINDOW_SECS);
-    let lb = TlsLb::start(&dir, spec, &[&cert], &[]);
+    let lb = TlsLb::start(&dir, spec, &[&cert], flags);
     let stunnel = Stunnel::start(
         &dir,
         "uac",
@@ -129,8 +140,8 @@ fn wait_established(uac: &Uac, calls: u32) {
 /// Backends: the initial INVITE's Record-Route names the balancer's TCP address, and nothing
 /// they receive names the TLS listener or TLS.
 fn assert_tls_wire(uac: &Trace, backends: &[Trace], lb: &TlsLb) {
-    let rr_prefix = format!("<sip:{};transport=tls;lr;lb=", lb.tls);
-    let via_prefix = format!("SIP/2.0/TLS {};", lb.tls);
+    let rr_prefix = format!("<sip:{};transport=tls;lr;lb=", lb.advertised);
+    let via_prefix = format!("SIP/2.0/TLS {};", lb.advertised);
     let mut record_routes = 0;
     for m in uac.msgs.iter().filter(|m| m.dir == Dir::Received) {
         if let Some(rr) = m.header_values("Record-Route").first() {
@@ -160,7 +171,7 @@ fn assert_tls_wire(uac: &Trace, backends: &[Trace], lb: &TlsLb) {
         uac.name
     );
     let tcp_rr = format!("<sip:{};transport=tcp;lr;lb=b", lb.lb.addr());
-    let tls_addr = lb.tls.to_string();
+    let tls_addr = lb.advertised.clone();
     for t in backends {
         for m in t.msgs.iter().filter(|m| m.dir == Dir::Received) {
             if m.label() == "INVITE" && m.header("To").is_some_and(|to| !to.contains("tag=")) {
@@ -358,7 +369,8 @@ fn cancel_over_tls(rt: Runtime) {
 
 // ---------------------------------------------------------------------------------------------
 // 3. Long calls over TLS: held past the window, their re-INVITE, ACKs and BYE are routed by
-//    the tag of the TLS Record-Route.
+//    the tag of the TLS Record-Route, which names the balancer by its --advertise-tls name:
+//    the balancer knows that Route entry for its own and takes it off.
 
 fn long_calls_over_tls(rt: Runtime) {
     const CALLS: u32 = 6;
@@ -368,7 +380,14 @@ fn long_calls_over_tls(rt: Runtime) {
         mut lb,
         stunnel,
         ..
-    } = setup(rt, "tls-long", "uas_long.xml", None);
+    } = setup_with(
+        rt,
+        "tls-long",
+        "uas_long.xml",
+        None,
+        &["--advertise-tls", "lb-a.test:5061"],
+    );
+    assert_eq!(lb.advertised, "lb-a.test:5061");
     let mut spec = uac_spec("uac_long.xml", &stunnel, CALLS, 20);
     spec.pause_ms = 3000;
     let uac = Uac::run(&dir, spec);
@@ -390,7 +409,8 @@ fn long_calls_over_tls(rt: Runtime) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 4. TLS 1.1 and a plain-TCP SIP client are refused and counted; TLS 1.2 and 1.3 are accepted;
+// 4. TLS 1.1 and a plain-TCP SIP client are refused and counted, each under its reason;
+//    TLS 1.2 and 1.3 are accepted;
 //    calls established over another TLS connection (stunnel, TLS 1.2) are unaffected.
 
 fn old_versions_and_plain_tcp_are_refused(rt: Runtime) {
@@ -876,6 +896,51 @@ fn toml_certificates_names_and_client_auth(rt: Runtime) {
         .expect(&[("replies_483", 7), ("frontends_open", 0)]);
 }
 
+// ---------------------------------------------------------------------------------------------
+// 10. Clients that hang up half-way through their ClientHello, more of them than the cap of
+//     handshakes in progress: each is counted (failed_other) and frees its place, so the
+//     listener still takes new clients.
+
+fn hang_ups_mid_handshake_free_their_place(rt: Runtime) {
+    const BATCH: usize = 100;
+    let dir = RunDir::new(&format!("tls-hang-ups-{}", rt.name()));
+    let pki = Pki::new(&dir, "pki");
+    let cert = pki.server("lb-a", LB_A, 1);
+    let backend = SipBackend::start();
+    let spec = LbSpec::new(rt, vec![BackendArg::plain(backend.addr)]);
+    let mut lb = TlsLb::start(&dir, spec, &[&cert], &[]);
+    // A record header announcing 255 bytes, one of them, and the connection closes.
+    let hello_start = [0x16, 0x03, 0x01, 0x00, 0xff, 0x01];
+    let mut done = 0;
+    while done < HANDSHAKES_MAX + BATCH {
+        for _ in 0..BATCH {
+            drop(stalled_connection(lb.tls, &hello_start));
+        }
+        done += BATCH;
+        // The balancer has closed its side of each before the next batch.
+        lb.wait_no_tls_connections();
+    }
+    let h = probe(&lb, &verifying(&pki, LB_A), &[]);
+    assert!(
+        h.ok(),
+        "after {done} clients hung up mid-handshake the TLS listener refuses a new one \
+         (version {:?}, answer {:?}); counters {:?}\n{}",
+        h.version,
+        h.answer,
+        lb.tls_counters(),
+        h.output
+    );
+    lb.expect_tls_counters(&[
+        ("tls_handshakes", 1),
+        ("tls_version_tls13", 1),
+        ("tls_handshakes_failed_other", done as u64),
+    ]);
+    lb.wait_no_tls_connections();
+    lb.lb
+        .stop()
+        .expect(&[("replies_483", 1), ("frontends_open", 0)]);
+}
+
 siplb_e2e::for_both_runtimes!(
     callee_hangs_up_over_tls,
     cancel_over_tls,
@@ -886,6 +951,7 @@ siplb_e2e::for_both_runtimes!(
     mutual_tls,
     stalled_handshakes_time_out_and_are_capped,
     toml_certificates_names_and_client_auth,
+    hang_ups_mid_handshake_free_their_place,
 );
 
 /// The peers these tests need are there: the suite fails (never skips) without them.
