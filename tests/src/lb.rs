@@ -286,6 +286,17 @@ impl Balancer {
         self.proc.output_tail(lines)
     }
 
+    /// Everything it logged so far (stderr).
+    pub fn log(&self) -> String {
+        self.proc.stderr()
+    }
+
+    /// Sends SIGHUP (reread the config, key and certificate files).
+    pub fn hup(&mut self) {
+        self.assert_running();
+        self.proc.signal("HUP");
+    }
+
     /// Sends SIGTERM and asserts a clean exit (status 0 within 10 s) with a `siplb-stats`
     /// line, which it returns.
     pub fn stop(&mut self) -> LbStats {

@@ -19,6 +19,8 @@
 //! - [`netsip`]: a backend on an independent SIP stack (Perl's Net::SIP), which sends its own
 //!   requests over connections it opens itself, with its message log and trace;
 //! - [`ops`]: raw-socket SIP clients and backends for what SIPp cannot express;
+//! - [`tls`]: a test CA and certificates made with `openssl`, the balancer with a TLS listener,
+//!   stunnel in client mode in front of SIPp, and `openssl s_client` probes;
 //! - [`RunDir`]: a scratch directory per test, kept when the test fails.
 
 #![allow(clippy::unwrap_used)]
@@ -33,6 +35,7 @@ pub mod netsip;
 pub mod ops;
 pub mod process;
 pub mod sipp;
+pub mod tls;
 pub mod trace;
 
 use std::path::{Path, PathBuf};

@@ -63,6 +63,16 @@ const PEERS: &[Peer] = &[
         probe: Probe::Program("haproxy"),
         package: "haproxy",
     },
+    Peer {
+        name: "stunnel",
+        probe: Probe::Program("stunnel4"),
+        package: "stunnel4",
+    },
+    Peer {
+        name: "OpenSSL",
+        probe: Probe::Program("openssl"),
+        package: "openssl",
+    },
 ];
 
 /// The entry point of `test`.
