@@ -18,28 +18,6 @@ fn established(h: &mut Harness, fe: lb_core::ConnId, call_id: &str) -> (usize, S
     (b, forwarded, tag)
 }
 
-/// The callee's BYE as a backend's stack writes it: its route set is the Record-Route of the
-/// INVITE it received (RFC 3261 §12.1.1), its target the caller's Contact.
-fn callee_bye(forwarded: &str, b: usize, request_uri: &str) -> String {
-    let rr = forwarded
-        .lines()
-        .find(|l| l.starts_with("Record-Route:"))
-        .unwrap();
-    let route = rr.replacen("Record-Route:", "Route:", 1);
-    format!(
-        "BYE {request_uri} SIP/2.0\r\n\
-         Via: SIP/2.0/TCP 198.51.100.{}:5060;branch=z9hG4bKbye1\r\n\
-         {route}\r\n\
-         Max-Forwards: 70\r\n\
-         From: <sip:bob@example.com>;tag=b1\r\n\
-         To: <sip:alice@example.com>;tag=a1\r\n\
-         Call-ID: call-b\r\n\
-         CSeq: 1 BYE\r\n\
-         Content-Length: 0\r\n\r\n",
-        b + 1
-    )
-}
-
 #[test]
 fn backends_see_a_backend_facing_tag_and_callers_a_frontend_facing_one() {
     let mut h = Harness::new(config(2, BackendMode::Plain));
@@ -59,7 +37,12 @@ fn a_backends_bye_on_a_connection_of_its_own_reaches_the_caller() {
     // The backend's stack opens its own connection to the Route's address (the bug of issue
     // 10: this BYE used to go back to the backend).
     let own = h.frontend("198.51.100.1:41000");
-    let bye = callee_bye(&forwarded, b, "sip:alice@203.0.113.5:5060;transport=tcp");
+    let bye = callee_bye(
+        &forwarded,
+        b,
+        "call-b",
+        "sip:alice@203.0.113.5:5060;transport=tcp",
+    );
     h.receive(own, bye.as_bytes());
     let (conn, out) = h.expect_to_frontend();
     assert_eq!(conn, fe, "the BYE reaches the caller's connection");
@@ -134,7 +117,12 @@ fn dial_out_when_the_callers_connection_is_gone() {
         conn: fe,
         reason: CloseReason::PeerClosed,
     });
-    let bye = callee_bye(&forwarded, b, "sip:alice@203.0.113.5:5070;transport=tcp");
+    let bye = callee_bye(
+        &forwarded,
+        b,
+        "call-b",
+        "sip:alice@203.0.113.5:5070;transport=tcp",
+    );
     h.backend_sends(b, &bye, None);
     let outs = h.drain();
     let [Output::Dial { conn: dialled, to }] = outs.as_slice() else {
@@ -165,7 +153,12 @@ fn a_dial_that_cannot_connect_answers_503() {
     let mut h = Harness::new(config(2, BackendMode::Plain));
     let fe = h.frontend(CALLER_PROXY);
     let (b, forwarded, _) = established(&mut h, fe, "call-b");
-    let bye = callee_bye(&forwarded, b, "sip:alice@203.0.113.66:5060;transport=tcp");
+    let bye = callee_bye(
+        &forwarded,
+        b,
+        "call-b",
+        "sip:alice@203.0.113.66:5060;transport=tcp",
+    );
     h.backend_sends(b, &bye, None);
     let outs = h.drain();
     let [Output::Dial { conn: dialled, .. }] = outs.as_slice() else {
@@ -227,7 +220,12 @@ fn a_backend_request_back_to_the_balancer_is_a_loop() {
     let fe = h.frontend(CALLER_PROXY);
     let (b, forwarded, _) = established(&mut h, fe, "call-b");
     // A target naming the balancer itself (its listener and advertised address).
-    let bye = callee_bye(&forwarded, b, &format!("sip:alice@{LB};transport=tcp"));
+    let bye = callee_bye(
+        &forwarded,
+        b,
+        "call-b",
+        &format!("sip:alice@{LB};transport=tcp"),
+    );
     h.backend_sends(b, &bye, None);
     let (to, reply, _) = h.expect_to_backend();
     assert_eq!(to, b);
@@ -276,6 +274,7 @@ fn a_next_hop_named_by_host_name_is_resolved_by_the_driver_then_dialled() {
     let bye = callee_bye(
         &forwarded,
         b,
+        "call-b",
         "sip:alice@Caller.example.com:5070;transport=tcp",
     );
     h.backend_sends(b, &bye, None);
@@ -316,7 +315,12 @@ fn a_name_that_does_not_resolve_answers_503_and_leaves_nothing_behind() {
     let mut h = Harness::new(config(2, BackendMode::Plain));
     let fe = h.frontend(CALLER_PROXY);
     let (b, forwarded, _) = established(&mut h, fe, "call-b");
-    let bye = callee_bye(&forwarded, b, "sip:alice@nowhere.invalid;transport=tcp");
+    let bye = callee_bye(
+        &forwarded,
+        b,
+        "call-b",
+        "sip:alice@nowhere.invalid;transport=tcp",
+    );
     h.backend_sends(b, &bye, None);
     let outs = h.drain();
     let [Output::Resolve {

@@ -116,22 +116,11 @@ fn backend_originated_bye_and_its_response() {
     let fe = h.frontend(PROXY);
     h.receive(fe, invite("call-b", "z9hG4bKb").as_bytes());
     let (b, forwarded, _) = h.expect_to_backend();
-    let rr = forwarded
-        .lines()
-        .find(|l| l.starts_with("Record-Route:"))
-        .unwrap();
-    let route = rr.replacen("Record-Route:", "Route:", 1);
-    let bye = format!(
-        "BYE sip:alice@203.0.113.5:5060;transport=tcp SIP/2.0\r\n\
-         Via: SIP/2.0/TCP 198.51.100.{}:5060;branch=z9hG4bKbye1\r\n\
-         {route}\r\n\
-         Max-Forwards: 70\r\n\
-         From: <sip:bob@example.com>;tag=b1\r\n\
-         To: <sip:alice@example.com>;tag=a1\r\n\
-         Call-ID: call-b\r\n\
-         CSeq: 1 BYE\r\n\
-         Content-Length: 0\r\n\r\n",
-        b + 1
+    let bye = callee_bye(
+        &forwarded,
+        b,
+        "call-b",
+        "sip:alice@203.0.113.5:5060;transport=tcp",
     );
     h.backend_sends(b, &bye, None);
     let (conn, out) = h.expect_to_frontend();

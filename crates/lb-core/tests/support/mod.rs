@@ -298,6 +298,28 @@ pub fn in_dialog(method: &str, call_id: &str, tag: &str, cseq: u32) -> String {
     )
 }
 
+/// The callee's BYE for `call_id` as backend `b`'s stack writes it: its route set is the
+/// Record-Route of the INVITE it received (RFC 3261 §12.1.1), its target the caller's Contact.
+pub fn callee_bye(forwarded: &str, b: usize, call_id: &str, request_uri: &str) -> String {
+    let rr = forwarded
+        .lines()
+        .find(|l| l.starts_with("Record-Route:"))
+        .expect("the INVITE carries the balancer's Record-Route");
+    let route = rr.replacen("Record-Route:", "Route:", 1);
+    format!(
+        "BYE {request_uri} SIP/2.0\r\n\
+         Via: SIP/2.0/TCP 198.51.100.{}:5060;branch=z9hG4bKbye1\r\n\
+         {route}\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:bob@example.com>;tag=b1\r\n\
+         To: <sip:alice@example.com>;tag=a1\r\n\
+         Call-ID: {call_id}\r\n\
+         CSeq: 1 BYE\r\n\
+         Content-Length: 0\r\n\r\n",
+        b + 1
+    )
+}
+
 /// A response from the backend to `request` (Via/From/To/Call-ID/CSeq copied).
 pub fn response_to(request: &str, status: &str) -> String {
     let mut out = format!("SIP/2.0 {status}\r\n");
