@@ -301,6 +301,12 @@ impl Balancer {
     /// line, which it returns.
     pub fn stop(&mut self) -> LbStats {
         self.assert_running();
+        // A peer that just closed (SIPp at its exit) may not have been noticed yet, least of
+        // all under a wide --batch-window: the gauges would then count it. Let the balancer
+        // see it first; the counters are what the test checks, not this race.
+        net::poll_until(Duration::from_secs(2), || {
+            net::unnoticed_closes(self.port()) == 0
+        });
         let (status, in_time) = self.proc.terminate(Duration::from_secs(10));
         assert!(
             in_time && status.success(),

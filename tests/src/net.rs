@@ -59,6 +59,7 @@ pub struct SocketEntry {
 
 const TCP_ESTABLISHED: u8 = 0x01;
 const TCP_LISTEN: u8 = 0x0A;
+const TCP_CLOSE_WAIT: u8 = 0x08;
 
 /// All TCP sockets of the host (IPv4 and IPv6 tables).
 pub fn tcp_sockets() -> Vec<SocketEntry> {
@@ -106,6 +107,15 @@ pub fn accepted_connections(port: u16) -> usize {
     tcp_sockets()
         .iter()
         .filter(|s| s.local_port == port && s.state == TCP_ESTABLISHED)
+        .count()
+}
+
+/// How many connections accepted on `port` the peer closed and the server has not closed yet
+/// (`CLOSE_WAIT`): a close the server has still to notice.
+pub fn unnoticed_closes(port: u16) -> usize {
+    tcp_sockets()
+        .iter()
+        .filter(|s| s.local_port == port && s.state == TCP_CLOSE_WAIT)
         .count()
 }
 
