@@ -55,15 +55,18 @@ impl HopTable {
         self.by_ip.entry(peer.ip()).or_default().push(conn);
     }
 
-    /// Registers `name` for `conn`; the newest registration of a name wins.
+    /// Registers `name` for `conn` unless a live connection holds it already: the first
+    /// claim stands until its connection closes, so no peer can take over another's name by
+    /// writing it in a Via (a hostile-peer finding; entries leave with their connection).
     pub(crate) fn add_alias(&mut self, conn: ConnId, name: &HopName) {
         match name {
             HopName::Addr(addr) => {
-                self.by_addr.insert(*addr, conn);
+                self.by_addr.entry(*addr).or_insert(conn);
             }
             HopName::Host(host, port) => {
                 self.by_host
-                    .insert(Box::from(&host_key(host, *port)[..]), conn);
+                    .entry(Box::from(&host_key(host, *port)[..]))
+                    .or_insert(conn);
             }
         }
     }
@@ -272,6 +275,9 @@ mod tests {
         );
         hops.add_alias(conn(2), &HopName::from_sent_by(b"192.0.2.1", 5060));
         assert_eq!(hops.lookup_host(b"192.0.2.1", 5060), Some(conn(2)));
+        // A name a live connection holds is not handed to another.
+        hops.add_alias(conn(2), &HopName::from_sent_by(b"proxy.example.com", 5060));
+        assert_eq!(hops.lookup_host(b"proxy.example.com", 5060), Some(conn(1)));
         hops.remove_peer(conn(1), peer);
         hops.remove_alias(conn(1), &HopName::from_sent_by(b"proxy.example.com", 5060));
         assert_eq!(hops.lookup_host(b"proxy.example.com", 5060), None);
