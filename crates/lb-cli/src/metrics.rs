@@ -53,6 +53,10 @@ impl Snapshot {
         for (i, w) in workers.iter().enumerate() {
             merged.stats.accumulate(&w.stats);
             merged.table_capacity += w.table_capacity;
+            // One set of TLS counters for the process: any worker's handle reads it.
+            if merged.tls.is_none() {
+                merged.tls.clone_from(&w.tls);
+            }
             for (sum, n) in merged.proxy_rejected.iter_mut().zip(w.proxy_rejected) {
                 *sum += n;
             }

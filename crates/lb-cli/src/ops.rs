@@ -499,6 +499,15 @@ pub fn reload(current: &Settings) -> Option<Settings> {
             Some(new)
         }
         Err(e) => {
+            // A certificate file that does not load refuses the whole reread (the settings are
+            // checked as one); say so in the words an operator watching TLS looks for.
+            let message = e.to_string();
+            if message.starts_with("tls") {
+                tracing::warn!(
+                    file,
+                    "SIGHUP: TLS certificates refused, keeping the running ones: {e}"
+                );
+            }
             tracing::warn!(
                 file,
                 "SIGHUP: configuration refused, keeping the running one: {e}"

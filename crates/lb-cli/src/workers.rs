@@ -246,7 +246,14 @@ pub fn sum(workers: &[Stats]) -> Stats {
 
 /// One set of listen sockets per worker.
 fn bind_all(settings: &Settings, count: usize) -> Result<Vec<Vec<TcpListener>>, RunError> {
-    let mut addrs: Vec<SocketAddr> = settings.core.config().listeners.clone();
+    // In `Balancer::listeners` order: the TCP listeners, then the TLS ones.
+    let config = settings.core.config();
+    let mut addrs: Vec<SocketAddr> = config
+        .listeners
+        .iter()
+        .chain(&config.tls_listeners)
+        .copied()
+        .collect();
     let mut all = Vec::with_capacity(count);
     for _ in 0..count {
         let mut sockets = Vec::with_capacity(addrs.len());
