@@ -44,6 +44,7 @@ use crate::tag::TagSigner;
 mod dial;
 mod farm;
 mod route;
+mod sanity;
 mod timeouts;
 
 pub use farm::BackendStatus;

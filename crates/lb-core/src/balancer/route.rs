@@ -69,6 +69,9 @@ impl Balancer {
             }
         }
         self.stats.frontend_requests_in += 1;
+        if !self.passes_sanity(source, &message) {
+            return;
+        }
         self.learn_alias(source.conn, &message);
         let Some(hops) = self.hop_limit(source, &message) else {
             return;
