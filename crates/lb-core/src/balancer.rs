@@ -145,7 +145,8 @@ impl Balancer {
                 c.ringing_max,
                 table_key,
                 now,
-            ),
+            )
+            .with_share(c.limits.table_share()),
             selector: Selector::new(c.algorithm, c.backends.len()),
             rendezvous_key: signer.shared_hash_key(),
             signer,

@@ -599,4 +599,34 @@ mod tests {
         c.advertise = Some("[::1]:5060".into());
         assert!(c.validate().is_ok());
     }
+
+    #[test]
+    fn table_share_and_sanity_limits() {
+        let mut l = Limits::default();
+        assert_eq!(l.table_share(), 120_000);
+        l.table_capacity = 200;
+        assert_eq!(l.table_share(), TABLE_SHARE_MIN, "the floor");
+        l.table_capacity = 10_000;
+        l.table_share_percent = 100;
+        assert_eq!(l.table_share(), 10_000);
+        let mut c = minimal();
+        c.limits.table_share_percent = 101;
+        assert_eq!(
+            c.validate().unwrap_err(),
+            ConfigError::Percent("limits.table-share-percent")
+        );
+        let mut c = minimal();
+        c.limits.table_share_percent = 0;
+        assert_eq!(
+            c.validate().unwrap_err(),
+            ConfigError::ZeroLimit("table-share-percent")
+        );
+        let mut c = minimal();
+        c.sanity.host_bytes_max = 0;
+        assert_eq!(
+            c.validate().unwrap_err(),
+            ConfigError::Zero("sanity.host-bytes-max")
+        );
+        assert!(minimal().sanity.enabled, "on by default");
+    }
 }

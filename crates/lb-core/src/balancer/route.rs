@@ -15,6 +15,7 @@
 //! through a misconfigured peer ends with a 483 instead of circling.
 
 use super::*;
+use crate::new_call_table::Refused;
 use crate::tag::Facing;
 
 impl Balancer {
@@ -107,12 +108,20 @@ impl Balancer {
                 let Some(backend) = self.choose_backend() else {
                     return self.unavailable(source, &message, "No Backend Available");
                 };
-                if self
+                let ringing = method == Method::Invite;
+                match self
                     .table
-                    .insert(self.now, key, backend, method == Method::Invite)
-                    .is_err()
+                    .insert(self.now, key, backend, ringing, source.conn)
                 {
-                    return self.unavailable(source, &message, "Too Many Calls Being Set Up");
+                    Ok(()) => {}
+                    Err(Refused::Full) => {
+                        return self.unavailable(source, &message, "Too Many Calls Being Set Up");
+                    }
+                    Err(Refused::OverShare) => {
+                        self.stats.table_share_refused += 1;
+                        let reason = "Too Many Calls Being Set Up On This Connection";
+                        return self.unavailable(source, &message, reason);
+                    }
                 }
                 self.stats.new_calls += 1;
                 target = Some(backend);
