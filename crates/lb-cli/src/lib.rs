@@ -31,8 +31,8 @@
 //! command line given at start (flags still win). A valid result is applied without dropping a
 //! connection or a call: backends added, removed, drained and re-weighted, the algorithm, the
 //! tag keys, timeouts, probes, overload holds, the output cap and the log level. Listen
-//! addresses, `metrics`, `batch-window`, `window`, `ringing-max`, `limits.table-capacity` and
-//! `limits.table-share-percent` change only at a restart.
+//! addresses, `metrics`, `batch-window`, `window`, `ringing-max` and `limits.table-capacity`
+//! change only at a restart.
 //! An invalid file is refused with one warning naming the key, and the running configuration
 //! stays. **A config file is needed for a reload to change anything**: the flags do not
 //! change, so a balancer started from flags alone can only reread its tag key file.

@@ -120,7 +120,7 @@ pub struct Limits {
     /// Once the new-call table is half full, a frontend connection holding this share of its
     /// capacity (in percent, at least [`TABLE_SHARE_MIN`] entries) gets 503 for new calls, so
     /// one flooding connection cannot take the room of every other (docs/design.md, "Fair
-    /// shares"). 100 turns the share off. Fixed at start, like the capacity.
+    /// shares"). 100 turns the share off. Follows a reload.
     pub table_share_percent: u32,
 }
 

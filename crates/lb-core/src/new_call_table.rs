@@ -134,8 +134,13 @@ impl NewCallTable {
     /// holding `share` entries can add no more until some of them expire (see
     /// [`NewCallTable::insert`]). Without it a connection may fill the table.
     pub(crate) fn with_share(mut self, share: usize) -> NewCallTable {
-        self.share = share;
+        self.set_share(share);
         self
+    }
+
+    /// A new share (a reload); entries already held stay, over it or not.
+    pub(crate) fn set_share(&mut self, share: usize) {
+        self.share = share;
     }
 
     /// The fingerprint of a Call-ID, as used by every other method.

@@ -163,3 +163,23 @@ fn at_a_hundred_percent_one_connection_may_fill_the_table() {
     assert_eq!(only_reply_to(&mut h, fe), FULL);
     assert_eq!(h.lb.stats().table_share_refused, 0);
 }
+
+#[test]
+fn the_share_follows_a_reload() {
+    let mut h = Harness::new(small_table());
+    let fe = h.frontend("203.0.113.5:40000");
+    assert_eq!(
+        flood_until_refused(&mut h, fe, "before"),
+        (32, OVER_SHARE.to_string())
+    );
+    let mut next = small_table();
+    next.limits.table_share_percent = 100;
+    h.input(Input::Reload(Box::new(next.validate().unwrap())));
+    h.drain();
+    assert_eq!(
+        flood_until_refused(&mut h, fe, "after"),
+        (32, FULL.to_string()),
+        "the rest of the table"
+    );
+    assert_eq!(h.lb.stats().table_share_refused, 1);
+}
