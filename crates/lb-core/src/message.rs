@@ -923,11 +923,13 @@ fn parse_cseq(b: &[u8], vs: usize, ve: usize) -> Result<(u32, Method, Range<usiz
     Ok((number, method, method_start..method_end))
 }
 
-/// The `tag` header parameter of a From or To value: `Some(Some(value))` (an empty span for
-/// `;tag` or `;tag=`), `Some(None)` without one. A `;` outside the display name's quotes and
-/// outside `<>` starts a header parameter (for a bare addr-spec every `;` does, RFC 3261 §20).
-/// An unterminated quote or `<` makes the answer unknowable: `None`.
-fn tag_param(b: &[u8], vs: usize, ve: usize) -> Option<Option<Span>> {
+/// Where the `tag` header parameter of a From or To value is: `Some(Some(offset))` just after
+/// its name (see [`tag_value`]), `Some(None)` without one. A `;` outside the display name's
+/// quotes and outside `<>` starts a header parameter (for a bare addr-spec every `;` does,
+/// RFC 3261 §20). An unterminated quote or `<` makes the answer unknowable: `None`.
+///
+/// Stops at the name: the To of nearly every message has a tag, and routing needs only that.
+fn tag_param(b: &[u8], vs: usize, ve: usize) -> Option<Option<usize>> {
     let mut i = vs;
     // Jumps from one byte that matters to the next: inside `<>` only the closing `>` does.
     loop {
@@ -945,18 +947,24 @@ fn tag_param(b: &[u8], vs: usize, ve: usize) -> Option<Option<Span>> {
                 let name_start = skip_lws(b, i + 1, ve);
                 let name_end = token_end(b, name_start, ve);
                 if b[name_start..name_end].eq_ignore_ascii_case(b"tag") {
-                    let eq = skip_lws(b, name_end, ve);
-                    if eq >= ve || b[eq] != b'=' {
-                        return Some(Some(Span::new(name_end, name_end)));
-                    }
-                    let value_start = skip_lws(b, eq + 1, ve);
-                    let value_end = param_value_end(b, value_start, ve).unwrap_or(value_start);
-                    return Some(Some(Span::new(value_start, value_end)));
+                    return Some(Some(name_end));
                 }
                 i = name_end.max(i + 1);
             }
         }
     }
+}
+
+/// The value of the parameter whose name ends at `name_end` (from [`tag_param`]): empty for a
+/// bare `;tag` or `;tag=`.
+fn tag_value(b: &[u8], name_end: usize, ve: usize) -> Span {
+    let eq = skip_lws(b, name_end, ve);
+    if eq >= ve || b[eq] != b'=' {
+        return Span::new(name_end, name_end);
+    }
+    let start = skip_lws(b, eq + 1, ve);
+    let end = param_value_end(b, start, ve).unwrap_or(start);
+    Span::new(start, end)
 }
 
 /// The first via-parm of a Via value (RFC 3261 §20.42). Whitespace is accepted wherever the

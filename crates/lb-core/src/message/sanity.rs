@@ -16,16 +16,19 @@
 //! No second walk over the head: the walk of [`Head`](super::Head) records the longest field
 //! value and where From and To are; only those two values are read again, and only here.
 
-use super::{sip_uri, skip_lws, tag_param, HostPort, SipMessage, Span, StartLine};
+use super::{sip_uri, skip_lws, tag_param, tag_value, HostPort, SipMessage, Span, StartLine};
 use crate::config::SanityLimits;
 
 /// The reason phrase of the 400 for the first check `message` fails, if any.
 pub(crate) fn check(message: &SipMessage, limits: &SanityLimits) -> Result<(), &'static str> {
     let b = &message.bytes[..];
-    match tag_param(b, message.from.start as usize, message.from.end as usize) {
+    let (vs, ve) = (message.from.start as usize, message.from.end as usize);
+    match tag_param(b, vs, ve) {
         None => return Err("Bad From"),
         Some(None) => return Err("Missing From Tag"),
-        Some(Some(tag)) if tag.is_empty() => return Err("Empty From Tag"),
+        Some(Some(name_end)) if tag_value(b, name_end, ve).is_empty() => {
+            return Err("Empty From Tag")
+        }
         Some(Some(_)) => {}
     }
     let from = AddrUri::of(b, message.from);
