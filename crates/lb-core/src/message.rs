@@ -929,6 +929,7 @@ fn parse_cseq(b: &[u8], vs: usize, ve: usize) -> Result<(u32, Method, Range<usiz
 /// RFC 3261 §20). An unterminated quote or `<` makes the answer unknowable: `None`.
 ///
 /// Stops at the name: the To of nearly every message has a tag, and routing needs only that.
+#[inline]
 fn tag_param(b: &[u8], vs: usize, ve: usize) -> Option<Option<usize>> {
     let mut i = vs;
     // Jumps from one byte that matters to the next: inside `<>` only the closing `>` does.

@@ -31,8 +31,8 @@ pub(crate) fn check(message: &SipMessage, limits: &SanityLimits) -> Result<(), &
         }
         Some(Some(_)) => {}
     }
-    let from = AddrUri::of(b, message.from);
-    let to = AddrUri::of(b, message.to);
+    let from = AddrUri::of(b, message.from, limits.host_bytes_max);
+    let to = AddrUri::of(b, message.to, limits.host_bytes_max);
     let route = message.top_route.map(|r| (r.uri, r.host_port));
     let request_uri = match message.start {
         StartLine::Request { uri, .. } => Some(uri),
@@ -67,7 +67,9 @@ pub(crate) fn check(message: &SipMessage, limits: &SanityLimits) -> Result<(), &
     Ok(())
 }
 
-/// The URI of a From or To value and its host, when it is a SIP URI.
+/// The URI of a From or To value and, when the URI is longer than a host may be, its host (if
+/// it is a SIP URI): a shorter URI cannot hold a host that is too long, so the common case
+/// parses no host at all.
 struct AddrUri {
     uri: Option<Span>,
     host: Option<HostPort>,
@@ -78,7 +80,7 @@ impl AddrUri {
     /// `<` and `>`, else up to the first `;` (a header parameter: an addr-spec URI with a `;`
     /// must be written as a name-addr) or whitespace. What cannot be read is not checked: the
     /// parser has already accepted the value, and the backend judges the rest.
-    fn of(b: &[u8], value: Span) -> AddrUri {
+    fn of(b: &[u8], value: Span, host_bytes_max: usize) -> AddrUri {
         let (vs, ve) = (value.start as usize, value.end as usize);
         let uri = match angle_uri(b, vs, ve) {
             Some(uri) => Some(uri),
@@ -91,7 +93,9 @@ impl AddrUri {
                 (e > s).then(|| Span::new(s, e))
             }
         };
-        let host = uri.and_then(|u| sip_uri(b, u.start as usize, u.end as usize).ok());
+        let host = uri
+            .filter(|u| u.len() > host_bytes_max)
+            .and_then(|u| sip_uri(b, u.start as usize, u.end as usize).ok());
         AddrUri {
             uri,
             host: host.map(|(hp, _)| hp),
