@@ -103,6 +103,13 @@
 //! buffered-bytes-max = 262144
 //! frontends-max = 10000
 //! table-capacity = 1000000
+//! table-share-percent = 12        # once the table is half full, one connection's most
+//!
+//! [sanity]                        # initial requests from frontends; --no-sanity-checks: off
+//! enabled = true                  # a From tag, and these lengths, or 400 naming the fault
+//! host-bytes-max = 255
+//! uri-bytes-max = 1024
+//! field-bytes-max = 2048
 //! ```
 //!
 //! On the command line a backend is `ADDR[,weight=N][,mode=plain|envelope][,backup=ADDR]

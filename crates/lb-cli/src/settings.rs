@@ -140,6 +140,7 @@ impl CliError {
                 ConfigError::ReconnectRange => "reconnect-max",
                 ConfigError::ProbeTimeout => "probe-timeout",
                 ConfigError::TooLong(key) => key,
+                ConfigError::Percent(key) | ConfigError::Zero(key) => key,
             },
         };
         Some((*key).to_string())
@@ -249,6 +250,10 @@ struct Args {
     /// Validate the configuration, print "config ok" and exit
     #[arg(long)]
     check_config: bool,
+    /// Forward initial requests without the edge checks (From tag, host, URI and header
+    /// lengths) [default: checked, see the `[sanity]` table]
+    #[arg(long)]
+    no_sanity_checks: bool,
     /// Bytes queued for one connection before it is closed [default: 4194304]
     #[arg(long, value_name = "BYTES")]
     output_cap: Option<String>,
@@ -339,6 +344,17 @@ struct FileConfig {
     workers: Option<u32>,
     proxy_protocol: Option<bool>,
     limits: FileLimits,
+    sanity: FileSanity,
+}
+
+/// The `[sanity]` table: the core's [`lb_core::SanityLimits`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+struct FileSanity {
+    enabled: Option<bool>,
+    host_bytes_max: Option<usize>,
+    uri_bytes_max: Option<usize>,
+    field_bytes_max: Option<usize>,
 }
 
 /// One `[[backend]]` table.
@@ -388,6 +404,7 @@ struct FileLimits {
     table_capacity: Option<usize>,
     dial_outs_max: Option<usize>,
     dial_queue_max: Option<usize>,
+    table_share_percent: Option<u32>,
 }
 
 /// A backend whose mode may still come from the `backend-mode` default.
@@ -553,6 +570,20 @@ fn merge(
         (fl.table_capacity, &mut l.table_capacity),
         (fl.dial_outs_max, &mut l.dial_outs_max),
         (fl.dial_queue_max, &mut l.dial_queue_max),
+    ] {
+        if let Some(v) = value {
+            *slot = v;
+        }
+    }
+    if let Some(v) = fl.table_share_percent {
+        l.table_share_percent = v;
+    }
+    let (sanity, fs) = (&mut core.sanity, &file.sanity);
+    sanity.enabled = fs.enabled.unwrap_or(true) && !args.no_sanity_checks;
+    for (value, slot) in [
+        (fs.host_bytes_max, &mut sanity.host_bytes_max),
+        (fs.uri_bytes_max, &mut sanity.uri_bytes_max),
+        (fs.field_bytes_max, &mut sanity.field_bytes_max),
     ] {
         if let Some(v) = value {
             *slot = v;
@@ -1646,5 +1677,63 @@ addr = "127.0.0.1:7101"
             CliError::Usage(e) => assert_eq!(e.exit_code(), 2),
             other => panic!("{other}"),
         }
+    }
+
+    #[test]
+    fn sanity_table_table_share_and_the_flag_that_turns_the_checks_off() {
+        let conf = temp_file(
+            "sanity.toml",
+            r#"
+listen = ["127.0.0.1:7100"]
+[[backend]]
+addr = "127.0.0.1:7101"
+[limits]
+table-capacity = 200
+table-share-percent = 25
+[sanity]
+host-bytes-max = 100
+field-bytes-max = 4096
+"#,
+        );
+        let path = conf.to_str().unwrap();
+        let c = parse(["siplb", "--config", path])
+            .unwrap()
+            .core
+            .config()
+            .clone();
+        assert_eq!(c.limits.table_share_percent, 25);
+        assert_eq!(c.limits.table_share(), 50);
+        let defaults = lb_core::SanityLimits::default();
+        assert_eq!(
+            c.sanity,
+            lb_core::SanityLimits {
+                host_bytes_max: 100,
+                field_bytes_max: 4096,
+                ..defaults.clone()
+            }
+        );
+        assert!(c.sanity.enabled);
+        let off = parse(["siplb", "--config", path, "--no-sanity-checks"]).unwrap();
+        assert!(!off.core.config().sanity.enabled);
+        let minimal = parse(args(&[])).unwrap();
+        assert_eq!(minimal.core.config().sanity, defaults);
+        let bad = temp_file(
+            "sanity-bad.toml",
+            "listen = [\"127.0.0.1:7100\"]\n[[backend]]\naddr = \"127.0.0.1:7101\"\n\
+             [limits]\ntable-share-percent = 150\n",
+        );
+        let e = parse(["siplb", "--config", bad.to_str().unwrap()]).unwrap_err();
+        assert_eq!(
+            e.key().as_deref(),
+            Some("limits.table-share-percent"),
+            "{e}"
+        );
+        let bad = temp_file(
+            "sanity-zero.toml",
+            "listen = [\"127.0.0.1:7100\"]\n[[backend]]\naddr = \"127.0.0.1:7101\"\n\
+             [sanity]\nuri-bytes-max = 0\n",
+        );
+        let e = parse(["siplb", "--config", bad.to_str().unwrap()]).unwrap_err();
+        assert_eq!(e.key().as_deref(), Some("sanity.uri-bytes-max"), "{e}");
     }
 }

@@ -194,6 +194,7 @@ fn record_batch(side: &mut Side, first: usize, now: &mut Instant) -> Vec<Step> {
         invites.push((c, fe, b, forwarded));
     }
     for (c, fe, b, forwarded) in &invites {
+        let mut ok = None;
         for status in ["100 Trying", "180 Ringing", "200 OK"] {
             feed(
                 side,
@@ -203,9 +204,11 @@ fn record_batch(side: &mut Side, first: usize, now: &mut Instant) -> Vec<Step> {
                 *now,
                 response(forwarded, status),
             );
-            drain(side);
+            ok = to_frontend(side);
         }
-        let tag = tag_of(forwarded);
+        // The frontend-facing tag, as the caller's route set holds it (the Record-Route the
+        // backend saw carries the backend-facing one).
+        let tag = tag_of(&ok.expect("the 200 reaches the caller"));
         feed(
             side,
             &mut script,
@@ -271,6 +274,19 @@ fn to_backend(side: &mut Side) -> (usize, String) {
         }
     }
     found.unwrap_or_else(|| panic!("no backend; stats {}", side.lb.stats()))
+}
+
+/// The last message sent to a frontend, if any; everything else is drained.
+fn to_frontend(side: &mut Side) -> Option<String> {
+    let mut found = None;
+    while let Some(o) = side.lb.poll_output() {
+        if let Output::Send { conn, bytes } = o {
+            if side.frontends.contains(&conn) {
+                found = Some(String::from_utf8_lossy(&bytes).into_owned());
+            }
+        }
+    }
+    found
 }
 
 fn drain(side: &mut Side) {

@@ -44,6 +44,7 @@ use crate::tag::TagSigner;
 mod dial;
 mod farm;
 mod route;
+mod sanity;
 mod timeouts;
 
 pub use farm::BackendStatus;
@@ -146,7 +147,8 @@ impl Balancer {
                 c.ringing_max,
                 table_key,
                 now,
-            ),
+            )
+            .with_share(c.limits.table_share()),
             selector: Selector::new(c.algorithm, c.backends.len()),
             rendezvous_key: signer.shared_hash_key(),
             signer,

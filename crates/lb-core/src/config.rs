@@ -121,6 +121,26 @@ pub struct Limits {
     pub dial_outs_max: usize,
     /// Messages queued for one frontend connection while the balancer dials it; more get 503.
     pub dial_queue_max: usize,
+    /// Once the new-call table is half full, a frontend connection holding this share of its
+    /// capacity (in percent, at least [`TABLE_SHARE_MIN`] entries) gets 503 for new calls, so
+    /// one flooding connection cannot take the room of every other (docs/design.md, "Fair
+    /// shares"). 100 turns the share off. Follows a reload.
+    pub table_share_percent: u32,
+}
+
+/// The fewest new-call table entries a connection's share holds, however small the table: a
+/// proxy must be able to set up a few calls at once.
+pub const TABLE_SHARE_MIN: usize = 32;
+
+impl Limits {
+    /// The entries one frontend connection may hold once the table is half full:
+    /// `table_share_percent` of the capacity, at least [`TABLE_SHARE_MIN`].
+    pub fn table_share(&self) -> usize {
+        let percent = self.table_share_percent as usize;
+        // capacity × percent / 100, rounded down, without the product overflowing.
+        let share = self.table_capacity / 100 * percent + self.table_capacity % 100 * percent / 100;
+        share.max(TABLE_SHARE_MIN)
+    }
 }
 
 impl Default for Limits {
@@ -137,6 +157,39 @@ impl Default for Limits {
             dial_outs_max: 256,
             // A dial takes one round trip; a hang-up burst queues a few messages meanwhile.
             dial_queue_max: 32,
+            // About an eighth: eight proxies at their share fill the contended half.
+            table_share_percent: 12,
+        }
+    }
+}
+
+/// The checks an initial request from a frontend (no To tag) must pass before it creates any
+/// state (docs/design.md, "Sanity at the edge"): a From tag (RFC 3261 §8.1.1.3) and bounded
+/// lengths. A request that fails gets `400` naming the fault and goes nowhere. Messages from
+/// backends and in-dialog requests are not checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SanityLimits {
+    /// Run the checks at all.
+    pub enabled: bool,
+    /// Longest host in the top Via's sent-by, the Request-URI, From, To and the top Route:
+    /// 255, the longest DNS name (RFC 1035 §2.3.4).
+    pub host_bytes_max: usize,
+    /// Longest Request-URI, From, To or top Route URI.
+    pub uri_bytes_max: usize,
+    /// Longest header field value (all of a folded field).
+    pub field_bytes_max: usize,
+}
+
+impl Default for SanityLimits {
+    fn default() -> SanityLimits {
+        SanityLimits {
+            enabled: true,
+            host_bytes_max: 255,
+            // Real URIs are under 200 bytes; RFC 4475's long ones under 400 (longreq.dat).
+            uri_bytes_max: 1024,
+            // The longest real values (an Identity header, RFC 8224; digest credentials) are
+            // under 1 KiB; RFC 4475's longreq.dat's longest is 591 bytes.
+            field_bytes_max: 2048,
         }
     }
 }
@@ -201,6 +254,8 @@ pub struct Config {
     pub reconnect_max: Duration,
     /// Resource bounds.
     pub limits: Limits,
+    /// Checks of initial requests from frontends; follows a reload.
+    pub sanity: SanityLimits,
     /// Health probes; `None` relies on the connection state alone (a backend that does not
     /// answer OPTIONS, such as a bare SIPp scenario, must not be probed).
     pub probe: Option<ProbeConfig>,
@@ -239,6 +294,7 @@ impl Default for Config {
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(10),
             limits: Limits::default(),
+            sanity: SanityLimits::default(),
             probe: None,
             hop_by_unique_ip: true,
             idle_timeout: Duration::from_secs(15 * 60),
@@ -333,6 +389,12 @@ pub enum ConfigError {
     /// The reconnect cap is below the first delay.
     #[error("reconnect-max: must not be below reconnect-min")]
     ReconnectRange,
+    /// A percentage above 100.
+    #[error("{0}: must be a percentage, 1 to 100")]
+    Percent(&'static str),
+    /// A value that must be positive (the key is given whole).
+    #[error("{0}: must be greater than zero")]
+    Zero(&'static str),
 }
 
 impl Config {
@@ -437,9 +499,23 @@ impl Config {
             ("table-capacity", l.table_capacity),
             ("dial-outs-max", l.dial_outs_max),
             ("dial-queue-max", l.dial_queue_max),
+            ("table-share-percent", l.table_share_percent as usize),
         ] {
             if v == 0 {
                 return Err(ConfigError::ZeroLimit(name));
+            }
+        }
+        if l.table_share_percent > 100 {
+            return Err(ConfigError::Percent("limits.table-share-percent"));
+        }
+        let s = &self.sanity;
+        for (name, v) in [
+            ("sanity.host-bytes-max", s.host_bytes_max),
+            ("sanity.uri-bytes-max", s.uri_bytes_max),
+            ("sanity.field-bytes-max", s.field_bytes_max),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Zero(name));
             }
         }
         let advertise = match &self.advertise {
@@ -552,5 +628,35 @@ mod tests {
         let mut c = minimal();
         c.advertise = Some("[::1]:5060".into());
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn table_share_and_sanity_limits() {
+        let mut l = Limits::default();
+        assert_eq!(l.table_share(), 120_000);
+        l.table_capacity = 200;
+        assert_eq!(l.table_share(), TABLE_SHARE_MIN, "the floor");
+        l.table_capacity = 10_000;
+        l.table_share_percent = 100;
+        assert_eq!(l.table_share(), 10_000);
+        let mut c = minimal();
+        c.limits.table_share_percent = 101;
+        assert_eq!(
+            c.validate().unwrap_err(),
+            ConfigError::Percent("limits.table-share-percent")
+        );
+        let mut c = minimal();
+        c.limits.table_share_percent = 0;
+        assert_eq!(
+            c.validate().unwrap_err(),
+            ConfigError::ZeroLimit("table-share-percent")
+        );
+        let mut c = minimal();
+        c.sanity.host_bytes_max = 0;
+        assert_eq!(
+            c.validate().unwrap_err(),
+            ConfigError::Zero("sanity.host-bytes-max")
+        );
+        assert!(minimal().sanity.enabled, "on by default");
     }
 }

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use crate::config::{
-    Algorithm, BackendConfig, BackendMode, Config, Limits, ProbeConfig, TagKey, ValidConfig,
+    Algorithm, BackendConfig, BackendMode, Config, Limits, ProbeConfig, SanityLimits, TagKey,
+    ValidConfig,
 };
 use crate::envelope::{self, Envelope, EnvelopeDecoder, EnvelopeError, Transport, HEADER_LEN};
 use crate::framing::{Frame, FramingError, StreamFramer};
@@ -437,7 +438,7 @@ fn backend_addr(i: usize) -> SocketAddr {
 
 /// A farm of three backends (plain, envelope with b0 backing up to it, plain) or, for reloads,
 /// a variant: one removed and one added, keys rotated, a mode flipped. `flags` picks the
-/// algorithm, probes, the tag header and draining; `small` the limits.
+/// algorithm, probes, the tag header, draining and the sanity checks; `small` the limits.
 fn fuzz_config(flags: u8, variant: u8, small: bool) -> ValidConfig {
     let mut b0 = BackendConfig::plain(backend_addr(0));
     b0.backup = Some(backend_addr(1));
@@ -489,6 +490,11 @@ fn fuzz_config(flags: u8, variant: u8, small: bool) -> ValidConfig {
             table_capacity: if small { 2 } else { 16 },
             dial_outs_max: 2,
             dial_queue_max: 2,
+            table_share_percent: 12,
+        },
+        sanity: SanityLimits {
+            enabled: flags & 32 == 0,
+            ..SanityLimits::default()
         },
         probe: (flags & 4 != 0).then(|| ProbeConfig {
             interval: Duration::from_secs(1),

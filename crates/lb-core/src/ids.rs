@@ -34,7 +34,7 @@ impl ConnId {
     }
 
     /// The id with these parts; it names a live connection only if the core checks it does.
-    pub(crate) fn from_parts(slot: u32, generation: u32) -> ConnId {
+    pub(crate) const fn from_parts(slot: u32, generation: u32) -> ConnId {
         ConnId { slot, generation }
     }
 }

@@ -151,7 +151,8 @@ pub enum Event {
         /// What was wrong.
         fault: &'static str,
     },
-    /// A framed message was malformed; requests got a 400 with this reason.
+    /// A framed message was malformed, or an initial request failed the edge checks
+    /// (`Config::sanity`); requests got a 400 with this reason.
     Malformed {
         /// The connection.
         conn: ConnId,

@@ -58,8 +58,8 @@ mod tag;
 
 pub use balancer::{BackendStatus, Balancer};
 pub use config::{
-    Algorithm, BackendConfig, BackendMode, Config, ConfigError, Limits, ProbeConfig, TagKey,
-    ValidConfig, BACKENDS_MAX, T1, TIMER_C, WINDOW_DEFAULT,
+    Algorithm, BackendConfig, BackendMode, Config, ConfigError, Limits, ProbeConfig, SanityLimits,
+    TagKey, ValidConfig, BACKENDS_MAX, T1, TABLE_SHARE_MIN, TIMER_C, WINDOW_DEFAULT,
 };
 pub use ids::{BackendId, ConnId, ListenerId};
 pub use io::{BackendChange, CloseReason, Event, Input, Output};

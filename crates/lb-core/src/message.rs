@@ -34,18 +34,10 @@ impl Span {
         self.start as usize..self.end as usize
     }
 
-    #[allow(
-        dead_code,
-        reason = "part of the span API; the balancer may not need it yet"
-    )]
     pub(crate) fn len(self) -> usize {
         (self.end - self.start) as usize
     }
 
-    #[allow(
-        dead_code,
-        reason = "part of the span API; the balancer may not need it yet"
-    )]
     pub(crate) fn is_empty(self) -> bool {
         self.start == self.end
     }
@@ -200,6 +192,12 @@ pub(crate) struct SipMessage {
     /// Requests: value of an `lb` parameter in the Request-URI (a strict router upstream put
     /// the balancer's Record-Route URI there, RFC 3261 §16.4).
     pub(crate) request_uri_lb: Option<Span>,
+    /// The From and To values as written (untrimmed), for the sanity checks of initial
+    /// requests (`message/sanity.rs`), which read them only when they run.
+    pub(crate) from: Span,
+    pub(crate) to: Span,
+    /// Length of the longest header field value (continuation lines included).
+    pub(crate) longest_field: u32,
 }
 
 /// Why a framed message is malformed: the status and reason phrase of the response the balancer
@@ -271,6 +269,9 @@ impl SipMessage {
             max_forwards: head.max_forwards,
             own_record_route: head.own_record_route,
             request_uri_lb: head.request_uri_lb,
+            from: head.from,
+            to: head.to,
+            longest_field: head.longest_field,
             bytes,
         }
     }
@@ -384,6 +385,9 @@ pub(crate) struct Head {
     max_forwards: Option<(Span, u32)>,
     own_record_route: Option<Span>,
     request_uri_lb: Option<Span>,
+    from: Span,
+    to: Span,
+    longest_field: u32,
 }
 
 impl Head {
@@ -423,8 +427,9 @@ impl Head {
         let mut via: Option<Via> = None;
         let mut call_id: Option<Span> = None;
         let mut cseq: Option<(u32, Method, Range<usize>)> = None;
-        let mut from = false;
-        let mut to_tag: Option<bool> = None;
+        let mut from: Option<Span> = None;
+        let mut to: Option<(Span, bool)> = None;
+        let mut longest_field = 0usize;
         let mut top_route: Option<Route> = None;
         // The top Route was the last entry of its line: the next Route line holds the second.
         let mut second_route_pending = false;
@@ -448,6 +453,7 @@ impl Head {
             }
             let name = &b[field.name.clone()];
             let (vs, ve) = (field.value.start, field.value.end);
+            longest_field = longest_field.max(ve - vs);
             if let Some(wanted) = tag_header {
                 if tag_span.is_none() && name.eq_ignore_ascii_case(wanted) {
                     let (s, e) = trim_lws(b, vs, ve);
@@ -475,16 +481,17 @@ impl Head {
                     cseq = Some(parse_cseq(b, vs, ve)?);
                 }
                 Known::From => {
-                    if from {
+                    if from.is_some() {
                         return Err(fail("Duplicate From"));
                     }
-                    from = true;
+                    from = Some(Span::new(vs, ve));
                 }
                 Known::To => {
-                    if to_tag.is_some() {
+                    if to.is_some() {
                         return Err(fail("Duplicate To"));
                     }
-                    to_tag = Some(has_tag_param(b, vs, ve)?);
+                    let tagged = tag_param(b, vs, ve).ok_or(BAD_TO)?.is_some();
+                    to = Some((Span::new(vs, ve), tagged));
                 }
                 Known::Route if top_route.is_none() => {
                     let entry = route_entry(b, vs, ve)?;
@@ -546,10 +553,10 @@ impl Head {
             let Some((cseq_number, cseq_method, cseq_method_range)) = cseq else {
                 break 'checks Err(fail("Missing CSeq"));
             };
-            if !from {
+            let Some(from) = from else {
                 break 'checks Err(fail("Missing From"));
-            }
-            let Some(to_tag) = to_tag else {
+            };
+            let Some((to, to_tag)) = to else {
                 break 'checks Err(fail("Missing To"));
             };
             if let StartLine::Request { method_span, .. } = start {
@@ -575,6 +582,10 @@ impl Head {
                 max_forwards,
                 own_record_route,
                 request_uri_lb,
+                from,
+                to,
+                // Below the message size, which fits u32 (checked by `parse` and the framer).
+                longest_field: u32::try_from(longest_field).unwrap_or(u32::MAX),
             })
         });
         Ok(Walked {
@@ -912,33 +923,49 @@ fn parse_cseq(b: &[u8], vs: usize, ve: usize) -> Result<(u32, Method, Range<usiz
     Ok((number, method, method_start..method_end))
 }
 
-/// Whether a To value carries a `tag` header parameter: a `;` outside the display name's quotes
-/// and outside `<>` starts a header parameter (for a bare addr-spec every `;` does, RFC 3261
-/// §20). An unterminated quote or `<` makes the answer unknowable, so it is an error.
-fn has_tag_param(b: &[u8], vs: usize, ve: usize) -> Result<bool, ParseError> {
+/// Where the `tag` header parameter of a From or To value is: `Some(Some(offset))` just after
+/// its name (see [`tag_value`]), `Some(None)` without one. A `;` outside the display name's
+/// quotes and outside `<>` starts a header parameter (for a bare addr-spec every `;` does,
+/// RFC 3261 §20). An unterminated quote or `<` makes the answer unknowable: `None`.
+///
+/// Stops at the name: the To of nearly every message has a tag, and routing needs only that.
+#[inline]
+fn tag_param(b: &[u8], vs: usize, ve: usize) -> Option<Option<usize>> {
     let mut i = vs;
     // Jumps from one byte that matters to the next: inside `<>` only the closing `>` does.
     loop {
         let Some(at) = memchr::memchr3(b'"', b'<', b';', &b[i.min(ve)..ve]) else {
-            return Ok(false);
+            return Some(None);
         };
         i += at;
         match b[i] {
-            b'"' => i = quoted_end(b, i, ve).ok_or(BAD_TO)?,
+            b'"' => i = quoted_end(b, i, ve)?,
             b'<' => {
-                let close = memchr::memchr(b'>', &b[i + 1..ve]).ok_or(BAD_TO)?;
+                let close = memchr::memchr(b'>', &b[i + 1..ve])?;
                 i += close + 2;
             }
             _ => {
                 let name_start = skip_lws(b, i + 1, ve);
                 let name_end = token_end(b, name_start, ve);
                 if b[name_start..name_end].eq_ignore_ascii_case(b"tag") {
-                    return Ok(true);
+                    return Some(Some(name_end));
                 }
                 i = name_end.max(i + 1);
             }
         }
     }
+}
+
+/// The value of the parameter whose name ends at `name_end` (from [`tag_param`]): empty for a
+/// bare `;tag` or `;tag=`.
+fn tag_value(b: &[u8], name_end: usize, ve: usize) -> Span {
+    let eq = skip_lws(b, name_end, ve);
+    if eq >= ve || b[eq] != b'=' {
+        return Span::new(name_end, name_end);
+    }
+    let start = skip_lws(b, eq + 1, ve);
+    let end = param_value_end(b, start, ve).unwrap_or(start);
+    Span::new(start, end)
 }
 
 /// The first via-parm of a Via value (RFC 3261 §20.42). Whitespace is accepted wherever the
@@ -1388,6 +1415,8 @@ pub(crate) fn parse_u32(digits: &[u8]) -> Option<u32> {
 fn parse_port(digits: &[u8]) -> Option<u16> {
     parse_u32(digits).and_then(|n| u16::try_from(n).ok())
 }
+
+pub(crate) mod sanity;
 
 #[cfg(test)]
 mod rfc4475_tests;

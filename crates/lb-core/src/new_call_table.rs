@@ -35,14 +35,25 @@
 //! through an entry's life, and a re-inserted Call-ID starts later than any stale item of the
 //! previous entry could be due, so a stale item never matches.
 //!
+//! # Fair shares
+//!
+//! Each entry remembers the frontend connection its call came on (a `Copy` [`ConnId`], no
+//! allocation), and the table counts the entries of each connection in a vector indexed by
+//! slab slot, tagged with the slot's generation. Once the table is half full, a connection
+//! holding its share (`limits.table_share_percent`) gets no more entries until some expire:
+//! one flooding connection can take half the table, never the half the others need
+//! (docs/design.md, "Fair shares of the new-call table"). When an entry goes, its
+//! connection's count drops only if the slot still holds that generation: the entries of a
+//! closed connection expire as before, and their counts go nowhere.
+//!
 //! # Compact entries
 //!
 //! The table stores no Call-ID bytes: a [`CallKey`] is a keyed 128-bit SipHash-1-3 of the
 //! Call-ID (collision chance 2^-128 per pair), so entries are fixed-size and inserts allocate
 //! only when the containers grow. Deadlines are `u32` milliseconds from a base instant: rounded
 //! up, so an entry is never removed early, and removed at most 1 ms late. The base moves forward
-//! (an O(n) pass) once every ~24 days of uptime. A map slot is 24 bytes plus a control byte and
-//! a FIFO item 20 bytes; with the map's load factor and the FIFO's doubling that is 48–97 bytes
+//! (an O(n) pass) once every ~24 days of uptime. A map slot is 32 bytes plus a control byte and
+//! a FIFO item 20 bytes; with the map's load factor and the FIFO's doubling that is 58–115 bytes
 //! per entry with one queued item (see [`NewCallTable::memory_bytes`]).
 
 use std::collections::{HashMap, VecDeque};
@@ -52,15 +63,20 @@ use std::time::{Duration, Instant};
 
 use siphasher::sip128::SipHasher13;
 
-use crate::ids::BackendId;
+use crate::ids::{BackendId, ConnId};
 
 /// A Call-ID reduced to a keyed 128-bit fingerprint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct CallKey(pub(crate) u128);
 
-/// The table is at capacity.
+/// Why an insert was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct TableFull;
+pub(crate) enum Refused {
+    /// The table is at capacity.
+    Full,
+    /// The table is at least half full and the owning connection holds its share.
+    OverShare,
+}
 
 /// See the module docs.
 pub(crate) struct NewCallTable {
@@ -71,6 +87,10 @@ pub(crate) struct NewCallTable {
     ringing_fifo: VecDeque<Item>,
     /// Entries per backend index, for [`NewCallTable::assigned`].
     assigned: Vec<u32>,
+    /// Entries per owning connection, by slab slot, for the share rule.
+    owners: Vec<Owner>,
+    /// Entries one connection may hold once the table is half full.
+    share: usize,
     hasher: SipHasher13,
     capacity: usize,
     window_ms: u32,
@@ -98,6 +118,8 @@ impl NewCallTable {
             window_fifo: VecDeque::new(),
             ringing_fifo: VecDeque::new(),
             assigned: Vec::new(),
+            owners: Vec::new(),
+            share: capacity,
             hasher: SipHasher13::new_with_key(&hash_key),
             capacity,
             // Both fit: clamped to LIFETIME_MAX_MS < u32::MAX above.
@@ -106,6 +128,19 @@ impl NewCallTable {
             base: now,
             last_ns: 0,
         }
+    }
+
+    /// The table with a per-connection share: once it holds half its capacity, a connection
+    /// holding `share` entries can add no more until some of them expire (see
+    /// [`NewCallTable::insert`]). Without it a connection may fill the table.
+    pub(crate) fn with_share(mut self, share: usize) -> NewCallTable {
+        self.set_share(share);
+        self
+    }
+
+    /// A new share (a reload); entries already held stay, over it or not.
+    pub(crate) fn set_share(&mut self, share: usize) {
+        self.share = share;
     }
 
     /// The fingerprint of a Call-ID, as used by every other method.
@@ -120,17 +155,21 @@ impl NewCallTable {
             .map(|e| BackendId::new(usize::from(e.backend)))
     }
 
-    /// Records a new call. `ringing`: an INVITE, kept until its final response (see `settle`).
+    /// Records a new call that came on connection `owner`. `ringing`: an INVITE, kept until
+    /// its final response (see `settle`).
     ///
     /// Expires due entries first. A key still present keeps its entry unchanged and returns
-    /// `Ok`: a retransmission must not reassign the call or extend its life.
+    /// `Ok`: a retransmission must not reassign the call or extend its life. Refused when the
+    /// table is full, or when it is at least half full and `owner` already holds its share:
+    /// the other half stays for the connections within theirs.
     pub(crate) fn insert(
         &mut self,
         now: Instant,
         key: CallKey,
         backend: BackendId,
         ringing: bool,
-    ) -> Result<(), TableFull> {
+        owner: ConnId,
+    ) -> Result<(), Refused> {
         let now_ms = self.advance(now);
         // Entries past their rule are dropped first (amortised O(1)): a Call-ID whose old entry
         // is merely overdue counts as new, and a full table makes room if it can.
@@ -140,7 +179,10 @@ impl NewCallTable {
             return Ok(());
         }
         if self.entries.len() >= self.capacity {
-            return Err(TableFull);
+            return Err(Refused::Full);
+        }
+        if self.entries.len() >= self.capacity.div_ceil(2) && self.held_by(owner) >= self.share {
+            return Err(Refused::OverShare);
         }
         let backend = u16::try_from(backend.index()).unwrap_or(u16::MAX);
         // Rounded up from the precise `now`, so the entry never expires early.
@@ -155,6 +197,7 @@ impl NewCallTable {
             fingerprint,
             Entry {
                 deadline,
+                owner,
                 backend,
                 phase,
             },
@@ -168,6 +211,20 @@ impl NewCallTable {
             self.assigned.resize(slot + 1, 0);
         }
         self.assigned[slot] += 1;
+        let (owner_slot, generation) = owner.parts();
+        let owner_slot = owner_slot as usize;
+        if self.owners.len() <= owner_slot {
+            self.owners.resize(owner_slot + 1, Owner::default());
+        }
+        let record = &mut self.owners[owner_slot];
+        if record.generation != generation {
+            // A new connection in the slot: the old one's entries no longer count for anyone.
+            *record = Owner {
+                generation,
+                held: 0,
+            };
+        }
+        record.held += 1;
         Ok(())
     }
 
@@ -242,6 +299,15 @@ impl NewCallTable {
     /// Entries held.
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    /// Entries that came on connection `conn` and are still held.
+    pub(crate) fn held_by(&self, conn: ConnId) -> usize {
+        let (slot, generation) = conn.parts();
+        self.owners
+            .get(slot as usize)
+            .filter(|o| o.generation == generation)
+            .map_or(0, |o| o.held as usize)
     }
 
     /// Entries naming `backend`: the calls assigned to it within the window.
@@ -362,6 +428,15 @@ impl NewCallTable {
             if let Some(count) = self.assigned.get_mut(usize::from(entry.backend)) {
                 *count = count.saturating_sub(1);
             }
+            let (slot, generation) = entry.owner.parts();
+            // Entries of a closed connection whose slot was reused count for nobody.
+            if let Some(o) = self
+                .owners
+                .get_mut(slot as usize)
+                .filter(|o| o.generation == generation)
+            {
+                o.held = o.held.saturating_sub(1);
+            }
         }
     }
 }
@@ -384,7 +459,7 @@ impl fmt::Debug for NewCallTable {
 }
 
 /// A [`CallKey`] stored as four `u32`s: alignment 4 instead of `u128`'s 16 keeps map slots at
-/// 24 bytes and FIFO items at 20.
+/// 32 bytes and FIFO items at 20.
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct Fingerprint([u32; 4]);
 
@@ -445,13 +520,22 @@ impl Hasher for PassThroughHasher {
     }
 }
 
-/// One table entry: 8 bytes besides the key.
+/// One table entry: 16 bytes besides the key.
 #[derive(Clone, Copy)]
 struct Entry {
     /// Milliseconds from `base` at which the current phase ends.
     deadline: u32,
+    /// The frontend connection the call came on: its share counts this entry.
+    owner: ConnId,
     backend: u16,
     phase: Phase,
+}
+
+/// The entries one connection slot holds, for the connection of that generation.
+#[derive(Clone, Copy, Default)]
+struct Owner {
+    generation: u32,
+    held: u32,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -499,6 +583,8 @@ mod tests {
     const W: Duration = Duration::from_secs(32);
     const R: Duration = Duration::from_secs(180);
     const KEY: [u8; 16] = [7; 16];
+    /// The connection the calls of most tests come on.
+    const C: ConnId = ConnId::from_parts(0, 1);
 
     fn table(capacity: usize, t0: Instant) -> NewCallTable {
         NewCallTable::new(capacity, W, R, KEY, t0)
@@ -537,7 +623,7 @@ mod tests {
         let t0 = origin();
         let mut t = table(10, t0);
         let k = t.key(b"plain");
-        t.insert(t0, k, b(3), false).unwrap();
+        t.insert(t0, k, b(3), false, C).unwrap();
         assert_eq!(t.lookup(k), Some(b(3)));
         assert_eq!(t.next_deadline(), Some(t0 + W));
         assert!(alive_at(&mut t, t0 + W - MS, k));
@@ -552,7 +638,7 @@ mod tests {
         let t0 = origin();
         let mut t = table(10, t0);
         let k = t.key(b"subscribe");
-        t.insert(t0, k, b(0), false).unwrap();
+        t.insert(t0, k, b(0), false, C).unwrap();
         t.settle(t0 + Duration::from_secs(10), k);
         assert!(!alive_at(&mut t, t0 + W, k));
     }
@@ -562,7 +648,7 @@ mod tests {
         let t0 = origin();
         let mut t = table(10, t0);
         let k = t.key(b"invite");
-        t.insert(t0, k, b(1), true).unwrap();
+        t.insert(t0, k, b(1), true, C).unwrap();
         let answer = t0 + Duration::from_secs(120);
         // Still there through the ringing, with the driver waking at each deadline.
         let mut now = t0;
@@ -584,7 +670,7 @@ mod tests {
         let t0 = origin();
         let mut t = table(10, t0);
         let k = t.key(b"quick");
-        t.insert(t0, k, b(1), true).unwrap();
+        t.insert(t0, k, b(1), true, C).unwrap();
         let answer = t0 + Duration::from_secs(3);
         t.settle(answer, k);
         assert!(alive_at(&mut t, t0 + W, k));
@@ -599,7 +685,7 @@ mod tests {
         let t0 = origin();
         let mut t = table(10, t0);
         let k = t.key(b"instant");
-        t.insert(t0, k, b(1), true).unwrap();
+        t.insert(t0, k, b(1), true, C).unwrap();
         t.settle(t0, k);
         assert!(alive_at(&mut t, t0 + W - MS, k));
         assert!(!alive_at(&mut t, t0 + W, k));
@@ -610,7 +696,7 @@ mod tests {
         let t0 = origin();
         let mut t = table(10, t0);
         let k = t.key(b"forever");
-        t.insert(t0, k, b(1), true).unwrap();
+        t.insert(t0, k, b(1), true, C).unwrap();
         assert!(alive_at(&mut t, t0 + W, k));
         assert_eq!(t.next_deadline(), Some(t0 + R + W));
         assert!(alive_at(&mut t, t0 + R + W - MS, k));
@@ -623,7 +709,7 @@ mod tests {
         let t0 = origin();
         let mut t = table(10, t0);
         let k = t.key(b"late");
-        t.insert(t0, k, b(1), true).unwrap();
+        t.insert(t0, k, b(1), true, C).unwrap();
         t.expire(t0 + W);
         t.settle(t0 + R + Duration::from_secs(1), k);
         assert!(alive_at(&mut t, t0 + R + W - MS, k));
@@ -635,7 +721,7 @@ mod tests {
         let t0 = origin();
         let mut t = table(10, t0);
         let k = t.key(b"sleepy");
-        t.insert(t0, k, b(1), true).unwrap();
+        t.insert(t0, k, b(1), true, C).unwrap();
         // No expire for a long time: the ringing move and the cap happen in one call.
         assert!(!alive_at(&mut t, t0 + R + W + Duration::from_secs(100), k));
         assert_eq!(t.next_deadline(), None);
@@ -647,7 +733,7 @@ mod tests {
         let r = Duration::from_secs(5);
         let mut t = NewCallTable::new(10, W, r, KEY, t0);
         let k = t.key(b"short");
-        t.insert(t0, k, b(1), true).unwrap();
+        t.insert(t0, k, b(1), true, C).unwrap();
         // Settled after the ringing cap but before the window: the cap (r + W) rules.
         t.settle(t0 + Duration::from_secs(10), k);
         assert!(alive_at(&mut t, t0 + r + W - MS, k));
@@ -659,8 +745,8 @@ mod tests {
         let t0 = origin();
         let mut t = table(10, t0);
         let k = t.key(b"retx");
-        t.insert(t0, k, b(1), false).unwrap();
-        t.insert(t0 + Duration::from_secs(20), k, b(2), true)
+        t.insert(t0, k, b(1), false, C).unwrap();
+        t.insert(t0 + Duration::from_secs(20), k, b(2), true, C)
             .unwrap();
         assert_eq!(t.lookup(k), Some(b(1)));
         assert_eq!(t.assigned(b(1)), 1);
@@ -674,16 +760,80 @@ mod tests {
         let t0 = origin();
         let mut t = table(2, t0);
         let keys: Vec<CallKey> = (0..3u8).map(|i| t.key(&[i])).collect();
-        t.insert(t0, keys[0], b(0), false).unwrap();
-        t.insert(t0 + MS, keys[1], b(0), false).unwrap();
-        assert_eq!(t.insert(t0 + MS, keys[2], b(0), false), Err(TableFull));
+        t.insert(t0, keys[0], b(0), false, C).unwrap();
+        t.insert(t0 + MS, keys[1], b(0), false, C).unwrap();
+        assert_eq!(
+            t.insert(t0 + MS, keys[2], b(0), false, C),
+            Err(Refused::Full)
+        );
         // A retransmission of a held call is still fine at capacity.
-        assert_eq!(t.insert(t0 + MS, keys[1], b(0), false), Ok(()));
+        assert_eq!(t.insert(t0 + MS, keys[1], b(0), false, C), Ok(()));
         assert_eq!(t.len(), 2);
         // Once the first is due, inserting makes room without a separate expire.
-        assert_eq!(t.insert(t0 + W, keys[2], b(1), false), Ok(()));
+        assert_eq!(t.insert(t0 + W, keys[2], b(1), false, C), Ok(()));
         assert_eq!(t.lookup(keys[0]), None);
         assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn a_connection_holding_its_share_is_refused_once_the_table_is_half_full() {
+        let t0 = origin();
+        let mut t = table(8, t0).with_share(2);
+        let (c1, c2, c3, c4) = (
+            ConnId::from_parts(0, 1),
+            ConnId::from_parts(1, 2),
+            ConnId::from_parts(2, 3),
+            ConnId::from_parts(3, 4),
+        );
+        let keys: Vec<CallKey> = (0..12u8).map(|i| t.key(&[i])).collect();
+        // Below half full anyone may insert, beyond its share too.
+        for k in &keys[..4] {
+            assert_eq!(t.insert(t0, *k, b(0), false, c1), Ok(()));
+        }
+        assert_eq!(
+            t.insert(t0, keys[4], b(0), false, c1),
+            Err(Refused::OverShare)
+        );
+        // A retransmission of a call it holds is no new entry: still fine.
+        assert_eq!(t.insert(t0, keys[0], b(0), false, c1), Ok(()));
+        assert_eq!(t.insert(t0, keys[4], b(0), false, c2), Ok(()));
+        assert_eq!(t.insert(t0, keys[5], b(0), false, c2), Ok(()));
+        assert_eq!(
+            t.insert(t0, keys[6], b(0), false, c2),
+            Err(Refused::OverShare)
+        );
+        assert_eq!(t.insert(t0, keys[6], b(0), false, c3), Ok(()));
+        assert_eq!(t.insert(t0, keys[7], b(0), false, c3), Ok(()));
+        assert_eq!(t.insert(t0, keys[8], b(0), false, c4), Err(Refused::Full));
+        assert_eq!(
+            (t.held_by(c1), t.held_by(c2), t.held_by(c3), t.held_by(c4)),
+            (4, 2, 2, 0)
+        );
+        // Expiry gives each its room back.
+        t.expire(t0 + W);
+        assert_eq!((t.len(), t.held_by(c1), t.held_by(c2)), (0, 0, 0));
+        assert_eq!(t.insert(t0 + W, keys[9], b(0), false, c1), Ok(()));
+        assert_eq!(t.held_by(c1), 1);
+    }
+
+    #[test]
+    fn entries_of_a_closed_connection_expire_and_count_for_nobody() {
+        let t0 = origin();
+        let mut t = table(100, t0).with_share(10);
+        let old = ConnId::from_parts(5, 1);
+        // The slot's next connection: same slot, another generation.
+        let new = ConnId::from_parts(5, 9);
+        for i in 0..3u8 {
+            t.insert(t0, t.key(&[i]), b(0), false, old).unwrap();
+        }
+        let later = t0 + Duration::from_secs(10);
+        t.insert(later, t.key(b"new"), b(0), false, new).unwrap();
+        assert_eq!((t.held_by(old), t.held_by(new)), (0, 1));
+        // The old entries expire on time; the new connection's count is untouched.
+        t.expire(t0 + W);
+        assert_eq!((t.len(), t.held_by(new)), (1, 1));
+        t.expire(later + W);
+        assert_eq!((t.len(), t.held_by(new)), (0, 0));
     }
 
     #[test]
@@ -691,7 +841,7 @@ mod tests {
         let t0 = origin();
         let mut t = table(100, t0);
         let k = t.key(b"call");
-        t.insert(t0, k, b(1), true).unwrap();
+        t.insert(t0, k, b(1), true, C).unwrap();
         t.reassign(k, b(2));
         assert_eq!(t.lookup(k), Some(b(2)));
         assert_eq!((t.assigned(b(1)), t.assigned(b(2))), (0, 1));
@@ -705,7 +855,7 @@ mod tests {
         let mut t = table(100, t0);
         for i in 0..10u8 {
             let k = t.key(&[i]);
-            t.insert(t0, k, b(u16::from(i % 3)), i % 2 == 0).unwrap();
+            t.insert(t0, k, b(u16::from(i % 3)), i % 2 == 0, C).unwrap();
         }
         assert_eq!(
             (t.assigned(b(0)), t.assigned(b(1)), t.assigned(b(2))),
@@ -724,11 +874,11 @@ mod tests {
         let t0 = origin() + Duration::from_secs(1000);
         let mut t = table(10, t0);
         let k = t.key(b"a");
-        t.insert(t0 + Duration::from_secs(10), k, b(0), false)
+        t.insert(t0 + Duration::from_secs(10), k, b(0), false, C)
             .unwrap();
         // Earlier instants, even before the table's base, neither panic nor move time back.
         let k2 = t.key(b"b");
-        t.insert(t0 - Duration::from_secs(500), k2, b(0), false)
+        t.insert(t0 - Duration::from_secs(500), k2, b(0), false, C)
             .unwrap();
         t.expire(t0 - Duration::from_secs(999));
         assert_eq!(t.len(), 2);
@@ -747,7 +897,7 @@ mod tests {
         for i in 0..70u32 {
             now += day;
             let k = t.key(&i.to_be_bytes());
-            t.insert(now, k, b(0), true).unwrap();
+            t.insert(now, k, b(0), true, C).unwrap();
             if i % 2 == 0 {
                 t.settle(now + Duration::from_secs(40), k);
                 assert!(alive_at(&mut t, now + Duration::from_secs(40) + W - MS, k));
@@ -760,7 +910,7 @@ mod tests {
         }
         // A jump past u32 milliseconds with entries held.
         let k = t.key(b"jump");
-        t.insert(now, k, b(0), false).unwrap();
+        t.insert(now, k, b(0), false, C).unwrap();
         assert!(!alive_at(&mut t, now + day * 100, k));
         assert_eq!(t.len(), 0);
         assert_eq!(t.next_deadline(), None);
@@ -772,7 +922,7 @@ mod tests {
         let mut t = table(10, t0);
         let k = t.key(b"fine");
         let created = t0 + Duration::from_micros(1_500);
-        t.insert(created, k, b(0), false).unwrap();
+        t.insert(created, k, b(0), false, C).unwrap();
         assert!(alive_at(&mut t, created + W - Duration::from_nanos(1), k));
         // At most 1 ms late.
         assert!(!alive_at(&mut t, created + W + MS, k));
@@ -780,7 +930,8 @@ mod tests {
 
     #[test]
     fn entry_layout_is_compact() {
-        assert_eq!(size_of::<(Fingerprint, Entry)>(), 24);
+        // The owner (8 bytes) is what the per-connection share costs.
+        assert_eq!(size_of::<(Fingerprint, Entry)>(), 32);
         assert_eq!(size_of::<Item>(), 20);
     }
 
@@ -793,7 +944,7 @@ mod tests {
         for i in 0..200_000u32 {
             let now = t0 + MS * i;
             let k = t.key(&i.to_be_bytes());
-            t.insert(now, k, b(0), i % 2 == 0).unwrap();
+            t.insert(now, k, b(0), i % 2 == 0, C).unwrap();
             if i >= 2000 && (i - 2000) % 2 == 0 {
                 let answered = t.key(&(i - 2000).to_be_bytes());
                 t.settle(now, answered);
@@ -891,7 +1042,7 @@ mod tests {
                     ringing,
                 } => {
                     let k = t.key(&[call]);
-                    let result = t.insert(at(now_ms), k, b(u16::from(backend)), ringing);
+                    let result = t.insert(at(now_ms), k, b(u16::from(backend)), ringing, C);
                     let eff = now_ms.max(seen);
                     seen = eff;
                     model.retain(|_, m| m.deadline > eff);
@@ -900,7 +1051,7 @@ mod tests {
                             return false;
                         }
                     } else if model.len() >= capacity {
-                        if result != Err(TableFull) {
+                        if result != Err(Refused::Full) {
                             return false;
                         }
                     } else {
@@ -956,6 +1107,10 @@ mod tests {
                         }
                     }
                     if t.next_deadline().is_some_and(|d| d <= at(eff)) {
+                        return false;
+                    }
+                    // Every call came on `C`: its count is the table's.
+                    if t.held_by(C) != model.len() {
                         return false;
                     }
                     for backend in 0..4u16 {

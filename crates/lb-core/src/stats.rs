@@ -106,6 +106,8 @@ stats_table! {
     counter dial_outs: "Connections the balancer opened toward frontends (dial-out, RFC 3261 §18.1.1)";
     counter dial_out_failures: "Dial-outs that failed to connect; their queued requests got 503";
     counter dial_out_refused: "Requests refused with 503 because dial-out was at its limits";
+    counter sanity_refused: "Initial requests from frontends refused with 400 by the sanity checks (no From tag, a host, URI or header field too long)";
+    counter table_share_refused: "New calls refused with 503 because their connection held its share of a new-call table at least half full";
     gauge backends_up: "Backends up now";
     gauge frontends_open: "Frontend connections open now";
     gauge dial_outs_open: "Connections toward frontends the balancer opened, open or opening now";

@@ -467,6 +467,7 @@ impl Balancer {
         config.ringing_max = old.ringing_max;
         config.limits.table_capacity = old.limits.table_capacity;
         config.backends = backends;
+        self.table.set_share(config.limits.table_share());
         self.signer = TagSigner::new(&config.tag_keys);
         self.rendezvous_key = self.signer.shared_hash_key();
         self.selector = Selector::new(config.algorithm, config.backends.len());

@@ -15,6 +15,7 @@
 //! through a misconfigured peer ends with a 483 instead of circling.
 
 use super::*;
+use crate::new_call_table::Refused;
 use crate::tag::Facing;
 
 impl Balancer {
@@ -69,6 +70,9 @@ impl Balancer {
             }
         }
         self.stats.frontend_requests_in += 1;
+        if !self.passes_sanity(source, &message) {
+            return;
+        }
         self.learn_alias(source.conn, &message);
         let Some(hops) = self.hop_limit(source, &message) else {
             return;
@@ -104,12 +108,20 @@ impl Balancer {
                 let Some(backend) = self.choose_backend() else {
                     return self.unavailable(source, &message, "No Backend Available");
                 };
-                if self
+                let ringing = method == Method::Invite;
+                match self
                     .table
-                    .insert(self.now, key, backend, method == Method::Invite)
-                    .is_err()
+                    .insert(self.now, key, backend, ringing, source.conn)
                 {
-                    return self.unavailable(source, &message, "Too Many Calls Being Set Up");
+                    Ok(()) => {}
+                    Err(Refused::Full) => {
+                        return self.unavailable(source, &message, "Too Many Calls Being Set Up");
+                    }
+                    Err(Refused::OverShare) => {
+                        self.stats.table_share_refused += 1;
+                        let reason = "Too Many Calls Being Set Up On This Connection";
+                        return self.unavailable(source, &message, reason);
+                    }
                 }
                 self.stats.new_calls += 1;
                 target = Some(backend);

@@ -1,0 +1,153 @@
+//! Hostile peers against the real binaries (`lb-tokio` and `lb-mio`) on 127.0.0.1 (issue 15,
+//! "no peer can misroute, starve or poison another"): initial requests that fail the edge
+//! checks get 400 and reach no backend; a connection flooding the new-call table gets 503
+//! while another connection's calls go on. Peers are plain Rust sockets (`siplb_e2e::ops`).
+//!
+//! No assertion depends on speed: every figure is a count the balancer's rules fix exactly
+//! (nothing expires within the 32 s window), read when the traffic is over.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+
+use siplb_e2e::lb::Runtime;
+use siplb_e2e::ops::{
+    backend_series, backend_tables, header, status, OpsLb, SipBackend, SipClient,
+};
+use siplb_e2e::RunDir;
+
+fn ready(lb: &mut OpsLb, backend: &SipBackend) {
+    lb.wait_metric(&backend_series("backend_up", 0, backend.addr), 1.0);
+}
+
+fn first_line(message: &str) -> &str {
+    message.lines().next().unwrap_or_default()
+}
+
+// (a) A 40 kB Via host and a From without a tag: 400 naming the fault, nothing forwarded; the
+// connection stays and a sane call on it goes through.
+fn insane_initial_requests_get_400_and_reach_no_backend(rt: Runtime) {
+    let dir = RunDir::new(&format!("hostile-sanity-{}", rt.name()));
+    let a = SipBackend::start();
+    let mut lb = OpsLb::start(&dir, rt, &backend_tables(&[&a]), &[]);
+    ready(&mut lb, &a);
+    let mut client = SipClient::connect(lb.addr());
+    let me = client.local_addr();
+
+    let host = format!("{}.example.com", "a".repeat(40_000));
+    let huge = client.invite("huge-via", Some(70)).replacen(
+        &format!("Via: SIP/2.0/TCP {me};"),
+        &format!("Via: SIP/2.0/TCP {host}:{};", me.port()),
+        1,
+    );
+    assert!(huge.len() > 40_000 && huge.contains(&host));
+    client.send_raw(huge.as_bytes());
+    let answer = client.final_response("huge-via");
+    assert_eq!(first_line(&answer), "SIP/2.0 400 Host Too Long");
+    assert!(header(&answer, "Via").is_some_and(|v| v.contains(&host)));
+
+    let tagless = client
+        .invite("no-from-tag", Some(70))
+        .replace(";tag=c-no-from-tag", "");
+    assert!(!header(&tagless, "From").unwrap().contains("tag"));
+    client.send_raw(tagless.as_bytes());
+    let answer = client.final_response("no-from-tag");
+    assert_eq!(first_line(&answer), "SIP/2.0 400 Missing From Tag");
+
+    // One backend connection carries everything in order: once the sane call is answered, the
+    // refused requests would have arrived before it.
+    assert_eq!(client.call("sane-after").status, 200);
+    assert_eq!(a.received("INVITE"), vec!["sane-after".to_string()]);
+    assert_eq!(a.received_messages("INVITE").len(), 1);
+    let m = lb.wait_metric("siplb_sanity_refused_total", 2.0);
+    for (series, want) in [
+        ("siplb_replies_400_total", 2.0),
+        ("siplb_malformed_total", 0.0),
+        ("siplb_new_calls_total", 1.0),
+        ("siplb_to_backend_total", 1.0),
+        ("siplb_frontends_open", 1.0),
+    ] {
+        assert_eq!(m.value(series), want, "{series}");
+    }
+    let stdout = lb.stop();
+    assert!(stdout.contains("sanity_refused=2 "), "{stdout}");
+}
+
+// (b) The issue's flood, scaled down: with a table of 200, one connection sends 150 OPTIONS;
+// the first 100 fill half the table, the other 50 get 503, and 20 calls on another connection
+// all go through.
+fn a_flooding_connection_cannot_starve_another(rt: Runtime) {
+    const FLOOD: usize = 150;
+    const HALF: usize = 100;
+    const CALLS: usize = 20;
+    let dir = RunDir::new(&format!("hostile-share-{}", rt.name()));
+    let a = SipBackend::start();
+    let body = format!("{}[limits]\ntable-capacity = 200\n", backend_tables(&[&a]));
+    let mut lb = OpsLb::start(&dir, rt, &body, &[]);
+    ready(&mut lb, &a);
+
+    let mut flooder = SipClient::connect(lb.addr());
+    let me = flooder.local_addr();
+    let lb_addr = lb.addr();
+    let flood: String = (0..FLOOD)
+        .map(|i| {
+            format!(
+                "OPTIONS sip:service@{lb_addr} SIP/2.0\r\n\
+                 Via: SIP/2.0/TCP {me};branch=z9hG4bK-flood-{i}\r\n\
+                 Max-Forwards: 70\r\n\
+                 From: <sip:flood@{me}>;tag=f{i}\r\n\
+                 To: <sip:service@{lb_addr}>\r\n\
+                 Call-ID: flood-{i}\r\n\
+                 CSeq: 1 OPTIONS\r\n\
+                 Content-Length: 0\r\n\r\n"
+            )
+        })
+        .collect();
+    flooder.send_raw(flood.as_bytes());
+    // The balancer's 503s come at once, the backend's 200s a hop later: count by Call-ID.
+    let mut answers: BTreeMap<String, String> = BTreeMap::new();
+    while answers.len() < FLOOD {
+        let m = flooder.read();
+        let call_id = header(&m, "Call-ID").unwrap_or_default().to_string();
+        answers.insert(call_id, first_line(&m).to_string());
+    }
+    let refused: Vec<&String> = answers
+        .values()
+        .filter(|l| l.as_str() == "SIP/2.0 503 Too Many Calls Being Set Up On This Connection")
+        .collect();
+    let ok = answers
+        .values()
+        .filter(|l| l.as_str() == "SIP/2.0 200 OK")
+        .count();
+    assert_eq!((ok, refused.len()), (HALF, FLOOD - HALF), "{answers:?}");
+    assert_eq!(a.received("OPTIONS").len(), HALF);
+
+    let mut proxy = SipClient::connect(lb.addr());
+    for i in 0..CALLS {
+        let call = proxy.call(&format!("legit-{i}"));
+        assert_eq!(call.status, 200, "{}", call.response);
+    }
+    assert_eq!(a.received("INVITE").len(), CALLS);
+    // The flooder stays refused, INVITEs too.
+    let invite = flooder.invite("flood-invite", Some(70));
+    flooder.send_raw(invite.as_bytes());
+    let answer = flooder.final_response("flood-invite");
+    assert_eq!(status(&answer), Some(503));
+    assert!(answer.contains("\r\nRetry-After: 5\r\n"), "{answer}");
+
+    let m = lb.wait_metric("siplb_table_share_refused_total", (FLOOD - HALF + 1) as f64);
+    for (series, want) in [
+        ("siplb_table_len", (HALF + CALLS) as f64),
+        ("siplb_new_calls_total", (HALF + CALLS) as f64),
+        ("siplb_replies_503_total", (FLOOD - HALF + 1) as f64),
+        ("siplb_table_capacity", 200.0),
+    ] {
+        assert_eq!(m.value(series), want, "{series}");
+    }
+    lb.stop();
+}
+
+siplb_e2e::for_both_runtimes!(
+    insane_initial_requests_get_400_and_reach_no_backend,
+    a_flooding_connection_cannot_starve_another,
+);
