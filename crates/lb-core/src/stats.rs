@@ -99,6 +99,7 @@ stats_table! {
     counter backend_failures: "Backend connections lost or refused";
     counter probes_sent: "OPTIONS probes sent to backends";
     counter probe_failures: "Probes that failed (timed out or answered with an error other than 503)";
+    counter backend_quarantines: "Backend connections lost again soon after the last loss: their next reconnect waits twice as long";
     counter backend_overloads: "503 answers from backends to new calls (each starts an overload hold)";
     counter idle_closes: "Frontend connections closed for sending nothing within the idle timeout";
     counter partial_closes: "Frontend connections closed for holding part of a message too long";

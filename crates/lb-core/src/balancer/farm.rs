@@ -62,6 +62,12 @@ pub(super) struct Backend {
     pub(super) load: Option<u32>,
     /// Consecutive failed connection attempts, for the backoff.
     failures: u32,
+    /// Connections lost after they came up, since the backend last stayed up for
+    /// [`QUARANTINE_CLEAN`]: each one doubles the hold before the next connection, so a
+    /// backend that breaks framing (or resets) on every message stops taking every n-th call.
+    faults: u32,
+    /// When its connection came up.
+    up_since: Option<Instant>,
     /// No new calls before this instant (a 503 from the backend).
     overloaded_until: Option<Instant>,
     probe: ProbeState,
@@ -97,6 +103,9 @@ pub(super) enum BackendTimer {
 /// Call-IDs of the balancer's own probes start with this, so their answers are recognised.
 const PROBE_CALL_ID_PREFIX: &[u8] = b"siplb-probe-";
 
+/// A backend whose connection stays up this long is forgiven its earlier faults.
+pub(super) const QUARANTINE_CLEAN: Duration = Duration::from_secs(30);
+
 impl Backend {
     pub(super) fn new(config: &BackendConfig) -> Backend {
         Backend {
@@ -106,6 +115,8 @@ impl Backend {
             conn: None,
             load: None,
             failures: 0,
+            faults: 0,
+            up_since: None,
             overloaded_until: None,
             probe: ProbeState::default(),
         }
@@ -195,6 +206,7 @@ impl Balancer {
         }
         b.state = BackendState::Up;
         b.failures = 0;
+        b.up_since = Some(self.now);
         // A fresh connection starts with a clean probe record: probes judge it from here.
         b.probe = ProbeState {
             seq: b.probe.seq,
@@ -216,6 +228,19 @@ impl Balancer {
             return;
         }
         let was_up = self.is_backend_up(backend);
+        let now = self.now;
+        let b = &mut self.backends[backend.index()];
+        // A connection that was up is a fault against the backend; one that stayed up long
+        // enough clears the earlier ones first (a restart now and then is no pattern).
+        if let Some(since) = b.up_since.take() {
+            if now.saturating_duration_since(since) >= QUARANTINE_CLEAN {
+                b.faults = 0;
+            }
+            b.faults = b.faults.saturating_add(1);
+            if b.faults > 1 {
+                self.stats.backend_quarantines += 1;
+            }
+        }
         let b = &mut self.backends[backend.index()];
         b.conn = None;
         b.load = None;
@@ -238,7 +263,9 @@ impl Balancer {
     /// from the seeded generator so a farm restarting together does not reconnect in lockstep.
     fn reconnect_delay(&mut self, backend: BackendId) -> Duration {
         let c = &self.config.config;
-        let failures = self.backends[backend.index()].failures.clamp(1, 16);
+        let b = &self.backends[backend.index()];
+        // Failed attempts and faults of connections that came up both lengthen the hold.
+        let failures = (b.failures + b.faults.saturating_sub(1)).clamp(1, 16);
         let full = c
             .reconnect_min
             .saturating_mul(1 << (failures - 1).min(15))
