@@ -185,6 +185,9 @@ struct Args {
     /// Address to accept frontend connections on (repeatable)
     #[arg(long, value_name = "ADDR")]
     listen: Vec<String>,
+    /// Log every message of this Call-ID with its route decision (repeatable)
+    #[arg(long, value_name = "ID")]
+    trace_call_id: Vec<String>,
     /// Address to accept TLS frontend connections on (repeatable)
     #[arg(long, value_name = "ADDR")]
     listen_tls: Vec<String>,
@@ -311,6 +314,7 @@ struct Args {
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 struct FileConfig {
     listen: Vec<String>,
+    trace_call_id: Vec<String>,
     listen_tls: Vec<String>,
     advertise_tls: Option<String>,
     tls: FileTls,
@@ -462,6 +466,11 @@ fn merge(
         .map(|a| parse_addr("listen-tls", a))
         .collect::<Result<_, _>>()?;
     core.advertise_tls = args.advertise_tls.clone().or(file.advertise_tls.clone());
+    core.trace_call_ids = if args.trace_call_id.is_empty() {
+        file.trace_call_id.clone()
+    } else {
+        args.trace_call_id.clone()
+    };
     let tls = merge_tls(
         &args,
         &file,

@@ -46,6 +46,7 @@ mod farm;
 mod route;
 mod sanity;
 mod timeouts;
+mod trace;
 
 pub use farm::BackendStatus;
 use farm::{Backend, BackendTimer};
@@ -530,6 +531,25 @@ impl Balancer {
             // Content-Length: forwarding it would desynchronise that stream (found by fuzzing).
             return self.handle_malformed(source, &message.bytes, CONTENT_LENGTH_MISMATCH);
         }
+        let traced = self.is_traced(message.call_id()).then(|| {
+            let call_id = String::from_utf8_lossy(message.call_id()).into_owned();
+            let end = (message.start_line_end as usize).saturating_sub(2);
+            let line = String::from_utf8_lossy(&message.bytes[..end]).into_owned();
+            (call_id, line, self.outputs.len())
+        });
+        self.route_message(source, from_backend, envelope, message);
+        if let Some((call_id, line, mark)) = traced {
+            self.log_trace(conn, &call_id, &line, mark);
+        }
+    }
+
+    fn route_message(
+        &mut self,
+        source: Source,
+        from_backend: Option<BackendId>,
+        envelope: Option<Envelope>,
+        message: SipMessage,
+    ) {
         match from_backend {
             None => {
                 if message.is_request() {

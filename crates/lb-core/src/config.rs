@@ -269,6 +269,8 @@ pub struct Config {
     pub overload_hold: Duration,
     /// Cap on a backend's Retry-After.
     pub overload_hold_max: Duration,
+    /// Call-IDs whose every message is logged with its route decision (`--trace-call-id`).
+    pub trace_call_ids: Vec<String>,
     /// A next hop that names no connection exactly nor by alias may take the only frontend
     /// connection from its IP (`hops`). Off when several balancers share the frontends (the
     /// workers of a process, instances behind one L4 balancer): a connection alone from its IP
@@ -301,6 +303,7 @@ impl Default for Config {
             partial_timeout: Duration::from_secs(10),
             overload_hold: Duration::from_secs(5),
             overload_hold_max: Duration::from_secs(300),
+            trace_call_ids: Vec::new(),
         }
     }
 }

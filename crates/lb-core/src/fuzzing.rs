@@ -467,6 +467,8 @@ fn fuzz_config(flags: u8, variant: u8, small: bool) -> ValidConfig {
         listeners: vec![SocketAddr::from(([127, 0, 0, 1], 5060))],
         advertise: Some(ADVERTISE.to_owned()),
         advertise_backend: None,
+        // One traced call, so the trace path runs on fuzzed traffic too.
+        trace_call_ids: vec!["call1@fuzz".to_owned()],
         tls_listeners: Vec::new(),
         advertise_tls: None,
         backends,
