@@ -34,20 +34,7 @@ impl Balancer {
         if let Some(conn) = self.hops.lookup_exact(to).filter(|c| self.is_open(*c)) {
             return Some(conn);
         }
-        if self.stats.dial_outs_open as usize >= self.config.config.limits.dial_outs_max {
-            return None;
-        }
-        let conn = self.insert_conn(Side::Frontend {
-            peer: to,
-            framer: StreamFramer::default(),
-            aliases: SmallVec::new(),
-            liveness: Liveness::new(self.now),
-            dialling: Some(Box::default()),
-            dialled: true,
-            tls: false,
-        });
-        self.stats.dial_outs += 1;
-        self.stats.dial_outs_open += 1;
+        let conn = self.new_dial(to, SmallVec::new(), Dialling::default())?;
         self.hops.add_peer(conn, to);
         tracing::debug!(%conn, %to, "dialling a frontend");
         self.outputs.push_back(Output::Dial { conn, to });
@@ -62,28 +49,46 @@ impl Balancer {
             && host
                 .iter()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_'));
-        if !valid || self.stats.dial_outs_open as usize >= self.config.config.limits.dial_outs_max {
+        if !valid {
             return None;
         }
         let name = HopName::from_sent_by(host, port.unwrap_or(5060));
+        let resolving = Dialling {
+            resolving: true,
+            ..Dialling::default()
+        };
+        // No address yet: the peer is set when the name resolves.
+        let unknown = SocketAddr::from(([0, 0, 0, 0], 0));
+        let conn = self.new_dial(unknown, SmallVec::from_elem(name.clone(), 1), resolving)?;
+        self.hops.add_alias(conn, &name);
+        let host = String::from_utf8_lossy(host).into_owned();
+        tracing::debug!(%conn, %host, ?port, "resolving a frontend");
+        self.outputs.push_back(Output::Resolve { conn, host, port });
+        Some(conn)
+    }
+
+    /// A frontend connection the balancer opens, counted against `limits.dial_outs_max`;
+    /// `None` at the limit.
+    fn new_dial(
+        &mut self,
+        peer: SocketAddr,
+        aliases: SmallVec<[HopName; 1]>,
+        dialling: Dialling,
+    ) -> Option<ConnId> {
+        if self.stats.dial_outs_open as usize >= self.config.config.limits.dial_outs_max {
+            return None;
+        }
         let conn = self.insert_conn(Side::Frontend {
-            peer: SocketAddr::from(([0, 0, 0, 0], 0)),
+            peer,
             framer: StreamFramer::default(),
-            aliases: SmallVec::from_elem(name.clone(), 1),
+            aliases,
             liveness: Liveness::new(self.now),
-            dialling: Some(Box::new(Dialling {
-                resolving: true,
-                ..Dialling::default()
-            })),
+            dialling: Some(Box::new(dialling)),
             dialled: true,
             tls: false,
         });
         self.stats.dial_outs += 1;
         self.stats.dial_outs_open += 1;
-        self.hops.add_alias(conn, &name);
-        let host = String::from_utf8_lossy(host).into_owned();
-        tracing::debug!(%conn, %host, ?port, "resolving a frontend");
-        self.outputs.push_back(Output::Resolve { conn, host, port });
         Some(conn)
     }
 
