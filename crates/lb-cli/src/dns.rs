@@ -97,7 +97,8 @@ async fn addresses(resolver: &TokioResolver, host: &str, port: u16) -> Vec<Socke
 /// through [`DnsThread::answers`]; `wake` is called after each, to wake the loop.
 /// `K` names what each answer is for (the drivers use the core's `ConnId`).
 pub struct DnsThread<K = ConnId> {
-    requests: mpsc::Sender<(K, String, Option<u16>)>,
+    /// A tokio channel: its sender needs no runtime, so the loop sends straight to the thread.
+    requests: tokio::sync::mpsc::UnboundedSender<(K, String, Option<u16>)>,
     answers: mpsc::Receiver<(K, Vec<SocketAddr>)>,
 }
 
@@ -105,7 +106,8 @@ impl<K: Send + 'static> DnsThread<K> {
     /// Starts the thread.
     pub fn start(wake: impl Fn() + Send + Sync + 'static) -> std::io::Result<DnsThread<K>> {
         let wake = std::sync::Arc::new(wake);
-        let (requests, incoming) = mpsc::channel::<(K, String, Option<u16>)>();
+        let (requests, mut incoming) =
+            tokio::sync::mpsc::unbounded_channel::<(K, String, Option<u16>)>();
         let (answer, answers) = mpsc::channel();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -115,17 +117,8 @@ impl<K: Send + 'static> DnsThread<K> {
             .spawn(move || {
                 runtime.block_on(async move {
                     let dns = Dns::from_system();
-                    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-                    // Blocking receives stay off the runtime: a forwarder thread feeds it.
-                    std::thread::spawn(move || {
-                        while let Ok(request) = incoming.recv() {
-                            if tx.send(request).is_err() {
-                                break;
-                            }
-                        }
-                    });
                     // One task per name: a slow one holds up no other dial.
-                    while let Some((conn, host, port)) = rx.recv().await {
+                    while let Some((conn, host, port)) = incoming.recv().await {
                         let (dns, answer, wake) = (dns.clone(), answer.clone(), wake.clone());
                         tokio::spawn(async move {
                             let addrs = dns.resolve(&host, port).await;
