@@ -193,7 +193,7 @@ impl Balancer {
 
     /// Remembers `request`, from `source`, as waiting on dialling `conn`, to answer it if the
     /// dial fails.
-    pub(super) fn note_dialled_request(&mut self, conn: ConnId, source: ConnId, request: Bytes) {
+    pub(super) fn note_dialled_request(&mut self, conn: ConnId, source: ConnId, request: &Bytes) {
         if let Some(Conn {
             side: Side::Frontend {
                 dialling: Some(d), ..
@@ -201,7 +201,7 @@ impl Balancer {
             ..
         }) = self.conn_mut(conn)
         {
-            d.requests.push((source, request));
+            d.requests.push((source, request.clone()));
         }
     }
 

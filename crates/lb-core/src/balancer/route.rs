@@ -333,7 +333,7 @@ impl Balancer {
             return self.unroutable(source, &message, "Next Hop Still Connecting");
         }
         if message.method() != Some(Method::Ack) {
-            self.note_dialled_request(conn, source.conn, message.bytes.clone());
+            self.note_dialled_request(conn, source.conn, &message.bytes);
         }
         let branch = message
             .top_via
