@@ -238,17 +238,16 @@ impl Balancer {
         let conn = match came_on.filter(|c| self.is_open(*c)) {
             Some(conn) => Some(conn),
             None => {
-                let to = match came_on.or(via.lbc.map(|_| source.conn)) {
+                let to = if via.lbc.is_some() {
                     // Our Via was on top: the next one is the frontend's.
-                    Some(_) => {
-                        crate::message::second_via(&message.bytes, message.start_line_end as usize)
-                            .and_then(|v| via_addr(&message, &v))
-                    }
+                    crate::message::second_via(&message.bytes, message.start_line_end as usize)
+                        .and_then(|v| via_addr(&message, &v))
+                } else {
                     // A backend that dropped our Via: its envelope, else the top Via.
-                    None => source
+                    source
                         .envelope
                         .and_then(|e| e.addr)
-                        .or_else(|| via_addr(&message, &via)),
+                        .or_else(|| via_addr(&message, &via))
                 };
                 to.and_then(|to| self.dial(to))
             }
