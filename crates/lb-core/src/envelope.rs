@@ -122,7 +122,7 @@ pub fn encode_header(out: &mut BytesMut, envelope: &Envelope, payload_len: usize
 ///
 /// If `header` is shorter than [`HEADER_LEN`] or `payload_len` exceeds `u32::MAX`: both are
 /// the caller's own bytes, never a peer's.
-pub fn set_payload_len(header: &mut [u8], payload_len: usize) {
+pub(crate) fn set_payload_len(header: &mut [u8], payload_len: usize) {
     assert!(
         header.len() >= HEADER_LEN,
         "set_payload_len needs a whole envelope header"
