@@ -37,7 +37,7 @@ use crate::message::{
 use crate::new_call_table::NewCallTable;
 use crate::reply::{self, Reply};
 use crate::rewrite::{self, Context, Edit, Edits, Insertion};
-use crate::select::{rendezvous, Candidate, Selector};
+use crate::select::{Candidate, Selector};
 use crate::stats::Stats;
 use crate::tag::TagSigner;
 

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::failover;
 use crate::ids::BackendId;
 
 /// RFC 3261 §17.1.1.1: the round-trip time estimate every SIP timer is a multiple of.
@@ -428,18 +429,14 @@ impl Config {
         }
         let mut backups = Vec::with_capacity(self.backends.len());
         for b in &self.backends {
-            backups.push(match b.backup {
-                None => None,
-                Some(addr) => match self.backends.iter().position(|o| o.addr == addr) {
-                    Some(i) => Some(BackendId::new(i)),
-                    None => {
-                        return Err(ConfigError::UnknownBackup {
-                            backend: b.addr,
-                            backup: addr,
-                        })
-                    }
-                },
-            });
+            let addrs = self.backends.iter().map(|o| o.addr);
+            let backup = failover::resolve_backup(addrs, b.backup).map_err(|backup| {
+                ConfigError::UnknownBackup {
+                    backend: b.addr,
+                    backup,
+                }
+            })?;
+            backups.push(backup);
         }
         if self.tag_keys.is_empty() {
             return Err(ConfigError::NoTagKey);

@@ -42,6 +42,7 @@ mod balancer;
 mod config;
 mod conn_token;
 pub mod envelope;
+mod failover;
 mod framing;
 #[doc(hidden)]
 pub mod fuzzing;

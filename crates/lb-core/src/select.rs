@@ -1,5 +1,4 @@
-//! Choosing a backend: for a new call ([`Selector`]) and a backup for a down one
-//! ([`rendezvous`]).
+//! Choosing a backend for a new call ([`Selector`]); a backup for a down one is `failover`'s.
 //!
 //! Least loaded reads the load an envelope-mode backend reports in every envelope — calls in
 //! progress as the backend counts them. A balancer that keeps no per-call state cannot count
@@ -7,11 +6,8 @@
 //! within the window (the new-call table's entries): that is the recent setup rate per backend,
 //! which evens out new load even though it cannot see how long calls last.
 
-use std::hash::Hasher;
-
 use rand::rngs::SmallRng;
 use rand::Rng;
-use siphasher::sip::SipHasher13;
 
 use crate::config::Algorithm;
 use crate::ids::BackendId;
@@ -96,32 +92,6 @@ impl Selector {
     }
 }
 
-/// Rendezvous (highest random weight) hashing: the backup of a call is the candidate scoring
-/// highest for its Call-ID. Every message of the call, on every balancer instance sharing `key`,
-/// picks the same one, and a backend's failure moves only its own calls.
-pub(crate) fn rendezvous(
-    key: [u8; 16],
-    call_id: &[u8],
-    candidates: impl Iterator<Item = BackendId>,
-) -> Option<BackendId> {
-    let mut hasher = SipHasher13::new_with_key(&key);
-    hasher.write(call_id);
-    let call = hasher.finish();
-    candidates.max_by_key(|b| {
-        (
-            mix(call ^ (b.index() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
-            *b,
-        )
-    })
-}
-
-/// SplitMix64's finaliser: spreads a call hash and a backend index into an even score.
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 #[cfg(test)]
 mod tests {
     use rand::SeedableRng;
@@ -176,23 +146,6 @@ mod tests {
         c[2].load = 9;
         for _ in 0..10 {
             assert_eq!(s.select(&c, &mut rng).unwrap().index(), 1);
-        }
-    }
-
-    #[test]
-    fn rendezvous_moves_only_the_failed_backends_calls() {
-        let key = [3; 16];
-        let all: Vec<BackendId> = (0..5).map(BackendId::new).collect();
-        for n in 0..200 {
-            let call = format!("call-{n}@example.com");
-            let first = rendezvous(key, call.as_bytes(), all.iter().copied()).unwrap();
-            let without: Vec<BackendId> = all.iter().copied().filter(|b| *b != first).collect();
-            let second = rendezvous(key, call.as_bytes(), without.iter().copied()).unwrap();
-            assert_ne!(first, second);
-            // Removing a backend that was not chosen changes nothing.
-            let other = without[n % without.len()];
-            let rest = all.iter().copied().filter(|b| *b != other);
-            assert_eq!(rendezvous(key, call.as_bytes(), rest), Some(first));
         }
     }
 }

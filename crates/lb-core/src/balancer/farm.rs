@@ -19,6 +19,7 @@ use rand::Rng;
 use super::{write_message, BackendReader, Balancer, Conn, Side};
 use crate::config::{BackendConfig, BackendMode, ValidConfig, BACKENDS_MAX};
 use crate::envelope::{Envelope, EnvelopeDecoder, Transport};
+use crate::failover;
 use crate::framing::StreamFramer;
 use crate::ids::{BackendId, ConnId};
 use crate::io::{BackendChange, Event, Output};
@@ -474,16 +475,12 @@ impl Balancer {
                 }
             }
         }
+        // Every backup resolves: the new config was validated against its own backends, and
+        // the merged list holds them all (a backend that left keeps its already valid backup).
         let backups = backends
             .iter()
-            .map(|b| {
-                b.backup.and_then(|addr| {
-                    backends
-                        .iter()
-                        .position(|o| o.addr == addr)
-                        .map(BackendId::new)
-                })
-            })
+            .map(|b| failover::resolve_backup(backends.iter().map(|o| o.addr), b.backup))
+            .map(|resolved| resolved.ok().flatten())
             .collect();
         // The new-call table keeps its window, ringing cap and capacity: its expiry queues are
         // ordered by them. They take effect at a restart.

@@ -15,6 +15,7 @@
 //! through a misconfigured peer ends with a 483 instead of circling.
 
 use super::*;
+use crate::failover;
 use crate::new_call_table::Refused;
 use crate::tag::Facing;
 
@@ -465,21 +466,21 @@ impl Balancer {
         self.selector.select(&candidates, &mut self.rng)
     }
 
-    /// `backend` if it is up, else its backup: the configured one if up, else the rendezvous
-    /// winner among the backends that are up (draining ones included: they still serve calls).
+    /// `backend` if it is up, else its backup (`failover`), counted as a failover. Draining
+    /// backends count as up: they still serve calls.
     pub(super) fn available(&mut self, backend: BackendId, call_id: &[u8]) -> Option<BackendId> {
         if self.is_backend_up(backend) {
             return Some(backend);
         }
-        let backup = match self.config.backups[backend.index()].filter(|b| self.is_backend_up(*b)) {
-            Some(b) => Some(b),
-            None => {
-                let up = (0..self.backends.len())
-                    .map(BackendId::new)
-                    .filter(|b| self.is_backend_up(*b));
-                rendezvous(self.rendezvous_key, call_id, up)
-            }
-        };
+        let fixed = self.config.backups[backend.index()];
+        let is_up = |b: BackendId| self.is_backend_up(b);
+        let backup = failover::backup(
+            fixed,
+            self.backends.len(),
+            is_up,
+            self.rendezvous_key,
+            call_id,
+        );
         if backup.is_some() {
             self.stats.to_backup += 1;
         }
