@@ -45,12 +45,12 @@ mod dial;
 mod farm;
 mod route;
 mod sanity;
-mod timeouts;
+mod timers;
 mod trace;
 
+use farm::Backend;
 pub use farm::BackendStatus;
-use farm::{Backend, BackendTimer};
-use timeouts::{ConnTimer, Liveness};
+use timers::{BackendTimer, ConnTimer, Liveness};
 
 /// The whole balancing method as a state machine. See the crate docs for the driver loop.
 #[derive(Debug)]
@@ -261,18 +261,6 @@ impl Balancer {
         self.outputs.pop_front()
     }
 
-    /// The earliest internal deadline: feed [`Input::Timeout`] at or after it. May move after
-    /// any `handle_input` or `accept`.
-    #[must_use]
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        let backend = self.backend_timers.peek().map(|Reverse((at, ..))| *at);
-        let conn = self.conn_timers.peek().map(|Reverse((at, ..))| *at);
-        [self.table.next_deadline(), backend, conn]
-            .into_iter()
-            .flatten()
-            .min()
-    }
-
     /// Counters since start.
     pub fn stats(&self) -> &Stats {
         &self.stats
@@ -372,12 +360,6 @@ impl Balancer {
             }
             Side::Backend { backend, .. } => self.backend_closed(backend, id),
         }
-    }
-
-    fn handle_timeout(&mut self) {
-        self.table.expire(self.now);
-        self.handle_backend_timers();
-        self.handle_conn_timers();
     }
 
     // ----- bytes in -----

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use rand::Rng;
 
+use super::timers::BackendTimer;
 use super::{write_message, BackendReader, Balancer, Conn, Side};
 use crate::config::{BackendConfig, BackendMode, ValidConfig, BACKENDS_MAX};
 use crate::envelope::{Envelope, EnvelopeDecoder, Transport};
@@ -91,14 +92,6 @@ struct ProbeState {
     outstanding: Option<u32>,
     /// CSeq of the last probe sent; also names the probe's Call-ID and branch.
     seq: u32,
-}
-
-/// A backend's irregular deadlines, kept in one min-heap.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(super) enum BackendTimer {
-    Reconnect,
-    Probe,
-    ProbeTimeout(u32),
 }
 
 /// Call-IDs of the balancer's own probes start with this, so their answers are recognised.
@@ -273,11 +266,6 @@ impl Balancer {
             .min(c.reconnect_max);
         let half = full / 2;
         half + half.mul_f64(self.rng.random::<f64>())
-    }
-
-    fn schedule(&mut self, backend: BackendId, timer: BackendTimer, after: Duration) {
-        self.backend_timers
-            .push(Reverse((self.now + after, backend, timer)));
     }
 
     /// Fires the backend timers due at `now`.

@@ -1,0 +1,223 @@
+//! Every deadline of the balancer and [`Balancer::poll_timeout`]: the new-call table's expiry,
+//! the backends' reconnects and probes ([`BackendTimer`], acted on by `farm`), and the frontend
+//! connection timeouts.
+//!
+//! Frontend timeouts: idle (nothing received) and partial message (part of a message held too
+//! long: the slowloris defence). Each connection has at most one pending timer of each kind in
+//! one min-heap; a timer that fires early for a connection that saw traffic since is re-armed
+//! for its new deadline instead of closing anything.
+
+use std::cmp::Reverse;
+use std::time::{Duration, Instant};
+
+use super::{Balancer, Side};
+use crate::ids::{BackendId, ConnId};
+use crate::io::{Event, Output};
+
+/// Why the balancer asks to be woken: the kind of its earliest deadline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Wake {
+    /// A new-call table entry (or ringing entry) expires.
+    CallTable,
+    /// A backend reconnect, probe or probe timeout is due.
+    Backend(BackendId, BackendTimer),
+    /// A frontend idle or partial-message timeout is due.
+    Frontend(ConnId, ConnTimer),
+}
+
+/// A backend's irregular deadlines, kept in one min-heap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum BackendTimer {
+    Reconnect,
+    Probe,
+    ProbeTimeout(u32),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum ConnTimer {
+    Idle,
+    Partial,
+}
+
+/// Per-frontend bookkeeping for the two timeouts.
+#[derive(Debug)]
+pub(super) struct Liveness {
+    /// When bytes last arrived (or the connection opened).
+    last_rx: Instant,
+    /// Since when a message has been incomplete without any message completing.
+    partial_since: Option<Instant>,
+    /// A `Partial` timer is pending in the heap.
+    partial_armed: bool,
+}
+
+impl Liveness {
+    pub(super) fn new(now: Instant) -> Liveness {
+        Liveness {
+            last_rx: now,
+            partial_since: None,
+            partial_armed: false,
+        }
+    }
+}
+
+impl Balancer {
+    /// The earliest internal deadline: feed [`Input::Timeout`](crate::Input::Timeout) at or
+    /// after it. May move after any `handle_input` or `accept`.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let backend = self.backend_timers.peek().map(|Reverse((at, ..))| *at);
+        let conn = self.conn_timers.peek().map(|Reverse((at, ..))| *at);
+        [self.table.next_deadline(), backend, conn]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// The earliest deadline and why: what an [`Input::Timeout`](crate::Input::Timeout) at that
+    /// instant will act on first. Agrees with [`Balancer::poll_timeout`]; ties go to the table,
+    /// then backends, then frontends (the order `handle_timeout` serves them).
+    pub(super) fn next_wake(&self) -> Option<(Instant, Wake)> {
+        let table = self.table.next_deadline().map(|at| (at, Wake::CallTable));
+        let backend = self
+            .backend_timers
+            .peek()
+            .map(|Reverse((at, b, timer))| (*at, Wake::Backend(*b, *timer)));
+        let conn = self
+            .conn_timers
+            .peek()
+            .map(|Reverse((at, c, timer))| (*at, Wake::Frontend(*c, *timer)));
+        [table, backend, conn]
+            .into_iter()
+            .flatten()
+            .min_by_key(|(at, _)| *at)
+    }
+
+    /// Serves every deadline due at `now`.
+    pub(super) fn handle_timeout(&mut self) {
+        tracing::trace!(woke = ?self.next_wake(), "timeout");
+        self.table.expire(self.now);
+        self.handle_backend_timers();
+        self.handle_conn_timers();
+    }
+
+    pub(super) fn schedule(&mut self, backend: BackendId, timer: BackendTimer, after: Duration) {
+        self.backend_timers
+            .push(Reverse((self.now + after, backend, timer)));
+    }
+
+    pub(super) fn arm_idle(&mut self, conn: ConnId) {
+        let at = self.now + self.config.config.idle_timeout;
+        self.conn_timers.push(Reverse((at, conn, ConnTimer::Idle)));
+    }
+
+    /// After bytes from a frontend were framed: `completed` whether a message (or ping) was cut
+    /// out, `holding` whether part of one is buffered.
+    pub(super) fn note_frontend_progress(&mut self, conn: ConnId, completed: bool, holding: bool) {
+        let now = self.now;
+        let timeout = self.config.config.partial_timeout;
+        let Some(c) = self.conn_mut(conn) else { return };
+        let Side::Frontend { liveness, .. } = &mut c.side else {
+            return;
+        };
+        liveness.last_rx = now;
+        if completed || !holding {
+            liveness.partial_since = None;
+        }
+        if holding && liveness.partial_since.is_none() {
+            liveness.partial_since = Some(now);
+            if !liveness.partial_armed {
+                liveness.partial_armed = true;
+                self.conn_timers
+                    .push(Reverse((now + timeout, conn, ConnTimer::Partial)));
+            }
+        }
+    }
+
+    /// Fires the connection timers due at `now`.
+    pub(super) fn handle_conn_timers(&mut self) {
+        let now = self.now;
+        let (idle, partial) = (
+            self.config.config.idle_timeout,
+            self.config.config.partial_timeout,
+        );
+        while let Some(Reverse((at, conn, timer))) = self.conn_timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.conn_timers.pop();
+            let Some(c) = self.conn_mut(conn) else {
+                continue;
+            };
+            if c.closing {
+                continue;
+            }
+            let Side::Frontend { liveness, .. } = &mut c.side else {
+                continue;
+            };
+            let (due, cause) = match timer {
+                ConnTimer::Idle => (Some(liveness.last_rx + idle), "idle"),
+                ConnTimer::Partial => {
+                    liveness.partial_armed = false;
+                    (
+                        liveness.partial_since.map(|t| t + partial),
+                        "partial message",
+                    )
+                }
+            };
+            match due {
+                Some(due) if due <= now => {
+                    match timer {
+                        ConnTimer::Idle => self.stats.idle_closes += 1,
+                        ConnTimer::Partial => self.stats.partial_closes += 1,
+                    }
+                    tracing::debug!(%conn, cause, "frontend timed out");
+                    self.outputs
+                        .push_back(Output::Event(Event::TimedOut { conn, cause }));
+                    self.close(conn);
+                }
+                Some(due) => {
+                    if timer == ConnTimer::Partial {
+                        liveness.partial_armed = true;
+                    }
+                    self.conn_timers.push(Reverse((due, conn, timer)));
+                }
+                None => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{BackendConfig, Config, TagKey};
+
+    fn balancer(now: Instant) -> Balancer {
+        let config = Config {
+            listeners: vec!["127.0.0.1:5060".parse().unwrap()],
+            backends: vec![BackendConfig::plain("127.0.0.1:5070".parse().unwrap())],
+            tag_keys: vec![TagKey {
+                id: 1,
+                secret: vec![7; 32],
+            }],
+            ..Config::default()
+        };
+        Balancer::new(config.validate().unwrap(), 1, now)
+    }
+
+    #[test]
+    fn the_wake_reason_names_the_earliest_deadline() {
+        let now = Instant::now();
+        let mut b = balancer(now);
+        assert_eq!(b.next_wake(), None);
+        assert_eq!(b.poll_timeout(), None);
+        let listener = b.listeners().next().unwrap().0;
+        let conn = b.accept(now, listener, "127.0.0.1:40000".parse().unwrap());
+        let idle = now + b.config.config.idle_timeout;
+        assert_eq!(
+            b.next_wake(),
+            Some((idle, Wake::Frontend(conn, ConnTimer::Idle)))
+        );
+        assert_eq!(b.poll_timeout(), Some(idle));
+    }
+}
