@@ -206,6 +206,8 @@ mod tests {
     }
 
     #[test]
+    // Tests may read the clock: they are the driver here.
+    #[allow(clippy::disallowed_methods)]
     fn the_wake_reason_names_the_earliest_deadline() {
         let now = Instant::now();
         let mut b = balancer(now);
