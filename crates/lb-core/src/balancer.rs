@@ -28,21 +28,23 @@ use crate::config::{BackendConfig, BackendMode, ValidConfig};
 use crate::conn_token::ConnTokens;
 use crate::envelope::{self, Envelope, EnvelopeDecoder, Transport};
 use crate::framing::{Frame, StreamFramer};
-use crate::hops::{HopName, HopTable, ALIASES_PER_CONN_MAX};
 use crate::ids::{BackendId, ConnId, ListenerId};
 use crate::io::{CloseReason, Event, Input, Output};
 use crate::message::{
-    HostPort, Method, ParseError, Rport, SipMessage, StartLine, CONTENT_LENGTH_MISMATCH,
+    HostPort, Method, ParseError, SipMessage, StartLine, CONTENT_LENGTH_MISMATCH,
 };
 use crate::new_call_table::NewCallTable;
-use crate::reply::{self, Reply};
 use crate::rewrite::{self, Context, Edit, Edits, Insertion};
 use crate::select::{Candidate, Selector};
 use crate::stats::Stats;
 use crate::tag::TagSigner;
+use hops::{HopName, HopTable};
+use reply::Reply;
 
 mod dial;
 mod farm;
+pub(crate) mod hops;
+pub(crate) mod reply;
 mod route;
 mod sanity;
 mod timers;
@@ -577,36 +579,6 @@ impl Balancer {
         }
     }
 
-    /// Remembers the top Via sent-by as a name of this frontend connection.
-    fn learn_alias(&mut self, conn: ConnId, message: &SipMessage) {
-        let sent_by = message.top_via.sent_by;
-        let host = message.slice(sent_by.host);
-        let name = HopName::from_sent_by(host, sent_by.port.unwrap_or(5060));
-        let Some(Conn {
-            side: Side::Frontend { aliases, .. },
-            ..
-        }) = self.conn_mut(conn)
-        else {
-            return;
-        };
-        if aliases.contains(&name) {
-            return;
-        }
-        if aliases.len() >= ALIASES_PER_CONN_MAX {
-            let oldest = aliases.remove(0);
-            self.hops.remove_alias(conn, &oldest);
-        }
-        let Some(Conn {
-            side: Side::Frontend { aliases, .. },
-            ..
-        }) = self.conn_mut(conn)
-        else {
-            return;
-        };
-        aliases.push(name.clone());
-        self.hops.add_alias(conn, &name);
-    }
-
     // ----- bytes out -----
 
     fn forward_to_backend(
@@ -662,59 +634,6 @@ impl Balancer {
         self.stats.bytes_out += bytes.len() as u64;
         if let Some(bytes) = self.hold_while_dialling(conn, bytes) {
             self.outputs.push_back(Output::Send { conn, bytes });
-        }
-    }
-
-    /// Answers `request` on the connection it came from. Returns `false` when no response can
-    /// be built (a header it must copy is missing).
-    fn reply(&mut self, source: Source, request: &[u8], reply: Reply) -> bool {
-        let envelope_mode = match self
-            .conn(source.conn)
-            .filter(|c| !c.closing)
-            .map(|c| &c.side)
-        {
-            Some(Side::Backend {
-                reader: BackendReader::Envelope(_),
-                ..
-            }) => true,
-            Some(_) => false,
-            None => return false,
-        };
-        let Some(out) = self.conns.get_mut(source.conn.slot()).map(|c| &mut c.out) else {
-            return false;
-        };
-        // Back to a backend, the envelope names no address: the answer is to its own request.
-        let envelope = Envelope {
-            addr: None,
-            transport: Transport::Tcp,
-            load: None,
-        };
-        let framing = envelope_mode.then_some(&envelope);
-        let Some(bytes) = write_message(out, framing, |out| reply::write(out, request, reply))
-        else {
-            return false;
-        };
-        self.send(source.conn, bytes);
-        true
-    }
-
-    /// A stateless 503 for a request nothing can take (never for ACK, RFC 3261 §17.1.1.3).
-    fn unavailable(&mut self, source: Source, message: &SipMessage, reason: &'static str) {
-        if message.method() == Some(Method::Ack) {
-            return self.drop_message(source.conn, reason);
-        }
-        let retry_after = self.config.config.retry_after;
-        if self.reply(
-            source,
-            &message.bytes,
-            Reply::Unavailable {
-                retry_after,
-                reason,
-            },
-        ) {
-            self.stats.replies_503 += 1;
-        } else {
-            self.drop_message(source.conn, reason);
         }
     }
 
@@ -793,27 +712,5 @@ fn context<'a>(
         backend,
         call_id,
         tag_header: config.config.tag_header.as_deref(),
-    }
-}
-
-/// The edit removing a Route entry or Via value: the whole line when it is the only one there.
-fn cut_entry(line: crate::message::Span, sole: bool, with_comma: crate::message::Span) -> Edit {
-    Edit::cut(if sole { line } else { with_comma })
-}
-
-/// RFC 3261 §18.2.1: `received` when the sent-by host is not the source address; RFC 3581: the
-/// source port into a bare `rport`.
-fn stamp_via(message: &SipMessage, peer: SocketAddr, edits: &mut Edits) {
-    let via = message.top_via;
-    // Pushed first: when `rport` is the last parameter both insertions share one position, and
-    // its value must come before `;received`.
-    if let Rport::Empty { name_end } = via.rport {
-        edits.push(Edit::insert(name_end, Insertion::RportValue(peer.port())));
-    }
-    if via.received.is_none() {
-        let host = message.slice(via.sent_by.host);
-        if crate::hops::parse_ip(host) != Some(peer.ip()) {
-            edits.push(Edit::insert(via.value.end, Insertion::Received(peer.ip())));
-        }
     }
 }

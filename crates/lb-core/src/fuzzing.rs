@@ -12,17 +12,17 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
+use crate::balancer::hops::parse_ip;
+use crate::balancer::reply::{self, Reply};
 use crate::config::{
     Algorithm, BackendConfig, BackendMode, Config, Limits, ProbeConfig, SanityLimits, TagKey,
     ValidConfig,
 };
 use crate::envelope::{self, Envelope, EnvelopeDecoder, EnvelopeError, Transport, HEADER_LEN};
 use crate::framing::{Frame, FramingError, StreamFramer};
-use crate::hops::parse_ip;
 use crate::ids::{BackendId, ConnId};
 use crate::io::{BackendChange, CloseReason, Event, Input, Output};
 use crate::message::{header_lines, HostPort, Rport, SipMessage, Span, StartLine};
-use crate::reply::{self, Reply};
 use crate::tag::TagSigner;
 use crate::Balancer;
 

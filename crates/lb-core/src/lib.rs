@@ -46,12 +46,10 @@ mod failover;
 mod framing;
 #[doc(hidden)]
 pub mod fuzzing;
-mod hops;
 mod ids;
 mod io;
 mod message;
 mod new_call_table;
-mod reply;
 mod rewrite;
 mod select;
 mod stats;

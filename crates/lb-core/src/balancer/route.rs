@@ -14,8 +14,10 @@
 //! Every forwarded request has its Max-Forwards decremented (RFC 3261 §16.6 step 3), so a loop
 //! through a misconfigured peer ends with a 483 instead of circling.
 
+use super::hops::{self, literal_addr, stamp_via, via_addr};
 use super::*;
 use crate::failover;
+use crate::message::Span;
 use crate::new_call_table::Refused;
 use crate::tag::Facing;
 
@@ -401,11 +403,11 @@ impl Balancer {
         let advertised = [&self.config.advertise, &self.config.advertise_backend];
         if advertised
             .iter()
-            .any(|a| crate::hops::same_host_port(a, host, port))
+            .any(|a| hops::same_host_port(a, host, port))
         {
             return true;
         }
-        crate::hops::parse_ip(host).is_some_and(|ip| {
+        hops::parse_ip(host).is_some_and(|ip| {
             self.config
                 .config
                 .listeners
@@ -488,25 +490,7 @@ impl Balancer {
     }
 }
 
-/// Where a Via says a response goes over a new connection (RFC 3261 §18.2.2, RFC 3581): the
-/// `received` address (else the sent-by host, if an IP literal) and the `rport` port (else the
-/// sent-by port, else 5060).
-fn via_addr(message: &SipMessage, via: &crate::message::Via) -> Option<SocketAddr> {
-    let host = via.received.unwrap_or(via.sent_by.host);
-    let ip = crate::hops::parse_ip(message.slice(host))?;
-    let port = match via.rport {
-        Rport::Value(p) => Some(p),
-        Rport::Absent | Rport::Empty { .. } => None,
-    };
-    Some(SocketAddr::new(
-        ip,
-        port.or(via.sent_by.port).unwrap_or(5060),
-    ))
-}
-
-/// The socket address of a next hop written as an IP literal: what dial-out can reach without
-/// a resolver (RFC 3263 §4.2: a numeric host needs no lookup; the port defaults to 5060).
-fn literal_addr(message: &SipMessage, hp: HostPort) -> Option<SocketAddr> {
-    let ip = crate::hops::parse_ip(message.slice(hp.host))?;
-    Some(SocketAddr::new(ip, hp.port.unwrap_or(5060)))
+/// The edit removing a Route entry or Via value: the whole line when it is the only one there.
+fn cut_entry(line: Span, sole: bool, with_comma: Span) -> Edit {
+    Edit::cut(if sole { line } else { with_comma })
 }

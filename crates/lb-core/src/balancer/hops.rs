@@ -1,4 +1,6 @@
-//! The hop table: which frontend connection a next hop names.
+//! Hop policy: which frontend connection a next hop names (the hop table and the aliases it
+//! learns), the `received`/`rport` stamp on a frontend's Via, and the addresses a Via or a
+//! literal next hop names for dial-out.
 //!
 //! A next hop arrives as an address (an envelope's, a Via's `received`/`rport`) or as the
 //! `host:port` a Via sent-by, Route or Request-URI names. Each frontend connection is known by
@@ -14,7 +16,10 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use siphasher::sip::SipHasher13;
 use smallvec::SmallVec;
 
+use super::{Balancer, Conn, Side};
 use crate::ids::ConnId;
+use crate::message::{HostPort, Rport, SipMessage, Via};
+use crate::rewrite::{Edit, Edits, Insertion};
 
 /// The aliases one connection may register; older ones are forgotten first. A proxy uses one
 /// sent-by; the bound keeps a peer that varies its Via from growing the table.
@@ -220,6 +225,78 @@ impl BuildHasher for Keyed {
     fn build_hasher(&self) -> SipHasher13 {
         SipHasher13::new_with_key(&self.0)
     }
+}
+
+impl Balancer {
+    /// Remembers the top Via sent-by as a name of this frontend connection.
+    pub(super) fn learn_alias(&mut self, conn: ConnId, message: &SipMessage) {
+        let sent_by = message.top_via.sent_by;
+        let host = message.slice(sent_by.host);
+        let name = HopName::from_sent_by(host, sent_by.port.unwrap_or(5060));
+        let Some(Conn {
+            side: Side::Frontend { aliases, .. },
+            ..
+        }) = self.conn_mut(conn)
+        else {
+            return;
+        };
+        if aliases.contains(&name) {
+            return;
+        }
+        if aliases.len() >= ALIASES_PER_CONN_MAX {
+            let oldest = aliases.remove(0);
+            self.hops.remove_alias(conn, &oldest);
+        }
+        let Some(Conn {
+            side: Side::Frontend { aliases, .. },
+            ..
+        }) = self.conn_mut(conn)
+        else {
+            return;
+        };
+        aliases.push(name.clone());
+        self.hops.add_alias(conn, &name);
+    }
+}
+
+/// RFC 3261 §18.2.1: `received` when the sent-by host is not the source address; RFC 3581: the
+/// source port into a bare `rport`.
+pub(super) fn stamp_via(message: &SipMessage, peer: SocketAddr, edits: &mut Edits) {
+    let via = message.top_via;
+    // Pushed first: when `rport` is the last parameter both insertions share one position, and
+    // its value must come before `;received`.
+    if let Rport::Empty { name_end } = via.rport {
+        edits.push(Edit::insert(name_end, Insertion::RportValue(peer.port())));
+    }
+    if via.received.is_none() {
+        let host = message.slice(via.sent_by.host);
+        if parse_ip(host) != Some(peer.ip()) {
+            edits.push(Edit::insert(via.value.end, Insertion::Received(peer.ip())));
+        }
+    }
+}
+
+/// Where a Via says a response goes over a new connection (RFC 3261 §18.2.2, RFC 3581): the
+/// `received` address (else the sent-by host, if an IP literal) and the `rport` port (else the
+/// sent-by port, else 5060).
+pub(super) fn via_addr(message: &SipMessage, via: &Via) -> Option<SocketAddr> {
+    let host = via.received.unwrap_or(via.sent_by.host);
+    let ip = parse_ip(message.slice(host))?;
+    let port = match via.rport {
+        Rport::Value(p) => Some(p),
+        Rport::Absent | Rport::Empty { .. } => None,
+    };
+    Some(SocketAddr::new(
+        ip,
+        port.or(via.sent_by.port).unwrap_or(5060),
+    ))
+}
+
+/// The socket address of a next hop written as an IP literal: what dial-out can reach without
+/// a resolver (RFC 3263 §4.2: a numeric host needs no lookup; the port defaults to 5060).
+pub(super) fn literal_addr(message: &SipMessage, hp: HostPort) -> Option<SocketAddr> {
+    let ip = parse_ip(message.slice(hp.host))?;
+    Some(SocketAddr::new(ip, hp.port.unwrap_or(5060)))
 }
 
 #[cfg(test)]

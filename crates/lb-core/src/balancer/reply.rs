@@ -1,12 +1,15 @@
 //! The balancer's own stateless responses (RFC 3261 §8.2.6, §16.11): built from the request's
-//! Via, From, To, Call-ID and CSeq lines, copied as received.
+//! Via, From, To, Call-ID and CSeq lines, copied as received; and the glue that sends one back
+//! on the connection its request came on (framed in an envelope toward envelope backends).
 
 use std::fmt::Write as _;
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 
-use crate::message::{header_lines, HeaderName};
+use super::{write_message, BackendReader, Balancer, Side, Source};
+use crate::envelope::{Envelope, Transport};
+use crate::message::{header_lines, HeaderName, Method, SipMessage};
 use crate::rewrite::BufWriter as Writer;
 
 /// A response the balancer answers with.
@@ -103,4 +106,63 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
     })
+}
+
+impl Balancer {
+    /// Answers `request` on the connection it came from. Returns `false` when no response can
+    /// be built (a header it must copy is missing).
+    pub(super) fn reply(&mut self, source: Source, request: &[u8], reply: Reply) -> bool {
+        let envelope_mode = match self
+            .conn(source.conn)
+            .filter(|c| !c.closing)
+            .map(|c| &c.side)
+        {
+            Some(Side::Backend {
+                reader: BackendReader::Envelope(_),
+                ..
+            }) => true,
+            Some(_) => false,
+            None => return false,
+        };
+        let Some(out) = self.conns.get_mut(source.conn.slot()).map(|c| &mut c.out) else {
+            return false;
+        };
+        // Back to a backend, the envelope names no address: the answer is to its own request.
+        let envelope = Envelope {
+            addr: None,
+            transport: Transport::Tcp,
+            load: None,
+        };
+        let framing = envelope_mode.then_some(&envelope);
+        let Some(bytes) = write_message(out, framing, |out| write(out, request, reply)) else {
+            return false;
+        };
+        self.send(source.conn, bytes);
+        true
+    }
+
+    /// A stateless 503 for a request nothing can take (never for ACK, RFC 3261 §17.1.1.3).
+    pub(super) fn unavailable(
+        &mut self,
+        source: Source,
+        message: &SipMessage,
+        reason: &'static str,
+    ) {
+        if message.method() == Some(Method::Ack) {
+            return self.drop_message(source.conn, reason);
+        }
+        let retry_after = self.config.config.retry_after;
+        if self.reply(
+            source,
+            &message.bytes,
+            Reply::Unavailable {
+                retry_after,
+                reason,
+            },
+        ) {
+            self.stats.replies_503 += 1;
+        } else {
+            self.drop_message(source.conn, reason);
+        }
+    }
 }
