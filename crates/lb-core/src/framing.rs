@@ -11,7 +11,9 @@ use std::sync::OnceLock;
 use bytes::{Buf, Bytes, BytesMut};
 use memchr::memmem;
 
-use crate::message::{find_crlf, next_field, scan_head, Analysis, Known, ScannedHead, Step};
+pub(crate) use crate::lexer::FramingError;
+use crate::lexer::{decimal, find_crlf, next_field, Step};
+use crate::message::{scan_head, Analysis, Known, ScannedHead};
 
 /// One unit cut from the stream.
 #[derive(Debug, PartialEq, Eq)]
@@ -20,30 +22,6 @@ pub(crate) enum Frame {
     Message(Bytes),
     /// A double-CRLF keep-alive ping; answer with a single CRLF.
     Ping,
-}
-
-/// Why the stream cannot be framed any more: the connection must close.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum FramingError {
-    /// No Content-Length header (mandatory on streams, RFC 3261 §18.3).
-    MissingContentLength,
-    /// A Content-Length that is not a number, or two that disagree.
-    BadContentLength,
-    /// The header block did not end within `message_bytes_max`.
-    HeaderTooLarge,
-    /// Headers plus the announced body exceed `message_bytes_max`.
-    MessageTooLarge,
-}
-
-impl FramingError {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            FramingError::MissingContentLength => "missing Content-Length",
-            FramingError::BadContentLength => "bad Content-Length",
-            FramingError::HeaderTooLarge => "header block too large",
-            FramingError::MessageTooLarge => "message too large",
-        }
-    }
 }
 
 /// Per-connection reassembly state.
@@ -375,29 +353,6 @@ fn content_length(head: &[u8]) -> Result<usize, FramingError> {
         pos = crlf + 2;
     }
     found.ok_or(FramingError::MissingContentLength)
-}
-
-/// `LWS 1*DIGIT LWS` as a `usize`; signs, other characters and overflow are errors.
-pub(crate) fn decimal(value: &[u8]) -> Result<usize, FramingError> {
-    let lws = |c: &u8| matches!(c, b' ' | b'\t' | b'\r' | b'\n');
-    let start = value.iter().position(|c| !lws(c)).unwrap_or(value.len());
-    let end = value
-        .iter()
-        .rposition(|c| !lws(c))
-        .map_or(start, |last| last + 1);
-    let digits = &value[start..end];
-    if digits.is_empty() {
-        return Err(FramingError::BadContentLength);
-    }
-    digits.iter().try_fold(0usize, |n, &d| {
-        if d.is_ascii_digit() {
-            n.checked_mul(10)
-                .and_then(|n| n.checked_add(usize::from(d - b'0')))
-                .ok_or(FramingError::BadContentLength)
-        } else {
-            Err(FramingError::BadContentLength)
-        }
-    })
 }
 
 #[cfg(test)]

@@ -48,6 +48,7 @@ mod framing;
 pub mod fuzzing;
 mod ids;
 mod io;
+mod lexer;
 mod message;
 mod new_call_table;
 mod rewrite;

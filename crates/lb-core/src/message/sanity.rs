@@ -16,8 +16,11 @@
 //! No second walk over the head: the walk of [`Head`](super::Head) records the longest field
 //! value and where From and To are; only those two values are read again, and only here.
 
-use super::{sip_uri, skip_lws, tag_param, tag_value, HostPort, SipMessage, Span, StartLine};
+use super::head::{tag_param, tag_value};
+use super::uri::sip_uri;
+use super::{HostPort, SipMessage, Span, StartLine};
 use crate::config::SanityLimits;
+use crate::lexer::{quoted_end, skip_lws};
 
 /// The reason phrase of the 400 for the first check `message` fails, if any.
 pub(crate) fn check(message: &SipMessage, limits: &SanityLimits) -> Result<(), &'static str> {
@@ -110,7 +113,7 @@ fn angle_uri(b: &[u8], vs: usize, ve: usize) -> Option<Span> {
         let at = memchr::memchr2(b'"', b'<', &b[i..ve])?;
         i += at;
         if b[i] == b'"' {
-            i = super::quoted_end(b, i, ve)?;
+            i = quoted_end(b, i, ve)?;
             continue;
         }
         let close = memchr::memchr(b'>', &b[i + 1..ve])?;
