@@ -50,6 +50,8 @@ impl StreamFramer {
     }
 
     /// The next frame, `None` when more bytes are needed. After an `Err` the stream is lost.
+    // Only the tests and the fuzz targets use this.
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn next_frame(
         &mut self,
         message_bytes_max: usize,

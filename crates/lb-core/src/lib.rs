@@ -44,6 +44,10 @@ mod conn_token;
 pub mod envelope;
 mod failover;
 mod framing;
+// The fuzz targets' entry points: compiled only for the `fuzz/` crate (feature `fuzzing`) and
+// for lb-core's own tests, which replay `fuzz/regressions`. A normal build of the core has no
+// clock reads, environment reads or prints from them.
+#[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
 mod ids;

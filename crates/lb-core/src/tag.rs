@@ -133,6 +133,8 @@ impl TagSigner {
 
     /// The backend named by `tag`, if its MAC verifies for this Call-ID, whichever side it
     /// faces.
+    // Only the tests and the fuzz targets use this.
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn verify(&self, tag: &[u8], call_id: &[u8]) -> Result<BackendId, TagError> {
         self.verify_facing(tag, call_id).map(|(backend, _)| backend)
     }

@@ -76,6 +76,8 @@ impl SipMessage {
     ///
     /// One forward pass over the head, no allocation. `headers_max` bounds the number of header
     /// fields (a folded field counts once).
+    // Only the tests and the fuzz targets use this.
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn parse(
         bytes: Bytes,
         tag_header: Option<&[u8]>,
