@@ -3,8 +3,9 @@
 //! It runs `cargo fuzz run TARGET -s none -- -max_total_time=N` from the workspace root, so the
 //! corpus is `fuzz/corpus/TARGET` and crashes land in `fuzz/artifacts/TARGET`. `-s none` builds
 //! without sanitizers: they need a nightly compiler, libFuzzer itself does not, so this works
-//! on the stable toolchain. The targets' invariants are in `lb-core/src/fuzzing.rs`; set
-//! `SIPLB_FUZZ_TOLERATE` there to step over faults already known (see `KnownBug`).
+//! on the stable toolchain. The targets' invariants are in `lb-core/src/fuzzing/` (lb-core's
+//! feature `fuzzing`); set `SIPLB_FUZZ_TOLERATE` there to step over faults already known (see
+//! `KnownBug`).
 
 use anyhow::{bail, Context, Result};
 
@@ -83,7 +84,7 @@ pub(crate) fn fuzz(words: &[&str]) -> Result<()> {
         bail!(
             "{} failed ({status}): a crash is saved under fuzz/artifacts/{0}/; minimise it with \
              `cargo fuzz tmin -s none {0} FILE`, keep it as fuzz/regressions/{0}-NAME and replay \
-             it in a test in crates/lb-core/src/fuzzing.rs",
+             it in a test in crates/lb-core/src/fuzzing/mod.rs",
             task.target
         );
     }
