@@ -132,7 +132,10 @@ fn classify(uac: &UacOutcome, instances: &[SocketAddr]) -> Calls {
         match ok {
             Some(m) => {
                 let at = instance_of(m, instances).unwrap_or_else(|| {
-                    panic!("{}: a 200 without an instance's Record-Route:\n{}", uac.name, m.raw)
+                    panic!(
+                        "{}: a 200 without an instance's Record-Route:\n{}",
+                        uac.name, m.raw
+                    )
                 });
                 calls.established.push((id, at));
             }
@@ -211,9 +214,17 @@ fn an_instance_dies_with_calls_up(rt: Runtime) {
         .map(|a| {
             let mut spec = LbSpec::new(
                 rt,
-                backends.iter().map(|b| BackendArg::plain(b.addr())).collect(),
+                backends
+                    .iter()
+                    .map(|b| BackendArg::plain(b.addr()))
+                    .collect(),
             )
-            .with_args(&["--backend-mode", "plain", "--advertise-backend", &entry_addr])
+            .with_args(&[
+                "--backend-mode",
+                "plain",
+                "--advertise-backend",
+                &entry_addr,
+            ])
             .with_args(&["--tag-key-file", keys.to_str().unwrap()]);
             spec.ip = a.ip();
             spec.port = Some(a.port());
@@ -297,10 +308,7 @@ fn an_instance_dies_with_calls_up(rt: Runtime) {
             || e.ends_with("ERROR (111) Connection refused")
             || e.contains("tcp_read_req(): ERROR: tcp_read_req: error reading")
     });
-    let logs: Vec<NetsipLog> = backends
-        .into_iter()
-        .map(|b| b.stop().0)
-        .collect();
+    let logs: Vec<NetsipLog> = backends.into_iter().map(|b| b.stop().0).collect();
     drop(entry);
 
     let a = classify(&caller_bye, &instances);
@@ -341,7 +349,12 @@ fn an_instance_dies_with_calls_up(rt: Runtime) {
             .iter()
             .filter(|m| m.call_id() == id && m.dir == Dir::Received && m.label() == "200/INVITE")
             .count();
-        assert_eq!(oks, 2, "{id}: re-INVITE unanswered\n{}", caller_bye.trace.dump_call(id));
+        assert_eq!(
+            oks,
+            2,
+            "{id}: re-INVITE unanswered\n{}",
+            caller_bye.trace.dump_call(id)
+        );
     }
 
     // 2. The calls of the dead instance went on through the live one: the callers' requests by
@@ -411,10 +424,7 @@ fn an_instance_dies_with_calls_up(rt: Runtime) {
 
     // 4. The live instance: every tag verified, nothing refused or malformed.
     assert_survivor_clean(&stats);
-    assert!(
-        !killed_log.is_empty(),
-        "the killed instance logged nothing"
-    );
+    assert!(!killed_log.is_empty(), "the killed instance logged nothing");
 }
 
 /// The counters of the instance that stayed: tags from the other instance verified (no 481, no

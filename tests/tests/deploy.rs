@@ -1,0 +1,231 @@
+//! The Kubernetes manifests (`deploy/kubernetes/`, docs/deploy.md), validated offline against
+//! the Kubernetes API schemas by PyPI's `kubernetes-validate` (it ships the schemas), in a
+//! virtual environment made once under the target folder; and the balancer configuration in the
+//! ConfigMap checked by the balancer itself (`--check-config`).
+//!
+//! The image (`Containerfile`) is not built: no image registry is reachable where the tests
+//! run. What is checked of it is that it runs as the user the manifests expect.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Mutex, OnceLock};
+
+use siplb_e2e::bins;
+use siplb_e2e::lb::Runtime;
+use siplb_e2e::RunDir;
+
+/// The validator's version, pinned: its schemas define what "valid" means here.
+const VALIDATOR: &str = "kubernetes-validate==1.37.0";
+
+/// Debian's Python: python3-venv belongs to it, not to a pyenv or other python3 on PATH.
+const PYTHON: &str = "/usr/bin/python3";
+
+const VENV_MISSING: &str = "python3-venv missing: run `cargo xtask test`, which installs it \
+                            (Debian package python3-venv)";
+
+fn manifests_dir() -> PathBuf {
+    bins::workspace_root().join("deploy").join("kubernetes")
+}
+
+/// Every manifest, in name order.
+fn manifests() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(manifests_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(
+        !files.is_empty(),
+        "no manifest in {}",
+        manifests_dir().display()
+    );
+    files
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| bins::workspace_root().join("target"))
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The venv holding the validator, made once per target folder and reused by later runs. The
+/// stamp file is written last, so an interrupted install is made again, not taken for a
+/// finished one. (A venv's scripts name its own path: it is made where it lives.)
+fn venv() -> &'static Path {
+    static VENV: OnceLock<PathBuf> = OnceLock::new();
+    static MAKING: Mutex<()> = Mutex::new(());
+    VENV.get_or_init(|| {
+        let _one = MAKING.lock().unwrap();
+        let dir = target_dir().join("kubernetes-validate");
+        let stamp = dir.join("installed");
+        if std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == VALIDATOR) {
+            return dir;
+        }
+        let ensurepip = run(Command::new(PYTHON).args(["-c", "import ensurepip"]));
+        assert!(
+            ensurepip.status.success(),
+            "{VENV_MISSING}\n{}",
+            text(&ensurepip)
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        let made = run(Command::new(PYTHON).args(["-m", "venv"]).arg(&dir));
+        assert!(made.status.success(), "python3 -m venv:\n{}", text(&made));
+        let pip = run(Command::new(dir.join("bin/pip")).args([
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            VALIDATOR,
+        ]));
+        assert!(
+            pip.status.success(),
+            "pip install {VALIDATOR} (PyPI must be reachable the first time):\n{}",
+            text(&pip)
+        );
+        std::fs::write(&stamp, VALIDATOR).unwrap();
+        dir
+    })
+}
+
+/// `kubernetes-validate --strict` (unknown fields are errors too) over `files`.
+fn validate(files: &[PathBuf]) -> Output {
+    run(Command::new(venv().join("bin/kubernetes-validate"))
+        .arg("--strict")
+        .args(files))
+}
+
+/// How many resources (YAML documents with a `kind`) a manifest holds.
+fn resources_in(file: &Path) -> usize {
+    std::fs::read_to_string(file)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("kind: "))
+        .count()
+}
+
+#[test]
+fn every_manifest_validates() {
+    let files = manifests();
+    let out = validate(&files);
+    let report = text(&out);
+    assert!(
+        out.status.success(),
+        "kubernetes-validate failed:\n{report}"
+    );
+    // One `passed` line per resource, and nothing else to say.
+    let want: usize = files.iter().map(|f| resources_in(f)).sum();
+    let passed = report
+        .lines()
+        .filter(|l| l.contains(" passed for resource "))
+        .count();
+    assert_eq!(passed, want, "{report}");
+    assert!(
+        !report.contains("ERROR") && !report.contains("WARN"),
+        "{report}"
+    );
+    for kind in [
+        "statefulset/siplb",
+        "service/siplb",
+        "configmap/siplb-config",
+        "secret/siplb-tag-keys",
+    ] {
+        assert!(
+            report.contains(&format!("resource {kind} ")),
+            "no {kind}:\n{report}"
+        );
+    }
+}
+
+/// The check can fail: a copy of the StatefulSet with a wrong type, and one with a misspelt
+/// field, are both refused, with the field named.
+#[test]
+fn a_broken_manifest_fails_validation() {
+    let dir = RunDir::new("deploy-broken");
+    let good = std::fs::read_to_string(manifests_dir().join("statefulset.yaml")).unwrap();
+    let cases = [
+        (
+            "containerPort: 5060",
+            "containerPort: \"5060\"",
+            "containerPort",
+        ),
+        ("serviceName: siplb", "servicename: siplb", "servicename"),
+    ];
+    for (i, (from, to, named)) in cases.iter().enumerate() {
+        assert!(good.contains(from), "statefulset.yaml has no `{from}`");
+        let broken = dir.file(&format!("broken-{i}.yaml"));
+        std::fs::write(&broken, good.replacen(from, to, 1)).unwrap();
+        let out = validate(&[broken]);
+        let report = text(&out);
+        assert!(
+            !out.status.success() && report.contains("ERROR") && report.contains(named),
+            "`{to}` was not refused:\n{report}"
+        );
+    }
+}
+
+/// The ConfigMap's `siplb.toml` is a configuration the balancer accepts, with the tag key file
+/// and the flags the StatefulSet adds.
+#[test]
+fn the_configmap_holds_a_valid_configuration() {
+    let dir = RunDir::new("deploy-config");
+    let config = dir.file("siplb.toml");
+    let extract = run(Command::new(venv().join("bin/python"))
+        .args([
+            "-c",
+            "import sys, yaml; open(sys.argv[2], 'w').write(\
+             yaml.safe_load(open(sys.argv[1]))['data']['siplb.toml'])",
+        ])
+        .arg(manifests_dir().join("configmap.yaml"))
+        .arg(&config));
+    assert!(extract.status.success(), "{}", text(&extract));
+    let keys = dir.file("tag.keys");
+    std::fs::write(&keys, format!("1:{}\n", "ab".repeat(32))).unwrap();
+    let check = run(Command::new(Runtime::Tokio.binary())
+        .arg("--config")
+        .arg(&config)
+        .arg("--tag-key-file")
+        .arg(&keys)
+        .args([
+            "--advertise=siplb-0.siplb.default.svc.cluster.local:5060",
+            "--advertise-backend=siplb-internal.default.svc.cluster.local:5060",
+            "--check-config",
+        ]));
+    assert!(
+        check.status.success(),
+        "lb-tokio --check-config refused the ConfigMap's siplb.toml:\n{}",
+        text(&check)
+    );
+}
+
+/// The image runs as the user the pods' security context names.
+#[test]
+fn the_image_runs_as_the_manifests_user() {
+    let file = std::fs::read_to_string(bins::workspace_root().join("Containerfile")).unwrap();
+    let user = file
+        .lines()
+        .filter_map(|l| l.strip_prefix("USER "))
+        .last()
+        .expect("Containerfile sets no USER");
+    let uid = user.split(':').next().unwrap().trim();
+    assert_ne!(uid, "0", "the image runs as root");
+    let sts = std::fs::read_to_string(manifests_dir().join("statefulset.yaml")).unwrap();
+    assert!(
+        sts.contains(&format!("runAsUser: {uid}")) && sts.contains("runAsNonRoot: true"),
+        "statefulset.yaml does not run as the image's user {uid}"
+    );
+}
