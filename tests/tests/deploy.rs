@@ -8,12 +8,15 @@
 
 #![allow(clippy::unwrap_used)]
 
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Mutex, OnceLock};
 
 use siplb_e2e::bins;
-use siplb_e2e::lb::Runtime;
+use siplb_e2e::lb::{BackendArg, Balancer, LbSpec, Runtime};
+use siplb_e2e::net::{self, free_port};
+use siplb_e2e::ops::http_get;
 use siplb_e2e::RunDir;
 
 /// The validator's version, pinned: its schemas define what "valid" means here.
@@ -228,4 +231,74 @@ fn the_image_runs_as_the_manifests_user() {
         sts.contains(&format!("runAsUser: {uid}")) && sts.contains("runAsNonRoot: true"),
         "statefulset.yaml does not run as the image's user {uid}"
     );
+}
+
+/// A string of the StatefulSet, by a Python expression over its parsed YAML `d`.
+fn from_statefulset(expr: &str) -> String {
+    let out = run(Command::new(venv().join("bin/python"))
+        .args([
+            "-c",
+            &format!("import sys, yaml; d = yaml.safe_load(open(sys.argv[1])); print({expr})"),
+        ])
+        .arg(manifests_dir().join("statefulset.yaml")));
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The pod's preStop hook, run against a real balancer (its 30 s wait cut to 0): every
+/// backend ends up draining, and the balancer still runs (SIGTERM is the kubelet's, later).
+#[test]
+fn the_prestop_hook_drains_every_backend() {
+    let dir = RunDir::new("deploy-prestop");
+    // Backends that only accept: the balancer connects and counts them up.
+    let backends: Vec<TcpListener> = (0..3)
+        .map(|_| TcpListener::bind(net::local(free_port())).unwrap())
+        .collect();
+    let admin = net::local(free_port());
+    let spec = LbSpec::new(
+        Runtime::Tokio,
+        backends
+            .iter()
+            .map(|b| BackendArg::plain(b.local_addr().unwrap()))
+            .collect(),
+    )
+    .with_args(&["--admin", &admin.to_string()]);
+    let mut lb = Balancer::start(&dir, spec);
+    net::wait_until("the admin API", std::time::Duration::from_secs(5), || {
+        net::is_listening(admin.port())
+    });
+    let hook = from_statefulset(
+        "d['spec']['template']['spec']['containers'][0]['lifecycle']['preStop']['exec']['command'][2]",
+    );
+    assert!(hook.contains("sleep 30"), "{hook}");
+    let ctl = bins::binary("lb-cli", "siplb-ctl");
+    let path = format!(
+        "{}:{}",
+        ctl.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = run(Command::new("/bin/sh")
+        .args(["-c", &hook.replace("sleep 30", "sleep 0")])
+        .env("PATH", path)
+        .env("SIPLB_ADMIN", admin.to_string()));
+    assert!(
+        out.status.success(),
+        "the preStop hook failed:\n{}",
+        text(&out)
+    );
+    let (status, body) = http_get(admin, "/backends");
+    assert_eq!(status, 200, "{body}");
+    let states: Vec<&str> = body
+        .match_indices("\"state\":")
+        .map(|(i, _)| &body[i..])
+        .collect();
+    assert_eq!(states.len(), backends.len(), "{body}");
+    assert!(
+        states
+            .iter()
+            .all(|s| s.starts_with("\"state\":\"draining\"")),
+        "not every backend is draining after the preStop hook:\n{body}\n{}",
+        text(&out)
+    );
+    lb.stop();
 }
