@@ -222,7 +222,7 @@ fn the_image_runs_as_the_manifests_user() {
     let user = file
         .lines()
         .filter_map(|l| l.strip_prefix("USER "))
-        .last()
+        .next_back()
         .expect("Containerfile sets no USER");
     let uid = user.split(':').next().unwrap().trim();
     assert_ne!(uid, "0", "the image runs as root");
