@@ -284,7 +284,6 @@ fn an_instance_dies_with_calls_up(rt: Runtime) {
         proxy.log_tail(30)
     );
     lbs[0].kill();
-    let killed_log = lbs[0].log();
     let (caller_bye, callee_bye) = (caller_bye.wait(), callee_bye.wait());
     // The backends' last BYEs may still wait for their 200.
     poll_until(Duration::from_secs(5), || {
@@ -432,7 +431,6 @@ fn an_instance_dies_with_calls_up(rt: Runtime) {
 
     // 4. The live instance: every tag verified, nothing refused or malformed.
     assert_survivor_clean(&stats);
-    assert!(!killed_log.is_empty(), "the killed instance logged nothing");
 }
 
 /// The counters of the instance that stayed: tags from the other instance verified (no 481, no
