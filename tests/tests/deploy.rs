@@ -1,7 +1,8 @@
 //! The Kubernetes manifests (`deploy/kubernetes/`, docs/deploy.md), validated offline against
 //! the Kubernetes API schemas by PyPI's `kubernetes-validate` (it ships the schemas), in a
 //! virtual environment made once under the target folder; and the balancer configuration in the
-//! ConfigMap checked by the balancer itself (`--check-config`).
+//! ConfigMap checked by the balancer itself (`--check-config`); and the pod's preStop hook and
+//! config-reload loop, taken from the StatefulSet, run against a real balancer.
 //!
 //! The image (`Containerfile`) is not built: no image registry is reachable where the tests
 //! run. What is checked of it is that it runs as the user the manifests expect.
@@ -12,11 +13,13 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
 
 use siplb_e2e::bins;
 use siplb_e2e::lb::{BackendArg, Balancer, LbSpec, Runtime};
 use siplb_e2e::net::{self, free_port};
 use siplb_e2e::ops::http_get;
+use siplb_e2e::process::Proc;
 use siplb_e2e::RunDir;
 
 /// The validator's version, pinned: its schemas define what "valid" means here.
@@ -264,7 +267,7 @@ fn the_prestop_hook_drains_every_backend() {
     )
     .with_args(&["--admin", &admin.to_string()]);
     let mut lb = Balancer::start(&dir, spec);
-    net::wait_until("the admin API", std::time::Duration::from_secs(5), || {
+    net::wait_until("the admin API", Duration::from_secs(5), || {
         net::is_listening(admin.port())
     });
     let hook = from_statefulset(
@@ -301,4 +304,97 @@ fn the_prestop_hook_drains_every_backend() {
         text(&out)
     );
     lb.stop();
+}
+
+/// One mounted ConfigMap or Secret volume as the kubelet writes it: the files are links into
+/// `..data`, a link to a timestamped folder; an update writes a new folder and swaps `..data`
+/// with one rename.
+struct ProjectedVolume {
+    dir: PathBuf,
+    version: u32,
+}
+
+impl ProjectedVolume {
+    fn new(dir: PathBuf, file: &str, content: &str) -> ProjectedVolume {
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut v = ProjectedVolume { dir, version: 0 };
+        v.update(file, content);
+        std::os::unix::fs::symlink(format!("..data/{file}"), v.dir.join(file)).unwrap();
+        v
+    }
+
+    fn update(&mut self, file: &str, content: &str) {
+        self.version += 1;
+        let name = format!("..2026_12_04_{}", self.version);
+        std::fs::create_dir(self.dir.join(&name)).unwrap();
+        std::fs::write(self.dir.join(&name).join(file), content).unwrap();
+        let tmp = self.dir.join("..data_tmp");
+        std::os::unix::fs::symlink(&name, &tmp).unwrap();
+        std::fs::rename(&tmp, self.dir.join("..data")).unwrap();
+    }
+}
+
+/// The pod's config-reload container, run with a real balancer in a PID namespace of their own
+/// (as in a pod with `shareProcessNamespace`: the loop finds the balancer by name and must not
+/// see any other balancer on this machine): a ConfigMap update, swapped in as the kubelet does,
+/// is applied by SIGHUP.
+#[test]
+fn the_reload_sidecar_applies_a_configmap_change() {
+    let dir = RunDir::new("deploy-reload");
+    let backends: Vec<TcpListener> = (0..2)
+        .map(|_| TcpListener::bind(net::local(free_port())).unwrap())
+        .collect();
+    let addr = |i: usize| backends[i].local_addr().unwrap();
+    let listen = net::local(free_port());
+    let config = |n: usize| {
+        let mut text = format!(
+            "listen = [\"{listen}\"]\ntag-key-file = \"{}\"\nlog-level = \"info\"\nworkers = 2\n",
+            dir.file("keys/tag.keys").display()
+        );
+        for i in 0..n {
+            text.push_str(&format!("[[backend]]\naddr = \"{}\"\n", addr(i)));
+        }
+        text
+    };
+    let mut volume = ProjectedVolume::new(dir.file("config"), "siplb.toml", &config(1));
+    let _keys = ProjectedVolume::new(
+        dir.file("keys"),
+        "tag.keys",
+        &format!("1:{}\n", "cd".repeat(32)),
+    );
+    let sidecar = from_statefulset("d['spec']['template']['spec']['containers'][1]['command'][2]");
+    assert!(
+        sidecar.contains("sleep 5") && sidecar.contains("/etc/siplb/"),
+        "{sidecar}"
+    );
+    let sidecar = sidecar
+        .replace("/etc/siplb/", &format!("{}/", dir.path().display()))
+        .replace("sleep 5", "sleep 0.2");
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--pid", "--mount-proc", "--kill-child", "/bin/sh", "-c"])
+        .arg("\"$LB\" --config \"$CONFIG\" & exec /bin/sh -c \"$SIDECAR\"")
+        .env("LB", Runtime::Tokio.binary())
+        .env("CONFIG", dir.file("config/siplb.toml"))
+        .env("SIDECAR", &sidecar)
+        .current_dir(dir.path());
+    let mut pod = Proc::spawn("pod", cmd, dir.path());
+    let first = addr(0).port();
+    net::wait_until("the balancer to connect", Duration::from_secs(10), || {
+        assert!(pod.is_running(), "{}", pod.output_tail(20));
+        net::is_listening(listen.port()) && net::accepted_connections(first) >= 1
+    });
+    // The sidecar has taken its first look once it has slept a round.
+    std::thread::sleep(Duration::from_millis(500));
+    volume.update("siplb.toml", &config(2));
+    let second = addr(1).port();
+    // SIGHUP reaches every worker (two here), which the admin API's reload would not.
+    let reloaded = "configuration reloaded added=1 removed=0";
+    let applied = net::poll_until(Duration::from_secs(10), || {
+        net::accepted_connections(second) >= 2 && pod.output_tail(40).matches(reloaded).count() == 2
+    });
+    let log = pod.output_tail(40);
+    assert!(
+        applied && log.contains("config changed: SIGHUP"),
+        "the ConfigMap change was not applied by a reload on both workers:\n{log}"
+    );
 }
