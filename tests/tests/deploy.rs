@@ -371,6 +371,11 @@ fn the_reload_sidecar_applies_a_configmap_change() {
         .replace("/etc/siplb/", &format!("{}/", dir.path().display()))
         .replace("sleep 5", "sleep 0.2");
     let mut cmd = Command::new("unshare");
+    // A PID namespace needs root, or a user namespace of its own for anyone else.
+    let uid = run(Command::new("id").arg("-u"));
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        cmd.args(["--user", "--map-root-user"]);
+    }
     cmd.args(["--pid", "--mount-proc", "--kill-child", "/bin/sh", "-c"])
         .arg("\"$LB\" --config \"$CONFIG\" & exec /bin/sh -c \"$SIDECAR\"")
         .env("LB", Runtime::Tokio.binary())
