@@ -50,10 +50,15 @@ impl EdgeProxy {
     /// Writes the configuration into `dir`, starts Kamailio on a free port of 127.0.0.1 and
     /// waits until it listens.
     pub fn start(dir: &RunDir, balancer: SocketAddr) -> EdgeProxy {
+        EdgeProxy::start_with(dir, |port| edge_config(port, balancer))
+    }
+
+    /// Like [`EdgeProxy::start`] with the configuration `config(port)` makes for the port.
+    pub fn start_with(dir: &RunDir, config: impl FnOnce(u16) -> String) -> EdgeProxy {
         let bin = kamailio();
         let port = free_port();
         let cfg = dir.file("kamailio.cfg");
-        std::fs::write(&cfg, edge_config(port, balancer))
+        std::fs::write(&cfg, config(port))
             .unwrap_or_else(|e| panic!("writing {}: {e}", cfg.display()));
         let runtime = dir.file("kamailio-run");
         std::fs::create_dir_all(&runtime).expect("creating Kamailio's runtime dir");
@@ -107,8 +112,19 @@ impl EdgeProxy {
         self.proc.output_tail(lines)
     }
 
+    /// Everything it logged so far (stderr).
+    pub fn log(&self) -> String {
+        self.proc.stderr()
+    }
+
     /// Stops Kamailio (SIGTERM) after asserting it is still running and logged no error.
-    pub fn stop(mut self) {
+    pub fn stop(self) {
+        self.stop_allowing(|_| false);
+    }
+
+    /// Like [`EdgeProxy::stop`], allowing the errors `expected` accepts (a peer the test
+    /// killed on purpose).
+    pub fn stop_allowing(mut self, expected: impl Fn(&str) -> bool) {
         let status = self.proc.try_status();
         assert!(
             status.is_none(),
@@ -116,7 +132,7 @@ impl EdgeProxy {
             self.proc.name(),
             self.proc.output_tail(40)
         );
-        let errors = self.errors();
+        let errors: Vec<String> = self.errors().into_iter().filter(|e| !expected(e)).collect();
         assert!(
             errors.is_empty(),
             "{} logged errors:\n{}",

@@ -291,6 +291,13 @@ impl Balancer {
         self.proc.stderr()
     }
 
+    /// Kills it abruptly (SIGKILL), as a crash or a lost machine would: no draining, no
+    /// `siplb-stats` line. Its log stays readable.
+    pub fn kill(&mut self) {
+        self.assert_running();
+        self.proc.kill();
+    }
+
     /// Sends SIGHUP (reread the config, key and certificate files).
     pub fn hup(&mut self) {
         self.assert_running();

@@ -319,6 +319,11 @@ impl Uac {
         Uac::spawn(dir, spec).wait()
     }
 
+    /// Its process id, which SIPp writes into every Call-ID (`N-PID@IP`).
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
     /// The local port SIPp uses in its Via and Contact.
     pub fn port(&self) -> u16 {
         self.port

@@ -26,6 +26,8 @@ enum Probe {
     Program(&'static str),
     /// A Perl module that `perl -MMODULE -e1` loads.
     PerlModule(&'static str),
+    /// A module Debian's own Python (`/usr/bin/python3`, not a pyenv or venv one) imports.
+    DebianPythonModule(&'static str),
 }
 
 /// One peer the tests need: what it is, how to find it, the Debian package that has it.
@@ -72,6 +74,13 @@ const PEERS: &[Peer] = &[
         name: "OpenSSL",
         probe: Probe::Program("openssl"),
         package: "openssl",
+    },
+    // A virtual environment for kubernetes-validate (tests/tests/deploy.rs); Debian strips
+    // ensurepip from python3 and ships it in python3-venv.
+    Peer {
+        name: "python3-venv",
+        probe: Probe::DebianPythonModule("ensurepip"),
+        package: "python3-venv",
     },
 ];
 
@@ -124,6 +133,10 @@ fn is_installed(probe: Probe) -> bool {
         Probe::PerlModule(module) => Command::new(find_program("perl").unwrap_or("perl".into()))
             .arg(format!("-M{module}"))
             .arg("-e1")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        Probe::DebianPythonModule(module) => Command::new("/usr/bin/python3")
+            .args(["-c", &format!("import {module}")])
             .output()
             .is_ok_and(|o| o.status.success()),
     }
