@@ -462,10 +462,13 @@ impl<'c> Engine<'c> {
     }
 
     fn handle_response(&mut self, now: Instant, msg: &Message<'_>, code: u16) {
-        // Every UAS names itself in the Contact of the responses that make a dialog (RFC 3261
-        // §12.1.1); the balancer leaves Contact alone.
+        // Every UAS names itself in the Contact of the responses that make a dialog, 101–299
+        // (RFC 3261 §12.1.1); the balancer leaves Contact alone. An error response makes no
+        // dialog (a 3xx's Contact is somewhere else, a balancer's own 503 has its own tag).
+        let makes_dialog = (101..300).contains(&code);
         let named = msg
             .header("Contact")
+            .filter(|_| makes_dialog)
             .map(|c| self.backend_index(backend_key(uri_of(c))));
         let call = msg
             .call_id()
@@ -478,7 +481,7 @@ impl<'c> Engine<'c> {
             self.count_msg(named);
             return;
         };
-        if method == "INVITE" {
+        if method == "INVITE" && makes_dialog {
             check_affinity(call, named, msg, &mut self.report.affinity_violations);
         }
         // A response without a Contact (a 100, the 200 to a BYE) comes from the call's backend.
@@ -652,9 +655,9 @@ impl<'c> Engine<'c> {
     }
 }
 
-/// The affinity check for one response to a call's INVITE, with no help from the backend: every
-/// UAS answers an INVITE with its own To tag (RFC 3261 §8.2.6.2) and names itself in the Contact
-/// of a dialog-making response. A second tag, or a second Contact, means a second UAS answered
+/// The affinity check for one dialog-making response (101–299) to a call's INVITE, with no help
+/// from the backend: every UAS answers an INVITE with its own To tag (RFC 3261 §8.2.6.2) and
+/// names itself in the Contact of such a response. A second tag, or a second Contact, means a second UAS answered
 /// the same call: the balancer sent a copy of the INVITE to another backend.
 fn check_affinity(call: &mut Call, named: Option<usize>, msg: &Message<'_>, violations: &mut u64) {
     let mut violated = false;
