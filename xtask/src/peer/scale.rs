@@ -23,15 +23,20 @@
 //!
 //! Then come the comparison steps, `2 × --step` seconds each, on fresh farms: each siplb binary
 //! with the most workers at the highest clean rate of one worker (`flat`: its CPU per call
-//! should not grow with workers), and each balancer at the highest rate that both it and
-//! Kamailio carried cleanly with the same workers (`vs_kamailio`). Lines on stdout:
+//! should not grow with workers), and at the highest rate that both it and Kamailio carried
+//! cleanly with the same workers, the one of the two with room to spare (`vs_kamailio`); the
+//! other's figures there are its search step's. Lines on stdout:
 //!
-//! `scale lb=NAME workers=N max_clean_rate=R <the step's figures>`,
+//! `scale lb=NAME workers=N max_clean_rate=R first_failed=R2 (CAUSE) <the step's figures>`,
+//! CAUSE being `calls` (calls failed) or `loadgen` (none did, but the load generator, on the same
+//! two cores, could not start 97 % of the calls due),
 //! `scale flat lb=NAME rate=R lb_cpu_us_per_call_w1=A lb_cpu_us_per_call_wN=B ratio=B/A`,
 //! `scale vs_kamailio workers=N rate=R lb=NAME lb_cpu_us_per_call=C kamailio_lb_cpu_us_per_call=K
 //! ratio=C/K max_clean_rate=R1 kamailio_max_clean_rate=R2`.
 //!
-//! Every step's line goes to stderr as it ends.
+//! Every step's line goes to stderr as it ends. The load generator sends no INVITE copies
+//! here (`--retransmit-every 0`): Kamailio's stateless round robin would send each copy to the
+//! next backend, an affinity violation that siplb's new-call table prevents.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -102,7 +107,7 @@ impl ScaleOpts {
         if opts.workers.is_empty() || opts.workers.contains(&0) {
             bail!("--workers takes counts above 0");
         }
-        if !(opts.step > 0.0) || opts.start < GRAIN || opts.connections == 0 {
+        if !opts.step.is_finite() || opts.step <= 0.0 || opts.start < GRAIN || opts.connections == 0 {
             bail!("--step and --connections must be above 0, --start at least {GRAIN}");
         }
         Ok(opts)
@@ -130,6 +135,16 @@ struct Step {
 impl Step {
     fn clean(&self) -> bool {
         self.failed == 0 && self.violations == 0 && self.lost == 0 && self.started >= STARTED_MIN
+    }
+
+    /// Why a step is not clean: `loadgen` when every call it started completed but it could
+    /// not start enough of them (the machine, not the balancer, was the limit), else `calls`.
+    fn cause(&self) -> &'static str {
+        if self.failed == 0 && self.violations == 0 && self.lost == 0 {
+            "loadgen"
+        } else {
+            "calls"
+        }
     }
 
     /// The step's figures as `key=value` pairs.
@@ -177,10 +192,14 @@ pub(crate) fn bench_scale(words: &[&str]) -> Result<()> {
             let found = bench
                 .search(lb, workers)
                 .with_context(|| format!("{} --workers {workers}", lb.name()))?;
-            match found {
+            let above = found
+                .bad
+                .as_ref()
+                .map_or("none".to_owned(), |b| format!("{} ({})", b.rate, b.cause()));
+            match found.good {
                 Some(step) => {
                     println!(
-                        "scale lb={} workers={workers} max_clean_rate={} {}",
+                        "scale lb={} workers={workers} max_clean_rate={} first_failed={above} {}",
                         lb.name(),
                         step.rate,
                         step.figures()
@@ -188,9 +207,8 @@ pub(crate) fn bench_scale(words: &[&str]) -> Result<()> {
                     best.insert((lb, workers), step);
                 }
                 None => println!(
-                    "scale lb={} workers={workers} max_clean_rate=0 (not clean at {})",
-                    lb.name(),
-                    GRAIN
+                    "scale lb={} workers={workers} max_clean_rate=0 first_failed={above}",
+                    lb.name()
                 ),
             }
         }
@@ -207,11 +225,12 @@ struct Bench<'a> {
 }
 
 impl Bench<'_> {
-    /// Doubling, then bisection: the highest clean step, `None` if not even the lowest is.
-    fn search(&self, lb: Lb, workers: usize) -> Result<Option<Step>> {
+    /// Doubling, then bisection: the highest clean step (`None` if not even the lowest is) and
+    /// the lowest step that was not.
+    fn search(&self, lb: Lb, workers: usize) -> Result<Search> {
         let mut farm = None;
         let mut good: Option<Step> = None;
-        let mut bad: Option<u32> = None;
+        let mut bad: Option<Step> = None;
         let mut rate = self.opts.start;
         let mut bisections = 0;
         loop {
@@ -225,27 +244,25 @@ impl Bench<'_> {
             if step.clean() {
                 good = Some(step);
             } else {
-                bad = Some(rate);
+                bad = Some(step);
                 // A balancer that failed may hold a backlog or have lost connections.
                 farm = None;
             }
             let low = good.as_ref().map_or(0, |s| s.rate);
-            rate = match bad {
-                None if rate >= RATE_MAX => return Ok(good),
+            rate = match &bad {
+                None if rate >= RATE_MAX => break,
                 None => rate.saturating_mul(2).min(RATE_MAX),
                 Some(high) => {
-                    let mid = (low + high) / 2 / GRAIN * GRAIN;
-                    if bisections >= self.opts.bisect || mid <= low || mid >= high {
-                        return Ok(good);
+                    let mid = (low + high.rate) / 2 / GRAIN * GRAIN;
+                    if bisections >= self.opts.bisect || mid <= low || mid >= high.rate {
+                        break;
                     }
                     bisections += 1;
                     mid
                 }
             };
-            if good.is_none() && rate < GRAIN {
-                return Ok(None);
-            }
         }
+        Ok(Search { good, bad })
     }
 
     /// One step on `farm`, started first if there is none.
@@ -273,7 +290,11 @@ impl Bench<'_> {
             .args(["--connections", &self.opts.connections.to_string()])
             .args(["--rate", &rate.to_string()])
             .args(["--duration", &format!("{secs}s")])
-            .args(["--hold", "100ms", "--timeout", "2s"]);
+            .args(["--hold", "100ms", "--timeout", "2s"])
+            // No INVITE copies: Kamailio's stateless round robin sends a copy to the next
+            // backend (siplb's new-call table exists for that), and over TCP no UAC
+            // retransmits, as in `bench peer`.
+            .args(["--retransmit-every", "0"]);
         let name = format!("loadgen-{}", farm.steps);
         farm.steps += 1;
         let before = Sample::take(farm)?;
@@ -349,7 +370,9 @@ impl Bench<'_> {
             let Some(base) = best.get(&(lb, one)) else {
                 continue;
             };
-            let w1 = self.fresh_step(lb, one, base.rate)?;
+            // The one-worker figure is the search's own (clean at that rate); the most workers
+            // get a step of their own at the same rate, where they have room to spare.
+            let w1 = base;
             let wn = self.fresh_step(lb, most, base.rate)?;
             println!(
                 "scale flat lb={} rate={} lb_cpu_us_per_call_w{one}={:.1} \
@@ -375,9 +398,17 @@ impl Bench<'_> {
                 let Some(s_best) = best.get(&(lb, workers)) else {
                     continue;
                 };
+                // The one with the lower highest clean rate keeps its search figures (clean
+                // there); the other gets a step of its own at that rate.
                 let rate = k_best.rate.min(s_best.rate);
-                let k = self.fresh_step(Lb::Kamailio, workers, rate)?;
-                let s = self.fresh_step(lb, workers, rate)?;
+                let (k, s) = if k_best.rate <= s_best.rate {
+                    (k_best.clone(), self.fresh_step(lb, workers, rate)?)
+                } else {
+                    (
+                        self.fresh_step(Lb::Kamailio, workers, rate)?,
+                        s_best.clone(),
+                    )
+                };
                 println!(
                     "scale vs_kamailio workers={workers} rate={rate} lb={} lb_cpu_us_per_call={:.1} \
                      kamailio_lb_cpu_us_per_call={:.1} ratio={:.3} farm_cpu_us_per_call={:.1} \
@@ -410,6 +441,14 @@ impl Bench<'_> {
         );
         Ok(step)
     }
+}
+
+/// The outcome of one search.
+struct Search {
+    /// The highest clean step.
+    good: Option<Step>,
+    /// The lowest step that was not clean.
+    bad: Option<Step>,
 }
 
 /// Three plain backends and the balancer. Dropped in field order: the balancer stops before
