@@ -10,7 +10,7 @@
 //! call failed, no call was answered by two backends, no connection was lost, and the load
 //! generator started at least 97 % of the calls due (else it, not the balancer, was the limit).
 //! The search doubles the rate from `--start` (2,000 by default) until a step is not clean, then
-//! bisects `--bisect` times (3 by default) between the last clean rate and the first failed one.
+//! bisects `--bisect` times (2 by default) between the last clean rate and the first failed one.
 //! A step that is not clean is run once more on a fresh farm, and the second result stands:
 //! with other work on the two cores a step can stall for reasons that are not the balancer's.
 //!
@@ -83,7 +83,7 @@ impl ScaleOpts {
             only: ALL.to_vec(),
             step: 3.0,
             start: 2000,
-            bisect: 3,
+            bisect: 2,
             connections: 8,
             no_build: false,
         };
@@ -670,7 +670,7 @@ mod tests {
         assert_eq!(o.workers, [1, 2]);
         assert_eq!(
             (o.step, o.start, o.bisect, o.connections),
-            (3.0, 2000, 3, 8)
+            (3.0, 2000, 2, 8)
         );
         let o =
             ScaleOpts::parse(&["--workers", "2,1,2", "--only", "mio", "--step", "1.5"]).unwrap();
