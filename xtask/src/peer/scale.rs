@@ -16,7 +16,8 @@
 //!
 //! Each step measures CPU time over the load generator's run, in three scopes, each divided by
 //! the calls completed: the balancer's process tree (`lb_cpu_us_per_call`, every thread, from
-//! /proc), the whole farm (`farm_cpu_us_per_call`: balancer, backends and load generator) and
+//! /proc), the whole farm (`farm_cpu_us_per_call`: balancer, backends and load generator, the
+//! last two also shown apart) and
 //! the whole machine (`system_cpu_us_per_call`, /proc/stat, other work on it included). On two
 //! cores the load generator and the backends compete with the balancer, so the balancer's own
 //! figure is the one that shows how it scales. For siplb, `worker_share` is each worker thread's
@@ -133,6 +134,9 @@ struct Step {
     started: f64,
     lb_us: f64,
     farm_us: f64,
+    /// Of the farm: the three backends, and the load generator.
+    backends_us: f64,
+    loadgen_us: f64,
     system_us: f64,
     /// Each siplb worker thread's share of the balancer's CPU (empty for Kamailio).
     worker_share: Vec<f64>,
@@ -165,7 +169,7 @@ impl Step {
             format!(
             "rate={} calls_ok={} calls_failed={} affinity_violations={} timeouts={} non_2xx={} \
              started={:.3} lb_cpu_us_per_call={:.1} farm_cpu_us_per_call={:.1} \
-             system_cpu_us_per_call={:.1}",
+             (backends {:.1}, loadgen {:.1}) system_cpu_us_per_call={:.1}",
             self.rate,
             self.ok,
             self.failed,
@@ -175,6 +179,8 @@ impl Step {
             self.started,
             self.lb_us,
             self.farm_us,
+            self.backends_us,
+            self.loadgen_us,
             self.system_us
         );
         if !shares.is_empty() {
@@ -363,9 +369,9 @@ impl Bench<'_> {
             }
         };
         let lb_ticks = after.balancer.saturating_sub(before.balancer);
-        let farm_ticks = lb_ticks
-            + after.backends.saturating_sub(before.backends)
-            + after.children.saturating_sub(before.children);
+        let backend_ticks = after.backends.saturating_sub(before.backends);
+        let loadgen_ticks = after.children.saturating_sub(before.children);
+        let farm_ticks = lb_ticks + backend_ticks + loadgen_ticks;
         let worker_share = after
             .workers
             .iter()
@@ -386,6 +392,8 @@ impl Bench<'_> {
             started: (ok + count("calls_failed")) as f64 / due,
             lb_us: per_call(lb_ticks),
             farm_us: per_call(farm_ticks),
+            backends_us: per_call(backend_ticks),
+            loadgen_us: per_call(loadgen_ticks),
             system_us: per_call(after.system.saturating_sub(before.system)),
             worker_share,
             load,
@@ -695,6 +703,8 @@ mod tests {
             started,
             lb_us: 10.0,
             farm_us: 30.0,
+            backends_us: 12.0,
+            loadgen_us: 8.0,
             system_us: 40.0,
             worker_share: vec![0.5, 0.5],
             load: "1.0".into(),
