@@ -22,13 +22,25 @@ impl EnvBackend {
     /// Starts `envelope-backend --listen 127.0.0.1:PORT --name NAME` (with
     /// `--answer-delay-ms` when `answer_delay_ms` is non-zero) and waits until it listens.
     pub fn start(dir: &RunDir, name: &str, answer_delay_ms: u64) -> EnvBackend {
+        let mut args = Vec::new();
+        if answer_delay_ms > 0 {
+            args = vec!["--answer-delay-ms".to_owned(), answer_delay_ms.to_string()];
+        }
+        EnvBackend::start_with(dir, name, &args)
+    }
+
+    /// The same backend in plain mode (`--plain`): an ordinary SIP UAS over TCP, for plain
+    /// backends (`BackendArg::plain`).
+    pub fn start_plain(dir: &RunDir, name: &str) -> EnvBackend {
+        EnvBackend::start_with(dir, name, &["--plain".to_owned()])
+    }
+
+    fn start_with(dir: &RunDir, name: &str, args: &[String]) -> EnvBackend {
         let port = free_port();
         let mut cmd = Command::new(bins::binary("example-envelope-backend", "envelope-backend"));
         cmd.args(["--listen", &net::local(port).to_string()])
-            .args(["--name", name]);
-        if answer_delay_ms > 0 {
-            cmd.args(["--answer-delay-ms", &answer_delay_ms.to_string()]);
-        }
+            .args(["--name", name])
+            .args(args);
         cmd.current_dir(dir.path());
         let mut proc = Proc::spawn(name, cmd, dir.path());
         net::wait_until(

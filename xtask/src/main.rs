@@ -12,6 +12,9 @@
 //!   (see [`peer`]).
 //! - `bench peer [--rate CPS] [--calls N]`: siplb against Kamailio's dispatcher with SIPp
 //!   (see [`peer`]); prints one line per balancer, then `ratio_tokio=X ratio_mio=Y`.
+//! - `bench scale [--workers 1,2] [--only LIST] [--step SECS]`: the highest call rate with no
+//!   failed call for each worker count, siplb and Kamailio's dispatcher through `lb-loadgen` with
+//!   plain backends, and the CPU per call there (see [`peer`]'s `scale` module).
 //! - `bench core`, `bench sim`: run the core's and the simulator's benchmarks, pass their line.
 //! - `dist`: man pages and shell completions from the clap definitions into `target/dist`
 //!   (see [`dist`]).
@@ -58,6 +61,7 @@ fn run(args: &[String]) -> Result<()> {
         ["bench", "e2e", rest @ ..] => bench_e2e(&Opts::parse(rest)?),
         ["bench", "peer", rest @ ..] => peer::bench_peer(rest),
         ["bench", "memory", "--peer", rest @ ..] => peer::bench_held(rest),
+        ["bench", "scale", rest @ ..] => peer::bench_scale(rest),
         ["bench", "memory", rest @ ..] => bench_memory(&Opts::parse(rest)?),
         ["bench", "core"] => pass_through(
             cargo().args(["bench", "-p", "lb-core", "--bench", "core"]),
@@ -95,6 +99,8 @@ const USAGE: &str = "usage: cargo xtask <task>
   bench memory --runtime tokio|mio [--rate N] [--window SECS]
   bench memory --peer [--rate CPS] [--window SECS] [--only kamailio,tokio,mio] [--no-build]
   bench peer [--rate CPS] [--calls N] [--runs N] [--only kamailio,tokio,mio] [--no-build]
+  bench scale [--workers 1,2] [--only kamailio,tokio,mio] [--step SECS] [--start CPS]
+              [--bisect N] [--connections N] [--no-build]
   bench core | bench sim
   check-core
   dist
@@ -304,15 +310,24 @@ fn loadgen_result(child: std::process::Child) -> Result<BTreeMap<String, String>
     Ok(pairs(line))
 }
 
-/// `b1:3,b2:4` → map.
+/// `b1:3,b2:4` → map (the count after the last colon: keys may be `user@host:port`).
 fn per_backend(list: Option<&String>) -> BTreeMap<String, u64> {
     list.map(|s| {
         s.split(',')
-            .filter_map(|e| e.split_once(':'))
+            .filter_map(|e| e.rsplit_once(':'))
             .filter_map(|(k, v)| Some((k.to_owned(), v.parse().ok()?)))
             .collect()
     })
     .unwrap_or_default()
+}
+
+/// The count of backend `name` in a load generator list, whose keys are the backends' Contacts
+/// (`name@host:port`).
+fn named(map: &BTreeMap<String, u64>, name: &str) -> u64 {
+    map.iter()
+        .filter(|(key, _)| key.split_once('@').map_or(key.as_str(), |(user, _)| user) == name)
+        .map(|(_, v)| v)
+        .sum()
 }
 
 fn demo(opts: &Opts) -> Result<()> {
@@ -374,8 +389,8 @@ fn demo(opts: &Opts) -> Result<()> {
             out,
             "{:<8} {:>8} {:>14} {:>14} {:>14}",
             name,
-            calls.get(name).copied().unwrap_or(0),
-            msgs.get(name).copied().unwrap_or(0),
+            named(&calls, name),
+            named(&msgs, name),
             inbound,
             num(b, "sent")
         )?;
@@ -678,6 +693,11 @@ mod tests {
         assert!(Opts::parse(&["--rate"]).is_err());
         let m = per_backend(Some(&"b1:3,b2:4".to_owned()));
         assert_eq!(m.get("b2"), Some(&4));
+        let m = per_backend(Some(&"b1@127.0.0.1:5:3,b2@127.0.0.1:6:4".to_owned()));
+        assert_eq!(
+            (named(&m, "b1"), named(&m, "b2"), named(&m, "b3")),
+            (3, 4, 0)
+        );
     }
 
     #[test]

@@ -38,7 +38,9 @@ use anyhow::{bail, Context, Result};
 use crate::procs::{clock_ticks, free_port, proc_kb, stat, TempDir};
 
 mod held;
+mod scale;
 pub(crate) use held::bench_held;
+pub(crate) use scale::bench_scale;
 
 /// Kamailio's configuration: a stateless round-robin dispatcher (see the file's comments).
 const KAMAILIO_CFG: &str = include_str!("../kamailio/dispatcher.cfg");
@@ -469,7 +471,7 @@ impl Farm {
         }
         let listen = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let balancer = match lb {
-            Lb::Kamailio => start_kamailio(listen, &ports, tools, dir)?,
+            Lb::Kamailio => start_kamailio(listen, &ports, 2, tools, dir)?,
             Lb::Tokio | Lb::Mio => start_siplb(lb, listen, &ports, tools, dir, siplb_args)?,
         };
         Ok(Farm {
@@ -495,7 +497,14 @@ fn uac_command(tools: &Tools, scenario: &Path, listen: SocketAddr, csv: &Path) -
     Ok(cmd)
 }
 
-fn start_kamailio(listen: SocketAddr, ports: &[u16], tools: &Tools, dir: &TempDir) -> Result<Tree> {
+/// Kamailio with `children` SIP worker processes (and as many TCP workers).
+fn start_kamailio(
+    listen: SocketAddr,
+    ports: &[u16],
+    children: usize,
+    tools: &Tools,
+    dir: &TempDir,
+) -> Result<Tree> {
     let (Some(kamailio), Some(mpath)) = (&tools.kamailio, &tools.kamailio_modules) else {
         bail!("kamailio not found");
     };
@@ -506,7 +515,7 @@ fn start_kamailio(listen: SocketAddr, ports: &[u16], tools: &Tools, dir: &TempDi
     }
     std::fs::write(&list, text)?;
     let cfg = dir.path("kamailio.cfg");
-    std::fs::write(&cfg, kamailio_cfg(listen.port(), mpath, &list))?;
+    std::fs::write(&cfg, kamailio_cfg(listen.port(), mpath, &list, children))?;
     let mut cmd = Command::new(kamailio);
     // -DD: the creator stays in the foreground (our child) and forks the workers; -E: log to
     // stderr; -x tlsf: the TLSF shared-memory manager, Kamailio's fastest.
@@ -528,7 +537,7 @@ fn start_kamailio(listen: SocketAddr, ports: &[u16], tools: &Tools, dir: &TempDi
 }
 
 /// The configuration template with its `@...@` fields filled in.
-fn kamailio_cfg(port: u16, mpath: &Path, list: &Path) -> String {
+fn kamailio_cfg(port: u16, mpath: &Path, list: &Path, children: usize) -> String {
     let mut mpath = mpath.display().to_string();
     if !mpath.ends_with('/') {
         mpath.push('/');
@@ -537,6 +546,7 @@ fn kamailio_cfg(port: u16, mpath: &Path, list: &Path) -> String {
         .replace("@PORT@", &port.to_string())
         .replace("@MPATH@", &mpath)
         .replace("@DSLIST@", &list.display().to_string())
+        .replace("@CHILDREN@", &children.to_string())
 }
 
 fn start_siplb(
@@ -848,7 +858,7 @@ mod tests {
 
     #[test]
     fn kamailio_template_is_filled() {
-        let cfg = kamailio_cfg(5070, Path::new("/m"), Path::new("/tmp/d.list"));
+        let cfg = kamailio_cfg(5070, Path::new("/m"), Path::new("/tmp/d.list"), 2);
         assert!(cfg.contains("listen=tcp:127.0.0.1:5070\n"));
         assert!(cfg.contains("mpath=\"/m/\""));
         assert!(cfg.contains("\"/tmp/d.list\""));

@@ -462,39 +462,34 @@ impl<'c> Engine<'c> {
     }
 
     fn handle_response(&mut self, now: Instant, msg: &Message<'_>, code: u16) {
-        let backend = match msg.header("X-Backend") {
-            Some(name) => Some(self.backend_index(name)),
-            None => {
-                self.report.msgs_unnamed += 1;
-                None
-            }
+        // Every UAS names itself in the Contact of the responses that make a dialog, 101–299
+        // (RFC 3261 §12.1.1); the balancer leaves Contact alone. An error response makes no
+        // dialog (a 3xx's Contact is somewhere else, a balancer's own 503 has its own tag).
+        let makes_dialog = (101..300).contains(&code);
+        let named = msg
+            .header("Contact")
+            .filter(|_| makes_dialog)
+            .map(|c| self.backend_index(backend_key(uri_of(c))));
+        let call = msg
+            .call_id()
+            .and_then(|c| call_number(c, self.run))
+            .and_then(|id| Some((id, msg.cseq()?.1)));
+        let Some((id, method, call)) =
+            call.and_then(|(id, method)| Some((id, method, self.calls.get_mut(&id)?)))
+        else {
+            // A late answer to a call already finished: counted, nothing else.
+            self.count_msg(named);
+            return;
         };
-        if let Some(b) = backend {
-            *self
-                .report
-                .msgs_per_backend
-                .entry(self.backends[b].clone())
-                .or_default() += 1;
+        if method == "INVITE" && makes_dialog {
+            check_affinity(call, named, msg, &mut self.report.affinity_violations);
         }
-        let Some(id) = msg.call_id().and_then(|c| call_number(c, self.run)) else {
-            return;
-        };
-        let Some((_, method)) = msg.cseq() else {
-            return;
-        };
+        // A response without a Contact (a 100, the 200 to a BYE) comes from the call's backend.
+        let from = named.or(call.backend);
+        self.count_msg(from);
         let Some(call) = self.calls.get_mut(&id) else {
             return;
         };
-        if let Some(b) = backend {
-            match call.backend {
-                None => call.backend = Some(b),
-                Some(first) if first != b && !call.violated => {
-                    call.violated = true;
-                    self.report.affinity_violations += 1;
-                }
-                Some(_) => {}
-            }
-        }
         if code < 200 {
             return;
         }
@@ -564,6 +559,20 @@ impl<'c> Engine<'c> {
             }
             // A 200 repeated for a retransmitted INVITE, or a late answer: only counted above.
             _ => {}
+        }
+    }
+
+    /// Counts a response for the backend `named`, or as unnamed (e.g. the balancer's own 503).
+    fn count_msg(&mut self, named: Option<usize>) {
+        match named {
+            Some(b) => {
+                *self
+                    .report
+                    .msgs_per_backend
+                    .entry(self.backends[b].clone())
+                    .or_default() += 1;
+            }
+            None => self.report.msgs_unnamed += 1,
         }
     }
 
@@ -646,9 +655,111 @@ impl<'c> Engine<'c> {
     }
 }
 
+/// The affinity check for one dialog-making response (101–299) to a call's INVITE, with no help
+/// from the backend: every UAS answers an INVITE with its own To tag (RFC 3261 §8.2.6.2) and
+/// names itself in the Contact of such a response. A second tag, or a second Contact, means a second UAS answered
+/// the same call: the balancer sent a copy of the INVITE to another backend.
+fn check_affinity(call: &mut Call, named: Option<usize>, msg: &Message<'_>, violations: &mut u64) {
+    let mut violated = false;
+    if let Some(b) = named {
+        match call.backend {
+            None => call.backend = Some(b),
+            Some(first) => violated |= first != b,
+        }
+    }
+    if let Some(tag) = msg.header("To").and_then(|to| param(to, "tag")) {
+        if call.to_tag.is_empty() {
+            tag.clone_into(&mut call.to_tag);
+        } else {
+            violated |= call.to_tag != tag;
+        }
+    }
+    if violated && !call.violated {
+        call.violated = true;
+        *violations += 1;
+    }
+}
+
+/// A backend's name from its Contact URI: `user@host:port`, scheme and parameters dropped (the
+/// host alone names SIPp and other stacks that all use one user part).
+pub(crate) fn backend_key(uri: &str) -> &str {
+    let bare = uri
+        .strip_prefix("sips:")
+        .or_else(|| uri.strip_prefix("sip:"))
+        .unwrap_or(uri);
+    bare.split([';', '?', '>']).next().unwrap_or(bare).trim()
+}
+
 /// Read buffer per connection: many messages per read system call.
 const READ_BUF: usize = 256 * 1024;
 /// Calls started per loop iteration at most, so a late wake-up does not starve the reads.
 const CALLS_PER_WAKEUP: u32 = 64;
 /// How often the progress callback runs.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn call() -> Call {
+        Call {
+            conn: 0,
+            state: State::Inviting,
+            seq: 0,
+            backend: None,
+            violated: false,
+            to_tag: String::new(),
+            route: Vec::new(),
+            remote_target: String::new(),
+        }
+    }
+
+    fn response(to_tag: &str) -> Vec<u8> {
+        format!(
+            "SIP/2.0 180 Ringing\r\nTo: <sip:service@h>;tag={to_tag}\r\nCall-ID: 1-a@loadgen\r\n\
+             CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn backends_are_named_by_their_contact() {
+        assert_eq!(
+            backend_key("sip:b1@127.0.0.1:5070;transport=tcp"),
+            "b1@127.0.0.1:5070"
+        );
+        assert_eq!(backend_key("sips:10.0.0.9:5061"), "10.0.0.9:5061");
+        assert_eq!(backend_key("sip:sipp@[::1]:5080?x=y"), "sipp@[::1]:5080");
+    }
+
+    #[test]
+    fn a_second_tag_or_contact_is_one_violation() {
+        let mut violations = 0;
+        // Tags alone (a backend whose Contact is the balancer's, say) are enough.
+        let mut c = call();
+        let first = response("x1");
+        let again = response("x1");
+        let other = response("x2");
+        for bytes in [&first, &again] {
+            let msg = Message::parse(bytes).unwrap();
+            check_affinity(&mut c, None, &msg, &mut violations);
+        }
+        assert_eq!((violations, c.to_tag.as_str()), (0, "x1"));
+        let msg = Message::parse(&other).unwrap();
+        check_affinity(&mut c, None, &msg, &mut violations);
+        check_affinity(&mut c, None, &msg, &mut violations);
+        assert_eq!(violations, 1, "counted once per call");
+
+        // Contacts: same tag, another backend's Contact.
+        let mut c = call();
+        let msg = Message::parse(&first).unwrap();
+        check_affinity(&mut c, Some(0), &msg, &mut violations);
+        check_affinity(&mut c, Some(0), &msg, &mut violations);
+        assert_eq!(violations, 1);
+        check_affinity(&mut c, Some(1), &msg, &mut violations);
+        assert_eq!(violations, 2);
+        assert_eq!(c.backend, Some(0), "the first backend stays the call's");
+    }
+}

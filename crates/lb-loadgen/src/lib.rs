@@ -6,9 +6,13 @@
 //! INVITE in ten is sent a second time shortly after the first, with the same branch, so the
 //! balancer's new-call table has retransmissions to match.
 //!
-//! Every response names its backend in `X-Backend` (the example envelope backend adds it); a
-//! call that hears two names is an affinity violation, the one thing a SIP balancer must never
-//! do. The [`Report`] counts those, failures, and calls and messages per backend.
+//! The affinity check needs nothing from the backends but what every UAS sends: its own To tag
+//! on the responses to an INVITE, and its own address in their Contact. A call whose INVITE is
+//! answered with two To tags or two Contacts was answered by two backends, an affinity
+//! violation, the one thing a SIP balancer must never do (an in-dialog request sent to the
+//! wrong backend gets a 481 there and fails the call). Backends are named by their Contact,
+//! `user@host:port`. The [`Report`] counts violations, failures, and calls and messages per
+//! backend.
 //!
 //! One thread drives every connection through `mio`: the work per message is a little parsing,
 //! so a single event loop keeps up with a few thousand calls per second and leaves the other
@@ -85,7 +89,7 @@ pub struct Progress {
     pub failed: u64,
     /// Calls in progress.
     pub active: u64,
-    /// Calls that heard two backends.
+    /// Calls answered by two backends.
     pub affinity_violations: u64,
 }
 
@@ -115,15 +119,15 @@ pub struct Report {
     pub timeouts: u64,
     /// Of the failed: a final response other than 2xx, by status code.
     pub non_2xx: BTreeMap<u16, u64>,
-    /// Calls that heard two backend names.
+    /// Calls whose INVITE was answered by two backends (two To tags or two Contacts).
     pub affinity_violations: u64,
     /// INVITEs sent a second time.
     pub retransmitted: u64,
     /// Successful calls by the backend that answered them.
     pub calls_per_backend: BTreeMap<String, u64>,
-    /// Responses received, by the backend named in them.
+    /// Responses received, by the backend that sent them (its Contact, else the call's).
     pub msgs_per_backend: BTreeMap<String, u64>,
-    /// Messages received without an `X-Backend` (e.g. the balancer's own 503).
+    /// Responses from no known backend (e.g. the balancer's own 503, a 100 before any Contact).
     pub msgs_unnamed: u64,
     /// Messages sent.
     pub msgs_sent: u64,

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,10 +23,16 @@ struct Seen {
     unrouted: AtomicU64,
 }
 
-/// Answers like a UAS. With `flaky`, the 200 to the BYE of every call with an even number names
-/// another backend: exactly what the affinity check must catch.
+/// The two UASes the fake can answer as: (To tag, Contact).
+const UAS1: (&str, &str) = ("t1", "<sip:uas@127.0.0.1:9;transport=tcp>");
+const UAS2: (&str, &str) = ("t2", "<sip:uas@127.0.0.2:9;transport=tcp>");
+
+/// Answers like a UAS, naming itself only as every UAS does (To tag, Contact). With `flaky`,
+/// the copy of every retransmitted INVITE is answered as a second UAS would answer it: exactly
+/// what the affinity check must catch when a balancer sends the copy to another backend.
 fn serve(stream: TcpStream, flaky: bool, seen: &Seen) {
     let mut stream = stream;
+    let mut invited = HashSet::new();
     let mut buf = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
     loop {
@@ -33,14 +40,15 @@ fn serve(stream: TcpStream, flaky: bool, seen: &Seen) {
             let msg_bytes: Vec<u8> = buf.drain(..len).collect();
             let msg = Message::parse(&msg_bytes).unwrap();
             let call = msg.call_id().unwrap();
-            let number: u64 = call.split('-').next().unwrap().parse().unwrap();
             let routed = msg.header("Route") == Some(RR);
             let mut out = Vec::new();
             match msg.method().unwrap() {
                 "INVITE" => {
                     seen.invites.fetch_add(1, Ordering::Relaxed);
+                    let copy = !invited.insert(call.to_owned());
+                    let uas = if flaky && copy { UAS2 } else { UAS1 };
                     for (code, reason) in [(100, "Trying"), (180, "Ringing"), (200, "OK")] {
-                        respond(&mut out, &msg, code, reason, "b1", code > 100);
+                        respond(&mut out, &msg, code, reason, uas, code > 100);
                     }
                 }
                 "ACK" => {
@@ -54,8 +62,7 @@ fn serve(stream: TcpStream, flaky: bool, seen: &Seen) {
                     if !routed {
                         seen.unrouted.fetch_add(1, Ordering::Relaxed);
                     }
-                    let name = if flaky && number & 1 == 0 { "b2" } else { "b1" };
-                    respond(&mut out, &msg, 200, "OK", name, false);
+                    respond(&mut out, &msg, 200, "OK", UAS1, false);
                 }
                 other => panic!("unexpected {other}"),
             }
@@ -74,23 +81,22 @@ fn respond(
     req: &Message<'_>,
     code: u16,
     reason: &str,
-    name: &str,
+    (tag, contact): (&str, &str),
     dialog: bool,
 ) {
     out.extend_from_slice(format!("SIP/2.0 {code} {reason}\r\n").as_bytes());
     if dialog {
         push_header(out, "Record-Route", RR);
-        push_header(out, "Contact", "<sip:uas@127.0.0.1:9;transport=tcp>");
+        push_header(out, "Contact", contact);
     }
     for (n, v) in &req.headers {
         let long = long_form(n);
         if long == "To" && dialog && param(v, "tag").is_none() {
-            push_header(out, "To", &format!("{v};tag=t1"));
+            push_header(out, "To", &format!("{v};tag={tag}"));
         } else if ["Via", "From", "To", "Call-ID", "CSeq"].contains(&long) {
             push_header(out, long, v);
         }
     }
-    push_header(out, "X-Backend", name);
     out.extend_from_slice(b"Content-Length: 0\r\n\r\n");
 }
 
@@ -127,7 +133,7 @@ fn calls_complete_through_the_route_set() {
     assert_eq!(report.calls_failed, 0);
     assert_eq!(report.affinity_violations, 0);
     assert_eq!(report.retransmitted, 4);
-    assert_eq!(report.calls_per_backend.get("b1"), Some(&40));
+    assert_eq!(report.calls_per_backend.get("uas@127.0.0.1:9"), Some(&40));
     assert_eq!(seen.invites.load(Ordering::Relaxed), 44);
     assert_eq!(seen.acks.load(Ordering::Relaxed), 40);
     assert_eq!(seen.byes.load(Ordering::Relaxed), 40);
@@ -139,7 +145,7 @@ fn calls_complete_through_the_route_set() {
     let line = report.to_string();
     assert!(
         line.starts_with(
-            "calls_ok=40 calls_failed=0 affinity_violations=0 retransmitted=4 per_backend=b1:40 "
+            "calls_ok=40 calls_failed=0 affinity_violations=0 retransmitted=4 per_backend=uas@127.0.0.1:9:40 "
         ),
         "{line}"
     );
@@ -148,7 +154,18 @@ fn calls_complete_through_the_route_set() {
 #[test]
 fn a_call_answered_by_two_backends_is_a_violation() {
     let (report, _) = run_against_fake(true);
+    // The calls still complete (the copy's 200 comes after the first one's): only the check
+    // sees that a second UAS answered.
     assert_eq!(report.calls_ok, 40);
-    assert_eq!(report.affinity_violations, 20);
-    assert_eq!(report.msgs_per_backend.get("b2"), Some(&20));
+    assert_eq!(report.retransmitted, 4);
+    assert_eq!(report.affinity_violations, 4);
+    // The copy's 180 and 200 name the second UAS. A 100 has no Contact: the first one of a call
+    // comes before any backend is known (unnamed), the copy's counts for the call's backend, as
+    // do the 180, the 200 and the 200 to the BYE.
+    assert_eq!(report.msgs_per_backend.get("uas@127.0.0.2:9"), Some(&8));
+    assert_eq!(
+        report.msgs_per_backend.get("uas@127.0.0.1:9"),
+        Some(&(40 * 3 + 4))
+    );
+    assert_eq!(report.msgs_unnamed, 40);
 }

@@ -9,7 +9,11 @@
 //!
 //! One thread per balancer connection: a balancer keeps one connection per backend, so there is
 //! nothing to gain from an event loop here.
+//!
+//! With `--plain` it speaks plain SIP over TCP instead, without the envelope, with the same
+//! answers (see `plain.rs`).
 
+mod plain;
 mod uas;
 
 use std::io::Write as _;
@@ -39,6 +43,10 @@ struct Args {
     /// calls visible to CANCEL and retransmissions).
     #[arg(long, default_value_t = 0)]
     answer_delay_ms: u64,
+    /// Plain SIP over TCP, no envelope: an ordinary UAS for a balancer's plain backends
+    /// (`--backend ADDR`) or any other proxy; dialogs are kept per backend, not per connection.
+    #[arg(long)]
+    plain: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -61,7 +69,14 @@ fn main() -> anyhow::Result<()> {
         local.to_string(),
         Duration::from_millis(args.answer_delay_ms),
     ));
-    {
+    if args.plain {
+        // The counters live as long as the process, as the plain UAS that borrows them does.
+        let counters: &'static Counters = Box::leak(Box::new(Arc::clone(&counters)));
+        std::thread::spawn(move || {
+            let (name, host, delay) = &*config;
+            plain::serve(&listener, name, host, *delay, counters);
+        });
+    } else {
         let counters = Arc::clone(&counters);
         std::thread::spawn(move || accept_loop(&listener, &config, &counters));
     }
