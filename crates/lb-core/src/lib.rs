@@ -53,13 +53,14 @@ mod new_call_table;
 mod reply;
 mod rewrite;
 mod select;
+mod source;
 mod stats;
 mod tag;
 
 pub use balancer::{BackendStatus, Balancer};
 pub use config::{
-    Algorithm, BackendConfig, BackendMode, Config, ConfigError, Limits, ProbeConfig, SanityLimits,
-    TagKey, ValidConfig, BACKENDS_MAX, T1, TABLE_SHARE_MIN, TIMER_C, WINDOW_DEFAULT,
+    Algorithm, BackendConfig, BackendMode, Config, ConfigError, Limits, PassiveHealth, ProbeConfig,
+    SanityLimits, TagKey, ValidConfig, BACKENDS_MAX, T1, TABLE_SHARE_MIN, TIMER_C, WINDOW_DEFAULT,
 };
 pub use ids::{BackendId, ConnId, ListenerId};
 pub use io::{BackendChange, CloseReason, Event, Input, Output};
