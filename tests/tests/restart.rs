@@ -1,18 +1,29 @@
 //! A restart loses no established call (issue 15 item 7): calls are set up through the real
 //! binary to two example envelope backends, the balancer is stopped and started again with the
-//! same tag key file, and then the callers, on new connections, send re-INVITEs and BYEs in
-//! those dialogs. The tags in their Route headers still verify, so each request reaches the
-//! backend that answered the call, over the restarted balancer's new connection; the backends
-//! keep their dialogs across the lost connection (`examples/envelope-backend/src/uas/keep.rs`).
+//! same tag key file, and then:
+//! - for half the calls the caller, on a new connection, sends a re-INVITE and a BYE: the tags
+//!   in their Route headers still verify, so each reaches the backend that answered the call,
+//!   over the restarted balancer's new connection to it;
+//! - for the other half the backend hangs up (asked by an in-dialog INFO with `X-Hang-Up`
+//!   from another connection): its BYE goes to the caller's Contact, to which the restarted
+//!   balancer has no connection, so it dials out (RFC 3261 §18.1.1), and the caller's 200
+//!   goes back to the backend.
 //!
-//! Not covered yet: a BYE from the backend after the restart, which needs the balancer to dial
-//! out to the caller (the example backend does not originate requests).
+//! The backends keep their dialogs across the lost connection
+//! (`examples/envelope-backend/src/uas/keep.rs`).
 
 #![allow(clippy::unwrap_used)]
 
+use std::io::Write;
+use std::net::TcpListener;
+use std::time::Duration;
+
 use siplb_e2e::envelope::EnvBackend;
 use siplb_e2e::lb::Runtime;
-use siplb_e2e::ops::{backend_series, header, status, OpsLb, SipClient};
+use siplb_e2e::net::{free_port, local};
+use siplb_e2e::ops::{
+    accept_within, backend_series, header, method, response, status, OpsLb, SipClient, SipReader,
+};
 use siplb_e2e::RunDir;
 
 fn backend_name(message: &str) -> String {
@@ -46,7 +57,10 @@ fn restart_keeps_established_calls(rt: Runtime) {
         }
     };
     wait_up(&mut lb);
-    let mut caller = SipClient::connect(lb.addr());
+    // The caller listens where its Contact points, as a proxy does: the backends' BYEs after
+    // the restart come there.
+    let listener = TcpListener::bind(local(free_port())).unwrap();
+    let mut caller = SipClient::connect(lb.addr()).advertising(listener.local_addr().unwrap());
     let calls: Vec<_> = (0..CALLS)
         .map(|i| {
             let call = caller.call(&format!("kept-{i}"));
@@ -68,7 +82,8 @@ fn restart_keeps_established_calls(rt: Runtime) {
         .read_within(std::time::Duration::from_secs(2))
         .is_none());
     let mut caller = SipClient::connect(lb.addr());
-    for (call, backend) in calls.iter().zip(&answered_by) {
+    let half = CALLS / 2;
+    for (call, backend) in calls[..half].iter().zip(&answered_by) {
         let reinvite = caller.in_dialog("INVITE", call, 3, "reinvite");
         caller.send_raw(reinvite.as_bytes());
         let answer = caller.final_response(&call.call_id);
@@ -98,6 +113,33 @@ fn restart_keeps_established_calls(rt: Runtime) {
             "the same backend: {answer}"
         );
     }
+    // The backends hang up the others: each BYE comes on a connection the balancer dials.
+    let mut controller = SipClient::connect(lb.addr());
+    for (call, backend) in calls[half..].iter().zip(&answered_by[half..]) {
+        let info = controller.in_dialog("INFO", call, 5, "hang-up").replace(
+            "Content-Length: 0\r\n",
+            "X-Hang-Up: now\r\nContent-Length: 0\r\n",
+        );
+        controller.send_raw(info.as_bytes());
+        let answer = controller.final_response(&call.call_id);
+        assert_eq!(status(&answer), Some(200), "INFO: {answer}");
+        let dialled = accept_within(&listener, Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("the balancer dialled no connection for {}", call.call_id));
+        let mut out = dialled.try_clone().unwrap();
+        let bye = SipReader::new(dialled).next_message().unwrap().unwrap();
+        assert_eq!(method(&bye), "BYE", "{bye}");
+        assert_eq!(
+            header(&bye, "Call-ID"),
+            Some(call.call_id.as_str()),
+            "{bye}"
+        );
+        assert_eq!(&backend_name(&bye), backend, "{bye}");
+        // In the caller's dialog: its tag in To, the callee's in From.
+        assert!(header(&bye, "To")
+            .unwrap()
+            .contains(&format!("tag=c-{}", call.call_id)));
+        out.write_all(response(&bye, 200, "").as_bytes()).unwrap();
+    }
     // A new call goes through too.
     assert_eq!(caller.call("after-restart").status, 200);
     let stats = lb.stop();
@@ -106,8 +148,15 @@ fn restart_keeps_established_calls(rt: Runtime) {
     for c in [&c1, &c2] {
         assert_eq!(c.get("no_dialog"), Some(&0), "{c:?}");
     }
-    let completed = c1.get("completed").unwrap() + c2.get("completed").unwrap();
-    assert_eq!(completed, CALLS as u64, "{c1:?} {c2:?}");
+    let sum = |key: &str| c1.get(key).unwrap() + c2.get(key).unwrap();
+    // The callers' BYEs ended half the calls; the callers' 200s to the backends' BYEs, the
+    // only responses a backend receives here, came back for the other half.
+    assert_eq!(
+        sum("completed"),
+        (CALLS - CALLS / 2) as u64,
+        "{c1:?} {c2:?}"
+    );
+    assert_eq!(sum("responses"), (CALLS / 2) as u64, "{c1:?} {c2:?}");
 }
 
 siplb_e2e::for_both_runtimes!(restart_keeps_established_calls);

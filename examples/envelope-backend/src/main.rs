@@ -9,6 +9,8 @@
 //!
 //! Answered dialogs outlive the balancer connection they were set up on: when a restarted
 //! balancer connects again, their BYEs and re-INVITEs are still answered (`uas::keep`).
+//! An in-dialog request with `X-Hang-Up: now` makes it end that call with a BYE of its own
+//! after the answer (`uas::hangup`).
 //!
 //! One thread per balancer connection: a balancer keeps one connection per backend, so there is
 //! nothing to gain from an event loop here.

@@ -21,7 +21,7 @@ static KEPT: Mutex<Option<HashMap<String, Call>>> = Mutex::new(None);
 
 /// A connection's UAS that takes over the kept dialogs at start and keeps its answered ones
 /// when dropped, however the connection ended.
-pub(crate) struct Keeping<'c>(Uas<'c>);
+pub(crate) struct Keeping<'c>(pub(super) Uas<'c>);
 
 impl<'c> Keeping<'c> {
     pub(crate) fn new(mut uas: Uas<'c>) -> Keeping<'c> {
