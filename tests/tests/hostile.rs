@@ -175,7 +175,7 @@ fn a_connection_flood_leaves_room_for_legitimate_peers(rt: Runtime) {
     let dir = RunDir::new(&format!("hostile-conn-flood-{}", rt.name()));
     let a = SipBackend::start();
     let body = format!(
-        "{}[limits]\nfrontends-max = 20\nfrontends-reserve = 2\nfrontends-per-ip-max = 12\n",
+        "{}[limits]\nfrontends-max = 20\nfrontends-reserve-percent = 10\nfrontends-per-ip-max = 12\n",
         backend_tables(&[&a])
     );
     let mut lb = OpsLb::start(&dir, rt, &body, &[]);

@@ -141,7 +141,6 @@ impl CliError {
                 ConfigError::ProbeTimeout => "probe-timeout",
                 ConfigError::TooLong(key) => key,
                 ConfigError::Percent(key) | ConfigError::Zero(key) => key,
-                ConfigError::NotBelow(key, _) => key,
             },
         };
         Some((*key).to_string())
@@ -415,7 +414,7 @@ struct FileLimits {
     table_share_percent: Option<u32>,
     table_share_per_ip_percent: Option<u32>,
     frontends_per_ip_max: Option<usize>,
-    frontends_reserve: Option<usize>,
+    frontends_reserve_percent: Option<u32>,
     frontend_evict_idle: Option<f64>,
 }
 
@@ -601,8 +600,8 @@ fn merge(
     if let Some(v) = fl.frontends_per_ip_max {
         l.frontends_per_ip_max = v;
     }
-    if let Some(v) = fl.frontends_reserve {
-        l.frontends_reserve = v;
+    if let Some(v) = fl.frontends_reserve_percent {
+        l.frontends_reserve_percent = v;
     }
     if let Some(d) = pick_secs("limits.frontend-evict-idle", None, fl.frontend_evict_idle)? {
         l.frontend_evict_idle = d;

@@ -134,9 +134,9 @@ pub struct Limits {
     /// Frontend connections one source address may hold open at once; more are refused at
     /// accept. Counted by each worker's core on its own (docs/operations.md, "Fair shares").
     pub frontends_per_ip_max: usize,
-    /// The last this many of `frontends_max` go only to source addresses with no connection
-    /// open, so new peers find room when the others are all busy.
-    pub frontends_reserve: usize,
+    /// This share of `frontends_max` (in percent, rounded down) goes only to source addresses
+    /// with no connection open, so new peers find room when the others are all busy.
+    pub frontends_reserve_percent: u32,
     /// At the frontend limit, a connection that never sent a SIP message, or sent none for this
     /// long, is closed to make room for the new one.
     pub frontend_evict_idle: Duration,
@@ -156,6 +156,13 @@ impl Limits {
         share.max(TABLE_SHARE_MIN)
     }
 
+    /// The frontend slots kept for source addresses with no connection open:
+    /// `frontends_reserve_percent` of `frontends_max`, rounded down.
+    pub fn frontends_reserve(&self) -> usize {
+        let percent = self.frontends_reserve_percent as usize;
+        self.frontends_max / 100 * percent + self.frontends_max % 100 * percent / 100
+    }
+
     /// The entries one source address may hold once the table is half full:
     /// `table_share_per_ip_percent` of the capacity, at least [`TABLE_SHARE_MIN`].
     pub fn table_share_per_ip(&self) -> usize {
@@ -171,7 +178,8 @@ impl Limits {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PassiveHealth {
     /// An INVITE with no response from its backend, provisional or final, for this long is
-    /// unanswered. Zero turns passive health off. At most `window`.
+    /// unanswered. Zero turns passive health off. Capped just below `window` (the table judges
+    /// an INVITE while its entry lives).
     pub unanswered_timeout: Duration,
     /// Consecutive unanswered INVITEs that take a backend out; any response to an INVITE
     /// starts the count again.
@@ -219,8 +227,8 @@ impl Default for Limits {
             // A tenth of the default limit: ten hosts are needed to fill it, and a proxy host
             // with many TCP workers still fits.
             frontends_per_ip_max: 1_000,
-            // One percent of the default limit for peers not yet connected.
-            frontends_reserve: 100,
+            // A hundred of the default limit's slots for peers not yet connected.
+            frontends_reserve_percent: 1,
             // Longer than a keep-alive interval (RFC 5626 suggests 95-120 s for TCP with
             // CRLF pings, which a peer sends without SIP messages) is not the test: a SIP
             // message is. A proxy with calls sends one within a minute.
@@ -467,9 +475,6 @@ pub enum ConfigError {
     /// A value that must be positive (the key is given whole).
     #[error("{0}: must be greater than zero")]
     Zero(&'static str),
-    /// A value that must stay below another (both keys given whole).
-    #[error("{0}: must be below {1}")]
-    NotBelow(&'static str, &'static str),
 }
 
 impl Config {
@@ -595,17 +600,10 @@ impl Config {
         if l.table_share_per_ip_percent > 100 {
             return Err(ConfigError::Percent("limits.table-share-per-ip-percent"));
         }
-        if l.frontends_reserve >= l.frontends_max {
-            return Err(ConfigError::NotBelow(
-                "limits.frontends-reserve",
-                "limits.frontends-max",
-            ));
+        if l.frontends_reserve_percent > 100 {
+            return Err(ConfigError::Percent("limits.frontends-reserve-percent"));
         }
         let p = &self.passive;
-        // The table judges an INVITE while its entry lives: at least the window.
-        if p.unanswered_timeout >= self.window {
-            return Err(ConfigError::NotBelow("unanswered-timeout", "window"));
-        }
         if p.unanswered_to_down == 0 {
             return Err(ConfigError::Zero("unanswered-to-down"));
         }

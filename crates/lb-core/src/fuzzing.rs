@@ -493,7 +493,7 @@ fn fuzz_config(flags: u8, variant: u8, small: bool) -> ValidConfig {
             dial_outs_max: 2,
             dial_queue_max: 2,
             table_share_percent: 12,
-            frontends_reserve: 1,
+            frontends_reserve_percent: 34,
             ..Limits::default()
         },
         sanity: SanityLimits {

@@ -118,8 +118,9 @@ pub(crate) struct NewCallTable {
     answer_fifo: VecDeque<Item>,
     /// 0: INVITEs are not judged.
     unanswered_ms: u32,
-    /// Backends of INVITEs found unanswered, one per INVITE, until taken.
-    unanswered: Vec<BackendId>,
+    /// Backends of INVITEs found unanswered, with when each INVITE was sent (rounded up to the
+    /// millisecond), one per INVITE, until taken.
+    unanswered: Vec<(BackendId, Instant)>,
     hasher: SipHasher13,
     capacity: usize,
     window_ms: u32,
@@ -211,9 +212,9 @@ impl NewCallTable {
         }
     }
 
-    /// The backends of INVITEs found unanswered since the last call, one per INVITE, in the
-    /// order they were found.
-    pub(crate) fn take_unanswered(&mut self) -> Vec<BackendId> {
+    /// The backends of INVITEs found unanswered since the last call, with when each INVITE
+    /// was sent, one per INVITE, in the order they were found.
+    pub(crate) fn take_unanswered(&mut self) -> Vec<(BackendId, Instant)> {
         std::mem::take(&mut self.unanswered)
     }
 
@@ -488,8 +489,10 @@ impl NewCallTable {
             if let Some(entry) = self.entries.get_mut(&item.key) {
                 if !entry.answered {
                     entry.answered = true;
+                    let sent_ms = item.deadline.saturating_sub(self.unanswered_ms);
+                    let sent = self.base + Duration::from_millis(u64::from(sent_ms));
                     self.unanswered
-                        .push(BackendId::new(usize::from(entry.backend)));
+                        .push((BackendId::new(usize::from(entry.backend)), sent));
                 }
             }
         }
@@ -1096,7 +1099,7 @@ mod tests {
         t.expire(t0 + Duration::from_secs(2) - MS);
         assert!(!t.has_unanswered());
         t.expire(t0 + Duration::from_secs(2));
-        assert_eq!(t.take_unanswered(), vec![b(4)]);
+        assert_eq!(t.take_unanswered(), vec![(b(4), t0)]);
         assert!(t.take_unanswered().is_empty());
         // The entry itself lives on by its own rule.
         assert!(alive_at(&mut t, t0 + W, silent));

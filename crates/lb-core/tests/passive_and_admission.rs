@@ -104,6 +104,32 @@ fn a_backend_leaving_invites_unanswered_is_taken_out_held_and_let_back() {
 }
 
 #[test]
+fn a_slow_backend_answering_older_invites_is_not_taken_out_a_silent_one_is() {
+    let mut h = Harness::new(config(1, BackendMode::Plain));
+    let b0 = h.backend_id(0);
+    let fe = h.frontend(PROXY);
+    let (_, first) = call(&mut h, fe, 0);
+    h.advance(Duration::from_millis(1_500));
+    for n in 1..=3 {
+        call(&mut h, fe, n);
+    }
+    // The backlog's oldest INVITE gets its answer late: the backend is alive.
+    h.advance(Duration::from_millis(100));
+    h.backend_sends(0, &response_to(&first, "100 Trying"), None);
+    h.expect_to_frontend();
+    h.advance(Duration::from_secs(3));
+    assert!(h.lb.is_backend_up(b0), "slow, not stalled");
+    assert_eq!(h.lb.stats().unanswered_invites, 3);
+    // Three more, and nothing at all from it since: stalled.
+    for n in 4..=6 {
+        call(&mut h, fe, n);
+    }
+    h.advance(Duration::from_secs(2));
+    assert!(!h.lb.is_backend_up(b0));
+    assert_eq!(h.lb.stats().passive_ejections, 1);
+}
+
+#[test]
 fn passive_health_off_leaves_a_silent_backend_in() {
     let mut cfg = config(1, BackendMode::Plain);
     cfg.passive.unanswered_timeout = Duration::ZERO;
@@ -140,7 +166,7 @@ fn closed_now(h: &mut Harness) -> Vec<lb_core::ConnId> {
 fn at_the_limit_silent_connections_make_room_and_busy_ones_stay() {
     let mut cfg = config(1, BackendMode::Plain);
     cfg.limits.frontends_max = 4;
-    cfg.limits.frontends_reserve = 1;
+    cfg.limits.frontends_reserve_percent = 25; // 1 of 4
     cfg.limits.frontend_evict_idle = Duration::from_secs(60);
     let mut h = Harness::new(cfg);
     // A proxy with calls and three flood connections that never send anything, each from
@@ -186,7 +212,7 @@ fn at_the_limit_silent_connections_make_room_and_busy_ones_stay() {
 fn a_source_is_held_to_its_limit_and_the_reserve_is_for_new_sources() {
     let mut cfg = config(1, BackendMode::Plain);
     cfg.limits.frontends_max = 6;
-    cfg.limits.frontends_reserve = 2;
+    cfg.limits.frontends_reserve_percent = 34; // 2 of 6
     cfg.limits.frontends_per_ip_max = 3;
     let mut h = Harness::new(cfg);
     // Three from one address, each busy: the fourth is refused by the per-source limit.

@@ -2,7 +2,7 @@
 //!
 //! - A source address ([`SourceKey`]: the PROXY-protocol source where the driver had one) may
 //!   hold `limits.frontends_per_ip_max` connections; more are refused.
-//! - The last `limits.frontends_reserve` of `limits.frontends_max` slots go only to sources with
+//! - The last `limits.frontends_reserve_percent` of `limits.frontends_max` go only to sources with
 //!   no connection open, so a new peer finds room when the known ones hold everything.
 //! - At either limit, a connection that never sent a SIP message, or none for
 //!   `limits.frontend_evict_idle`, is closed to make room for the new one; only when there is
@@ -65,7 +65,9 @@ impl Balancer {
     /// it must and can.
     pub(super) fn admit(&mut self, peer: SocketAddr) -> Admit {
         let l = &self.config.config.limits;
-        let (max, reserve, per_ip) = (l.frontends_max, l.frontends_reserve, l.frontends_per_ip_max);
+        let (max, per_ip) = (l.frontends_max, l.frontends_per_ip_max);
+        // At 100 % a source already connected gets no second connection.
+        let reserve = l.frontends_reserve().min(max);
         let source = SourceKey::from(peer.ip());
         let from_source = self.admission.open_from(source);
         if from_source >= per_ip {

@@ -6,12 +6,15 @@
 //! it within the timeout.
 //!
 //! The new-call table finds the unanswered INVITEs (its entries are the only per-call state);
-//! this module counts them per backend. A backend that is taken out again without having
+//! this module counts them per backend. An INVITE counts only if the backend has answered no
+//! INVITE at all since it was sent: a slow backend working through a backlog keeps answering
+//! older calls, and is not dead (its overload is the overload hold's business); a stalled one
+//! answers nothing. A backend that is taken out again without having
 //! answered an INVITE in between is held twice as long each time, up to [`HOLD_MAX_FACTOR`]
 //! times the base. While out it is down like a backend whose probes failed: no new calls, and
 //! its calls' traffic goes to its backup.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::farm::BackendTimer;
 use super::Balancer;
@@ -30,6 +33,8 @@ pub(super) struct PassiveState {
     holds: u32,
     /// Taken out now; cleared by its `PassiveHoldEnd` timer.
     pub(super) out: bool,
+    /// When it last sent a response to an INVITE.
+    last_answer: Option<Instant>,
 }
 
 impl Balancer {
@@ -38,26 +43,35 @@ impl Balancer {
         if !self.table.has_unanswered() {
             return;
         }
-        for backend in self.table.take_unanswered() {
-            self.invite_unanswered(backend);
+        for (backend, sent) in self.table.take_unanswered() {
+            self.invite_unanswered(backend, sent);
         }
     }
 
     /// `backend` sent a response to an INVITE: it is alive, whatever came before.
     pub(super) fn invite_answered(&mut self, backend: BackendId) {
+        let now = self.now;
         if let Some(b) = self.backends.get_mut(backend.index()) {
             b.passive.unanswered = 0;
             b.passive.holds = 0;
+            b.passive.last_answer = Some(now);
         }
     }
 
-    fn invite_unanswered(&mut self, backend: BackendId) {
+    /// The INVITE sent to `backend` at `sent` got no response within the timeout.
+    fn invite_unanswered(&mut self, backend: BackendId, sent: Instant) {
         self.stats.unanswered_invites += 1;
         let passive = self.config.config.passive.clone();
         let was_up = self.is_backend_up(backend);
         let Some(b) = self.backends.get_mut(backend.index()) else {
             return;
         };
+        // `sent` is rounded up to the millisecond: an answer in that millisecond may look
+        // earlier than the INVITE, and the INVITE then counts (the safe side for detection).
+        if b.passive.last_answer.is_some_and(|at| at >= sent) {
+            // Slow, not stalled: it answered another INVITE since.
+            return;
+        }
         if b.passive.out {
             // INVITEs sent before it was taken out: already judged.
             return;
