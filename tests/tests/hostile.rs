@@ -77,8 +77,9 @@ fn insane_initial_requests_get_400_and_reach_no_backend(rt: Runtime) {
 }
 
 // (b) The flood, scaled down: with a table of 200, one connection sends 150 OPTIONS;
-// the first 100 fill half the table, the other 50 get 503, and 20 calls on another connection
-// all go through.
+// the first 100 fill half the table, the other 50 get 503, and 20 calls on another peer's
+// connection all go through. A new connection from the flooder's address gains it nothing:
+// the address holds more than its share (25 %, 50 entries) over all its connections.
 fn a_flooding_connection_cannot_starve_another(rt: Runtime) {
     const FLOOD: usize = 150;
     const HALF: usize = 100;
@@ -125,7 +126,8 @@ fn a_flooding_connection_cannot_starve_another(rt: Runtime) {
     assert_eq!((ok, refused.len()), (HALF, FLOOD - HALF), "{answers:?}");
     assert_eq!(a.received("OPTIONS").len(), HALF);
 
-    let mut proxy = SipClient::connect(lb.addr());
+    let other_peer: std::net::IpAddr = "127.0.0.3".parse().unwrap();
+    let mut proxy = SipClient::connect_from(lb.addr(), other_peer);
     for i in 0..CALLS {
         let call = proxy.call(&format!("legit-{i}"));
         assert_eq!(call.status, 200, "{}", call.response);
@@ -137,12 +139,20 @@ fn a_flooding_connection_cannot_starve_another(rt: Runtime) {
     let answer = flooder.final_response("flood-invite");
     assert_eq!(status(&answer), Some(503));
     assert!(answer.contains("\r\nRetry-After: 5\r\n"), "{answer}");
+    let mut reconnected = SipClient::connect(lb.addr());
+    let invite = reconnected.invite("flood-reconnected", Some(70));
+    reconnected.send_raw(invite.as_bytes());
+    let answer = reconnected.final_response("flood-reconnected");
+    assert_eq!(
+        first_line(&answer),
+        "SIP/2.0 503 Too Many Calls Being Set Up From This Address"
+    );
 
-    let m = lb.wait_metric("siplb_table_share_refused_total", (FLOOD - HALF + 1) as f64);
+    let m = lb.wait_metric("siplb_table_share_refused_total", (FLOOD - HALF + 2) as f64);
     for (series, want) in [
         ("siplb_table_len", (HALF + CALLS) as f64),
         ("siplb_new_calls_total", (HALF + CALLS) as f64),
-        ("siplb_replies_503_total", (FLOOD - HALF + 1) as f64),
+        ("siplb_replies_503_total", (FLOOD - HALF + 2) as f64),
         ("siplb_table_capacity", 200.0),
     ] {
         assert_eq!(m.value(series), want, "{series}");
