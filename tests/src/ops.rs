@@ -69,6 +69,33 @@ impl OpsLb {
         }
     }
 
+    /// Stops the balancer (SIGTERM, a clean exit asserted) and starts `runtime` again on the
+    /// same ports with the same config file and `flags`: a restart, as `systemctl restart`
+    /// does it. Returns the old process's stdout.
+    pub fn restart(&mut self, dir: &RunDir, runtime: Runtime, flags: &[&str]) -> String {
+        let out = self.stop();
+        let mut cmd = Command::new(runtime.binary());
+        cmd.arg("--config").arg(&self.config);
+        cmd.args(["--log-level", "info"]);
+        if !flags.contains(&"--workers") {
+            cmd.args(["--workers", "1"]);
+        }
+        cmd.args(flags).current_dir(dir.path());
+        let name = format!("{}-{}-again", runtime.name(), self.port);
+        let mut proc = Proc::spawn(&name, cmd, dir.path());
+        let (port, metrics_port) = (self.port, self.metrics_port);
+        wait_until(&format!("{name} to listen"), PATIENCE, || {
+            assert!(
+                proc.is_running(),
+                "{name} exited at start\n{}",
+                proc.output_tail(30)
+            );
+            net::is_listening(port) && net::is_listening(metrics_port)
+        });
+        self.proc = proc;
+        out
+    }
+
     /// Replaces the config file (the listen, advertise and metrics keys stay) with `body`.
     pub fn rewrite(&self, body: &str) {
         write_config(&self.config, self.port, self.metrics_port, body);

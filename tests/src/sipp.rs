@@ -161,6 +161,12 @@ impl Uas {
         Trace::load(&self.name, &self.trace)
     }
 
+    /// Sends it a signal by name: `STOP` freezes it with its connections open (a backend
+    /// that stalls), `CONT` lets it go on.
+    pub fn signal(&mut self, sig: &str) {
+        self.proc.signal(sig);
+    }
+
     /// Kills the backend abruptly (SIGKILL), as a crash would.
     pub fn kill(&mut self) {
         self.killed = true;

@@ -349,6 +349,9 @@ struct FileConfig {
     proxy_protocol: Option<bool>,
     limits: FileLimits,
     sanity: FileSanity,
+    unanswered_timeout: Option<f64>,
+    unanswered_to_down: Option<u32>,
+    unanswered_hold: Option<f64>,
 }
 
 /// The `[sanity]` table: the core's [`lb_core::SanityLimits`].
@@ -409,6 +412,10 @@ struct FileLimits {
     dial_outs_max: Option<usize>,
     dial_queue_max: Option<usize>,
     table_share_percent: Option<u32>,
+    table_share_per_ip_percent: Option<u32>,
+    frontends_per_ip_max: Option<usize>,
+    frontends_reserve_percent: Option<u32>,
+    frontend_evict_idle: Option<f64>,
 }
 
 /// A backend whose mode may still come from the `backend-mode` default.
@@ -586,6 +593,28 @@ fn merge(
     }
     if let Some(v) = fl.table_share_percent {
         l.table_share_percent = v;
+    }
+    if let Some(v) = fl.table_share_per_ip_percent {
+        l.table_share_per_ip_percent = v;
+    }
+    if let Some(v) = fl.frontends_per_ip_max {
+        l.frontends_per_ip_max = v;
+    }
+    if let Some(v) = fl.frontends_reserve_percent {
+        l.frontends_reserve_percent = v;
+    }
+    if let Some(d) = pick_secs("limits.frontend-evict-idle", None, fl.frontend_evict_idle)? {
+        l.frontend_evict_idle = d;
+    }
+    let passive = &mut core.passive;
+    if let Some(d) = pick_secs("unanswered-timeout", None, file.unanswered_timeout)? {
+        passive.unanswered_timeout = d;
+    }
+    if let Some(d) = pick_secs("unanswered-hold", None, file.unanswered_hold)? {
+        passive.hold = d;
+    }
+    if let Some(n) = file.unanswered_to_down {
+        passive.unanswered_to_down = n;
     }
     let (sanity, fs) = (&mut core.sanity, &file.sanity);
     sanity.enabled = fs.enabled.unwrap_or(true) && !args.no_sanity_checks;

@@ -41,9 +41,11 @@ use crate::tag::TagSigner;
 use hops::{HopName, HopTable};
 use reply::Reply;
 
+mod admission;
 mod dial;
 mod farm;
 pub(crate) mod hops;
+mod passive;
 pub(crate) mod reply;
 mod route;
 mod sanity;
@@ -71,6 +73,8 @@ pub struct Balancer {
     /// Names connections in the balancer's own Via.
     tokens: ConnTokens,
     hops: HopTable,
+    /// Frontend connections per source, and whom to evict at the limit.
+    admission: admission::Admission,
     rng: SmallRng,
     /// Reconnects and probes: irregular deadlines, one min-heap.
     backend_timers: BinaryHeap<Reverse<(Instant, BackendId, BackendTimer)>>,
@@ -151,13 +155,16 @@ impl Balancer {
                 table_key,
                 now,
             )
-            .with_share(c.limits.table_share()),
+            .with_share(c.limits.table_share())
+            .with_source_share(c.limits.table_share_per_ip())
+            .with_unanswered_timeout(c.passive.unanswered_timeout),
             selector: Selector::new(c.algorithm, c.backends.len()),
             rendezvous_key: signer.shared_hash_key(),
             signer,
             branch_key,
             tokens: ConnTokens::new(token_key),
             hops: HopTable::new(hop_key, c.hop_by_unique_ip),
+            admission: admission::Admission::new(derive_key(&hop_key, b"admission")),
             conns: Slab::new(),
             generation: 0,
             backends,
@@ -206,7 +213,7 @@ impl Balancer {
     pub fn accept(&mut self, now: Instant, listener: ListenerId, peer: SocketAddr) -> ConnId {
         self.advance(now);
         let tls = self.is_tls_listener(listener);
-        let full = self.stats.frontends_open as usize >= self.config.config.limits.frontends_max;
+        let admit = self.admit(peer);
         let side = Side::Frontend {
             peer,
             framer: StreamFramer::default(),
@@ -217,8 +224,10 @@ impl Balancer {
             tls,
         };
         let conn = self.insert_conn(side);
+        self.admitted(conn, peer);
         self.stats.frontends_open += 1;
-        if full {
+        if let admission::Admit::No(why) = admit {
+            tracing::debug!(%conn, %peer, why, "frontend refused");
             self.stats.frontends_refused += 1;
             self.outputs
                 .push_back(Output::Event(Event::FrontendRefused(conn)));
@@ -351,6 +360,7 @@ impl Balancer {
                     self.stats.dial_outs_open -= 1;
                 } else {
                     self.stats.frontends_open -= 1;
+                    self.released(peer);
                 }
                 self.hops.remove_peer(id, peer);
                 for alias in &aliases {

@@ -127,6 +127,20 @@ pub struct Limits {
     /// one flooding connection cannot take the room of every other (docs/design.md, "Fair
     /// shares"). 100 turns the share off. Follows a reload.
     pub table_share_percent: u32,
+    /// The same rule per source address (an IPv4 address, an IPv6 /64; the PROXY-protocol
+    /// source where there is one), counting the entries of all its connections, closed ones
+    /// included until their entries expire: a flooder cannot escape its share by opening new
+    /// connections. 100 turns it off. Follows a reload.
+    pub table_share_per_ip_percent: u32,
+    /// Frontend connections one source address may hold open at once; more are refused at
+    /// accept. Counted by each worker's core on its own (docs/operations.md, "Fair shares").
+    pub frontends_per_ip_max: usize,
+    /// This share of `frontends_max` (in percent, rounded down) goes only to source addresses
+    /// with no connection open, so new peers find room when the others are all busy.
+    pub frontends_reserve_percent: u32,
+    /// At the frontend limit, a connection that never sent a SIP message, or sent none for this
+    /// long, is closed to make room for the new one.
+    pub frontend_evict_idle: Duration,
 }
 
 /// The fewest new-call table entries a connection's share holds, however small the table: a
@@ -141,6 +155,54 @@ impl Limits {
         // capacity × percent / 100, rounded down, without the product overflowing.
         let share = self.table_capacity / 100 * percent + self.table_capacity % 100 * percent / 100;
         share.max(TABLE_SHARE_MIN)
+    }
+
+    /// The frontend slots kept for source addresses with no connection open:
+    /// `frontends_reserve_percent` of `frontends_max`, rounded down.
+    pub fn frontends_reserve(&self) -> usize {
+        let percent = self.frontends_reserve_percent as usize;
+        self.frontends_max / 100 * percent + self.frontends_max % 100 * percent / 100
+    }
+
+    /// The entries one source address may hold once the table is half full:
+    /// `table_share_per_ip_percent` of the capacity, at least [`TABLE_SHARE_MIN`].
+    pub fn table_share_per_ip(&self) -> usize {
+        let percent = self.table_share_per_ip_percent as usize;
+        let share = self.table_capacity / 100 * percent + self.table_capacity % 100 * percent / 100;
+        share.max(TABLE_SHARE_MIN)
+    }
+}
+
+/// Passive health (docs/design.md, "Passive health"): INVITEs a backend leaves without any
+/// response take it out of rotation faster than probes, as Envoy's outlier detection does with
+/// consecutive gateway failures. Judged from the new-call table alone, no state per call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PassiveHealth {
+    /// An INVITE with no response from its backend, provisional or final, for this long is
+    /// unanswered. Zero turns passive health off. Capped just below `window` (the table judges
+    /// an INVITE while its entry lives).
+    pub unanswered_timeout: Duration,
+    /// Consecutive unanswered INVITEs that take a backend out; any response to an INVITE
+    /// starts the count again.
+    pub unanswered_to_down: u32,
+    /// How long a backend taken out gets no traffic; doubles for each time it is taken out
+    /// again without having answered an INVITE in between, up to `reconnect_max` × 30.
+    pub hold: Duration,
+}
+
+impl Default for PassiveHealth {
+    fn default() -> PassiveHealth {
+        PassiveHealth {
+            // A UAS sends 100 Trying within 200 ms (RFC 3261 §17.2.1); ten times that, so a
+            // busy backend is not mistaken for a dead one.
+            unanswered_timeout: Duration::from_secs(2),
+            // Three in a row: one lost INVITE is no pattern, and at a few calls per second a
+            // stalled backend is out in about `unanswered_timeout` plus a second.
+            unanswered_to_down: 3,
+            // Envoy's base ejection time is 30 s; a third of that, since a backend that
+            // answers again is wanted back soon and a still-stalled one is held twice as long.
+            hold: Duration::from_secs(10),
+        }
     }
 }
 
@@ -160,6 +222,18 @@ impl Default for Limits {
             dial_queue_max: 32,
             // About an eighth: eight proxies at their share fill the contended half.
             table_share_percent: 12,
+            // A quarter: a host may run two connections at their share, and four hosts at
+            // theirs fill the contended half.
+            table_share_per_ip_percent: 25,
+            // A tenth of the default limit: ten hosts are needed to fill it, and a proxy host
+            // with many TCP workers still fits.
+            frontends_per_ip_max: 1_000,
+            // A hundred of the default limit's slots for peers not yet connected.
+            frontends_reserve_percent: 1,
+            // Longer than a keep-alive interval (RFC 5626 suggests 95-120 s for TCP with
+            // CRLF pings, which a peer sends without SIP messages) is not the test: a SIP
+            // message is. A proxy with calls sends one within a minute.
+            frontend_evict_idle: Duration::from_secs(60),
         }
     }
 }
@@ -277,6 +351,8 @@ pub struct Config {
     /// workers of a process, instances behind one L4 balancer): a connection alone from its IP
     /// in one balancer is not alone among them, and the request must be dialled instead.
     pub hop_by_unique_ip: bool,
+    /// Unanswered INVITEs take a backend out (passive health); follows a reload.
+    pub passive: PassiveHealth,
 }
 
 impl Default for Config {
@@ -305,6 +381,7 @@ impl Default for Config {
             overload_hold: Duration::from_secs(5),
             overload_hold_max: Duration::from_secs(300),
             trace_call_ids: Vec::new(),
+            passive: PassiveHealth::default(),
         }
     }
 }
@@ -500,6 +577,15 @@ impl Config {
             ("dial-outs-max", l.dial_outs_max),
             ("dial-queue-max", l.dial_queue_max),
             ("table-share-percent", l.table_share_percent as usize),
+            (
+                "table-share-per-ip-percent",
+                l.table_share_per_ip_percent as usize,
+            ),
+            ("frontends-per-ip-max", l.frontends_per_ip_max),
+            (
+                "frontend-evict-idle",
+                l.frontend_evict_idle.as_millis() as usize,
+            ),
         ] {
             if v == 0 {
                 return Err(ConfigError::ZeroLimit(name));
@@ -507,6 +593,22 @@ impl Config {
         }
         if l.table_share_percent > 100 {
             return Err(ConfigError::Percent("limits.table-share-percent"));
+        }
+        if l.table_share_per_ip_percent > 100 {
+            return Err(ConfigError::Percent("limits.table-share-per-ip-percent"));
+        }
+        if l.frontends_reserve_percent > 100 {
+            return Err(ConfigError::Percent("limits.frontends-reserve-percent"));
+        }
+        let p = &self.passive;
+        if p.unanswered_to_down == 0 {
+            return Err(ConfigError::Zero("unanswered-to-down"));
+        }
+        if p.hold.is_zero() {
+            return Err(ConfigError::ZeroDuration("unanswered-hold"));
+        }
+        if p.hold > DURATION_MAX {
+            return Err(ConfigError::TooLong("unanswered-hold"));
         }
         let s = &self.sanity;
         for (name, v) in [

@@ -52,18 +52,20 @@ mod framing;
 pub mod fuzzing;
 mod ids;
 mod io;
+mod keyed_hash;
 mod lexer;
 mod message;
 mod new_call_table;
 mod rewrite;
 mod select;
+mod source;
 mod stats;
 mod tag;
 
 pub use balancer::{BackendStatus, Balancer};
 pub use config::{
-    Algorithm, BackendConfig, BackendMode, Config, ConfigError, Limits, ProbeConfig, SanityLimits,
-    TagKey, ValidConfig, BACKENDS_MAX, T1, TABLE_SHARE_MIN, TIMER_C, WINDOW_DEFAULT,
+    Algorithm, BackendConfig, BackendMode, Config, ConfigError, Limits, PassiveHealth, ProbeConfig,
+    SanityLimits, TagKey, ValidConfig, BACKENDS_MAX, T1, TABLE_SHARE_MIN, TIMER_C, WINDOW_DEFAULT,
 };
 pub use ids::{BackendId, ConnId, ListenerId};
 pub use io::{BackendChange, CloseReason, Event, Input, Output};

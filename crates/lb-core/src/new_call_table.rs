@@ -46,14 +46,29 @@
 //! connection's count drops only if the slot still holds that generation: the entries of a
 //! closed connection expire as before, and their counts go nowhere.
 //!
+//! The same rule holds per source address ([`SourceKey`], `limits.table_share_per_ip_percent`):
+//! each entry also names its source's record, so the entries of a source's closed connections
+//! keep counting against it until they expire, and a flooder gains nothing by reconnecting.
+//! A source's record goes when its last entry does.
+//!
+//! # Unanswered INVITEs (passive health)
+//!
+//! A third FIFO holds `creation + unanswered_timeout` items for INVITE entries (a constant
+//! offset again, so it stays sorted). An entry notes whether its backend has answered the
+//! INVITE at all ([`NewCallTable::answered`]); when its item comes up and nothing came, the
+//! backend goes on the [`NewCallTable::take_unanswered`] list for the farm to judge. That flag
+//! fits the entry's padding: passive health costs a FIFO item per INVITE and no state per call
+//! beyond the table. The timeout is below the window, so an entry that is still there when its
+//! item comes up is the one the item was queued for.
+//!
 //! # Compact entries
 //!
 //! The table stores no Call-ID bytes: a [`CallKey`] is a keyed 128-bit SipHash-1-3 of the
 //! Call-ID (collision chance 2^-128 per pair), so entries are fixed-size and inserts allocate
 //! only when the containers grow. Deadlines are `u32` milliseconds from a base instant: rounded
 //! up, so an entry is never removed early, and removed at most 1 ms late. The base moves forward
-//! (an O(n) pass) once every ~24 days of uptime. A map slot is 32 bytes plus a control byte and
-//! a FIFO item 20 bytes; with the map's load factor and the FIFO's doubling that is 58–115 bytes
+//! (an O(n) pass) once every ~24 days of uptime. A map slot is 36 bytes plus a control byte and
+//! a FIFO item 20 bytes; with the map's load factor and the FIFO's doubling that is 62–125 bytes
 //! per entry with one queued item (see [`NewCallTable::memory_bytes`]).
 
 use std::collections::{HashMap, VecDeque};
@@ -64,6 +79,8 @@ use std::time::{Duration, Instant};
 use siphasher::sip128::SipHasher13;
 
 use crate::ids::{BackendId, ConnId};
+use crate::keyed_hash::Keyed;
+use crate::source::SourceKey;
 
 /// A Call-ID reduced to a keyed 128-bit fingerprint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -76,6 +93,8 @@ pub(crate) enum Refused {
     Full,
     /// The table is at least half full and the owning connection holds its share.
     OverShare,
+    /// The table is at least half full and the connection's source address holds its share.
+    OverSourceShare,
 }
 
 /// See the module docs.
@@ -91,6 +110,17 @@ pub(crate) struct NewCallTable {
     owners: Vec<Owner>,
     /// Entries one connection may hold once the table is half full.
     share: usize,
+    /// Entries per source address, for its share.
+    sources: SourceCounts,
+    /// Entries one source address may hold once the table is half full.
+    source_share: usize,
+    /// Items `(creation + unanswered_ms)` of INVITE entries, in deadline order.
+    answer_fifo: VecDeque<Item>,
+    /// 0: INVITEs are not judged.
+    unanswered_ms: u32,
+    /// Backends of INVITEs found unanswered, with when each INVITE was sent (rounded up to the
+    /// millisecond), one per INVITE, until taken.
+    unanswered: Vec<(BackendId, Instant)>,
     hasher: SipHasher13,
     capacity: usize,
     window_ms: u32,
@@ -120,6 +150,11 @@ impl NewCallTable {
             assigned: Vec::new(),
             owners: Vec::new(),
             share: capacity,
+            sources: SourceCounts::new(source_hash_key(hash_key)),
+            source_share: capacity,
+            answer_fifo: VecDeque::new(),
+            unanswered_ms: 0,
+            unanswered: Vec::new(),
             hasher: SipHasher13::new_with_key(&hash_key),
             capacity,
             // Both fit: clamped to LIFETIME_MAX_MS < u32::MAX above.
@@ -141,6 +176,51 @@ impl NewCallTable {
     /// A new share (a reload); entries already held stay, over it or not.
     pub(crate) fn set_share(&mut self, share: usize) {
         self.share = share;
+    }
+
+    /// The table with a share per source address (the same rule as [`Self::with_share`]).
+    pub(crate) fn with_source_share(mut self, share: usize) -> NewCallTable {
+        self.set_source_share(share);
+        self
+    }
+
+    /// A new share per source address (a reload).
+    pub(crate) fn set_source_share(&mut self, share: usize) {
+        self.source_share = share;
+    }
+
+    /// The table judging INVITEs (see [`Self::set_unanswered_timeout`]).
+    pub(crate) fn with_unanswered_timeout(mut self, timeout: Duration) -> NewCallTable {
+        self.set_unanswered_timeout(timeout);
+        self
+    }
+
+    /// INVITEs whose backend sends nothing for `timeout` are reported by
+    /// [`Self::take_unanswered`]; zero reports none. Capped below the window (see the module
+    /// docs). After a reload that shortens it, INVITEs queued before are judged at their old
+    /// deadline or later, never early.
+    pub(crate) fn set_unanswered_timeout(&mut self, timeout: Duration) {
+        let ms = ceil_ms(timeout).min(u64::from(self.window_ms.saturating_sub(1)));
+        self.unanswered_ms = u32::try_from(ms).unwrap_or(0);
+    }
+
+    /// The backend has sent a response to this INVITE: it is not unanswered. A no-op for an
+    /// unknown key.
+    pub(crate) fn answered(&mut self, key: CallKey) {
+        if let Some(entry) = self.entries.get_mut(&Fingerprint::from(key)) {
+            entry.answered = true;
+        }
+    }
+
+    /// The backends of INVITEs found unanswered since the last call, with when each INVITE
+    /// was sent, one per INVITE, in the order they were found.
+    pub(crate) fn take_unanswered(&mut self) -> Vec<(BackendId, Instant)> {
+        std::mem::take(&mut self.unanswered)
+    }
+
+    /// Whether INVITEs were found unanswered and not yet taken.
+    pub(crate) fn has_unanswered(&self) -> bool {
+        !self.unanswered.is_empty()
     }
 
     /// The fingerprint of a Call-ID, as used by every other method.
@@ -169,6 +249,7 @@ impl NewCallTable {
         backend: BackendId,
         ringing: bool,
         owner: ConnId,
+        source: SourceKey,
     ) -> Result<(), Refused> {
         let now_ms = self.advance(now);
         // Entries past their rule are dropped first (amortised O(1)): a Call-ID whose old entry
@@ -181,8 +262,13 @@ impl NewCallTable {
         if self.entries.len() >= self.capacity {
             return Err(Refused::Full);
         }
-        if self.entries.len() >= self.capacity.div_ceil(2) && self.held_by(owner) >= self.share {
-            return Err(Refused::OverShare);
+        if self.entries.len() >= self.capacity.div_ceil(2) {
+            if self.held_by(owner) >= self.share {
+                return Err(Refused::OverShare);
+            }
+            if self.sources.held(source) >= self.source_share {
+                return Err(Refused::OverSourceShare);
+            }
         }
         let backend = u16::try_from(backend.index()).unwrap_or(u16::MAX);
         // Rounded up from the precise `now`, so the entry never expires early.
@@ -193,19 +279,29 @@ impl NewCallTable {
         } else {
             Phase::Window
         };
+        let source = self.sources.add(source);
         self.entries.insert(
             fingerprint,
             Entry {
                 deadline,
                 owner,
+                source,
                 backend,
                 phase,
+                // Only INVITEs are judged.
+                answered: !ringing || self.unanswered_ms == 0,
             },
         );
         self.window_fifo.push_back(Item {
             deadline,
             key: fingerprint,
         });
+        if ringing && self.unanswered_ms > 0 {
+            self.answer_fifo.push_back(Item {
+                deadline: created_ms + self.unanswered_ms,
+                key: fingerprint,
+            });
+        }
         let slot = usize::from(backend);
         if self.assigned.len() <= slot {
             self.assigned.resize(slot + 1, 0);
@@ -238,6 +334,9 @@ impl NewCallTable {
         let old = usize::from(entry.backend);
         let new = backend.index();
         entry.backend = backend.index() as u16;
+        // The backend it was sent to is already down; the backup got only a later message of
+        // it, so its silence proves nothing.
+        entry.answered = true;
         if let Some(count) = self.assigned.get_mut(old) {
             *count = count.saturating_sub(1);
         }
@@ -287,12 +386,10 @@ impl NewCallTable {
     /// May name a stale item's deadline; expiring at it then removes nothing but moves the
     /// deadline on. After `expire(now)` it is `None` or later than `now`.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        let window = self.window_fifo.front().map(|i| i.deadline);
-        let ringing = self.ringing_fifo.front().map(|i| i.deadline);
-        let earliest = match (window, ringing) {
-            (Some(a), Some(b)) => a.min(b),
-            (a, b) => a.or(b)?,
-        };
+        let earliest = [&self.window_fifo, &self.ringing_fifo, &self.answer_fifo]
+            .into_iter()
+            .filter_map(|fifo| fifo.front().map(|i| i.deadline))
+            .min()?;
         Some(self.base + Duration::from_millis(u64::from(earliest)))
     }
 
@@ -333,9 +430,11 @@ impl NewCallTable {
         } else {
             buckets * (size_of::<(Fingerprint, Entry)>() + 1) + MAP_GROUP_WIDTH
         };
-        let fifos =
-            (self.window_fifo.capacity() + self.ringing_fifo.capacity()) * size_of::<Item>();
-        map + fifos
+        let fifos = (self.window_fifo.capacity()
+            + self.ringing_fifo.capacity()
+            + self.answer_fifo.capacity())
+            * size_of::<Item>();
+        map + fifos + self.sources.memory_bytes()
     }
 
     /// Moves the clamped clock to `now` and returns it in whole milliseconds (rounded down)
@@ -357,6 +456,7 @@ impl NewCallTable {
                 .window_fifo
                 .iter_mut()
                 .chain(self.ringing_fifo.iter_mut())
+                .chain(self.answer_fifo.iter_mut())
             {
                 item.deadline -= shift.min(item.deadline);
             }
@@ -380,6 +480,22 @@ impl NewCallTable {
     /// Pops every item due at `now_ms`: the window FIFO first, since it may move ringing
     /// entries to the ringing FIFO with deadlines that are due as well.
     fn expire_until_u64(&mut self, now_ms: u64) {
+        // Judged first: an INVITE's entry outlives its answer deadline (see the module docs).
+        while let Some(item) = self.answer_fifo.front().copied() {
+            if u64::from(item.deadline) > now_ms {
+                break;
+            }
+            self.answer_fifo.pop_front();
+            if let Some(entry) = self.entries.get_mut(&item.key) {
+                if !entry.answered {
+                    entry.answered = true;
+                    let sent_ms = item.deadline.saturating_sub(self.unanswered_ms);
+                    let sent = self.base + Duration::from_millis(u64::from(sent_ms));
+                    self.unanswered
+                        .push((BackendId::new(usize::from(entry.backend)), sent));
+                }
+            }
+        }
         while let Some(item) = self.window_fifo.front().copied() {
             if u64::from(item.deadline) > now_ms {
                 break;
@@ -437,8 +553,95 @@ impl NewCallTable {
             {
                 o.held = o.held.saturating_sub(1);
             }
+            self.sources.release(entry.source);
         }
     }
+}
+
+/// Entries per source address: records in a slab, found by address through a keyed map (the
+/// addresses are the peers' choice). A record goes with its source's last entry, so the map
+/// holds no more sources than the table holds entries.
+struct SourceCounts {
+    index: HashMap<SourceKey, u32, Keyed>,
+    records: Vec<SourceRecord>,
+    free: Vec<u32>,
+}
+
+#[derive(Clone, Copy)]
+struct SourceRecord {
+    key: SourceKey,
+    held: u32,
+}
+
+impl SourceCounts {
+    fn new(key: [u8; 16]) -> SourceCounts {
+        SourceCounts {
+            index: HashMap::with_hasher(Keyed(key)),
+            records: Vec::new(),
+            free: Vec::new(),
+        }
+    }
+
+    fn held(&self, source: SourceKey) -> usize {
+        self.index
+            .get(&source)
+            .and_then(|&i| self.records.get(i as usize))
+            .map_or(0, |r| r.held as usize)
+    }
+
+    /// Counts one more entry for `source`; returns its record's index.
+    fn add(&mut self, source: SourceKey) -> u32 {
+        if let Some(&i) = self.index.get(&source) {
+            if let Some(r) = self.records.get_mut(i as usize) {
+                r.held += 1;
+            }
+            return i;
+        }
+        let record = SourceRecord {
+            key: source,
+            held: 1,
+        };
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.records[i as usize] = record;
+                i
+            }
+            None => {
+                // The table's capacity bounds the records; it fits u32 (config checks).
+                self.records.push(record);
+                u32::try_from(self.records.len() - 1).unwrap_or(u32::MAX)
+            }
+        };
+        self.index.insert(source, i);
+        i
+    }
+
+    /// One entry of the record `i` is gone.
+    fn release(&mut self, i: u32) {
+        let Some(r) = self.records.get_mut(i as usize) else {
+            return;
+        };
+        r.held = r.held.saturating_sub(1);
+        if r.held == 0 {
+            self.index.remove(&r.key);
+            self.free.push(i);
+        }
+    }
+
+    fn memory_bytes(&self) -> usize {
+        let map = self.index.capacity() * (size_of::<(SourceKey, u32)>() + 1);
+        map + self.records.capacity() * size_of::<SourceRecord>()
+            + self.free.capacity() * size_of::<u32>()
+    }
+}
+
+/// The source map's key, apart from the Call-ID fingerprints' so neither hash tells of the other.
+fn source_hash_key(key: [u8; 16]) -> [u8; 16] {
+    let mut k = key;
+    for (b, x) in k.iter_mut().zip(b"siplb-table-srcs") {
+        *b ^= x;
+    }
+    k
 }
 
 impl fmt::Debug for NewCallTable {
@@ -459,7 +662,7 @@ impl fmt::Debug for NewCallTable {
 }
 
 /// A [`CallKey`] stored as four `u32`s: alignment 4 instead of `u128`'s 16 keeps map slots at
-/// 32 bytes and FIFO items at 20.
+/// 36 bytes and FIFO items at 20.
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct Fingerprint([u32; 4]);
 
@@ -520,15 +723,19 @@ impl Hasher for PassThroughHasher {
     }
 }
 
-/// One table entry: 16 bytes besides the key.
+/// One table entry: 20 bytes besides the key.
 #[derive(Clone, Copy)]
 struct Entry {
     /// Milliseconds from `base` at which the current phase ends.
     deadline: u32,
     /// The frontend connection the call came on: its share counts this entry.
     owner: ConnId,
+    /// The record of the connection's source address: its share counts this entry.
+    source: u32,
     backend: u16,
     phase: Phase,
+    /// Not an INVITE, or its backend has sent a response to it, or it was judged.
+    answered: bool,
 }
 
 /// The entries one connection slot holds, for the connection of that generation.
@@ -585,6 +792,8 @@ mod tests {
     const KEY: [u8; 16] = [7; 16];
     /// The connection the calls of most tests come on.
     const C: ConnId = ConnId::from_parts(0, 1);
+    /// The source address of most tests' calls.
+    const S: SourceKey = SourceKey::V4(0x7f00_0001);
 
     fn table(capacity: usize, t0: Instant) -> NewCallTable {
         NewCallTable::new(capacity, W, R, KEY, t0)
@@ -623,7 +832,7 @@ mod tests {
         let t0 = origin();
         let mut t = table(10, t0);
         let k = t.key(b"plain");
-        t.insert(t0, k, b(3), false, C).unwrap();
+        t.insert(t0, k, b(3), false, C, S).unwrap();
         assert_eq!(t.lookup(k), Some(b(3)));
         assert_eq!(t.next_deadline(), Some(t0 + W));
         assert!(alive_at(&mut t, t0 + W - MS, k));
@@ -638,7 +847,7 @@ mod tests {
         let t0 = origin();
         let mut t = table(10, t0);
         let k = t.key(b"subscribe");
-        t.insert(t0, k, b(0), false, C).unwrap();
+        t.insert(t0, k, b(0), false, C, S).unwrap();
         t.settle(t0 + Duration::from_secs(10), k);
         assert!(!alive_at(&mut t, t0 + W, k));
     }
@@ -648,7 +857,7 @@ mod tests {
         let t0 = origin();
         let mut t = table(10, t0);
         let k = t.key(b"invite");
-        t.insert(t0, k, b(1), true, C).unwrap();
+        t.insert(t0, k, b(1), true, C, S).unwrap();
         let answer = t0 + Duration::from_secs(120);
         // Still there through the ringing, with the driver waking at each deadline.
         let mut now = t0;
@@ -670,7 +879,7 @@ mod tests {
         let t0 = origin();
         let mut t = table(10, t0);
         let k = t.key(b"quick");
-        t.insert(t0, k, b(1), true, C).unwrap();
+        t.insert(t0, k, b(1), true, C, S).unwrap();
         let answer = t0 + Duration::from_secs(3);
         t.settle(answer, k);
         assert!(alive_at(&mut t, t0 + W, k));
@@ -685,7 +894,7 @@ mod tests {
         let t0 = origin();
         let mut t = table(10, t0);
         let k = t.key(b"instant");
-        t.insert(t0, k, b(1), true, C).unwrap();
+        t.insert(t0, k, b(1), true, C, S).unwrap();
         t.settle(t0, k);
         assert!(alive_at(&mut t, t0 + W - MS, k));
         assert!(!alive_at(&mut t, t0 + W, k));
@@ -696,7 +905,7 @@ mod tests {
         let t0 = origin();
         let mut t = table(10, t0);
         let k = t.key(b"forever");
-        t.insert(t0, k, b(1), true, C).unwrap();
+        t.insert(t0, k, b(1), true, C, S).unwrap();
         assert!(alive_at(&mut t, t0 + W, k));
         assert_eq!(t.next_deadline(), Some(t0 + R + W));
         assert!(alive_at(&mut t, t0 + R + W - MS, k));
@@ -709,7 +918,7 @@ mod tests {
         let t0 = origin();
         let mut t = table(10, t0);
         let k = t.key(b"late");
-        t.insert(t0, k, b(1), true, C).unwrap();
+        t.insert(t0, k, b(1), true, C, S).unwrap();
         t.expire(t0 + W);
         t.settle(t0 + R + Duration::from_secs(1), k);
         assert!(alive_at(&mut t, t0 + R + W - MS, k));
@@ -721,7 +930,7 @@ mod tests {
         let t0 = origin();
         let mut t = table(10, t0);
         let k = t.key(b"sleepy");
-        t.insert(t0, k, b(1), true, C).unwrap();
+        t.insert(t0, k, b(1), true, C, S).unwrap();
         // No expire for a long time: the ringing move and the cap happen in one call.
         assert!(!alive_at(&mut t, t0 + R + W + Duration::from_secs(100), k));
         assert_eq!(t.next_deadline(), None);
@@ -733,7 +942,7 @@ mod tests {
         let r = Duration::from_secs(5);
         let mut t = NewCallTable::new(10, W, r, KEY, t0);
         let k = t.key(b"short");
-        t.insert(t0, k, b(1), true, C).unwrap();
+        t.insert(t0, k, b(1), true, C, S).unwrap();
         // Settled after the ringing cap but before the window: the cap (r + W) rules.
         t.settle(t0 + Duration::from_secs(10), k);
         assert!(alive_at(&mut t, t0 + r + W - MS, k));
@@ -745,8 +954,8 @@ mod tests {
         let t0 = origin();
         let mut t = table(10, t0);
         let k = t.key(b"retx");
-        t.insert(t0, k, b(1), false, C).unwrap();
-        t.insert(t0 + Duration::from_secs(20), k, b(2), true, C)
+        t.insert(t0, k, b(1), false, C, S).unwrap();
+        t.insert(t0 + Duration::from_secs(20), k, b(2), true, C, S)
             .unwrap();
         assert_eq!(t.lookup(k), Some(b(1)));
         assert_eq!(t.assigned(b(1)), 1);
@@ -760,17 +969,17 @@ mod tests {
         let t0 = origin();
         let mut t = table(2, t0);
         let keys: Vec<CallKey> = (0..3u8).map(|i| t.key(&[i])).collect();
-        t.insert(t0, keys[0], b(0), false, C).unwrap();
-        t.insert(t0 + MS, keys[1], b(0), false, C).unwrap();
+        t.insert(t0, keys[0], b(0), false, C, S).unwrap();
+        t.insert(t0 + MS, keys[1], b(0), false, C, S).unwrap();
         assert_eq!(
-            t.insert(t0 + MS, keys[2], b(0), false, C),
+            t.insert(t0 + MS, keys[2], b(0), false, C, S),
             Err(Refused::Full)
         );
         // A retransmission of a held call is still fine at capacity.
-        assert_eq!(t.insert(t0 + MS, keys[1], b(0), false, C), Ok(()));
+        assert_eq!(t.insert(t0 + MS, keys[1], b(0), false, C, S), Ok(()));
         assert_eq!(t.len(), 2);
         // Once the first is due, inserting makes room without a separate expire.
-        assert_eq!(t.insert(t0 + W, keys[2], b(1), false, C), Ok(()));
+        assert_eq!(t.insert(t0 + W, keys[2], b(1), false, C, S), Ok(()));
         assert_eq!(t.lookup(keys[0]), None);
         assert_eq!(t.len(), 2);
     }
@@ -788,23 +997,26 @@ mod tests {
         let keys: Vec<CallKey> = (0..12u8).map(|i| t.key(&[i])).collect();
         // Below half full anyone may insert, beyond its share too.
         for k in &keys[..4] {
-            assert_eq!(t.insert(t0, *k, b(0), false, c1), Ok(()));
+            assert_eq!(t.insert(t0, *k, b(0), false, c1, S), Ok(()));
         }
         assert_eq!(
-            t.insert(t0, keys[4], b(0), false, c1),
+            t.insert(t0, keys[4], b(0), false, c1, S),
             Err(Refused::OverShare)
         );
         // A retransmission of a call it holds is no new entry: still fine.
-        assert_eq!(t.insert(t0, keys[0], b(0), false, c1), Ok(()));
-        assert_eq!(t.insert(t0, keys[4], b(0), false, c2), Ok(()));
-        assert_eq!(t.insert(t0, keys[5], b(0), false, c2), Ok(()));
+        assert_eq!(t.insert(t0, keys[0], b(0), false, c1, S), Ok(()));
+        assert_eq!(t.insert(t0, keys[4], b(0), false, c2, S), Ok(()));
+        assert_eq!(t.insert(t0, keys[5], b(0), false, c2, S), Ok(()));
         assert_eq!(
-            t.insert(t0, keys[6], b(0), false, c2),
+            t.insert(t0, keys[6], b(0), false, c2, S),
             Err(Refused::OverShare)
         );
-        assert_eq!(t.insert(t0, keys[6], b(0), false, c3), Ok(()));
-        assert_eq!(t.insert(t0, keys[7], b(0), false, c3), Ok(()));
-        assert_eq!(t.insert(t0, keys[8], b(0), false, c4), Err(Refused::Full));
+        assert_eq!(t.insert(t0, keys[6], b(0), false, c3, S), Ok(()));
+        assert_eq!(t.insert(t0, keys[7], b(0), false, c3, S), Ok(()));
+        assert_eq!(
+            t.insert(t0, keys[8], b(0), false, c4, S),
+            Err(Refused::Full)
+        );
         assert_eq!(
             (t.held_by(c1), t.held_by(c2), t.held_by(c3), t.held_by(c4)),
             (4, 2, 2, 0)
@@ -812,8 +1024,92 @@ mod tests {
         // Expiry gives each its room back.
         t.expire(t0 + W);
         assert_eq!((t.len(), t.held_by(c1), t.held_by(c2)), (0, 0, 0));
-        assert_eq!(t.insert(t0 + W, keys[9], b(0), false, c1), Ok(()));
+        assert_eq!(t.insert(t0 + W, keys[9], b(0), false, c1, S), Ok(()));
         assert_eq!(t.held_by(c1), 1);
+    }
+
+    #[test]
+    fn a_source_holds_its_share_over_all_its_connections_closed_ones_too() {
+        let t0 = origin();
+        // Capacity 20: contended from 10 entries on; 3 per connection, 5 per source.
+        let mut t = table(20, t0).with_share(3).with_source_share(5);
+        let (flooder, other) = (SourceKey::V4(1), SourceKey::V4(2));
+        let mut n = 0u32;
+        let mut key = |t: &NewCallTable| {
+            n += 1;
+            t.key(&n.to_be_bytes())
+        };
+        // Ten entries from other connections of another source fill the uncontended half.
+        for slot in 10..20 {
+            let k = key(&t);
+            t.insert(t0, k, b(0), false, ConnId::from_parts(slot, 1), other)
+                .unwrap();
+        }
+        // The flooder's connections, each within its share, stop at the source's five, even
+        // after the first ones closed (their slots reused by new generations).
+        let mut results = Vec::new();
+        for conn in 0..4 {
+            for _ in 0..2 {
+                let k = key(&t);
+                results.push(t.insert(
+                    t0,
+                    k,
+                    b(0),
+                    false,
+                    ConnId::from_parts(0, conn + 1),
+                    flooder,
+                ));
+            }
+        }
+        let ok = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(ok, 5, "{results:?}");
+        assert!(results[5..]
+            .iter()
+            .all(|r| *r == Err(Refused::OverSourceShare)));
+        // The other source still has room; its record goes with its last entry.
+        let k = key(&t);
+        assert_eq!(
+            t.insert(
+                t0,
+                k,
+                b(0),
+                false,
+                ConnId::from_parts(30, 1),
+                SourceKey::V4(3)
+            ),
+            Ok(())
+        );
+        t.expire(t0 + W);
+        assert_eq!(t.len(), 0);
+        assert_eq!((t.sources.held(flooder), t.sources.index.len()), (0, 0));
+        assert_eq!(t.sources.free.len(), t.sources.records.len());
+    }
+
+    #[test]
+    fn an_invite_without_any_response_is_reported_once_and_an_answered_one_never() {
+        let t0 = origin();
+        let mut t = table(100, t0);
+        t.set_unanswered_timeout(Duration::from_secs(2));
+        let (silent, answered, options) = (t.key(b"silent"), t.key(b"answered"), t.key(b"o"));
+        t.insert(t0, silent, b(4), true, C, S).unwrap();
+        t.insert(t0, answered, b(5), true, C, S).unwrap();
+        t.insert(t0, options, b(6), false, C, S).unwrap();
+        t.answered(answered);
+        assert_eq!(t.next_deadline(), Some(t0 + Duration::from_secs(2)));
+        t.expire(t0 + Duration::from_secs(2) - MS);
+        assert!(!t.has_unanswered());
+        t.expire(t0 + Duration::from_secs(2));
+        assert_eq!(t.take_unanswered(), vec![(b(4), t0)]);
+        assert!(t.take_unanswered().is_empty());
+        // The entry itself lives on by its own rule.
+        assert!(alive_at(&mut t, t0 + W, silent));
+        assert!(!t.has_unanswered());
+        // Off: nothing is judged.
+        let mut off = table(100, t0);
+        let k = off.key(b"x");
+        off.insert(t0, k, b(1), true, C, S).unwrap();
+        off.expire(t0 + W);
+        assert!(!off.has_unanswered());
     }
 
     #[test]
@@ -824,10 +1120,10 @@ mod tests {
         // The slot's next connection: same slot, another generation.
         let new = ConnId::from_parts(5, 9);
         for i in 0..3u8 {
-            t.insert(t0, t.key(&[i]), b(0), false, old).unwrap();
+            t.insert(t0, t.key(&[i]), b(0), false, old, S).unwrap();
         }
         let later = t0 + Duration::from_secs(10);
-        t.insert(later, t.key(b"new"), b(0), false, new).unwrap();
+        t.insert(later, t.key(b"new"), b(0), false, new, S).unwrap();
         assert_eq!((t.held_by(old), t.held_by(new)), (0, 1));
         // The old entries expire on time; the new connection's count is untouched.
         t.expire(t0 + W);
@@ -841,7 +1137,7 @@ mod tests {
         let t0 = origin();
         let mut t = table(100, t0);
         let k = t.key(b"call");
-        t.insert(t0, k, b(1), true, C).unwrap();
+        t.insert(t0, k, b(1), true, C, S).unwrap();
         t.reassign(k, b(2));
         assert_eq!(t.lookup(k), Some(b(2)));
         assert_eq!((t.assigned(b(1)), t.assigned(b(2))), (0, 1));
@@ -855,7 +1151,8 @@ mod tests {
         let mut t = table(100, t0);
         for i in 0..10u8 {
             let k = t.key(&[i]);
-            t.insert(t0, k, b(u16::from(i % 3)), i % 2 == 0, C).unwrap();
+            t.insert(t0, k, b(u16::from(i % 3)), i % 2 == 0, C, S)
+                .unwrap();
         }
         assert_eq!(
             (t.assigned(b(0)), t.assigned(b(1)), t.assigned(b(2))),
@@ -874,11 +1171,11 @@ mod tests {
         let t0 = origin() + Duration::from_secs(1000);
         let mut t = table(10, t0);
         let k = t.key(b"a");
-        t.insert(t0 + Duration::from_secs(10), k, b(0), false, C)
+        t.insert(t0 + Duration::from_secs(10), k, b(0), false, C, S)
             .unwrap();
         // Earlier instants, even before the table's base, neither panic nor move time back.
         let k2 = t.key(b"b");
-        t.insert(t0 - Duration::from_secs(500), k2, b(0), false, C)
+        t.insert(t0 - Duration::from_secs(500), k2, b(0), false, C, S)
             .unwrap();
         t.expire(t0 - Duration::from_secs(999));
         assert_eq!(t.len(), 2);
@@ -897,7 +1194,7 @@ mod tests {
         for i in 0..70u32 {
             now += day;
             let k = t.key(&i.to_be_bytes());
-            t.insert(now, k, b(0), true, C).unwrap();
+            t.insert(now, k, b(0), true, C, S).unwrap();
             if i % 2 == 0 {
                 t.settle(now + Duration::from_secs(40), k);
                 assert!(alive_at(&mut t, now + Duration::from_secs(40) + W - MS, k));
@@ -910,7 +1207,7 @@ mod tests {
         }
         // A jump past u32 milliseconds with entries held.
         let k = t.key(b"jump");
-        t.insert(now, k, b(0), false, C).unwrap();
+        t.insert(now, k, b(0), false, C, S).unwrap();
         assert!(!alive_at(&mut t, now + day * 100, k));
         assert_eq!(t.len(), 0);
         assert_eq!(t.next_deadline(), None);
@@ -922,7 +1219,7 @@ mod tests {
         let mut t = table(10, t0);
         let k = t.key(b"fine");
         let created = t0 + Duration::from_micros(1_500);
-        t.insert(created, k, b(0), false, C).unwrap();
+        t.insert(created, k, b(0), false, C, S).unwrap();
         assert!(alive_at(&mut t, created + W - Duration::from_nanos(1), k));
         // At most 1 ms late.
         assert!(!alive_at(&mut t, created + W + MS, k));
@@ -931,7 +1228,7 @@ mod tests {
     #[test]
     fn entry_layout_is_compact() {
         // The owner (8 bytes) is what the per-connection share costs.
-        assert_eq!(size_of::<(Fingerprint, Entry)>(), 32);
+        assert_eq!(size_of::<(Fingerprint, Entry)>(), 36);
         assert_eq!(size_of::<Item>(), 20);
     }
 
@@ -944,7 +1241,7 @@ mod tests {
         for i in 0..200_000u32 {
             let now = t0 + MS * i;
             let k = t.key(&i.to_be_bytes());
-            t.insert(now, k, b(0), i % 2 == 0, C).unwrap();
+            t.insert(now, k, b(0), i % 2 == 0, C, S).unwrap();
             if i >= 2000 && (i - 2000) % 2 == 0 {
                 let answered = t.key(&(i - 2000).to_be_bytes());
                 t.settle(now, answered);
@@ -1042,7 +1339,7 @@ mod tests {
                     ringing,
                 } => {
                     let k = t.key(&[call]);
-                    let result = t.insert(at(now_ms), k, b(u16::from(backend)), ringing, C);
+                    let result = t.insert(at(now_ms), k, b(u16::from(backend)), ringing, C, S);
                     let eff = now_ms.max(seen);
                     seen = eff;
                     model.retain(|_, m| m.deadline > eff);

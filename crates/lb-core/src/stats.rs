@@ -109,6 +109,9 @@ stats_table! {
     counter dial_out_refused: "Requests refused with 503 because dial-out was at its limits";
     counter sanity_refused: "Initial requests from frontends refused with 400 by the sanity checks (no From tag, a host, URI or header field too long)";
     counter table_share_refused: "New calls refused with 503 because their connection held its share of a new-call table at least half full";
+    counter unanswered_invites: "INVITEs forwarded to a backend that sent no response to them within unanswered-timeout";
+    counter passive_ejections: "Backends taken out for unanswered-to-down unanswered INVITEs in a row (passive health)";
+    counter frontends_evicted: "Frontend connections closed at the connection limit to make room: they had sent no SIP message, or none for frontend-evict-idle";
     gauge backends_up: "Backends up now";
     gauge frontends_open: "Frontend connections open now";
     gauge dial_outs_open: "Connections toward frontends the balancer opened, open or opening now";

@@ -754,6 +754,12 @@ fn config(script: &Script, options: Options) -> Config {
         // The scripts model routing, not idle connections: frontends here may stay silent for
         // days of virtual time. Idle closing has its own scenario tests.
         idle_timeout: std::time::Duration::from_secs(365 * 24 * 3600),
+        // The model's backends leave INVITEs unanswered at will, and it judges "up" by
+        // connection and probes; passive health has its own tests.
+        passive: lb_core::PassiveHealth {
+            unanswered_timeout: std::time::Duration::ZERO,
+            ..lb_core::PassiveHealth::default()
+        },
         ..Config::default()
     }
 }

@@ -15,6 +15,8 @@ const CAPACITY: usize = 64;
 fn small_table() -> Config {
     let mut c = config(1, BackendMode::Plain);
     c.limits.table_capacity = CAPACITY;
+    // The INVITEs here ring unanswered on purpose; passive health would take the backend out.
+    c.passive.unanswered_timeout = Duration::ZERO;
     c
 }
 
@@ -153,6 +155,7 @@ fn a_closed_connections_entries_expire_and_count_for_nobody() {
 fn at_a_hundred_percent_one_connection_may_fill_the_table() {
     let mut c = small_table();
     c.limits.table_share_percent = 100;
+    c.limits.table_share_per_ip_percent = 100;
     let mut h = Harness::new(c);
     let fe = h.frontend("203.0.113.5:40000");
     for i in 0..CAPACITY {
@@ -174,6 +177,7 @@ fn the_share_follows_a_reload() {
     );
     let mut next = small_table();
     next.limits.table_share_percent = 100;
+    next.limits.table_share_per_ip_percent = 100;
     h.input(Input::Reload(Box::new(next.validate().unwrap())));
     h.drain();
     assert_eq!(

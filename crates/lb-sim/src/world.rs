@@ -215,6 +215,12 @@ impl World {
                 table_capacity: k.table_capacity,
                 ..Limits::default()
             },
+            // Off: the model expects a backend to stay up while its connection does, and a
+            // silent outage would be taken out by unanswered INVITEs (not yet modelled).
+            passive: lb_core::PassiveHealth {
+                unanswered_timeout: std::time::Duration::ZERO,
+                ..lb_core::PassiveHealth::default()
+            },
             ..Config::default()
         };
         let valid = cfg.validate()?;

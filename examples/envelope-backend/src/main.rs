@@ -7,6 +7,11 @@
 //! `envelope-backend name=NAME listening=ADDR` once bound, and its counters as one line on
 //! SIGTERM / SIGINT.
 //!
+//! Answered dialogs outlive the balancer connection they were set up on: when a restarted
+//! balancer connects again, their BYEs and re-INVITEs are still answered (`uas::keep`).
+//! An in-dialog request with `X-Hang-Up: now` makes it end that call with a BYE of its own
+//! after the answer (`uas::hangup`).
+//!
 //! One thread per balancer connection: a balancer keeps one connection per backend, so there is
 //! nothing to gain from an event loop here.
 //!
@@ -120,7 +125,9 @@ fn serve(
     counters: &Counters,
 ) -> Result<(), lb_backend::BackendError> {
     let mut conn = BackendConn::new(stream)?;
-    let mut uas = Uas::new(name, contact_host, answer_delay, counters);
+    // Its answered dialogs outlive the connection: a restarted balancer's new connection
+    // takes them over (`uas::keep`).
+    let mut uas = uas::keep::Keeping::new(Uas::new(name, contact_host, answer_delay, counters));
     let mut out = Vec::new();
     loop {
         match conn.recv_until(uas.poll_timeout())? {

@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use lb_backend::sip::{long_form, param, push_header, Message};
 
+mod hangup;
+pub(crate) mod keep;
+
 /// Counters shared by every connection's UAS, printed as one line at exit.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {

@@ -73,6 +73,8 @@ pub(super) struct Backend {
     /// No new calls before this instant (a 503 from the backend).
     overloaded_until: Option<Instant>,
     probe: ProbeState,
+    /// Unanswered INVITEs (`passive`).
+    pub(super) passive: super::passive::PassiveState,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,6 +115,7 @@ impl Backend {
             up_since: None,
             overloaded_until: None,
             probe: ProbeState::default(),
+            passive: super::passive::PassiveState::default(),
         }
     }
 }
@@ -121,9 +124,9 @@ impl Balancer {
     /// Whether `backend` is connected, passes its probes and was not removed: it takes the
     /// traffic of its calls.
     pub fn is_backend_up(&self, backend: BackendId) -> bool {
-        self.backends
-            .get(backend.index())
-            .is_some_and(|b| b.state == BackendState::Up && !b.probe.down && !b.removed)
+        self.backends.get(backend.index()).is_some_and(|b| {
+            b.state == BackendState::Up && !b.probe.down && !b.passive.out && !b.removed
+        })
     }
 
     /// The state of every backend, in id order. Changes after any input.
@@ -147,7 +150,7 @@ impl Balancer {
     }
 
     /// Recounts the `backends_up` gauge; called wherever availability can change.
-    fn count_backends_up(&mut self) {
+    pub(super) fn count_backends_up(&mut self) {
         let up = (0..self.backends.len()).filter(|i| self.is_backend_up(BackendId::new(*i)));
         self.stats.backends_up = up.count() as u64;
     }
@@ -270,6 +273,8 @@ impl Balancer {
 
     /// Fires the backend timers due at `now`.
     pub(super) fn handle_backend_timers(&mut self) {
+        // The table was just expired: INVITEs it found unanswered are judged first.
+        self.judge_unanswered();
         let now = self.now;
         while let Some(Reverse((at, backend, timer))) = self.backend_timers.peek().copied() {
             if at > now {
@@ -288,6 +293,7 @@ impl Balancer {
                         self.send_probe(backend);
                     }
                 }
+                BackendTimer::PassiveHoldEnd => self.end_passive_hold(backend),
                 BackendTimer::ProbeTimeout(seq) => {
                     if b.probe.outstanding == Some(seq) {
                         self.backends[backend.index()].probe.outstanding = None;
@@ -480,6 +486,10 @@ impl Balancer {
         config.limits.table_capacity = old.limits.table_capacity;
         config.backends = backends;
         self.table.set_share(config.limits.table_share());
+        self.table
+            .set_source_share(config.limits.table_share_per_ip());
+        self.table
+            .set_unanswered_timeout(config.passive.unanswered_timeout);
         self.signer = TagSigner::new(&config.tag_keys);
         self.rendezvous_key = self.signer.shared_hash_key();
         self.selector = Selector::new(config.algorithm, config.backends.len());

@@ -10,14 +10,13 @@
 //! connection comes from it.
 
 use std::collections::HashMap;
-use std::hash::BuildHasher;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use siphasher::sip::SipHasher13;
 use smallvec::SmallVec;
 
 use super::{Balancer, Conn, Side};
 use crate::ids::ConnId;
+use crate::keyed_hash::Keyed;
 use crate::message::{HostPort, Rport, SipMessage, Via};
 use crate::rewrite::{Edit, Edits, Insertion};
 
@@ -212,19 +211,6 @@ fn parse_ipv4_fast(host: &[u8]) -> Option<Ipv4Addr> {
         return None;
     }
     Some(Ipv4Addr::from(octets))
-}
-
-/// SipHash-1-3 keyed from the balancer's seed: the keys come from the network (Via hosts), so
-/// an unkeyed or OS-seeded hasher would be either attackable or nondeterministic.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Keyed(pub(crate) [u8; 16]);
-
-impl BuildHasher for Keyed {
-    type Hasher = SipHasher13;
-
-    fn build_hasher(&self) -> SipHasher13 {
-        SipHasher13::new_with_key(&self.0)
-    }
 }
 
 impl Balancer {

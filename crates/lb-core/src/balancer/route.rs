@@ -19,10 +19,12 @@ use super::*;
 use crate::failover;
 use crate::message::Span;
 use crate::new_call_table::Refused;
+use crate::source::SourceKey;
 use crate::tag::Facing;
 
 impl Balancer {
     pub(super) fn route_frontend_request(&mut self, source: Source, message: SipMessage) {
+        self.note_frontend_message(source.conn);
         let call_id = message.call_id();
         let method = message.method().unwrap_or(Method::Other);
         let mut target = None;
@@ -112,10 +114,16 @@ impl Balancer {
                     return self.unavailable(source, &message, "No Backend Available");
                 };
                 let ringing = method == Method::Invite;
-                match self
-                    .table
-                    .insert(self.now, key, backend, ringing, source.conn)
-                {
+                // A frontend request always has its peer; the unspecified address is a
+                // bucket no real peer shares.
+                let from = source
+                    .peer
+                    .map_or(SourceKey::V4(0), |p| SourceKey::from(p.ip()));
+                let inserted =
+                    self.table
+                        .insert(self.now, key, backend, ringing, source.conn, from);
+                self.judge_unanswered();
+                match inserted {
                     Ok(()) => {}
                     Err(Refused::Full) => {
                         return self.unavailable(source, &message, "Too Many Calls Being Set Up");
@@ -123,6 +131,11 @@ impl Balancer {
                     Err(Refused::OverShare) => {
                         self.stats.table_share_refused += 1;
                         let reason = "Too Many Calls Being Set Up On This Connection";
+                        return self.unavailable(source, &message, reason);
+                    }
+                    Err(Refused::OverSourceShare) => {
+                        self.stats.table_share_refused += 1;
+                        let reason = "Too Many Calls Being Set Up From This Address";
                         return self.unavailable(source, &message, reason);
                     }
                 }
@@ -169,6 +182,7 @@ impl Balancer {
     }
 
     pub(super) fn route_frontend_response(&mut self, source: Source, message: SipMessage) {
+        self.note_frontend_message(source.conn);
         let via = message.top_via;
         let Some(tag) = via.lb else {
             return self.drop_message(source.conn, "response without the balancer's Via");
@@ -208,9 +222,15 @@ impl Balancer {
     ) {
         let mut edits = Edits::new();
         if let StartLine::Response { status } = message.start {
-            if message.cseq_method == Method::Invite && status >= 200 {
+            if message.cseq_method == Method::Invite {
+                // Any response shows the backend alive (passive health); a final one ends the
+                // ringing.
                 let key = self.table.key(message.call_id());
-                self.table.settle(self.now, key);
+                self.table.answered(key);
+                self.invite_answered(backend);
+                if status >= 200 {
+                    self.table.settle(self.now, key);
+                }
             }
             if message.cseq_method == Method::Invite && status == 503 {
                 self.note_overload(backend, &message);

@@ -31,6 +31,8 @@ pub(super) enum BackendTimer {
     Reconnect,
     Probe,
     ProbeTimeout(u32),
+    /// A passive-health hold ends (`passive`).
+    PassiveHoldEnd,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -48,6 +50,9 @@ pub(super) struct Liveness {
     partial_since: Option<Instant>,
     /// A `Partial` timer is pending in the heap.
     partial_armed: bool,
+    /// When the last SIP message arrived (not a keep-alive): eviction at the connection limit
+    /// takes connections that never sent one, or none for a while (`admission`).
+    last_message: Option<Instant>,
 }
 
 impl Liveness {
@@ -56,7 +61,12 @@ impl Liveness {
             last_rx: now,
             partial_since: None,
             partial_armed: false,
+            last_message: None,
         }
+    }
+
+    pub(super) fn last_message(&self) -> Option<Instant> {
+        self.last_message
     }
 }
 
@@ -130,6 +140,14 @@ impl Balancer {
                 self.conn_timers
                     .push(Reverse((now + timeout, conn, ConnTimer::Partial)));
             }
+        }
+    }
+
+    /// A SIP message from frontend `conn` is being routed.
+    pub(super) fn note_frontend_message(&mut self, conn: ConnId) {
+        let now = self.now;
+        if let Some(Side::Frontend { liveness, .. }) = self.conn_mut(conn).map(|c| &mut c.side) {
+            liveness.last_message = Some(now);
         }
     }
 

@@ -73,6 +73,8 @@ pub(super) fn fuzz_config(flags: u8, variant: u8, small: bool) -> ValidConfig {
             dial_outs_max: 2,
             dial_queue_max: 2,
             table_share_percent: 12,
+            frontends_reserve_percent: 34,
+            ..Limits::default()
         },
         sanity: SanityLimits {
             enabled: flags & 32 == 0,
@@ -89,6 +91,12 @@ pub(super) fn fuzz_config(flags: u8, variant: u8, small: bool) -> ValidConfig {
         overload_hold: Duration::from_secs(2),
         overload_hold_max: Duration::from_secs(5),
         hop_by_unique_ip: true,
+        // Off: the model's backends leave INVITEs unanswered at will and it tracks "up" by
+        // connection and probes alone (passive health has its own tests).
+        passive: crate::config::PassiveHealth {
+            unanswered_timeout: Duration::ZERO,
+            ..crate::config::PassiveHealth::default()
+        },
     };
     match config.validate() {
         Ok(valid) => valid,

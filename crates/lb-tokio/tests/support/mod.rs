@@ -403,10 +403,21 @@ pub fn refused_frontend_is_closed(exe: &str) {
     std::fs::write(&config, "[limits]\nfrontends-max = 1\n").unwrap();
     let backend = TcpListener::bind("127.0.0.1:0").unwrap();
     let mut lb = start(exe, &backend, &["--config", config.to_str().unwrap()]);
-    let _backend_conn = accept(&backend);
+    let mut backend_conn = accept(&backend);
 
-    let first = TcpStream::connect(("127.0.0.1", lb.port)).unwrap();
+    let mut first = TcpStream::connect(("127.0.0.1", lb.port)).unwrap();
     assert!(lb.wait_for_log("frontend connection open"));
+    // A silent connection would be evicted to make room (issue 15): the first one is in use.
+    first
+        .write_all(
+            b"OPTIONS sip:b@x SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:1;branch=z9hG4bKr1\r\n\
+              From: <sip:a@x>;tag=1\r\nTo: <sip:b@x>\r\nCall-ID: refused-1\r\n\
+              CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+        )
+        .unwrap();
+    // Forwarded: the core has seen its message before the second connection comes.
+    let mut forwarded = [0u8; 64];
+    assert!(backend_conn.read(&mut forwarded).unwrap() > 0);
     let mut second = TcpStream::connect(("127.0.0.1", lb.port)).unwrap();
     second.set_read_timeout(Some(PATIENCE)).unwrap();
     let mut buf = [0u8; 16];
