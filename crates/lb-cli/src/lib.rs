@@ -116,6 +116,7 @@
 //! [,draining]`.
 
 pub mod admin;
+pub mod backpressure;
 pub mod ctl;
 pub mod dns;
 mod metrics;

@@ -39,6 +39,8 @@ pub struct Snapshot {
     /// Connections the driver closed before they reached the core, by [`ProxyReject`] cause
     /// (`--proxy-protocol`), in [`ProxyReject::ALL`] order.
     pub proxy_rejected: [u64; 3],
+    /// Messages to backends the driver dropped at the output cap (the connection stays).
+    pub output_cap_drops: u64,
 }
 
 impl Snapshot {
@@ -57,6 +59,7 @@ impl Snapshot {
             if merged.tls.is_none() {
                 merged.tls.clone_from(&w.tls);
             }
+            merged.output_cap_drops += w.output_cap_drops;
             for (sum, n) in merged.proxy_rejected.iter_mut().zip(w.proxy_rejected) {
                 *sum += n;
             }
@@ -377,6 +380,14 @@ impl Collector for SnapshotCollector {
             ConstCounter::new(snapshot.proxy_rejected[cause.index()])
                 .encode(metric.encode_family(&labels)?)?;
         }
+        let metric = encoder.encode_descriptor(
+            "output_cap_drops",
+            "Messages to backends dropped because the connection's queue was at the output cap \
+             (the backend keeps its connection and calls)",
+            None,
+            ConstCounter::new(0u64).metric_type(),
+        )?;
+        ConstCounter::new(snapshot.output_cap_drops).encode(metric)?;
         Ok(())
     }
 }

@@ -41,6 +41,7 @@ use crate::select::{rendezvous, Candidate, Selector};
 use crate::stats::Stats;
 use crate::tag::TagSigner;
 
+mod backpressure;
 mod dial;
 mod farm;
 mod route;
@@ -74,6 +75,9 @@ pub struct Balancer {
     backend_timers: BinaryHeap<Reverse<(Instant, BackendId, BackendTimer)>>,
     /// Frontend idle and partial-message timeouts.
     conn_timers: BinaryHeap<Reverse<(Instant, ConnId, ConnTimer)>>,
+    /// Connections whose queue went over the high-water mark, by the instant their stall
+    /// timeout is due (one constant, so a FIFO is in deadline order).
+    stalls: VecDeque<(Instant, ConnId)>,
     outputs: VecDeque<Output>,
     stats: Stats,
     now: Instant,
@@ -87,6 +91,9 @@ struct Conn {
     side: Side,
     /// Outgoing bytes are written here, then split off as one `Output::Send`.
     out: BytesMut,
+    /// Since when the driver reports its output queue over the high-water mark
+    /// (`Input::OutputQueue`); `None` below the low-water mark.
+    queue_high_since: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -162,6 +169,7 @@ impl Balancer {
             rng,
             backend_timers: BinaryHeap::new(),
             conn_timers: BinaryHeap::new(),
+            stalls: VecDeque::new(),
             outputs: VecDeque::new(),
             stats: Stats::default(),
             now,
@@ -249,6 +257,7 @@ impl Balancer {
             Input::Resolved { conn, addrs } => self.handle_resolved(conn, &addrs),
             Input::Backends(change) => self.handle_backend_change(change),
             Input::Reload(config) => self.handle_reload(*config),
+            Input::OutputQueue { conn, level } => self.handle_queue_level(conn, level),
             Input::Timeout => self.handle_timeout(),
         }
         self.stats.table_len = self.table.len() as u64;
@@ -267,7 +276,8 @@ impl Balancer {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let backend = self.backend_timers.peek().map(|Reverse((at, ..))| *at);
         let conn = self.conn_timers.peek().map(|Reverse((at, ..))| *at);
-        [self.table.next_deadline(), backend, conn]
+        let stall = self.stalls.front().map(|(at, _)| *at);
+        [self.table.next_deadline(), backend, conn, stall]
             .into_iter()
             .flatten()
             .min()
@@ -297,6 +307,7 @@ impl Balancer {
             closing: false,
             side,
             out: BytesMut::new(),
+            queue_high_since: None,
         });
         ConnId::new(slot, generation)
     }
@@ -378,6 +389,7 @@ impl Balancer {
         self.table.expire(self.now);
         self.handle_backend_timers();
         self.handle_conn_timers();
+        self.handle_stalls();
     }
 
     // ----- bytes in -----
@@ -677,6 +689,9 @@ impl Balancer {
     }
 
     fn send(&mut self, conn: ConnId, bytes: Bytes) {
+        if self.frontend_not_reading(conn) {
+            return;
+        }
         self.stats.bytes_out += bytes.len() as u64;
         if let Some(bytes) = self.hold_while_dialling(conn, bytes) {
             self.outputs.push_back(Output::Send { conn, bytes });

@@ -508,6 +508,7 @@ fn fuzz_config(flags: u8, variant: u8, small: bool) -> ValidConfig {
         partial_timeout: Duration::from_secs(3),
         overload_hold: Duration::from_secs(2),
         overload_hold_max: Duration::from_secs(5),
+        stall_timeout: Duration::from_secs(4),
         hop_by_unique_ip: true,
     };
     match config.validate() {

@@ -109,7 +109,12 @@ stats_table! {
     counter dial_out_refused: "Requests refused with 503 because dial-out was at its limits";
     counter sanity_refused: "Initial requests from frontends refused with 400 by the sanity checks (no From tag, a host, URI or header field too long)";
     counter table_share_refused: "New calls refused with 503 because their connection held its share of a new-call table at least half full";
+    counter backend_queue_holds: "Times a backend's connection queue grew past the high-water mark: no new calls for it until the queue falls below the low-water mark (its calls' traffic still flows)";
+    counter overload_refused: "New calls refused with 503 and Retry-After because every backend that is up is held (queue over the high-water mark, or a 503 of its own)";
+    counter frontend_stall_drops: "Messages dropped because the frontend they were bound for had its queue over the high-water mark (it is not reading); the backend connection they came on never waits";
+    counter stall_closes: "Connections closed because their queue stayed over the high-water mark for the stall timeout (the peer stopped reading)";
     gauge backends_up: "Backends up now";
+    gauge backends_queue_held: "Backends whose connection queue is over the high-water mark now (held: no new calls)";
     gauge frontends_open: "Frontend connections open now";
     gauge dial_outs_open: "Connections toward frontends the balancer opened, open or opening now";
     gauge table_len: "New-call table entries now";

@@ -1,0 +1,68 @@
+//! A connection's output queue as the owner and the connection's tasks share it: its size, and
+//! whether it was reported over the high-water mark ([`lb_cli::backpressure`]).
+//!
+//! The owner adds what it hands the writer and raises `high` when a send takes the queue past
+//! the high-water mark; the writer subtracts what it wrote and, below the low-water mark,
+//! lowers `high`, wakes a paused reader and tells the owner. A worker's tasks all run on one
+//! thread, so the atomics only make the queue `Send`; relaxed ordering is enough.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use lb_cli::backpressure::Watermarks;
+use tokio::sync::Notify;
+
+#[derive(Debug)]
+pub(crate) struct Queue {
+    /// Bytes handed to the writer and not yet written.
+    pub(crate) bytes: AtomicUsize,
+    /// Reported over the high-water mark, not yet back below the low-water mark.
+    high: AtomicBool,
+    /// Wakes the reader of a frontend paused while `high`.
+    resume: Notify,
+    /// The marks in force when the connection opened.
+    marks: Watermarks,
+}
+
+impl Queue {
+    pub(crate) fn new(marks: Watermarks) -> Queue {
+        Queue {
+            bytes: AtomicUsize::new(0),
+            high: AtomicBool::new(false),
+            resume: Notify::new(),
+            marks,
+        }
+    }
+
+    pub(crate) fn is_high(&self) -> bool {
+        self.high.load(Ordering::Relaxed)
+    }
+
+    /// The owner reported the queue over the high-water mark.
+    pub(crate) fn set_high(&self) {
+        self.high.store(true, Ordering::Relaxed);
+    }
+
+    /// The writer wrote `written` bytes: `true` when that took a queue reported high below the
+    /// low-water mark (the caller tells the owner; a paused reader is woken here).
+    pub(crate) fn written(&self, written: usize) -> bool {
+        let left = self
+            .bytes
+            .fetch_sub(written, Ordering::Relaxed)
+            .saturating_sub(written);
+        if self.marks.drained(left, self.is_high()) {
+            self.high.store(false, Ordering::Relaxed);
+            self.resume.notify_one();
+            return true;
+        }
+        false
+    }
+
+    /// A frontend's reader waits here while its responses cannot be written.
+    pub(crate) async fn wait_until_writable(&self) {
+        while self.is_high() {
+            // `notify_one` keeps a permit when nobody waits yet, so a wake-up between the
+            // check and the wait is not lost.
+            self.resume.notified().await;
+        }
+    }
+}
