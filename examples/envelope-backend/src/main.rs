@@ -10,6 +10,7 @@
 //! One thread per balancer connection: a balancer keeps one connection per backend, so there is
 //! nothing to gain from an event loop here.
 
+mod throttle;
 mod uas;
 
 use std::io::Write as _;
@@ -39,6 +40,10 @@ struct Args {
     /// calls visible to CANCEL and retransmissions).
     #[arg(long, default_value_t = 0)]
     answer_delay_ms: u64,
+    /// Take at most N INVITEs per second; past that, stop reading from the balancer (an
+    /// overloaded server, for the overload benchmark) [default: no limit]
+    #[arg(long, value_name = "N")]
+    max_rate: Option<f64>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -63,7 +68,8 @@ fn main() -> anyhow::Result<()> {
     ));
     {
         let counters = Arc::clone(&counters);
-        std::thread::spawn(move || accept_loop(&listener, &config, &counters));
+        let max_rate = args.max_rate.filter(|r| *r > 0.0);
+        std::thread::spawn(move || accept_loop(&listener, &config, &counters, max_rate));
     }
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
     let _ = signals.forever().next();
@@ -82,6 +88,7 @@ fn accept_loop(
     listener: &TcpListener,
     config: &Arc<(String, String, Duration)>,
     counters: &Arc<Counters>,
+    max_rate: Option<f64>,
 ) {
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
@@ -89,7 +96,13 @@ fn accept_loop(
         let counters = Arc::clone(counters);
         std::thread::spawn(move || {
             let (name, host, delay) = &*config;
-            if let Err(e) = serve(stream, name, host, *delay, &counters) {
+            let served = match max_rate {
+                Some(rate) => {
+                    throttle::serve_throttled(stream, name, host, *delay, &counters, rate)
+                }
+                None => serve(stream, name, host, *delay, &counters),
+            };
+            if let Err(e) = served {
                 eprintln!("envelope-backend {name}: {e}");
             }
         });
