@@ -16,6 +16,9 @@
 
 pub use lb_core::QueueLevel;
 
+/// Smallest kernel send buffer set on a connection the balancer opens: a few messages.
+pub const SEND_BUFFER_MIN: usize = 16 * 1024;
+
 /// A connection's output queue marks, in bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Watermarks {
@@ -68,6 +71,25 @@ impl Watermarks {
     /// now below the low-water mark (report `Low`, read again).
     pub fn drained(&self, queued: usize, high: bool) -> bool {
         high && (queued < self.low || queued == 0)
+    }
+
+    /// The kernel send buffer for a connection the balancer opens (to a backend, or a dial-out):
+    /// a quarter of the high-water mark, at least [`SEND_BUFFER_MIN`]. Left to autotuning,
+    /// Linux grows it to `net.ipv4.tcp_wmem`'s maximum (4 MiB by default): thousands of
+    /// messages queued where the driver cannot see them, seconds of delay before the high-water
+    /// mark is ever reached (measured by `cargo xtask bench overload`: no hold at all, calls
+    /// timing out behind the kernel's queue). Bounded, the queue grows where the marks are.
+    pub fn kernel_send_buffer(&self) -> usize {
+        (self.high / 4).max(SEND_BUFFER_MIN)
+    }
+
+    /// Sets `socket`'s send buffer to [`Watermarks::kernel_send_buffer`]; a failure only
+    /// leaves the kernel's default, so it is logged and the connection goes on.
+    pub fn bound_send_buffer<S: std::os::fd::AsFd>(&self, socket: &S) {
+        let bytes = self.kernel_send_buffer();
+        if let Err(e) = socket2::SockRef::from(socket).set_send_buffer_size(bytes) {
+            tracing::debug!(error = %e, bytes, "cannot bound the send buffer");
+        }
     }
 
     /// Whether a connection over the high-water mark stops being read: frontends only. A

@@ -770,6 +770,7 @@ impl Driver {
 
     fn connect(&mut self, conn: ConnId, to: SocketAddr, frontend: bool) -> io::Result<()> {
         let mut stream = TcpStream::connect(to)?;
+        self.marks.bound_send_buffer(&stream);
         let interest = Interest::READABLE | Interest::WRITABLE;
         self.poll
             .registry()

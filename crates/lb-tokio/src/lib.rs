@@ -855,6 +855,7 @@ async fn connect_task(
         }
     };
     let _ = stream.set_nodelay(true);
+    queued.marks().bound_send_buffer(&stream);
     let Some((config, name)) = tls else {
         let (read, write) = stream.into_split();
         // The owner spawns the reader, so no data can overtake this note.

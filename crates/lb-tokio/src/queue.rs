@@ -33,6 +33,11 @@ impl Queue {
         }
     }
 
+    /// The marks the connection opened with.
+    pub(crate) fn marks(&self) -> &Watermarks {
+        &self.marks
+    }
+
     pub(crate) fn is_high(&self) -> bool {
         self.high.load(Ordering::Relaxed)
     }

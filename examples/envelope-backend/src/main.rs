@@ -68,8 +68,13 @@ fn main() -> anyhow::Result<()> {
     ));
     {
         let counters = Arc::clone(&counters);
-        let max_rate = args.max_rate.filter(|r| *r > 0.0);
-        std::thread::spawn(move || accept_loop(&listener, &config, &counters, max_rate));
+        let throttle = args.max_rate.filter(|r| *r > 0.0).map(|rate| {
+            Arc::new(std::sync::Mutex::new(throttle::Throttle::new(
+                rate,
+                Instant::now(),
+            )))
+        });
+        std::thread::spawn(move || accept_loop(&listener, &config, &counters, throttle));
     }
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
     let _ = signals.forever().next();
@@ -88,18 +93,17 @@ fn accept_loop(
     listener: &TcpListener,
     config: &Arc<(String, String, Duration)>,
     counters: &Arc<Counters>,
-    max_rate: Option<f64>,
+    throttle: Option<Arc<std::sync::Mutex<throttle::Throttle>>>,
 ) {
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
         let config = Arc::clone(config);
         let counters = Arc::clone(counters);
+        let throttle = throttle.clone();
         std::thread::spawn(move || {
             let (name, host, delay) = &*config;
-            let served = match max_rate {
-                Some(rate) => {
-                    throttle::serve_throttled(stream, name, host, *delay, &counters, rate)
-                }
+            let served = match throttle {
+                Some(t) => throttle::serve_throttled(stream, name, host, *delay, &counters, &t),
                 None => serve(stream, name, host, *delay, &counters),
             };
             if let Err(e) = served {

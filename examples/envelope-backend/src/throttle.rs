@@ -1,11 +1,13 @@
 //! `--max-rate N`: a backend that takes at most N INVITEs per second, for `cargo xtask bench
-//! overload` and the overload test. Past the rate it stops reading from the balancer, as a
+//! overload` and the overload test. The rate is the process's, shared by all its connections
+//! (a balancer with several workers opens one per worker). Past the rate it stops reading from the balancer, as a
 //! server whose CPU is busy would: the balancer's queue toward it grows, which is what the
 //! balancer's overload hold reacts to. Its socket's receive buffer is kept small, so the
 //! backlog sits in the balancer's queue rather than in this socket.
 
 use std::net::TcpStream;
 use std::sync::atomic::Ordering;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use lb_backend::{BackendConn, Received};
@@ -49,20 +51,22 @@ pub(crate) fn serve_throttled(
     contact_host: &str,
     answer_delay: Duration,
     counters: &Counters,
-    per_sec: f64,
+    throttle: &Mutex<Throttle>,
 ) -> Result<(), lb_backend::BackendError> {
     // Best effort: without it the backlog also waits in this socket, which changes nothing but
     // where the queue is.
     let _ = socket2::SockRef::from(&stream).set_recv_buffer_size(RECV_BUFFER_BYTES);
     let mut conn = BackendConn::new(stream)?;
     let mut uas = Uas::new(name, contact_host, answer_delay, counters);
-    let mut throttle = Throttle::new(per_sec, Instant::now());
     let mut out = Vec::new();
     loop {
         match conn.recv_until(uas.poll_timeout())? {
             Received::Message(inbound) => {
                 if inbound.sip.starts_with(b"INVITE ") {
-                    let wait = throttle.wait_for_invite(Instant::now());
+                    let wait = throttle
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .wait_for_invite(Instant::now());
                     if !wait.is_zero() {
                         std::thread::sleep(wait);
                     }
