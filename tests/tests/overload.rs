@@ -20,8 +20,11 @@ use siplb_e2e::lb::Runtime;
 use siplb_e2e::ops::{header, method, response, status, OpsLb, SipReader, PATIENCE};
 use siplb_e2e::RunDir;
 
-/// New calls offered while the backends read nothing.
-const FLOOD: usize = 300;
+/// New calls offered while the backends read nothing, at most, until both are held.
+const FLOOD_MAX: usize = 3000;
+
+/// New calls offered once both backends are held: every one must get the balancer's 503.
+const WHILE_HELD: usize = 100;
 
 /// Marks small enough that a few dozen INVITEs fill them.
 const FLAGS: [&str; 4] = ["--output-high-water", "16384", "--output-low-water", "4096"];
@@ -236,29 +239,47 @@ fn held_backends_refuse_new_calls_and_keep_their_calls(rt: Runtime) {
     // The backends stop reading; the proxy offers far more than they take.
     a.stall(true);
     b.stall(true);
-    for i in 0..FLOOD {
-        proxy.send(&proxy.invite(&format!("flood-{i}")));
+    // Until both queues are over the mark with the kernel's buffers full behind them, a queue
+    // may still drain into the kernel and release its backend for a moment.
+    let mut sent = 0;
+    while gauge(&lb, "siplb_backends_queue_held") < 2.0 {
+        assert!(sent < FLOOD_MAX, "never both held after {sent} INVITEs");
+        for _ in 0..20 {
+            proxy.send(&proxy.invite(&format!("flood-{sent}")));
+            sent += 1;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
-    wait_gauge(&mut lb, "siplb_backends_queue_held", 2.0);
+    // Held with nothing moving: these are all refused.
+    let held_from = sent;
+    for _ in 0..WHILE_HELD {
+        proxy.send(&proxy.invite(&format!("flood-{sent}")));
+        sent += 1;
+    }
     // Held, not down: the established calls' BYEs still go to their own backends.
     for ok in &oks {
         proxy.send(&proxy.bye(ok));
     }
-    let m = lb.metrics();
-    assert_eq!(m.value("siplb_backends_up"), 2.0, "held backends stay up");
-    assert!(
-        m.value("siplb_overload_refused_total") > 0.0,
-        "the excess is refused"
+    // The excess is refused (the figures lag the balancer by up to 100 ms).
+    let deadline = Instant::now() + PATIENCE;
+    while gauge(&lb, "siplb_overload_refused_total") < WHILE_HELD as f64 {
+        assert!(Instant::now() < deadline, "the excess is not refused");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        gauge(&lb, "siplb_backends_up"),
+        2.0,
+        "held backends stay up"
     );
 
     // The backends read again: every INVITE gets exactly one final answer, either the
     // backend's 200 or the balancer's 503 with Retry-After; both BYEs are answered.
     a.stall(false);
     b.stall(false);
-    let flood_ids: Vec<String> = (0..FLOOD).map(|i| format!("flood-{i}")).collect();
-    proxy.collect_until(&mut got, |g| g.len() >= FLOOD + 2);
+    proxy.collect_until(&mut got, |g| g.len() >= sent + 2);
     let (mut ok, mut refused) = (0, 0);
-    for id in &flood_ids {
+    for (i, id) in (0..sent).map(|i| (i, format!("flood-{i}"))) {
+        let id = &id;
         let answers = finals_for(&got, id);
         assert_eq!(answers.len(), 1, "{id}: {answers:?}");
         match status(answers[0]) {
@@ -271,6 +292,13 @@ fn held_backends_refuse_new_calls_and_keep_their_calls(rt: Runtime) {
             }
             other => panic!("{id}: {other:?}\n{}", answers[0]),
         }
+        if i >= held_from {
+            assert_eq!(
+                status(answers[0]),
+                Some(503),
+                "{id}, sent while both were held"
+            );
+        }
     }
     for call in ["est-1", "est-2"] {
         let answers = finals_for(&got, call);
@@ -279,10 +307,10 @@ fn held_backends_refuse_new_calls_and_keep_their_calls(rt: Runtime) {
         assert!(answers[0].contains("CSeq: 2 BYE\r\n"), "{}", answers[0]);
     }
     assert!(
-        refused > FLOOD / 2,
-        "{refused} of {FLOOD} refused, {ok} taken"
+        refused >= WHILE_HELD,
+        "{refused} of {sent} refused, {ok} taken"
     );
-    assert_eq!(ok + refused, FLOOD);
+    assert_eq!(ok + refused, sent);
     // The calls stayed where they were: each BYE reached the backend of its INVITE.
     assert_eq!(a.calls("BYE"), vec!["est-1".to_owned()]);
     assert_eq!(b.calls("BYE"), vec!["est-2".to_owned()]);
