@@ -1825,4 +1825,47 @@ field-bytes-max = 4096
         let e = parse(["siplb", "--config", bad.to_str().unwrap()]).unwrap_err();
         assert_eq!(e.key().as_deref(), Some("sanity.uri-bytes-max"), "{e}");
     }
+
+    #[test]
+    fn output_water_marks_and_the_stall_timeout() {
+        let s = parse(args(&[])).unwrap();
+        let marks = (s.output_high_water_bytes, s.output_low_water_bytes);
+        assert_eq!(marks, (256 * 1024, 64 * 1024));
+        assert_eq!(s.core.config().stall_timeout, Duration::from_secs(32));
+        let s = parse(args(&[
+            "--output-high-water",
+            "20000",
+            "--output-low-water",
+            "5000",
+            "--stall-timeout",
+            "7.5",
+        ]))
+        .unwrap();
+        let marks = (s.output_high_water_bytes, s.output_low_water_bytes);
+        assert_eq!(marks, (20000, 5000));
+        assert_eq!(s.core.config().stall_timeout, Duration::from_millis(7500));
+        // A small cap scales the default marks down with it.
+        let s = parse(args(&["--output-cap", "1000"])).unwrap();
+        assert_eq!(
+            (s.output_high_water_bytes, s.output_low_water_bytes),
+            (500, 125)
+        );
+        let file = temp_file(
+            "marks.toml",
+            "output-high-water = 30000\noutput-low-water = 3000\nstall-timeout = 2\n",
+        );
+        let s = parse(args(&["--config", file.to_str().unwrap()])).unwrap();
+        let marks = (s.output_high_water_bytes, s.output_low_water_bytes);
+        assert_eq!(marks, (30000, 3000));
+        assert_eq!(s.core.config().stall_timeout, Duration::from_secs(2));
+        for (flags, key) in [
+            (&["--output-high-water", "5000000"][..], "output-high-water"),
+            (&["--output-low-water", "300000"][..], "output-low-water"),
+            (&["--output-high-water", "0"][..], "output-high-water"),
+            (&["--stall-timeout", "0"][..], "stall-timeout"),
+        ] {
+            let e = parse(args(flags)).unwrap_err();
+            assert_eq!(e.key().as_deref(), Some(key), "{flags:?}: {e}");
+        }
+    }
 }
