@@ -229,7 +229,7 @@ fn held_backends_refuse_new_calls_and_keep_their_calls(rt: Runtime) {
         proxy.send(&proxy.invite(call));
         proxy.collect_until(&mut got, |g| !finals_for(g, call).is_empty());
     }
-    let oks: Vec<String> = got.drain(..).collect();
+    let oks = std::mem::take(&mut got);
     assert!(oks.iter().all(|m| status(m) == Some(200)), "{oks:?}");
     assert_eq!(
         (a.calls("INVITE"), b.calls("INVITE")),
