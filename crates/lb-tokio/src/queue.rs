@@ -71,3 +71,49 @@ impl Queue {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MARKS: Watermarks = Watermarks {
+        high: 100,
+        low: 40,
+        ceiling: 1000,
+    };
+
+    #[test]
+    fn the_writer_releases_a_high_queue_below_the_low_mark_only() {
+        let q = Queue::new(MARKS);
+        q.bytes.store(150, Ordering::Relaxed);
+        assert!(!q.written(10), "not reported high: nothing to release");
+        q.set_high();
+        assert!(!q.written(100), "40 left: not below the low mark");
+        assert!(q.is_high());
+        assert!(q.written(1), "39 left");
+        assert!(!q.is_high());
+        assert_eq!(q.bytes.load(Ordering::Relaxed), 39);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_paused_reader_waits_until_the_writer_drains() {
+        let q = std::sync::Arc::new(Queue::new(MARKS));
+        q.wait_until_writable().await; // not high: returns at once
+        q.bytes.store(120, Ordering::Relaxed);
+        q.set_high();
+        let waiter = tokio::spawn({
+            let q = q.clone();
+            async move { q.wait_until_writable().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(
+            !waiter.is_finished(),
+            "a high queue keeps the reader waiting"
+        );
+        assert!(q.written(100));
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("woken once drained")
+            .expect("the waiter did not panic");
+    }
+}
