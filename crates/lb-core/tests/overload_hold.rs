@@ -218,3 +218,32 @@ fn a_repeated_report_does_not_restart_the_stall_clock() {
     );
     assert_eq!(h.lb.stats().stall_closes, 1);
 }
+
+#[test]
+fn a_paused_frontend_is_not_closed_for_the_half_message_the_balancer_did_not_read() {
+    let mut h = Harness::new(config(1, BackendMode::Plain));
+    let fe = h.frontend(PROXY);
+    h.events.clear();
+    // Part of a message, then the driver stops reading it (its queue is over the mark).
+    h.receive(fe, b"OPTIONS sip:service@192.0.2.10 SIP/2.0\r\nVia: ");
+    level(&mut h, fe, QueueLevel::High);
+    h.advance(Duration::from_secs(11)); // past the 10 s partial timeout
+    assert!(
+        h.drain().is_empty(),
+        "not a slowloris: the balancer stopped reading"
+    );
+    // Read again: the partial timeout counts from the moment it can send again.
+    level(&mut h, fe, QueueLevel::Low);
+    h.advance(Duration::from_secs(9));
+    assert!(h.drain().is_empty());
+    h.advance(Duration::from_secs(11));
+    assert_eq!(h.drain(), [Output::Close { conn: fe }]);
+    assert_eq!(
+        h.events,
+        [Event::TimedOut {
+            conn: fe,
+            cause: "partial message"
+        }]
+    );
+    assert_eq!(h.lb.stats().stall_closes, 0);
+}

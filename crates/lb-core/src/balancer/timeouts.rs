@@ -84,9 +84,27 @@ impl Balancer {
             if c.closing {
                 continue;
             }
+            let paused = c.queue_high_since.is_some();
             let Side::Frontend { liveness, .. } = &mut c.side else {
                 continue;
             };
+            if paused {
+                // The drivers do not read a frontend whose queue is over the high-water mark:
+                // its silence, or its half message, is the balancer's doing. The stall timeout
+                // judges it meanwhile; these timers start over.
+                let after = match timer {
+                    ConnTimer::Idle => idle,
+                    ConnTimer::Partial => partial,
+                };
+                if timer == ConnTimer::Partial && liveness.partial_since.is_some() {
+                    liveness.partial_since = Some(now);
+                }
+                if timer == ConnTimer::Idle {
+                    liveness.last_rx = now;
+                }
+                self.conn_timers.push(Reverse((now + after, conn, timer)));
+                continue;
+            }
             let (due, cause) = match timer {
                 ConnTimer::Idle => (Some(liveness.last_rx + idle), "idle"),
                 ConnTimer::Partial => {
