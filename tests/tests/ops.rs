@@ -415,7 +415,16 @@ fn a_closing_connection_whose_peer_never_reads_is_dropped(rt: Runtime) {
         &dir,
         rt,
         &backend_tables(&[&a]),
-        &["--partial-timeout", "1", "--output-cap", "500000000"],
+        // The high-water mark as high as the cap: the balancer must keep reading `stuck` (past
+        // the mark it would stop, and the 16,000 requests would not all reach the backend).
+        &[
+            "--partial-timeout",
+            "1",
+            "--output-cap",
+            "500000000",
+            "--output-high-water",
+            "500000000",
+        ],
     );
     ready(&mut lb, &[&a]);
 

@@ -5,6 +5,9 @@
 //!   fails on any affinity violation or failed call.
 //! - `bench e2e --runtime tokio|mio [--rate N] [--duration SECS]`: the same at a higher rate;
 //!   prints `runtime=R calls_per_sec=N failed=F lb_cpu_us_per_call=C lb_rss_kb=M`.
+//! - `bench overload [--runtime tokio|mio] [--rate N] [--duration SECS]`: backends throttled to
+//!   N INVITEs/s each, offered twice what they carry; prints goodput, 503s, affinity violations
+//!   and connections lost for each binary (see [`overload`]).
 //! - `bench memory --runtime tokio|mio [--rate N] [--window SECS]`: calls held open; prints
 //!   `rss_kb_at_1x=A rss_kb_at_10x=B` (established calls = 1× and 10× rate × window).
 //! - `bench memory --peer [--rate CPS] [--window SECS] [--only LIST]`: the same held calls
@@ -28,6 +31,7 @@
 
 mod dist;
 mod fuzz;
+mod overload;
 mod peer;
 mod procs;
 mod test;
@@ -59,6 +63,7 @@ fn run(args: &[String]) -> Result<()> {
     match words.as_slice() {
         ["demo", rest @ ..] => demo(&Opts::parse(rest)?),
         ["bench", "e2e", rest @ ..] => bench_e2e(&Opts::parse(rest)?),
+        ["bench", "overload", rest @ ..] => overload::bench_overload(&Opts::parse(rest)?),
         ["bench", "peer", rest @ ..] => peer::bench_peer(rest),
         ["bench", "memory", "--peer", rest @ ..] => peer::bench_held(rest),
         ["bench", "scale", rest @ ..] => peer::bench_scale(rest),
@@ -96,6 +101,7 @@ fn run(args: &[String]) -> Result<()> {
 const USAGE: &str = "usage: cargo xtask <task>
   demo [--runtime tokio|mio] [--rate N] [--duration SECS] [--connections N]
   bench e2e --runtime tokio|mio [--rate N] [--duration SECS] [--connections N]
+  bench overload [--runtime tokio|mio] [--rate N] [--duration SECS]
   bench memory --runtime tokio|mio [--rate N] [--window SECS]
   bench memory --peer [--rate CPS] [--window SECS] [--only kamailio,tokio,mio] [--no-build]
   bench peer [--rate CPS] [--calls N] [--runs N] [--only kamailio,tokio,mio] [--no-build]
@@ -161,6 +167,11 @@ const BACKENDS: [&str; 3] = ["b1", "b2", "b3"];
 
 impl Farm {
     fn start(runtime: &str, window: f64) -> Result<Farm> {
+        Farm::start_with(runtime, window, &[])
+    }
+
+    /// [`Farm::start`] with `backend_args` added to every backend's command line.
+    fn start_with(runtime: &str, window: f64, backend_args: &[String]) -> Result<Farm> {
         let bin = release_dir();
         let dir = TempDir::new("xtask")?;
         let mut backends = Vec::new();
@@ -168,12 +179,9 @@ impl Farm {
         for name in BACKENDS {
             let mut proc = Proc::spawn(
                 name,
-                Command::new(bin.join("envelope-backend")).args([
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--name",
-                    name,
-                ]),
+                Command::new(bin.join("envelope-backend"))
+                    .args(["--listen", "127.0.0.1:0", "--name", name])
+                    .args(backend_args),
                 &dir.path(&format!("{name}.log")),
             )?;
             // First line: `envelope-backend name=NAME listening=ADDR`.

@@ -407,7 +407,7 @@ fn state(s: &BackendStatus) -> &'static str {
         "down"
     } else if s.draining {
         "draining"
-    } else if s.overloaded {
+    } else if s.overloaded || s.queue_held {
         "held"
     } else {
         "up"
@@ -430,7 +430,7 @@ fn backend_json(c: &BackendConfig, s: &BackendStatus) -> Value {
         "mode": mode_name(c.mode),
         "backup": c.backup.map(|a| a.to_string()),
         "draining": s.draining,
-        "held": s.overloaded,
+        "held": s.overloaded || s.queue_held,
         "load": s.load,
         "selections": s.assigned,
         "connections": s.connections,

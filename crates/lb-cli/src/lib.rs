@@ -52,8 +52,9 @@
 //!
 //! `metrics = "ADDR"` (or `--metrics ADDR`) serves `http://ADDR/metrics` (OpenMetrics text:
 //! every counter of `lb_core::Stats` as `siplb_<name>_total`, the gauges `siplb_frontends_open`,
-//! `siplb_table_len`, `siplb_table_len_max`, `siplb_backends_up`, `siplb_table_capacity`, and
-//! per backend `siplb_backend_{up,draining,removed,overloaded,assigned,weight,load}` labelled
+//! `siplb_table_len`, `siplb_table_len_max`, `siplb_backends_up`, `siplb_backends_queue_held`,
+//! `siplb_table_capacity`, the driver's `siplb_output_cap_drops_total`, and per backend
+//! `siplb_backend_{up,draining,removed,overloaded,queue_held,assigned,weight,load}` labelled
 //! `backend="ID",addr="IP:PORT"`) and `http://ADDR/health` (200 `ready` while at least one
 //! backend is up, else 503). Figures are at most 100 ms old. Bind it to a private address:
 //! the endpoint has no authentication.
@@ -116,6 +117,7 @@
 //! [,draining]`.
 
 pub mod admin;
+pub mod backpressure;
 pub mod ctl;
 pub mod dns;
 mod metrics;

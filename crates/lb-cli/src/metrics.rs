@@ -39,6 +39,8 @@ pub struct Snapshot {
     /// Connections the driver closed before they reached the core, by [`ProxyReject`] cause
     /// (`--proxy-protocol`), in [`ProxyReject::ALL`] order.
     pub proxy_rejected: [u64; 3],
+    /// Messages to backends the driver dropped at the output cap (the connection stays).
+    pub output_cap_drops: u64,
 }
 
 impl Snapshot {
@@ -57,6 +59,7 @@ impl Snapshot {
             if merged.tls.is_none() {
                 merged.tls.clone_from(&w.tls);
             }
+            merged.output_cap_drops += w.output_cap_drops;
             for (sum, n) in merged.proxy_rejected.iter_mut().zip(w.proxy_rejected) {
                 *sum += n;
             }
@@ -69,6 +72,7 @@ impl Snapshot {
                 m.draining |= b.draining;
                 m.removed |= b.removed;
                 m.overloaded |= b.overloaded;
+                m.queue_held |= b.queue_held;
                 m.assigned = m.assigned.saturating_add(b.assigned);
                 m.load = m.load.max(b.load);
             }
@@ -274,7 +278,7 @@ impl Collector for SnapshotCollector {
             })
             .collect();
         type Field = fn(&BackendStatus) -> Option<u64>;
-        let fields: [(&str, &str, Field); 7] = [
+        let fields: [(&str, &str, Field); 8] = [
             (
                 "backend_up",
                 "1 when the backend takes its calls' traffic",
@@ -294,6 +298,11 @@ impl Collector for SnapshotCollector {
                 "backend_overloaded",
                 "1 while the backend is held after answering a new call with 503",
                 |b| Some(u64::from(b.overloaded)),
+            ),
+            (
+                "backend_queue_held",
+                "1 while the backend is held because its connection queue is over the high-water mark",
+                |b| Some(u64::from(b.queue_held)),
             ),
             (
                 "backend_assigned",
@@ -377,6 +386,14 @@ impl Collector for SnapshotCollector {
             ConstCounter::new(snapshot.proxy_rejected[cause.index()])
                 .encode(metric.encode_family(&labels)?)?;
         }
+        let metric = encoder.encode_descriptor(
+            "output_cap_drops",
+            "Messages to backends dropped because the connection's queue was at the output cap \
+             (the backend keeps its connection and calls)",
+            None,
+            ConstCounter::new(0u64).metric_type(),
+        )?;
+        ConstCounter::new(snapshot.output_cap_drops).encode(metric)?;
         Ok(())
     }
 }
@@ -411,6 +428,7 @@ mod tests {
         backends[0].assigned = 3;
         backends[1].draining = true;
         backends[1].overloaded = true;
+        backends[1].queue_held = true;
         backends[1].weight = 2;
         let stats = Stats {
             new_calls: 7,
@@ -425,6 +443,7 @@ mod tests {
             table_capacity: 1000,
             tls: None,
             proxy_rejected: [0; 3],
+            output_cap_drops: 2,
         }
     }
 
@@ -443,6 +462,8 @@ mod tests {
             "siplb_backend_up{backend=\"1\",addr=\"127.0.0.1:5071\"} 0",
             "siplb_backend_draining{backend=\"1\",addr=\"127.0.0.1:5071\"} 1",
             "siplb_backend_overloaded{backend=\"1\",addr=\"127.0.0.1:5071\"} 1",
+            "siplb_backend_queue_held{backend=\"1\",addr=\"127.0.0.1:5071\"} 1",
+            "siplb_output_cap_drops_total 2",
             "siplb_backend_assigned{backend=\"0\",addr=\"127.0.0.1:5070\"} 3",
             "siplb_backend_weight{backend=\"1\",addr=\"127.0.0.1:5071\"} 2",
             "siplb_backend_load{backend=\"0\",addr=\"127.0.0.1:5070\"} 42",

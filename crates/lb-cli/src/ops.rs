@@ -161,6 +161,8 @@ pub struct Ops {
     backend_tls: Option<Arc<rustls::ClientConfig>>,
     /// Connections closed before they reached the core, by [`ProxyReject`] cause.
     proxy_rejected: [u64; 3],
+    /// Messages to backends dropped at the output cap ([`crate::backpressure`]).
+    output_cap_drops: u64,
     /// When the snapshot was last published.
     published: Option<Instant>,
     /// A loop turn happened since the last publish: publish when [`PUBLISH_EVERY`] has passed.
@@ -206,6 +208,7 @@ impl Ops {
             limiter: RateLimiter::default(),
             metrics,
             proxy_rejected: [0; 3],
+            output_cap_drops: 0,
             published: None,
             publish_pending: false,
         }
@@ -241,6 +244,7 @@ impl Ops {
         snapshot.backends.clear();
         snapshot.backends.extend(lb.backend_status());
         snapshot.proxy_rejected = self.proxy_rejected;
+        snapshot.output_cap_drops = self.output_cap_drops;
         drop(snapshot);
         self.published = Some(now);
         self.publish_pending = false;
@@ -307,7 +311,16 @@ impl Ops {
             }
             Event::TimedOut { conn, cause } => {
                 if self.limiter.allow(Noise::TimedOut, now) {
-                    tracing::info!(conn = %conn, cause, "frontend connection timed out");
+                    tracing::info!(conn = %conn, cause, "connection timed out");
+                }
+            }
+            Event::BackendQueueHeld { backend, held } => {
+                if self.limiter.allow(Noise::Overload, now) {
+                    if *held {
+                        tracing::warn!(backend = %backend, addr = %addr(*backend), "backend queue over the high-water mark: no new calls, its calls stay");
+                    } else {
+                        tracing::info!(backend = %backend, addr = %addr(*backend), "backend queue below the low-water mark: takes new calls again");
+                    }
                 }
             }
         }
@@ -318,6 +331,20 @@ impl Ops {
         if self.limiter.allow(Noise::OutputCap, now) {
             tracing::warn!(conn = %conn, cap, "output cap exceeded, closing");
         }
+    }
+
+    /// A message to a backend was dropped because its connection's queue is at the output cap
+    /// (counted; logged rate limited). The connection and its calls stay.
+    pub fn output_cap_drop(&mut self, conn: ConnId, cap: usize, now: Instant) {
+        self.output_cap_drops += 1;
+        if self.limiter.allow(Noise::OutputCap, now) {
+            tracing::warn!(conn = %conn, cap, "output cap reached toward a backend, message dropped");
+        }
+    }
+
+    /// Messages to backends dropped at the output cap so far.
+    pub fn output_cap_drops(&self) -> u64 {
+        self.output_cap_drops
     }
 
     /// `accept` failed (rate limited).

@@ -27,8 +27,14 @@ pub struct Settings {
     pub log_level: String,
     /// Validate, print `config ok`, exit 0 without binding anything.
     pub check_config: bool,
-    /// Bytes a connection may have queued for writing before the driver closes it.
+    /// Bytes a connection may have queued for writing at most: a frontend past it is closed,
+    /// a message to a backend past it is dropped ([`crate::backpressure`]).
     pub output_cap_bytes: usize,
+    /// `--output-high-water`: a connection's queue past this holds a backend (no new calls) or
+    /// pauses a frontend (not read, sent nothing) until it is below the low-water mark.
+    pub output_high_water_bytes: usize,
+    /// `--output-low-water`: where a held backend or paused frontend is released.
+    pub output_low_water_bytes: usize,
     /// No key file was given, so the tag key was made at start; tags issued now will not verify
     /// after a restart. [`crate::init_logging`] warns about it.
     pub tag_key_generated: bool,
@@ -257,9 +263,21 @@ struct Args {
     /// lengths) [default: checked, see the `[sanity]` table]
     #[arg(long)]
     no_sanity_checks: bool,
-    /// Bytes queued for one connection before it is closed [default: 4194304]
+    /// Bytes queued for one connection at most: a frontend past it is closed, a message to a
+    /// backend past it dropped [default: 4194304]
     #[arg(long, value_name = "BYTES")]
     output_cap: Option<String>,
+    /// Queued bytes past which a backend gets no new calls (its calls stay) and a frontend is
+    /// not read and sent nothing [default: 262144]
+    #[arg(long, value_name = "BYTES")]
+    output_high_water: Option<String>,
+    /// Queued bytes below which a held backend or paused frontend is released [default: 65536]
+    #[arg(long, value_name = "BYTES")]
+    output_low_water: Option<String>,
+    /// Close a connection whose queue stays over the high-water mark for SECS (its peer stopped
+    /// reading) [default: 32]
+    #[arg(long, value_name = "SECS")]
+    stall_timeout: Option<String>,
     /// Probe each backend with SIP OPTIONS every SECS (enables probes) [default: no probes]
     #[arg(long, value_name = "SECS")]
     probe_interval: Option<String>,
@@ -332,6 +350,9 @@ struct FileConfig {
     tag_header: Option<String>,
     log_level: Option<String>,
     output_cap: Option<u64>,
+    output_high_water: Option<u64>,
+    output_low_water: Option<u64>,
+    stall_timeout: Option<f64>,
     probe_interval: Option<f64>,
     probe_timeout: Option<f64>,
     probe_failures: Option<u32>,
@@ -566,6 +587,12 @@ fn merge(
             file.overload_hold_max,
             &mut core.overload_hold_max,
         ),
+        (
+            "stall-timeout",
+            args.stall_timeout.as_deref(),
+            file.stall_timeout,
+            &mut core.stall_timeout,
+        ),
     ] {
         if let Some(d) = pick_secs(key, flag, value)? {
             *slot = d;
@@ -664,6 +691,11 @@ fn merge(
             .ok_or_else(|| CliError::invalid("output-cap", format!("{n} is out of range")))?,
         (None, None) => OUTPUT_CAP_DEFAULT,
     };
+    let (output_high_water_bytes, output_low_water_bytes) = merge_watermarks(
+        (args.output_high_water.as_ref(), file.output_high_water),
+        (args.output_low_water.as_ref(), file.output_low_water),
+        output_cap_bytes,
+    )?;
 
     let metrics = match args.metrics.as_deref().or(file.metrics.as_deref()) {
         Some(a) => Some(parse_addr("metrics", a)?),
@@ -731,6 +763,8 @@ fn merge(
         log_level,
         check_config: args.check_config,
         output_cap_bytes,
+        output_high_water_bytes,
+        output_low_water_bytes,
         tag_key_generated,
         metrics,
         batch_window,
@@ -1140,6 +1174,52 @@ fn random_tag_key() -> Result<TagKey, CliError> {
 
 /// `--output-cap` when not given: 4 MiB, a few thousand queued messages.
 const OUTPUT_CAP_DEFAULT: usize = 4 * 1024 * 1024;
+
+/// `--output-high-water` when not given: 256 KiB, some 400 call-setup messages, or a fraction
+/// of a second of a busy backend's work. Past it the queue only adds delay to the calls behind
+/// it, so new calls are better sent to a backend with room (or refused with Retry-After).
+const OUTPUT_HIGH_WATER_DEFAULT: usize = 256 * 1024;
+
+/// `--output-low-water` when not given: a quarter of the high mark, so a backend released
+/// from its hold takes a burst of new calls before it is held again.
+const OUTPUT_LOW_WATER_DEFAULT: usize = 64 * 1024;
+
+/// The high- and low-water marks of the output queues: the low below the high, the high at
+/// most the cap (`output-cap`), which stays the hard ceiling.
+fn merge_watermarks(
+    (high_flag, high_file): (Option<&String>, Option<u64>),
+    (low_flag, low_file): (Option<&String>, Option<u64>),
+    cap: usize,
+) -> Result<(usize, usize), CliError> {
+    let pick = |key: &'static str, flag: Option<&String>, value: Option<u64>| match (flag, value) {
+        (Some(s), _) => parse_bytes(key, s).map(Some),
+        (None, Some(n)) => usize::try_from(n)
+            .ok()
+            .filter(|&n| n > 0)
+            .map(Some)
+            .ok_or_else(|| CliError::invalid(key, format!("{n} is out of range"))),
+        (None, None) => Ok(None),
+    };
+    let high = pick("output-high-water", high_flag, high_file)?;
+    let low = pick("output-low-water", low_flag, low_file)?;
+    // A cap set below the default marks scales them down with it, so an old configuration with
+    // a small cap still starts.
+    let high = high.unwrap_or(OUTPUT_HIGH_WATER_DEFAULT.min(cap / 2).max(1));
+    let low = low.unwrap_or(OUTPUT_LOW_WATER_DEFAULT.min(high / 4));
+    if high > cap {
+        return Err(CliError::invalid(
+            "output-high-water",
+            format!("{high} is more than output-cap ({cap})"),
+        ));
+    }
+    if low >= high {
+        return Err(CliError::invalid(
+            "output-low-water",
+            format!("{low} is not below output-high-water ({high})"),
+        ));
+    }
+    Ok((high, low))
+}
 
 /// Measured at 1,000 calls/s: 2 ms cuts the balancer's CPU per call by about half, and adds at
 /// most 2 ms to a hop whose timers count in hundreds of milliseconds (docs/performance.md).
@@ -1773,5 +1853,48 @@ field-bytes-max = 4096
         );
         let e = parse(["siplb", "--config", bad.to_str().unwrap()]).unwrap_err();
         assert_eq!(e.key().as_deref(), Some("sanity.uri-bytes-max"), "{e}");
+    }
+
+    #[test]
+    fn output_water_marks_and_the_stall_timeout() {
+        let s = parse(args(&[])).unwrap();
+        let marks = (s.output_high_water_bytes, s.output_low_water_bytes);
+        assert_eq!(marks, (256 * 1024, 64 * 1024));
+        assert_eq!(s.core.config().stall_timeout, Duration::from_secs(32));
+        let s = parse(args(&[
+            "--output-high-water",
+            "20000",
+            "--output-low-water",
+            "5000",
+            "--stall-timeout",
+            "7.5",
+        ]))
+        .unwrap();
+        let marks = (s.output_high_water_bytes, s.output_low_water_bytes);
+        assert_eq!(marks, (20000, 5000));
+        assert_eq!(s.core.config().stall_timeout, Duration::from_millis(7500));
+        // A small cap scales the default marks down with it.
+        let s = parse(args(&["--output-cap", "1000"])).unwrap();
+        assert_eq!(
+            (s.output_high_water_bytes, s.output_low_water_bytes),
+            (500, 125)
+        );
+        let file = temp_file(
+            "marks.toml",
+            "output-high-water = 30000\noutput-low-water = 3000\nstall-timeout = 2\n",
+        );
+        let s = parse(args(&["--config", file.to_str().unwrap()])).unwrap();
+        let marks = (s.output_high_water_bytes, s.output_low_water_bytes);
+        assert_eq!(marks, (30000, 3000));
+        assert_eq!(s.core.config().stall_timeout, Duration::from_secs(2));
+        for (flags, key) in [
+            (&["--output-high-water", "5000000"][..], "output-high-water"),
+            (&["--output-low-water", "300000"][..], "output-low-water"),
+            (&["--output-high-water", "0"][..], "output-high-water"),
+            (&["--stall-timeout", "0"][..], "stall-timeout"),
+        ] {
+            let e = parse(args(flags)).unwrap_err();
+            assert_eq!(e.key().as_deref(), Some(key), "{flags:?}: {e}");
+        }
     }
 }

@@ -42,6 +42,7 @@ use hops::{HopName, HopTable};
 use reply::Reply;
 
 mod admission;
+mod backpressure;
 mod dial;
 mod farm;
 pub(crate) mod hops;
@@ -80,6 +81,9 @@ pub struct Balancer {
     backend_timers: BinaryHeap<Reverse<(Instant, BackendId, BackendTimer)>>,
     /// Frontend idle and partial-message timeouts.
     conn_timers: BinaryHeap<Reverse<(Instant, ConnId, ConnTimer)>>,
+    /// Connections whose queue went over the high-water mark, by the instant their stall
+    /// timeout is due (one constant, so a FIFO is in deadline order).
+    stalls: VecDeque<(Instant, ConnId)>,
     outputs: VecDeque<Output>,
     stats: Stats,
     now: Instant,
@@ -93,6 +97,9 @@ struct Conn {
     side: Side,
     /// Outgoing bytes are written here, then split off as one `Output::Send`.
     out: BytesMut,
+    /// Since when the driver reports its output queue over the high-water mark
+    /// (`Input::OutputQueue`); `None` below the low-water mark.
+    queue_high_since: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -171,6 +178,7 @@ impl Balancer {
             rng,
             backend_timers: BinaryHeap::new(),
             conn_timers: BinaryHeap::new(),
+            stalls: VecDeque::new(),
             outputs: VecDeque::new(),
             stats: Stats::default(),
             now,
@@ -260,6 +268,7 @@ impl Balancer {
             Input::Resolved { conn, addrs } => self.handle_resolved(conn, &addrs),
             Input::Backends(change) => self.handle_backend_change(change),
             Input::Reload(config) => self.handle_reload(*config),
+            Input::OutputQueue { conn, level } => self.handle_queue_level(conn, level),
             Input::Timeout => self.handle_timeout(),
         }
         self.stats.table_len = self.table.len() as u64;
@@ -296,6 +305,7 @@ impl Balancer {
             closing: false,
             side,
             out: BytesMut::new(),
+            queue_high_since: None,
         });
         ConnId::new(slot, generation)
     }
@@ -641,6 +651,9 @@ impl Balancer {
     }
 
     fn send(&mut self, conn: ConnId, bytes: Bytes) {
+        if self.frontend_not_reading(conn) {
+            return;
+        }
         self.stats.bytes_out += bytes.len() as u64;
         if let Some(bytes) = self.hold_while_dialling(conn, bytes) {
             self.outputs.push_back(Output::Send { conn, bytes });

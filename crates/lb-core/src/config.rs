@@ -16,6 +16,11 @@ pub const T1: Duration = Duration::from_millis(500);
 /// (64×T1 = 32 s). The new-call table's default window.
 pub const WINDOW_DEFAULT: Duration = Duration::from_secs(32);
 
+/// `stall_timeout` when not set: 64×T1, RFC 3261's transaction timeout (Timers B, F, H). A
+/// message queued longer than that belongs to a transaction its sender has already given up,
+/// so a peer that has read nothing for it is not coming back for the queue.
+pub const STALL_TIMEOUT_DEFAULT: Duration = Duration::from_secs(32);
+
 /// RFC 3261 §16.6 Timer C: a proxy gives up on an INVITE that rang this long (> 3 min).
 pub const TIMER_C: Duration = Duration::from_secs(180);
 
@@ -344,6 +349,10 @@ pub struct Config {
     pub overload_hold: Duration,
     /// Cap on a backend's Retry-After.
     pub overload_hold_max: Duration,
+    /// A connection whose output queue stays above the driver's high-water mark this long
+    /// without falling below the low-water mark is closed: its peer has stopped reading
+    /// ([`crate::Input::OutputQueue`]). A burst the peer reads in time never closes one.
+    pub stall_timeout: Duration,
     /// Call-IDs whose every message is logged with its route decision (`--trace-call-id`).
     pub trace_call_ids: Vec<String>,
     /// A next hop that names no connection exactly nor by alias may take the only frontend
@@ -380,6 +389,7 @@ impl Default for Config {
             partial_timeout: Duration::from_secs(10),
             overload_hold: Duration::from_secs(5),
             overload_hold_max: Duration::from_secs(300),
+            stall_timeout: STALL_TIMEOUT_DEFAULT,
             trace_call_ids: Vec::new(),
             passive: PassiveHealth::default(),
         }
@@ -534,6 +544,7 @@ impl Config {
             ("idle-timeout", self.idle_timeout),
             ("partial-timeout", self.partial_timeout),
             ("overload-hold", self.overload_hold),
+            ("stall-timeout", self.stall_timeout),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::ZeroDuration(name));
@@ -544,6 +555,7 @@ impl Config {
             ("partial-timeout", self.partial_timeout),
             ("overload-hold-max", self.overload_hold_max),
             ("reconnect-max", self.reconnect_max),
+            ("stall-timeout", self.stall_timeout),
         ] {
             if d > DURATION_MAX {
                 return Err(ConfigError::TooLong(name));

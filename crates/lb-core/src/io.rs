@@ -47,8 +47,32 @@ pub enum Input {
     /// window, limits and the tag keys take effect. Listeners cannot change without a restart.
     /// No connection and no call is dropped.
     Reload(Box<ValidConfig>),
+    /// A connection's queue of bytes written but not yet taken by the peer crossed a mark:
+    /// above the driver's high-water mark, or back below its low-water mark. Report `High` once
+    /// when the queue grows past the high mark and `Low` once when it then falls below the low
+    /// mark (the gap between them keeps a level near one mark from flapping).
+    ///
+    /// A backend above the mark gets no new calls (its calls' traffic still goes to it); a
+    /// frontend above it gets nothing more (what is bound for it is dropped and counted, so a
+    /// shared backend connection never waits for it). A connection that stays above the mark
+    /// for `Config::stall_timeout` is closed: its peer has stopped reading.
+    OutputQueue {
+        /// The connection.
+        conn: ConnId,
+        /// Which mark it crossed.
+        level: QueueLevel,
+    },
     /// The deadline of [`crate::Balancer::poll_timeout`] has passed (early calls are harmless).
     Timeout,
+}
+
+/// Which mark of a connection's output queue was crossed ([`Input::OutputQueue`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueLevel {
+    /// The queue grew past the high-water mark: the peer reads slower than the balancer writes.
+    High,
+    /// The queue fell below the low-water mark again.
+    Low,
 }
 
 /// Why a connection closed.
@@ -166,6 +190,15 @@ pub enum Event {
         /// How long it is skipped by selection (its Retry-After, or the configured default).
         hold: std::time::Duration,
     },
+    /// A backend's connection queue crossed the high-water mark (`held`: it gets no new calls,
+    /// its calls' traffic still flows) or fell back below the low-water mark (it takes new calls
+    /// again). Not a failure: the backend stays up and keeps its calls.
+    BackendQueueHeld {
+        /// The backend.
+        backend: BackendId,
+        /// Held now.
+        held: bool,
+    },
     /// A reloaded configuration took effect.
     Reloaded {
         /// Backends added.
@@ -173,11 +206,13 @@ pub enum Event {
         /// Backends removed.
         removed: usize,
     },
-    /// A frontend connection was closed for a timeout.
+    /// A connection was closed for a timeout: a frontend's `idle` or `partial message`, or any
+    /// connection's `peer not reading` (its output queue stayed above the high-water mark for
+    /// `Config::stall_timeout`).
     TimedOut {
         /// The connection.
         conn: ConnId,
-        /// `idle` or `partial message`.
+        /// `idle`, `partial message` or `peer not reading`.
         cause: &'static str,
     },
     /// A message could not be delivered and was dropped (no response is possible for it).

@@ -65,8 +65,9 @@ mod tag;
 pub use balancer::{BackendStatus, Balancer};
 pub use config::{
     Algorithm, BackendConfig, BackendMode, Config, ConfigError, Limits, PassiveHealth, ProbeConfig,
-    SanityLimits, TagKey, ValidConfig, BACKENDS_MAX, T1, TABLE_SHARE_MIN, TIMER_C, WINDOW_DEFAULT,
+    SanityLimits, TagKey, ValidConfig, BACKENDS_MAX, STALL_TIMEOUT_DEFAULT, T1, TABLE_SHARE_MIN,
+    TIMER_C, WINDOW_DEFAULT,
 };
 pub use ids::{BackendId, ConnId, ListenerId};
-pub use io::{BackendChange, CloseReason, Event, Input, Output};
+pub use io::{BackendChange, CloseReason, Event, Input, Output, QueueLevel};
 pub use stats::{Kind, Series, Stats};

@@ -112,7 +112,12 @@ stats_table! {
     counter unanswered_invites: "INVITEs forwarded to a backend that sent no response to them within unanswered-timeout";
     counter passive_ejections: "Backends taken out for unanswered-to-down unanswered INVITEs in a row (passive health)";
     counter frontends_evicted: "Frontend connections closed at the connection limit to make room: they had sent no SIP message, or none for frontend-evict-idle";
+    counter backend_queue_holds: "Times a backend's connection queue grew past the high-water mark: no new calls for it until the queue falls below the low-water mark (its calls' traffic still flows)";
+    counter overload_refused: "New calls refused with 503 and Retry-After because every backend that is up is held (queue over the high-water mark, or a 503 of its own)";
+    counter frontend_stall_drops: "Messages dropped because the frontend they were bound for had its queue over the high-water mark (it is not reading); the backend connection they came on never waits";
+    counter stall_closes: "Connections closed because their queue stayed over the high-water mark for the stall timeout (the peer stopped reading)";
     gauge backends_up: "Backends up now";
+    gauge backends_queue_held: "Backends whose connection queue is over the high-water mark now (held: no new calls)";
     gauge frontends_open: "Frontend connections open now";
     gauge dial_outs_open: "Connections toward frontends the balancer opened, open or opening now";
     gauge table_len: "New-call table entries now";

@@ -574,10 +574,12 @@ fn a_503_from_the_only_backend_goes_upstream_as_is() {
     assert!(upstream.starts_with("SIP/2.0 503 "), "{upstream}");
     h.receive(fe, invite("call-o2", "z9hG4bKo2").as_bytes());
     let (_, reply) = h.expect_to_frontend();
+    // The backend is up but held: the balancer pushes back for it (RFC 6357).
     assert!(
-        reply.starts_with("SIP/2.0 503 No Backend Available"),
+        reply.starts_with("SIP/2.0 503 Backends Overloaded"),
         "{reply}"
     );
+    assert_eq!(h.lb.stats().overload_refused, 1);
 }
 
 #[test]

@@ -354,6 +354,13 @@ impl<'c> Engine<'c> {
         }
     }
 
+    /// The call was refused with 503: pushed back, not failed.
+    fn reject(&mut self, id: u64) {
+        if self.calls.remove(&id).is_some() {
+            self.report.calls_rejected += 1;
+        }
+    }
+
     fn read(&mut self, i: usize) {
         loop {
             let c = &mut self.conns[i];
@@ -548,8 +555,12 @@ impl<'c> Engine<'c> {
                 let uri = dialog.initial_uri();
                 dialog.ack(&mut c.wbuf, to_tag, &[], &uri, false);
                 self.report.msgs_sent += 1;
-                *self.report.non_2xx.entry(code).or_default() += 1;
-                self.finish(id, false);
+                if code == 503 {
+                    self.reject(id);
+                } else {
+                    *self.report.non_2xx.entry(code).or_default() += 1;
+                    self.finish(id, false);
+                }
             }
             ("BYE", State::ByeSent) => {
                 if code >= 300 {

@@ -117,8 +117,12 @@ pub struct Report {
     pub calls_failed: u64,
     /// Of the failed: no final response in time.
     pub timeouts: u64,
-    /// Of the failed: a final response other than 2xx, by status code.
+    /// Of the failed: a final response other than 2xx (and other than 503), by status code.
     pub non_2xx: BTreeMap<u16, u64>,
+    /// Calls refused with 503 (the balancer or a backend pushing back under overload): not
+    /// failed, the caller may retry after Retry-After (RFC 6357). Counted in neither
+    /// `calls_ok` nor `calls_failed`.
+    pub calls_rejected: u64,
     /// Calls whose INVITE was answered by two backends (two To tags or two Contacts).
     pub affinity_violations: u64,
     /// INVITEs sent a second time.
@@ -168,7 +172,7 @@ impl fmt::Display for Report {
             f,
             "calls_ok={} calls_failed={} affinity_violations={} retransmitted={} per_backend={} \
              msgs_per_backend={} timeouts={} non_2xx={} msgs_unnamed={} msgs_sent={} \
-             connections_lost={} elapsed_s={:.3} calls_per_sec={:.0}",
+             connections_lost={} elapsed_s={:.3} calls_per_sec={:.0} calls_rejected={}",
             self.calls_ok,
             self.calls_failed,
             self.affinity_violations,
@@ -181,7 +185,8 @@ impl fmt::Display for Report {
             self.msgs_sent,
             self.connections_lost,
             self.elapsed.as_secs_f64(),
-            self.calls_per_sec()
+            self.calls_per_sec(),
+            self.calls_rejected
         )
     }
 }

@@ -43,6 +43,7 @@ use std::net::{Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use lb_cli::backpressure::{Admit, Watermarks};
 use lb_cli::{
     Command, Control, Ops, ProxyHeaderReader, ProxyRead, ProxyReject, RunError, Settings,
     WakePacer, Worker, BATCH_MAX, CLOSE_LINGER_MAX, CONNECT_TIMEOUT, PROXY_HEADER_TIMEOUT,
@@ -89,6 +90,9 @@ struct Conn {
     out: VecDeque<Bytes>,
     /// Sum of `out`'s lengths, checked against the output cap.
     queued: usize,
+    /// Reported to the core over the high-water mark (and not yet back below the low one):
+    /// a frontend is not read meanwhile.
+    above_high: bool,
     interest: Interest,
     /// Listed in `Driver::dirty`.
     dirty: bool,
@@ -119,7 +123,8 @@ struct Driver {
     /// Header deadlines in accept order (all have the same timeout).
     pending_deadlines: VecDeque<(Instant, usize)>,
     read_buf: lb_cli::ReadBuffer,
-    output_cap: usize,
+    /// The output queues' marks and ceiling ([`lb_cli::backpressure`]).
+    marks: Watermarks,
     /// Connects in start order; all have the same timeout, so the front expires first.
     connect_deadlines: VecDeque<(Instant, ConnId)>,
     /// Requested closes in order, each dropped [`CLOSE_LINGER_MAX`] later if still flushing.
@@ -192,7 +197,7 @@ impl Driver {
             pending: slab::Slab::new(),
             pending_deadlines: VecDeque::new(),
             read_buf: lb_cli::ReadBuffer::default(),
-            output_cap: settings.output_cap_bytes,
+            marks: Watermarks::of(&settings),
             connect_deadlines: VecDeque::new(),
             close_deadlines: VecDeque::new(),
             dirty: Vec::new(),
@@ -294,7 +299,7 @@ impl Driver {
     /// the next sends.
     fn reload(&mut self, settings: Settings) {
         let config = self.ops.adopt(settings);
-        self.output_cap = self.ops.settings().output_cap_bytes;
+        self.marks = Watermarks::of(self.ops.settings());
         self.lb
             .handle_input(Instant::now(), Input::Reload(Box::new(config)));
         self.drain();
@@ -497,6 +502,11 @@ impl Driver {
             if c.id != id || c.state != State::Open {
                 return;
             }
+            if c.above_high && Watermarks::pauses_reading(c.frontend) {
+                // Its responses cannot be written: reading more would only grow the queue.
+                // Resumed by `flush` below the low-water mark.
+                return;
+            }
             if c.tls.is_some() {
                 return self.read_tls(id);
             }
@@ -638,7 +648,7 @@ impl Driver {
     fn admin(&mut self) {
         while let Some(command) = self.admin.try_next() {
             self.ops.handle_admin(&mut self.lb, Instant::now(), command);
-            self.output_cap = self.ops.settings().output_cap_bytes;
+            self.marks = Watermarks::of(self.ops.settings());
             self.drain();
         }
     }
@@ -664,19 +674,32 @@ impl Driver {
     fn perform(&mut self, output: Output) {
         match output {
             Output::Send { conn, bytes } => {
-                let cap = self.output_cap;
+                let marks = self.marks;
                 let Some(c) = self.get(conn) else { return };
                 if c.state == State::Closing {
                     return;
                 }
-                if c.queued + bytes.len() > cap {
-                    self.ops.output_overflow(conn, cap, Instant::now());
-                    self.finish(conn, CloseReason::OutputOverflow);
-                    return;
+                match marks.admit(c.queued, bytes.len(), c.above_high, c.frontend) {
+                    Admit::Close => {
+                        self.ops
+                            .output_overflow(conn, marks.ceiling, Instant::now());
+                        self.finish(conn, CloseReason::OutputOverflow);
+                    }
+                    Admit::Drop => self
+                        .ops
+                        .output_cap_drop(conn, marks.ceiling, Instant::now()),
+                    Admit::Queue { report } => {
+                        c.queued += bytes.len();
+                        c.out.push_back(bytes);
+                        if let Some(level) = report {
+                            // A frontend stops being read from here (see `read`).
+                            c.above_high = true;
+                            let input = Input::OutputQueue { conn, level };
+                            self.lb.handle_input(Instant::now(), input);
+                        }
+                        self.mark_dirty(conn);
+                    }
                 }
-                c.queued += bytes.len();
-                c.out.push_back(bytes);
-                self.mark_dirty(conn);
             }
             Output::Connect { conn, backend, to } => {
                 tracing::debug!(conn = %conn, backend = %backend, %to, "connecting");
@@ -747,6 +770,7 @@ impl Driver {
 
     fn connect(&mut self, conn: ConnId, to: SocketAddr, frontend: bool) -> io::Result<()> {
         let mut stream = TcpStream::connect(to)?;
+        self.marks.bound_send_buffer(&stream);
         let interest = Interest::READABLE | Interest::WRITABLE;
         self.poll
             .registry()
@@ -798,10 +822,15 @@ impl Driver {
             self.finish(id, CloseReason::Requested);
             return;
         }
-        let want = match (c.state, c.out.is_empty() && !tls_wants_write(c)) {
-            (State::Closing, _) => Interest::WRITABLE,
-            (_, true) => Interest::READABLE,
-            (_, false) => Interest::READABLE | Interest::WRITABLE,
+        let drained = self.marks.drained(c.queued, c.above_high);
+        if drained {
+            c.above_high = false;
+        }
+        let paused = c.above_high && Watermarks::pauses_reading(c.frontend);
+        let want = match (c.state, c.out.is_empty() && !tls_wants_write(c), paused) {
+            (State::Closing, ..) | (_, false, true) => Interest::WRITABLE,
+            (_, true, _) => Interest::READABLE,
+            (_, false, false) => Interest::READABLE | Interest::WRITABLE,
         };
         if want != c.interest {
             c.interest = want;
@@ -812,7 +841,15 @@ impl Driver {
             {
                 tracing::warn!(conn = %id, error = %e, "reregister failed");
                 self.finish(id, CloseReason::Error);
+                return;
             }
+        }
+        if drained {
+            let level = lb_cli::backpressure::QueueLevel::Low;
+            self.lb
+                .handle_input(Instant::now(), Input::OutputQueue { conn: id, level });
+            // Bytes that arrived while it was paused raised no new edge: read them now.
+            self.readable_again.push(id);
         }
     }
 
@@ -932,6 +969,7 @@ impl Driver {
             state,
             out: VecDeque::new(),
             queued: 0,
+            above_high: false,
             interest,
             dirty: false,
             tls: None,

@@ -14,8 +14,8 @@ fn command_line_checks_and_errors() {
 }
 
 #[test]
-fn slow_reader_is_closed_at_the_output_cap() {
-    support::slow_reader_hits_the_output_cap(env!("CARGO_BIN_EXE_lb-mio"));
+fn slow_reader_is_paused_then_closed_for_not_reading() {
+    support::slow_reader_is_paused_then_closed(env!("CARGO_BIN_EXE_lb-mio"));
 }
 
 #[test]

@@ -525,6 +525,7 @@ impl World {
             Event::BackendOverloaded { .. } => 8,
             Event::Reloaded { .. } => 9,
             Event::TimedOut { .. } => 10,
+            Event::BackendQueueHeld { .. } => 11,
         };
         if matches!(
             e,

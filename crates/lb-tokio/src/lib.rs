@@ -40,6 +40,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use lb_cli::backpressure::{Admit, Watermarks};
 use lb_cli::{
     BackendTls, Command, Ops, ProxyHeaderReader, ProxyRead, ProxyReject, RunError, Settings,
     WakePacer, Worker, BATCH_MAX, CLOSE_LINGER_MAX, CONNECT_TIMEOUT, PROXY_HEADER_TIMEOUT,
@@ -51,6 +52,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio::time::Instant as TokioInstant;
+
+mod queue;
+use queue::Queue;
 
 /// Runs `--workers` balancers, each on a new current-thread runtime on a thread of its own,
 /// until SIGINT or SIGTERM, then flushes queued output (at most [`SHUTDOWN_FLUSH_MAX`]) and
@@ -130,7 +134,7 @@ pub async fn serve(worker: Worker) -> Result<Stats, RunError> {
         ops,
         conns: Vec::new(),
         notes: notes_tx,
-        output_cap: settings.output_cap_bytes,
+        marks: Watermarks::of(&settings),
         dns: None,
     };
     owner.drain();
@@ -178,7 +182,7 @@ pub async fn serve(worker: Worker) -> Result<Stats, RunError> {
             }
             command = admin.next() => {
                 owner.ops.handle_admin(&mut owner.lb, now(), command);
-                owner.output_cap = owner.ops.settings().output_cap_bytes;
+                owner.marks = Watermarks::of(owner.ops.settings());
                 owner.drain();
             }
         }
@@ -239,6 +243,10 @@ enum Note {
         conn: ConnId,
         addrs: Vec<SocketAddr>,
     },
+    /// The writer took a queue reported over the high-water mark below the low-water mark.
+    Drained {
+        conn: ConnId,
+    },
 }
 
 /// What the owner tells a writer task.
@@ -262,8 +270,8 @@ struct Conn {
     frontend: bool,
     state: State,
     writes: mpsc::UnboundedSender<Write>,
-    /// Bytes handed to the writer and not yet written.
-    queued: Arc<AtomicUsize>,
+    /// Bytes handed to the writer and not yet written, and their level.
+    queued: Arc<Queue>,
     reader: Option<AbortHandle>,
     /// The writer task, or the connect task that becomes it.
     writer: AbortHandle,
@@ -275,7 +283,8 @@ struct Owner {
     /// Indexed by `ConnId::slot`.
     conns: Vec<Option<Conn>>,
     notes: mpsc::Sender<Note>,
-    output_cap: usize,
+    /// The output queues' marks and ceiling ([`lb_cli::backpressure`]).
+    marks: Watermarks,
     /// Made at the first `Output::Resolve`: most runs never dial a host name.
     dns: Option<lb_cli::dns::Dns>,
 }
@@ -285,7 +294,7 @@ impl Owner {
     /// the next sends.
     fn reload(&mut self, settings: Settings) {
         let config = self.ops.adopt(settings);
-        self.output_cap = self.ops.settings().output_cap_bytes;
+        self.marks = Watermarks::of(self.ops.settings());
         self.lb.handle_input(now(), Input::Reload(Box::new(config)));
         self.drain();
     }
@@ -323,7 +332,9 @@ impl Owner {
                 // While Closing the read half is dropped: the writer reports the close.
                 if c.state == State::Connecting {
                     c.state = State::Open;
-                    c.reader = Some(tokio::spawn(read_loop(conn, read, notes)).abort_handle());
+                    let pause = Watermarks::pauses_reading(c.frontend).then(|| c.queued.clone());
+                    let reader = read_loop(conn, read, notes, pause);
+                    c.reader = Some(tokio::spawn(reader).abort_handle());
                     self.lb.handle_input(now(), Input::Connected { conn });
                 }
             }
@@ -340,9 +351,16 @@ impl Owner {
             Note::Resolved { conn, addrs } => {
                 self.lb.handle_input(now(), Input::Resolved { conn, addrs });
             }
+            Note::Drained { conn } => {
+                if self.get(conn).is_some() {
+                    let level = lb_core::QueueLevel::Low;
+                    self.lb
+                        .handle_input(now(), Input::OutputQueue { conn, level });
+                }
+            }
             Note::LingerOver { conn } => {
                 if let Some(c) = self.get(conn).filter(|c| c.state == State::Closing) {
-                    let unsent = c.queued.load(Ordering::Relaxed);
+                    let unsent = c.queued.bytes.load(Ordering::Relaxed);
                     tracing::debug!(conn = %conn, unsent, "peer not reading; closed unflushed");
                     self.finish(conn, CloseReason::Requested);
                 }
@@ -360,20 +378,32 @@ impl Owner {
     fn perform(&mut self, output: Output) {
         match output {
             Output::Send { conn, bytes } => {
-                let cap = self.output_cap;
+                let marks = self.marks;
                 let Some(c) = self.get(conn) else { return };
                 if c.state == State::Closing {
                     return;
                 }
                 let len = bytes.len();
-                if c.queued.load(Ordering::Relaxed) + len > cap {
-                    self.ops.output_overflow(conn, cap, now());
-                    self.finish(conn, CloseReason::OutputOverflow);
-                    return;
+                let queued = c.queued.bytes.load(Ordering::Relaxed);
+                match marks.admit(queued, len, c.queued.is_high(), c.frontend) {
+                    Admit::Close => {
+                        self.ops.output_overflow(conn, marks.ceiling, now());
+                        self.finish(conn, CloseReason::OutputOverflow);
+                    }
+                    Admit::Drop => self.ops.output_cap_drop(conn, marks.ceiling, now()),
+                    Admit::Queue { report } => {
+                        c.queued.bytes.fetch_add(len, Ordering::Relaxed);
+                        // A failed send means the writer already ended and its Closed note is
+                        // on its way.
+                        let _ = c.writes.send(Write::Bytes(bytes));
+                        if let Some(level) = report {
+                            // A frontend's reader waits from its next read on.
+                            c.queued.set_high();
+                            self.lb
+                                .handle_input(now(), Input::OutputQueue { conn, level });
+                        }
+                    }
                 }
-                c.queued.fetch_add(len, Ordering::Relaxed);
-                // A failed send means the writer already ended and its Closed note is on its way.
-                let _ = c.writes.send(Write::Bytes(bytes));
             }
             Output::Connect { conn, backend, to } => {
                 tracing::debug!(conn = %conn, backend = %backend, %to, "connecting");
@@ -436,7 +466,7 @@ impl Owner {
             None => lb_cli::log_frontend_open(conn, peer),
         }
         let (writes, rx) = mpsc::unbounded_channel();
-        let queued = Arc::new(AtomicUsize::new(0));
+        let queued = Arc::new(Queue::new(self.marks));
         let writer = tokio::spawn(write_loop(
             conn,
             write,
@@ -444,7 +474,8 @@ impl Owner {
             queued.clone(),
             self.notes.clone(),
         ));
-        let reader = tokio::spawn(read_loop(conn, read, self.notes.clone()));
+        let pause = Some(queued.clone());
+        let reader = tokio::spawn(read_loop(conn, read, self.notes.clone(), pause));
         self.insert(Conn {
             id: conn,
             frontend: true,
@@ -464,7 +495,7 @@ impl Owner {
     /// Starts connecting `conn` to `to` (a backend, or a frontend the core dials out to).
     fn connect(&mut self, conn: ConnId, to: SocketAddr, frontend: bool, tls: Option<BackendTls>) {
         let (writes, rx) = mpsc::unbounded_channel();
-        let queued = Arc::new(AtomicUsize::new(0));
+        let queued = Arc::new(Queue::new(self.marks));
         let task = tokio::spawn(connect_task(
             conn,
             to,
@@ -557,7 +588,8 @@ impl Owner {
                     | Note::Received { .. }
                     | Note::Connected { .. }
                     | Note::LingerOver { .. }
-                    | Note::Resolved { .. },
+                    | Note::Resolved { .. }
+                    | Note::Drained { .. },
                 )) => {}
                 Ok(None) | Err(_) => break,
             }
@@ -709,9 +741,19 @@ async fn proxy_header(
     }
 }
 
-async fn read_loop(conn: ConnId, mut read: impl AsyncRead + Unpin, notes: mpsc::Sender<Note>) {
+/// Reads `conn` until it ends. A frontend's reader (`pause`: its queue) waits before each read
+/// while its responses cannot be written, so it cannot pile up more work.
+async fn read_loop(
+    conn: ConnId,
+    mut read: impl AsyncRead + Unpin,
+    notes: mpsc::Sender<Note>,
+    pause: Option<Arc<Queue>>,
+) {
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let reason = loop {
+        if let Some(queue) = &pause {
+            queue.wait_until_writable().await;
+        }
         // Reclaims the space of earlier chunks once the core has dropped them.
         buf.reserve(READ_CHUNK_BYTES);
         match read.read_buf(&mut buf).await {
@@ -735,7 +777,7 @@ async fn write_loop(
     conn: ConnId,
     write: impl AsyncWrite + Unpin,
     mut writes: mpsc::UnboundedReceiver<Write>,
-    queued: Arc<AtomicUsize>,
+    queued: Arc<Queue>,
     notes: mpsc::Sender<Note>,
 ) {
     // Several messages ready at once leave in one syscall; TCP_NODELAY then sends them at once.
@@ -770,7 +812,9 @@ async fn write_loop(
             tracing::debug!(conn = %conn, error = %e, "write failed");
             break CloseReason::Error;
         }
-        queued.fetch_sub(written, Ordering::Relaxed);
+        if queued.written(written) && notes.send(Note::Drained { conn }).await.is_err() {
+            return;
+        }
         if close {
             let _ = out.shutdown().await;
             break CloseReason::Requested;
@@ -784,7 +828,7 @@ async fn connect_task(
     to: SocketAddr,
     tls: Option<BackendTls>,
     writes: mpsc::UnboundedReceiver<Write>,
-    queued: Arc<AtomicUsize>,
+    queued: Arc<Queue>,
     notes: mpsc::Sender<Note>,
 ) {
     let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(to)).await {
@@ -811,6 +855,7 @@ async fn connect_task(
         }
     };
     let _ = stream.set_nodelay(true);
+    queued.marks().bound_send_buffer(&stream);
     let Some((config, name)) = tls else {
         let (read, write) = stream.into_split();
         // The owner spawns the reader, so no data can overtake this note.

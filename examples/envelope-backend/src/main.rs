@@ -19,6 +19,7 @@
 //! answers (see `plain.rs`).
 
 mod plain;
+mod throttle;
 mod uas;
 
 use std::io::Write as _;
@@ -52,6 +53,10 @@ struct Args {
     /// (`--backend ADDR`) or any other proxy; dialogs are kept per backend, not per connection.
     #[arg(long)]
     plain: bool,
+    /// Take at most N INVITEs per second; past that, stop reading from the balancer (an
+    /// overloaded server, for the overload benchmark) [default: no limit]
+    #[arg(long, value_name = "N")]
+    max_rate: Option<f64>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -83,7 +88,13 @@ fn main() -> anyhow::Result<()> {
         });
     } else {
         let counters = Arc::clone(&counters);
-        std::thread::spawn(move || accept_loop(&listener, &config, &counters));
+        let throttle = args.max_rate.filter(|r| *r > 0.0).map(|rate| {
+            Arc::new(std::sync::Mutex::new(throttle::Throttle::new(
+                rate,
+                Instant::now(),
+            )))
+        });
+        std::thread::spawn(move || accept_loop(&listener, &config, &counters, throttle));
     }
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
     let _ = signals.forever().next();
@@ -102,14 +113,20 @@ fn accept_loop(
     listener: &TcpListener,
     config: &Arc<(String, String, Duration)>,
     counters: &Arc<Counters>,
+    throttle: Option<Arc<std::sync::Mutex<throttle::Throttle>>>,
 ) {
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
         let config = Arc::clone(config);
         let counters = Arc::clone(counters);
+        let throttle = throttle.clone();
         std::thread::spawn(move || {
             let (name, host, delay) = &*config;
-            if let Err(e) = serve(stream, name, host, *delay, &counters) {
+            let served = match throttle {
+                Some(t) => throttle::serve_throttled(stream, name, host, *delay, &counters, &t),
+                None => serve(stream, name, host, *delay, &counters),
+            };
+            if let Err(e) = served {
                 eprintln!("envelope-backend {name}: {e}");
             }
         });

@@ -44,6 +44,9 @@ pub struct BackendStatus {
     pub removed: bool,
     /// In an overload hold after answering a new call with 503.
     pub overloaded: bool,
+    /// Held because its connection queue is over the high-water mark (no new calls; its calls'
+    /// traffic still flows).
+    pub queue_held: bool,
     /// The load it last reported in an envelope.
     pub load: Option<u32>,
     /// New calls assigned to it within the window.
@@ -71,7 +74,7 @@ pub(super) struct Backend {
     /// When its connection came up.
     up_since: Option<Instant>,
     /// No new calls before this instant (a 503 from the backend).
-    overloaded_until: Option<Instant>,
+    pub(super) overloaded_until: Option<Instant>,
     probe: ProbeState,
     /// Unanswered INVITEs (`passive`).
     pub(super) passive: super::passive::PassiveState,
@@ -141,6 +144,7 @@ impl Balancer {
                 draining: b.draining,
                 removed: b.removed,
                 overloaded: b.overloaded_until.is_some_and(|t| t > self.now),
+                queue_held: self.backend_queue_held(id),
                 load: b.load,
                 assigned: self.table.assigned(id),
                 weight: config.weight,
@@ -153,12 +157,13 @@ impl Balancer {
     pub(super) fn count_backends_up(&mut self) {
         let up = (0..self.backends.len()).filter(|i| self.is_backend_up(BackendId::new(*i)));
         self.stats.backends_up = up.count() as u64;
+        self.count_queue_held();
     }
 
     /// Whether a new call may be given to `backend` now.
     pub(super) fn takes_new_calls(&mut self, backend: BackendId) -> bool {
         let now = self.now;
-        let up = self.is_backend_up(backend);
+        let up = self.is_backend_up(backend) && !self.backend_queue_held(backend);
         let b = &mut self.backends[backend.index()];
         if b.overloaded_until.is_some_and(|t| t <= now) {
             b.overloaded_until = None;

@@ -111,6 +111,12 @@ impl Balancer {
                     return;
                 }
                 let Some(backend) = self.choose_backend() else {
+                    if self.farm_held() {
+                        // Every backend with calls is busy: push back (RFC 6357), the caller
+                        // retries after Retry-After; no backend is failed over.
+                        self.stats.overload_refused += 1;
+                        return self.unavailable(source, &message, "Backends Overloaded");
+                    }
                     return self.unavailable(source, &message, "No Backend Available");
                 };
                 let ringing = method == Method::Invite;

@@ -23,6 +23,9 @@ pub(super) enum Wake {
     Backend(BackendId, BackendTimer),
     /// A frontend idle or partial-message timeout is due.
     Frontend(ConnId, ConnTimer),
+    /// A connection's queue has been over the high-water mark for the stall timeout
+    /// (`backpressure`).
+    Stall(ConnId),
 }
 
 /// A backend's irregular deadlines, kept in one min-heap.
@@ -77,7 +80,8 @@ impl Balancer {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let backend = self.backend_timers.peek().map(|Reverse((at, ..))| *at);
         let conn = self.conn_timers.peek().map(|Reverse((at, ..))| *at);
-        [self.table.next_deadline(), backend, conn]
+        let stall = self.stalls.front().map(|(at, _)| *at);
+        [self.table.next_deadline(), backend, conn, stall]
             .into_iter()
             .flatten()
             .min()
@@ -85,7 +89,7 @@ impl Balancer {
 
     /// The earliest deadline and why: what an [`Input::Timeout`](crate::Input::Timeout) at that
     /// instant will act on first. Agrees with [`Balancer::poll_timeout`]; ties go to the table,
-    /// then backends, then frontends (the order `handle_timeout` serves them).
+    /// then backends, then frontends, then stalls (the order `handle_timeout` serves them).
     pub(super) fn next_wake(&self) -> Option<(Instant, Wake)> {
         let table = self.table.next_deadline().map(|at| (at, Wake::CallTable));
         let backend = self
@@ -96,7 +100,8 @@ impl Balancer {
             .conn_timers
             .peek()
             .map(|Reverse((at, c, timer))| (*at, Wake::Frontend(*c, *timer)));
-        [table, backend, conn]
+        let stall = self.stalls.front().map(|(at, c)| (*at, Wake::Stall(*c)));
+        [table, backend, conn, stall]
             .into_iter()
             .flatten()
             .min_by_key(|(at, _)| *at)
@@ -108,6 +113,7 @@ impl Balancer {
         self.table.expire(self.now);
         self.handle_backend_timers();
         self.handle_conn_timers();
+        self.handle_stalls();
     }
 
     pub(super) fn schedule(&mut self, backend: BackendId, timer: BackendTimer, after: Duration) {
@@ -169,9 +175,27 @@ impl Balancer {
             if c.closing {
                 continue;
             }
+            let paused = c.queue_high_since.is_some();
             let Side::Frontend { liveness, .. } = &mut c.side else {
                 continue;
             };
+            if paused {
+                // The drivers do not read a frontend whose queue is over the high-water mark:
+                // its silence, or its half message, is the balancer's doing. The stall timeout
+                // judges it meanwhile; these timers start over.
+                let after = match timer {
+                    ConnTimer::Idle => idle,
+                    ConnTimer::Partial => partial,
+                };
+                if timer == ConnTimer::Partial && liveness.partial_since.is_some() {
+                    liveness.partial_since = Some(now);
+                }
+                if timer == ConnTimer::Idle {
+                    liveness.last_rx = now;
+                }
+                self.conn_timers.push(Reverse((now + after, conn, timer)));
+                continue;
+            }
             let (due, cause) = match timer {
                 ConnTimer::Idle => (Some(liveness.last_rx + idle), "idle"),
                 ConnTimer::Partial => {

@@ -90,6 +90,7 @@ pub(super) fn fuzz_config(flags: u8, variant: u8, small: bool) -> ValidConfig {
         partial_timeout: Duration::from_secs(3),
         overload_hold: Duration::from_secs(2),
         overload_hold_max: Duration::from_secs(5),
+        stall_timeout: Duration::from_secs(4),
         hop_by_unique_ip: true,
         // Off: the model's backends leave INVITEs unanswered at will and it tracks "up" by
         // connection and probes alone (passive health has its own tests).

@@ -337,8 +337,69 @@ pub fn command_line(exe: &str) {
     assert_eq!(usage.status.code(), Some(2));
 }
 
+/// A client that sends but never reads, while its backend answers with a flood: past the
+/// high-water mark the balancer sends that client nothing more (what the backend has for it is
+/// dropped and counted; the backend connection, read all along, is never closed), and once the
+/// client has read nothing for the stall timeout it is closed. The output cap is never reached.
+pub fn slow_reader_is_paused_then_closed(exe: &str) {
+    let backend = TcpListener::bind("127.0.0.1:0").unwrap();
+    let flags = ["--output-cap", "1000000", "--stall-timeout", "1"];
+    let mut lb = start(exe, &backend, &flags);
+    let mut backend_conn = accept(&backend);
+    let mut client = TcpStream::connect(("127.0.0.1", lb.port)).unwrap();
+    client
+        .write_all(invite(lb.port, "flood@test").as_bytes())
+        .unwrap();
+    let mut at_backend = Vec::new();
+    let request = read_message(&mut backend_conn, &mut at_backend);
+
+    // Far more than loopback socket buffers plus the cap can hold.
+    let ok = ok_for(&request).replace("Content-Length: 0\r\n\r\n", "");
+    let body = "x".repeat(60_000);
+    let response = format!(
+        "{ok}Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    for _ in 0..600 {
+        // The balancer keeps reading the backend: these writes never block for long.
+        backend_conn.write_all(response.as_bytes()).unwrap();
+        while let Ok(line) = lb.stderr.try_recv() {
+            lb.seen.push(line);
+        }
+    }
+    let closed = lb
+        .seen
+        .iter()
+        .any(|l| l.contains("frontend connection closed"));
+    assert!(
+        closed || lb.wait_for_log("frontend connection closed"),
+        "{:?}",
+        lb.seen
+    );
+    assert!(
+        lb.seen.iter().any(|l| l.contains("peer not reading")),
+        "{:?}",
+        lb.seen
+    );
+    assert!(
+        !lb.seen.iter().any(|l| l.contains("output cap")),
+        "{:?}",
+        lb.seen
+    );
+    drop(client);
+
+    let (code, stdout) = lb.terminate();
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains(" frontends_open=0 "), "{stdout}");
+    assert!(stdout.contains(" stall_closes=1 "), "{stdout}");
+    assert!(stdout.contains(" backend_failures=0 "), "{stdout}");
+    assert!(!stdout.contains(" frontend_stall_drops=0 "), "{stdout}");
+}
+
 /// A client that sends but never reads, while its backend answers with a flood: the driver must
 /// close that client once `--output-cap` bytes are queued, and report it closed to the core.
+/// For the std-loop example, which has no overload hold (the binaries pause such a client
+/// instead: [`slow_reader_is_paused_then_closed`]).
 pub fn slow_reader_hits_the_output_cap(exe: &str) {
     let backend = TcpListener::bind("127.0.0.1:0").unwrap();
     let mut lb = start(exe, &backend, &["--output-cap", "1000000"]);
