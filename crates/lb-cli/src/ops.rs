@@ -238,6 +238,7 @@ impl Ops {
         };
         let mut snapshot = metrics::lock(shared);
         snapshot.stats.clone_from(lb.stats());
+        snapshot.figures.clone_from(lb.figures());
         snapshot.backends.clear();
         snapshot.backends.extend(lb.backend_status());
         snapshot.proxy_rejected = self.proxy_rejected;

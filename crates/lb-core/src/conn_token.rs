@@ -112,7 +112,10 @@ mod tests {
         let token = tokens.verify(&out, b"call-a").unwrap();
         assert_eq!((token.conn, token.sent_us), (conn, 5));
         assert_eq!(tokens.verify(&out, b"call-b"), None);
-        assert_eq!(ConnTokens::new([8; 16], epoch).verify(&out, b"call-a"), None);
+        assert_eq!(
+            ConnTokens::new([8; 16], epoch).verify(&out, b"call-a"),
+            None
+        );
         let rest = std::str::from_utf8(&out[6..]).unwrap();
         let other = format!("13.34.{rest}");
         assert_eq!(tokens.verify(other.as_bytes(), b"call-a"), None);

@@ -64,6 +64,6 @@ pub use config::{
 pub use ids::{BackendId, ConnId, ListenerId};
 pub use io::{BackendChange, CloseReason, Event, Input, Output};
 pub use stats::{
-    BackendFigures, Histogram, Kind, Series, Stats, Telemetry, FIRST_SEEN_SLOTS, METHODS,
+    BackendFigures, Figures, Histogram, Kind, Series, Stats, FIRST_SEEN_SLOTS, METHODS,
     REQUEST_SOURCES, RESPONSE_BUCKETS_US,
 };

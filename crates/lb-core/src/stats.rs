@@ -145,8 +145,21 @@ impl Stats {
 /// SIP methods counted on their own in [`Telemetry::requests`]; any other is `other`. A fixed
 /// list, so a peer inventing methods cannot grow the metrics.
 pub const METHODS: [&str; 15] = [
-    "INVITE", "ACK", "CANCEL", "BYE", "REGISTER", "OPTIONS", "SUBSCRIBE", "NOTIFY", "REFER",
-    "PRACK", "UPDATE", "INFO", "MESSAGE", "PUBLISH", "other",
+    "INVITE",
+    "ACK",
+    "CANCEL",
+    "BYE",
+    "REGISTER",
+    "OPTIONS",
+    "SUBSCRIBE",
+    "NOTIFY",
+    "REFER",
+    "PRACK",
+    "UPDATE",
+    "INFO",
+    "MESSAGE",
+    "PUBLISH",
+    "other",
 ];
 
 /// Where a request came from, the other label of [`Telemetry::requests`].
@@ -204,7 +217,7 @@ pub struct BackendFigures {
 
 /// The labelled figures of the core: requests by method and source, and per backend the
 /// responses by class and the response-time histograms. Kept apart from [`Stats`] (plain
-/// named integers), summed over workers the same way ([`Telemetry::accumulate`]).
+/// named integers), summed over workers the same way ([`Figures::accumulate`]).
 ///
 /// Response times need no per-transaction state: the balancer's own Via on a request to a
 /// backend carries the send time inside its MAC-covered `lbc` token (`conn_token`), and the
@@ -212,11 +225,26 @@ pub struct BackendFigures {
 /// needs memory: a small fixed array remembers the tokens of transactions that have had a
 /// provisional response ([`FIRST_SEEN_SLOTS`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Telemetry {
+pub struct Figures {
     /// Requests received, `[source][method]` in [`REQUEST_SOURCES`] × [`METHODS`] order.
     pub requests: [[u64; METHODS.len()]; REQUEST_SOURCES.len()],
     /// Per backend, in id order (backends added at runtime extend it).
     pub backends: Vec<BackendFigures>,
+}
+
+impl Default for Figures {
+    fn default() -> Figures {
+        Figures {
+            requests: [[0; METHODS.len()]; REQUEST_SOURCES.len()],
+            backends: Vec::new(),
+        }
+    }
+}
+
+/// [`Figures`] and the memory that tells first responses from later ones.
+#[derive(Debug)]
+pub(crate) struct Telemetry {
+    pub(crate) figures: Figures,
     /// Direct-mapped: the token MACs of transactions whose provisional response was timed as
     /// their first; a collision costs one final response also counted as a first.
     first_seen: Box<[u64]>,
@@ -228,8 +256,7 @@ pub const FIRST_SEEN_SLOTS: usize = 4096;
 impl Default for Telemetry {
     fn default() -> Telemetry {
         Telemetry {
-            requests: [[0; METHODS.len()]; REQUEST_SOURCES.len()],
-            backends: Vec::new(),
+            figures: Figures::default(),
             first_seen: vec![0; FIRST_SEEN_SLOTS].into_boxed_slice(),
         }
     }
@@ -255,25 +282,20 @@ impl Telemetry {
 
     /// One request received from `source` ([`REQUEST_SOURCES`] index).
     pub(crate) fn count_request(&mut self, source: usize, method_token: &[u8]) {
-        self.requests[source][Telemetry::method_index(method_token)] += 1;
-    }
-
-    fn backend(&mut self, backend: usize) -> &mut BackendFigures {
-        if self.backends.len() <= backend {
-            self.backends.resize_with(backend + 1, BackendFigures::default);
-        }
-        &mut self.backends[backend]
+        self.figures.requests[source][Telemetry::method_index(method_token)] += 1;
     }
 
     /// A response from `backend` with `status`; `timed` when it carries the balancer's Via
     /// with a send time.
     pub(crate) fn count_response(&mut self, backend: usize, status: u16, timed: Option<Timed>) {
-        let Some(class) = (100..700).contains(&status).then(|| usize::from(status / 100 - 1))
+        let Some(class) = (100..700)
+            .contains(&status)
+            .then(|| usize::from(status / 100 - 1))
         else {
             return;
         };
         let Some(timed) = timed else {
-            self.backend(backend).responses[class] += 1;
+            self.figures.backend(backend).responses[class] += 1;
             return;
         };
         let slot = (timed.key % FIRST_SEEN_SLOTS as u64) as usize;
@@ -286,7 +308,7 @@ impl Telemetry {
         } else if !seen {
             self.first_seen[slot] = timed.key;
         }
-        let figures = self.backend(backend);
+        let figures = self.figures.backend(backend);
         figures.responses[class] += 1;
         if !seen {
             figures.first_response.observe(timed.elapsed_us);
@@ -295,9 +317,19 @@ impl Telemetry {
             figures.final_response.observe(timed.elapsed_us);
         }
     }
+}
+
+impl Figures {
+    fn backend(&mut self, backend: usize) -> &mut BackendFigures {
+        if self.backends.len() <= backend {
+            self.backends
+                .resize_with(backend + 1, BackendFigures::default);
+        }
+        &mut self.backends[backend]
+    }
 
     /// Adds `other`'s figures to these (the sum over one process's workers).
-    pub fn accumulate(&mut self, other: &Telemetry) {
+    pub fn accumulate(&mut self, other: &Figures) {
         for (mine, theirs) in self.requests.iter_mut().zip(&other.requests) {
             for (sum, n) in mine.iter_mut().zip(theirs) {
                 *sum = sum.saturating_add(*n);
@@ -311,13 +343,6 @@ impl Telemetry {
             mine.first_response.accumulate(&theirs.first_response);
             mine.final_response.accumulate(&theirs.final_response);
         }
-    }
-
-    /// Copies the counted figures of `other` (not its first-response memory): what a metrics
-    /// snapshot keeps, without reallocating.
-    pub fn copy_figures(&mut self, other: &Telemetry) {
-        self.requests = other.requests;
-        self.backends.clone_from(&other.backends);
     }
 }
 
@@ -342,28 +367,42 @@ mod tests {
     #[test]
     fn a_first_response_is_timed_once_and_every_final_once() {
         let mut t = Telemetry::default();
-        let invite = |elapsed_us| Some(Timed { elapsed_us, key: 77 });
+        let invite = |elapsed_us| {
+            Some(Timed {
+                elapsed_us,
+                key: 77,
+            })
+        };
         t.count_response(0, 100, invite(1_000));
         t.count_response(0, 180, invite(2_000));
         t.count_response(0, 200, invite(3_000));
-        let bye = Some(Timed { elapsed_us: 700, key: 78 });
+        let bye = Some(Timed {
+            elapsed_us: 700,
+            key: 78,
+        });
         t.count_response(1, 200, bye);
         t.count_response(1, 404, None);
         t.count_response(1, 99, None);
-        let b0 = &t.backends[0];
+        let b0 = &t.figures.backends[0];
         assert_eq!(b0.responses, [2, 1, 0, 0, 0, 0]);
-        assert_eq!((b0.first_response.count, b0.first_response.sum_us), (1, 1_000));
-        assert_eq!((b0.final_response.count, b0.final_response.sum_us), (1, 3_000));
-        let b1 = &t.backends[1];
+        assert_eq!(
+            (b0.first_response.count, b0.first_response.sum_us),
+            (1, 1_000)
+        );
+        assert_eq!(
+            (b0.final_response.count, b0.final_response.sum_us),
+            (1, 3_000)
+        );
+        let b1 = &t.figures.backends[1];
         assert_eq!(b1.responses, [0, 1, 0, 1, 0, 0]);
         assert_eq!(b1.first_response.count, 1);
         assert_eq!(b1.final_response.count, 1);
         // The final response cleared the slot: a later transaction with the same key starts anew.
         assert!(t.first_seen.iter().all(|&k| k == 0));
 
-        let mut sum = Telemetry::default();
-        sum.accumulate(&t);
-        sum.accumulate(&t);
+        let mut sum = Figures::default();
+        sum.accumulate(&t.figures);
+        sum.accumulate(&t.figures);
         assert_eq!(sum.backends[0].responses[0], 4);
         assert_eq!(sum.backends[1].final_response.count, 2);
     }
@@ -374,8 +413,8 @@ mod tests {
         t.count_request(0, b"INVITE");
         t.count_request(0, b"invite");
         t.count_request(1, b"PRACK");
-        assert_eq!(t.requests[0][0], 1);
-        assert_eq!(t.requests[0][METHODS.len() - 1], 1);
-        assert_eq!(t.requests[1][9], 1);
+        assert_eq!(t.figures.requests[0][0], 1);
+        assert_eq!(t.figures.requests[0][METHODS.len() - 1], 1);
+        assert_eq!(t.figures.requests[1][9], 1);
     }
 }

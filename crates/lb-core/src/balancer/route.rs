@@ -364,10 +364,9 @@ impl Balancer {
         self.send_rewritten(conn, backend, &message, &mut edits, None);
     }
 
-    /// Requests by method, and per backend responses by class and response times
-    /// ([`crate::Telemetry`]).
-    pub fn telemetry(&self) -> &crate::stats::Telemetry {
-        &self.telemetry
+    /// Requests by method, and per backend responses by class and response times.
+    pub fn figures(&self) -> &crate::stats::Figures {
+        &self.telemetry.figures
     }
 
     /// One request received, for the per-method counts.
