@@ -55,8 +55,11 @@ pub const REPLY_MAX: Duration = Duration::from_secs(5);
 /// Largest request body read; a larger one gets 413.
 const BODY_BYTES_MAX: u64 = 64 * 1024;
 
-/// Commands waiting for the driver; past this the API answers 503 at once.
-const QUEUE_MAX: usize = 64;
+/// Call-IDs traced at once by `POST /trace/CALLID` (each costs a comparison per message).
+pub const TRACED_MAX: usize = 64;
+
+/// Longest Call-ID `POST /trace/CALLID` takes.
+const TRACE_CALL_ID_BYTES_MAX: usize = 256;
 
 /// `--admin` and `--admin-token-file`, checked.
 #[derive(Clone, Default)]
@@ -138,6 +141,12 @@ pub struct AdminCommand {
     reply: std::sync::mpsc::SyncSender<Reply>,
 }
 
+impl AdminCommand {
+    pub(crate) fn new(request: Request, reply: std::sync::mpsc::SyncSender<Reply>) -> AdminCommand {
+        AdminCommand { request, reply }
+    }
+}
+
 /// The driver's end of the admin channel. Without `--admin` it never yields a command.
 #[derive(Debug)]
 pub struct AdminQueue {
@@ -163,7 +172,7 @@ impl AdminQueue {
 
 /// What a request asks for, parsed and checked on the HTTP thread.
 #[derive(Debug, Clone, PartialEq)]
-enum Request {
+pub(crate) enum Request {
     Backends,
     Drain(SocketAddr),
     Resume(SocketAddr),
@@ -172,21 +181,27 @@ enum Request {
     Remove(SocketAddr),
     Reload,
     Config,
+    /// `GET /trace`: the Call-IDs traced now.
+    Traced,
+    /// `POST /trace/CALLID`.
+    Trace(String),
+    /// `DELETE /trace/CALLID`.
+    Untrace(String),
 }
 
 /// An answer: status and JSON body.
 #[derive(Debug, Clone, PartialEq)]
-struct Reply {
-    status: u16,
-    body: Value,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) body: Value,
 }
 
 impl Reply {
-    fn ok(body: Value) -> Reply {
+    pub(crate) fn ok(body: Value) -> Reply {
         Reply { status: 200, body }
     }
 
-    fn error(status: u16, message: impl Into<String>) -> Reply {
+    pub(crate) fn error(status: u16, message: impl Into<String>) -> Reply {
         Reply {
             status,
             body: json!({ "error": message.into() }),
@@ -215,12 +230,12 @@ impl Drop for AdminServer {
 }
 
 impl AdminServer {
-    /// Binds now (a busy port fails the start) and serves from a new thread; `wake` is called
-    /// after each command is queued.
+    /// Binds now (a busy port fails the start) and serves from a new thread, handing every
+    /// request to every worker of `hub` (`admin_hub`). `None` without `--admin`.
     pub(crate) fn start(
         settings: &AdminSettings,
-        wake: Box<dyn Fn() + Send>,
-    ) -> Result<Option<(AdminServer, AdminQueue)>, RunError> {
+        hub: Arc<crate::admin_hub::AdminHub>,
+    ) -> Result<Option<AdminServer>, RunError> {
         let Some(addr) = settings.addr else {
             return Ok(None);
         };
@@ -230,18 +245,14 @@ impl AdminServer {
         })?;
         let addr = server.server_addr().to_ip().unwrap_or(addr);
         let server = Arc::new(server);
-        let (tx, rx) = tokio::sync::mpsc::channel(QUEUE_MAX);
         let thread_server = Arc::clone(&server);
         let token = settings.token.clone();
         std::thread::Builder::new()
             .name("siplb-admin".to_string())
-            .spawn(move || serve(&thread_server, token.as_deref(), &tx, &*wake))
+            .spawn(move || serve(&thread_server, token.as_deref(), &hub))
             .map_err(RunError::Runtime)?;
         tracing::info!(%addr, token = settings.has_token(), "admin API listening");
-        Ok(Some((
-            AdminServer { server, addr },
-            AdminQueue { rx: Some(rx) },
-        )))
+        Ok(Some(AdminServer { server, addr }))
     }
 
     /// The bound address.
@@ -254,6 +265,10 @@ impl AdminQueue {
     /// A queue that never yields (no `--admin`).
     pub(crate) fn none() -> AdminQueue {
         AdminQueue { rx: None }
+    }
+
+    pub(crate) fn from_receiver(rx: tokio::sync::mpsc::Receiver<AdminCommand>) -> AdminQueue {
+        AdminQueue { rx: Some(rx) }
     }
 }
 
@@ -335,6 +350,9 @@ fn apply(ops: &mut Ops, lb: &mut Balancer, now: Instant, request: Request) -> Re
             tracing::info!(%addr, "admin: backend removed until the next reload");
             Reply::ok(json!({ "removed": addr.to_string(), "until": "reload" }))
         }
+        Request::Traced => Reply::ok(json!({ "call-ids": traced(ops) })),
+        Request::Trace(call_id) => trace(ops, lb, now, call_id, true),
+        Request::Untrace(call_id) => trace(ops, lb, now, call_id, false),
         Request::Reload => match ops.try_reload("admin: POST /reload") {
             Ok(config) => {
                 lb.handle_input(now, Input::Reload(Box::new(config)));
@@ -377,14 +395,61 @@ fn changed(lb: &Balancer, addr: SocketAddr, status: u16) -> Reply {
     }
 }
 
+/// `POST /trace/CALLID` (`on`) and `DELETE /trace/CALLID`.
+fn trace(ops: &mut Ops, lb: &mut Balancer, now: Instant, call_id: String, on: bool) -> Reply {
+    let result = rebuild_config(ops, lb, now, |config| {
+        let ids = &mut config.trace_call_ids;
+        let present = ids.contains(&call_id);
+        if on && !present {
+            if ids.len() >= TRACED_MAX {
+                return Err(Reply::error(
+                    409,
+                    format!("{TRACED_MAX} Call-IDs are traced already"),
+                ));
+            }
+            ids.push(call_id.clone());
+        } else if !on {
+            if !present {
+                return Err(Reply::error(404, format!("{call_id:?} is not traced")));
+            }
+            ids.retain(|id| *id != call_id);
+        }
+        Ok(())
+    });
+    if let Err(reply) = result {
+        return reply;
+    }
+    tracing::info!(call_id, on, "admin: call trace set until the next reload");
+    Reply {
+        status: if on { 201 } else { 200 },
+        body: json!({ "call-ids": traced(ops), "until": "reload" }),
+    }
+}
+
+/// The Call-IDs traced now (`--trace-call-id`, the file's `trace-call-id`, the API's).
+fn traced(ops: &Ops) -> Vec<String> {
+    ops.settings().core.config().trace_call_ids.clone()
+}
+
 /// Builds a new configuration from the running one (the backends as they are now, drain
 /// state included, so a weight change does not undo a drain), lets `edit` change its
 /// backends, and feeds it to the core.
 fn rebuild(
-    ops: &Ops,
+    ops: &mut Ops,
     lb: &mut Balancer,
     now: Instant,
     edit: impl FnOnce(&mut Vec<BackendConfig>) -> Result<(), Reply>,
+) -> Result<(), Reply> {
+    rebuild_config(ops, lb, now, |config| edit(&mut config.backends))
+}
+
+/// [`rebuild`], with the whole configuration to edit; the result is also what
+/// [`Ops::settings`] shows from now on (until a reload).
+fn rebuild_config(
+    ops: &mut Ops,
+    lb: &mut Balancer,
+    now: Instant,
+    edit: impl FnOnce(&mut Config) -> Result<(), Reply>,
 ) -> Result<(), Reply> {
     let mut config: Config = ops.settings().core.config().clone();
     config.backends = running(lb)
@@ -394,10 +459,11 @@ fn rebuild(
             ..c
         })
         .collect();
-    edit(&mut config.backends)?;
+    edit(&mut config)?;
     let valid = config
         .validate()
         .map_err(|e| Reply::error(409, e.to_string()))?;
+    ops.set_running_config(valid.clone());
     lb.handle_input(now, Input::Reload(Box::new(valid)));
     Ok(())
 }
@@ -505,12 +571,7 @@ fn config_json(ops: &Ops, lb: &Balancer) -> Value {
     })
 }
 
-fn serve(
-    server: &tiny_http::Server,
-    token: Option<&str>,
-    queue: &tokio::sync::mpsc::Sender<AdminCommand>,
-    wake: &dyn Fn(),
-) {
+fn serve(server: &tiny_http::Server, token: Option<&str>, hub: &crate::admin_hub::AdminHub) {
     for mut request in server.incoming_requests() {
         let reply = match authorize(&request, token) {
             Err(reply) => reply,
@@ -518,7 +579,7 @@ fn serve(
                 .and_then(|body| parse_request(request.method(), request.url(), &body))
             {
                 Err(reply) => reply,
-                Ok(parsed) => ask_driver(queue, wake, parsed),
+                Ok(parsed) => hub.ask_all(&parsed),
             },
         };
         let mut body = reply.body.to_string();
@@ -540,21 +601,6 @@ fn serve(
             tracing::debug!(error = %e, "admin: writing a response failed");
         }
     }
-}
-
-fn ask_driver(
-    queue: &tokio::sync::mpsc::Sender<AdminCommand>,
-    wake: &dyn Fn(),
-    request: Request,
-) -> Reply {
-    let (reply, answer) = std::sync::mpsc::sync_channel(1);
-    if queue.try_send(AdminCommand { request, reply }).is_err() {
-        return Reply::error(503, "the balancer is busy with earlier admin requests");
-    }
-    wake();
-    answer
-        .recv_timeout(REPLY_MAX)
-        .unwrap_or_else(|_| Reply::error(503, "the balancer did not answer in time"))
 }
 
 fn authorize(request: &tiny_http::Request, token: Option<&str>) -> Result<(), Reply> {
@@ -626,9 +672,15 @@ fn parse_request(method: &tiny_http::Method, url: &str, body: &str) -> Result<Re
             Ok(Request::Weight(addr, weight))
         }
         (Delete, ["backends", addr]) => Ok(Request::Remove(path_addr(addr)?)),
+        (Get, ["trace"]) => Ok(Request::Traced),
+        (Post, ["trace", call_id]) => Ok(Request::Trace(path_call_id(call_id)?)),
+        (Delete, ["trace", call_id]) => Ok(Request::Untrace(path_call_id(call_id)?)),
         (_, ["backends"] | ["config"] | ["reload"])
         | (_, ["backends", _, "drain" | "resume" | "weight"])
-        | (_, ["backends", _]) => Err(Reply::error(405, format!("{method} is not allowed here"))),
+        | (_, ["backends", _])
+        | (_, ["trace"] | ["trace", _]) => {
+            Err(Reply::error(405, format!("{method} is not allowed here")))
+        }
         _ => Err(Reply::error(
             404,
             format!("no such path {path:?}: try GET /backends or GET /config"),
@@ -674,6 +726,25 @@ fn path_addr(segment: &str) -> Result<SocketAddr, Reply> {
     let decoded = percent_decode(segment)
         .ok_or_else(|| Reply::error(400, format!("bad percent-encoding in {segment:?}")))?;
     parse_addr("backend address", &decoded)
+}
+
+/// A path segment naming a Call-ID: percent-decoded (a Call-ID may hold `@`, `/` or `%`),
+/// non-empty, printable, at most [`TRACE_CALL_ID_BYTES_MAX`] bytes.
+fn path_call_id(segment: &str) -> Result<String, Reply> {
+    let decoded = percent_decode(segment)
+        .ok_or_else(|| Reply::error(400, format!("bad percent-encoding in {segment:?}")))?;
+    if decoded.is_empty()
+        || decoded.len() > TRACE_CALL_ID_BYTES_MAX
+        || decoded.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(Reply::error(
+            400,
+            format!(
+                "a Call-ID is 1 to {TRACE_CALL_ID_BYTES_MAX} bytes without spaces: {decoded:?}"
+            ),
+        ));
+    }
+    Ok(decoded)
 }
 
 fn percent_decode(text: &str) -> Option<String> {

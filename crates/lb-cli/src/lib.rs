@@ -116,6 +116,7 @@
 //! [,draining]`.
 
 pub mod admin;
+mod admin_hub;
 pub mod ctl;
 pub mod dns;
 mod metrics;
