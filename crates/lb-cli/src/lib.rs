@@ -54,7 +54,10 @@
 //! every counter of `lb_core::Stats` as `siplb_<name>_total`, the gauges `siplb_frontends_open`,
 //! `siplb_table_len`, `siplb_table_len_max`, `siplb_backends_up`, `siplb_table_capacity`, and
 //! per backend `siplb_backend_{up,draining,removed,overloaded,assigned,weight,load}` labelled
-//! `backend="ID",addr="IP:PORT"`) and `http://ADDR/health` (200 `ready` while at least one
+//! `backend="ID",addr="IP:PORT"`; the labelled figures of `lb_core::Figures`:
+//! `siplb_requests_total{method,from}`, `siplb_backend_responses_total{backend,addr,class}`, the
+//! histograms `siplb_backend_{first,final}_response_seconds{backend,addr}`, and
+//! `siplb_table_fill_ratio`) and `http://ADDR/health` (200 `ready` while at least one
 //! backend is up, else 503). Figures are at most 100 ms old. Bind it to a private address:
 //! the endpoint has no authentication.
 //!
