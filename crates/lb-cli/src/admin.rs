@@ -11,6 +11,9 @@
 //! | `DELETE /backends/ADDR` | removes one; its tagged calls go to its backup, if any |
 //! | `POST /reload` | what SIGHUP does: reread the config file |
 //! | `GET /config` | the running configuration, without secrets (tag key ids, not keys) |
+//! | `GET /trace` | the Call-IDs traced now |
+//! | `POST /trace/CALLID` | trace every message of that Call-ID (as `--trace-call-id`), at most [`TRACED_MAX`] |
+//! | `DELETE /trace/CALLID` | stop tracing it |
 //!
 //! `ADDR` is the backend's address as configured, `IP:PORT`, IPv6 in brackets; percent-encoded
 //! characters are decoded (`%5B%3A%3A1%5D%3A5060` is `[::1]:5060`).
@@ -21,11 +24,11 @@
 //! running one and feed it as `Input::Reload`: the core matches backends by address, so ids,
 //! connections and calls stay. Drain and resume are `Input::Backends`.
 //!
-//! **The HTTP thread never touches the balancer.** It parses and checks a request, hands an
-//! [`AdminCommand`] to the driver through a bounded channel, wakes the driver (the waker the
-//! driver gave [`crate::Ops::start_admin`]) and waits at most [`REPLY_MAX`] for the answer;
-//! the driver applies commands between events with [`crate::Ops::handle_admin`] and drains
-//! the core's outputs as after any input.
+//! **The HTTP thread never touches a balancer.** It parses and checks a request, hands an
+//! [`AdminCommand`] to every worker's driver through a bounded channel each, wakes them (the
+//! waker each gave [`crate::Ops::start_admin`]) and waits at most [`REPLY_MAX`] for all the
+//! answers, which it merges into one (`admin_hub`); each driver applies commands between
+//! events with [`crate::Ops::handle_admin`] and drains the core's outputs as after any input.
 //!
 //! **Access.** Without `--admin-token-file` the address must be a loopback address (refused at
 //! start otherwise). With it, every request needs `Authorization: Bearer TOKEN`, TOKEN being
