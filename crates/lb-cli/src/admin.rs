@@ -44,9 +44,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lb_core::{
-    Algorithm, BackendChange, BackendConfig, BackendMode, BackendStatus, Balancer, Config, Input,
-};
+use lb_core::{Algorithm, BackendConfig, BackendMode, BackendStatus, Balancer, Config, Input};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -177,11 +175,16 @@ impl AdminQueue {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Request {
     Backends,
-    Drain(SocketAddr),
-    Resume(SocketAddr),
-    Weight(SocketAddr, u32),
+    Drain(BackendRef),
+    Resume(BackendRef),
+    Weight(BackendRef, u32),
     Add(BackendConfig),
-    Remove(SocketAddr),
+    Remove(BackendRef),
+    /// Not from HTTP: a backend name resolved to new addresses (`crate::named`).
+    Resolved {
+        name: String,
+        backends: Vec<BackendConfig>,
+    },
     Reload,
     Config,
     /// `GET /trace`: the Call-IDs traced now.
@@ -190,6 +193,23 @@ pub(crate) enum Request {
     Trace(String),
     /// `DELETE /trace/CALLID`.
     Untrace(String),
+}
+
+/// A backend as a path names it: by address, or by the DNS name it was configured with (all
+/// the addresses that name has now).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum BackendRef {
+    Addr(SocketAddr),
+    Name(String),
+}
+
+impl std::fmt::Display for BackendRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BackendRef::Addr(a) => write!(f, "{a}"),
+            BackendRef::Name(n) => f.write_str(n),
+        }
+    }
 }
 
 /// An answer: status and JSON body.
@@ -291,37 +311,17 @@ fn apply(ops: &mut Ops, lb: &mut Balancer, now: Instant, request: Request) -> Re
         Request::Backends => Reply::ok(Value::Array(
             running(lb)
                 .iter()
-                .map(|(c, s)| backend_json(c, s))
+                .map(|(c, s)| backend_json(ops, c, s))
                 .collect(),
         )),
         Request::Config => Reply::ok(config_json(ops, lb)),
-        Request::Drain(addr) | Request::Resume(addr) => {
-            let draining = matches!(request, Request::Drain(_));
-            let Some((_, status)) = find(lb, addr) else {
-                return no_backend(addr);
-            };
-            let change = if draining {
-                BackendChange::Drain(status.id)
-            } else {
-                BackendChange::Resume(status.id)
-            };
-            lb.handle_input(now, Input::Backends(change));
-            tracing::info!(%addr, draining, "admin: backend drain set until the next reload");
-            changed(lb, addr, 200)
+        Request::Drain(which) => crate::admin_backends::drain(ops, lb, now, &which, true),
+        Request::Resume(which) => crate::admin_backends::drain(ops, lb, now, &which, false),
+        Request::Weight(which, weight) => {
+            crate::admin_backends::weight(ops, lb, now, &which, weight)
         }
-        Request::Weight(addr, weight) => {
-            let result = rebuild(ops, lb, now, |backends| {
-                let Some(b) = backends.iter_mut().find(|b| b.addr == addr) else {
-                    return Err(no_backend(addr));
-                };
-                b.weight = weight;
-                Ok(())
-            });
-            if let Err(reply) = result {
-                return reply;
-            }
-            tracing::info!(%addr, weight, "admin: backend weight set until the next reload");
-            changed(lb, addr, 200)
+        Request::Resolved { name, backends } => {
+            crate::admin_backends::resolved(ops, lb, now, &name, &backends)
         }
         Request::Add(backend) => {
             let addr = backend.addr;
@@ -336,23 +336,9 @@ fn apply(ops: &mut Ops, lb: &mut Balancer, now: Instant, request: Request) -> Re
                 return reply;
             }
             tracing::info!(%addr, "admin: backend added until the next reload");
-            changed(lb, addr, 201)
+            changed(ops, lb, addr, 201)
         }
-        Request::Remove(addr) => {
-            let result = rebuild(ops, lb, now, |backends| {
-                let before = backends.len();
-                backends.retain(|b| b.addr != addr);
-                if backends.len() == before {
-                    return Err(no_backend(addr));
-                }
-                Ok(())
-            });
-            if let Err(reply) = result {
-                return reply;
-            }
-            tracing::info!(%addr, "admin: backend removed until the next reload");
-            Reply::ok(json!({ "removed": addr.to_string(), "until": "reload" }))
-        }
+        Request::Remove(which) => crate::admin_backends::remove(ops, lb, now, &which),
         Request::Traced => Reply::ok(json!({ "call-ids": traced(ops) })),
         Request::Trace(call_id) => trace(ops, lb, now, call_id, true),
         Request::Untrace(call_id) => trace(ops, lb, now, call_id, false),
@@ -361,7 +347,7 @@ fn apply(ops: &mut Ops, lb: &mut Balancer, now: Instant, request: Request) -> Re
                 lb.handle_input(now, Input::Reload(Box::new(config)));
                 let backends: Vec<Value> = running(lb)
                     .iter()
-                    .map(|(c, s)| backend_json(c, s))
+                    .map(|(c, s)| backend_json(ops, c, s))
                     .collect();
                 Reply::ok(json!({ "reloaded": true, "backends": backends }))
             }
@@ -371,7 +357,7 @@ fn apply(ops: &mut Ops, lb: &mut Balancer, now: Instant, request: Request) -> Re
 }
 
 /// The configured backends (removed ones left out), with their status, in id order.
-fn running(lb: &Balancer) -> Vec<(BackendConfig, BackendStatus)> {
+pub(crate) fn running(lb: &Balancer) -> Vec<(BackendConfig, BackendStatus)> {
     lb.backends()
         .zip(lb.backend_status())
         .filter(|(_, s)| !s.removed)
@@ -379,20 +365,20 @@ fn running(lb: &Balancer) -> Vec<(BackendConfig, BackendStatus)> {
         .collect()
 }
 
-fn find(lb: &Balancer, addr: SocketAddr) -> Option<(BackendConfig, BackendStatus)> {
+pub(crate) fn find(lb: &Balancer, addr: SocketAddr) -> Option<(BackendConfig, BackendStatus)> {
     running(lb).into_iter().find(|(c, _)| c.addr == addr)
 }
 
-fn no_backend(addr: SocketAddr) -> Reply {
+pub(crate) fn no_backend(addr: impl std::fmt::Display) -> Reply {
     Reply::error(404, format!("no backend {addr}"))
 }
 
 /// The answer to a change: the backend as it is now, and how long the change lasts.
-fn changed(lb: &Balancer, addr: SocketAddr, status: u16) -> Reply {
+pub(crate) fn changed(ops: &Ops, lb: &Balancer, addr: SocketAddr, status: u16) -> Reply {
     match find(lb, addr) {
         Some((c, s)) => Reply {
             status,
-            body: json!({ "backend": backend_json(&c, &s), "until": "reload" }),
+            body: json!({ "backend": backend_json(ops, &c, &s), "until": "reload" }),
         },
         None => no_backend(addr),
     }
@@ -437,7 +423,7 @@ fn traced(ops: &Ops) -> Vec<String> {
 /// Builds a new configuration from the running one (the backends as they are now, drain
 /// state included, so a weight change does not undo a drain), lets `edit` change its
 /// backends, and feeds it to the core.
-fn rebuild(
+pub(crate) fn rebuild(
     ops: &mut Ops,
     lb: &mut Balancer,
     now: Instant,
@@ -490,10 +476,12 @@ fn mode_name(mode: BackendMode) -> &'static str {
     }
 }
 
-fn backend_json(c: &BackendConfig, s: &BackendStatus) -> Value {
+pub(crate) fn backend_json(ops: &Ops, c: &BackendConfig, s: &BackendStatus) -> Value {
+    let name = ops.settings().named.iter().find(|n| n.has(c.addr));
     json!({
         "id": s.id.index(),
         "addr": c.addr.to_string(),
+        "name": name.map(|n| n.name.as_str()),
         "state": state(s),
         "weight": c.weight,
         "mode": mode_name(c.mode),
@@ -661,10 +649,10 @@ fn parse_request(method: &tiny_http::Method, url: &str, body: &str) -> Result<Re
         (Get, ["config"]) => Ok(Request::Config),
         (Post, ["reload"]) => Ok(Request::Reload),
         (Post, ["backends"]) => parse_new_backend(body).map(Request::Add),
-        (Post, ["backends", addr, "drain"]) => Ok(Request::Drain(path_addr(addr)?)),
-        (Post, ["backends", addr, "resume"]) => Ok(Request::Resume(path_addr(addr)?)),
+        (Post, ["backends", addr, "drain"]) => Ok(Request::Drain(path_backend(addr)?)),
+        (Post, ["backends", addr, "resume"]) => Ok(Request::Resume(path_backend(addr)?)),
         (Put, ["backends", addr, "weight"]) => {
-            let addr = path_addr(addr)?;
+            let addr = path_backend(addr)?;
             let text = body.trim();
             let weight = text.parse::<u32>().map_err(|_| {
                 Reply::error(
@@ -674,7 +662,7 @@ fn parse_request(method: &tiny_http::Method, url: &str, body: &str) -> Result<Re
             })?;
             Ok(Request::Weight(addr, weight))
         }
-        (Delete, ["backends", addr]) => Ok(Request::Remove(path_addr(addr)?)),
+        (Delete, ["backends", addr]) => Ok(Request::Remove(path_backend(addr)?)),
         (Get, ["trace"]) => Ok(Request::Traced),
         (Post, ["trace", call_id]) => Ok(Request::Trace(path_call_id(call_id)?)),
         (Delete, ["trace", call_id]) => Ok(Request::Untrace(path_call_id(call_id)?)),
@@ -724,11 +712,18 @@ fn parse_addr(what: &str, text: &str) -> Result<SocketAddr, Reply> {
         .map_err(|_| Reply::error(400, format!("{what}: {text:?} is not IP:PORT")))
 }
 
-/// A path segment naming a backend: percent-decoded, then `IP:PORT`.
-fn path_addr(segment: &str) -> Result<SocketAddr, Reply> {
+/// A path segment naming a backend: percent-decoded, then `IP:PORT` or the DNS name it was
+/// configured with (`host`, `host:port`).
+fn path_backend(segment: &str) -> Result<BackendRef, Reply> {
     let decoded = percent_decode(segment)
         .ok_or_else(|| Reply::error(400, format!("bad percent-encoding in {segment:?}")))?;
-    parse_addr("backend address", &decoded)
+    match parse_addr("backend address", &decoded) {
+        Ok(addr) => Ok(BackendRef::Addr(addr)),
+        Err(reply) => match crate::named::parse_name(&decoded) {
+            Some(_) => Ok(BackendRef::Name(decoded.trim().to_ascii_lowercase())),
+            None => Err(reply),
+        },
+    }
 }
 
 /// A path segment naming a Call-ID: percent-decoded (a Call-ID may hold `@`, `/` or `%`),
@@ -795,37 +790,49 @@ mod tests {
                 Method::Post,
                 "/backends/127.0.0.1:5070/drain",
                 "",
-                Request::Drain(a),
+                Request::Drain(BackendRef::Addr(a)),
             ),
             (
                 Method::Post,
                 "/backends/127.0.0.1%3A5070/resume",
                 "",
-                Request::Resume(a),
+                Request::Resume(BackendRef::Addr(a)),
             ),
             (
                 Method::Post,
                 "/backends/[::1]:5070/drain",
                 "",
-                Request::Drain(v6),
+                Request::Drain(BackendRef::Addr(v6)),
             ),
             (
                 Method::Post,
                 "/backends/%5B%3A%3A1%5D%3A5070/drain",
                 "",
-                Request::Drain(v6),
+                Request::Drain(BackendRef::Addr(v6)),
             ),
             (
                 Method::Put,
                 "/backends/127.0.0.1:5070/weight",
                 " 7\n",
-                Request::Weight(a, 7),
+                Request::Weight(BackendRef::Addr(a), 7),
             ),
             (
                 Method::Delete,
                 "/backends/127.0.0.1:5070",
                 "",
-                Request::Remove(a),
+                Request::Remove(BackendRef::Addr(a)),
+            ),
+            (
+                Method::Post,
+                "/backends/localhost:5070/drain",
+                "",
+                Request::Drain(BackendRef::Name("localhost:5070".into())),
+            ),
+            (
+                Method::Post,
+                "/trace/abc%40host",
+                "",
+                Request::Trace("abc@host".into()),
             ),
             (
                 Method::Post,
@@ -852,7 +859,10 @@ mod tests {
             (Method::Get, "/nowhere", "", 404),
             (Method::Delete, "/config", "", 405),
             (Method::Get, "/backends/127.0.0.1:5070/drain", "", 405),
-            (Method::Post, "/backends/nohost/drain", "", 400),
+            (Method::Post, "/backends/no%20host/drain", "", 400),
+            (Method::Post, "/backends/127.0.0.1:99999/drain", "", 400),
+            (Method::Post, "/trace/a%20b", "", 400),
+            (Method::Put, "/trace/x", "", 405),
             (Method::Post, "/backends/%zz/drain", "", 400),
             (Method::Post, "/backends/%/drain", "", 400),
             (Method::Post, "/backends/%C3/drain", "", 400),

@@ -236,7 +236,9 @@ mod tests {
         let ok = Reply::ok(json!({"backend": backend("127.0.0.1:1", "up", 1, None)}));
         let refused = Reply::error(409, "no");
         let merged = merge(
-            &Request::Drain("127.0.0.1:1".parse().unwrap()),
+            &Request::Drain(crate::admin::BackendRef::Addr(
+                "127.0.0.1:1".parse().unwrap(),
+            )),
             vec![ok.clone(), refused.clone()],
         );
         assert_eq!(merged.status, 409);
@@ -247,7 +249,9 @@ mod tests {
         let both = merge(&Request::Reload, vec![refused.clone(), refused.clone()]);
         assert_eq!(both, refused);
         let changed = merge(
-            &Request::Drain("127.0.0.1:1".parse().unwrap()),
+            &Request::Drain(crate::admin::BackendRef::Addr(
+                "127.0.0.1:1".parse().unwrap(),
+            )),
             vec![ok.clone(), ok],
         );
         assert_eq!(changed.body["backend"]["selections"], 2);

@@ -119,10 +119,12 @@
 //! [,draining]`.
 
 pub mod admin;
+mod admin_backends;
 mod admin_hub;
 pub mod ctl;
 pub mod dns;
 mod metrics;
+pub mod named;
 mod ops;
 mod pacer;
 mod proxy;

@@ -438,25 +438,38 @@ impl Ops {
 
     /// Where the admin API is served, if it is.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin.as_ref().map(|(shared, _)| shared.server.addr())
+        self.admin
+            .as_ref()
+            .and_then(|(shared, _)| shared.server.as_ref())
+            .map(crate::admin::AdminServer::addr)
+    }
+
+    /// Backends by DNS name: this worker's view of them (`crate::named`).
+    pub(crate) fn set_named(&mut self, named: Vec<crate::named::NamedBackend>) {
+        self.settings.named = named;
     }
 }
 
-/// The admin API of a process: its server and the hub of its workers.
+/// The admin API of a process (its server, with `--admin`) and the hub of its workers, which
+/// the re-resolution of backend names uses too.
 #[derive(Debug)]
 pub(crate) struct AdminShared {
-    server: crate::admin::AdminServer,
-    hub: Arc<crate::admin_hub::AdminHub>,
+    server: Option<crate::admin::AdminServer>,
+    pub(crate) hub: Arc<crate::admin_hub::AdminHub>,
 }
 
-/// Starts the admin API of a process with `workers` workers if `--admin` was given.
+/// Starts the admin API of a process with `workers` workers if `--admin` was given; the hub
+/// exists either way when names are to be re-resolved.
 pub(crate) fn start_admin(
     settings: &Settings,
     workers: usize,
 ) -> Result<Option<Arc<AdminShared>>, RunError> {
+    if settings.admin.addr.is_none() && settings.named.is_empty() {
+        return Ok(None);
+    }
     let hub = crate::admin_hub::AdminHub::new(workers);
     let server = crate::admin::AdminServer::start(&settings.admin, Arc::clone(&hub))?;
-    Ok(server.map(|server| Arc::new(AdminShared { server, hub })))
+    Ok(Some(Arc::new(AdminShared { server, hub })))
 }
 
 /// Starts the metrics server of a process with `workers` workers if `--metrics` was given.

@@ -143,6 +143,26 @@ pub fn run_workers(
     .map_err(RunError::Runtime)?;
     let metrics = crate::ops::start_metrics(&settings, count)?;
     let admin = crate::ops::start_admin(&settings, count)?;
+    if let Some(shared) = admin.as_ref().filter(|_| !settings.named.is_empty()) {
+        let resolver = crate::named::SystemResolver::new().map_err(RunError::Runtime)?;
+        crate::named::start_refresh(
+            settings.named.clone(),
+            settings.resolve_interval,
+            Arc::new(resolver),
+            Arc::downgrade(shared),
+            |shared: &crate::ops::AdminShared, name, backends| {
+                let request = crate::admin::Request::Resolved {
+                    name: name.to_string(),
+                    backends,
+                };
+                let reply = shared.hub.ask_all(&request);
+                if reply.status != 200 {
+                    tracing::warn!(name, answer = %reply.body, "backend name: workers refused the new addresses");
+                }
+            },
+        )
+        .map_err(RunError::Runtime)?;
+    }
     let listeners = bind_all(&settings, count)?;
 
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
