@@ -158,6 +158,8 @@ fn drain_and_resume_by_the_api(rt: Runtime) {
     let (status, err) = admin.call("POST", "/backends/127.0.0.1:9/drain", "");
     assert_eq!(status, 404, "{err}");
     let (status, err) = admin.call("POST", "/backends/nohost/drain", "");
+    assert_eq!(status, 404, "a name that names no backend: {err}");
+    let (status, err) = admin.call("POST", "/backends/no%20host/drain", "");
     assert_eq!(status, 400, "{err}");
     assert!(err["error"].is_string());
     let (ok, _) = admin.ctl(&["drain", "127.0.0.1:9"]);
@@ -480,7 +482,71 @@ fn calls_are_traced_by_the_api(rt: Runtime) {
     );
 }
 
+// A backend given as `localhost:PORT` (A/AAAA from the hosts file; no DNS server is reachable
+// here) becomes one backend per address; the API addresses it by that name, and a drain by
+// name survives the re-resolutions every 0.2 s (runtime overrides stay). Two workers, so the
+// re-resolution goes through the same hub as the API.
+fn a_backend_by_name_is_resolved_and_managed_by_its_name(rt: Runtime) {
+    let dir = RunDir::new(&format!("admin-named-{}", rt.name()));
+    let (a, b) = (SipBackend::start(), SipBackend::start());
+    let name = format!("localhost:{}", a.addr.port());
+    let body = format!(
+        "resolve-interval = 0.2\n[[backend]]\naddr = \"{name}\"\n[[backend]]\naddr = \"{}\"\n",
+        b.addr
+    );
+    let admin = Admin::start(&dir, rt, &body, &["--workers", "2"]);
+    admin.wait_state(&[a.addr, b.addr], "up");
+    let by_name: Vec<Value> = admin
+        .backends()
+        .into_iter()
+        .filter(|x| x["name"] == name.as_str())
+        .collect();
+    assert!(
+        by_name.iter().any(|x| x["addr"] == a.addr.to_string()),
+        "{by_name:?}"
+    );
+    for x in &by_name {
+        let addr: SocketAddr = x["addr"].as_str().unwrap().parse().unwrap();
+        assert!(
+            addr.ip().is_loopback() && addr.port() == a.addr.port(),
+            "{x}"
+        );
+    }
+    assert_eq!(admin.backend(b.addr).unwrap()["name"], Value::Null);
+
+    let answer = admin.ok("POST", &format!("/backends/{name}/drain"), "", 200);
+    assert_eq!(answer["name"], name.as_str(), "{answer}");
+    assert_eq!(answer["until"], "reload", "{answer}");
+    let drained = answer["backends"].as_array().unwrap();
+    assert_eq!(drained.len(), by_name.len(), "{answer}");
+    assert!(drained.iter().all(|x| x["draining"] == true), "{answer}");
+    // Several re-resolutions later the operator's drain still stands.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    admin.wait_state(&[a.addr], "draining");
+    for i in 0..4 {
+        let mut client = SipClient::connect(admin.lb.addr());
+        assert_eq!(client.call(&format!("named-drained-{i}")).status, 200);
+    }
+    assert_eq!(calls_on(&a), 0, "a backend drained by name got a call");
+
+    admin.ok("POST", &format!("/backends/{name}/resume"), "", 200);
+    admin.wait_state(&[a.addr], "up");
+    let weight = admin.ok("PUT", &format!("/backends/{name}/weight"), "2", 200);
+    assert_eq!(weight["backend"]["weight"], 2, "{weight}");
+    for i in 0..6 {
+        let mut client = SipClient::connect(admin.lb.addr());
+        assert_eq!(client.call(&format!("named-resumed-{i}")).status, 200);
+    }
+    assert!(calls_on(&a) > 0, "the resumed backend got no call");
+    let (status, err) = admin.call("POST", "/backends/elsewhere.example:5060/drain", "");
+    assert_eq!(status, 404, "{err}");
+    let mut lb = admin.lb;
+    lb.assert_running();
+    lb.stop();
+}
+
 siplb_e2e::for_both_runtimes!(
+    a_backend_by_name_is_resolved_and_managed_by_its_name,
     admin_changes_reach_every_worker,
     calls_are_traced_by_the_api,
     drain_and_resume_by_the_api,

@@ -1444,7 +1444,9 @@ table-capacity = 99
         ]))
         .unwrap();
         let backends = &s.core.config().backends;
-        assert!(backends.iter().any(|b| b.addr == "127.0.0.1:5071".parse().unwrap()));
+        assert!(backends
+            .iter()
+            .any(|b| b.addr == "127.0.0.1:5071".parse().unwrap()));
         let named: Vec<_> = backends.iter().filter(|b| b.weight == 3).collect();
         assert!(
             named
