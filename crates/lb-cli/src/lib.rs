@@ -89,6 +89,7 @@
 //! proxy-protocol = false          # frontends open with a PROXY v1/v2 header (L4 balancer)
 //! metrics = "127.0.0.1:9090"      # /metrics and /health
 //! admin = "127.0.0.1:9091"        # admin API; elsewhere than loopback needs admin-token-file
+//! resolve-interval = 30           # backends given by host name are resolved again this often
 //!
 //! [[backend]]
 //! addr = "10.0.0.1:5060"
