@@ -444,6 +444,10 @@ fn calls_are_traced_by_the_api(rt: Runtime) {
     let (status, err) = admin.call("DELETE", "/trace/never", "");
     assert_eq!(status, 404, "{err}");
     admin.ok("DELETE", "/trace/traced-2", "", 200);
+    let (ok, out) = admin.ctl(&["trace", "by-ctl@host"]);
+    assert!(ok && out.contains("by-ctl@host"), "{out}");
+    let (ok, out) = admin.ctl(&["untrace", "by-ctl@host"]);
+    assert!(ok && !out.contains("by-ctl@host"), "{out}");
     let listed = admin.ok("GET", "/trace", "", 200);
     assert_eq!(listed["call-ids"], serde_json::json!(["traced-1@host"]));
 
