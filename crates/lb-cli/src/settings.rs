@@ -424,14 +424,15 @@ struct FileLimits {
 struct PartialBackend {
     config: BackendConfig,
     mode: Option<BackendMode>,
-    /// Given by DNS name: (as written, host, port); `config.addr` is a placeholder then.
-    name: Option<(String, String, Option<u16>)>,
+    /// Given by DNS name; `config.addr` is a placeholder then.
+    name: Option<DnsName>,
 }
 
+/// A backend's host name: (as written, host, port).
+type DnsName = (String, String, Option<u16>);
+
 /// A backend's `addr`: `IP:PORT`, or a DNS name (`crate::named`) with a placeholder address.
-fn backend_addr(
-    text: &str,
-) -> Result<(SocketAddr, Option<(String, String, Option<u16>)>), CliError> {
+fn backend_addr(text: &str) -> Result<(SocketAddr, Option<DnsName>), CliError> {
     match (parse_addr("backend", text), crate::named::parse_name(text)) {
         (Ok(addr), _) => Ok((addr, None)),
         (Err(_), Some((host, port))) => Ok((
