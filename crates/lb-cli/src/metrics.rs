@@ -423,7 +423,15 @@ fn encode_figures(
         }
     }
 
-    let backends = || snapshot.figures.backends.iter().zip(backend_labels);
+    // Every backend has every series from the start (zeros until it answers), so rates and
+    // quantiles need no special case for a backend that has not answered yet.
+    let none = lb_core::BackendFigures::default();
+    let backends = || {
+        backend_labels
+            .iter()
+            .enumerate()
+            .map(|(i, labels)| (snapshot.figures.backends.get(i).unwrap_or(&none), labels))
+    };
     let mut metric = encoder.encode_descriptor(
         "backend_responses",
         "SIP responses from the backend (probe answers aside), by status class",
@@ -524,7 +532,8 @@ mod tests {
         let mut figures = Figures::default();
         figures.requests[0][0] = 5; // INVITE from frontends
         figures.requests[1][3] = 2; // BYE from backends
-        figures.backends = vec![lb_core::BackendFigures::default(); 2];
+                                    // Backend 1 has answered nothing: its figures are not even allocated yet.
+        figures.backends = vec![lb_core::BackendFigures::default(); 1];
         figures.backends[0].responses = [4, 3, 0, 1, 0, 0];
         for us in [400, 1_500, 40_000_000] {
             figures.backends[0].final_response.observe(us);
@@ -573,6 +582,7 @@ mod tests {
             "siplb_backend_final_response_seconds_bucket{le=\"30.0\",backend=\"0\",addr=\"127.0.0.1:5070\"} 2",
             "siplb_backend_final_response_seconds_bucket{le=\"+Inf\",backend=\"0\",addr=\"127.0.0.1:5070\"} 3",
             "siplb_backend_first_response_seconds_count{backend=\"1\",addr=\"127.0.0.1:5071\"} 0",
+            "siplb_backend_final_response_seconds_bucket{le=\"+Inf\",backend=\"1\",addr=\"127.0.0.1:5071\"} 0",
             "# EOF",
         ] {
             assert!(
