@@ -158,6 +158,8 @@ fn drain_and_resume_by_the_api(rt: Runtime) {
     let (status, err) = admin.call("POST", "/backends/127.0.0.1:9/drain", "");
     assert_eq!(status, 404, "{err}");
     let (status, err) = admin.call("POST", "/backends/nohost/drain", "");
+    assert_eq!(status, 404, "a name that names no backend: {err}");
+    let (status, err) = admin.call("POST", "/backends/no%20host/drain", "");
     assert_eq!(status, 400, "{err}");
     assert!(err["error"].is_string());
     let (ok, _) = admin.ctl(&["drain", "127.0.0.1:9"]);
@@ -365,7 +367,192 @@ fn json_logs_are_one_object_per_line(rt: Runtime) {
     assert_eq!(listening["fields"]["addr"], lb.addr().to_string());
 }
 
+// With `--workers 2` one API serves the process: a drain reaches both workers (no new call
+// reaches the drained backend, whichever worker took the connection), and `GET /backends`
+// adds up the workers' connections and selections.
+fn admin_changes_reach_every_worker(rt: Runtime) {
+    let dir = RunDir::new(&format!("admin-workers-{}", rt.name()));
+    let (a, b) = (SipBackend::start(), SipBackend::start());
+    let admin = Admin::start(&dir, rt, &backend_tables(&[&a, &b]), &["--workers", "2"]);
+    admin.wait_state(&[a.addr, b.addr], "up");
+    // Each worker holds its own connection to each backend.
+    wait_until("both workers to connect to both backends", PATIENCE, || {
+        admin.backends().iter().all(|b| b["connections"] == 2)
+    });
+    let answer = admin.ok("POST", &path(a.addr, "/drain"), "", 200);
+    assert_eq!(answer["backend"]["state"], "draining", "{answer}");
+    assert_eq!(answer["backend"]["connections"], 2, "{answer}");
+
+    // New connections until both workers have taken calls (the kernel spreads connections
+    // over the workers' sockets by a hash of their addresses).
+    let worker_calls = |w: usize| {
+        admin
+            .lb
+            .metrics()
+            .value(&format!("siplb_worker_new_calls_total{{worker=\"{w}\"}}"))
+    };
+    let mut calls = 0;
+    while calls < 8 || (calls < 200 && (worker_calls(0) == 0.0 || worker_calls(1) == 0.0)) {
+        let mut client = SipClient::connect(admin.lb.addr());
+        assert_eq!(client.call(&format!("workers-{calls}")).status, 200);
+        calls += 1;
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    wait_until("the metrics to count every call", PATIENCE, || {
+        worker_calls(0) + worker_calls(1) == calls as f64
+    });
+    assert!(
+        worker_calls(0) > 0.0 && worker_calls(1) > 0.0,
+        "after {calls} connections one worker had no call"
+    );
+    assert_eq!(
+        calls_on(&a),
+        0,
+        "a backend drained on one worker only got a call"
+    );
+    assert_eq!(calls_on(&b), calls);
+    let list = admin.backends();
+    let selections: u64 = list.iter().map(|b| b["selections"].as_u64().unwrap()).sum();
+    assert_eq!(selections, calls as u64, "{list:?}");
+    assert_eq!(admin.backend(a.addr).unwrap()["state"], "draining");
+
+    let answer = admin.ok("POST", &path(a.addr, "/resume"), "", 200);
+    assert_eq!(answer["backend"]["state"], "up", "{answer}");
+    let answer = admin.ok("PUT", &path(b.addr, "/weight"), "4", 200);
+    assert_eq!(answer["backend"]["weight"], 4, "{answer}");
+    let config = admin.ok("GET", "/config", "", 200);
+    assert_eq!(config["backend"][1]["weight"], 4, "{config}");
+    let mut lb = admin.lb;
+    lb.stop();
+}
+
+// `POST /trace/CALLID` turns the per-call trace on (every worker), `DELETE` turns it off,
+// `GET /trace` lists the Call-IDs; a reload forgets them.
+fn calls_are_traced_by_the_api(rt: Runtime) {
+    let dir = RunDir::new(&format!("admin-trace-{}", rt.name()));
+    let a = SipBackend::start();
+    let admin = Admin::start(&dir, rt, &backend_tables(&[&a]), &["--workers", "2"]);
+    admin.wait_state(&[a.addr], "up");
+    let listed = admin.ok("GET", "/trace", "", 200);
+    assert_eq!(listed["call-ids"], serde_json::json!([]), "{listed}");
+    let answer = admin.ok("POST", "/trace/traced-1%40host", "", 201);
+    assert_eq!(answer["until"], "reload", "{answer}");
+    assert_eq!(answer["call-ids"], serde_json::json!(["traced-1@host"]));
+    admin.ok("POST", "/trace/traced-2", "", 201);
+    let (status, err) = admin.call("POST", "/trace/a%20b", "");
+    assert_eq!(status, 400, "{err}");
+    let (status, err) = admin.call("DELETE", "/trace/never", "");
+    assert_eq!(status, 404, "{err}");
+    admin.ok("DELETE", "/trace/traced-2", "", 200);
+    let (ok, out) = admin.ctl(&["trace", "by-ctl@host"]);
+    assert!(ok && out.contains("by-ctl@host"), "{out}");
+    let (ok, out) = admin.ctl(&["untrace", "by-ctl@host"]);
+    assert!(ok && !out.contains("by-ctl@host"), "{out}");
+    let listed = admin.ok("GET", "/trace", "", 200);
+    assert_eq!(listed["call-ids"], serde_json::json!(["traced-1@host"]));
+
+    // More traced calls, each on a connection of its own: the kernel spreads them over the
+    // two workers, and every one is traced whichever worker took it.
+    let mut wanted = vec!["traced-1@host".to_string()];
+    for i in 3..9 {
+        let id = format!("traced-{i}");
+        admin.ok("POST", &format!("/trace/{id}"), "", 201);
+        wanted.push(id);
+    }
+    for call_id in wanted
+        .iter()
+        .map(String::as_str)
+        .chain(["traced-2", "other-1"])
+    {
+        let mut client = SipClient::connect(admin.lb.addr());
+        assert_eq!(client.call(call_id).status, 200);
+    }
+    let mut lb = admin.lb;
+    lb.stop();
+    let log = lb.log();
+    let traced: Vec<&str> = log.lines().filter(|l| l.contains("traced call")).collect();
+    for id in &wanted {
+        // The INVITE and its 200, each one line.
+        let lines = traced
+            .iter()
+            .filter(|l| l.contains(&format!("call_id=\"{id}\"")))
+            .count();
+        assert_eq!(lines, 2, "{id}: {traced:#?}");
+    }
+    assert_eq!(
+        traced.len(),
+        2 * wanted.len(),
+        "only traced calls: {traced:#?}"
+    );
+}
+
+// A backend given as `localhost:PORT` (A/AAAA from the hosts file; no DNS server is reachable
+// here) becomes one backend per address; the API addresses it by that name, and a drain by
+// name survives the re-resolutions every 0.2 s (runtime overrides stay). Two workers, so the
+// re-resolution goes through the same hub as the API.
+fn a_backend_by_name_is_resolved_and_managed_by_its_name(rt: Runtime) {
+    let dir = RunDir::new(&format!("admin-named-{}", rt.name()));
+    let (a, b) = (SipBackend::start(), SipBackend::start());
+    let name = format!("localhost:{}", a.addr.port());
+    let body = format!(
+        "resolve-interval = 0.2\n[[backend]]\naddr = \"{name}\"\n[[backend]]\naddr = \"{}\"\n",
+        b.addr
+    );
+    let admin = Admin::start(&dir, rt, &body, &["--workers", "2"]);
+    admin.wait_state(&[a.addr, b.addr], "up");
+    let by_name: Vec<Value> = admin
+        .backends()
+        .into_iter()
+        .filter(|x| x["name"] == name.as_str())
+        .collect();
+    assert!(
+        by_name.iter().any(|x| x["addr"] == a.addr.to_string()),
+        "{by_name:?}"
+    );
+    for x in &by_name {
+        let addr: SocketAddr = x["addr"].as_str().unwrap().parse().unwrap();
+        assert!(
+            addr.ip().is_loopback() && addr.port() == a.addr.port(),
+            "{x}"
+        );
+    }
+    assert_eq!(admin.backend(b.addr).unwrap()["name"], Value::Null);
+
+    let answer = admin.ok("POST", &format!("/backends/{name}/drain"), "", 200);
+    assert_eq!(answer["name"], name.as_str(), "{answer}");
+    assert_eq!(answer["until"], "reload", "{answer}");
+    let drained = answer["backends"].as_array().unwrap();
+    assert_eq!(drained.len(), by_name.len(), "{answer}");
+    assert!(drained.iter().all(|x| x["draining"] == true), "{answer}");
+    // Several re-resolutions later the operator's drain still stands.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    admin.wait_state(&[a.addr], "draining");
+    for i in 0..4 {
+        let mut client = SipClient::connect(admin.lb.addr());
+        assert_eq!(client.call(&format!("named-drained-{i}")).status, 200);
+    }
+    assert_eq!(calls_on(&a), 0, "a backend drained by name got a call");
+
+    admin.ok("POST", &format!("/backends/{name}/resume"), "", 200);
+    admin.wait_state(&[a.addr], "up");
+    let weight = admin.ok("PUT", &format!("/backends/{name}/weight"), "2", 200);
+    assert_eq!(weight["backend"]["weight"], 2, "{weight}");
+    for i in 0..6 {
+        let mut client = SipClient::connect(admin.lb.addr());
+        assert_eq!(client.call(&format!("named-resumed-{i}")).status, 200);
+    }
+    assert!(calls_on(&a) > 0, "the resumed backend got no call");
+    let (status, err) = admin.call("POST", "/backends/elsewhere.example:5060/drain", "");
+    assert_eq!(status, 404, "{err}");
+    let mut lb = admin.lb;
+    lb.assert_running();
+    lb.stop();
+}
+
 siplb_e2e::for_both_runtimes!(
+    a_backend_by_name_is_resolved_and_managed_by_its_name,
+    admin_changes_reach_every_worker,
+    calls_are_traced_by_the_api,
     drain_and_resume_by_the_api,
     add_and_remove_backends_until_the_next_reload,
     a_weight_set_by_the_api_steers_the_split,

@@ -11,6 +11,9 @@
 //! | `DELETE /backends/ADDR` | removes one; its tagged calls go to its backup, if any |
 //! | `POST /reload` | what SIGHUP does: reread the config file |
 //! | `GET /config` | the running configuration, without secrets (tag key ids, not keys) |
+//! | `GET /trace` | the Call-IDs traced now |
+//! | `POST /trace/CALLID` | trace every message of that Call-ID (as `--trace-call-id`), at most [`TRACED_MAX`] |
+//! | `DELETE /trace/CALLID` | stop tracing it |
 //!
 //! `ADDR` is the backend's address as configured, `IP:PORT`, IPv6 in brackets; percent-encoded
 //! characters are decoded (`%5B%3A%3A1%5D%3A5060` is `[::1]:5060`).
@@ -21,11 +24,11 @@
 //! running one and feed it as `Input::Reload`: the core matches backends by address, so ids,
 //! connections and calls stay. Drain and resume are `Input::Backends`.
 //!
-//! **The HTTP thread never touches the balancer.** It parses and checks a request, hands an
-//! [`AdminCommand`] to the driver through a bounded channel, wakes the driver (the waker the
-//! driver gave [`crate::Ops::start_admin`]) and waits at most [`REPLY_MAX`] for the answer;
-//! the driver applies commands between events with [`crate::Ops::handle_admin`] and drains
-//! the core's outputs as after any input.
+//! **The HTTP thread never touches a balancer.** It parses and checks a request, hands an
+//! [`AdminCommand`] to every worker's driver through a bounded channel each, wakes them (the
+//! waker each gave [`crate::Ops::start_admin`]) and waits at most [`REPLY_MAX`] for all the
+//! answers, which it merges into one (`admin_hub`); each driver applies commands between
+//! events with [`crate::Ops::handle_admin`] and drains the core's outputs as after any input.
 //!
 //! **Access.** Without `--admin-token-file` the address must be a loopback address (refused at
 //! start otherwise). With it, every request needs `Authorization: Bearer TOKEN`, TOKEN being
@@ -41,9 +44,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lb_core::{
-    Algorithm, BackendChange, BackendConfig, BackendMode, BackendStatus, Balancer, Config, Input,
-};
+use lb_core::{Algorithm, BackendConfig, BackendMode, BackendStatus, Balancer, Config, Input};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -55,8 +56,11 @@ pub const REPLY_MAX: Duration = Duration::from_secs(5);
 /// Largest request body read; a larger one gets 413.
 const BODY_BYTES_MAX: u64 = 64 * 1024;
 
-/// Commands waiting for the driver; past this the API answers 503 at once.
-const QUEUE_MAX: usize = 64;
+/// Call-IDs traced at once by `POST /trace/CALLID` (each costs a comparison per message).
+pub const TRACED_MAX: usize = 64;
+
+/// Longest Call-ID `POST /trace/CALLID` takes.
+const TRACE_CALL_ID_BYTES_MAX: usize = 256;
 
 /// `--admin` and `--admin-token-file`, checked.
 #[derive(Clone, Default)]
@@ -138,6 +142,12 @@ pub struct AdminCommand {
     reply: std::sync::mpsc::SyncSender<Reply>,
 }
 
+impl AdminCommand {
+    pub(crate) fn new(request: Request, reply: std::sync::mpsc::SyncSender<Reply>) -> AdminCommand {
+        AdminCommand { request, reply }
+    }
+}
+
 /// The driver's end of the admin channel. Without `--admin` it never yields a command.
 #[derive(Debug)]
 pub struct AdminQueue {
@@ -163,30 +173,58 @@ impl AdminQueue {
 
 /// What a request asks for, parsed and checked on the HTTP thread.
 #[derive(Debug, Clone, PartialEq)]
-enum Request {
+pub(crate) enum Request {
     Backends,
-    Drain(SocketAddr),
-    Resume(SocketAddr),
-    Weight(SocketAddr, u32),
+    Drain(BackendRef),
+    Resume(BackendRef),
+    Weight(BackendRef, u32),
     Add(BackendConfig),
-    Remove(SocketAddr),
+    Remove(BackendRef),
+    /// Not from HTTP: a backend name resolved to new addresses (`crate::named`).
+    Resolved {
+        name: String,
+        backends: Vec<BackendConfig>,
+    },
     Reload,
     Config,
+    /// `GET /trace`: the Call-IDs traced now.
+    Traced,
+    /// `POST /trace/CALLID`.
+    Trace(String),
+    /// `DELETE /trace/CALLID`.
+    Untrace(String),
+}
+
+/// A backend as a path names it: by address, or by the DNS name it was configured with (all
+/// the addresses that name has now).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum BackendRef {
+    Addr(SocketAddr),
+    Name(String),
+}
+
+impl std::fmt::Display for BackendRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BackendRef::Addr(a) => write!(f, "{a}"),
+            BackendRef::Name(n) => f.write_str(n),
+        }
+    }
 }
 
 /// An answer: status and JSON body.
 #[derive(Debug, Clone, PartialEq)]
-struct Reply {
-    status: u16,
-    body: Value,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) body: Value,
 }
 
 impl Reply {
-    fn ok(body: Value) -> Reply {
+    pub(crate) fn ok(body: Value) -> Reply {
         Reply { status: 200, body }
     }
 
-    fn error(status: u16, message: impl Into<String>) -> Reply {
+    pub(crate) fn error(status: u16, message: impl Into<String>) -> Reply {
         Reply {
             status,
             body: json!({ "error": message.into() }),
@@ -215,12 +253,12 @@ impl Drop for AdminServer {
 }
 
 impl AdminServer {
-    /// Binds now (a busy port fails the start) and serves from a new thread; `wake` is called
-    /// after each command is queued.
+    /// Binds now (a busy port fails the start) and serves from a new thread, handing every
+    /// request to every worker of `hub` (`admin_hub`). `None` without `--admin`.
     pub(crate) fn start(
         settings: &AdminSettings,
-        wake: Box<dyn Fn() + Send>,
-    ) -> Result<Option<(AdminServer, AdminQueue)>, RunError> {
+        hub: Arc<crate::admin_hub::AdminHub>,
+    ) -> Result<Option<AdminServer>, RunError> {
         let Some(addr) = settings.addr else {
             return Ok(None);
         };
@@ -230,18 +268,14 @@ impl AdminServer {
         })?;
         let addr = server.server_addr().to_ip().unwrap_or(addr);
         let server = Arc::new(server);
-        let (tx, rx) = tokio::sync::mpsc::channel(QUEUE_MAX);
         let thread_server = Arc::clone(&server);
         let token = settings.token.clone();
         std::thread::Builder::new()
             .name("siplb-admin".to_string())
-            .spawn(move || serve(&thread_server, token.as_deref(), &tx, &*wake))
+            .spawn(move || serve(&thread_server, token.as_deref(), &hub))
             .map_err(RunError::Runtime)?;
         tracing::info!(%addr, token = settings.has_token(), "admin API listening");
-        Ok(Some((
-            AdminServer { server, addr },
-            AdminQueue { rx: Some(rx) },
-        )))
+        Ok(Some(AdminServer { server, addr }))
     }
 
     /// The bound address.
@@ -254,6 +288,10 @@ impl AdminQueue {
     /// A queue that never yields (no `--admin`).
     pub(crate) fn none() -> AdminQueue {
         AdminQueue { rx: None }
+    }
+
+    pub(crate) fn from_receiver(rx: tokio::sync::mpsc::Receiver<AdminCommand>) -> AdminQueue {
+        AdminQueue { rx: Some(rx) }
     }
 }
 
@@ -273,37 +311,17 @@ fn apply(ops: &mut Ops, lb: &mut Balancer, now: Instant, request: Request) -> Re
         Request::Backends => Reply::ok(Value::Array(
             running(lb)
                 .iter()
-                .map(|(c, s)| backend_json(c, s))
+                .map(|(c, s)| backend_json(ops, c, s))
                 .collect(),
         )),
         Request::Config => Reply::ok(config_json(ops, lb)),
-        Request::Drain(addr) | Request::Resume(addr) => {
-            let draining = matches!(request, Request::Drain(_));
-            let Some((_, status)) = find(lb, addr) else {
-                return no_backend(addr);
-            };
-            let change = if draining {
-                BackendChange::Drain(status.id)
-            } else {
-                BackendChange::Resume(status.id)
-            };
-            lb.handle_input(now, Input::Backends(change));
-            tracing::info!(%addr, draining, "admin: backend drain set until the next reload");
-            changed(lb, addr, 200)
+        Request::Drain(which) => crate::admin_backends::drain(ops, lb, now, &which, true),
+        Request::Resume(which) => crate::admin_backends::drain(ops, lb, now, &which, false),
+        Request::Weight(which, weight) => {
+            crate::admin_backends::weight(ops, lb, now, &which, weight)
         }
-        Request::Weight(addr, weight) => {
-            let result = rebuild(ops, lb, now, |backends| {
-                let Some(b) = backends.iter_mut().find(|b| b.addr == addr) else {
-                    return Err(no_backend(addr));
-                };
-                b.weight = weight;
-                Ok(())
-            });
-            if let Err(reply) = result {
-                return reply;
-            }
-            tracing::info!(%addr, weight, "admin: backend weight set until the next reload");
-            changed(lb, addr, 200)
+        Request::Resolved { name, backends } => {
+            crate::admin_backends::resolved(ops, lb, now, &name, &backends)
         }
         Request::Add(backend) => {
             let addr = backend.addr;
@@ -318,29 +336,18 @@ fn apply(ops: &mut Ops, lb: &mut Balancer, now: Instant, request: Request) -> Re
                 return reply;
             }
             tracing::info!(%addr, "admin: backend added until the next reload");
-            changed(lb, addr, 201)
+            changed(ops, lb, addr, 201)
         }
-        Request::Remove(addr) => {
-            let result = rebuild(ops, lb, now, |backends| {
-                let before = backends.len();
-                backends.retain(|b| b.addr != addr);
-                if backends.len() == before {
-                    return Err(no_backend(addr));
-                }
-                Ok(())
-            });
-            if let Err(reply) = result {
-                return reply;
-            }
-            tracing::info!(%addr, "admin: backend removed until the next reload");
-            Reply::ok(json!({ "removed": addr.to_string(), "until": "reload" }))
-        }
+        Request::Remove(which) => crate::admin_backends::remove(ops, lb, now, &which),
+        Request::Traced => Reply::ok(json!({ "call-ids": traced(ops) })),
+        Request::Trace(call_id) => trace(ops, lb, now, call_id, true),
+        Request::Untrace(call_id) => trace(ops, lb, now, call_id, false),
         Request::Reload => match ops.try_reload("admin: POST /reload") {
             Ok(config) => {
                 lb.handle_input(now, Input::Reload(Box::new(config)));
                 let backends: Vec<Value> = running(lb)
                     .iter()
-                    .map(|(c, s)| backend_json(c, s))
+                    .map(|(c, s)| backend_json(ops, c, s))
                     .collect();
                 Reply::ok(json!({ "reloaded": true, "backends": backends }))
             }
@@ -350,7 +357,7 @@ fn apply(ops: &mut Ops, lb: &mut Balancer, now: Instant, request: Request) -> Re
 }
 
 /// The configured backends (removed ones left out), with their status, in id order.
-fn running(lb: &Balancer) -> Vec<(BackendConfig, BackendStatus)> {
+pub(crate) fn running(lb: &Balancer) -> Vec<(BackendConfig, BackendStatus)> {
     lb.backends()
         .zip(lb.backend_status())
         .filter(|(_, s)| !s.removed)
@@ -358,33 +365,80 @@ fn running(lb: &Balancer) -> Vec<(BackendConfig, BackendStatus)> {
         .collect()
 }
 
-fn find(lb: &Balancer, addr: SocketAddr) -> Option<(BackendConfig, BackendStatus)> {
+pub(crate) fn find(lb: &Balancer, addr: SocketAddr) -> Option<(BackendConfig, BackendStatus)> {
     running(lb).into_iter().find(|(c, _)| c.addr == addr)
 }
 
-fn no_backend(addr: SocketAddr) -> Reply {
+pub(crate) fn no_backend(addr: impl std::fmt::Display) -> Reply {
     Reply::error(404, format!("no backend {addr}"))
 }
 
 /// The answer to a change: the backend as it is now, and how long the change lasts.
-fn changed(lb: &Balancer, addr: SocketAddr, status: u16) -> Reply {
+pub(crate) fn changed(ops: &Ops, lb: &Balancer, addr: SocketAddr, status: u16) -> Reply {
     match find(lb, addr) {
         Some((c, s)) => Reply {
             status,
-            body: json!({ "backend": backend_json(&c, &s), "until": "reload" }),
+            body: json!({ "backend": backend_json(ops, &c, &s), "until": "reload" }),
         },
         None => no_backend(addr),
     }
 }
 
+/// `POST /trace/CALLID` (`on`) and `DELETE /trace/CALLID`.
+fn trace(ops: &mut Ops, lb: &mut Balancer, now: Instant, call_id: String, on: bool) -> Reply {
+    let result = rebuild_config(ops, lb, now, |config| {
+        let ids = &mut config.trace_call_ids;
+        let present = ids.contains(&call_id);
+        if on && !present {
+            if ids.len() >= TRACED_MAX {
+                return Err(Reply::error(
+                    409,
+                    format!("{TRACED_MAX} Call-IDs are traced already"),
+                ));
+            }
+            ids.push(call_id.clone());
+        } else if !on {
+            if !present {
+                return Err(Reply::error(404, format!("{call_id:?} is not traced")));
+            }
+            ids.retain(|id| *id != call_id);
+        }
+        Ok(())
+    });
+    if let Err(reply) = result {
+        return reply;
+    }
+    tracing::info!(call_id, on, "admin: call trace set until the next reload");
+    Reply {
+        status: if on { 201 } else { 200 },
+        body: json!({ "call-ids": traced(ops), "until": "reload" }),
+    }
+}
+
+/// The Call-IDs traced now (`--trace-call-id`, the file's `trace-call-id`, the API's).
+fn traced(ops: &Ops) -> Vec<String> {
+    ops.settings().core.config().trace_call_ids.clone()
+}
+
 /// Builds a new configuration from the running one (the backends as they are now, drain
 /// state included, so a weight change does not undo a drain), lets `edit` change its
 /// backends, and feeds it to the core.
-fn rebuild(
-    ops: &Ops,
+pub(crate) fn rebuild(
+    ops: &mut Ops,
     lb: &mut Balancer,
     now: Instant,
     edit: impl FnOnce(&mut Vec<BackendConfig>) -> Result<(), Reply>,
+) -> Result<(), Reply> {
+    rebuild_config(ops, lb, now, |config| edit(&mut config.backends))
+}
+
+/// [`rebuild`], with the whole configuration to edit; the result is also what
+/// [`Ops::settings`] shows from now on (until a reload).
+fn rebuild_config(
+    ops: &mut Ops,
+    lb: &mut Balancer,
+    now: Instant,
+    edit: impl FnOnce(&mut Config) -> Result<(), Reply>,
 ) -> Result<(), Reply> {
     let mut config: Config = ops.settings().core.config().clone();
     config.backends = running(lb)
@@ -394,10 +448,11 @@ fn rebuild(
             ..c
         })
         .collect();
-    edit(&mut config.backends)?;
+    edit(&mut config)?;
     let valid = config
         .validate()
         .map_err(|e| Reply::error(409, e.to_string()))?;
+    ops.set_running_config(valid.clone());
     lb.handle_input(now, Input::Reload(Box::new(valid)));
     Ok(())
 }
@@ -421,10 +476,12 @@ fn mode_name(mode: BackendMode) -> &'static str {
     }
 }
 
-fn backend_json(c: &BackendConfig, s: &BackendStatus) -> Value {
+pub(crate) fn backend_json(ops: &Ops, c: &BackendConfig, s: &BackendStatus) -> Value {
+    let name = ops.settings().named.iter().find(|n| n.has(c.addr));
     json!({
         "id": s.id.index(),
         "addr": c.addr.to_string(),
+        "name": name.map(|n| n.name.as_str()),
         "state": state(s),
         "weight": c.weight,
         "mode": mode_name(c.mode),
@@ -505,12 +562,7 @@ fn config_json(ops: &Ops, lb: &Balancer) -> Value {
     })
 }
 
-fn serve(
-    server: &tiny_http::Server,
-    token: Option<&str>,
-    queue: &tokio::sync::mpsc::Sender<AdminCommand>,
-    wake: &dyn Fn(),
-) {
+fn serve(server: &tiny_http::Server, token: Option<&str>, hub: &crate::admin_hub::AdminHub) {
     for mut request in server.incoming_requests() {
         let reply = match authorize(&request, token) {
             Err(reply) => reply,
@@ -518,7 +570,7 @@ fn serve(
                 .and_then(|body| parse_request(request.method(), request.url(), &body))
             {
                 Err(reply) => reply,
-                Ok(parsed) => ask_driver(queue, wake, parsed),
+                Ok(parsed) => hub.ask_all(&parsed),
             },
         };
         let mut body = reply.body.to_string();
@@ -540,21 +592,6 @@ fn serve(
             tracing::debug!(error = %e, "admin: writing a response failed");
         }
     }
-}
-
-fn ask_driver(
-    queue: &tokio::sync::mpsc::Sender<AdminCommand>,
-    wake: &dyn Fn(),
-    request: Request,
-) -> Reply {
-    let (reply, answer) = std::sync::mpsc::sync_channel(1);
-    if queue.try_send(AdminCommand { request, reply }).is_err() {
-        return Reply::error(503, "the balancer is busy with earlier admin requests");
-    }
-    wake();
-    answer
-        .recv_timeout(REPLY_MAX)
-        .unwrap_or_else(|_| Reply::error(503, "the balancer did not answer in time"))
 }
 
 fn authorize(request: &tiny_http::Request, token: Option<&str>) -> Result<(), Reply> {
@@ -612,10 +649,10 @@ fn parse_request(method: &tiny_http::Method, url: &str, body: &str) -> Result<Re
         (Get, ["config"]) => Ok(Request::Config),
         (Post, ["reload"]) => Ok(Request::Reload),
         (Post, ["backends"]) => parse_new_backend(body).map(Request::Add),
-        (Post, ["backends", addr, "drain"]) => Ok(Request::Drain(path_addr(addr)?)),
-        (Post, ["backends", addr, "resume"]) => Ok(Request::Resume(path_addr(addr)?)),
+        (Post, ["backends", addr, "drain"]) => Ok(Request::Drain(path_backend(addr)?)),
+        (Post, ["backends", addr, "resume"]) => Ok(Request::Resume(path_backend(addr)?)),
         (Put, ["backends", addr, "weight"]) => {
-            let addr = path_addr(addr)?;
+            let addr = path_backend(addr)?;
             let text = body.trim();
             let weight = text.parse::<u32>().map_err(|_| {
                 Reply::error(
@@ -625,10 +662,16 @@ fn parse_request(method: &tiny_http::Method, url: &str, body: &str) -> Result<Re
             })?;
             Ok(Request::Weight(addr, weight))
         }
-        (Delete, ["backends", addr]) => Ok(Request::Remove(path_addr(addr)?)),
+        (Delete, ["backends", addr]) => Ok(Request::Remove(path_backend(addr)?)),
+        (Get, ["trace"]) => Ok(Request::Traced),
+        (Post, ["trace", call_id]) => Ok(Request::Trace(path_call_id(call_id)?)),
+        (Delete, ["trace", call_id]) => Ok(Request::Untrace(path_call_id(call_id)?)),
         (_, ["backends"] | ["config"] | ["reload"])
         | (_, ["backends", _, "drain" | "resume" | "weight"])
-        | (_, ["backends", _]) => Err(Reply::error(405, format!("{method} is not allowed here"))),
+        | (_, ["backends", _])
+        | (_, ["trace"] | ["trace", _]) => {
+            Err(Reply::error(405, format!("{method} is not allowed here")))
+        }
         _ => Err(Reply::error(
             404,
             format!("no such path {path:?}: try GET /backends or GET /config"),
@@ -669,11 +712,37 @@ fn parse_addr(what: &str, text: &str) -> Result<SocketAddr, Reply> {
         .map_err(|_| Reply::error(400, format!("{what}: {text:?} is not IP:PORT")))
 }
 
-/// A path segment naming a backend: percent-decoded, then `IP:PORT`.
-fn path_addr(segment: &str) -> Result<SocketAddr, Reply> {
+/// A path segment naming a backend: percent-decoded, then `IP:PORT` or the DNS name it was
+/// configured with (`host`, `host:port`).
+fn path_backend(segment: &str) -> Result<BackendRef, Reply> {
     let decoded = percent_decode(segment)
         .ok_or_else(|| Reply::error(400, format!("bad percent-encoding in {segment:?}")))?;
-    parse_addr("backend address", &decoded)
+    match parse_addr("backend address", &decoded) {
+        Ok(addr) => Ok(BackendRef::Addr(addr)),
+        Err(reply) => match crate::named::parse_name(&decoded) {
+            Some(_) => Ok(BackendRef::Name(decoded.trim().to_ascii_lowercase())),
+            None => Err(reply),
+        },
+    }
+}
+
+/// A path segment naming a Call-ID: percent-decoded (a Call-ID may hold `@`, `/` or `%`),
+/// non-empty, printable, at most [`TRACE_CALL_ID_BYTES_MAX`] bytes.
+fn path_call_id(segment: &str) -> Result<String, Reply> {
+    let decoded = percent_decode(segment)
+        .ok_or_else(|| Reply::error(400, format!("bad percent-encoding in {segment:?}")))?;
+    if decoded.is_empty()
+        || decoded.len() > TRACE_CALL_ID_BYTES_MAX
+        || decoded.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(Reply::error(
+            400,
+            format!(
+                "a Call-ID is 1 to {TRACE_CALL_ID_BYTES_MAX} bytes without spaces: {decoded:?}"
+            ),
+        ));
+    }
+    Ok(decoded)
 }
 
 fn percent_decode(text: &str) -> Option<String> {
@@ -721,37 +790,49 @@ mod tests {
                 Method::Post,
                 "/backends/127.0.0.1:5070/drain",
                 "",
-                Request::Drain(a),
+                Request::Drain(BackendRef::Addr(a)),
             ),
             (
                 Method::Post,
                 "/backends/127.0.0.1%3A5070/resume",
                 "",
-                Request::Resume(a),
+                Request::Resume(BackendRef::Addr(a)),
             ),
             (
                 Method::Post,
                 "/backends/[::1]:5070/drain",
                 "",
-                Request::Drain(v6),
+                Request::Drain(BackendRef::Addr(v6)),
             ),
             (
                 Method::Post,
                 "/backends/%5B%3A%3A1%5D%3A5070/drain",
                 "",
-                Request::Drain(v6),
+                Request::Drain(BackendRef::Addr(v6)),
             ),
             (
                 Method::Put,
                 "/backends/127.0.0.1:5070/weight",
                 " 7\n",
-                Request::Weight(a, 7),
+                Request::Weight(BackendRef::Addr(a), 7),
             ),
             (
                 Method::Delete,
                 "/backends/127.0.0.1:5070",
                 "",
-                Request::Remove(a),
+                Request::Remove(BackendRef::Addr(a)),
+            ),
+            (
+                Method::Post,
+                "/backends/localhost:5070/drain",
+                "",
+                Request::Drain(BackendRef::Name("localhost:5070".into())),
+            ),
+            (
+                Method::Post,
+                "/trace/abc%40host",
+                "",
+                Request::Trace("abc@host".into()),
             ),
             (
                 Method::Post,
@@ -778,7 +859,10 @@ mod tests {
             (Method::Get, "/nowhere", "", 404),
             (Method::Delete, "/config", "", 405),
             (Method::Get, "/backends/127.0.0.1:5070/drain", "", 405),
-            (Method::Post, "/backends/nohost/drain", "", 400),
+            (Method::Post, "/backends/no%20host/drain", "", 400),
+            (Method::Post, "/backends/127.0.0.1:99999/drain", "", 400),
+            (Method::Post, "/trace/a%20b", "", 400),
+            (Method::Put, "/trace/x", "", 405),
             (Method::Post, "/backends/%zz/drain", "", 400),
             (Method::Post, "/backends/%/drain", "", 400),
             (Method::Post, "/backends/%C3/drain", "", 400),

@@ -51,7 +51,8 @@ enum CtlCommand {
     Backends,
     /// Give a backend no new calls; its established calls go on
     Drain {
-        /// The backend's address as configured (IP:PORT, IPv6 in brackets)
+        /// The backend's address as configured (IP:PORT, IPv6 in brackets), or the host name
+        /// it was configured by
         addr: String,
     },
     /// Give a drained backend new calls again
@@ -84,6 +85,17 @@ enum CtlCommand {
     Remove {
         /// The backend's address as configured
         addr: String,
+    },
+    /// Log every message of a Call-ID with its route decision, until the next reload; without
+    /// CALLID list the traced Call-IDs
+    Trace {
+        /// The Call-ID to trace
+        call_id: Option<String>,
+    },
+    /// Stop tracing a Call-ID
+    Untrace {
+        /// The traced Call-ID
+        call_id: String,
     },
     /// Reread the config file, as SIGHUP does (drops the changes made with this tool)
     Reload,
@@ -130,6 +142,13 @@ fn run(args: &CtlArgs) -> Result<bool, String> {
         CtlCommand::Backends => ("GET", "/backends".to_string(), String::new()),
         CtlCommand::Config => ("GET", "/config".to_string(), String::new()),
         CtlCommand::Reload => ("POST", "/reload".to_string(), String::new()),
+        CtlCommand::Trace { call_id: None } => ("GET", "/trace".to_string(), String::new()),
+        CtlCommand::Trace {
+            call_id: Some(call_id),
+        } => ("POST", format!("/trace/{}", enc(call_id)), String::new()),
+        CtlCommand::Untrace { call_id } => {
+            ("DELETE", format!("/trace/{}", enc(call_id)), String::new())
+        }
         CtlCommand::Drain { addr } => (
             "POST",
             format!("/backends/{}/drain", enc(addr)),

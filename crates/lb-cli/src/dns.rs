@@ -47,18 +47,34 @@ impl Dns {
     /// The addresses of next hop `host` (`port`, or SRV when absent), best first; empty when
     /// the name does not resolve in [`RESOLVE_TIMEOUT`].
     pub async fn resolve(&self, host: &str, port: Option<u16>) -> Vec<SocketAddr> {
+        self.resolve_targets(host, port)
+            .await
+            .into_iter()
+            .map(|t| t.addr)
+            .collect()
+    }
+
+    /// [`Dns::resolve`] with what the SRV records said of each address (backends by name,
+    /// `crate::named`): best first.
+    pub async fn resolve_targets(&self, host: &str, port: Option<u16>) -> Vec<Target> {
         let Some(resolver) = &self.resolver else {
             return Vec::new();
         };
+        let plain = |addrs: Vec<SocketAddr>| {
+            addrs
+                .into_iter()
+                .map(|addr| Target { addr, srv: None })
+                .collect::<Vec<_>>()
+        };
         let lookup = async {
             if let Some(port) = port {
-                return addresses(resolver, host, port).await;
+                return plain(addresses(resolver, host, port).await);
             }
-            let mut targets = Vec::new();
+            let mut records = Vec::new();
             if let Ok(srv) = resolver.srv_lookup(format!("_sip._tcp.{host}.")).await {
                 for record in srv.answers() {
                     if let RData::SRV(srv) = &record.data {
-                        targets.push((
+                        records.push((
                             srv.priority,
                             std::cmp::Reverse(srv.weight),
                             srv.port,
@@ -67,13 +83,18 @@ impl Dns {
                     }
                 }
             }
-            if targets.is_empty() {
-                return addresses(resolver, host, 5060).await;
+            if records.is_empty() {
+                return plain(addresses(resolver, host, 5060).await);
             }
-            targets.sort();
+            records.sort();
             let mut out = Vec::new();
-            for (_, _, port, target) in targets {
-                out.extend(addresses(resolver, &target, port).await);
+            for (priority, std::cmp::Reverse(weight), port, target) in records {
+                for addr in addresses(resolver, &target, port).await {
+                    out.push(Target {
+                        addr,
+                        srv: Some((priority, weight)),
+                    });
+                }
             }
             out
         };
@@ -81,6 +102,15 @@ impl Dns {
             .await
             .unwrap_or_default()
     }
+}
+
+/// One address a name resolved to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Target {
+    /// The address, with the SRV record's port (or the one asked for).
+    pub addr: SocketAddr,
+    /// `(priority, weight)` of the SRV record it came from; `None` from A/AAAA alone.
+    pub srv: Option<(u16, u16)>,
 }
 
 async fn addresses(resolver: &TokioResolver, host: &str, port: u16) -> Vec<SocketAddr> {

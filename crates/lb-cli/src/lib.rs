@@ -55,7 +55,10 @@
 //! `siplb_table_len`, `siplb_table_len_max`, `siplb_backends_up`, `siplb_backends_queue_held`,
 //! `siplb_table_capacity`, the driver's `siplb_output_cap_drops_total`, and per backend
 //! `siplb_backend_{up,draining,removed,overloaded,queue_held,assigned,weight,load}` labelled
-//! `backend="ID",addr="IP:PORT"`) and `http://ADDR/health` (200 `ready` while at least one
+//! `backend="ID",addr="IP:PORT"`; the labelled figures of `lb_core::Figures`:
+//! `siplb_requests_total{method,from}`, `siplb_backend_responses_total{backend,addr,class}`, the
+//! histograms `siplb_backend_{first,final}_response_seconds{backend,addr}`, and
+//! `siplb_table_fill_ratio`) and `http://ADDR/health` (200 `ready` while at least one
 //! backend is up, else 503). Figures are at most 100 ms old. Bind it to a private address:
 //! the endpoint has no authentication.
 //!
@@ -87,6 +90,7 @@
 //! proxy-protocol = false          # frontends open with a PROXY v1/v2 header (L4 balancer)
 //! metrics = "127.0.0.1:9090"      # /metrics and /health
 //! admin = "127.0.0.1:9091"        # admin API; elsewhere than loopback needs admin-token-file
+//! resolve-interval = 30           # backends given by host name are resolved again this often
 //!
 //! [[backend]]
 //! addr = "10.0.0.1:5060"
@@ -117,10 +121,13 @@
 //! [,draining]`.
 
 pub mod admin;
+mod admin_backends;
+mod admin_hub;
 pub mod backpressure;
 pub mod ctl;
 pub mod dns;
 mod metrics;
+pub mod named;
 mod ops;
 mod pacer;
 mod proxy;

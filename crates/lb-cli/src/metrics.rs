@@ -12,11 +12,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use lb_core::{BackendStatus, Kind, Stats};
+use lb_core::{BackendStatus, Figures, Histogram, Kind, Stats, METHODS, REQUEST_SOURCES};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::proxy::ProxyReject;
@@ -30,6 +31,8 @@ pub const PUBLISH_EVERY: Duration = Duration::from_millis(100);
 pub struct Snapshot {
     /// The core's counters.
     pub stats: Stats,
+    /// The core's labelled figures: requests by method, per-backend responses and times.
+    pub figures: Figures,
     /// Every backend, in id order.
     pub backends: Vec<BackendStatus>,
     /// The new-call table's capacity (fixed until a restart).
@@ -54,6 +57,7 @@ impl Snapshot {
         let mut merged = Snapshot::default();
         for (i, w) in workers.iter().enumerate() {
             merged.stats.accumulate(&w.stats);
+            merged.figures.accumulate(&w.figures);
             merged.table_capacity += w.table_capacity;
             // One set of TLS counters for the process: any worker's handle reads it.
             if merged.tls.is_none() {
@@ -327,6 +331,8 @@ impl Collector for SnapshotCollector {
             }
         }
 
+        encode_figures(&mut encoder, &snapshot, &labels)?;
+
         let count = ConstGauge::new(workers.len() as u64);
         let metric = encoder.encode_descriptor(
             "workers",
@@ -398,6 +404,110 @@ impl Collector for SnapshotCollector {
     }
 }
 
+/// The labels of a class of statuses, `[0]` for 1xx.
+const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "6xx"];
+
+/// The core's labelled figures ([`Figures`]) and the table fill ratio.
+fn encode_figures(
+    encoder: &mut DescriptorEncoder,
+    snapshot: &Snapshot,
+    backend_labels: &[[(&str, String); 2]],
+) -> Result<(), std::fmt::Error> {
+    let fill = if snapshot.table_capacity == 0 {
+        0.0
+    } else {
+        snapshot.stats.table_len as f64 / snapshot.table_capacity as f64
+    };
+    let gauge = ConstGauge::new(fill);
+    let metric = encoder.encode_descriptor(
+        "table_fill_ratio",
+        "New-call table entries now over the entries it can hold (0 to 1)",
+        None,
+        gauge.metric_type(),
+    )?;
+    gauge.encode(metric)?;
+
+    let mut metric = encoder.encode_descriptor(
+        "requests",
+        "SIP requests received, by method (other: any method not listed) and source",
+        None,
+        MetricType::Counter,
+    )?;
+    for (source, counts) in REQUEST_SOURCES.iter().zip(&snapshot.figures.requests) {
+        for (method, &value) in METHODS.iter().zip(counts) {
+            let labels = [("method", *method), ("from", *source)];
+            ConstCounter::new(value).encode(metric.encode_family(&labels)?)?;
+        }
+    }
+
+    // Every backend has every series from the start (zeros until it answers), so rates and
+    // quantiles need no special case for a backend that has not answered yet.
+    let none = lb_core::BackendFigures::default();
+    let backends = || {
+        backend_labels
+            .iter()
+            .enumerate()
+            .map(|(i, labels)| (snapshot.figures.backends.get(i).unwrap_or(&none), labels))
+    };
+    let mut metric = encoder.encode_descriptor(
+        "backend_responses",
+        "SIP responses from the backend (probe answers aside), by status class",
+        None,
+        MetricType::Counter,
+    )?;
+    for (figures, labels) in backends() {
+        for (class, &value) in STATUS_CLASSES.iter().zip(&figures.responses) {
+            let [backend, addr] = labels;
+            let labels = [
+                (backend.0, backend.1.as_str()),
+                (addr.0, addr.1.as_str()),
+                ("class", class),
+            ];
+            ConstCounter::new(value).encode(metric.encode_family(&labels)?)?;
+        }
+    }
+    type Times = fn(&lb_core::BackendFigures) -> &Histogram;
+    let histograms: [(&str, &str, Times); 2] = [
+        (
+            "backend_first_response_seconds",
+            "Time from forwarding a request to the backend to its first response",
+            |f| &f.first_response,
+        ),
+        (
+            "backend_final_response_seconds",
+            "Time from forwarding a request to the backend to its final response",
+            |f| &f.final_response,
+        ),
+    ];
+    for (name, help, field) in histograms {
+        let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+        for (figures, labels) in backends() {
+            encode_histogram(metric.encode_family(labels)?, field(figures))?;
+        }
+    }
+    Ok(())
+}
+
+/// One histogram in Prometheus form: per-bucket counts by upper bound in seconds, `+Inf` last.
+fn encode_histogram(
+    mut metric: prometheus_client::encoding::MetricEncoder<'_>,
+    histogram: &Histogram,
+) -> Result<(), std::fmt::Error> {
+    let mut buckets = [(0.0, 0); lb_core::RESPONSE_BUCKETS_US.len() + 1];
+    for (i, slot) in buckets.iter_mut().enumerate() {
+        let bound = lb_core::RESPONSE_BUCKETS_US
+            .get(i)
+            .map_or(f64::MAX, |&us| us as f64 / 1e6);
+        *slot = (bound, histogram.buckets[i]);
+    }
+    metric.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+        histogram.sum_us as f64 / 1e6,
+        histogram.count,
+        &buckets,
+        None,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -437,8 +547,18 @@ mod tests {
             table_len: 3,
             ..Stats::default()
         };
+        let mut figures = Figures::default();
+        figures.requests[0][0] = 5; // INVITE from frontends
+        figures.requests[1][3] = 2; // BYE from backends
+                                    // Backend 1 has answered nothing: its figures are not even allocated yet.
+        figures.backends = vec![lb_core::BackendFigures::default(); 1];
+        figures.backends[0].responses = [4, 3, 0, 1, 0, 0];
+        for us in [400, 1_500, 40_000_000] {
+            figures.backends[0].final_response.observe(us);
+        }
         Snapshot {
             stats,
+            figures,
             backends,
             table_capacity: 1000,
             tls: None,
@@ -467,6 +587,23 @@ mod tests {
             "siplb_backend_assigned{backend=\"0\",addr=\"127.0.0.1:5070\"} 3",
             "siplb_backend_weight{backend=\"1\",addr=\"127.0.0.1:5071\"} 2",
             "siplb_backend_load{backend=\"0\",addr=\"127.0.0.1:5070\"} 42",
+            "siplb_table_fill_ratio 0.003",
+            "# TYPE siplb_requests counter",
+            "siplb_requests_total{method=\"INVITE\",from=\"frontend\"} 5",
+            "siplb_requests_total{method=\"BYE\",from=\"backend\"} 2",
+            "siplb_requests_total{method=\"other\",from=\"frontend\"} 0",
+            "siplb_backend_responses_total{backend=\"0\",addr=\"127.0.0.1:5070\",class=\"1xx\"} 4",
+            "siplb_backend_responses_total{backend=\"0\",addr=\"127.0.0.1:5070\",class=\"4xx\"} 1",
+            "siplb_backend_responses_total{backend=\"1\",addr=\"127.0.0.1:5071\",class=\"6xx\"} 0",
+            "# TYPE siplb_backend_final_response_seconds histogram",
+            "siplb_backend_final_response_seconds_count{backend=\"0\",addr=\"127.0.0.1:5070\"} 3",
+            "siplb_backend_final_response_seconds_sum{backend=\"0\",addr=\"127.0.0.1:5070\"} 40.0019",
+            "siplb_backend_final_response_seconds_bucket{le=\"0.0005\",backend=\"0\",addr=\"127.0.0.1:5070\"} 1",
+            "siplb_backend_final_response_seconds_bucket{le=\"0.0025\",backend=\"0\",addr=\"127.0.0.1:5070\"} 2",
+            "siplb_backend_final_response_seconds_bucket{le=\"30.0\",backend=\"0\",addr=\"127.0.0.1:5070\"} 2",
+            "siplb_backend_final_response_seconds_bucket{le=\"+Inf\",backend=\"0\",addr=\"127.0.0.1:5070\"} 3",
+            "siplb_backend_first_response_seconds_count{backend=\"1\",addr=\"127.0.0.1:5071\"} 0",
+            "siplb_backend_final_response_seconds_bucket{le=\"+Inf\",backend=\"1\",addr=\"127.0.0.1:5071\"} 0",
             "# EOF",
         ] {
             assert!(
@@ -491,6 +628,8 @@ mod tests {
         two.backends[0].load = Some(50);
         let merged = Snapshot::merge(&[one.clone(), two.clone()]);
         assert_eq!(merged.stats.new_calls, 14);
+        assert_eq!(merged.figures.requests[0][0], 10);
+        assert_eq!(merged.figures.backends[0].final_response.count, 6);
         assert_eq!(merged.stats.frontends_accepted, 5);
         assert_eq!(merged.stats.backends_up, 1);
         assert_eq!(merged.table_capacity, 2000);

@@ -153,8 +153,11 @@ pub struct Ops {
     limiter: RateLimiter,
     /// The process's metrics server and this worker's slot in it.
     metrics: Option<(Arc<MetricsServer>, usize)>,
-    /// `--admin`: the API server, once the driver started it ([`Ops::start_admin`]).
-    admin: Option<crate::admin::AdminServer>,
+    /// `--admin`: the process's API server and the hub of its workers (`admin_hub`), and
+    /// this worker's index there.
+    admin: Option<(Arc<AdminShared>, usize)>,
+    /// Made by [`Ops::new`] (a process of one balancer): [`Ops::start_admin`] starts the API.
+    admin_standalone: bool,
     /// The TLS configuration of the TLS listeners, reloaded with the settings.
     tls: Option<Arc<crate::tls::Tls>>,
     /// The client configuration toward TLS backends (read at start).
@@ -175,13 +178,17 @@ impl Ops {
     /// workers, get theirs from [`crate::run_workers`] instead.
     pub fn new(settings: &Settings) -> Result<Ops, RunError> {
         let metrics = start_metrics(settings, 1)?;
-        Ok(Ops::for_worker(settings, metrics.map(|m| (m, 0))))
+        let mut ops = Ops::for_worker(settings, metrics.map(|m| (m, 0)), None);
+        ops.admin_standalone = true;
+        Ok(ops)
     }
 
-    /// Worker `slot` of a process whose metrics server (if any) is `metrics`.
+    /// Worker `slot` of a process whose metrics server (if any) is `metrics` and whose admin
+    /// API (if any) is `admin`.
     pub(crate) fn for_worker(
         settings: &Settings,
         metrics: Option<(Arc<MetricsServer>, usize)>,
+        admin: Option<(Arc<AdminShared>, usize)>,
     ) -> Ops {
         // Checked when the settings were parsed; a file that broke since is logged and its
         // listeners refuse TLS (the settings' own check fails the start in the common case).
@@ -201,7 +208,8 @@ impl Ops {
                 .ok()
         });
         Ops {
-            admin: None,
+            admin,
+            admin_standalone: false,
             tls,
             backend_tls,
             settings: settings.clone(),
@@ -217,6 +225,12 @@ impl Ops {
     /// The settings in force (those of the last successful reload).
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// A configuration the admin API fed to the core: what [`Ops::settings`] shows until the
+    /// next reload.
+    pub(crate) fn set_running_config(&mut self, core: ValidConfig) {
+        self.settings.core = core;
     }
 
     /// Where metrics are served, if they are.
@@ -241,6 +255,7 @@ impl Ops {
         };
         let mut snapshot = metrics::lock(shared);
         snapshot.stats.clone_from(lb.stats());
+        snapshot.figures.clone_from(lb.figures());
         snapshot.backends.clear();
         snapshot.backends.extend(lb.backend_status());
         snapshot.proxy_rejected = self.proxy_rejected;
@@ -429,32 +444,59 @@ impl Ops {
         Some((self.backend_tls.clone()?, name))
     }
 
-    /// Starts the admin API if `--admin` was given (binding its address now) and returns the
-    /// driver's end of its command channel; `wake` is called from the API's thread after each
-    /// command is queued (a readiness loop's waker; an async loop awaits
-    /// [`crate::admin::AdminQueue::next`] and needs none). Apply each command with
-    /// [`Ops::handle_admin`]. With several workers only the first serves it (one address).
+    /// Joins the admin API if `--admin` was given and returns the driver's end of its command
+    /// channel; `wake` is called from the API's thread after each command is queued (a
+    /// readiness loop's waker; an async loop awaits [`crate::admin::AdminQueue::next`] and
+    /// needs none). Apply each command with [`Ops::handle_admin`]. One server serves the
+    /// process (bound by [`crate::run_workers`] before the workers start, or here for a
+    /// process of one balancer) and hands every request to every worker (`admin_hub`).
     pub fn start_admin(
         &mut self,
         wake: impl Fn() + Send + 'static,
     ) -> Result<crate::admin::AdminQueue, RunError> {
-        let first_worker = self.metrics.as_ref().is_none_or(|(_, slot)| *slot == 0);
-        if !first_worker {
-            return Ok(crate::admin::AdminQueue::none());
+        if self.admin.is_none() && self.admin_standalone {
+            self.admin = start_admin(&self.settings, 1)?.map(|a| (a, 0));
         }
-        match crate::admin::AdminServer::start(&self.settings.admin, Box::new(wake))? {
-            Some((server, queue)) => {
-                self.admin = Some(server);
-                Ok(queue)
-            }
+        match &self.admin {
+            Some((shared, index)) => Ok(shared.hub.register(*index, Box::new(wake))),
             None => Ok(crate::admin::AdminQueue::none()),
         }
     }
 
     /// Where the admin API is served, if it is.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin.as_ref().map(crate::admin::AdminServer::addr)
+        self.admin
+            .as_ref()
+            .and_then(|(shared, _)| shared.server.as_ref())
+            .map(crate::admin::AdminServer::addr)
     }
+
+    /// Backends by DNS name: this worker's view of them (`crate::named`).
+    pub(crate) fn set_named(&mut self, named: Vec<crate::named::NamedBackend>) {
+        self.settings.named = named;
+    }
+}
+
+/// The admin API of a process (its server, with `--admin`) and the hub of its workers, which
+/// the re-resolution of backend names uses too.
+#[derive(Debug)]
+pub(crate) struct AdminShared {
+    server: Option<crate::admin::AdminServer>,
+    pub(crate) hub: Arc<crate::admin_hub::AdminHub>,
+}
+
+/// Starts the admin API of a process with `workers` workers if `--admin` was given; the hub
+/// exists either way when names are to be re-resolved.
+pub(crate) fn start_admin(
+    settings: &Settings,
+    workers: usize,
+) -> Result<Option<Arc<AdminShared>>, RunError> {
+    if settings.admin.addr.is_none() && settings.named.is_empty() {
+        return Ok(None);
+    }
+    let hub = crate::admin_hub::AdminHub::new(workers);
+    let server = crate::admin::AdminServer::start(&settings.admin, Arc::clone(&hub))?;
+    Ok(Some(Arc::new(AdminShared { server, hub })))
 }
 
 /// Starts the metrics server of a process with `workers` workers if `--metrics` was given.

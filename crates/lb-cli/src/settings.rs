@@ -59,6 +59,11 @@ pub struct Settings {
     /// PROXY protocol v1 or v2 header, whose client address then stands for the peer's.
     /// Changes only at a restart.
     pub proxy_protocol: bool,
+    /// Backends configured by DNS name (`crate::named`), with what they resolved to; their
+    /// addresses are among `core`'s backends.
+    pub named: Vec<crate::named::NamedBackend>,
+    /// `--resolve-interval`: how often backend names are resolved again.
+    pub resolve_interval: Duration,
     /// The command line as given, so [`Settings::reload`] can merge it with the file again.
     args: Args,
 }
@@ -325,6 +330,9 @@ struct Args {
     /// client address stands for the peer's, and a connection without one is closed
     #[arg(long)]
     proxy_protocol: bool,
+    /// Seconds between two resolutions of the backends given by DNS name [default: 30]
+    #[arg(long, value_name = "SECS")]
+    resolve_interval: Option<String>,
 }
 
 /// The TOML file; keys mirror the flags.
@@ -368,6 +376,7 @@ struct FileConfig {
     admin_token_file: Option<PathBuf>,
     workers: Option<u32>,
     proxy_protocol: Option<bool>,
+    resolve_interval: Option<f64>,
     limits: FileLimits,
     sanity: FileSanity,
     unanswered_timeout: Option<f64>,
@@ -443,6 +452,29 @@ struct FileLimits {
 struct PartialBackend {
     config: BackendConfig,
     mode: Option<BackendMode>,
+    /// Given by DNS name; `config.addr` is a placeholder then.
+    name: Option<DnsName>,
+}
+
+/// A backend's host name: (as written, host, port).
+type DnsName = (String, String, Option<u16>);
+
+/// A backend's `addr`: `IP:PORT`, or a DNS name (`crate::named`) with a placeholder address.
+fn backend_addr(text: &str) -> Result<(SocketAddr, Option<DnsName>), CliError> {
+    match (parse_addr("backend", text), crate::named::parse_name(text)) {
+        (Ok(addr), _) => Ok((addr, None)),
+        (Err(_), Some((host, port))) => Ok((
+            SocketAddr::from(([0, 0, 0, 0], 0)),
+            Some((text.trim().to_string(), host, port)),
+        )),
+        (Err(e), None) => Err(CliError::invalid(
+            "backend",
+            format!(
+                "{}, nor a host name",
+                e.to_string().trim_start_matches("backend: ")
+            ),
+        )),
+    }
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, CliError> {
@@ -525,13 +557,51 @@ fn merge(
             .map(|s| parse_backend(s))
             .collect::<Result<_, _>>()?
     };
-    core.backends = backends
-        .into_iter()
-        .map(|b| BackendConfig {
+    let mut named = Vec::new();
+    core.backends = Vec::new();
+    for b in backends {
+        let config = BackendConfig {
             mode: b.mode.unwrap_or(default_mode),
             ..b.config
-        })
-        .collect();
+        };
+        match b.name {
+            Some((name, host, port)) => {
+                if named
+                    .iter()
+                    .any(|n: &crate::named::NamedBackend| n.name == name)
+                {
+                    return Err(CliError::invalid(
+                        "backend",
+                        format!("{name} is given twice"),
+                    ));
+                }
+                named.push(crate::named::NamedBackend::new(name, host, port, config));
+            }
+            None => core.backends.push(config),
+        }
+    }
+    if !named.is_empty() {
+        let resolver = crate::named::SystemResolver::new()
+            .map_err(|e| CliError::invalid("backend", format!("no resolver: {e}")))?;
+        for b in crate::named::resolve_all(&mut named, &resolver) {
+            // An address given both ways is one backend, configured as its address says.
+            if !core.backends.iter().any(|c| c.addr == b.addr) {
+                core.backends.push(b);
+            }
+        }
+    }
+    let resolve_interval = pick_secs(
+        "resolve-interval",
+        args.resolve_interval.as_deref(),
+        file.resolve_interval,
+    )?
+    .unwrap_or(crate::named::RESOLVE_INTERVAL);
+    if resolve_interval < Duration::from_millis(100) {
+        return Err(CliError::invalid(
+            "resolve-interval",
+            "at least 0.1 seconds",
+        ));
+    }
 
     let backend_tls = merge_backend_tls(
         &args,
@@ -774,6 +844,8 @@ fn merge(
         admin,
         workers,
         proxy_protocol,
+        named,
+        resolve_interval,
         args: kept,
     })
 }
@@ -991,7 +1063,8 @@ fn pick_count(
 }
 
 fn file_backend(b: &FileBackend) -> Result<PartialBackend, CliError> {
-    let mut config = BackendConfig::plain(parse_addr("backend", &b.addr)?);
+    let (addr, name) = backend_addr(&b.addr)?;
+    let mut config = BackendConfig::plain(addr);
     if let Some(w) = b.weight {
         config.weight = w;
     }
@@ -1002,7 +1075,10 @@ fn file_backend(b: &FileBackend) -> Result<PartialBackend, CliError> {
     // `tls = true` checks the certificate for the address, `tls = "NAME"` for that name.
     config.tls = match &b.tls {
         None | Some(toml::Value::Boolean(false)) => None,
-        Some(toml::Value::Boolean(true)) => Some(config.addr.ip().to_string()),
+        Some(toml::Value::Boolean(true)) => Some(match &name {
+            Some((_, host, _)) => host.clone(),
+            None => config.addr.ip().to_string(),
+        }),
         Some(toml::Value::String(name)) => Some(name.clone()),
         Some(other) => {
             return Err(CliError::invalid(
@@ -1016,14 +1092,14 @@ fn file_backend(b: &FileBackend) -> Result<PartialBackend, CliError> {
         .as_deref()
         .map(|m| parse_mode("backend", m))
         .transpose()?;
-    Ok(PartialBackend { config, mode })
+    Ok(PartialBackend { config, mode, name })
 }
 
 /// `ADDR[,weight=N][,mode=plain|envelope][,backup=ADDR][,draining]`.
 fn parse_backend(spec: &str) -> Result<PartialBackend, CliError> {
     let mut parts = spec.split(',');
-    let addr = parts.next().unwrap_or_default();
-    let mut config = BackendConfig::plain(parse_addr("backend", addr)?);
+    let (addr, dns_name) = backend_addr(parts.next().unwrap_or_default())?;
+    let mut config = BackendConfig::plain(addr);
     let mut mode = None;
     for part in parts {
         let part = part.trim();
@@ -1041,7 +1117,12 @@ fn parse_backend(spec: &str) -> Result<PartialBackend, CliError> {
             "backup" => config.backup = Some(parse_addr("backend", value)?),
             "draining" if value.is_empty() => config.draining = true,
             // TLS to the backend, its certificate checked for `tls=NAME`, else its address.
-            "tls" if value.is_empty() => config.tls = Some(config.addr.ip().to_string()),
+            "tls" if value.is_empty() => {
+                config.tls = Some(match &dns_name {
+                    Some((_, host, _)) => host.clone(),
+                    None => config.addr.ip().to_string(),
+                })
+            }
             "tls" => config.tls = Some(value.to_string()),
             _ => {
                 return Err(CliError::invalid(
@@ -1053,7 +1134,11 @@ fn parse_backend(spec: &str) -> Result<PartialBackend, CliError> {
             }
         }
     }
-    Ok(PartialBackend { config, mode })
+    Ok(PartialBackend {
+        config,
+        mode,
+        name: dns_name,
+    })
 }
 
 fn parse_addr(key: &'static str, text: &str) -> Result<SocketAddr, CliError> {
@@ -1458,10 +1543,46 @@ table-capacity = 99
     }
 
     #[test]
+    fn a_backend_by_name_resolves_at_start() {
+        let s = parse(args(&[
+            "--backend",
+            "localhost:5072,weight=3",
+            "--backend",
+            "127.0.0.1:5071",
+            "--resolve-interval",
+            "2.5",
+        ]))
+        .unwrap();
+        let backends = &s.core.config().backends;
+        assert!(backends
+            .iter()
+            .any(|b| b.addr == "127.0.0.1:5071".parse().unwrap()));
+        let named: Vec<_> = backends.iter().filter(|b| b.weight == 3).collect();
+        assert!(
+            named
+                .iter()
+                .any(|b| b.addr == "127.0.0.1:5072".parse().unwrap()),
+            "{backends:?}"
+        );
+        assert_eq!(s.named.len(), 1);
+        assert_eq!(s.named[0].name, "localhost:5072");
+        assert!(s.named[0].has("127.0.0.1:5072".parse().unwrap()));
+        assert_eq!(s.resolve_interval, Duration::from_millis(2500));
+        let e = parse(args(&[
+            "--backend",
+            "localhost:5070",
+            "--resolve-interval",
+            "0",
+        ]))
+        .unwrap_err();
+        assert_eq!(e.key().as_deref(), Some("resolve-interval"), "{e}");
+    }
+
+    #[test]
     fn bad_backend_spec_names_the_key() {
         for spec in [
             "127.0.0.1",
-            "nohost:1",
+            "no host:1",
             "127.0.0.1:5070,weight=x",
             "127.0.0.1:5070,mode=udp",
             "127.0.0.1:5070,colour=red",

@@ -4,7 +4,8 @@
 //! [`run_workers`] is the process around a driver's per-worker `run`:
 //! 1. SIGINT, SIGTERM and SIGHUP are caught by the process (before anything is bound, so a
 //!    signal sent once the port answers is seen), never by a worker;
-//! 2. the metrics server is started once, with one snapshot slot per worker;
+//! 2. the metrics server is started once, with one snapshot slot per worker, and so is the
+//!    admin API, which hands every request to every worker (`admin_hub`);
 //! 3. every worker's listeners are bound here, one socket per worker and listen address, with
 //!    `SO_REUSEPORT` when there are several workers, so the kernel spreads new connections over
 //!    the workers' sockets (a port-0 address takes the port the first worker's socket got);
@@ -141,6 +142,27 @@ pub fn run_workers(
     ])
     .map_err(RunError::Runtime)?;
     let metrics = crate::ops::start_metrics(&settings, count)?;
+    let admin = crate::ops::start_admin(&settings, count)?;
+    if let Some(shared) = admin.as_ref().filter(|_| !settings.named.is_empty()) {
+        let resolver = crate::named::SystemResolver::new().map_err(RunError::Runtime)?;
+        crate::named::start_refresh(
+            settings.named.clone(),
+            settings.resolve_interval,
+            Arc::new(resolver),
+            Arc::downgrade(shared),
+            |shared: &crate::ops::AdminShared, name, backends| {
+                let request = crate::admin::Request::Resolved {
+                    name: name.to_string(),
+                    backends,
+                };
+                let reply = shared.hub.ask_all(&request);
+                if reply.status != 200 {
+                    tracing::warn!(name, answer = %reply.body, "backend name: workers refused the new addresses");
+                }
+            },
+        )
+        .map_err(RunError::Runtime)?;
+    }
     let listeners = bind_all(&settings, count)?;
 
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
@@ -151,7 +173,11 @@ pub fn run_workers(
         let worker = Worker {
             index,
             settings: settings.clone(),
-            ops: Ops::for_worker(&settings, metrics.clone().map(|m| (m, index))),
+            ops: Ops::for_worker(
+                &settings,
+                metrics.clone().map(|m| (m, index)),
+                admin.clone().map(|a| (a, index)),
+            ),
             listeners,
             control,
         };

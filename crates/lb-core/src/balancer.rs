@@ -86,6 +86,8 @@ pub struct Balancer {
     stalls: VecDeque<(Instant, ConnId)>,
     outputs: VecDeque<Output>,
     stats: Stats,
+    /// Labelled figures: requests by method, responses and response times per backend.
+    telemetry: crate::stats::Telemetry,
     now: Instant,
 }
 
@@ -169,7 +171,7 @@ impl Balancer {
             rendezvous_key: signer.shared_hash_key(),
             signer,
             branch_key,
-            tokens: ConnTokens::new(token_key),
+            tokens: ConnTokens::new(token_key, now),
             hops: HopTable::new(hop_key, c.hop_by_unique_ip),
             admission: admission::Admission::new(derive_key(&hop_key, b"admission")),
             conns: Slab::new(),
@@ -181,6 +183,7 @@ impl Balancer {
             stalls: VecDeque::new(),
             outputs: VecDeque::new(),
             stats: Stats::default(),
+            telemetry: crate::stats::Telemetry::default(),
             now,
             config,
         };
@@ -569,6 +572,7 @@ impl Balancer {
                 }
                 if message.is_request() {
                     self.stats.backend_requests_in += 1;
+                    self.count_request(route::REQUEST_FROM_BACKEND, &message);
                     self.route_backend_request(source, backend, message);
                 } else if !self.handle_probe_response(backend, &message) {
                     self.stats.backend_responses_in += 1;

@@ -70,4 +70,7 @@ pub use config::{
 };
 pub use ids::{BackendId, ConnId, ListenerId};
 pub use io::{BackendChange, CloseReason, Event, Input, Output, QueueLevel};
-pub use stats::{Kind, Series, Stats};
+pub use stats::{
+    BackendFigures, Figures, Histogram, Kind, Series, Stats, FIRST_SEEN_SLOTS, METHODS,
+    REQUEST_SOURCES, RESPONSE_BUCKETS_US,
+};

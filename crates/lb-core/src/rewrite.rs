@@ -52,11 +52,18 @@ pub(crate) enum Insertion {
         branch: u64,
         came_on: Option<ConnId>,
         tls: bool,
+        /// The `sent` field of the token (`ConnTokens::stamp`).
+        sent_us: u64,
     },
     /// The balancer's own Via on a request passed to a backend (RFC 3261 §16.6 step 8):
     /// `Via: SIP/2.0/TCP ADVERTISE_BACKEND;branch=z9hG4bK…;lbc=TOKEN`. Its `lbc` token names the
-    /// frontend connection the request came on, so the response goes back on exactly that one.
-    ProxyVia { branch: u64, came_on: ConnId },
+    /// frontend connection the request came on, so the response goes back on exactly that one,
+    /// and carries the send time `sent_us` the response-time histograms read back.
+    ProxyVia {
+        branch: u64,
+        came_on: ConnId,
+        sent_us: u64,
+    },
     /// `;received=IP` on the top Via (RFC 3261 §18.2.1).
     Received(IpAddr),
     /// `=PORT` after a bare `rport` (RFC 3581 §4).
@@ -162,6 +169,7 @@ fn write_insertion(out: &mut BytesMut, message: &[u8], insert: Insertion, cx: &C
             branch,
             came_on,
             tls,
+            sent_us,
         } => {
             if tls {
                 out.put_slice(b"Via: SIP/2.0/TLS ");
@@ -176,11 +184,15 @@ fn write_insertion(out: &mut BytesMut, message: &[u8], insert: Insertion, cx: &C
             cx.signer.write(out, cx.backend, cx.call_id);
             if let Some(conn) = came_on {
                 out.put_slice(b";lbc=");
-                cx.tokens.write(out, conn, cx.call_id);
+                cx.tokens.write(out, conn, sent_us, cx.call_id);
             }
             out.put_slice(b"\r\n");
         }
-        Insertion::ProxyVia { branch, came_on } => {
+        Insertion::ProxyVia {
+            branch,
+            came_on,
+            sent_us,
+        } => {
             out.put_slice(if cx.backend_tls {
                 b"Via: SIP/2.0/TLS "
             } else {
@@ -190,7 +202,7 @@ fn write_insertion(out: &mut BytesMut, message: &[u8], insert: Insertion, cx: &C
             out.put_slice(b";branch=z9hG4bK");
             put_hex(out, branch);
             out.put_slice(b";lbc=");
-            cx.tokens.write(out, came_on, cx.call_id);
+            cx.tokens.write(out, came_on, sent_us, cx.call_id);
             out.put_slice(b"\r\n");
         }
         Insertion::Received(ip) => {

@@ -22,6 +22,10 @@ use crate::new_call_table::Refused;
 use crate::source::SourceKey;
 use crate::tag::Facing;
 
+/// [`crate::stats::REQUEST_SOURCES`] indexes.
+const REQUEST_FROM_FRONTEND: usize = 0;
+pub(super) const REQUEST_FROM_BACKEND: usize = 1;
+
 impl Balancer {
     pub(super) fn route_frontend_request(&mut self, source: Source, message: SipMessage) {
         self.note_frontend_message(source.conn);
@@ -59,6 +63,7 @@ impl Balancer {
             match self.verify_facing(tag, call_id) {
                 Some((backend, Facing::Backends)) => {
                     self.stats.backend_requests_in += 1;
+                    self.count_request(REQUEST_FROM_BACKEND, &message);
                     return self.route_backend_request(source, backend, message);
                 }
                 Some((backend, Facing::Frontends)) => target = target.or(Some(backend)),
@@ -75,6 +80,7 @@ impl Balancer {
             }
         }
         self.stats.frontend_requests_in += 1;
+        self.count_request(REQUEST_FROM_FRONTEND, &message);
         if !self.passes_sanity(source, &message) {
             return;
         }
@@ -171,6 +177,7 @@ impl Balancer {
             Insertion::ProxyVia {
                 branch: self.proxy_branch(&message, source.conn),
                 came_on: source.conn,
+                sent_us: self.tokens.stamp(self.now),
             },
         ));
         if initial {
@@ -203,6 +210,7 @@ impl Balancer {
         let came_on = via
             .lbc
             .and_then(|t| self.tokens.verify(message.slice(t), message.call_id()))
+            .map(|t| t.conn)
             .filter(|c| self.conn(*c).is_some_and(|c| !c.closing));
         if let Some(conn) = came_on {
             self.stats.to_backend += 1;
@@ -261,6 +269,8 @@ impl Balancer {
             edits.push(cut_entry(via.line, via.sole_value, via.value_with_comma));
             came_on = self.tokens.verify(message.slice(token), message.call_id());
         }
+        self.count_backend_response(backend, &message, came_on);
+        let came_on = came_on.map(|t| t.conn);
         // Back on the connection the request came on, and no other (RFC 3261 §18.2.2). If it is
         // gone: a new connection to the address the next Via names (`received`, `rport`),
         // never some other connection that happens to share an address or a name.
@@ -376,10 +386,46 @@ impl Balancer {
                 branch: hasher.finish(),
                 came_on: (!own_conn).then_some(source.conn),
                 tls: self.is_tls(conn),
+                sent_us: self.tokens.stamp(self.now),
             },
         ));
         self.count_to_frontend(conn);
         self.send_rewritten(conn, backend, &message, &mut edits, None);
+    }
+
+    /// Requests by method, and per backend responses by class and response times.
+    pub fn figures(&self) -> &crate::stats::Figures {
+        &self.telemetry.figures
+    }
+
+    /// One request received, for the per-method counts.
+    pub(super) fn count_request(&mut self, from: usize, message: &SipMessage) {
+        if let StartLine::Request { method_span, .. } = message.start {
+            self.telemetry
+                .count_request(from, message.slice(method_span));
+        }
+    }
+
+    /// One response from `backend`, for the per-class counts and, when it carries the
+    /// balancer's own Via with a send time (`token`), the response-time histograms.
+    fn count_backend_response(
+        &mut self,
+        backend: BackendId,
+        message: &SipMessage,
+        token: Option<crate::conn_token::Token>,
+    ) {
+        let StartLine::Response { status } = message.start else {
+            return;
+        };
+        let timed = token.and_then(|t| {
+            let elapsed_us = self.tokens.elapsed_us(&t, self.now)?;
+            Some(crate::stats::Timed {
+                elapsed_us,
+                key: t.mac,
+            })
+        });
+        self.telemetry
+            .count_response(backend.index(), status, timed);
     }
 
     /// The Max-Forwards edit of a request the balancer forwards: the value less one, or a
