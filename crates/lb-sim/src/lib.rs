@@ -43,9 +43,15 @@ pub mod scenario;
 pub mod sip;
 pub mod trace;
 
+mod addr;
 mod backend;
+mod caller;
+mod instance;
+mod proxy;
 mod queue;
-mod ua;
+mod report;
+mod timers;
+mod wire;
 mod world;
 
 use std::fmt;
@@ -126,6 +132,51 @@ pub struct Report {
     pub samples: Vec<Sample>,
     /// The trace file could not be written.
     pub trace_error: Option<String>,
+    /// What an instance's death cost, when one died.
+    pub instance_loss: Option<InstanceLoss>,
+}
+
+/// The calls going on when a balancer instance died, by their phase then, and what became of
+/// them: only calls in setup on the dead instance may be lost (their new-call table entry died
+/// with it); established calls go on through the others by their tag.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct InstanceLoss {
+    /// The instance that died.
+    pub instance: usize,
+    /// When, s of virtual time.
+    pub at_s: f64,
+    /// Calls in setup (no final response at the caller yet), on any instance.
+    pub in_setup: u64,
+    /// Of those, calls that did not end well (timed out, abandoned, rejected).
+    pub lost_in_setup: u64,
+    /// Calls established (the caller holds the dialog and its tag).
+    pub established: u64,
+    /// Of those, calls that did not end well.
+    pub lost_established: u64,
+    /// Messages of calls that ended well that reached a wrong backend.
+    pub survivor_affinity_violations: u64,
+    /// In-dialog requests the edge sent again to another instance after the death.
+    pub edge_resends: u64,
+    /// Connections the workers dialled out toward proxies, over the whole run.
+    pub dial_outs: u64,
+}
+
+impl fmt::Display for InstanceLoss {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "instance_died={} at_s={:.1} in_setup={} lost_in_setup={} established={} lost_established={} survivor_affinity_violations={} edge_resends={} dial_outs={}",
+            self.instance,
+            self.at_s,
+            self.in_setup,
+            self.lost_in_setup,
+            self.established,
+            self.lost_established,
+            self.survivor_affinity_violations,
+            self.edge_resends,
+            self.dial_outs
+        )
+    }
 }
 
 impl Report {
@@ -158,7 +209,11 @@ impl fmt::Display for Report {
             self.lost,
             self.max_table,
             self.digest_hex()
-        )
+        )?;
+        if let Some(loss) = &self.instance_loss {
+            write!(f, " {loss}")?;
+        }
+        Ok(())
     }
 }
 
@@ -175,8 +230,18 @@ pub enum SimError {
 
 /// Runs one simulation to its end.
 pub fn run(knobs: Knobs, trace: Trace) -> Result<Report, SimError> {
-    if knobs.instances == 0 || knobs.instances > 200 {
-        return Err(SimError::Knobs("instances must be 1..=200"));
+    if knobs.instances == 0 || knobs.workers == 0 || knobs.instances * knobs.workers > 200 {
+        return Err(SimError::Knobs(
+            "instances and workers must be at least 1, at most 200 cores in all",
+        ));
+    }
+    if knobs
+        .instance_death
+        .is_some_and(|(i, _)| i >= knobs.instances || knobs.instances < 2)
+    {
+        return Err(SimError::Knobs(
+            "the instance that dies must exist, and another must live",
+        ));
     }
     if knobs.backends == 0 || knobs.proxies == 0 || knobs.conns_per_proxy == 0 {
         return Err(SimError::Knobs(

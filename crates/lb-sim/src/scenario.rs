@@ -107,8 +107,13 @@ pub struct Knobs {
     pub rate: f64,
     /// Backends in the farm.
     pub backends: usize,
-    /// Balancer instances sharing nothing.
+    /// Balancer instances sharing nothing but the configuration and the tag key.
     pub instances: usize,
+    /// Workers per instance: independent cores behind one address (SO_REUSEPORT), as
+    /// `--workers N` runs them; each has its own connections to every backend.
+    pub workers: usize,
+    /// Instance `.0` dies at `.1` from the start (every worker of it, with its connections).
+    pub instance_death: Option<(usize, Duration)>,
     /// SIP proxies between the user agents and the balancers.
     pub proxies: usize,
     /// Persistent TCP connections from each proxy to each balancer instance.
@@ -163,6 +168,8 @@ impl Knobs {
             rate: 500.0,
             backends: 4,
             instances: 1,
+            workers: 1,
+            instance_death: None,
             proxies: 4,
             conns_per_proxy: 2,
             udp_latency: Span::ms(5, 40),
