@@ -12,7 +12,9 @@
 //!   (see [`peer`]).
 //! - `bench peer [--rate CPS] [--calls N]`: siplb against Kamailio's dispatcher with SIPp
 //!   (see [`peer`]); prints one line per balancer, then `ratio_tokio=X ratio_mio=Y`.
-//! - `bench core`, `bench sim`: run the core's and the simulator's benchmarks, pass their line.
+//! - `bench core`, `bench sim`: run the core's and the simulator's benchmarks, pass their line;
+//!   `bench sim --scale`: the simulator's scale run (an instance dies mid-storm, calls lost by
+//!   phase).
 //! - `dist`: man pages and shell completions from the clap definitions into `target/dist`
 //!   (see [`dist`]).
 //! - `check-core`: fails if lb-core's normal dependencies include a runtime.
@@ -77,6 +79,22 @@ fn run(args: &[String]) -> Result<()> {
             ]),
             "sim_events_per_sec=",
         ),
+        // Issue 13: three instances of two workers, one dies mid-storm; the result line
+        // reports the calls lost by phase.
+        ["bench", "sim", "--scale"] => pass_through(
+            cargo().args([
+                "run",
+                "--release",
+                "-p",
+                "lb-sim",
+                "--",
+                "scale",
+                "--calls",
+                "200000",
+                "--bench",
+            ]),
+            "instance_died=",
+        ),
         ["fuzz", rest @ ..] => fuzz::fuzz(rest),
         ["check-core"] => check_core(),
         ["dist"] => dist::dist(),
@@ -95,7 +113,7 @@ const USAGE: &str = "usage: cargo xtask <task>
   bench memory --runtime tokio|mio [--rate N] [--window SECS]
   bench memory --peer [--rate CPS] [--window SECS] [--only kamailio,tokio,mio] [--no-build]
   bench peer [--rate CPS] [--calls N] [--runs N] [--only kamailio,tokio,mio] [--no-build]
-  bench core | bench sim
+  bench core | bench sim [--scale]
   check-core
   dist
   test [CARGO TEST ARGS…]

@@ -248,12 +248,14 @@ impl Callers {
         let plan = self.make_plan(rng);
         let proxy = rng.random_range(0..self.k.proxies) as u16;
         let mut home = rng.random_range(0..self.k.instances);
-        // The edge sends new calls only to instances it has not marked down.
-        for _ in 0..self.k.instances {
-            if !self.down[home] {
-                break;
-            }
-            home = (home + 1) % self.k.instances;
+        if self.down[home] {
+            // The edge sends new calls only to instances it has not marked down, spread over
+            // the live ones.
+            let live: Vec<usize> = (0..self.k.instances).filter(|&i| !self.down[i]).collect();
+            home = live
+                .get(idx as usize % live.len().max(1))
+                .copied()
+                .unwrap_or(home);
         }
         let home = home as u8;
         self.calls.push(Record {

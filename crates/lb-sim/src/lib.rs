@@ -46,6 +46,7 @@ pub mod trace;
 mod addr;
 mod backend;
 mod caller;
+mod event;
 mod instance;
 mod proxy;
 mod queue;
@@ -147,6 +148,8 @@ pub struct InstanceLoss {
     pub at_s: f64,
     /// Calls in setup (no final response at the caller yet), on any instance.
     pub in_setup: u64,
+    /// Of those, calls whose untagged requests went to the instance that died.
+    pub in_setup_on_dead: u64,
     /// Of those, calls that did not end well (timed out, abandoned, rejected).
     pub lost_in_setup: u64,
     /// Calls established (the caller holds the dialog and its tag).
@@ -165,10 +168,11 @@ impl fmt::Display for InstanceLoss {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "instance_died={} at_s={:.1} in_setup={} lost_in_setup={} established={} lost_established={} survivor_affinity_violations={} edge_resends={} dial_outs={}",
+            "instance_died={} at_s={:.1} in_setup={} in_setup_on_dead={} lost_in_setup={} established={} lost_established={} survivor_affinity_violations={} edge_resends={} dial_outs={}",
             self.instance,
             self.at_s,
             self.in_setup,
+            self.in_setup_on_dead,
             self.lost_in_setup,
             self.established,
             self.lost_established,

@@ -122,7 +122,7 @@ pub(crate) fn finish(mut w: World) -> Report {
 
 /// Sorts the calls that were going on when the instance died by their phase then, and counts
 /// the ones that did not end well (timed out, abandoned or rejected).
-fn instance_loss(w: &World, d: &crate::world::Death) -> InstanceLoss {
+fn instance_loss(w: &World, d: &crate::event::Death) -> InstanceLoss {
     let mut loss = InstanceLoss {
         instance: usize::from(d.instance),
         at_s: d.at as f64 / 1e9,
@@ -135,8 +135,9 @@ fn instance_loss(w: &World, d: &crate::world::Death) -> InstanceLoss {
         );
         let breached = w.breached.contains(&(c as u32));
         match phase {
-            1 => {
+            1 | 3 => {
                 loss.in_setup += 1;
+                loss.in_setup_on_dead += u64::from(phase == 3);
                 loss.lost_in_setup += u64::from(failed);
             }
             2 => {

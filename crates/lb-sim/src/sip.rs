@@ -68,6 +68,16 @@ pub enum Kind {
     Response(u16),
 }
 
+impl std::fmt::Display for Kind {
+    /// The method, or the status code.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Kind::Request(m) => f.write_str(m.as_str()),
+            Kind::Response(s) => write!(f, "{s}"),
+        }
+    }
+}
+
 /// The few facts the simulator reads from every message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Summary {

@@ -16,8 +16,9 @@ use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
 use crate::addr::{backend_addr, balancer_vip, proxy_at, proxy_ip};
-use crate::backend::{BackendTimer, Farm, FarmOut};
-use crate::caller::{CallerOut, Callers, ToUa, UaOut, UaTimer};
+use crate::backend::{Farm, FarmOut};
+use crate::caller::{CallerOut, Callers};
+use crate::event::{Counters, Death, Ev};
 use crate::instance::{close_code, Peer, Worker, WorkerOut};
 use crate::invariants::{Affinity, Violation, ViolationKind};
 use crate::proxy::{Proxies, ProxyOut};
@@ -27,105 +28,6 @@ use crate::sip::{Kind, Method, Summary};
 use crate::timers::{draw, Delay, Lane, LANES};
 use crate::trace::{hash_bytes, Trace, TraceEvent, TraceKind};
 use crate::Sample;
-
-/// Something scheduled to happen.
-#[derive(Debug)]
-pub(crate) enum Ev {
-    CallArrival,
-    UaTimer {
-        call: u32,
-        timer: UaTimer,
-        gen: u32,
-    },
-    UdpToProxy {
-        call: u32,
-        msg: UaOut,
-    },
-    UdpToUa {
-        call: u32,
-        msg: ToUa,
-    },
-    /// `call` and `code` are what the sender wrote (for the trace, without parsing again);
-    /// `edge` names the proxy that re-sends it elsewhere if the connection broke under it.
-    TcpToLb {
-        lb: u8,
-        conn: ConnId,
-        bytes: BytesMut,
-        call: u32,
-        code: u16,
-        edge: Option<u16>,
-    },
-    TcpToBackend {
-        lb: u8,
-        conn: ConnId,
-        backend: u16,
-        bytes: Bytes,
-        summary: Summary,
-    },
-    TcpToProxy {
-        lb: u8,
-        conn: ConnId,
-        bytes: Bytes,
-        summary: Summary,
-    },
-    ConnectResult {
-        lb: u8,
-        conn: ConnId,
-    },
-    /// A proxy accepted a worker's dial-out.
-    DialAnswered {
-        lb: u8,
-        conn: ConnId,
-        proxy: u16,
-    },
-    FeedClosed {
-        lb: u8,
-        conn: ConnId,
-        reason: CloseReason,
-    },
-    BackendTimer {
-        call: u32,
-        timer: BackendTimer,
-        gen: u32,
-    },
-    Outage {
-        backend: u16,
-        down: bool,
-        silent: bool,
-    },
-    /// Every worker of an instance dies at once (the machine or process is gone).
-    InstanceDeath {
-        instance: u8,
-    },
-    ProxyReconnect {
-        proxy: u16,
-        instance: u8,
-        k: u16,
-    },
-    Reap {
-        call: u32,
-    },
-    Sample,
-}
-
-/// What the world counts itself (the components count the rest).
-#[derive(Debug, Default, Clone)]
-pub(crate) struct Counters {
-    pub(crate) udp_lost: u64,
-    pub(crate) tcp_lost: u64,
-    pub(crate) cancel_elsewhere: u64,
-    /// Edge re-sends of in-dialog requests whose instance died under them.
-    pub(crate) edge_resends: u64,
-}
-
-/// Where each call stood when its instance died: see [`crate::InstanceLoss`].
-#[derive(Debug)]
-pub(crate) struct Death {
-    pub(crate) instance: u8,
-    pub(crate) at: Nanos,
-    /// Per call placed by then: 0 ended, 1 in setup, 2 established.
-    pub(crate) phase: Vec<u8>,
-}
 
 pub(crate) struct World {
     pub(crate) k: Knobs,
@@ -173,7 +75,7 @@ impl World {
             // As lb-cli does with `--workers` above 1, and as instances behind one edge need:
             // a core that sees only part of a proxy's connections must not take the one it
             // holds from that IP for the next hop of every request (docs/design.md, "Workers").
-            hop_by_unique_ip: true, // PHASE1
+            hop_by_unique_ip: cores == 1,
             ..Config::default()
         };
         let valid = cfg.validate()?;
@@ -516,7 +418,7 @@ impl World {
                 }
                 WorkerOut::Dial { conn, to } => {
                     let lat = self.tcp_latency() * 2;
-                    match proxy_at(to, self.k.proxies).filter(|_| false /* PHASE1 */) {
+                    match proxy_at(to, self.k.proxies) {
                         Some(proxy) => self.after(lat, Ev::DialAnswered { lb, conn, proxy }),
                         None => {
                             let reason = CloseReason::Error;
@@ -616,7 +518,7 @@ impl World {
                 ViolationKind::Affinity,
                 format!(
                     "lb{i} sent {} cseq {} {} of call {c} to backend {backend}: {breach:?}",
-                    kind_str(s.kind),
+                    s.kind,
                     s.cseq,
                     s.cseq_method.as_str()
                 ),
@@ -761,19 +663,7 @@ impl World {
     /// resets), nothing reaches its cores again, and the edge sends it no new calls.
     fn instance_death(&mut self, instance: u8) {
         self.trace_simple(TraceKind::InstanceDown, instance, 0, 0);
-        let phase = (0..self.callers.placed() as u32)
-            .map(|c| match self.callers.phase(c) {
-                _ if self.callers.outcome(c) != crate::caller::outcome::NONE => 0,
-                Some(crate::caller::Phase::Calling | crate::caller::Phase::Proceeding) => 1,
-                Some(_) => 2,
-                None => 0,
-            })
-            .collect();
-        self.death = Some(Death {
-            instance,
-            at: self.now,
-            phase,
-        });
+        self.death = Some(Death::snapshot(&self.callers, instance, self.now));
         for i in 0..self.workers.len() {
             if self.workers[i].instance != instance {
                 continue;
@@ -888,13 +778,6 @@ impl World {
         if !(arrivals_done && self.callers.active() == 0) {
             self.after(Duration::from_nanos(SAMPLE_EVERY), Ev::Sample);
         }
-    }
-}
-
-fn kind_str(k: Kind) -> String {
-    match k {
-        Kind::Request(m) => m.as_str().to_owned(),
-        Kind::Response(s) => s.to_string(),
     }
 }
 
