@@ -22,7 +22,7 @@ use rand::Rng;
 use crate::caller::Plan;
 use crate::sip::{Kind, Method, Summary};
 use crate::timers::{OK_GIVE_UP, T1, T2};
-use crate::wire::{self, Extras, OUT_CHUNK};
+use crate::wire::{self, Extras, Template, OUT_CHUNK};
 
 /// One backend.
 #[derive(Debug)]
@@ -70,27 +70,31 @@ pub(crate) enum FarmOut {
     },
 }
 
-/// The callee side of one call (replicated across the cluster).
+/// The callee side of one call (replicated across the cluster). `repr(C)`: what every timer
+/// checks first, the stored messages and their template last (see `Ua` in `caller.rs`).
 #[derive(Debug)]
+#[repr(C)]
 struct Callee {
-    plan: Plan,
-    /// The initial INVITE as received, copied (responses and the callee's BYE are built from it).
-    invite: Option<Bytes>,
-    stage: Stage,
-    /// Where the call's latest message came from: `(worker, conn, backend)`.
-    last: Option<(u8, ConnId, u16)>,
     gen: u32,
-    ok: Option<Bytes>,
-    ok_cseq: u32,
-    ok_interval: Duration,
-    ok_elapsed: Duration,
     ok_gen: u32,
+    ok_cseq: u32,
+    stage: Stage,
     acked_initial: bool,
     ended: bool,
+    /// Where the call's latest message came from: `(worker, conn, backend)`.
+    last: Option<(u8, ConnId, u16)>,
+    ok_interval: Duration,
+    ok_elapsed: Duration,
     /// The backend that sent the callee side's BYE: its response belongs there.
     origin: Option<u16>,
     /// The backend that received the INVITE last: where its server transaction lives.
     invite_backend: Option<u16>,
+    plan: Plan,
+    /// The initial INVITE as received, copied (responses and the callee's BYE are built from it).
+    invite: Option<Bytes>,
+    ok: Option<Bytes>,
+    /// Where the lines its responses copy sit in `invite`.
+    template: Template,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
@@ -109,9 +113,16 @@ pub(crate) struct Farm {
     backends: Vec<Backend>,
     calls: Vec<Option<Box<Callee>>>,
     spread: bool,
+    tx: Tx,
+    retransmissions: u64,
+}
+
+/// The farm's writer and output queue, borrowed apart from the calls so a stored INVITE or
+/// 2xx is written from where it lies, never cloned.
+#[derive(Debug)]
+struct Tx {
     out: VecDeque<FarmOut>,
     buf: BytesMut,
-    retransmissions: u64,
 }
 
 impl Farm {
@@ -130,15 +141,17 @@ impl Farm {
                 .collect(),
             calls: Vec::new(),
             spread,
-            out: VecDeque::new(),
-            buf: BytesMut::with_capacity(OUT_CHUNK),
+            tx: Tx {
+                out: VecDeque::new(),
+                buf: BytesMut::with_capacity(OUT_CHUNK),
+            },
             retransmissions: 0,
         }
     }
 
     /// Next thing the farm wants done, `None` once drained.
     pub(crate) fn poll_output(&mut self) -> Option<FarmOut> {
-        self.out.pop_front()
+        self.tx.out.pop_front()
     }
 
     /// A call was placed: the callee side learns its plan.
@@ -150,6 +163,7 @@ impl Farm {
         self.calls[c] = Some(Box::new(Callee {
             plan,
             invite: None,
+            template: Template::default(),
             stage: Stage::None,
             last: None,
             gen: 0,
@@ -174,8 +188,7 @@ impl Farm {
 
     /// Whether backend `b` takes bytes now (up and not hung).
     pub(crate) fn is_receiving(&self, b: u16) -> bool {
-        let be = &self.backends[usize::from(b)];
-        be.up && !be.silent
+        is_receiving(&self.backends[usize::from(b)])
     }
 
     /// Whether backend `b` accepts connections.
@@ -249,12 +262,16 @@ impl Farm {
         let Some(call) = call.filter(|_| active) else {
             // A straggler of a finished call: answer statelessly what needs an answer.
             if matches!(s.kind, Kind::Request(Method::Bye | Method::Cancel)) {
-                self.reply(b, lb, conn, &bytes, 200, call.unwrap_or(0), Extras::NONE);
+                let receiving = self.is_receiving(b);
+                let call = call.unwrap_or(0);
+                self.tx.answer(receiving, (b, lb, conn), &bytes, 200, call);
             }
             return;
         };
         let trying = self.backends[usize::from(b)].trying;
-        let Some(be) = self.calls[call as usize].as_deref_mut() else {
+        let receiving = self.is_receiving(b);
+        let Farm { calls, tx, .. } = self;
+        let Some(be) = calls[call as usize].as_deref_mut() else {
             return;
         };
         let plan = be.plan;
@@ -266,18 +283,20 @@ impl Farm {
             Kind::Request(Method::Invite) if !s.has_to_tag => {
                 be.invite_backend = Some(b);
                 if be.invite.is_none() {
+                    be.template = Template::of(&bytes);
                     be.invite = Some(Bytes::copy_from_slice(&bytes));
                     be.gen += 1;
                     let gen = be.gen;
-                    self.timer(call, BackendTimer::Trying, gen, trying);
-                    self.timer(call, BackendTimer::Ringing, gen, plan.ring);
+                    tx.timer(call, BackendTimer::Trying, gen, trying);
+                    tx.timer(call, BackendTimer::Ringing, gen, plan.ring);
                     if let Some(ans) = plan.answer {
-                        self.timer(call, BackendTimer::Answer, gen, plan.ring + ans);
+                        tx.timer(call, BackendTimer::Answer, gen, plan.ring + ans);
                     }
                 } else {
                     if previous != Some(b) {
                         // Re-routed to this backend: it answers from the INVITE it received,
                         // whose Record-Route carries the tag the balancer wrote for it.
+                        be.template = Template::of(&bytes);
                         be.invite = Some(Bytes::copy_from_slice(&bytes));
                     }
                     // A retransmission: repeat the latest response (§17.2.1).
@@ -286,14 +305,23 @@ impl Farm {
                 }
             }
             Kind::Request(Method::Invite) => {
-                if be.ok.is_some() && be.ok_cseq == s.cseq {
-                    if let Some(ok) = be.ok.clone() {
-                        self.send_ok(b, lb, conn, &ok, call);
+                if be.ok_cseq == s.cseq {
+                    if let Some(ok) = &be.ok {
+                        tx.send_ok(receiving, lb, conn, ok, call);
+                        return;
                     }
-                    return;
                 }
-                let ok = self.reply(b, lb, conn, &bytes, 200, call, Extras::ANSWER_REINVITE);
-                self.start_ok(call, s.cseq, ok);
+                let t = Template::of(&bytes);
+                let ok = tx.reply(
+                    receiving,
+                    (b, lb, conn),
+                    &bytes,
+                    &t,
+                    200,
+                    call,
+                    Extras::ANSWER_REINVITE,
+                );
+                be.start_ok(s.cseq, ok, call, tx);
             }
             Kind::Request(Method::Ack) => {
                 if be.ok_cseq == s.cseq && be.ok.is_some() {
@@ -303,7 +331,7 @@ impl Farm {
                         be.acked_initial = true;
                         if plan.backend_hangup {
                             let gen = be.gen;
-                            self.timer(call, BackendTimer::Hangup, gen, plan.talk);
+                            tx.timer(call, BackendTimer::Hangup, gen, plan.talk);
                         }
                     }
                 }
@@ -313,7 +341,7 @@ impl Farm {
                 be.gen += 1;
                 be.ok = None;
                 be.ok_gen += 1;
-                self.reply(b, lb, conn, &bytes, 200, call, Extras::NONE);
+                tx.answer(receiving, (b, lb, conn), &bytes, 200, call);
             }
             Kind::Request(Method::Cancel) => {
                 let ringing = be.stage < Stage::Answered && be.invite.is_some();
@@ -321,13 +349,13 @@ impl Farm {
                     be.stage = Stage::Rejected;
                     be.gen += 1;
                 }
-                self.reply(b, lb, conn, &bytes, 200, call, Extras::NONE);
+                tx.answer(receiving, (b, lb, conn), &bytes, 200, call);
                 if ringing {
                     self.repeat(call, Stage::Rejected);
                 }
             }
             Kind::Request(Method::Other) => {
-                self.reply(b, lb, conn, &bytes, 200, call, Extras::NONE);
+                tx.answer(receiving, (b, lb, conn), &bytes, 200, call);
             }
             Kind::Response(_) => {
                 if s.cseq_method == Method::Bye {
@@ -345,11 +373,14 @@ impl Farm {
         gen: u32,
         rng: &mut SmallRng,
     ) {
-        let Some(be) = self
-            .calls
-            .get_mut(call as usize)
-            .and_then(|c| c.as_deref_mut())
-        else {
+        let Farm {
+            calls,
+            tx,
+            backends,
+            spread,
+            retransmissions,
+        } = self;
+        let Some(be) = calls.get_mut(call as usize).and_then(|c| c.as_deref_mut()) else {
             return;
         };
         match timer {
@@ -372,7 +403,9 @@ impl Farm {
                 if gen != be.ok_gen || be.ended {
                     return;
                 }
-                let Some(ok) = be.ok.clone() else { return };
+                if be.ok.is_none() {
+                    return;
+                }
                 be.ok_elapsed += be.ok_interval;
                 if be.ok_elapsed >= OK_GIVE_UP {
                     be.ok = None;
@@ -380,29 +413,84 @@ impl Farm {
                 }
                 be.ok_interval = (be.ok_interval * 2).min(T2);
                 let next = be.ok_interval;
-                if let Some((lb, conn, b)) = be.last {
-                    self.retransmissions += 1;
-                    self.send_ok(b, lb, conn, &ok, call);
+                if let (Some((lb, conn, b)), Some(ok)) = (be.last, &be.ok) {
+                    *retransmissions += 1;
+                    let receiving = is_receiving(&backends[usize::from(b)]);
+                    tx.send_ok(receiving, lb, conn, ok, call);
                 }
-                self.timer(call, BackendTimer::OkRetransmit, gen, next);
+                tx.timer(call, BackendTimer::OkRetransmit, gen, next);
             }
             BackendTimer::Hangup => {
                 if gen != be.gen || be.ended || be.stage != Stage::Answered {
                     return;
                 }
                 be.ended = true;
-                let (Some(invite), Some((lb, conn, b))) = (be.invite.clone(), be.last) else {
+                let (Some(invite), Some((lb, conn, b))) = (&be.invite, be.last) else {
                     return;
                 };
                 be.origin = Some(b);
-                let (lb, conn) = self.pick_conn(b, lb, conn, rng);
-                wire::write_bye(&mut self.buf, &invite, b, call);
-                let bytes = self.take();
-                self.send(b, lb, conn, bytes, call, Method::Bye.code());
+                let (lb, conn) = pick_conn(&backends[usize::from(b)].conns, *spread, lb, conn, rng);
+                wire::write_bye(&mut tx.buf, invite, b, call);
+                let bytes = tx.take();
+                let receiving = is_receiving(&backends[usize::from(b)]);
+                tx.send(receiving, lb, conn, bytes, call, Method::Bye.code());
             }
         }
     }
 
+    /// Sends the response of `stage` (built from the stored INVITE) where the call last spoke.
+    fn repeat(&mut self, call: u32, stage: Stage) {
+        let Farm {
+            calls,
+            tx,
+            backends,
+            ..
+        } = self;
+        let Some(be) = calls.get_mut(call as usize).and_then(|c| c.as_deref_mut()) else {
+            return;
+        };
+        let (Some(invite), Some((lb, conn, b))) = (&be.invite, be.last) else {
+            return;
+        };
+        let receiving = is_receiving(&backends[usize::from(b)]);
+        let to = (b, lb, conn);
+        let (t, x) = (&be.template, Extras::NONE);
+        match stage {
+            Stage::None => {}
+            Stage::Trying => {
+                tx.reply(receiving, to, invite, t, 100, call, x);
+            }
+            Stage::Ringing => {
+                tx.reply(receiving, to, invite, t, 180, call, Extras::RINGING);
+            }
+            Stage::Answered => {
+                if let Some(ok) = be.ok.as_ref().filter(|_| be.ok_cseq == 1) {
+                    tx.send_ok(receiving, lb, conn, ok, call);
+                } else if !be.acked_initial {
+                    let ok = tx.reply(receiving, to, invite, t, 200, call, Extras::ANSWER);
+                    be.start_ok(1, ok, call, tx);
+                }
+            }
+            Stage::Rejected => {
+                tx.reply(receiving, to, invite, t, 487, call, x);
+            }
+        }
+    }
+}
+
+impl Callee {
+    /// Starts retransmitting a 2xx until its ACK (§13.3.1.4).
+    fn start_ok(&mut self, cseq: u32, ok: Bytes, call: u32, tx: &mut Tx) {
+        self.ok = Some(ok);
+        self.ok_cseq = cseq;
+        self.ok_interval = T1;
+        self.ok_elapsed = Duration::ZERO;
+        self.ok_gen += 1;
+        tx.timer(call, BackendTimer::OkRetransmit, self.ok_gen, T1);
+    }
+}
+
+impl Tx {
     fn timer(&mut self, call: u32, timer: BackendTimer, gen: u32, after: Duration) {
         self.out.push_back(FarmOut::Timer {
             call,
@@ -412,87 +500,61 @@ impl Farm {
         });
     }
 
-    /// Sends the response of `stage` (built from the stored INVITE) where the call last spoke.
-    fn repeat(&mut self, call: u32, stage: Stage) {
-        let Some(be) = self.calls.get(call as usize).and_then(|c| c.as_deref()) else {
-            return;
-        };
-        let (Some(invite), Some((lb, conn, b))) = (be.invite.clone(), be.last) else {
-            return;
-        };
-        let stored_ok = be.ok.clone().filter(|_| be.ok_cseq == 1);
-        let acked = be.acked_initial;
-        match stage {
-            Stage::None => {}
-            Stage::Trying => {
-                self.reply(b, lb, conn, &invite, 100, call, Extras::NONE);
-            }
-            Stage::Ringing => {
-                self.reply(b, lb, conn, &invite, 180, call, Extras::RINGING);
-            }
-            Stage::Answered => {
-                if let Some(ok) = stored_ok {
-                    self.send_ok(b, lb, conn, &ok, call);
-                } else if !acked {
-                    let ok = self.reply(b, lb, conn, &invite, 200, call, Extras::ANSWER);
-                    self.start_ok(call, 1, ok);
-                }
-            }
-            Stage::Rejected => {
-                self.reply(b, lb, conn, &invite, 487, call, Extras::NONE);
-            }
-        }
-    }
-
-    fn start_ok(&mut self, call: u32, cseq: u32, ok: Bytes) {
-        let Some(be) = self
-            .calls
-            .get_mut(call as usize)
-            .and_then(|c| c.as_deref_mut())
-        else {
-            return;
-        };
-        be.ok = Some(ok);
-        be.ok_cseq = cseq;
-        be.ok_interval = T1;
-        be.ok_elapsed = Duration::ZERO;
-        be.ok_gen += 1;
-        let gen = be.ok_gen;
-        self.timer(call, BackendTimer::OkRetransmit, gen, T1);
-    }
-
-    /// Builds and sends a response to `req`; returns a copy of it (kept for 2xx retransmission).
+    /// Builds and sends a response to `req` on `(backend, worker, conn)`; returns a copy of it
+    /// (kept for 2xx retransmission).
     #[allow(clippy::too_many_arguments)]
     fn reply(
         &mut self,
-        b: u16,
-        lb: u8,
-        conn: ConnId,
+        receiving: bool,
+        (b, lb, conn): (u16, u8, ConnId),
         req: &[u8],
+        t: &Template,
         status: u16,
         call: u32,
         x: Extras,
     ) -> Bytes {
-        wire::write_response(&mut self.buf, req, status, b, call, x);
+        wire::write_response_from(&mut self.buf, req, t, status, b, call, x);
         let bytes = self.take();
         let copy = if (200..300).contains(&status) {
             Bytes::copy_from_slice(&bytes)
         } else {
             Bytes::new()
         };
-        self.send(b, lb, conn, bytes, call, status);
+        self.send(receiving, lb, conn, bytes, call, status);
         copy
     }
 
-    /// Sends a stored 2xx again.
-    fn send_ok(&mut self, b: u16, lb: u8, conn: ConnId, ok: &[u8], call: u32) {
-        self.buf.extend_from_slice(ok);
+    /// A response nobody keeps (to BYE, CANCEL and other requests).
+    fn answer(
+        &mut self,
+        receiving: bool,
+        to: (u16, u8, ConnId),
+        req: &[u8],
+        status: u16,
+        call: u32,
+    ) {
+        wire::write_response(&mut self.buf, req, status, to.0, call, Extras::NONE);
         let bytes = self.take();
-        self.send(b, lb, conn, bytes, call, 200);
+        self.send(receiving, to.1, to.2, bytes, call, status);
     }
 
-    fn send(&mut self, b: u16, lb: u8, conn: ConnId, bytes: BytesMut, call: u32, code: u16) {
-        if !self.is_receiving(b) {
+    /// Sends a stored 2xx again.
+    fn send_ok(&mut self, receiving: bool, lb: u8, conn: ConnId, ok: &[u8], call: u32) {
+        self.buf.extend_from_slice(ok);
+        let bytes = self.take();
+        self.send(receiving, lb, conn, bytes, call, 200);
+    }
+
+    fn send(
+        &mut self,
+        receiving: bool,
+        lb: u8,
+        conn: ConnId,
+        bytes: BytesMut,
+        call: u32,
+        code: u16,
+    ) {
+        if !receiving {
             self.out.push_back(FarmOut::Lost);
             return;
         }
@@ -505,24 +567,34 @@ impl Farm {
         });
     }
 
-    /// The connection for a request the backend originates: with spreading, any live connection
-    /// of this backend to any worker of any instance (a tagged request may reach any of them);
-    /// else the one the call last used, if it is still alive.
-    fn pick_conn(&mut self, b: u16, lb: u8, conn: ConnId, rng: &mut SmallRng) -> (u8, ConnId) {
-        let live = &self.backends[usize::from(b)].conns;
-        if self.spread && !live.is_empty() {
-            return live[rng.random_range(0..live.len())];
-        }
-        if live.contains(&(lb, conn)) || live.is_empty() {
-            (lb, conn)
-        } else {
-            live[0]
-        }
-    }
-
     fn take(&mut self) -> BytesMut {
         let bytes = self.buf.split();
         wire::reserve(&mut self.buf);
         bytes
+    }
+}
+
+/// Whether a backend takes bytes now (up and not hung).
+fn is_receiving(be: &Backend) -> bool {
+    be.up && !be.silent
+}
+
+/// The connection for a request a backend originates: with spreading, any live connection
+/// of this backend to any worker of any instance (a tagged request may reach any of them);
+/// else the one the call last used, if it is still alive.
+fn pick_conn(
+    live: &[(u8, ConnId)],
+    spread: bool,
+    lb: u8,
+    conn: ConnId,
+    rng: &mut SmallRng,
+) -> (u8, ConnId) {
+    if spread && !live.is_empty() {
+        return live[rng.random_range(0..live.len())];
+    }
+    if live.contains(&(lb, conn)) || live.is_empty() {
+        (lb, conn)
+    } else {
+        live[0]
     }
 }

@@ -134,23 +134,26 @@ struct Tx {
     reinvite: bool,
 }
 
-/// The caller of one call.
+/// The caller of one call. `repr(C)` keeps the fields every timer and response reads first,
+/// in the first cache line, and the dialog (written once, read by the proxy) last: a storm
+/// touches tens of thousands of these at random.
 #[derive(Debug)]
+#[repr(C)]
 struct Ua {
-    plan: Plan,
-    proxy: u16,
-    phase: Phase,
-    next_tx: u32,
-    next_cseq: u32,
-    inv: Option<Tx>,
-    ni: Option<Tx>,
     inv_gen: u32,
     ni_gen: u32,
     dlg_gen: u32,
-    initial_tx: u32,
-    initial_cseq: u32,
+    phase: Phase,
     cancel_pending: bool,
     cancel_sent: bool,
+    proxy: u16,
+    inv: Option<Tx>,
+    ni: Option<Tx>,
+    next_tx: u32,
+    next_cseq: u32,
+    initial_tx: u32,
+    initial_cseq: u32,
+    plan: Plan,
     dialog: DialogInfo,
 }
 

@@ -48,20 +48,37 @@ pub(crate) struct DialogInfo {
 }
 
 impl DialogInfo {
-    /// Reads the remote tag, the balancer's Record-Route entry and the Contact of a response.
+    /// Reads the remote tag, the balancer's Record-Route entry and the Contact of a response,
+    /// in one walk over its head (each the first there is).
     pub(crate) fn from_response(msg: &[u8]) -> DialogInfo {
         let mut d = DialogInfo::default();
-        if let Some(tag) = sip::header_value(msg, b"To").and_then(|v| sip::param(v, b"tag")) {
-            d.to_tag.extend_from_slice(tag);
-        }
-        // The caller's route set is the Record-Route list reversed (§12.1.2); the first hop is
-        // its own proxy, which pops its entry, so what reaches the balancer is the rest: the
-        // balancer's entry.
-        if let Some(rr) = sip::record_routes(msg).find(|u| sip::param(u, b"lb").is_some()) {
-            d.route.extend_from_slice(rr);
-        }
-        if let Some(c) = sip::header_value(msg, b"Contact").and_then(sip::angle) {
-            d.target.extend_from_slice(c);
+        let (mut to, mut rr, mut contact) = (false, false, false);
+        for h in sip::headers(msg) {
+            let n = h.name;
+            if !to && n.eq_ignore_ascii_case(b"To") {
+                to = true;
+                if let Some(tag) = sip::param(h.value, b"tag") {
+                    d.to_tag.extend_from_slice(tag);
+                }
+            } else if !rr && n.eq_ignore_ascii_case(b"Record-Route") {
+                // The caller's route set is the Record-Route list reversed (§12.1.2); the
+                // first hop is its own proxy, which pops its entry, so what reaches the
+                // balancer is the rest: the balancer's entry.
+                let ours = h
+                    .value
+                    .split(|&c| c == b',')
+                    .filter_map(sip::angle)
+                    .find(|u| sip::param(u, b"lb").is_some());
+                if let Some(u) = ours {
+                    rr = true;
+                    d.route.extend_from_slice(u);
+                }
+            } else if !contact && n.eq_ignore_ascii_case(b"Contact") {
+                contact = true;
+                if let Some(c) = sip::angle(h.value) {
+                    d.target.extend_from_slice(c);
+                }
+            }
         }
         d
     }
@@ -197,11 +214,84 @@ impl Extras {
     };
 }
 
+/// Where the header lines a response copies sit in a request, found in one walk: a backend
+/// answers one INVITE up to five times (100, 180, 200, its retransmissions, 487).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Template {
+    lines: SmallVec<[Line; 12]>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Line {
+    /// The whole line with its CRLF.
+    start: u32,
+    end: u32,
+    kind: LineKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LineKind {
+    /// Via, From, Call-ID, CSeq: copied as they are.
+    Copied,
+    RecordRoute,
+    /// The To line: its value, and whether it has a tag.
+    To {
+        value: (u32, u32),
+        tagged: bool,
+    },
+}
+
+impl Template {
+    /// The copied lines of `req`.
+    pub(crate) fn of(req: &[u8]) -> Template {
+        let mut t = Template::default();
+        let at = |part: &[u8]| {
+            let r = sip::offset_of(req, part).unwrap_or(0..0);
+            (r.start as u32, r.end as u32)
+        };
+        for h in sip::headers(req) {
+            let n = h.name;
+            let kind = if n.eq_ignore_ascii_case(b"Via")
+                || n.eq_ignore_ascii_case(b"From")
+                || n.eq_ignore_ascii_case(b"Call-ID")
+                || n.eq_ignore_ascii_case(b"CSeq")
+            {
+                LineKind::Copied
+            } else if n.eq_ignore_ascii_case(b"Record-Route") {
+                LineKind::RecordRoute
+            } else if n.eq_ignore_ascii_case(b"To") {
+                LineKind::To {
+                    value: at(h.value),
+                    tagged: sip::param(h.value, b"tag").is_some(),
+                }
+            } else {
+                continue;
+            };
+            let (start, end) = at(h.line);
+            t.lines.push(Line { start, end, kind });
+        }
+        t
+    }
+}
+
 /// A backend's response to `req` (§8.2.6): Via, From, Call-ID, CSeq (and Record-Route, §12.1.1)
 /// copied, the To tag added.
 pub(crate) fn write_response(
     out: &mut BytesMut,
     req: &[u8],
+    status: u16,
+    b: u16,
+    call: u32,
+    x: Extras,
+) {
+    write_response_from(out, req, &Template::of(req), status, b, call, x);
+}
+
+/// [`write_response`] with the request's [`Template`] already found.
+pub(crate) fn write_response_from(
+    out: &mut BytesMut,
+    req: &[u8],
+    t: &Template,
     status: u16,
     b: u16,
     call: u32,
@@ -216,24 +306,22 @@ pub(crate) fn write_response(
         487 => b" Request Terminated\r\n",
         _ => b" Whatever\r\n",
     });
-    for h in sip::headers(req) {
-        let n = h.name;
-        if n.eq_ignore_ascii_case(b"Via")
-            || n.eq_ignore_ascii_case(b"From")
-            || n.eq_ignore_ascii_case(b"Call-ID")
-            || n.eq_ignore_ascii_case(b"CSeq")
-            || (x.record_route && n.eq_ignore_ascii_case(b"Record-Route"))
-        {
-            out.extend_from_slice(h.line);
-        } else if n.eq_ignore_ascii_case(b"To") {
-            if status == 100 || sip::param(h.value, b"tag").is_some() {
-                out.extend_from_slice(h.line);
-            } else {
-                out.extend_from_slice(b"To: ");
-                out.extend_from_slice(h.value);
-                out.extend_from_slice(b";tag=b");
-                sip::put_u64(out, u64::from(call));
-                out.extend_from_slice(b"\r\n");
+    for l in &t.lines {
+        let line = &req[l.start as usize..l.end as usize];
+        match l.kind {
+            LineKind::Copied => out.extend_from_slice(line),
+            LineKind::RecordRoute if x.record_route => out.extend_from_slice(line),
+            LineKind::RecordRoute => {}
+            LineKind::To { value, tagged } => {
+                if status == 100 || tagged {
+                    out.extend_from_slice(line);
+                } else {
+                    out.extend_from_slice(b"To: ");
+                    out.extend_from_slice(&req[value.0 as usize..value.1 as usize]);
+                    out.extend_from_slice(b";tag=b");
+                    sip::put_u64(out, u64::from(call));
+                    out.extend_from_slice(b"\r\n");
+                }
             }
         }
     }
