@@ -6,7 +6,7 @@ use lb_core::{CloseReason, ConnId};
 use crate::backend::BackendTimer;
 use crate::caller::{outcome, Callers, Phase, ToUa, UaOut, UaTimer};
 use crate::queue::Nanos;
-use crate::sip::Summary;
+use crate::sip::{Kind, Method, Summary};
 
 /// Something scheduled to happen.
 #[derive(Debug)]
@@ -40,13 +40,13 @@ pub(crate) enum Ev {
         conn: ConnId,
         backend: u16,
         bytes: Bytes,
-        summary: Summary,
+        summary: Brief,
     },
     TcpToProxy {
         lb: u8,
         conn: ConnId,
         bytes: Bytes,
-        summary: Summary,
+        summary: Brief,
     },
     ConnectResult {
         lb: u8,
@@ -124,6 +124,46 @@ impl Death {
             instance,
             at,
             phase,
+        }
+    }
+}
+
+/// A [`Summary`] packed for the queue: the TCP deliveries are most of the events in flight,
+/// and every byte of an event is written and read again (20 bytes here against 40).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Brief {
+    /// The call number, `u32::MAX` for none (the simulator's calls are numbered in `u32`).
+    call: u32,
+    cseq: u32,
+    len: u32,
+    kind: Kind,
+    cseq_method: Method,
+    has_to_tag: bool,
+}
+
+impl Brief {
+    pub(crate) fn of(s: Summary) -> Brief {
+        Brief {
+            call: s
+                .call
+                .and_then(|c| u32::try_from(c).ok())
+                .unwrap_or(u32::MAX),
+            cseq: s.cseq,
+            len: s.len as u32,
+            kind: s.kind,
+            cseq_method: s.cseq_method,
+            has_to_tag: s.has_to_tag,
+        }
+    }
+
+    pub(crate) fn summary(self) -> Summary {
+        Summary {
+            kind: self.kind,
+            call: (self.call != u32::MAX).then_some(u64::from(self.call)),
+            cseq: self.cseq,
+            cseq_method: self.cseq_method,
+            has_to_tag: self.has_to_tag,
+            len: self.len as usize,
         }
     }
 }

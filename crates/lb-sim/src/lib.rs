@@ -3,16 +3,34 @@
 //! A discrete-event simulation that drives the real [`lb_core::Balancer`] with no sockets, no
 //! threads and no sleeping: user agents with RFC 3261 client timers reach stateless SIP proxies
 //! over a lossy UDP leg; the proxies relay into persistent TCP connections to one or more
-//! balancer instances; the balancers connect to simulated B2BUA backends. Virtual time is an
+//! balancer instances of one or more workers each; the balancers connect to simulated B2BUA
+//! backends. Virtual time is an
 //! `Instant` taken once plus offsets; the loop jumps to the earliest of the next network delivery
 //! and every balancer's `poll_timeout()`.
 //!
 //! Every run checks its invariants (see [`invariants`]) and ends with a digest of its event
 //! trace: the same [`Knobs`] give the same digest.
 //!
-//! Modules: `world` (clock, balancer glue, network), `queue` (the event queue), `ua` (callers
-//! and stateless proxies), `backend` (B2BUAs), [`sip`] (a minimal SIP reader for the peers),
-//! [`scenario`], [`invariants`], [`trace`], [`plot`].
+//! ## Shape
+//!
+//! Every peer is a component in the core's own sans-IO shape: it takes inputs (`handle_*`) and
+//! yields outputs (`poll_output`), never sees the clock, the queue or another peer, and draws
+//! from the world's one seeded generator, handed in as an argument. The world (`world`) only
+//! carries outputs over the simulated network, in the order they were emitted, and feeds them
+//! back as inputs; the whole run is one thread and one queue, so a seed is a replay.
+//!
+//! | module | what |
+//! | --- | --- |
+//! | `world`, `event` | the loop, the clock, what it schedules, the wiring between components |
+//! | `instance` | one balancer worker: the real core, the driver's connection table, its invariant books |
+//! | `caller` | user agents with RFC 3261 client timers, placed as a Poisson process |
+//! | `proxy` | the edge: stateless proxies, and the edge's choice of instance |
+//! | `backend` | the B2BUA farm |
+//! | `wire`, [`sip`] | the one set of SIP writers the peers use; the minimal SIP reader |
+//! | `timers`, `queue`, `addr` | RFC 3261 constants and draws; the event queue; addresses |
+//! | [`scenario`], [`invariants`], `report`, [`trace`], [`plot`] | knobs; checks; the end of a run; the digest; the plot |
+//!
+//! Imports go one way: world → components → wire, sip, timers, queue.
 //!
 //! ## Choices
 //!
@@ -21,7 +39,18 @@
 //!   is real SIP, written with `extend_from_slice` into one reused `BytesMut`.
 //! - Proxies are stateless (RFC 3261 §16.11), so every retransmission reaches the balancer: the
 //!   storm the new-call table must absorb. Untagged requests of a call stay on its home
-//!   instance; in-dialog requests go to a random instance when the scenario spreads them.
+//!   instance (and so on one worker: the one holding the proxy's connection); in-dialog
+//!   requests go to a random instance when the scenario spreads them.
+//! - N instances of M workers share only the configuration and the tag key. A proxy connection
+//!   lands on the worker its source port hashes to (SO_REUSEPORT); each worker has its own
+//!   backend connections. All advertise one address (a VIP), so a Record-Route written by an
+//!   instance that dies still leads to a live one.
+//! - An instance dies (the `scale` scenario) by losing every connection at once. The edge then
+//!   sends new calls and in-dialog requests to the live instances (and re-sends an in-dialog
+//!   request whose connection broke under it); untagged requests of calls in setup there are
+//!   lost, as the design says they must be. A backend's own request reaches a live worker,
+//!   which dials out to the caller's proxy if it holds no connection from it: the proxies
+//!   accept dial-outs to their listening address.
 //! - The backends form one B2BUA cluster with replicated call state: a backup carries a call on.
 //!   Which backend received each message is what the affinity check looks at.
 //! - The event queue is a timing wheel plus FIFO lanes for constant delays (see `queue`); a

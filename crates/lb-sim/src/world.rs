@@ -18,7 +18,7 @@ use rand::SeedableRng;
 use crate::addr::{backend_addr, balancer_vip, proxy_at, proxy_ip};
 use crate::backend::{Farm, FarmOut};
 use crate::caller::{CallerOut, Callers};
-use crate::event::{Counters, Death, Ev};
+use crate::event::{Brief, Counters, Death, Ev};
 use crate::instance::{close_code, Peer, Worker, WorkerOut};
 use crate::invariants::{Affinity, Violation, ViolationKind};
 use crate::proxy::{Proxies, ProxyOut};
@@ -242,7 +242,8 @@ impl World {
                     self.n.tcp_lost += 1;
                     return;
                 }
-                self.farm.handle_message(backend, lb, conn, bytes, summary);
+                self.farm
+                    .handle_message(backend, lb, conn, bytes, summary.summary());
                 self.drain_farm();
             }
             Ev::TcpToProxy {
@@ -255,7 +256,8 @@ impl World {
                     self.n.tcp_lost += 1;
                     return;
                 }
-                self.proxies.handle_from_lb(lb, conn, bytes, summary);
+                self.proxies
+                    .handle_from_lb(lb, conn, bytes, summary.summary());
                 self.drain_proxies();
             }
             Ev::ConnectResult { lb, conn } => self.connect_result(usize::from(lb), conn),
@@ -488,13 +490,13 @@ impl World {
                 conn,
                 backend,
                 bytes: msg,
-                summary: s,
+                summary: Brief::of(s),
             },
             _ => Ev::TcpToProxy {
                 lb,
                 conn,
                 bytes: msg,
-                summary: s,
+                summary: Brief::of(s),
             },
         };
         self.at(at, ev);
