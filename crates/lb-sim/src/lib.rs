@@ -288,5 +288,5 @@ pub fn run(knobs: Knobs, trace: Trace) -> Result<Report, SimError> {
     {
         return Err(SimError::Knobs("proxies, calls or rate out of range"));
     }
-    Ok(world::World::new(knobs, trace)?.run())
+    Ok(report::finish(world::World::new(knobs, trace)?.run()))
 }

@@ -152,8 +152,8 @@ impl World {
         Ok(w)
     }
 
-    /// Runs to the end and reports.
-    pub(crate) fn run(mut self) -> crate::Report {
+    /// Runs to the end; `report::finish` reads what it found.
+    pub(crate) fn run(mut self) -> World {
         let step_limit = 1_000_000 + self.k.calls.saturating_mul(400);
         let tail = (self.k.window + self.k.ringing_max).as_nanos() as u64 + 2_000_000_000;
         let mut last_activity = 0;
@@ -195,7 +195,7 @@ impl World {
                 }
             }
         }
-        crate::report::finish(self)
+        self
     }
 
     fn handle(&mut self, ev: Ev) {
