@@ -181,6 +181,9 @@ pub struct InstanceLoss {
     pub in_setup_on_dead: u64,
     /// Of those, calls that did not end well (timed out, abandoned, rejected).
     pub lost_in_setup: u64,
+    /// Of the lost ones, calls set up on a live instance: lost for another reason (all of a
+    /// call's datagrams lost on the UDP leg), not to the death.
+    pub lost_in_setup_elsewhere: u64,
     /// Calls established (the caller holds the dialog and its tag).
     pub established: u64,
     /// Of those, calls that did not end well.
@@ -197,12 +200,13 @@ impl fmt::Display for InstanceLoss {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "instance_died={} at_s={:.1} in_setup={} in_setup_on_dead={} lost_in_setup={} established={} lost_established={} survivor_affinity_violations={} edge_resends={} dial_outs={}",
+            "instance_died={} at_s={:.1} in_setup={} in_setup_on_dead={} lost_in_setup={} lost_in_setup_elsewhere={} established={} lost_established={} survivor_affinity_violations={} edge_resends={} dial_outs={}",
             self.instance,
             self.at_s,
             self.in_setup,
             self.in_setup_on_dead,
             self.lost_in_setup,
+            self.lost_in_setup_elsewhere,
             self.established,
             self.lost_established,
             self.survivor_affinity_violations,

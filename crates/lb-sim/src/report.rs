@@ -139,6 +139,7 @@ fn instance_loss(w: &World, d: &crate::event::Death) -> InstanceLoss {
                 loss.in_setup += 1;
                 loss.in_setup_on_dead += u64::from(phase == 3);
                 loss.lost_in_setup += u64::from(failed);
+                loss.lost_in_setup_elsewhere += u64::from(failed && phase == 1);
             }
             2 => {
                 loss.established += 1;
