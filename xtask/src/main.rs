@@ -18,7 +18,9 @@
 //! - `bench scale [--workers 1,2] [--only LIST] [--step SECS]`: the highest call rate with no
 //!   failed call for each worker count, siplb and Kamailio's dispatcher through `lb-loadgen` with
 //!   plain backends, and the CPU per call there (see [`peer`]'s `scale` module).
-//! - `bench core`, `bench sim`: run the core's and the simulator's benchmarks, pass their line.
+//! - `bench core`, `bench sim`: run the core's and the simulator's benchmarks, pass their line;
+//!   `bench sim --scale`: the simulator's scale run (an instance dies mid-storm, calls lost by
+//!   phase).
 //! - `dist`: man pages and shell completions from the clap definitions into `target/dist`
 //!   (see [`dist`]).
 //! - `check-core`: fails if lb-core's normal dependencies include a runtime.
@@ -86,6 +88,22 @@ fn run(args: &[String]) -> Result<()> {
             ]),
             "sim_events_per_sec=",
         ),
+        // Issue 13: three instances of two workers, one dies mid-storm; the result line
+        // reports the calls lost by phase.
+        ["bench", "sim", "--scale"] => pass_through(
+            cargo().args([
+                "run",
+                "--release",
+                "-p",
+                "lb-sim",
+                "--",
+                "scale",
+                "--calls",
+                "200000",
+                "--bench",
+            ]),
+            "instance_died=",
+        ),
         ["fuzz", rest @ ..] => fuzz::fuzz(rest),
         ["check-core"] => check_core(),
         ["dist"] => dist::dist(),
@@ -107,7 +125,7 @@ const USAGE: &str = "usage: cargo xtask <task>
   bench peer [--rate CPS] [--calls N] [--runs N] [--only kamailio,tokio,mio] [--no-build]
   bench scale [--workers 1,2] [--only kamailio,tokio,mio] [--step SECS] [--start CPS]
               [--bisect N] [--connections N] [--no-build]
-  bench core | bench sim
+  bench core | bench sim [--scale]
   check-core
   dist
   test [CARGO TEST ARGS…]

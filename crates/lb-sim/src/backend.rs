@@ -7,46 +7,35 @@
 //! The farm behaves as one B2BUA cluster with replicated call state: a backup that receives a
 //! call's messages after its backend died carries on. Which backend received each message is
 //! what the affinity invariant checks.
+//!
+//! A component like [`crate::caller::Callers`]: messages in ([`Farm::handle_message`]), timers
+//! in ([`Farm::handle_timer`]), what to send and which timers to arm out ([`Farm::poll_output`]).
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use lb_core::{ConnId, T1};
+use lb_core::ConnId;
+use rand::rngs::SmallRng;
 use rand::Rng;
 
-use crate::sip::{self, Kind, Method, Summary};
-use crate::ua::{put_ip, reserve, SDP};
-use crate::world::{active_mut, backend_addr, Ev, World};
-
-/// RFC 3261 §17.1.2.2 T2: cap of the 2xx retransmission interval.
-const T2: Duration = Duration::from_secs(4);
-/// §13.3.1.4: the UAS gives up retransmitting a 2xx after 64·T1.
-const OK_GIVE_UP: Duration = Duration::from_secs(32);
+use crate::caller::Plan;
+use crate::sip::{Kind, Method, Summary};
+use crate::timers::{OK_GIVE_UP, T1, T2};
+use crate::wire::{self, Extras, Template, OUT_CHUNK};
 
 /// One backend.
 #[derive(Debug)]
-pub(crate) struct Backend {
-    pub(crate) up: bool,
+struct Backend {
+    up: bool,
     /// Delay before its 100 Trying.
-    pub(crate) trying: Duration,
-    /// Connected balancer connections `(instance, conn)`.
-    pub(crate) conns: Vec<(u8, ConnId)>,
+    trying: Duration,
+    /// Connected balancer connections `(worker, conn)`.
+    conns: Vec<(u8, ConnId)>,
     /// Messages received since the last sample.
-    pub(crate) load: u64,
+    load: u64,
     /// Hung: connections stay open, nothing is answered or sent.
-    pub(crate) silent: bool,
-}
-
-impl Backend {
-    pub(crate) fn new(trying: Duration) -> Backend {
-        Backend {
-            up: true,
-            trying,
-            conns: Vec::new(),
-            load: 0,
-            silent: false,
-        }
-    }
+    silent: bool,
 }
 
 /// Backend timers.
@@ -59,26 +48,53 @@ pub(crate) enum BackendTimer {
     Hangup,
 }
 
-/// The callee side of one call (replicated across the cluster).
-#[derive(Debug, Default)]
-pub(crate) struct BeState {
-    /// The initial INVITE as received, copied (responses and the callee's BYE are built from it).
-    invite: Option<Bytes>,
-    stage: Stage,
-    /// Where the call's latest message came from: `(instance, conn, backend)`.
-    last: Option<(u8, ConnId, u16)>,
+/// What the farm wants done.
+#[derive(Debug)]
+pub(crate) enum FarmOut {
+    /// Bytes onto a backend's connection to a balancer worker.
+    ToLb {
+        lb: u8,
+        conn: ConnId,
+        bytes: BytesMut,
+        call: u32,
+        code: u16,
+    },
+    /// A message a dead or hung backend would have sent.
+    Lost,
+    /// Arm a timer; it comes back through [`Farm::handle_timer`].
+    Timer {
+        call: u32,
+        timer: BackendTimer,
+        gen: u32,
+        after: Duration,
+    },
+}
+
+/// The callee side of one call (replicated across the cluster). `repr(C)`: what every timer
+/// checks first, the stored messages and their template last (see `Ua` in `caller.rs`).
+#[derive(Debug)]
+#[repr(C)]
+struct Callee {
     gen: u32,
-    ok: Option<Bytes>,
-    ok_cseq: u32,
-    ok_interval: Duration,
-    ok_elapsed: Duration,
     ok_gen: u32,
+    ok_cseq: u32,
+    stage: Stage,
     acked_initial: bool,
     ended: bool,
+    /// Where the call's latest message came from: `(worker, conn, backend)`.
+    last: Option<(u8, ConnId, u16)>,
+    ok_interval: Duration,
+    ok_elapsed: Duration,
     /// The backend that sent the callee side's BYE: its response belongs there.
-    pub(crate) origin: Option<u16>,
+    origin: Option<u16>,
     /// The backend that received the INVITE last: where its server transaction lives.
-    pub(crate) invite_backend: Option<u16>,
+    invite_backend: Option<u16>,
+    plan: Plan,
+    /// The initial INVITE as received, copied (responses and the callee's BYE are built from it).
+    invite: Option<Bytes>,
+    ok: Option<Bytes>,
+    /// Where the lines its responses copy sit in `invite`.
+    template: Template,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
@@ -91,8 +107,148 @@ enum Stage {
     Rejected,
 }
 
-impl World {
-    pub(crate) fn backend_receive(
+/// The backend farm of a run. See the module docs.
+#[derive(Debug)]
+pub(crate) struct Farm {
+    backends: Vec<Backend>,
+    calls: Vec<Option<Box<Callee>>>,
+    spread: bool,
+    tx: Tx,
+    retransmissions: u64,
+}
+
+/// The farm's writer and output queue, borrowed apart from the calls so a stored INVITE or
+/// 2xx is written from where it lies, never cloned.
+#[derive(Debug)]
+struct Tx {
+    out: VecDeque<FarmOut>,
+    buf: BytesMut,
+}
+
+impl Farm {
+    /// `trying[b]`: backend `b`'s delay before its 100 Trying.
+    pub(crate) fn new(trying: Vec<Duration>, spread: bool) -> Farm {
+        Farm {
+            backends: trying
+                .into_iter()
+                .map(|trying| Backend {
+                    up: true,
+                    trying,
+                    conns: Vec::new(),
+                    load: 0,
+                    silent: false,
+                })
+                .collect(),
+            calls: Vec::new(),
+            spread,
+            tx: Tx {
+                out: VecDeque::new(),
+                buf: BytesMut::with_capacity(OUT_CHUNK),
+            },
+            retransmissions: 0,
+        }
+    }
+
+    /// Next thing the farm wants done, `None` once drained.
+    pub(crate) fn poll_output(&mut self) -> Option<FarmOut> {
+        self.tx.out.pop_front()
+    }
+
+    /// A call was placed: the callee side learns its plan.
+    pub(crate) fn handle_placed(&mut self, call: u32, plan: Plan) {
+        let c = call as usize;
+        if self.calls.len() <= c {
+            self.calls.resize_with(c + 1, || None);
+        }
+        self.calls[c] = Some(Box::new(Callee {
+            plan,
+            invite: None,
+            template: Template::default(),
+            stage: Stage::None,
+            last: None,
+            gen: 0,
+            ok: None,
+            ok_cseq: 0,
+            ok_interval: Duration::ZERO,
+            ok_elapsed: Duration::ZERO,
+            ok_gen: 0,
+            acked_initial: false,
+            ended: false,
+            origin: None,
+            invite_backend: None,
+        }));
+    }
+
+    /// The call is over for good: its state goes.
+    pub(crate) fn reap(&mut self, call: u32) {
+        if let Some(c) = self.calls.get_mut(call as usize) {
+            *c = None;
+        }
+    }
+
+    /// Whether backend `b` takes bytes now (up and not hung).
+    pub(crate) fn is_receiving(&self, b: u16) -> bool {
+        is_receiving(&self.backends[usize::from(b)])
+    }
+
+    /// Whether backend `b` accepts connections.
+    pub(crate) fn is_up(&self, b: u16) -> bool {
+        self.backends[usize::from(b)].up
+    }
+
+    /// A balancer worker's connection to `b` is up.
+    pub(crate) fn handle_connected(&mut self, b: u16, lb: u8, conn: ConnId) {
+        self.backends[usize::from(b)].conns.push((lb, conn));
+    }
+
+    /// A balancer worker's connection to `b` is gone.
+    pub(crate) fn handle_disconnected(&mut self, b: u16, lb: u8, conn: ConnId) {
+        self.backends[usize::from(b)]
+            .conns
+            .retain(|&(l, c)| !(l == lb && c == conn));
+    }
+
+    /// Backend `b` dies or returns; a hang (`silent`) keeps its connections. Returns the
+    /// connections a reset breaks.
+    pub(crate) fn handle_outage(&mut self, b: u16, down: bool, silent: bool) -> Vec<(u8, ConnId)> {
+        let be = &mut self.backends[usize::from(b)];
+        if silent {
+            be.silent = down;
+            return Vec::new();
+        }
+        be.up = !down;
+        if down {
+            be.conns.clone()
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Messages each backend received since the last call.
+    pub(crate) fn take_load(&mut self) -> Vec<u64> {
+        self.backends
+            .iter_mut()
+            .map(|b| std::mem::take(&mut b.load))
+            .collect()
+    }
+
+    /// 2xx retransmissions so far.
+    pub(crate) fn retransmissions(&self) -> u64 {
+        self.retransmissions
+    }
+
+    /// The backend that sent the callee side's BYE of `call`.
+    pub(crate) fn origin(&self, call: u32) -> Option<u16> {
+        self.calls.get(call as usize)?.as_ref()?.origin
+    }
+
+    /// The backend where `call`'s INVITE server transaction lives.
+    pub(crate) fn invite_backend(&self, call: u32) -> Option<u16> {
+        self.calls.get(call as usize)?.as_ref()?.invite_backend
+    }
+
+    /// Backend `b` received a message on worker `lb`'s connection `conn`.
+    pub(crate) fn handle_message(
         &mut self,
         b: u16,
         lb: u8,
@@ -102,25 +258,23 @@ impl World {
     ) {
         self.backends[usize::from(b)].load += 1;
         let call = s.call.and_then(|c| u32::try_from(c).ok());
-        let active = call.is_some_and(|c| {
-            self.calls
-                .get(c as usize)
-                .is_some_and(|x| x.active.is_some())
-        });
+        let active = call.is_some_and(|c| self.calls.get(c as usize).is_some_and(Option::is_some));
         let Some(call) = call.filter(|_| active) else {
             // A straggler of a finished call: answer statelessly what needs an answer.
             if matches!(s.kind, Kind::Request(Method::Bye | Method::Cancel)) {
-                self.backend_reply(b, lb, conn, &bytes, 200, call.unwrap_or(0), Extras::NONE);
+                let receiving = self.is_receiving(b);
+                let call = call.unwrap_or(0);
+                self.tx.answer(receiving, (b, lb, conn), &bytes, 200, call);
             }
             return;
         };
         let trying = self.backends[usize::from(b)].trying;
-        let a = self.calls[call as usize]
-            .active
-            .as_mut()
-            .expect("checked active above");
-        let plan = a.plan;
-        let be = &mut a.be;
+        let receiving = self.is_receiving(b);
+        let Farm { calls, tx, .. } = self;
+        let Some(be) = calls[call as usize].as_deref_mut() else {
+            return;
+        };
+        let plan = be.plan;
         let previous = be.last.map(|(_, _, pb)| pb);
         if let Kind::Request(_) = s.kind {
             be.last = Some((lb, conn, b));
@@ -129,57 +283,45 @@ impl World {
             Kind::Request(Method::Invite) if !s.has_to_tag => {
                 be.invite_backend = Some(b);
                 if be.invite.is_none() {
+                    be.template = Template::of(&bytes);
                     be.invite = Some(Bytes::copy_from_slice(&bytes));
                     be.gen += 1;
                     let gen = be.gen;
-                    self.after(
-                        trying,
-                        Ev::BackendTimer {
-                            call,
-                            timer: BackendTimer::Trying,
-                            gen,
-                        },
-                    );
-                    self.after(
-                        plan.ring,
-                        Ev::BackendTimer {
-                            call,
-                            timer: BackendTimer::Ringing,
-                            gen,
-                        },
-                    );
+                    tx.timer(call, BackendTimer::Trying, gen, trying);
+                    tx.timer(call, BackendTimer::Ringing, gen, plan.ring);
                     if let Some(ans) = plan.answer {
-                        self.after(
-                            plan.ring + ans,
-                            Ev::BackendTimer {
-                                call,
-                                timer: BackendTimer::Answer,
-                                gen,
-                            },
-                        );
+                        tx.timer(call, BackendTimer::Answer, gen, plan.ring + ans);
                     }
                 } else {
                     if previous != Some(b) {
                         // Re-routed to this backend: it answers from the INVITE it received,
                         // whose Record-Route carries the tag the balancer wrote for it.
+                        be.template = Template::of(&bytes);
                         be.invite = Some(Bytes::copy_from_slice(&bytes));
                     }
                     // A retransmission: repeat the latest response (§17.2.1).
                     let stage = be.stage;
-                    self.backend_repeat(call, stage);
+                    self.repeat(call, stage);
                 }
             }
             Kind::Request(Method::Invite) => {
-                if be.ok.is_some() && be.ok_cseq == s.cseq {
-                    let ok = be.ok.clone();
-                    if let Some(ok) = ok {
-                        self.backend_send_ok(b, lb, conn, &ok, call);
+                if be.ok_cseq == s.cseq {
+                    if let Some(ok) = &be.ok {
+                        tx.send_ok(receiving, lb, conn, ok, call);
+                        return;
                     }
-                    return;
                 }
-                let ok =
-                    self.backend_reply(b, lb, conn, &bytes, 200, call, Extras::ANSWER_REINVITE);
-                self.backend_start_ok(call, s.cseq, ok);
+                let t = Template::of(&bytes);
+                let ok = tx.reply(
+                    receiving,
+                    (b, lb, conn),
+                    &bytes,
+                    &t,
+                    200,
+                    call,
+                    Extras::ANSWER_REINVITE,
+                );
+                be.start_ok(s.cseq, ok, call, tx);
             }
             Kind::Request(Method::Ack) => {
                 if be.ok_cseq == s.cseq && be.ok.is_some() {
@@ -189,14 +331,7 @@ impl World {
                         be.acked_initial = true;
                         if plan.backend_hangup {
                             let gen = be.gen;
-                            self.after(
-                                plan.talk,
-                                Ev::BackendTimer {
-                                    call,
-                                    timer: BackendTimer::Hangup,
-                                    gen,
-                                },
-                            );
+                            tx.timer(call, BackendTimer::Hangup, gen, plan.talk);
                         }
                     }
                 }
@@ -206,7 +341,7 @@ impl World {
                 be.gen += 1;
                 be.ok = None;
                 be.ok_gen += 1;
-                self.backend_reply(b, lb, conn, &bytes, 200, call, Extras::NONE);
+                tx.answer(receiving, (b, lb, conn), &bytes, 200, call);
             }
             Kind::Request(Method::Cancel) => {
                 let ringing = be.stage < Stage::Answered && be.invite.is_some();
@@ -214,13 +349,13 @@ impl World {
                     be.stage = Stage::Rejected;
                     be.gen += 1;
                 }
-                self.backend_reply(b, lb, conn, &bytes, 200, call, Extras::NONE);
+                tx.answer(receiving, (b, lb, conn), &bytes, 200, call);
                 if ringing {
-                    self.backend_repeat(call, Stage::Rejected);
+                    self.repeat(call, Stage::Rejected);
                 }
             }
             Kind::Request(Method::Other) => {
-                self.backend_reply(b, lb, conn, &bytes, 200, call, Extras::NONE);
+                tx.answer(receiving, (b, lb, conn), &bytes, 200, call);
             }
             Kind::Response(_) => {
                 if s.cseq_method == Method::Bye {
@@ -230,11 +365,24 @@ impl World {
         }
     }
 
-    pub(crate) fn backend_timer(&mut self, call: u32, timer: BackendTimer, gen: u32) {
-        let Some(a) = active_mut(&mut self.calls, call) else {
+    /// A timer armed by a [`FarmOut::Timer`] fired.
+    pub(crate) fn handle_timer(
+        &mut self,
+        call: u32,
+        timer: BackendTimer,
+        gen: u32,
+        rng: &mut SmallRng,
+    ) {
+        let Farm {
+            calls,
+            tx,
+            backends,
+            spread,
+            retransmissions,
+        } = self;
+        let Some(be) = calls.get_mut(call as usize).and_then(|c| c.as_deref_mut()) else {
             return;
         };
-        let be = &mut a.be;
         match timer {
             BackendTimer::Trying | BackendTimer::Ringing | BackendTimer::Answer => {
                 if gen != be.gen {
@@ -249,13 +397,15 @@ impl World {
                     return;
                 }
                 be.stage = stage;
-                self.backend_repeat(call, stage);
+                self.repeat(call, stage);
             }
             BackendTimer::OkRetransmit => {
                 if gen != be.ok_gen || be.ended {
                     return;
                 }
-                let Some(ok) = be.ok.clone() else { return };
+                if be.ok.is_none() {
+                    return;
+                }
                 be.ok_elapsed += be.ok_interval;
                 if be.ok_elapsed >= OK_GIVE_UP {
                     be.ok = None;
@@ -263,278 +413,188 @@ impl World {
                 }
                 be.ok_interval = (be.ok_interval * 2).min(T2);
                 let next = be.ok_interval;
-                if let Some((lb, conn, b)) = be.last {
-                    self.n.retransmissions += 1;
-                    self.backend_send_ok(b, lb, conn, &ok, call);
+                if let (Some((lb, conn, b)), Some(ok)) = (be.last, &be.ok) {
+                    *retransmissions += 1;
+                    let receiving = is_receiving(&backends[usize::from(b)]);
+                    tx.send_ok(receiving, lb, conn, ok, call);
                 }
-                self.after(
-                    next,
-                    Ev::BackendTimer {
-                        call,
-                        timer: BackendTimer::OkRetransmit,
-                        gen,
-                    },
-                );
+                tx.timer(call, BackendTimer::OkRetransmit, gen, next);
             }
             BackendTimer::Hangup => {
                 if gen != be.gen || be.ended || be.stage != Stage::Answered {
                     return;
                 }
                 be.ended = true;
-                let (Some(invite), Some((lb, conn, b))) = (be.invite.clone(), be.last) else {
+                let (Some(invite), Some((lb, conn, b))) = (&be.invite, be.last) else {
                     return;
                 };
                 be.origin = Some(b);
-                let (lb, conn) = self.backend_pick_conn(b, lb, conn);
-                write_bye(&mut self.out, &invite, b, call);
-                let bytes = self.out.split();
-                reserve(&mut self.out);
-                self.backend_send(b, usize::from(lb), conn, bytes, call, Method::Bye.code());
+                let (lb, conn) = pick_conn(&backends[usize::from(b)].conns, *spread, lb, conn, rng);
+                wire::write_bye(&mut tx.buf, invite, b, call);
+                let bytes = tx.take();
+                let receiving = is_receiving(&backends[usize::from(b)]);
+                tx.send(receiving, lb, conn, bytes, call, Method::Bye.code());
             }
         }
     }
 
     /// Sends the response of `stage` (built from the stored INVITE) where the call last spoke.
-    fn backend_repeat(&mut self, call: u32, stage: Stage) {
-        let Some(a) = active_mut(&mut self.calls, call) else {
+    fn repeat(&mut self, call: u32, stage: Stage) {
+        let Farm {
+            calls,
+            tx,
+            backends,
+            ..
+        } = self;
+        let Some(be) = calls.get_mut(call as usize).and_then(|c| c.as_deref_mut()) else {
             return;
         };
-        let be = &mut a.be;
-        let (Some(invite), Some((lb, conn, b))) = (be.invite.clone(), be.last) else {
+        let (Some(invite), Some((lb, conn, b))) = (&be.invite, be.last) else {
             return;
         };
+        let receiving = is_receiving(&backends[usize::from(b)]);
+        let to = (b, lb, conn);
+        let (t, x) = (&be.template, Extras::NONE);
         match stage {
             Stage::None => {}
             Stage::Trying => {
-                self.backend_reply(b, lb, conn, &invite, 100, call, Extras::NONE);
+                tx.reply(receiving, to, invite, t, 100, call, x);
             }
             Stage::Ringing => {
-                self.backend_reply(b, lb, conn, &invite, 180, call, Extras::RINGING);
+                tx.reply(receiving, to, invite, t, 180, call, Extras::RINGING);
             }
             Stage::Answered => {
-                if let Some(ok) = be.ok.clone().filter(|_| be.ok_cseq == 1) {
-                    self.backend_send_ok(b, lb, conn, &ok, call);
+                if let Some(ok) = be.ok.as_ref().filter(|_| be.ok_cseq == 1) {
+                    tx.send_ok(receiving, lb, conn, ok, call);
                 } else if !be.acked_initial {
-                    let ok = self.backend_reply(b, lb, conn, &invite, 200, call, Extras::ANSWER);
-                    self.backend_start_ok(call, 1, ok);
+                    let ok = tx.reply(receiving, to, invite, t, 200, call, Extras::ANSWER);
+                    be.start_ok(1, ok, call, tx);
                 }
             }
             Stage::Rejected => {
-                self.backend_reply(b, lb, conn, &invite, 487, call, Extras::NONE);
+                tx.reply(receiving, to, invite, t, 487, call, x);
             }
         }
     }
+}
 
-    fn backend_start_ok(&mut self, call: u32, cseq: u32, ok: Bytes) {
-        let Some(a) = active_mut(&mut self.calls, call) else {
-            return;
-        };
-        let be = &mut a.be;
-        be.ok = Some(ok);
-        be.ok_cseq = cseq;
-        be.ok_interval = T1;
-        be.ok_elapsed = Duration::ZERO;
-        be.ok_gen += 1;
-        let gen = be.ok_gen;
-        self.after(
-            T1,
-            Ev::BackendTimer {
-                call,
-                timer: BackendTimer::OkRetransmit,
-                gen,
-            },
-        );
+impl Callee {
+    /// Starts retransmitting a 2xx until its ACK (§13.3.1.4).
+    fn start_ok(&mut self, cseq: u32, ok: Bytes, call: u32, tx: &mut Tx) {
+        self.ok = Some(ok);
+        self.ok_cseq = cseq;
+        self.ok_interval = T1;
+        self.ok_elapsed = Duration::ZERO;
+        self.ok_gen += 1;
+        tx.timer(call, BackendTimer::OkRetransmit, self.ok_gen, T1);
+    }
+}
+
+impl Tx {
+    fn timer(&mut self, call: u32, timer: BackendTimer, gen: u32, after: Duration) {
+        self.out.push_back(FarmOut::Timer {
+            call,
+            timer,
+            gen,
+            after,
+        });
     }
 
-    /// Builds and sends a response to `req`; returns a copy of it (kept for 2xx retransmission).
+    /// Builds and sends a response to `req` on `(backend, worker, conn)`; returns a copy of it
+    /// (kept for 2xx retransmission).
     #[allow(clippy::too_many_arguments)]
-    fn backend_reply(
+    fn reply(
         &mut self,
-        b: u16,
-        lb: u8,
-        conn: ConnId,
+        receiving: bool,
+        (b, lb, conn): (u16, u8, ConnId),
         req: &[u8],
+        t: &Template,
         status: u16,
         call: u32,
         x: Extras,
     ) -> Bytes {
-        write_response(&mut self.out, req, status, b, call, x);
-        let bytes = self.out.split();
-        reserve(&mut self.out);
+        wire::write_response_from(&mut self.buf, req, t, status, b, call, x);
+        let bytes = self.take();
         let copy = if (200..300).contains(&status) {
             Bytes::copy_from_slice(&bytes)
         } else {
             Bytes::new()
         };
-        self.backend_send(b, usize::from(lb), conn, bytes, call, status);
+        self.send(receiving, lb, conn, bytes, call, status);
         copy
     }
 
-    /// Sends a stored 2xx again.
-    fn backend_send_ok(&mut self, b: u16, lb: u8, conn: ConnId, ok: &[u8], call: u32) {
-        self.out.extend_from_slice(ok);
-        let bytes = self.out.split();
-        reserve(&mut self.out);
-        self.backend_send(b, usize::from(lb), conn, bytes, call, 200);
+    /// A response nobody keeps (to BYE, CANCEL and other requests).
+    fn answer(
+        &mut self,
+        receiving: bool,
+        to: (u16, u8, ConnId),
+        req: &[u8],
+        status: u16,
+        call: u32,
+    ) {
+        wire::write_response(&mut self.buf, req, status, to.0, call, Extras::NONE);
+        let bytes = self.take();
+        self.send(receiving, to.1, to.2, bytes, call, status);
     }
 
-    fn backend_send(
+    /// Sends a stored 2xx again.
+    fn send_ok(&mut self, receiving: bool, lb: u8, conn: ConnId, ok: &[u8], call: u32) {
+        self.buf.extend_from_slice(ok);
+        let bytes = self.take();
+        self.send(receiving, lb, conn, bytes, call, 200);
+    }
+
+    fn send(
         &mut self,
-        b: u16,
-        i: usize,
+        receiving: bool,
+        lb: u8,
         conn: ConnId,
         bytes: BytesMut,
         call: u32,
         code: u16,
     ) {
-        if !self.backends[usize::from(b)].up || self.backends[usize::from(b)].silent {
-            self.n.tcp_lost += 1;
+        if !receiving {
+            self.out.push_back(FarmOut::Lost);
             return;
         }
-        self.send_to_lb(i, conn, bytes, call, code);
-    }
-
-    /// The connection for a request the backend originates: with spreading, any live connection
-    /// of this backend to any instance (a tagged request may reach any instance); else the one
-    /// the call last used, if it is still alive.
-    fn backend_pick_conn(&mut self, b: u16, lb: u8, conn: ConnId) -> (u8, ConnId) {
-        let live = &self.backends[usize::from(b)].conns;
-        if self.k.spread_in_dialog && !live.is_empty() {
-            let n = live.len();
-            let pick = self.rng.random_range(0..n);
-            return self.backends[usize::from(b)].conns[pick];
-        }
-        if self.slot_open(usize::from(lb), conn) || live.is_empty() {
-            (lb, conn)
-        } else {
-            live[0]
-        }
-    }
-}
-
-/// What a response carries beyond the copied headers.
-#[derive(Clone, Copy, Debug)]
-struct Extras {
-    record_route: bool,
-    contact: bool,
-    sdp: bool,
-}
-
-impl Extras {
-    const NONE: Extras = Extras {
-        record_route: false,
-        contact: false,
-        sdp: false,
-    };
-    const RINGING: Extras = Extras {
-        record_route: true,
-        contact: true,
-        sdp: false,
-    };
-    const ANSWER: Extras = Extras {
-        record_route: true,
-        contact: true,
-        sdp: true,
-    };
-    const ANSWER_REINVITE: Extras = Extras {
-        record_route: false,
-        contact: true,
-        sdp: true,
-    };
-}
-
-fn write_response(out: &mut BytesMut, req: &[u8], status: u16, b: u16, call: u32, x: Extras) {
-    out.extend_from_slice(b"SIP/2.0 ");
-    sip::put_u64(out, u64::from(status));
-    out.extend_from_slice(match status {
-        100 => &b" Trying\r\n"[..],
-        180 => b" Ringing\r\n",
-        200 => b" OK\r\n",
-        487 => b" Request Terminated\r\n",
-        _ => b" Whatever\r\n",
-    });
-    for h in sip::headers(req) {
-        let n = h.name;
-        if n.eq_ignore_ascii_case(b"Via")
-            || n.eq_ignore_ascii_case(b"From")
-            || n.eq_ignore_ascii_case(b"Call-ID")
-            || n.eq_ignore_ascii_case(b"CSeq")
-            || (x.record_route && n.eq_ignore_ascii_case(b"Record-Route"))
-        {
-            out.extend_from_slice(h.line);
-        } else if n.eq_ignore_ascii_case(b"To") {
-            if status == 100 || sip::param(h.value, b"tag").is_some() {
-                out.extend_from_slice(h.line);
-            } else {
-                out.extend_from_slice(b"To: ");
-                out.extend_from_slice(h.value);
-                out.extend_from_slice(b";tag=b");
-                sip::put_u64(out, u64::from(call));
-                out.extend_from_slice(b"\r\n");
-            }
-        }
-    }
-    if x.contact {
-        contact(out, b);
-    }
-    if x.sdp {
-        out.extend_from_slice(b"Content-Type: application/sdp\r\nContent-Length: ");
-        sip::put_u64(out, SDP.len() as u64);
-        out.extend_from_slice(b"\r\n\r\n");
-        out.extend_from_slice(SDP);
-    } else {
-        out.extend_from_slice(b"Content-Length: 0\r\n\r\n");
-    }
-}
-
-/// The callee side's BYE (§15.1.1): Request-URI = the caller's Contact, Route = the
-/// Record-Route set in order (the UAS's route set, §12.1.1), From/To swapped with our tag.
-fn write_bye(out: &mut BytesMut, invite: &[u8], b: u16, call: u32) {
-    let target = sip::header_value(invite, b"Contact")
-        .and_then(sip::angle)
-        .unwrap_or(b"sip:caller@ua.sim");
-    out.extend_from_slice(b"BYE ");
-    out.extend_from_slice(target);
-    out.extend_from_slice(b" SIP/2.0\r\nVia: SIP/2.0/TCP ");
-    put_ip(out, ip4(b));
-    out.extend_from_slice(b":5070;branch=z9hG4bKb");
-    sip::put_u64(out, u64::from(call));
-    out.extend_from_slice(b".1\r\nMax-Forwards: 70\r\n");
-    for (i, rr) in sip::record_routes(invite).enumerate() {
-        out.extend_from_slice(if i == 0 {
-            &b"Route: <"[..]
-        } else {
-            b"Route: <"
+        self.out.push_back(FarmOut::ToLb {
+            lb,
+            conn,
+            bytes,
+            call,
+            code,
         });
-        out.extend_from_slice(rr);
-        out.extend_from_slice(b">\r\n");
     }
-    if let Some(to) = sip::header_value(invite, b"To") {
-        out.extend_from_slice(b"From: ");
-        out.extend_from_slice(to);
-        out.extend_from_slice(b";tag=b");
-        sip::put_u64(out, u64::from(call));
-        out.extend_from_slice(b"\r\n");
+
+    fn take(&mut self) -> BytesMut {
+        let bytes = self.buf.split();
+        wire::reserve(&mut self.buf);
+        bytes
     }
-    if let Some(from) = sip::header_value(invite, b"From") {
-        out.extend_from_slice(b"To: ");
-        out.extend_from_slice(from);
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"Call-ID: ");
-    sip::put_u64(out, u64::from(call));
-    out.extend_from_slice(b"@sim\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n");
 }
 
-fn contact(out: &mut BytesMut, b: u16) {
-    out.extend_from_slice(b"Contact: <sip:b2bua@");
-    put_ip(out, ip4(b));
-    out.extend_from_slice(b":5070>\r\n");
+/// Whether a backend takes bytes now (up and not hung).
+fn is_receiving(be: &Backend) -> bool {
+    be.up && !be.silent
 }
 
-fn ip4(b: u16) -> [u8; 4] {
-    match backend_addr(usize::from(b)).ip() {
-        std::net::IpAddr::V4(v4) => v4.octets(),
-        std::net::IpAddr::V6(_) => [10, 2, 0, 1],
+/// The connection for a request a backend originates: with spreading, any live connection
+/// of this backend to any worker of any instance (a tagged request may reach any of them);
+/// else the one the call last used, if it is still alive.
+fn pick_conn(
+    live: &[(u8, ConnId)],
+    spread: bool,
+    lb: u8,
+    conn: ConnId,
+    rng: &mut SmallRng,
+) -> (u8, ConnId) {
+    if spread && !live.is_empty() {
+        return live[rng.random_range(0..live.len())];
+    }
+    if live.contains(&(lb, conn)) || live.is_empty() {
+        (lb, conn)
+    } else {
+        live[0]
     }
 }

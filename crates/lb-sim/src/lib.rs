@@ -3,16 +3,34 @@
 //! A discrete-event simulation that drives the real [`lb_core::Balancer`] with no sockets, no
 //! threads and no sleeping: user agents with RFC 3261 client timers reach stateless SIP proxies
 //! over a lossy UDP leg; the proxies relay into persistent TCP connections to one or more
-//! balancer instances; the balancers connect to simulated B2BUA backends. Virtual time is an
+//! balancer instances of one or more workers each; the balancers connect to simulated B2BUA
+//! backends. Virtual time is an
 //! `Instant` taken once plus offsets; the loop jumps to the earliest of the next network delivery
 //! and every balancer's `poll_timeout()`.
 //!
 //! Every run checks its invariants (see [`invariants`]) and ends with a digest of its event
 //! trace: the same [`Knobs`] give the same digest.
 //!
-//! Modules: `world` (clock, balancer glue, network), `queue` (the event queue), `ua` (callers
-//! and stateless proxies), `backend` (B2BUAs), [`sip`] (a minimal SIP reader for the peers),
-//! [`scenario`], [`invariants`], [`trace`], [`plot`].
+//! ## Shape
+//!
+//! Every peer is a component in the core's own sans-IO shape: it takes inputs (`handle_*`) and
+//! yields outputs (`poll_output`), never sees the clock, the queue or another peer, and draws
+//! from the world's one seeded generator, handed in as an argument. The world (`world`) only
+//! carries outputs over the simulated network, in the order they were emitted, and feeds them
+//! back as inputs; the whole run is one thread and one queue, so a seed is a replay.
+//!
+//! | module | what |
+//! | --- | --- |
+//! | `world`, `event` | the loop, the clock, what it schedules, the wiring between components |
+//! | `instance` | one balancer worker: the real core, the driver's connection table, its invariant books |
+//! | `caller` | user agents with RFC 3261 client timers, placed as a Poisson process |
+//! | `proxy` | the edge: stateless proxies, and the edge's choice of instance |
+//! | `backend` | the B2BUA farm |
+//! | `wire`, [`sip`] | the one set of SIP writers the peers use; the minimal SIP reader |
+//! | `timers`, `queue`, `addr` | RFC 3261 constants and draws; the event queue; addresses |
+//! | [`scenario`], [`invariants`], `report`, [`trace`], [`plot`] | knobs; checks; the end of a run; the digest; the plot |
+//!
+//! Imports go one way: world → components → wire, sip, timers, queue.
 //!
 //! ## Choices
 //!
@@ -21,7 +39,18 @@
 //!   is real SIP, written with `extend_from_slice` into one reused `BytesMut`.
 //! - Proxies are stateless (RFC 3261 §16.11), so every retransmission reaches the balancer: the
 //!   storm the new-call table must absorb. Untagged requests of a call stay on its home
-//!   instance; in-dialog requests go to a random instance when the scenario spreads them.
+//!   instance (and so on one worker: the one holding the proxy's connection); in-dialog
+//!   requests go to a random instance when the scenario spreads them.
+//! - N instances of M workers share only the configuration and the tag key. A proxy connection
+//!   lands on the worker its source port hashes to (SO_REUSEPORT); each worker has its own
+//!   backend connections. All advertise one address (a VIP), so a Record-Route written by an
+//!   instance that dies still leads to a live one.
+//! - An instance dies (the `scale` scenario) by losing every connection at once. The edge then
+//!   sends new calls and in-dialog requests to the live instances (and re-sends an in-dialog
+//!   request whose connection broke under it); untagged requests of calls in setup there are
+//!   lost, as the design says they must be. A backend's own request reaches a live worker,
+//!   which dials out to the caller's proxy if it holds no connection from it: the proxies
+//!   accept dial-outs to their listening address.
 //! - The backends form one B2BUA cluster with replicated call state: a backup carries a call on.
 //!   Which backend received each message is what the affinity check looks at.
 //! - The event queue is a timing wheel plus FIFO lanes for constant delays (see `queue`); a
@@ -43,9 +72,16 @@ pub mod scenario;
 pub mod sip;
 pub mod trace;
 
+mod addr;
 mod backend;
+mod caller;
+mod event;
+mod instance;
+mod proxy;
 mod queue;
-mod ua;
+mod report;
+mod timers;
+mod wire;
 mod world;
 
 use std::fmt;
@@ -126,6 +162,58 @@ pub struct Report {
     pub samples: Vec<Sample>,
     /// The trace file could not be written.
     pub trace_error: Option<String>,
+    /// What an instance's death cost, when one died.
+    pub instance_loss: Option<InstanceLoss>,
+}
+
+/// The calls going on when a balancer instance died, by their phase then, and what became of
+/// them: only calls in setup on the dead instance may be lost (their new-call table entry died
+/// with it); established calls go on through the others by their tag.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct InstanceLoss {
+    /// The instance that died.
+    pub instance: usize,
+    /// When, s of virtual time.
+    pub at_s: f64,
+    /// Calls in setup (no final response at the caller yet), on any instance.
+    pub in_setup: u64,
+    /// Of those, calls whose untagged requests went to the instance that died.
+    pub in_setup_on_dead: u64,
+    /// Of those, calls that did not end well (timed out, abandoned, rejected).
+    pub lost_in_setup: u64,
+    /// Of the lost ones, calls set up on a live instance: lost for another reason (all of a
+    /// call's datagrams lost on the UDP leg), not to the death.
+    pub lost_in_setup_elsewhere: u64,
+    /// Calls established (the caller holds the dialog and its tag).
+    pub established: u64,
+    /// Of those, calls that did not end well.
+    pub lost_established: u64,
+    /// Messages of calls that ended well that reached a wrong backend.
+    pub survivor_affinity_violations: u64,
+    /// In-dialog requests the edge sent again to another instance after the death.
+    pub edge_resends: u64,
+    /// Connections the workers dialled out toward proxies, over the whole run.
+    pub dial_outs: u64,
+}
+
+impl fmt::Display for InstanceLoss {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "instance_died={} at_s={:.1} in_setup={} in_setup_on_dead={} lost_in_setup={} lost_in_setup_elsewhere={} established={} lost_established={} survivor_affinity_violations={} edge_resends={} dial_outs={}",
+            self.instance,
+            self.at_s,
+            self.in_setup,
+            self.in_setup_on_dead,
+            self.lost_in_setup,
+            self.lost_in_setup_elsewhere,
+            self.established,
+            self.lost_established,
+            self.survivor_affinity_violations,
+            self.edge_resends,
+            self.dial_outs
+        )
+    }
 }
 
 impl Report {
@@ -158,7 +246,11 @@ impl fmt::Display for Report {
             self.lost,
             self.max_table,
             self.digest_hex()
-        )
+        )?;
+        if let Some(loss) = &self.instance_loss {
+            write!(f, " {loss}")?;
+        }
+        Ok(())
     }
 }
 
@@ -175,8 +267,18 @@ pub enum SimError {
 
 /// Runs one simulation to its end.
 pub fn run(knobs: Knobs, trace: Trace) -> Result<Report, SimError> {
-    if knobs.instances == 0 || knobs.instances > 200 {
-        return Err(SimError::Knobs("instances must be 1..=200"));
+    if knobs.instances == 0 || knobs.workers == 0 || knobs.instances * knobs.workers > 200 {
+        return Err(SimError::Knobs(
+            "instances and workers must be at least 1, at most 200 cores in all",
+        ));
+    }
+    if knobs
+        .instance_death
+        .is_some_and(|(i, _)| i >= knobs.instances || knobs.instances < 2)
+    {
+        return Err(SimError::Knobs(
+            "the instance that dies must exist, and another must live",
+        ));
     }
     if knobs.backends == 0 || knobs.proxies == 0 || knobs.conns_per_proxy == 0 {
         return Err(SimError::Knobs(
@@ -190,5 +292,5 @@ pub fn run(knobs: Knobs, trace: Trace) -> Result<Report, SimError> {
     {
         return Err(SimError::Knobs("proxies, calls or rate out of range"));
     }
-    Ok(world::World::new(knobs, trace)?.run())
+    Ok(report::finish(world::World::new(knobs, trace)?.run()))
 }

@@ -10,7 +10,9 @@ use std::time::Instant;
 use clap::Parser;
 use lb_sim::{Knobs, Scenario, Trace};
 
-/// Deterministic simulation of siplb under retransmission storms, expiry, failures and scale-out.
+/// Deterministic simulation of siplb under retransmission storms, expiry, failures and scale-out
+/// (`scale`: instances of several workers, one of which dies mid-storm; its result line adds
+/// the calls lost by phase).
 #[derive(Debug, Parser)]
 #[command(name = "lb-sim", version)]
 struct Args {
@@ -28,6 +30,12 @@ struct Args {
     /// Backends in the farm (default: the scenario's).
     #[arg(long)]
     backends: Option<usize>,
+    /// Balancer instances (default: the scenario's).
+    #[arg(long)]
+    instances: Option<usize>,
+    /// Workers per instance (default: the scenario's).
+    #[arg(long)]
+    workers: Option<usize>,
     /// Write every trace event as a JSON line to this file.
     #[arg(long)]
     trace: Option<PathBuf>,
@@ -64,6 +72,12 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     }
     if let Some(b) = args.backends {
         k.backends = b;
+    }
+    if let Some(i) = args.instances {
+        k.instances = i;
+    }
+    if let Some(w) = args.workers {
+        k.workers = w;
     }
     let k = k.with_default_outage();
     let out: Option<Box<dyn Write>> = match &args.trace {

@@ -14,7 +14,9 @@ pub enum Scenario {
     Expiry,
     /// A storm during which one backend dies and later returns.
     Failover,
-    /// Three balancer instances sharing nothing; in-dialog requests reach any of them.
+    /// Three balancer instances of two workers each, sharing nothing but config and keys;
+    /// in-dialog requests reach any of them, and one instance dies half way through the
+    /// arrivals.
     Scale,
 }
 
@@ -107,8 +109,13 @@ pub struct Knobs {
     pub rate: f64,
     /// Backends in the farm.
     pub backends: usize,
-    /// Balancer instances sharing nothing.
+    /// Balancer instances sharing nothing but the configuration and the tag key.
     pub instances: usize,
+    /// Workers per instance: independent cores behind one address (SO_REUSEPORT), as
+    /// `--workers N` runs them; each has its own connections to every backend.
+    pub workers: usize,
+    /// Instance `.0` dies at `.1` from the start (every worker of it, with its connections).
+    pub instance_death: Option<(usize, Duration)>,
     /// SIP proxies between the user agents and the balancers.
     pub proxies: usize,
     /// Persistent TCP connections from each proxy to each balancer instance.
@@ -163,6 +170,8 @@ impl Knobs {
             rate: 500.0,
             backends: 4,
             instances: 1,
+            workers: 1,
+            instance_death: None,
             proxies: 4,
             conns_per_proxy: 2,
             udp_latency: Span::ms(5, 40),
@@ -208,23 +217,33 @@ impl Knobs {
             .with_default_outage(),
             Scenario::Scale => Knobs {
                 calls: 20_000,
-                rate: 600.0,
+                rate: 2_000.0,
                 instances: 3,
+                workers: 2,
+                // One connection per proxy and instance, as Kamailio keeps one per
+                // destination: it reaches one worker, so a callee's BYE that lands on the
+                // other is dialled out to the proxy.
+                conns_per_proxy: 1,
                 spread_in_dialog: true,
                 long_fraction: 0.05,
                 reinvite_every: Some(Duration::from_secs(20)),
                 ..base
-            },
+            }
+            .with_default_outage(),
         }
     }
 
-    /// Recomputes the failover outages for the current call count and rate: backend 1 resets a
-    /// third of the way through the arrivals and returns at two thirds; backend 2 (if any) hangs
-    /// silently from half way to 60 %.
+    /// Recomputes the scenario's failures for the current call count and rate. Failover:
+    /// backend 1 resets a third of the way through the arrivals and returns at two thirds;
+    /// backend 2 (if any) hangs silently from half way to 60 %. Scale: instance 1 dies half way
+    /// through the arrivals, for good.
     pub fn with_default_outage(mut self) -> Knobs {
+        let arrivals = self.calls as f64 / self.rate.max(0.001);
+        let at = |f: f64| Duration::from_secs_f64(arrivals * f);
+        if self.scenario == Scenario::Scale && self.instances >= 2 {
+            self.instance_death = Some((1, at(0.5)));
+        }
         if self.scenario == Scenario::Failover {
-            let arrivals = self.calls as f64 / self.rate.max(0.001);
-            let at = |f: f64| Duration::from_secs_f64(arrivals * f);
             self.outages = vec![Outage {
                 backend: 1 % self.backends.max(1),
                 at: at(1.0 / 3.0),

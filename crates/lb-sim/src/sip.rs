@@ -68,6 +68,16 @@ pub enum Kind {
     Response(u16),
 }
 
+impl std::fmt::Display for Kind {
+    /// The method, or the status code.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Kind::Request(m) => f.write_str(m.as_str()),
+            Kind::Response(s) => write!(f, "{s}"),
+        }
+    }
+}
+
 /// The few facts the simulator reads from every message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Summary {
@@ -141,6 +151,63 @@ pub fn summarize(msg: &[u8]) -> Option<Summary> {
         has_to_tag,
         len: msg.len(),
     })
+}
+
+/// [`frame_len`] and [`summarize`] of the first message in `buf` in one walk over its head
+/// (the simulator reads every message a balancer sends this way).
+pub fn frame_and_summarize(buf: &[u8]) -> Option<(usize, Summary)> {
+    let line_end = find_crlf(buf)?;
+    let line = &buf[..line_end];
+    let kind = if let Some(rest) = line.strip_prefix(b"SIP/2.0 ") {
+        parse_u64(rest.get(..3)?)
+            .and_then(|s| u16::try_from(s).ok())
+            .map(Kind::Response)
+    } else {
+        memchr::memchr(b' ', line).map(|sp| Kind::Request(Method::parse(&line[..sp])))
+    };
+    let (mut call, mut cseq_v, mut has_to_tag, mut cl, mut compact_cl) =
+        (None, None, false, None, None);
+    let mut it = headers(buf);
+    for h in it.by_ref() {
+        let n = h.name;
+        if n.eq_ignore_ascii_case(b"Call-ID") || n == b"i" {
+            call = call_number(h.value);
+        } else if n.eq_ignore_ascii_case(b"CSeq") {
+            cseq_v = Some(h.value);
+        } else if n.eq_ignore_ascii_case(b"To") || n == b"t" {
+            has_to_tag = param(h.value, b"tag").is_some();
+        } else if cl.is_none() && n.eq_ignore_ascii_case(b"Content-Length") {
+            cl = Some(h.value);
+        } else if compact_cl.is_none() && n.eq_ignore_ascii_case(b"l") {
+            compact_cl = Some(h.value);
+        }
+    }
+    if !buf[it.pos..].starts_with(b"\r\n") {
+        // The walk stopped before the blank line (a line without a colon): take the two
+        // separate readers, whose rules for that case are the reference.
+        let n = frame_len(buf)?;
+        return Some((n, summarize(&buf[..n])?));
+    }
+    let head_end = it.pos + 2;
+    let len = parse_u64(cl.or(compact_cl)?)?;
+    let total = head_end.checked_add(usize::try_from(len).ok()?)?;
+    if total > buf.len() {
+        return None;
+    }
+    let cseq_v = cseq_v?;
+    let sp = memchr::memchr(b' ', cseq_v)?;
+    let cseq = parse_u64(&cseq_v[..sp]).and_then(|n| u32::try_from(n).ok())?;
+    Some((
+        total,
+        Summary {
+            kind: kind?,
+            call,
+            cseq,
+            cseq_method: Method::parse(trim(&cseq_v[sp + 1..])),
+            has_to_tag,
+            len: total,
+        },
+    ))
 }
 
 /// The call number inside a Call-ID `N@sim`.

@@ -34,6 +34,8 @@ pub enum TraceKind {
     LbEvent,
     /// An invariant broke.
     Violation,
+    /// A balancer instance died (`lb` = the instance).
+    InstanceDown,
 }
 
 /// One trace event. Times are microseconds of virtual time since the start.
