@@ -219,17 +219,6 @@ pub(crate) enum FramingError {
     MessageTooLarge,
 }
 
-impl FramingError {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            FramingError::MissingContentLength => "missing Content-Length",
-            FramingError::BadContentLength => "bad Content-Length",
-            FramingError::HeaderTooLarge => "header block too large",
-            FramingError::MessageTooLarge => "message too large",
-        }
-    }
-}
-
 /// `LWS 1*DIGIT LWS` as a `usize`; signs, other characters and overflow are errors.
 pub(crate) fn decimal(value: &[u8]) -> Result<usize, FramingError> {
     let lws = |c: &u8| matches!(c, b' ' | b'\t' | b'\r' | b'\n');

@@ -1,12 +1,10 @@
 //! Core scenario tests: a `Balancer` driven through its public API, read like protocol traces.
 #![allow(clippy::unwrap_used, clippy::needless_range_loop)]
 
-mod support;
-
 use std::time::Duration;
 
-use lb_core::{BackendChange, BackendMode, CloseReason, Event, Input, Output};
-use support::*;
+use lb_core::{BackendChange, BackendMode, CloseReason, Event, Input, Output, TimeoutCause};
+use lb_testkit::scenario::*;
 
 const PROXY: &str = "203.0.113.5:40000";
 
@@ -435,7 +433,7 @@ fn a_silent_frontend_is_closed_after_the_idle_timeout() {
     );
     assert!(h.events.contains(&Event::TimedOut {
         conn: silent,
-        cause: "idle"
+        cause: TimeoutCause::Idle
     }));
     assert_eq!(h.lb.stats().idle_closes, 1);
 }
@@ -461,7 +459,7 @@ fn a_slowloris_frontend_is_closed_but_slow_complete_messages_are_not() {
     assert_eq!(h.closed, vec![loris]);
     assert!(h.events.contains(&Event::TimedOut {
         conn: loris,
-        cause: "partial message"
+        cause: TimeoutCause::PartialMessage
     }));
     assert_eq!(h.lb.stats().partial_closes, 1);
 }
