@@ -216,23 +216,24 @@ impl Contract {
                 require!(link.state == State::Open, "Send to {conn} before Connected");
                 require!(link.role != Role::Resolving, "Send to {conn}, a name");
                 require!(!bytes.is_empty(), "empty Send to {conn}");
-                link.sent.push(bytes.clone());
-                unframe(link.role, bytes).map_err(|fault| {
+                let messages = unframe(link.role, bytes).map_err(|fault| {
                     Violation(format!(
                         "the core sent {conn} {fault}: {:?}",
                         String::from_utf8_lossy(bytes)
                     ))
-                })
+                })?;
+                link.sent.push(bytes.clone());
+                Ok(messages)
             }
             Output::Connect { conn, backend, to } => {
                 self.fresh(*conn, "Connect")?;
-                let known = *self.backend_addrs.entry(*backend).or_insert(*to);
-                require!(known == *to, "{backend} moved from {known} to {to}");
                 let Some(mode) = self.modes.get(to) else {
                     return Err(Violation(format!(
                         "Connect to {to}, not a configured backend"
                     )));
                 };
+                let known = *self.backend_addrs.entry(*backend).or_insert(*to);
+                require!(known == *to, "{backend} moved from {known} to {to}");
                 let envelope = *mode == BackendMode::Envelope;
                 // One that is closing may still be flushing: the core need not wait for it.
                 let other = self.links.iter().find(|(_, l)| {

@@ -98,7 +98,11 @@ impl Harness {
         for out in connects {
             match out {
                 Output::Connect { conn, backend, .. } => h.backends[backend.index()] = Some(conn),
-                other => panic!("unexpected {other:?}"),
+                other @ (Output::Send { .. }
+                | Output::Dial { .. }
+                | Output::Resolve { .. }
+                | Output::Close { .. }
+                | Output::Event(_)) => panic!("unexpected {other:?}"),
             }
         }
         for i in 0..n {
@@ -169,7 +173,10 @@ impl Harness {
             match &o {
                 Output::Event(e) => self.events.push(e.clone()),
                 Output::Close { conn } => self.closed.push(*conn),
-                _ => {}
+                Output::Send { .. }
+                | Output::Connect { .. }
+                | Output::Dial { .. }
+                | Output::Resolve { .. } => {}
             }
             outs.push(o);
         }
@@ -233,7 +240,9 @@ impl Harness {
                     self.backends[backend.index()] = Some(conn);
                     outs.push(o);
                 }
-                other => outs.push(other),
+                other @ (Output::Send { .. } | Output::Dial { .. } | Output::Resolve { .. }) => {
+                    outs.push(other);
+                }
             }
         }
         outs

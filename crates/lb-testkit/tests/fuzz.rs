@@ -63,9 +63,14 @@ fn envelopes_round_trip_in_pieces() {
     }
 }
 
+/// 300 seeds by default; `SIPLB_FUZZ_NOISE_SEEDS=N` runs N (a soak without cargo-fuzz).
 #[test]
 fn core_sequence_holds_on_noise() {
-    for seed in 0..300 {
+    let seeds = std::env::var("SIPLB_FUZZ_NOISE_SEEDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(300);
+    for seed in 0..seeds {
         if std::env::var_os("SIPLB_FUZZ_TRACE").is_some() {
             eprintln!("seed {seed}");
         }
