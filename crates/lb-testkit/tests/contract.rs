@@ -31,7 +31,10 @@ fn send_only_on_open_connections_and_in_whole_frames() {
     let (mut h, fe, be) = setup();
     let c = &mut h.contract;
     assert!(c.output(&send(fe, PONG)).is_ok());
-    assert!(c.output(&send(be, "\r\n\r\n")).is_err(), "no ping to a backend");
+    assert!(
+        c.output(&send(be, "\r\n\r\n")).is_err(),
+        "no ping to a backend"
+    );
     assert!(
         c.output(&send(fe, "INVITE sip:x SIP/2.0\r\n")).is_err(),
         "a cut message"
