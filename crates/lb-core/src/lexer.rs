@@ -206,7 +206,8 @@ pub(crate) fn parse_port(digits: &[u8]) -> Option<u16> {
     parse_u32(digits).and_then(|n| u16::try_from(n).ok())
 }
 
-/// Why the stream cannot be framed any more: the connection must close.
+/// Why the stream cannot be framed any more: the connection must close. Its public face (and
+/// text) is [`crate::FramingFault`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum FramingError {
     /// No Content-Length header (mandatory on streams, RFC 3261 §18.3).

@@ -17,8 +17,8 @@
 //! - `FrontendRefused` names an accepted frontend connection;
 //! - after `Input::Timeout`, the deadline is `None` or later than `now` ([`Contract::timed_out`]).
 //!
-//! Inputs for unknown or dead ids are the driver racing the core: allowed, and ignored here
-//! (the core counts them as stale). What is sent stays recorded per connection
+//! Inputs for unknown or dead ids are the driver racing the core: allowed, and ignored here;
+//! [`Contract::names_dead`] tells a harness to expect them counted as stale. What is sent stays recorded per connection
 //! ([`Link::sent`]), so a test can read the whole trace of one connection afterwards.
 
 use std::collections::{BTreeMap, HashMap};
@@ -320,6 +320,20 @@ impl Contract {
             "after a Timeout at {now:?}, the deadline is {deadline:?}: not in the future"
         );
         Ok(())
+    }
+
+    /// The connection `input` names, when it is one that has ended: the core must count the
+    /// input as stale (`Stats::stale_inputs`) and ignore it.
+    #[must_use]
+    pub fn names_dead(&self, input: &Input) -> Option<ConnId> {
+        let conn = match input {
+            Input::Received { conn, .. }
+            | Input::Connected { conn }
+            | Input::Closed { conn, .. }
+            | Input::Resolved { conn, .. } => *conn,
+            Input::Backends(_) | Input::Reload(_) | Input::Timeout => return None,
+        };
+        (self.state(conn) == Some(State::Closed)).then_some(conn)
     }
 
     /// The record of `conn`, if the core or `accept` ever named it.

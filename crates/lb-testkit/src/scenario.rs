@@ -146,12 +146,22 @@ impl Harness {
     /// Feeds `input` at the current instant (outputs stay queued for [`Harness::drain`]).
     ///
     /// # Panics
-    /// After a `Timeout`, if the deadline did not move past now.
+    /// After a `Timeout`, if the deadline did not move past now; for an input naming a dead
+    /// connection, if it was not counted as stale.
     #[track_caller]
     pub fn input(&mut self, input: Input) {
+        let dead = self.contract.names_dead(&input);
+        let stale_before = self.lb.stats().stale_inputs;
         self.contract.input(&input);
         let timeout = matches!(input, Input::Timeout);
         self.lb.handle_input(self.now, input);
+        if let Some(conn) = dead {
+            assert_eq!(
+                self.lb.stats().stale_inputs,
+                stale_before + 1,
+                "an input for dead {conn} was not counted stale"
+            );
+        }
         if timeout {
             if let Err(v) = Contract::timed_out(self.now, self.lb.poll_timeout()) {
                 panic!("{v}");

@@ -222,9 +222,18 @@ impl Harness {
         if self.trace {
             eprintln!("{:?} in: {input:?}", self.now);
         }
+        let dead = self.contract.names_dead(&input);
+        let stale_before = self.lb.stats().stale_inputs;
         self.contract.input(&input);
         let timeout = matches!(input, Input::Timeout);
         self.lb.handle_input(self.now, input);
+        if let Some(conn) = dead {
+            assert_eq!(
+                self.lb.stats().stale_inputs,
+                stale_before + 1,
+                "an input for dead {conn} was not counted stale"
+            );
+        }
         if timeout {
             if let Err(v) = Contract::timed_out(self.now, self.lb.poll_timeout()) {
                 panic!("{v}");
@@ -390,7 +399,7 @@ impl Harness {
                     return;
                 };
                 let conn = self.links[i];
-                let before = self.lb.stats().stale_inputs;
+                // `input` checks it is counted as stale.
                 let input = if c.byte() & 1 == 0 {
                     Input::Received {
                         conn,
@@ -403,11 +412,6 @@ impl Harness {
                     }
                 };
                 self.input(input);
-                assert_eq!(
-                    self.lb.stats().stale_inputs,
-                    before + 1,
-                    "an input for dead {conn:?} was not counted stale"
-                );
             }
         }
     }
