@@ -3,9 +3,9 @@
 //! It runs `cargo fuzz run TARGET -s none -- -max_total_time=N` from the workspace root, so the
 //! corpus is `fuzz/corpus/TARGET` and crashes land in `fuzz/artifacts/TARGET`. `-s none` builds
 //! without sanitizers: they need a nightly compiler, libFuzzer itself does not, so this works
-//! on the stable toolchain. The targets' invariants are in `lb-core/src/fuzzing/` (lb-core's
-//! feature `fuzzing`); set `SIPLB_FUZZ_TOLERATE` there to step over faults already known (see
-//! `KnownBug`).
+//! on the stable toolchain. The targets' harnesses and invariants are in `lb-testkit`
+//! (`crates/lb-testkit/src/fuzz/`, the output contract in `contract.rs`), with the few readers of
+//! private items in lb-core's `fuzzing` module (feature `fuzzing`).
 
 use anyhow::{bail, Context, Result};
 
@@ -68,7 +68,12 @@ pub(crate) fn fuzz(words: &[&str]) -> Result<()> {
         .output()
         .is_ok_and(|out| out.status.success());
     if !installed {
-        bail!("cargo-fuzz is not installed: run `cargo install cargo-fuzz` (stable is enough)");
+        bail!(
+            "cargo-fuzz is not installed: run `cargo install cargo-fuzz` (stable is enough; it \
+             also needs a C++ compiler to build libFuzzer). Without it, `cargo test -p lb-testkit \
+             --test fuzz` runs the targets on their seeds and the regressions, and \
+             SIPLB_FUZZ_NOISE_SEEDS=N runs core_sequence on N noise inputs"
+        );
     }
     eprintln!(
         "xtask fuzz: cargo fuzz run {} -s none -- {}",
@@ -84,7 +89,7 @@ pub(crate) fn fuzz(words: &[&str]) -> Result<()> {
         bail!(
             "{} failed ({status}): a crash is saved under fuzz/artifacts/{0}/; minimise it with \
              `cargo fuzz tmin -s none {0} FILE`, keep it as fuzz/regressions/{0}-NAME and replay \
-             it in a test in crates/lb-core/src/fuzzing/mod.rs",
+             it in `mod regressions` of crates/lb-testkit/tests/fuzz.rs",
             task.target
         );
     }

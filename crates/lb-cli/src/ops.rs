@@ -306,17 +306,17 @@ impl Ops {
             }
             Event::FramingLost { conn, fault } => {
                 if self.limiter.allow(Noise::BadInput, now) {
-                    tracing::warn!(conn = %conn, fault, "framing lost, closing");
+                    tracing::warn!(conn = %conn, fault = fault.as_str(), "framing lost, closing");
                 }
             }
             Event::Malformed { conn, fault } => {
                 if self.limiter.allow(Noise::BadInput, now) {
-                    tracing::warn!(conn = %conn, fault, "malformed message");
+                    tracing::warn!(conn = %conn, fault = fault.as_str(), "malformed message");
                 }
             }
             Event::Dropped { conn, cause } => {
                 if self.limiter.allow(Noise::Dropped, now) {
-                    tracing::warn!(conn = %conn, cause, "message dropped");
+                    tracing::warn!(conn = %conn, cause = cause.as_str(), "message dropped");
                 }
             }
             Event::BackendOverloaded { backend, hold } => {
@@ -326,7 +326,7 @@ impl Ops {
             }
             Event::TimedOut { conn, cause } => {
                 if self.limiter.allow(Noise::TimedOut, now) {
-                    tracing::info!(conn = %conn, cause, "connection timed out");
+                    tracing::info!(conn = %conn, cause = cause.as_str(), "connection timed out");
                 }
             }
             Event::BackendQueueHeld { backend, held } => {

@@ -34,6 +34,7 @@ use crate::message::{
     HostPort, Method, ParseError, SipMessage, StartLine, CONTENT_LENGTH_MISMATCH,
 };
 use crate::new_call_table::NewCallTable;
+use crate::reasons::{DropCause, FramingFault};
 use crate::rewrite::{self, Context, Edit, Edits, Insertion};
 use crate::select::{Candidate, Selector};
 use crate::stats::Stats;
@@ -448,7 +449,7 @@ impl Balancer {
                             self.send(id, Bytes::from_static(b"\r\n"));
                             continue;
                         }
-                        Some(Err(e)) => Some(Err(e.as_str())),
+                        Some(Err(e)) => Some(Err(FramingFault::from(e))),
                     }
                 }
                 Side::Backend {
@@ -457,7 +458,7 @@ impl Balancer {
                 } => match decoder.next_envelope(message_max) {
                     None => None,
                     Some(Ok((env, m))) => Some(Ok((Some(env), m))),
-                    Some(Err(_)) => Some(Err("bad envelope")),
+                    Some(Err(_)) => Some(Err(FramingFault::BadEnvelope)),
                 },
             };
             match next {
@@ -489,13 +490,13 @@ impl Balancer {
             None => 0,
         };
         if buffered > buffered_max {
-            self.framing_lost(id, "buffered bytes over the limit");
+            self.framing_lost(id, FramingFault::BufferedBytesOverLimit);
         }
     }
 
-    fn framing_lost(&mut self, conn: ConnId, fault: &'static str) {
+    fn framing_lost(&mut self, conn: ConnId, fault: FramingFault) {
         self.stats.framing_errors += 1;
-        tracing::debug!(%conn, fault, "framing lost, closing");
+        tracing::debug!(%conn, fault = fault.as_str(), "framing lost, closing");
         self.outputs
             .push_back(Output::Event(Event::FramingLost { conn, fault }));
         self.close(conn);
@@ -585,17 +586,17 @@ impl Balancer {
     fn handle_malformed(&mut self, source: Source, bytes: &Bytes, error: ParseError) {
         let fault = error.reason;
         self.stats.malformed += 1;
-        tracing::debug!(conn = %source.conn, fault, "malformed message");
+        tracing::debug!(conn = %source.conn, fault = fault.as_str(), "malformed message");
         self.outputs.push_back(Output::Event(Event::Malformed {
             conn: source.conn,
             fault,
         }));
         let reply = Reply::Malformed {
             status: error.status,
-            reason: fault,
+            reason: fault.as_str(),
         };
         if bytes.starts_with(b"SIP/") || !self.reply(source, bytes, reply) {
-            self.drop_message(source.conn, "malformed and unanswerable");
+            self.drop_message(source.conn, DropCause::MalformedUnanswerable);
         } else if error.status == 505 {
             self.stats.replies_505 += 1;
         } else {
@@ -664,9 +665,9 @@ impl Balancer {
         }
     }
 
-    fn drop_message(&mut self, conn: ConnId, cause: &'static str) {
+    fn drop_message(&mut self, conn: ConnId, cause: DropCause) {
         self.stats.dropped += 1;
-        tracing::debug!(%conn, cause, "message dropped");
+        tracing::debug!(%conn, cause = cause.as_str(), "message dropped");
         self.outputs
             .push_back(Output::Event(Event::Dropped { conn, cause }));
     }

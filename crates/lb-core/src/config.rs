@@ -397,7 +397,7 @@ impl Default for Config {
 }
 
 /// A configuration the core has checked; the only kind [`crate::Balancer::new`] takes.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ValidConfig {
     pub(crate) config: Config,
     /// `host[:port]` of the balancer as written into Record-Route and Via.

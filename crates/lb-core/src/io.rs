@@ -6,9 +6,11 @@ use bytes::{Bytes, BytesMut};
 
 use crate::config::ValidConfig;
 use crate::ids::{BackendId, ConnId};
+use crate::reasons::{DropCause, FramingFault, MalformedFault, TimeoutCause};
 
-/// Something that happened in the world, fed to [`crate::Balancer::handle_input`].
-#[derive(Debug)]
+/// Something that happened in the world, fed to [`crate::Balancer::handle_input`]. Inputs
+/// clone and compare, so a recorded script can be replayed and two recordings diffed.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
     /// Bytes read from a connection, in order. Any split is fine: the core reassembles.
     Received {
@@ -173,7 +175,7 @@ pub enum Event {
         /// The connection.
         conn: ConnId,
         /// What was wrong.
-        fault: &'static str,
+        fault: FramingFault,
     },
     /// A framed message was malformed, or an initial request failed the edge checks
     /// (`Config::sanity`); requests got a 400 with this reason.
@@ -181,7 +183,7 @@ pub enum Event {
         /// The connection.
         conn: ConnId,
         /// What was wrong.
-        fault: &'static str,
+        fault: MalformedFault,
     },
     /// A backend answered a new call with 503: it gets no new calls for `hold`.
     BackendOverloaded {
@@ -212,14 +214,14 @@ pub enum Event {
     TimedOut {
         /// The connection.
         conn: ConnId,
-        /// `idle`, `partial message` or `peer not reading`.
-        cause: &'static str,
+        /// Which timer.
+        cause: TimeoutCause,
     },
     /// A message could not be delivered and was dropped (no response is possible for it).
     Dropped {
         /// The connection it came from.
         conn: ConnId,
         /// Why.
-        cause: &'static str,
+        cause: DropCause,
     },
 }

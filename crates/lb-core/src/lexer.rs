@@ -206,7 +206,8 @@ pub(crate) fn parse_port(digits: &[u8]) -> Option<u16> {
     parse_u32(digits).and_then(|n| u16::try_from(n).ok())
 }
 
-/// Why the stream cannot be framed any more: the connection must close.
+/// Why the stream cannot be framed any more: the connection must close. Its public face (and
+/// text) is [`crate::FramingFault`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum FramingError {
     /// No Content-Length header (mandatory on streams, RFC 3261 §18.3).
@@ -217,17 +218,6 @@ pub(crate) enum FramingError {
     HeaderTooLarge,
     /// Headers plus the announced body exceed `message_bytes_max`.
     MessageTooLarge,
-}
-
-impl FramingError {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            FramingError::MissingContentLength => "missing Content-Length",
-            FramingError::BadContentLength => "bad Content-Length",
-            FramingError::HeaderTooLarge => "header block too large",
-            FramingError::MessageTooLarge => "message too large",
-        }
-    }
 }
 
 /// `LWS 1*DIGIT LWS` as a `usize`; signs, other characters and overflow are errors.

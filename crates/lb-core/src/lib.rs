@@ -44,10 +44,10 @@ mod conn_token;
 pub mod envelope;
 mod failover;
 mod framing;
-// The fuzz targets' entry points: compiled only for the `fuzz/` crate (feature `fuzzing`) and
-// for lb-core's own tests, which replay `fuzz/regressions`. A normal build of the core has no
-// clock reads, environment reads or prints from them.
-#[cfg(any(test, feature = "fuzzing"))]
+// What the fuzz harnesses (in lb-testkit) need of private items: compiled only with the
+// feature `fuzzing`, which lb-testkit turns on. It holds no harness, clock read, environment
+// read or print: a build that unifies the feature in carries only these pure functions.
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 mod ids;
@@ -56,6 +56,7 @@ mod keyed_hash;
 mod lexer;
 mod message;
 mod new_call_table;
+mod reasons;
 mod rewrite;
 mod select;
 mod source;
@@ -70,6 +71,7 @@ pub use config::{
 };
 pub use ids::{BackendId, ConnId, ListenerId};
 pub use io::{BackendChange, CloseReason, Event, Input, Output, QueueLevel};
+pub use reasons::{DropCause, FramingFault, MalformedFault, TimeoutCause};
 pub use stats::{
     BackendFigures, Figures, Histogram, Kind, Series, Stats, FIRST_SEEN_SLOTS, METHODS,
     REQUEST_SOURCES, RESPONSE_BUCKETS_US,

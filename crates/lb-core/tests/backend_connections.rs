@@ -2,10 +2,8 @@
 //! rules real SIP stacks rely on (Max-Forwards, loops): core traces, each output checked.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use lb_core::{BackendMode, CloseReason, Input, Output};
-use support::*;
+use lb_testkit::scenario::*;
 
 const CALLER_PROXY: &str = "203.0.113.5:40000";
 

@@ -4,12 +4,10 @@
 //! forgiven (issue 15).
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::time::Duration;
 
 use lb_core::{BackendMode, CloseReason, Input, Output};
-use support::*;
+use lb_testkit::scenario::*;
 
 /// Backend 0 breaks framing; returns how long the core waits before reconnecting it.
 fn break_framing_and_wait(h: &mut Harness) -> Duration {

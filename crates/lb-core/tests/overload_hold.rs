@@ -6,12 +6,10 @@
 //! timeout is closed, a burst is not.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::time::Duration;
 
-use lb_core::{BackendMode, Event, Input, Output, QueueLevel};
-use support::*;
+use lb_core::{BackendMode, Event, Input, Output, QueueLevel, TimeoutCause};
+use lb_testkit::scenario::*;
 
 const PROXY: &str = "203.0.113.5:40000";
 const OTHER_PROXY: &str = "203.0.113.6:40000";
@@ -196,7 +194,7 @@ fn a_burst_read_in_time_closes_nothing_but_a_stall_does() {
         h.events,
         [Event::TimedOut {
             conn: fe,
-            cause: "peer not reading"
+            cause: TimeoutCause::PeerNotReading
         }]
     );
     assert_eq!(h.lb.stats().stall_closes, 1);
@@ -242,7 +240,7 @@ fn a_paused_frontend_is_not_closed_for_the_half_message_the_balancer_did_not_rea
         h.events,
         [Event::TimedOut {
             conn: fe,
-            cause: "partial message"
+            cause: TimeoutCause::PartialMessage
         }]
     );
     assert_eq!(h.lb.stats().stall_closes, 0);

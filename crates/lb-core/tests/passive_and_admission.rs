@@ -4,12 +4,10 @@
 //! own limit, and the reserve is for new sources.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::time::Duration;
 
 use lb_core::{BackendMode, CloseReason, Event, Input, Output};
-use support::*;
+use lb_testkit::scenario::*;
 
 const PROXY: &str = "203.0.113.7:5060";
 
@@ -202,7 +200,7 @@ fn at_the_limit_silent_connections_make_room_and_busy_ones_stay() {
     assert!(h.events.iter().any(|e| matches!(
         e,
         Event::TimedOut {
-            cause: "evicted at the connection limit",
+            cause: lb_core::TimeoutCause::EvictedAtConnectionLimit,
             ..
         }
     )));

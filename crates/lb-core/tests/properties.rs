@@ -21,6 +21,10 @@
 //!   as dropped);
 //! - whatever a backend sends for a call reaches the frontend connection the call came from.
 //!
+//! Every output goes through the output contract of lb-testkit ([`Contract`]): `Send` only on
+//! open connections and in whole frames, fresh ids, one `Close`, deadlines past `now` after a
+//! `Timeout`.
+//!
 //! After every step: the counters balance (every message in is forwarded, answered or counted
 //! as dropped; every `Send` is counted), the table stays within its capacity, the core's view
 //! of which backends are up matches the driver's, and no deadline is overdue. Time moves only by
@@ -38,6 +42,7 @@ use lb_core::{
     Algorithm, BackendChange, BackendConfig, BackendId, BackendMode, Balancer, CloseReason, Config,
     ConnId, Event, Input, Limits, Output, Stats, TagKey, TIMER_C, WINDOW_DEFAULT,
 };
+use lb_testkit::Contract;
 use quickcheck::{Arbitrary, Gen, TestResult};
 use quickcheck_macros::quickcheck;
 
@@ -655,6 +660,8 @@ enum Fate {
 
 struct World {
     lb: Balancer,
+    /// The driver's view of every connection, checking each output.
+    contract: Contract,
     now: Instant,
     rng: SplitMix,
     options: Options,
@@ -805,18 +812,21 @@ impl World {
             .map(|b| b.backup.and_then(|a| addrs.iter().position(|x| *x == a)))
             .collect();
         let now = Instant::now();
-        let mut lb = Balancer::new(
-            config.validate().map_err(|e| e.to_string())?,
-            script.seed,
-            now,
-        );
+        let valid = config.validate().map_err(|e| e.to_string())?;
+        let mut contract = Contract::new(&valid);
+        let mut lb = Balancer::new(valid, script.seed, now);
         let listener = lb.listeners().next().unwrap().0;
-        let fes = (0..FRONTENDS)
-            .map(|f| lb.accept(now, listener, fe_peer(f)))
-            .collect();
+        let mut fes = Vec::new();
+        for f in 0..FRONTENDS {
+            let conn = lb.accept(now, listener, fe_peer(f));
+            contract.accepted(conn, fe_peer(f))?;
+            fes.push(conn);
+        }
         let stray = lb.accept(now, listener, STRAY_PEER.parse().unwrap());
+        contract.accepted(stray, STRAY_PEER.parse().unwrap())?;
         let mut w = World {
             lb,
+            contract,
             now,
             rng: SplitMix(script.seed ^ 0x5EED),
             options,
@@ -865,6 +875,7 @@ impl World {
     }
 
     fn input(&mut self, input: Input) {
+        self.contract.input(&input);
         self.lb.handle_input(self.now, input);
     }
 
@@ -875,6 +886,7 @@ impl World {
         let mut closes = Vec::new();
         let mut dials: Vec<ConnId> = Vec::new();
         while let Some(o) = self.lb.poll_output() {
+            self.contract.output(&o)?;
             match o {
                 Output::Send { conn, bytes } => {
                     self.sends += 1;
@@ -932,6 +944,8 @@ impl World {
             self.stray = self
                 .lb
                 .accept(self.now, listener, STRAY_PEER.parse().unwrap());
+            self.contract
+                .accepted(self.stray, STRAY_PEER.parse().unwrap())?;
             let more = self.collect()?;
             outs.sends.extend(more.sends);
             outs.events.extend(more.events);
@@ -1703,18 +1717,13 @@ impl World {
             self.input(Input::Timeout);
             let outs = self.collect()?;
             ensure!(outs.sends.is_empty(), "a timeout sent {:?}", outs.sends);
-            let next = self.lb.poll_timeout();
-            ensure!(
-                next.is_none_or(|d| d > self.now),
-                "after a Timeout at {:?}, the deadline is {:?}",
-                self.now - deadline,
-                next.map(|d| d.saturating_duration_since(deadline))
-            );
+            Contract::timed_out(self.now, self.lb.poll_timeout())?;
             rounds += 1;
             ensure!(rounds < 100_000, "deadlines without end");
         }
         self.now = self.now.max(target);
         self.input(Input::Timeout);
+        Contract::timed_out(self.now, self.lb.poll_timeout())?;
         let outs = self.collect()?;
         ensure!(outs.sends.is_empty(), "a timeout sent {:?}", outs.sends);
         Ok(())

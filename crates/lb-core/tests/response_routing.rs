@@ -2,10 +2,8 @@
 //! balancer's own Via, whatever the Vias below it claim: no peer can draw another's responses.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use lb_core::{BackendMode, CloseReason, Input, Output};
-use support::*;
+use lb_testkit::scenario::*;
 
 #[test]
 fn a_response_reaches_its_requests_connection_not_the_one_claiming_its_via() {

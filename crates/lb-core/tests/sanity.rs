@@ -4,10 +4,8 @@
 //! affected. Core traces, every output checked.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
-use lb_core::{BackendMode, ConnId, Event, Output};
-use support::*;
+use lb_core::{BackendMode, ConnId, Event, MalformedFault, Output};
+use lb_testkit::scenario::*;
 
 const PROXY: &str = "203.0.113.5:40000";
 
@@ -41,8 +39,8 @@ fn assert_refused(reply: &str, fault: &str, request: &str) {
 }
 
 #[track_caller]
-fn assert_malformed_events(h: &mut Harness, conn: ConnId, faults: &[&str]) {
-    let seen: Vec<&str> = h
+fn assert_malformed_events(h: &mut Harness, conn: ConnId, faults: &[MalformedFault]) {
+    let seen: Vec<MalformedFault> = h
         .events
         .iter()
         .filter_map(|e| match e {
@@ -67,7 +65,7 @@ fn an_initial_invite_with_a_40_kb_via_host_gets_400_and_goes_nowhere() {
     h.receive(fe, request.as_bytes());
     let reply = only_send_to(&mut h, fe);
     assert_refused(&reply, "Host Too Long", &request);
-    assert_malformed_events(&mut h, fe, &["Host Too Long"]);
+    assert_malformed_events(&mut h, fe, &[MalformedFault::HostTooLong]);
     let s = h.lb.stats();
     assert_eq!(
         (s.sanity_refused, s.replies_400, s.malformed, s.to_backend),
@@ -110,10 +108,10 @@ fn a_from_without_a_tag_or_with_an_empty_tag_gets_400() {
         &mut h,
         fe,
         &[
-            "Missing From Tag",
-            "Empty From Tag",
-            "Missing From Tag",
-            "Missing From Tag",
+            MalformedFault::MissingFromTag,
+            MalformedFault::EmptyFromTag,
+            MalformedFault::MissingFromTag,
+            MalformedFault::MissingFromTag,
         ],
     );
     let s = h.lb.stats();

@@ -1,12 +1,13 @@
 //! Core scenario tests: a `Balancer` driven through its public API, read like protocol traces.
 #![allow(clippy::unwrap_used, clippy::needless_range_loop)]
 
-mod support;
-
 use std::time::Duration;
 
-use lb_core::{BackendChange, BackendMode, CloseReason, Event, Input, Output};
-use support::*;
+use bytes::{Bytes, BytesMut};
+use lb_core::{
+    BackendChange, BackendMode, CloseReason, Event, FramingFault, Input, Output, TimeoutCause,
+};
+use lb_testkit::scenario::*;
 
 const PROXY: &str = "203.0.113.5:40000";
 
@@ -262,21 +263,37 @@ fn lost_framing_closes_only_that_connection() {
     let mut h = Harness::new(config(1, BackendMode::Plain));
     let good = h.frontend(PROXY);
     let bad = h.frontend("203.0.113.9:1234");
-    h.receive(
-        bad,
-        b"INVITE sip:x SIP/2.0\r\nContent-Length: banana\r\n\r\n",
+    // The whole output: the event and the one Close, nothing sent.
+    h.expect(
+        Input::Received {
+            conn: bad,
+            bytes: BytesMut::from(&b"INVITE sip:x SIP/2.0\r\nContent-Length: banana\r\n\r\n"[..]),
+        },
+        &[
+            Output::Event(Event::FramingLost {
+                conn: bad,
+                fault: FramingFault::BadContentLength,
+            }),
+            Output::Close { conn: bad },
+        ],
     );
-    let outs = h.drain();
-    assert_eq!(outs, vec![Output::Close { conn: bad }]);
-    h.input(Input::Closed {
-        conn: bad,
-        reason: CloseReason::Requested,
-    });
+    h.expect(
+        Input::Closed {
+            conn: bad,
+            reason: CloseReason::Requested,
+        },
+        &[],
+    );
     h.receive(good, invite("call-g", "z9hG4bKg").as_bytes());
     assert_eq!(h.expect_to_backend().0, 0);
-    // Input for the closed connection is a counted no-op.
-    h.receive(bad, b"OPTIONS");
-    h.expect_nothing();
+    // Input for the closed connection is a counted no-op: nothing at all comes out.
+    h.expect(
+        Input::Received {
+            conn: bad,
+            bytes: BytesMut::from(&b"OPTIONS"[..]),
+        },
+        &[],
+    );
     assert_eq!(h.lb.stats().stale_inputs, 1);
 }
 
@@ -284,9 +301,16 @@ fn lost_framing_closes_only_that_connection() {
 fn keepalive_ping_gets_a_pong() {
     let mut h = Harness::new(config(1, BackendMode::Plain));
     let fe = h.frontend(PROXY);
-    h.receive(fe, b"\r\n\r\n");
-    let (conn, pong) = h.expect_to_frontend();
-    assert_eq!((conn, pong.as_str()), (fe, "\r\n"));
+    h.expect(
+        Input::Received {
+            conn: fe,
+            bytes: BytesMut::from(&b"\r\n\r\n"[..]),
+        },
+        &[Output::Send {
+            conn: fe,
+            bytes: Bytes::from_static(b"\r\n"),
+        }],
+    );
 }
 
 #[test]
@@ -435,7 +459,7 @@ fn a_silent_frontend_is_closed_after_the_idle_timeout() {
     );
     assert!(h.events.contains(&Event::TimedOut {
         conn: silent,
-        cause: "idle"
+        cause: TimeoutCause::Idle
     }));
     assert_eq!(h.lb.stats().idle_closes, 1);
 }
@@ -461,7 +485,7 @@ fn a_slowloris_frontend_is_closed_but_slow_complete_messages_are_not() {
     assert_eq!(h.closed, vec![loris]);
     assert!(h.events.contains(&Event::TimedOut {
         conn: loris,
-        cause: "partial message"
+        cause: TimeoutCause::PartialMessage
     }));
     assert_eq!(h.lb.stats().partial_closes, 1);
 }

@@ -3,12 +3,10 @@
 //! Core traces, every output checked.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::time::Duration;
 
 use lb_core::{BackendMode, CloseReason, Config, ConnId, Input, Output, TABLE_SHARE_MIN};
-use support::*;
+use lb_testkit::scenario::*;
 
 const CAPACITY: usize = 64;
 

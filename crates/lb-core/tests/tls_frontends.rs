@@ -2,10 +2,8 @@
 //! balancer writes toward them (RFC 3261 §26.2; the driver runs TLS itself).
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use lb_core::BackendMode;
-use support::*;
+use lb_testkit::scenario::*;
 
 const LB_TLS: &str = "192.0.2.10:5061";
 
@@ -17,8 +15,7 @@ fn a_tls_frontend_sees_a_tls_record_route_and_a_tls_via() {
     let (tls_listener, addr) = h.lb.listeners().nth(1).unwrap();
     assert!(h.lb.is_tls_listener(tls_listener));
     assert_eq!(addr.to_string(), LB_TLS);
-    let fe =
-        h.lb.accept(h.now, tls_listener, "203.0.113.5:40000".parse().unwrap());
+    let fe = h.accept(tls_listener, "203.0.113.5:40000");
     let invite = invite("call-t", "z9hG4bKt").replace("SIP/2.0/TCP proxy", "SIP/2.0/TLS proxy");
     h.receive(fe, invite.as_bytes());
     let (b, forwarded, _) = h.expect_to_backend();

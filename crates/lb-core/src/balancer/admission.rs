@@ -139,7 +139,7 @@ impl Balancer {
                 tracing::debug!(conn = %id, "frontend evicted at the connection limit");
                 self.outputs.push_back(Output::Event(Event::TimedOut {
                     conn: id,
-                    cause: "evicted at the connection limit",
+                    cause: crate::reasons::TimeoutCause::EvictedAtConnectionLimit,
                 }));
                 self.close(id);
                 return true;

@@ -80,8 +80,8 @@ impl Balancer {
                 continue;
             }
             self.stats.stall_closes += 1;
-            let cause = "peer not reading";
-            tracing::debug!(conn = %id, cause, "connection stalled, closing");
+            let cause = crate::reasons::TimeoutCause::PeerNotReading;
+            tracing::debug!(conn = %id, cause = cause.as_str(), "connection stalled, closing");
             self.outputs
                 .push_back(Output::Event(Event::TimedOut { conn: id, cause }));
             self.close(id);

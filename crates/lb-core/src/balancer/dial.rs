@@ -238,7 +238,7 @@ impl Balancer {
             .len()
             .saturating_sub(dialling.requests.len());
         for _ in 0..unanswerable {
-            self.drop_message(id, "next hop unreachable");
+            self.drop_message(id, DropCause::NextHopUnreachable);
         }
         for (source, request) in dialling.requests {
             let source = Source {
@@ -253,7 +253,7 @@ impl Balancer {
             if self.reply(source, &request, reply) {
                 self.stats.replies_503 += 1;
             } else {
-                self.drop_message(source.conn, "next hop unreachable, sender gone");
+                self.drop_message(source.conn, DropCause::NextHopUnreachableSenderGone);
             }
         }
     }

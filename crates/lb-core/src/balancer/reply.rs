@@ -10,6 +10,7 @@ use bytes::{BufMut, BytesMut};
 use super::{write_message, BackendReader, Balancer, Side, Source};
 use crate::envelope::{Envelope, Transport};
 use crate::message::{header_lines, HeaderName, Method, SipMessage};
+use crate::reasons::DropCause;
 use crate::rewrite::BufWriter as Writer;
 
 /// A response the balancer answers with.
@@ -142,12 +143,7 @@ impl Balancer {
     }
 
     /// A stateless 503 for a request nothing can take (never for ACK, RFC 3261 §17.1.1.3).
-    pub(super) fn unavailable(
-        &mut self,
-        source: Source,
-        message: &SipMessage,
-        reason: &'static str,
-    ) {
+    pub(super) fn unavailable(&mut self, source: Source, message: &SipMessage, reason: DropCause) {
         if message.method() == Some(Method::Ack) {
             return self.drop_message(source.conn, reason);
         }
@@ -157,7 +153,7 @@ impl Balancer {
             &message.bytes,
             Reply::Unavailable {
                 retry_after,
-                reason,
+                reason: reason.as_str(),
             },
         ) {
             self.stats.replies_503 += 1;

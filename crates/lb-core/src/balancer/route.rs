@@ -106,7 +106,7 @@ impl Balancer {
                 target = Some(backend);
             } else {
                 if method == Method::Ack {
-                    return self.drop_message(source.conn, "ACK of an unknown call");
+                    return self.drop_message(source.conn, DropCause::AckOfUnknownCall);
                 }
                 // A CANCEL of a call never seen, or an in-dialog request (To tag) without a tag
                 // that verifies: no backend can own it, and making it a new call would let
@@ -121,9 +121,9 @@ impl Balancer {
                         // Every backend with calls is busy: push back (RFC 6357), the caller
                         // retries after Retry-After; no backend is failed over.
                         self.stats.overload_refused += 1;
-                        return self.unavailable(source, &message, "Backends Overloaded");
+                        return self.unavailable(source, &message, DropCause::BackendsOverloaded);
                     }
-                    return self.unavailable(source, &message, "No Backend Available");
+                    return self.unavailable(source, &message, DropCause::NoBackendAvailable);
                 };
                 let ringing = method == Method::Invite;
                 // A frontend request always has its peer; the unspecified address is a
@@ -138,16 +138,20 @@ impl Balancer {
                 match inserted {
                     Ok(()) => {}
                     Err(Refused::Full) => {
-                        return self.unavailable(source, &message, "Too Many Calls Being Set Up");
+                        return self.unavailable(
+                            source,
+                            &message,
+                            DropCause::TooManyCallsBeingSetUp,
+                        );
                     }
                     Err(Refused::OverShare) => {
                         self.stats.table_share_refused += 1;
-                        let reason = "Too Many Calls Being Set Up On This Connection";
+                        let reason = DropCause::TooManyCallsOnThisConnection;
                         return self.unavailable(source, &message, reason);
                     }
                     Err(Refused::OverSourceShare) => {
                         self.stats.table_share_refused += 1;
-                        let reason = "Too Many Calls Being Set Up From This Address";
+                        let reason = DropCause::TooManyCallsFromThisAddress;
                         return self.unavailable(source, &message, reason);
                     }
                 }
@@ -158,9 +162,9 @@ impl Balancer {
         let Some(tagged_backend) = target else { return };
         let Some(backend) = self.available(tagged_backend, call_id) else {
             if method == Method::Ack {
-                return self.drop_message(source.conn, "ACK for a backend that is down");
+                return self.drop_message(source.conn, DropCause::AckForDownBackend);
             }
-            return self.unavailable(source, &message, "No Backend Available");
+            return self.unavailable(source, &message, DropCause::NoBackendAvailable);
         };
         if let Some(key) = table_key.filter(|_| backend != tagged_backend) {
             // The call continues on the backup; its later untagged messages must follow it.
@@ -198,10 +202,10 @@ impl Balancer {
         self.note_frontend_message(source.conn);
         let via = message.top_via;
         let Some(tag) = via.lb else {
-            return self.drop_message(source.conn, "response without the balancer's Via");
+            return self.drop_message(source.conn, DropCause::ResponseWithoutOwnVia);
         };
         let Some(tagged) = self.verify(message.slice(tag), message.call_id()) else {
-            return self.drop_message(source.conn, "response with a bad tag");
+            return self.drop_message(source.conn, DropCause::ResponseWithBadTag);
         };
         self.stats.tagged += 1;
         let mut edits = Edits::new();
@@ -218,7 +222,7 @@ impl Balancer {
             return;
         }
         let Some(backend) = self.available(tagged, message.call_id()) else {
-            return self.drop_message(source.conn, "response for a backend that is down");
+            return self.drop_message(source.conn, DropCause::ResponseForDownBackend);
         };
         let envelope = Envelope {
             addr: source.peer,
@@ -292,10 +296,10 @@ impl Balancer {
             }
         };
         let Some(conn) = conn else {
-            return self.drop_message(source.conn, "no connection to the response's next hop");
+            return self.drop_message(source.conn, DropCause::NoConnectionToNextHop);
         };
         if !self.has_room(conn) {
-            return self.drop_message(source.conn, "next hop still connecting, queue full");
+            return self.drop_message(source.conn, DropCause::NextHopQueueFull);
         }
         if let Some(uri) = message.own_record_route {
             // The backend echoed the entry it saw; upstream sees the frontend-facing one, in
@@ -356,19 +360,19 @@ impl Balancer {
                         None => self.dial_name(message.slice(hp.host), hp.port),
                     },
                     (None, None) => {
-                        return self.unroutable(source, &message, "No Route To Frontend");
+                        return self.unroutable(source, &message, DropCause::NoRouteToFrontend);
                     }
                 };
                 let Some(conn) = dialled else {
                     self.stats.dial_out_refused += 1;
-                    return self.unroutable(source, &message, "Cannot Reach Next Hop");
+                    return self.unroutable(source, &message, DropCause::CannotReachNextHop);
                 };
                 conn
             }
         };
         if !self.has_room(conn) {
             self.stats.dial_out_refused += 1;
-            return self.unroutable(source, &message, "Next Hop Still Connecting");
+            return self.unroutable(source, &message, DropCause::NextHopStillConnecting);
         }
         if message.method() != Some(Method::Ack) {
             self.note_dialled_request(conn, source.conn, &message.bytes);
@@ -441,7 +445,7 @@ impl Balancer {
             }),
             Some(_) => {
                 if message.method() == Some(Method::Ack) {
-                    self.drop_message(source.conn, "ACK with Max-Forwards 0");
+                    self.drop_message(source.conn, DropCause::AckMaxForwardsZero);
                 } else if self.reply(source, &message.bytes, Reply::TooManyHops) {
                     self.stats.replies_483 += 1;
                 }
@@ -453,7 +457,7 @@ impl Balancer {
     /// 482 for a request that would go back where it came from.
     fn refuse_loop(&mut self, source: Source, message: &SipMessage) {
         if message.method() == Some(Method::Ack) {
-            return self.drop_message(source.conn, "ACK that would loop");
+            return self.drop_message(source.conn, DropCause::AckWouldLoop);
         }
         if self.reply(source, &message.bytes, Reply::LoopDetected) {
             self.stats.replies_482 += 1;
@@ -461,9 +465,9 @@ impl Balancer {
     }
 
     /// 503 for a backend's request with no way to its frontend (never for ACK).
-    fn unroutable(&mut self, source: Source, message: &SipMessage, reason: &'static str) {
+    fn unroutable(&mut self, source: Source, message: &SipMessage, reason: DropCause) {
         if message.method() == Some(Method::Ack) {
-            return self.drop_message(source.conn, "ACK with no route to a frontend");
+            return self.drop_message(source.conn, DropCause::AckNoRouteToFrontend);
         }
         self.unavailable(source, message, reason);
     }

@@ -15,7 +15,7 @@ impl Balancer {
             return true;
         };
         self.stats.sanity_refused += 1;
-        tracing::debug!(conn = %source.conn, fault, "initial request fails the sanity checks");
+        tracing::debug!(conn = %source.conn, fault = fault.as_str(), "initial request fails the sanity checks");
         self.outputs.push_back(Output::Event(Event::Malformed {
             conn: source.conn,
             fault,
@@ -27,13 +27,13 @@ impl Balancer {
                 &message.bytes,
                 Reply::Malformed {
                     status: 400,
-                    reason: fault,
+                    reason: fault.as_str(),
                 },
             );
         if answered {
             self.stats.replies_400 += 1;
         } else {
-            self.drop_message(source.conn, "fails the sanity checks, unanswerable");
+            self.drop_message(source.conn, DropCause::SanityUnanswerable);
         }
         false
     }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use super::{Balancer, Side};
 use crate::ids::{BackendId, ConnId};
 use crate::io::{Event, Output};
+use crate::reasons::TimeoutCause;
 
 /// Why the balancer asks to be woken: the kind of its earliest deadline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -197,12 +198,12 @@ impl Balancer {
                 continue;
             }
             let (due, cause) = match timer {
-                ConnTimer::Idle => (Some(liveness.last_rx + idle), "idle"),
+                ConnTimer::Idle => (Some(liveness.last_rx + idle), TimeoutCause::Idle),
                 ConnTimer::Partial => {
                     liveness.partial_armed = false;
                     (
                         liveness.partial_since.map(|t| t + partial),
-                        "partial message",
+                        TimeoutCause::PartialMessage,
                     )
                 }
             };
@@ -212,7 +213,7 @@ impl Balancer {
                         ConnTimer::Idle => self.stats.idle_closes += 1,
                         ConnTimer::Partial => self.stats.partial_closes += 1,
                     }
-                    tracing::debug!(%conn, cause, "frontend timed out");
+                    tracing::debug!(%conn, cause = cause.as_str(), "frontend timed out");
                     self.outputs
                         .push_back(Output::Event(Event::TimedOut { conn, cause }));
                     self.close(conn);

@@ -1,30 +1,24 @@
-//! Entry points for the fuzz targets in `fuzz/` (not an API: hidden from the docs). They reach
-//! crate-private pieces (framer, parser) that the public API only exercises indirectly, and they
-//! panic on purpose when an invariant breaks: that is how the fuzzer learns of it.
+//! What the fuzz harnesses need of crate-private pieces (not an API: hidden from the docs, and
+//! compiled only with the `fuzzing` feature). The harnesses themselves, the core-sequence run
+//! and its output-contract checks, live in `lb-testkit` (`lb_testkit::fuzz`); `fuzz/` holds the
+//! cargo-fuzz targets. What stays here reads private items and nothing else: no clock, no
+//! environment, no printing.
 //!
-//! Each takes raw bytes and derives every choice from them (limits, split points, the inputs of
-//! a whole balancer run), so a crash file replays in a plain `#[test]` (see the tests at the
-//! end) without any fuzzing crate in lb-core's dependencies.
-
-use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::time::{Duration, Instant};
+//! - [`stream`] and [`analyse`]: the framer and the parser under fuzz; they check the spans the
+//!   parser returns, which only the core can see, and panic on purpose when an invariant
+//!   breaks: that is how the fuzzer learns of it.
+//! - [`frames`], [`parse`] and [`header_lines`]: the framer, the parser and the header walk as
+//!   a harness reads what the core sent.
 
 use bytes::{Bytes, BytesMut};
 
 use crate::balancer::hops::parse_ip;
 use crate::balancer::reply::{self, Reply};
-use crate::config::{
-    Algorithm, BackendConfig, BackendMode, Config, Limits, ProbeConfig, SanityLimits, TagKey,
-    ValidConfig,
-};
-use crate::envelope::{self, Envelope, EnvelopeDecoder, EnvelopeError, Transport, HEADER_LEN};
+use crate::config::TagKey;
 use crate::framing::{Frame, FramingError, StreamFramer};
-use crate::ids::{BackendId, ConnId};
-use crate::io::{BackendChange, CloseReason, Event, Input, Output};
-use crate::message::{header_lines, HostPort, Rport, SipMessage, Span, StartLine};
+use crate::message::{HeaderName, HostPort, Rport, SipMessage, Span, StartLine};
+use crate::reasons::{FramingFault, MalformedFault};
 use crate::tag::TagSigner;
-use crate::Balancer;
 
 /// Reads choices off the fuzz input; past its end every choice is 0, so any input is a valid
 /// program.
@@ -56,22 +50,13 @@ impl<'a> Choices<'a> {
         usize::from(self.byte()) % n
     }
 
-    fn take(&mut self, n: usize) -> &'a [u8] {
-        let (taken, rest) = self.data.split_at(n.min(self.data.len()));
-        self.data = rest;
-        taken
-    }
-
     fn rest(&mut self) -> &'a [u8] {
-        self.take(self.data.len())
-    }
-
-    fn is_empty(&self) -> bool {
-        self.data.is_empty()
+        std::mem::take(&mut self.data)
     }
 }
 
-/// Chunk sizes from a 16-bit seed (xorshift): short reads, long reads, single bytes.
+/// Chunk sizes from a 16-bit seed (xorshift): short reads, long reads, single bytes. (The
+/// envelope target's harness in `lb-testkit` splits its input the same way.)
 fn chunker(seed: u16) -> impl FnMut() -> usize {
     let mut state = u32::from(seed) | 1 << 16;
     move || {
@@ -85,10 +70,6 @@ fn chunker(seed: u16) -> impl FnMut() -> usize {
         }
     }
 }
-
-// ---------------------------------------------------------------------------------------------
-// Stream demux and message analyser
-// ---------------------------------------------------------------------------------------------
 
 /// What the framer cut from a stream, comparable across runs.
 #[derive(Debug, PartialEq, Eq)]
@@ -228,7 +209,7 @@ fn signer() -> TagSigner {
 fn analyse_message(bytes: Bytes, tag_header: Option<&[u8]>, headers_max: usize) {
     let len = bytes.len();
     let mut next = None;
-    for (_, span) in header_lines(&bytes) {
+    for (_, span) in crate::message::header_lines(&bytes) {
         let r = span.range();
         assert!(
             r.start < r.end && r.end <= len,
@@ -341,253 +322,86 @@ fn assert_single_frame(bytes: &[u8]) {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Envelope decoder
-// ---------------------------------------------------------------------------------------------
-
-#[derive(Debug, PartialEq, Eq)]
-enum Unwrapped {
-    Envelope(Envelope, Bytes),
-    Lost(EnvelopeError),
+/// What a stream's bytes frame into, read as the core's own framer reads them.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Frames {
+    /// The SIP messages, in order.
+    pub messages: Vec<Bytes>,
+    /// How many CRLFCRLF keepalive pings came between them.
+    pub pings: usize,
+    /// The stream was lost here: nothing after it frames.
+    pub lost: Option<FramingFault>,
+    /// Bytes left over at the end, waiting for more (a message cut short, or a lone CRLF).
+    pub buffered: usize,
 }
 
-fn unwrap_all(
-    input: &[u8],
-    max: usize,
-    mut chunk: impl FnMut() -> usize,
-) -> (Vec<Unwrapped>, usize) {
-    let mut decoder = EnvelopeDecoder::default();
-    let mut out = Vec::new();
-    let mut rest = input;
-    while !rest.is_empty() {
-        let (now, later) = rest.split_at(chunk().clamp(1, rest.len()));
-        rest = later;
-        decoder.push(BytesMut::from(now));
-        loop {
-            match decoder.next_envelope(max) {
-                None => break,
-                Some(Ok((e, payload))) => {
-                    assert!(payload.len() <= max, "payload over the limit");
-                    out.push(Unwrapped::Envelope(e, payload));
-                }
-                Some(Err(error)) => {
-                    assert_eq!(decoder.next_envelope(max), Some(Err(error)));
-                    decoder.push(BytesMut::from(&b"more"[..]));
-                    assert_eq!(decoder.buffered_len(), 0, "a lost decoder holds nothing");
-                    out.push(Unwrapped::Lost(error));
-                    return (out, 0);
-                }
+/// Frames `bytes` as one stream, without size limit.
+pub fn frames(bytes: &[u8]) -> Frames {
+    let mut framer = StreamFramer::default();
+    framer.push(BytesMut::from(bytes));
+    let mut out = Frames::default();
+    while let Some(next) = framer.next_frame(usize::MAX) {
+        match next {
+            Ok(Frame::Message(m)) => out.messages.push(m),
+            Ok(Frame::Ping) => out.pings += 1,
+            Err(e) => {
+                out.lost = Some(FramingFault::from(e));
+                return out;
             }
         }
     }
-    (out, decoder.buffered_len())
+    out.buffered = framer.buffered_len();
+    out
 }
 
-/// Decodes `data` (after a byte choosing the payload limit and two seeding the read sizes) as
-/// an envelope stream, whole and in pieces. Asserts both give the same envelopes; that each
-/// header re-encodes to the bytes it was read from (one encoding per envelope) and its payload
-/// follows it; and that a failed decoder stays failed and holds nothing.
-pub fn envelope(data: &[u8]) {
-    let mut c = Choices::new(data);
-    let max = [0, 16, 1024, 65536][c.below(4)];
-    let seed = c.u16();
-    let input = c.rest();
-
-    if let Ok(Some((e, len))) = envelope::decode_header(input, max) {
-        assert!(len <= max);
-        let mut again = BytesMut::new();
-        envelope::encode_header(&mut again, &e, len);
-        assert_eq!(
-            &again[..],
-            &input[..HEADER_LEN],
-            "header does not round-trip"
-        );
+/// The Call-ID of a framed message that parses as the balancer parses it (`tag_header` the
+/// configured extension header, if any), or the fault that makes it malformed.
+pub fn parse(
+    message: Bytes,
+    tag_header: Option<&[u8]>,
+    headers_max: usize,
+) -> Result<Bytes, MalformedFault> {
+    match SipMessage::parse(message.clone(), tag_header, headers_max) {
+        Ok(m) => {
+            let call_id = m.call_id;
+            Ok(message.slice(call_id.range()))
+        }
+        Err(e) => Err(e.reason),
     }
-
-    let (whole, buffered) = unwrap_all(input, max, || usize::MAX);
-    let (pieces, pieces_buffered) = unwrap_all(input, max, chunker(seed));
-    assert_eq!(whole, pieces, "the split changed the envelopes");
-    assert_eq!(buffered, pieces_buffered);
-    let mut at = 0;
-    for item in &whole {
-        let Unwrapped::Envelope(e, payload) = item else {
-            return;
-        };
-        let mut again = BytesMut::new();
-        envelope::encode(&mut again, e, payload);
-        assert_eq!(&input[at..at + again.len()], &again[..]);
-        at += again.len();
-    }
-    assert_eq!(at + buffered, input.len(), "bytes lost between envelopes");
 }
 
-mod core_sequence;
-mod outputs;
+/// The headers a response copies from its request, as the balancer's own answers name them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CopiedHeader {
+    /// `Via` / `v`.
+    Via,
+    /// `From` / `f`.
+    From,
+    /// `To` / `t`.
+    To,
+    /// `Call-ID` / `i`.
+    CallId,
+    /// `CSeq`.
+    CSeq,
+    /// Any other line, or one without a colon.
+    Other,
+}
 
-pub use core_sequence::core_sequence;
-
-#[cfg(test)]
-mod tests {
-    //! The targets on their seeds and on pseudo-random inputs, and every crash the fuzzer found,
-    //! replayed (inputs under `fuzz/regressions/`).
-
-    use super::core_sequence::*;
-    use super::*;
-
-    /// Deterministic pseudo-random bytes (xorshift), so the test is the same every run.
-    fn noise(seed: u64, len: usize) -> Vec<u8> {
-        let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 24) as u8
-            })
-            .collect()
-    }
-
-    fn rfc4475() -> Vec<Vec<u8>> {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/rfc4475");
-        let mut all: Vec<Vec<u8>> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|x| x == "dat"))
-            .map(|p| std::fs::read(p).unwrap())
-            .collect();
-        all.sort();
-        assert!(all.len() >= 40, "the RFC 4475 messages are missing");
-        all
-    }
-
-    #[test]
-    fn stream_and_analyse_hold_on_the_torture_messages() {
-        let messages = rfc4475();
-        for (i, m) in messages.iter().enumerate() {
-            for prefix in [[2u8, 0, 5, 7], [3, 3, i as u8, 1], [0, 1, 9, 9]] {
-                stream(&[&prefix[..], m].concat());
-            }
-            analyse(&[&[1u8][..], m].concat());
-        }
-        let mut all = vec![3u8, 0, 1, 2, b'\r', b'\n'];
-        for m in &messages {
-            all.extend_from_slice(m);
-            all.extend_from_slice(b"\r\n\r\n");
-        }
-        stream(&all);
-    }
-
-    #[test]
-    fn envelopes_round_trip_in_pieces() {
-        let mut input = vec![2u8, 77, 3];
-        for (i, m) in rfc4475().iter().take(8).enumerate() {
-            let e = Envelope {
-                addr: (i % 2 == 0).then(|| SocketAddr::from(([10, 0, 0, i as u8], 5060))),
-                transport: Transport::Tcp,
-                load: (i % 3 == 0).then_some(i as u32),
+/// The header lines of a message head (after the start line, up to the empty line), each with
+/// the byte range of the whole line (CRLF and continuation lines included), as the balancer
+/// walks them to build its answers.
+pub fn header_lines(bytes: &[u8]) -> Vec<(CopiedHeader, std::ops::Range<usize>)> {
+    crate::message::header_lines(bytes)
+        .map(|(name, span)| {
+            let name = match name {
+                HeaderName::Via => CopiedHeader::Via,
+                HeaderName::From => CopiedHeader::From,
+                HeaderName::To => CopiedHeader::To,
+                HeaderName::CallId => CopiedHeader::CallId,
+                HeaderName::CSeq => CopiedHeader::CSeq,
+                HeaderName::Other => CopiedHeader::Other,
             };
-            envelope::encode(&mut BytesMut::new(), &e, m);
-            let mut out = BytesMut::new();
-            envelope::encode(&mut out, &e, &m[..m.len().min(1000)]);
-            input.extend_from_slice(&out);
-        }
-        envelope(&input);
-        for seed in 0..200 {
-            envelope(&noise(seed, 100));
-        }
-    }
-
-    #[test]
-    fn core_sequence_holds_on_noise() {
-        for seed in 0..300 {
-            if std::env::var_os("SIPLB_FUZZ_TRACE").is_some() {
-                eprintln!("seed {seed}");
-            }
-            core_sequence(&noise(seed, 1200));
-        }
-    }
-
-    /// Replays one input to read what happened:
-    /// `SIPLB_FUZZ_REPLAY=fuzz/artifacts/core_sequence/crash-… SIPLB_FUZZ_TRACE=1 cargo test -p
-    /// lb-core --lib replay_from_env -- --ignored --nocapture` (`SIPLB_FUZZ_TARGET` picks the
-    /// target, `core_sequence` by default).
-    #[test]
-    #[ignore = "a tool: replays the file named by SIPLB_FUZZ_REPLAY"]
-    fn replay_from_env() {
-        let path = std::env::var("SIPLB_FUZZ_REPLAY").expect("set SIPLB_FUZZ_REPLAY=FILE");
-        // Tests run in the package's directory; a relative path is the workspace's.
-        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
-        let data = std::fs::read(std::path::Path::new(root).join(&path)).unwrap();
-        match std::env::var("SIPLB_FUZZ_TARGET").as_deref() {
-            Ok("stream_demux") => stream(&data),
-            Ok("envelope_decoder") => envelope(&data),
-            _ => core_sequence(&data),
-        }
-    }
-
-    #[test]
-    fn core_sequence_sets_up_a_call() {
-        core_sequence(&seed_call());
-    }
-
-    /// A new call through the core: backends connect, a frontend sends an INVITE, the backend
-    /// it went to answers, the frontend sends ACK and BYE with the tag, time passes.
-    pub(super) fn seed_call() -> Vec<u8> {
-        let mut s = vec![0u8];
-        s.extend_from_slice(&[7, 0, 7, 0, 7, 0]); // three Connected
-        s.extend_from_slice(&[0, 1, 0]); // accept 10.1.0.1:5060
-                                         // INVITE: link, request, method 0, call 0, flags 0, via 10.1.0.1, rport, branch,
-                                         // cseq, no mutation, reads 0/0 then the rest.
-        s.extend_from_slice(&[1, 0, 1, 0, 0, 0, 0, 1, 0, 7, 7, 0, 1, 0, 0, 0, 0]);
-        // A backend answers 200 (answer to what it got), no mutation, envelope choices, reads.
-        s.extend_from_slice(&[4, 0, 4, 0, 2, 1, 0, 0, 0, 0]);
-        // ACK and BYE with the Route tag (flags 1|8).
-        s.extend_from_slice(&[1, 0, 1, 1, 0, 9, 0, 1, 0, 8, 8, 0, 1, 0, 0, 0, 0]);
-        s.extend_from_slice(&[1, 0, 1, 2, 0, 9, 0, 1, 0, 9, 9, 1, 1, 0, 0, 0, 0]);
-        s.extend_from_slice(&[10, 1, 0xa0, 0x0f, 10, 2]);
-        s
-    }
-}
-
-#[cfg(test)]
-mod regressions {
-    //! Crashes the fuzzer found, minimised (`cargo fuzz tmin`), replayed with every invariant
-    //! checked. A test for a fault not fixed yet is `#[ignore]`d with the reason; remove the
-    //! attribute with the fix.
-
-    use super::core_sequence::*;
-    use super::*;
-
-    fn replay(name: &str) {
-        let path = format!(
-            "{}/../../fuzz/regressions/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        let data = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        match name.split('-').next() {
-            Some("stream_demux") => stream(&data),
-            Some("envelope_decoder") => envelope(&data),
-            Some("core_sequence") => core_sequence(&data),
-            _ => panic!("{name}: no target of that name"),
-        }
-    }
-
-    /// A plain backend's framing is lost (a response without Content-Length): the core asked to
-    /// close its connection but left the backend up, so its next probe (or new call) was sent
-    /// on the closing connection, `Send` after `Close` (fixed in b65bbc0: a backend is down
-    /// once its connection is closing).
-    #[test]
-    fn send_after_close_to_a_backend() {
-        replay("core_sequence-send-after-close");
-    }
-
-    /// An envelope backend sends a request whose header block ends before its Content-Length
-    /// (the envelope frames it, so the core accepted it) and the core forwarded it to a
-    /// frontend over a plain stream, where nothing frames it: that frontend's stream is lost; a
-    /// wrong Content-Length would desynchronise it (fixed in b65bbc0: an envelope payload must
-    /// frame alone).
-    #[test]
-    fn unframed_message_from_an_envelope_backend() {
-        replay("core_sequence-unframed-from-envelope");
-    }
+            (name, span.range())
+        })
+        .collect()
 }

@@ -11,6 +11,7 @@ use super::start_line::*;
 use super::uri::*;
 use super::via::*;
 use crate::lexer::*;
+use crate::reasons::MalformedFault;
 
 /// What the framer learnt about a head while framing it: the analysis [`SipMessage::parse`]
 /// would give, when the framer could run it, so the head is walked once, not twice.
@@ -160,7 +161,7 @@ impl Head {
                 }
                 Known::CallId => {
                     if call_id.is_some() {
-                        return Err(fail("Duplicate Call-ID"));
+                        return Err(fail(MalformedFault::DuplicateCallId));
                     }
                     let (s, e) = trim_lws(b, vs, ve);
                     if s == e {
@@ -170,19 +171,19 @@ impl Head {
                 }
                 Known::CSeq => {
                     if cseq.is_some() {
-                        return Err(fail("Duplicate CSeq"));
+                        return Err(fail(MalformedFault::DuplicateCseq));
                     }
                     cseq = Some(parse_cseq(b, vs, ve)?);
                 }
                 Known::From => {
                     if from.is_some() {
-                        return Err(fail("Duplicate From"));
+                        return Err(fail(MalformedFault::DuplicateFrom));
                     }
                     from = Some(Span::new(vs, ve));
                 }
                 Known::To => {
                     if to.is_some() {
-                        return Err(fail("Duplicate To"));
+                        return Err(fail(MalformedFault::DuplicateTo));
                     }
                     let tagged = tag_param(b, vs, ve).ok_or(BAD_TO)?.is_some();
                     to = Some((Span::new(vs, ve), tagged));
@@ -239,19 +240,19 @@ impl Head {
 
         *head = Some('checks: {
             let Some(top_via) = via else {
-                break 'checks Err(fail("Missing Via"));
+                break 'checks Err(fail(MalformedFault::MissingVia));
             };
             let Some(call_id) = call_id else {
-                break 'checks Err(fail("Missing Call-ID"));
+                break 'checks Err(fail(MalformedFault::MissingCallId));
             };
             let Some((cseq_number, cseq_method, cseq_method_range)) = cseq else {
-                break 'checks Err(fail("Missing CSeq"));
+                break 'checks Err(fail(MalformedFault::MissingCseq));
             };
             let Some(from) = from else {
-                break 'checks Err(fail("Missing From"));
+                break 'checks Err(fail(MalformedFault::MissingFrom));
             };
             let Some((to, to_tag)) = to else {
-                break 'checks Err(fail("Missing To"));
+                break 'checks Err(fail(MalformedFault::MissingTo));
             };
             if let StartLine::Request { method_span, .. } = start {
                 // RFC 3261 §8.1.1.5; RFC 4475 §3.1.2.17-18. The balancer keys CANCEL and ACK

@@ -3,6 +3,8 @@
 
 use std::ops::Range;
 
+use crate::reasons::MalformedFault;
+
 /// A byte range into [`SipMessage::bytes`]. `u32` offsets keep the view small; messages are
 /// bounded far below 4 GiB by `limits.message_bytes_max`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -148,10 +150,10 @@ pub(crate) struct Route {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct ParseError {
     pub(crate) status: u16,
-    pub(crate) reason: &'static str,
+    pub(crate) reason: MalformedFault,
 }
 
-pub(crate) const fn fail(reason: &'static str) -> ParseError {
+pub(crate) const fn fail(reason: MalformedFault) -> ParseError {
     ParseError {
         status: 400,
         reason,
@@ -159,38 +161,38 @@ pub(crate) const fn fail(reason: &'static str) -> ParseError {
 }
 
 /// An enveloped message whose own Content-Length disagrees with the envelope's framing.
-pub(crate) const CONTENT_LENGTH_MISMATCH: ParseError = fail("Content-Length Mismatch");
+pub(crate) const CONTENT_LENGTH_MISMATCH: ParseError = fail(MalformedFault::ContentLengthMismatch);
 
-pub(crate) const BAD_REQUEST_LINE: ParseError = fail("Bad Request Line");
+pub(crate) const BAD_REQUEST_LINE: ParseError = fail(MalformedFault::BadRequestLine);
 
-pub(crate) const BAD_STATUS_LINE: ParseError = fail("Bad Status Line");
+pub(crate) const BAD_STATUS_LINE: ParseError = fail(MalformedFault::BadStatusLine);
 
 /// RFC 3261 §8.2.x leaves other versions to the 505 of §21.5.7, as RFC 4475 §3.1.2.16 expects.
 pub(crate) const BAD_VERSION: ParseError = ParseError {
     status: 505,
-    reason: "Version Not Supported",
+    reason: MalformedFault::VersionNotSupported,
 };
 
-pub(crate) const BAD_REQUEST_URI: ParseError = fail("Bad Request-URI");
+pub(crate) const BAD_REQUEST_URI: ParseError = fail(MalformedFault::BadRequestUri);
 
-pub(crate) const MALFORMED_HEADER: ParseError = fail("Malformed Header");
+pub(crate) const MALFORMED_HEADER: ParseError = fail(MalformedFault::MalformedHeader);
 
-pub(crate) const TOO_MANY_HEADERS: ParseError = fail("Too Many Headers");
+pub(crate) const TOO_MANY_HEADERS: ParseError = fail(MalformedFault::TooManyHeaders);
 
-pub(crate) const INCOMPLETE: ParseError = fail("Incomplete Header Block");
+pub(crate) const INCOMPLETE: ParseError = fail(MalformedFault::IncompleteHeaderBlock);
 
-pub(crate) const TOO_LARGE: ParseError = fail("Message Too Large");
+pub(crate) const TOO_LARGE: ParseError = fail(MalformedFault::MessageTooLarge);
 
-pub(crate) const BAD_VIA: ParseError = fail("Bad Via");
+pub(crate) const BAD_VIA: ParseError = fail(MalformedFault::BadVia);
 
-pub(crate) const BAD_CSEQ: ParseError = fail("Bad CSeq");
+pub(crate) const BAD_CSEQ: ParseError = fail(MalformedFault::BadCseq);
 
-pub(crate) const BAD_CALL_ID: ParseError = fail("Bad Call-ID");
+pub(crate) const BAD_CALL_ID: ParseError = fail(MalformedFault::BadCallId);
 
-pub(crate) const BAD_TO: ParseError = fail("Bad To");
+pub(crate) const BAD_TO: ParseError = fail(MalformedFault::BadTo);
 
-pub(crate) const BAD_ROUTE: ParseError = fail("Bad Route");
+pub(crate) const BAD_ROUTE: ParseError = fail(MalformedFault::BadRoute);
 
-pub(crate) const CSEQ_MISMATCH: ParseError = fail("CSeq Method Mismatch");
+pub(crate) const CSEQ_MISMATCH: ParseError = fail(MalformedFault::CseqMethodMismatch);
 
-pub(crate) const BAD_MAX_FORWARDS: ParseError = fail("Bad Max-Forwards");
+pub(crate) const BAD_MAX_FORWARDS: ParseError = fail(MalformedFault::BadMaxForwards);

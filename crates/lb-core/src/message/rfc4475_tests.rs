@@ -9,6 +9,7 @@ use bytes::BytesMut;
 use super::*;
 use crate::config::SanityLimits;
 use crate::framing::{Frame, FramingError, StreamFramer};
+use crate::reasons::MalformedFault;
 
 const MAX: usize = 64 * 1024;
 const HEADERS_MAX: usize = 128;
@@ -146,15 +147,15 @@ fn run(chunks: &[&[u8]]) -> Run {
                                     run.forwarded.push(message);
                                     Forward
                                 }
-                                Err(fault) => Reject(fault),
+                                Err(fault) => Reject(fault.as_str()),
                             }
                         }
                         Ok(message) => {
                             run.forwarded.push(message);
                             Forward
                         }
-                        Err(error) if is_response => Drop(error.reason),
-                        Err(error) => Reject(error.reason),
+                        Err(error) if is_response => Drop(error.reason.as_str()),
+                        Err(error) => Reject(error.reason.as_str()),
                     }
                 }
             };
@@ -382,14 +383,14 @@ fn the_edge_checks_pass_every_torture_request_with_room_to_spare() {
     assert_eq!(m.longest_field, 591);
     assert_eq!(
         sanity::check(&m, &tight(255, 1024, 590)),
-        Err("Header Too Long")
+        Err(MalformedFault::HeaderTooLong)
     );
     assert_eq!(
         sanity::check(&m, &tight(255, 300, 2048)),
-        Err("URI Too Long")
+        Err(MalformedFault::UriTooLong)
     );
     assert_eq!(
         sanity::check(&m, &tight(16, 1024, 2048)),
-        Err("Host Too Long")
+        Err(MalformedFault::HostTooLong)
     );
 }

@@ -21,16 +21,17 @@ use super::uri::sip_uri;
 use super::{HostPort, SipMessage, Span, StartLine};
 use crate::config::SanityLimits;
 use crate::lexer::{quoted_end, skip_lws};
+use crate::reasons::MalformedFault;
 
 /// The reason phrase of the 400 for the first check `message` fails, if any.
-pub(crate) fn check(message: &SipMessage, limits: &SanityLimits) -> Result<(), &'static str> {
+pub(crate) fn check(message: &SipMessage, limits: &SanityLimits) -> Result<(), MalformedFault> {
     let b = &message.bytes[..];
     let (vs, ve) = (message.from.start as usize, message.from.end as usize);
     match tag_param(b, vs, ve) {
-        None => return Err("Bad From"),
-        Some(None) => return Err("Missing From Tag"),
+        None => return Err(MalformedFault::BadFrom),
+        Some(None) => return Err(MalformedFault::MissingFromTag),
         Some(Some(name_end)) if tag_value(b, name_end, ve).is_empty() => {
-            return Err("Empty From Tag")
+            return Err(MalformedFault::EmptyFromTag)
         }
         Some(Some(_)) => {}
     }
@@ -54,7 +55,7 @@ pub(crate) fn check(message: &SipMessage, limits: &SanityLimits) -> Result<(), &
         .flatten()
         .any(|hp| hp.host.len() > limits.host_bytes_max)
     {
-        return Err("Host Too Long");
+        return Err(MalformedFault::HostTooLong);
     }
     let uris = [request_uri, from.uri, to.uri, route.map(|(uri, _)| uri)];
     if uris
@@ -62,10 +63,10 @@ pub(crate) fn check(message: &SipMessage, limits: &SanityLimits) -> Result<(), &
         .flatten()
         .any(|uri| uri.len() > limits.uri_bytes_max)
     {
-        return Err("URI Too Long");
+        return Err(MalformedFault::UriTooLong);
     }
     if message.longest_field as usize > limits.field_bytes_max {
-        return Err("Header Too Long");
+        return Err(MalformedFault::HeaderTooLong);
     }
     Ok(())
 }
@@ -143,7 +144,7 @@ mod tests {
         SipMessage::parse(Bytes::from(text), None, 128).unwrap()
     }
 
-    fn verdict(from: &str, to: &str, extra: &str) -> Result<(), &'static str> {
+    fn verdict(from: &str, to: &str, extra: &str) -> Result<(), MalformedFault> {
         check(&request(from, to, extra), &SanityLimits::default())
     }
 
@@ -154,24 +155,24 @@ mod tests {
         assert_eq!(verdict("sip:a@example.com ; TAG = x", to, ""), Ok(()));
         assert_eq!(
             verdict("\"a;tag=x\" <sip:a@example.com;tag=y>", to, ""),
-            Err("Missing From Tag"),
+            Err(MalformedFault::MissingFromTag),
             "neither the display name nor the URI holds header parameters"
         );
         assert_eq!(
             verdict("<sip:a@example.com>", to, ""),
-            Err("Missing From Tag")
+            Err(MalformedFault::MissingFromTag)
         );
         assert_eq!(
             verdict("<sip:a@example.com>;tag=", to, ""),
-            Err("Empty From Tag")
+            Err(MalformedFault::EmptyFromTag)
         );
         assert_eq!(
             verdict("<sip:a@example.com>;tag", to, ""),
-            Err("Empty From Tag")
+            Err(MalformedFault::EmptyFromTag)
         );
         assert_eq!(
             verdict("\"open <sip:a@example.com>", to, ""),
-            Err("Bad From")
+            Err(MalformedFault::BadFrom)
         );
     }
 
@@ -182,20 +183,26 @@ mod tests {
         let at = format!("<sip:bob@{}>", host(255));
         let over = format!("<sip:bob@{}>", host(256));
         assert_eq!(verdict(ok_from, &at, ""), Ok(()));
-        assert_eq!(verdict(ok_from, &over, ""), Err("Host Too Long"));
+        assert_eq!(
+            verdict(ok_from, &over, ""),
+            Err(MalformedFault::HostTooLong)
+        );
         assert_eq!(
             verdict(&format!("sip:a@{};tag=1", host(256)), "<sip:b@x>", ""),
-            Err("Host Too Long"),
+            Err(MalformedFault::HostTooLong),
             "a bare addr-spec's host"
         );
         let long_user = format!("<sip:{}@example.com>", "u".repeat(1100));
-        assert_eq!(verdict(ok_from, &long_user, ""), Err("URI Too Long"));
+        assert_eq!(
+            verdict(ok_from, &long_user, ""),
+            Err(MalformedFault::UriTooLong)
+        );
         let field = format!("Subject: {}\r\n", "s".repeat(2047));
         assert_eq!(verdict(ok_from, "<sip:b@x>", &field), Ok(()));
         let field = format!("Subject:  {}\r\n", "s".repeat(2047));
         assert_eq!(
             verdict(ok_from, "<sip:b@x>", &field),
-            Err("Header Too Long")
+            Err(MalformedFault::HeaderTooLong)
         );
         // Non-SIP URIs have no host to measure; their length still counts.
         assert_eq!(verdict(ok_from, "<tel:+15551234>", ""), Ok(()));

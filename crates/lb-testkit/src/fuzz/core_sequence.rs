@@ -1,8 +1,20 @@
 //! The whole core under fuzz: a `Balancer` driven through its public API by the inputs a fuzz
 //! input spells out, every output checked against the contract (see [`core_sequence`]).
 
-use super::outputs::*;
-use super::*;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use lb_core::envelope::{self, Envelope, Transport};
+use lb_core::{
+    Algorithm, BackendChange, BackendConfig, BackendId, BackendMode, Balancer, CloseReason, Config,
+    ConnId, Input, Limits, ListenerId, MalformedFault, Output, ProbeConfig, SanityLimits, TagKey,
+    ValidConfig,
+};
+
+use super::answers::{answer, counters};
+use super::Choices;
+use crate::contract::{Contract, Role, State, Unframed};
 
 /// Inputs fed to one balancer at most: enough for calls to set up, fail over and expire.
 pub(super) const STEPS_MAX: usize = 300;
@@ -94,9 +106,9 @@ pub(super) fn fuzz_config(flags: u8, variant: u8, small: bool) -> ValidConfig {
         hop_by_unique_ip: true,
         // Off: the model's backends leave INVITEs unanswered at will and it tracks "up" by
         // connection and probes alone (passive health has its own tests).
-        passive: crate::config::PassiveHealth {
+        passive: lb_core::PassiveHealth {
             unanswered_timeout: Duration::ZERO,
-            ..crate::config::PassiveHealth::default()
+            ..lb_core::PassiveHealth::default()
         },
     };
     match config.validate() {
@@ -105,35 +117,24 @@ pub(super) fn fuzz_config(flags: u8, variant: u8, small: bool) -> ValidConfig {
     }
 }
 
-/// A connection as the harness, playing the driver, sees it.
-pub(super) struct Link {
-    id: ConnId,
-    role: Role,
-    /// Backends: `Input::Connected` was reported.
-    connected: bool,
-    /// The core asked for `Output::Close`.
-    closing: bool,
-    /// `Input::Closed` was reported: the id is dead.
-    closed: bool,
-    /// A frontend the core dialled (`Output::Dial`), not one the harness accepted.
-    dialled: bool,
-}
-
 /// A message the core sent, kept to answer or replay it.
 pub(super) struct Sent {
+    /// The link it was sent on.
     link: usize,
     message: Bytes,
+    /// A request the core forwarded to a backend while a frontend link's bytes were being fed:
+    /// that link, where every response to it must go back to (RFC 3261 §18.2.2).
+    origin: Option<usize>,
 }
 
 pub(super) struct Harness {
     lb: Balancer,
     now: Instant,
-    links: Vec<Link>,
-    listener: crate::ids::ListenerId,
-    /// Mode of each backend address in the configuration last given.
-    modes: HashMap<SocketAddr, BackendMode>,
-    /// Where each backend id connects, once seen: it must never change.
-    backend_addrs: HashMap<BackendId, SocketAddr>,
+    /// Every connection (and name being resolved) in the order the harness learnt of it; the
+    /// contract holds what each is and where it stands.
+    links: Vec<ConnId>,
+    contract: Contract,
+    listener: ListenerId,
     backend_ids: Vec<BackendId>,
     capacity: u64,
     small: bool,
@@ -147,20 +148,29 @@ pub(super) struct Harness {
     counters: Vec<u64>,
     /// The input being handled came from this frontend.
     from_frontend: Option<SocketAddr>,
+    /// The link whose bytes are being fed.
+    feeding: Option<usize>,
+    /// The bytes being fed are an unmutated answer to a request that came from this frontend
+    /// link.
+    answering: Option<usize>,
     /// `SIPLB_FUZZ_TRACE` set: print every input and output (to read a crash).
     trace: bool,
 }
 
 /// Runs one balancer on inputs decoded from `data`: accepts, bytes from frontends and backends
 /// (raw, templated calls, answers to and replays of what the core sent, mutated), connects,
-/// closes, timeouts with time advancing, drain/resume and reloads. After every input it
-/// asserts, playing the driver: every `Send` and `Close` names a connection that is open and not
-/// already asked to close; backends get bytes only once connected; a `Connect` gets a fresh id
-/// and the backend's configured address; every `Send` carries whole frames (SIP messages, CRLF
-/// pongs, or envelopes each holding one message) and what reaches a backend parses; the
-/// new-call table stays within its capacity; the open-frontend gauge matches and no counter
-/// goes down; after a `Timeout` the next deadline is in the future; inputs on dead ids count as
-/// stale.
+/// closes, timeouts with time advancing, drain/resume and reloads. Every output is checked
+/// against the output contract ([`Contract`]: `Send` and `Close` only on open connections,
+/// backends get bytes only once connected, fresh ids, a `Connect` to the backend's configured
+/// address, whole frames in every `Send`, deadlines in the future after `Timeout`). On top, it
+/// asserts: what reaches a backend parses; an envelope to a backend carries the address of the
+/// frontend it came from; a backend's response to a request goes back on the frontend
+/// connection the request came on while that is open; the new-call table stays within its
+/// capacity; the open-frontend gauge matches and no counter goes down; inputs on dead ids count
+/// as stale.
+///
+/// # Panics
+/// When one of those breaks.
 pub fn core_sequence(data: &[u8]) {
     let mut c = Choices::new(data);
     let flags = c.byte();
@@ -186,15 +196,9 @@ impl Harness {
             .tag_header
             .is_some()
             .then_some(&b"X-LB-Tag"[..]);
-        let modes = config
-            .config()
-            .backends
-            .iter()
-            .map(|b| (b.addr, b.mode))
-            .collect();
+        let contract = Contract::new(&config);
         // The harness plays the driver, which owns the clock; time then moves only as the
         // input says.
-        #[allow(clippy::disallowed_methods, reason = "the driver's clock, read once")]
         let now = Instant::now();
         let lb = Balancer::new(config, u64::from(flags), now);
         let listener = match lb.listeners().next() {
@@ -206,9 +210,8 @@ impl Harness {
             lb,
             now,
             links: Vec::new(),
+            contract,
             listener,
-            modes,
-            backend_addrs: HashMap::new(),
             backend_ids,
             capacity,
             small,
@@ -217,6 +220,8 @@ impl Harness {
             resolving: Vec::new(),
             tags: Vec::new(),
             from_frontend: None,
+            feeding: None,
+            answering: None,
             counters: Vec::new(),
             trace: std::env::var_os("SIPLB_FUZZ_TRACE").is_some(),
         }
@@ -226,15 +231,54 @@ impl Harness {
         if self.trace {
             eprintln!("{:?} in: {input:?}", self.now);
         }
+        let dead = self.contract.names_dead(&input);
+        let stale_before = self.lb.stats().stale_inputs;
+        self.contract.input(&input);
+        let timeout = matches!(input, Input::Timeout);
         self.lb.handle_input(self.now, input);
+        if let Some(conn) = dead {
+            assert_eq!(
+                self.lb.stats().stale_inputs,
+                stale_before + 1,
+                "an input for dead {conn} was not counted stale"
+            );
+        }
+        if timeout {
+            if let Err(v) = Contract::timed_out(self.now, self.lb.poll_timeout()) {
+                panic!("{v}");
+            }
+        }
         self.drain();
     }
 
+    fn role(&self, i: usize) -> Role {
+        match self.contract.link(self.links[i]) {
+            Some(link) => link.role,
+            None => panic!("link {i} unknown to the contract"),
+        }
+    }
+
+    fn state(&self, i: usize) -> State {
+        self.contract.state(self.links[i]).unwrap_or(State::Closed)
+    }
+
+    fn connected(&self, i: usize) -> bool {
+        self.contract
+            .link(self.links[i])
+            .is_some_and(|l| l.connected)
+    }
+
+    fn is_frontend(&self, i: usize) -> bool {
+        matches!(self.role(i), Role::Frontend { .. })
+    }
+
+    fn is_backend(&self, i: usize) -> bool {
+        matches!(self.role(i), Role::Backend { .. })
+    }
+
     /// Picks one link satisfying `keep`.
-    fn pick(&self, c: &mut Choices<'_>, keep: impl Fn(&Link) -> bool) -> Option<usize> {
-        let candidates: Vec<usize> = (0..self.links.len())
-            .filter(|&i| keep(&self.links[i]))
-            .collect();
+    fn pick(&self, c: &mut Choices<'_>, keep: impl Fn(usize) -> bool) -> Option<usize> {
+        let candidates: Vec<usize> = (0..self.links.len()).filter(|&i| keep(i)).collect();
         if candidates.is_empty() {
             return None;
         }
@@ -252,23 +296,15 @@ impl Harness {
                 if self.trace {
                     eprintln!("accept {peer} -> {id:?}");
                 }
-                assert!(
-                    self.links.iter().all(|l| l.closed || l.id != id),
-                    "accept returned {id:?}, which is open"
-                );
-                self.links.push(Link {
-                    id,
-                    role: Role::Frontend { peer },
-                    connected: true,
-                    closing: false,
-                    closed: false,
-                    dialled: false,
-                });
+                if let Err(v) = self.contract.accepted(id, peer) {
+                    panic!("{v}");
+                }
+                self.links.push(id);
                 self.drain();
             }
             1..=3 => {
                 let Some(i) =
-                    self.pick(c, |l| !l.closed && matches!(l.role, Role::Frontend { .. }))
+                    self.pick(c, |i| self.state(i) != State::Closed && self.is_frontend(i))
                 else {
                     return;
                 };
@@ -276,13 +312,13 @@ impl Harness {
                 self.feed(c, i, payload);
             }
             4..=6 => {
-                let Some(i) = self.pick(c, |l| {
-                    !l.closed && l.connected && matches!(l.role, Role::Backend { .. })
+                let Some(i) = self.pick(c, |i| {
+                    self.state(i) != State::Closed && self.connected(i) && self.is_backend(i)
                 }) else {
                     return;
                 };
                 let mut payload = self.payload(c, i);
-                if let Role::Backend { envelope: true, .. } = self.links[i].role {
+                if let Role::Backend { envelope: true, .. } = self.role(i) {
                     payload = self.wrap(c, &payload);
                 }
                 self.feed(c, i, payload);
@@ -297,18 +333,19 @@ impl Harness {
                     };
                     return self.input(Input::Resolved { conn, addrs });
                 }
-                let Some(i) = self.pick(c, |l| !l.closed && !l.connected) else {
+                let Some(i) =
+                    self.pick(c, |i| self.state(i) != State::Closed && !self.connected(i))
+                else {
                     return;
                 };
-                self.links[i].connected = true;
-                let conn = self.links[i].id;
+                let conn = self.links[i];
                 self.input(Input::Connected { conn });
             }
             8 => {
-                let Some(i) = self.pick(c, |l| !l.closed) else {
+                let Some(i) = self.pick(c, |i| self.state(i) != State::Closed) else {
                     return;
                 };
-                let reason = if self.links[i].closing {
+                let reason = if self.state(i) == State::Closing {
                     CloseReason::Requested
                 } else {
                     [
@@ -317,15 +354,14 @@ impl Harness {
                         CloseReason::OutputOverflow,
                     ][c.below(3)]
                 };
-                self.links[i].closed = true;
-                let conn = self.links[i].id;
+                let conn = self.links[i];
                 self.input(Input::Closed { conn, reason });
             }
             9 => {
                 // The driver carries out the closes it was asked for.
-                while let Some(i) = self.links.iter().position(|l| l.closing && !l.closed) {
-                    self.links[i].closed = true;
-                    let conn = self.links[i].id;
+                while let Some(i) = (0..self.links.len()).find(|&i| self.state(i) == State::Closing)
+                {
+                    let conn = self.links[i];
                     self.input(Input::Closed {
                         conn,
                         reason: CloseReason::Requested,
@@ -343,9 +379,6 @@ impl Harness {
                 };
                 self.now += Duration::from_millis(advance);
                 self.input(Input::Timeout);
-                if let Some(next) = self.lb.poll_timeout() {
-                    assert!(next > self.now, "a deadline left due after Timeout");
-                }
             }
             11 => match c.below(4) {
                 0 | 1 => {
@@ -365,20 +398,17 @@ impl Harness {
                         .tag_header
                         .is_some()
                         .then_some(&b"X-LB-Tag"[..]);
-                    for b in &config.config().backends {
-                        self.modes.insert(b.addr, b.mode);
-                    }
                     self.input(Input::Reload(Box::new(config)));
                     self.backend_ids = self.lb.backends().map(|(id, _)| id).collect();
                 }
             },
             _ => {
                 // Inputs for a dead id: the driver raced the core.
-                let Some(i) = self.pick(c, |l| l.closed) else {
+                let Some(i) = self.pick(c, |i| self.state(i) == State::Closed) else {
                     return;
                 };
-                let conn = self.links[i].id;
-                let before = self.lb.stats().stale_inputs;
+                let conn = self.links[i];
+                // `input` checks it is counted as stale.
                 let input = if c.byte() & 1 == 0 {
                     Input::Received {
                         conn,
@@ -391,22 +421,18 @@ impl Harness {
                     }
                 };
                 self.input(input);
-                assert_eq!(
-                    self.lb.stats().stale_inputs,
-                    before + 1,
-                    "an input for dead {conn:?} was not counted stale"
-                );
             }
         }
     }
 
     /// Hands `payload` to link `i` in up to three reads.
     fn feed(&mut self, c: &mut Choices<'_>, i: usize, payload: Vec<u8>) {
-        let conn = self.links[i].id;
-        self.from_frontend = match self.links[i].role {
-            Role::Frontend { peer } => Some(peer),
-            Role::Backend { .. } => None,
+        let conn = self.links[i];
+        self.from_frontend = match self.role(i) {
+            Role::Frontend { peer, .. } => Some(peer),
+            Role::Backend { .. } | Role::Resolving => None,
         };
+        self.feeding = Some(i);
         let mut rest = &payload[..];
         for n in 0..3 {
             // The third read takes the rest.
@@ -423,11 +449,13 @@ impl Harness {
                 });
             }
             rest = later;
-            if self.links[i].closed {
+            if self.state(i) == State::Closed {
                 break;
             }
         }
         self.from_frontend = None;
+        self.feeding = None;
+        self.answering = None;
     }
 
     /// Wraps a payload in an envelope from a backend: next hop none, a frontend's address or
@@ -435,10 +463,12 @@ impl Harness {
     fn wrap(&self, c: &mut Choices<'_>, payload: &[u8]) -> Vec<u8> {
         let addr = match c.below(3) {
             0 => None,
-            1 => self.links.iter().rev().find_map(|l| match l.role {
-                Role::Frontend { peer } => Some(peer),
-                Role::Backend { .. } => None,
-            }),
+            1 => (0..self.links.len())
+                .rev()
+                .find_map(|i| match self.role(i) {
+                    Role::Frontend { peer, .. } => Some(peer),
+                    Role::Backend { .. } | Role::Resolving => None,
+                }),
             _ => Some(SocketAddr::new(
                 IpAddr::V4(Ipv4Addr::new(10, 1, 0, c.byte() % 4)),
                 5060,
@@ -474,7 +504,11 @@ impl Harness {
                     Some(here[c.below(here.len())])
                 };
                 match pick {
-                    Some(r) => answer(c, &self.recent[r].message),
+                    Some(r) => {
+                        let sent = &self.recent[r];
+                        self.answering = sent.origin.filter(|_| self.is_backend(i));
+                        answer(c, &sent.message)
+                    }
                     None => self.request(c, i),
                 }
             }
@@ -484,6 +518,8 @@ impl Harness {
             },
         };
         if c.byte() & 7 == 0 && !bytes.is_empty() {
+            // A mutated answer may name any connection, or none.
+            self.answering = None;
             for _ in 0..=c.below(4) {
                 let at = usize::from(c.u16()) % bytes.len().max(1);
                 match c.below(4) {
@@ -511,7 +547,7 @@ impl Harness {
     /// request (with the balancer's Route entry and tag when one is known for the call), or a
     /// backend's request towards a frontend.
     fn request(&self, c: &mut Choices<'_>, i: usize) -> Vec<u8> {
-        let from_backend = matches!(self.links[i].role, Role::Backend { .. });
+        let from_backend = self.is_backend(i);
         let method = [
             "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "INFO", "invite",
         ][c.below(8)];
@@ -575,31 +611,24 @@ impl Harness {
         m.into_bytes()
     }
 
-    /// Performs every output, asserting it makes sense for the connections as they stand.
+    /// Performs every output, each checked against the contract, and what the harness knows
+    /// of where messages must go.
     fn drain(&mut self) {
         while let Some(output) = self.lb.poll_output() {
             if self.trace {
                 eprintln!("  out: {output:?}");
             }
+            let messages = match self.contract.output(&output) {
+                Ok(messages) => messages,
+                Err(v) => panic!("{v}"),
+            };
             match output {
-                Output::Send { conn, bytes } => {
-                    let Some(i) = self.links.iter().rposition(|l| l.id == conn) else {
-                        panic!("Send to {conn:?}, never opened");
+                Output::Send { conn, .. } => {
+                    let Some(i) = self.links.iter().rposition(|l| *l == conn) else {
+                        panic!("Send to {conn}, which the harness never saw opened");
                     };
-                    let link = &self.links[i];
-                    assert!(!link.closed, "Send to {conn:?} after its Closed");
-                    assert!(!link.closing, "Send to {conn:?} after Close");
-                    assert!(link.connected, "Send to {conn:?} before Connected");
-                    assert!(!bytes.is_empty(), "empty Send to {conn:?}");
-                    let role = link.role;
-                    let messages = match unframe(role, &bytes) {
-                        Ok(messages) => messages,
-                        Err(fault) => panic!(
-                            "the core sent {conn:?} {fault}: {:?}",
-                            String::from_utf8_lossy(&bytes)
-                        ),
-                    };
-                    for (envelope, message) in messages {
+                    let role = self.role(i);
+                    for Unframed { envelope, message } in messages {
                         if let (Some(e), Some(peer)) = (envelope, self.from_frontend) {
                             assert_eq!(
                                 e.addr,
@@ -607,85 +636,56 @@ impl Harness {
                                 "an envelope to a backend does not carry the frontend's address"
                             );
                         }
+                        self.check_return_path(i, role, &message);
                         self.observe(i, role, message);
                     }
                 }
-                Output::Connect { conn, backend, to } => {
-                    assert!(
-                        self.links.iter().all(|l| l.closed || l.id != conn),
-                        "Connect with {conn:?}, which is open"
-                    );
-                    let known = *self.backend_addrs.entry(backend).or_insert(to);
-                    assert_eq!(known, to, "{backend:?} moved");
-                    let Some(mode) = self.modes.get(&to) else {
-                        panic!("Connect to {to}, not a configured backend");
-                    };
-                    self.links.push(Link {
-                        id: conn,
-                        role: Role::Backend {
-                            backend,
-                            envelope: *mode == BackendMode::Envelope,
-                        },
-                        connected: false,
-                        closing: false,
-                        closed: false,
-                        dialled: false,
-                    });
-                }
-                Output::Resolve { conn, .. } => {
-                    assert!(
-                        self.links.iter().all(|l| l.closed || l.id != conn),
-                        "Resolve with {conn:?}, which is open"
-                    );
-                    self.resolving.push(conn);
-                }
-                Output::Dial { conn, to } => {
-                    assert!(
-                        self.links.iter().all(|l| l.closed || l.id != conn),
-                        "Dial with {conn:?}, which is open"
-                    );
+                Output::Connect { conn, .. } => self.links.push(conn),
+                Output::Resolve { conn, .. } => self.resolving.push(conn),
+                Output::Dial { conn, .. } => {
                     self.resolving.retain(|r| *r != conn);
-                    self.links.push(Link {
-                        id: conn,
-                        role: Role::Frontend { peer: to },
-                        connected: false,
-                        closing: false,
-                        closed: false,
-                        dialled: true,
-                    });
+                    self.links.push(conn);
                 }
-                Output::Close { conn } => {
-                    let Some(link) = self.links.iter_mut().rfind(|l| l.id == conn) else {
-                        panic!("Close of {conn:?}, never opened");
-                    };
-                    assert!(!link.closed, "Close of {conn:?} after its Closed");
-                    assert!(!link.closing, "Close of {conn:?} twice");
-                    link.closing = true;
-                }
-                Output::Event(Event::FrontendRefused(conn)) => {
-                    let link = self.links.iter().rfind(|l| l.id == conn);
-                    assert!(
-                        matches!(link.map(|l| l.role), Some(Role::Frontend { .. })),
-                        "refused {conn:?} is no frontend"
-                    );
-                }
-                Output::Event(_) => {}
+                Output::Close { .. } | Output::Event(_) => {}
             }
         }
+    }
+
+    /// A backend's response to a request that came on frontend link `origin` goes back on that
+    /// connection while it is open, and on no other (RFC 3261 §18.2.2; issue 15): not on
+    /// another connection from the same address or with the same Via name.
+    fn check_return_path(&self, i: usize, role: Role, message: &Bytes) {
+        let (Some(origin), Role::Frontend { .. }) = (self.answering, role) else {
+            return;
+        };
+        if !message.starts_with(b"SIP/2.0 ") || self.state(origin) != State::Open {
+            return;
+        }
+        assert_eq!(
+            self.links[i],
+            self.links[origin],
+            "a response to a request from {} was delivered on {}: {:?}",
+            self.links[origin],
+            self.links[i],
+            String::from_utf8_lossy(message)
+        );
     }
 
     /// A message the core sent on link `i`: what reaches a backend must parse; keep it to
     /// answer or replay, and learn the tags it carries.
     fn observe(&mut self, i: usize, role: Role, message: Bytes) {
-        let parsed = SipMessage::parse(message.clone(), self.tag_header, 1024);
+        let parsed = lb_core::fuzzing::parse(message.clone(), self.tag_header, 1024);
         // The balancer's own 400 or 505 copies the lines of a request it could not parse. The
         // parser checks only the top Via and Route, so removing the balancer's own entry may
         // expose a bad one below it (or none): the next hop's business, not a rewriting fault.
         let own_reject =
             message.starts_with(b"SIP/2.0 400 ") || message.starts_with(b"SIP/2.0 505 ");
         if let (Role::Backend { .. }, false) = (role, own_reject) {
-            if let Err(e) = parsed.as_ref().map(|_| ()).map_err(|e| e.reason) {
-                if matches!(e, "Bad Via" | "Missing Via" | "Bad Route") {
+            if let Err(e) = &parsed {
+                if matches!(
+                    e,
+                    MalformedFault::BadVia | MalformedFault::MissingVia | MalformedFault::BadRoute
+                ) {
                     return;
                 }
                 panic!(
@@ -694,7 +694,7 @@ impl Harness {
                 );
             }
         }
-        let Ok(m) = parsed else {
+        let Ok(call_id) = parsed else {
             return;
         };
         if let Some(at) = memchr::memmem::find(&message, b";lb=") {
@@ -706,15 +706,22 @@ impl Harness {
             if self.tags.len() >= 8 {
                 self.tags.remove(0);
             }
-            self.tags.push((
-                Bytes::copy_from_slice(m.call_id()),
-                message.slice(at + 4..at + 4 + len),
-            ));
+            self.tags
+                .push((call_id, message.slice(at + 4..at + 4 + len)));
         }
         if self.recent.len() >= 16 {
             self.recent.remove(0);
         }
-        self.recent.push(Sent { link: i, message });
+        // A request forwarded to a backend while a frontend's bytes were fed came from it.
+        let origin = self
+            .feeding
+            .filter(|&f| self.is_frontend(f) && self.is_backend(i))
+            .filter(|_| !message.starts_with(b"SIP/2.0 "));
+        self.recent.push(Sent {
+            link: i,
+            message,
+            origin,
+        });
     }
 
     /// Invariants that hold between any two inputs.
@@ -732,16 +739,15 @@ impl Harness {
             self.capacity
         );
         assert!(stats.table_len <= stats.table_len_max);
-        let frontends = self
-            .links
-            .iter()
-            .filter(|l| !l.closed && !l.dialled && matches!(l.role, Role::Frontend { .. }))
+        let frontends = (0..self.links.len())
+            .filter(|&i| {
+                self.state(i) != State::Closed
+                    && matches!(self.role(i), Role::Frontend { dialled: false, .. })
+            })
             .count() as u64;
         assert_eq!(stats.frontends_open, frontends, "frontends_open gauge");
-        let connected = self
-            .links
-            .iter()
-            .filter(|l| !l.closed && l.connected && matches!(l.role, Role::Backend { .. }))
+        let connected = (0..self.links.len())
+            .filter(|&i| self.state(i) != State::Closed && self.connected(i) && self.is_backend(i))
             .count() as u64;
         assert!(
             stats.backends_up <= connected,

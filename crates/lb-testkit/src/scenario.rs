@@ -1,11 +1,15 @@
-//! A harness that drives a `Balancer` through its public API, one input at an explicit instant,
-//! and reads its outputs like a protocol trace.
-#![allow(
-    dead_code,
-    unreachable_pub,
-    clippy::unwrap_used,
-    clippy::disallowed_methods
-)]
+//! The scenario harness: a `Balancer` driven through its public API, one input at an explicit
+//! instant, its outputs read like a protocol trace, every one of them checked against the output
+//! contract ([`crate::Contract`]).
+//!
+//! Each helper names the *whole* output it accepts. [`Harness::expect`] compares the complete
+//! list; [`Harness::expect_one_send`] and the helpers built on it accept exactly one `Send` and
+//! nothing else but events (which go to [`Harness::events`], where a test reads them): a forward
+//! that comes with a `Close`, `Connect`, `Dial` or `Resolve` fails. [`Harness::drain`] hands a
+//! test everything but events and records closes in [`Harness::closed`].
+//!
+//! The harness panics at the first fault (these are tests); `#[track_caller]` points at the
+//! test's line.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -14,21 +18,40 @@ use bytes::{Bytes, BytesMut};
 use lb_core::envelope::{Envelope, EnvelopeDecoder, Transport};
 use lb_core::{
     BackendConfig, BackendId, BackendMode, Balancer, CloseReason, Config, ConnId, Event, Input,
-    Output, TagKey,
+    ListenerId, Output, TagKey,
 };
 
+use crate::contract::Contract;
+
+/// The balancer's listening address in [`config`].
 pub const LB: &str = "192.0.2.10:5060";
 
+/// A balancer, the driver's view of it, and what it said.
 pub struct Harness {
+    /// The balancer under test. Feed it through the harness ([`Harness::input`] and friends) so
+    /// that the contract sees every input; read it (`stats`, `poll_timeout`) directly.
     pub lb: Balancer,
+    /// Every connection and what was sent on it, checked output by output.
+    pub contract: Contract,
+    /// The instant the balancer was made.
     pub start: Instant,
+    /// The virtual now: every input is fed at it.
     pub now: Instant,
+    /// Each backend's current connection, by backend index.
     pub backends: Vec<Option<ConnId>>,
+    /// Each backend's mode, by backend index.
     pub modes: Vec<BackendMode>,
+    /// Every event so far, in order.
     pub events: Vec<Event>,
+    /// Every connection the core asked to close, in order.
     pub closed: Vec<ConnId>,
 }
 
+/// `backends` backends at 198.51.100.1.. in `mode`, one listener ([`LB`]), one tag key.
+///
+/// # Panics
+/// Never: the addresses are literals.
+#[must_use]
 pub fn config(backends: usize, mode: BackendMode) -> Config {
     Config {
         listeners: vec![LB.parse().unwrap()],
@@ -47,13 +70,23 @@ pub fn config(backends: usize, mode: BackendMode) -> Config {
 }
 
 impl Harness {
+    /// A balancer on `config` (seed 7) whose backends have all connected.
+    ///
+    /// # Panics
+    /// If the configuration is invalid or the start breaks the contract.
+    #[track_caller]
+    #[must_use]
     pub fn new(config: Config) -> Harness {
         let modes = config.backends.iter().map(|b| b.mode).collect();
         let n = config.backends.len();
+        // The harness is the driver, which owns the clock; then time moves only as tests say.
         let start = Instant::now();
-        let lb = Balancer::new(config.validate().unwrap(), 7, start);
+        let valid = config.validate().unwrap();
+        let contract = Contract::new(&valid);
+        let lb = Balancer::new(valid, 7, start);
         let mut h = Harness {
             lb,
+            contract,
             start,
             now: start,
             backends: vec![None; n],
@@ -65,7 +98,11 @@ impl Harness {
         for out in connects {
             match out {
                 Output::Connect { conn, backend, .. } => h.backends[backend.index()] = Some(conn),
-                other => panic!("unexpected {other:?}"),
+                other @ (Output::Send { .. }
+                | Output::Dial { .. }
+                | Output::Resolve { .. }
+                | Output::Close { .. }
+                | Output::Event(_)) => panic!("unexpected {other:?}"),
             }
         }
         for i in 0..n {
@@ -75,6 +112,10 @@ impl Harness {
     }
 
     /// Reports the backend's pending connection as established.
+    ///
+    /// # Panics
+    /// If backend `i` has no connection.
+    #[track_caller]
     pub fn connect_backend(&mut self, i: usize) {
         let conn = self.backends[i].unwrap();
         self.input(Input::Connected { conn });
@@ -82,6 +123,10 @@ impl Harness {
     }
 
     /// The backend's connection drops; returns nothing pending.
+    ///
+    /// # Panics
+    /// If backend `i` has no connection.
+    #[track_caller]
     pub fn kill_backend(&mut self, i: usize) {
         let conn = self.backends[i].take().unwrap();
         self.input(Input::Closed {
@@ -91,24 +136,105 @@ impl Harness {
         self.drain();
     }
 
+    /// Moves time by `by` and feeds `Timeout`; the deadline must then lie past the new now.
+    #[track_caller]
     pub fn advance(&mut self, by: Duration) {
         self.now += by;
         self.input(Input::Timeout);
     }
 
+    /// Feeds `input` at the current instant (outputs stay queued for [`Harness::drain`]).
+    ///
+    /// # Panics
+    /// After a `Timeout`, if the deadline did not move past now; for an input naming a dead
+    /// connection, if it was not counted as stale.
+    #[track_caller]
     pub fn input(&mut self, input: Input) {
+        let dead = self.contract.names_dead(&input);
+        let stale_before = self.lb.stats().stale_inputs;
+        self.contract.input(&input);
+        let timeout = matches!(input, Input::Timeout);
         self.lb.handle_input(self.now, input);
+        if let Some(conn) = dead {
+            assert_eq!(
+                self.lb.stats().stale_inputs,
+                stale_before + 1,
+                "an input for dead {conn} was not counted stale"
+            );
+        }
+        if timeout {
+            if let Err(v) = Contract::timed_out(self.now, self.lb.poll_timeout()) {
+                panic!("{v}");
+            }
+        }
     }
 
+    /// Feeds `input` and requires exactly `expected` out, every output (events included) in
+    /// order.
+    ///
+    /// # Panics
+    /// If the outputs differ or one breaks the contract.
+    #[track_caller]
+    pub fn expect(&mut self, input: Input, expected: &[Output]) {
+        self.input(input);
+        let mut outs = Vec::new();
+        while let Some(o) = self.lb.poll_output() {
+            self.check(&o);
+            match &o {
+                Output::Event(e) => self.events.push(e.clone()),
+                Output::Close { conn } => self.closed.push(*conn),
+                Output::Send { .. }
+                | Output::Connect { .. }
+                | Output::Dial { .. }
+                | Output::Resolve { .. } => {}
+            }
+            outs.push(o);
+        }
+        assert_eq!(outs, expected, "the whole output");
+    }
+
+    /// Accepts a frontend connection from `peer` on the first listener.
+    ///
+    /// # Panics
+    /// If `peer` is not an address, or the id is not fresh.
+    #[track_caller]
     pub fn frontend(&mut self, peer: &str) -> ConnId {
         let listener = self.lb.listeners().next().unwrap().0;
-        self.lb.accept(self.now, listener, peer.parse().unwrap())
+        self.accept(listener, peer)
     }
 
-    /// All outputs now, with events and closes recorded aside and connects picked up.
+    /// Accepts a frontend connection from `peer` on `listener`.
+    ///
+    /// # Panics
+    /// If `peer` is not an address, or the id is not fresh.
+    #[track_caller]
+    pub fn accept(&mut self, listener: ListenerId, peer: &str) -> ConnId {
+        let peer = peer.parse().unwrap();
+        let conn = self.lb.accept(self.now, listener, peer);
+        if let Err(v) = self.contract.accepted(conn, peer) {
+            panic!("{v}");
+        }
+        conn
+    }
+
+    #[track_caller]
+    fn check(&mut self, output: &Output) {
+        if let Err(v) = self.contract.output(output) {
+            panic!("{v}");
+        }
+    }
+
+    /// All outputs now but events (recorded in [`Harness::events`]), each checked against the
+    /// contract; closes are also recorded in [`Harness::closed`], connects picked up as the
+    /// backends' connections.
+    ///
+    /// # Panics
+    /// If an output breaks the contract.
+    #[track_caller]
     pub fn drain(&mut self) -> Vec<Output> {
         let mut outs = Vec::new();
         while let Some(o) = self.lb.poll_output() {
+            self.check(&o);
             match o {
                 Output::Event(e) => self.events.push(e),
                 Output::Close { conn } => {
@@ -124,12 +250,16 @@ impl Harness {
                     self.backends[backend.index()] = Some(conn);
                     outs.push(o);
                 }
-                other => outs.push(other),
+                other @ (Output::Send { .. } | Output::Dial { .. } | Output::Resolve { .. }) => {
+                    outs.push(other);
+                }
             }
         }
         outs
     }
 
+    /// Feeds `bytes` read from `conn`.
+    #[track_caller]
     pub fn receive(&mut self, conn: ConnId, bytes: &[u8]) {
         self.input(Input::Received {
             conn,
@@ -138,6 +268,10 @@ impl Harness {
     }
 
     /// Sends `message` from a backend (wrapped in an envelope in envelope mode, naming `hop`).
+    ///
+    /// # Panics
+    /// If backend `i` has no connection.
+    #[track_caller]
     pub fn backend_sends(&mut self, i: usize, message: &str, hop: Option<SocketAddr>) {
         let conn = self.backends[i].unwrap();
         match self.modes[i] {
@@ -155,23 +289,28 @@ impl Harness {
         }
     }
 
-    /// Exactly one `Send` is pending; returns its connection and bytes.
+    /// Exactly one `Send` is pending and nothing else but events; returns its connection and
+    /// bytes.
+    ///
+    /// # Panics
+    /// If anything else came out (a `Close`, `Connect`, `Dial`, `Resolve`, a second `Send`).
     #[track_caller]
     pub fn expect_one_send(&mut self) -> (ConnId, Bytes) {
-        let outs = self.drain();
-        let sends: Vec<(ConnId, Bytes)> = outs
-            .into_iter()
-            .filter_map(|o| match o {
-                Output::Send { conn, bytes } => Some((conn, bytes)),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(sends.len(), 1, "expected one send, got {sends:?}");
-        sends.into_iter().next().unwrap()
+        let mut outs = self.drain();
+        match (outs.pop(), outs.is_empty()) {
+            (Some(Output::Send { conn, bytes }), true) => (conn, bytes),
+            (last, _) => {
+                outs.extend(last);
+                panic!("expected one Send and nothing else, got {outs:?}")
+            }
+        }
     }
 
-    /// Exactly one message went to a backend; returns the backend index and the SIP text
-    /// (unwrapped from its envelope).
+    /// Exactly one message went to a backend (and nothing else but events); returns the backend
+    /// index, the SIP text (unwrapped from its envelope) and the envelope.
+    ///
+    /// # Panics
+    /// If it went elsewhere, or anything else came out.
     #[track_caller]
     pub fn expect_to_backend(&mut self) -> (usize, String, Option<Envelope>) {
         let (conn, bytes) = self.expect_one_send();
@@ -192,7 +331,11 @@ impl Harness {
         }
     }
 
-    /// Exactly one message went to a frontend connection; returns it and the text.
+    /// Exactly one message went to a frontend connection (and nothing else but events);
+    /// returns the connection and the text.
+    ///
+    /// # Panics
+    /// If it went to a backend, or anything else came out.
     #[track_caller]
     pub fn expect_to_frontend(&mut self) -> (ConnId, String) {
         let (conn, bytes) = self.expect_one_send();
@@ -204,30 +347,46 @@ impl Harness {
         (conn, text(&bytes))
     }
 
-    #[track_caller]
     /// Backend `b` answers the INVITE it got (`forwarded`) with 200; the tag comes from the
     /// Record-Route that reached the frontend: the frontend-facing one a UA's route set holds.
+    ///
+    /// # Panics
+    /// If the 200 does not reach a frontend with the balancer's Record-Route.
+    #[track_caller]
     pub fn answer_tag(&mut self, b: usize, forwarded: &str) -> String {
         self.backend_sends(b, &response_to(forwarded, "200 OK"), None);
         let (_, ok) = self.expect_to_frontend();
         record_route_tag(&ok).expect("the 200 carries the balancer's Record-Route")
     }
 
+    /// Nothing is pending but events.
+    ///
+    /// # Panics
+    /// If anything else came out.
+    #[track_caller]
     pub fn expect_nothing(&mut self) {
         let outs = self.drain();
         assert!(outs.is_empty(), "expected no output, got {outs:?}");
     }
 
+    /// The id of backend `i`.
+    ///
+    /// # Panics
+    /// If there is no backend `i`.
+    #[must_use]
     pub fn backend_id(&self, i: usize) -> BackendId {
         self.lb.backends().nth(i).unwrap().0
     }
 }
 
+/// `b` as text (invalid UTF-8 replaced).
+#[must_use]
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
 /// The value of the `lb` parameter in the first Record-Route of `message`.
+#[must_use]
 pub fn record_route_tag(message: &str) -> Option<String> {
     let line = message.lines().find(|l| l.starts_with("Record-Route:"))?;
     let start = line.find(";lb=")? + 4;
@@ -238,6 +397,7 @@ pub fn record_route_tag(message: &str) -> Option<String> {
 }
 
 /// Replaces the tag text in a message by `TAG`, for snapshots independent of key and layout.
+#[must_use]
 pub fn redact_tags(message: &str) -> String {
     let mut out = String::new();
     let mut rest = message;
@@ -255,6 +415,7 @@ pub fn redact_tags(message: &str) -> String {
 }
 
 /// An INVITE as a proxy at 203.0.113.5 relays it.
+#[must_use]
 pub fn invite(call_id: &str, branch: &str) -> String {
     format!(
         "INVITE sip:bob@example.com SIP/2.0\r\n\
@@ -270,6 +431,8 @@ pub fn invite(call_id: &str, branch: &str) -> String {
     )
 }
 
+/// The CANCEL of [`invite`] (same branch).
+#[must_use]
 pub fn cancel(call_id: &str, branch: &str) -> String {
     format!(
         "CANCEL sip:bob@example.com SIP/2.0\r\n\
@@ -284,6 +447,7 @@ pub fn cancel(call_id: &str, branch: &str) -> String {
 }
 
 /// An in-dialog request from the caller, routed by the balancer's Record-Route.
+#[must_use]
 pub fn in_dialog(method: &str, call_id: &str, tag: &str, cseq: u32) -> String {
     format!(
         "{method} sip:bob@198.51.100.1:5060 SIP/2.0\r\n\
@@ -300,6 +464,10 @@ pub fn in_dialog(method: &str, call_id: &str, tag: &str, cseq: u32) -> String {
 
 /// The callee's BYE for `call_id` as backend `b`'s stack writes it: its route set is the
 /// Record-Route of the INVITE it received (RFC 3261 §12.1.1), its target the caller's Contact.
+///
+/// # Panics
+/// If `forwarded` has no Record-Route.
+#[must_use]
 pub fn callee_bye(forwarded: &str, b: usize, call_id: &str, request_uri: &str) -> String {
     let rr = forwarded
         .lines()
@@ -321,6 +489,7 @@ pub fn callee_bye(forwarded: &str, b: usize, call_id: &str, request_uri: &str) -
 }
 
 /// A response from the backend to `request` (Via/From/To/Call-ID/CSeq copied).
+#[must_use]
 pub fn response_to(request: &str, status: &str) -> String {
     let mut out = format!("SIP/2.0 {status}\r\n");
     for line in request.split("\r\n").skip(1) {
