@@ -10,8 +10,13 @@
 //! - `bench memory --peer [--rate CPS] [--window SECS] [--only LIST]`: the same held calls
 //!   made by SIPp through Kamailio and both siplb binaries, their resident memory side by side
 //!   (see [`peer`]).
+//! - `bench memory --idle [--connections N]`, `bench memory --burst [--entries N]`: memory per
+//!   idle connection (plain and TLS) for each balancer, and the memory after a burst of new
+//!   calls (see `peer::idle`).
 //! - `bench peer [--rate CPS] [--calls N]`: siplb against Kamailio's dispatcher with SIPp
-//!   (see [`peer`]); prints one line per balancer, then `ratio_tokio=X ratio_mio=Y`.
+//!   (see [`peer`]); prints one line per balancer, then `ratio_tokio=X ratio_mio=Y`. With
+//!   `--tls` the callers' leg is TLS (SIPp through stunnel), and the memory per idle TLS
+//!   connection is printed too.
 //! - `bench core`, `bench sim`: run the core's and the simulator's benchmarks, pass their line.
 //! - `dist`: man pages and shell completions from the clap definitions into `target/dist`
 //!   (see [`dist`]).
@@ -58,6 +63,8 @@ fn run(args: &[String]) -> Result<()> {
         ["bench", "e2e", rest @ ..] => bench_e2e(&Opts::parse(rest)?),
         ["bench", "peer", rest @ ..] => peer::bench_peer(rest),
         ["bench", "memory", "--peer", rest @ ..] => peer::bench_held(rest),
+        ["bench", "memory", "--idle", rest @ ..] => peer::bench_idle(rest),
+        ["bench", "memory", "--burst", rest @ ..] => peer::bench_burst(rest),
         ["bench", "memory", rest @ ..] => bench_memory(&Opts::parse(rest)?),
         ["bench", "core"] => pass_through(
             cargo().args(["bench", "-p", "lb-core", "--bench", "core"]),
@@ -94,7 +101,10 @@ const USAGE: &str = "usage: cargo xtask <task>
   bench e2e --runtime tokio|mio [--rate N] [--duration SECS] [--connections N]
   bench memory --runtime tokio|mio [--rate N] [--window SECS]
   bench memory --peer [--rate CPS] [--window SECS] [--only kamailio,tokio,mio] [--no-build]
-  bench peer [--rate CPS] [--calls N] [--runs N] [--only kamailio,tokio,mio] [--no-build]
+  bench memory --idle [--connections N] [--only kamailio,tokio,mio] [--no-build]
+  bench memory --burst [--entries N] [--wait SECS] [--only tokio,mio] [--no-build]
+  bench peer [--rate CPS] [--calls N] [--runs N] [--only kamailio,tokio,mio] [--tls]
+             [--idle-connections N] [--no-build]
   bench core | bench sim
   check-core
   dist

@@ -38,13 +38,17 @@ use anyhow::{bail, Context, Result};
 use crate::procs::{clock_ticks, free_port, proc_kb, stat, TempDir};
 
 mod held;
+mod idle;
+mod tls;
 pub(crate) use held::bench_held;
+pub(crate) use idle::{bench_burst, bench_idle};
 
 /// Kamailio's configuration: a stateless round-robin dispatcher (see the file's comments).
 const KAMAILIO_CFG: &str = include_str!("../kamailio/dispatcher.cfg");
 
 const USAGE: &str = "usage: cargo xtask bench peer [--rate CPS] [--calls N] [--runs N] \
-                     [--only kamailio,tokio,mio] [--batch-window SECS] [--no-build]";
+                     [--only kamailio,tokio,mio] [--batch-window SECS] [--tls] \
+                     [--idle-connections N] [--no-build]";
 
 /// The balancers, in the order they run.
 const ALL: [Lb; 3] = [Lb::Kamailio, Lb::Tokio, Lb::Mio];
@@ -90,6 +94,10 @@ struct PeerOpts {
     no_build: bool,
     /// Passed to siplb as `--batch-window`; its default when `None`.
     batch_window: Option<String>,
+    /// `--tls`: the callers' leg on TLS (through stunnel), the backend leg TCP.
+    tls: bool,
+    /// With `--tls`: idle TLS connections opened for the memory figure.
+    idle_connections: usize,
 }
 
 impl PeerOpts {
@@ -101,14 +109,18 @@ impl PeerOpts {
             only: ALL.to_vec(),
             no_build: false,
             batch_window: None,
+            tls: words.contains(&"--tls"),
+            idle_connections: 1000,
         };
-        opts.no_build = parse_flags(words, USAGE, |flag, value| {
+        let words: Vec<&str> = words.iter().copied().filter(|w| *w != "--tls").collect();
+        opts.no_build = parse_flags(&words, USAGE, |flag, value| {
             match flag {
                 "--rate" => opts.rate = number(flag, value)?,
                 "--calls" => opts.calls = number(flag, value)?,
                 "--runs" => opts.runs = number(flag, value)?,
                 "--batch-window" => opts.batch_window = Some(value.to_owned()),
                 "--only" => opts.only = Lb::parse_list(value)?,
+                "--idle-connections" => opts.idle_connections = number(flag, value)?,
                 _ => return Ok(false),
             }
             Ok(true)
@@ -166,7 +178,10 @@ struct RunResult {
 /// The entry point of `bench peer`.
 pub(crate) fn bench_peer(words: &[&str]) -> Result<()> {
     let opts = PeerOpts::parse(words)?;
-    let (tools, _bin_copy) = Tools::prepare(&opts.only, opts.no_build)?;
+    let (mut tools, _bin_copy) = Tools::prepare(&opts.only, opts.no_build)?;
+    if opts.tls {
+        tools.enable_tls()?;
+    }
     let ticks = clock_ticks() as f64;
     let mut results: BTreeMap<&str, Vec<RunResult>> = BTreeMap::new();
     for run in 1..=opts.runs {
@@ -208,6 +223,20 @@ pub(crate) fn bench_peer(words: &[&str]) -> Result<()> {
             ratio(Lb::Mio)
         );
     }
+    if opts.tls {
+        for lb in &opts.only {
+            let idle = idle::measure(*lb, &tools, 0, opts.idle_connections)
+                .with_context(|| format!("{} idle TLS connections", lb.name()))?;
+            println!(
+                "lb={} idle_tls_connections={} idle_tls_bytes_per_conn={:.0} \
+                 (pss {:.0})",
+                lb.name(),
+                opts.idle_connections,
+                idle.tls_rss_bytes,
+                idle.tls_pss_bytes
+            );
+        }
+    }
     Ok(())
 }
 
@@ -230,6 +259,8 @@ struct Tools {
     kamailio_modules: Option<PathBuf>,
     scenarios: PathBuf,
     bin: PathBuf,
+    /// With `--tls` (or for idle TLS connections): the certificates the balancers serve.
+    pki: Option<tls::Pki>,
 }
 
 impl Tools {
@@ -288,7 +319,18 @@ impl Tools {
             kamailio_modules,
             scenarios: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios"),
             bin: crate::release_dir(),
+            pki: None,
         })
+    }
+
+    /// Makes the certificates and checks for Kamailio's tls module (when Kamailio runs):
+    /// from now on every farm's callers' listener is TLS.
+    fn enable_tls(&mut self) -> Result<()> {
+        if let Some(mpath) = &self.kamailio_modules {
+            tls::check_kamailio_tls(mpath)?;
+        }
+        self.pki = Some(tls::Pki::new()?);
+        Ok(())
     }
 }
 
@@ -355,13 +397,22 @@ fn run_once(lb: Lb, run: usize, opts: &PeerOpts, tools: &Tools, ticks: f64) -> R
         mut balancer,
         backends,
         listen,
+        ..
     } = Farm::start(lb, tools, &dir, &siplb_args)?;
+    // With TLS, SIPp calls through stunnel; its CPU is its own, not the balancer's.
+    let (_stunnel, uac_target) = match &tools.pki {
+        Some(pki) => {
+            let (proc, accept) = tls::start_stunnel(&dir, listen, pki)?;
+            (Some(proc), accept)
+        }
+        None => (None, listen),
+    };
 
     let load_before = loadavg();
     let cpu_before = balancer.cpu_ticks()?;
     let started = Instant::now();
     let csv = dir.path("uac_stats.csv");
-    let mut cmd = uac_command(tools, &tools.scenarios.join("uac_rr.xml"), listen, &csv)?;
+    let mut cmd = uac_command(tools, &tools.scenarios.join("uac_rr.xml"), uac_target, &csv)?;
     cmd.args(["-m", &opts.calls.to_string()])
         .args(["-r", &opts.rate.to_string(), "-rp", "1000"])
         .args(["-l", &opts.calls.to_string()])
@@ -444,7 +495,10 @@ fn run_once(lb: Lb, run: usize, opts: &PeerOpts, tools: &Tools, ticks: f64) -> R
 struct Farm {
     balancer: Tree,
     backends: Vec<Tree>,
+    /// The callers' listener: TLS when the tools have certificates, else TCP.
     listen: SocketAddr,
+    /// A plain TCP listener of the balancer (`listen` itself without TLS).
+    plain: SocketAddr,
 }
 
 impl Farm {
@@ -468,14 +522,19 @@ impl Farm {
             ports.push(port);
         }
         let listen = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let plain = match tools.pki {
+            Some(_) => SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+            None => listen,
+        };
         let balancer = match lb {
-            Lb::Kamailio => start_kamailio(listen, &ports, tools, dir)?,
-            Lb::Tokio | Lb::Mio => start_siplb(lb, listen, &ports, tools, dir, siplb_args)?,
+            Lb::Kamailio => start_kamailio(listen, plain, &ports, tools, dir)?,
+            Lb::Tokio | Lb::Mio => start_siplb(lb, listen, plain, &ports, tools, dir, siplb_args)?,
         };
         Ok(Farm {
             balancer,
             backends,
             listen,
+            plain,
         })
     }
 }
@@ -495,7 +554,14 @@ fn uac_command(tools: &Tools, scenario: &Path, listen: SocketAddr, csv: &Path) -
     Ok(cmd)
 }
 
-fn start_kamailio(listen: SocketAddr, ports: &[u16], tools: &Tools, dir: &TempDir) -> Result<Tree> {
+/// Kamailio on `listen`; with certificates, `listen` is TLS and `plain` its TCP listener.
+fn start_kamailio(
+    listen: SocketAddr,
+    plain: SocketAddr,
+    ports: &[u16],
+    tools: &Tools,
+    dir: &TempDir,
+) -> Result<Tree> {
     let (Some(kamailio), Some(mpath)) = (&tools.kamailio, &tools.kamailio_modules) else {
         bail!("kamailio not found");
     };
@@ -506,8 +572,17 @@ fn start_kamailio(listen: SocketAddr, ports: &[u16], tools: &Tools, dir: &TempDi
     }
     std::fs::write(&list, text)?;
     let cfg = dir.path("kamailio.cfg");
-    std::fs::write(&cfg, kamailio_cfg(listen.port(), mpath, &list))?;
+    let mut text = kamailio_cfg(listen.port(), mpath, &list);
+    if let Some(pki) = &tools.pki {
+        text = tls::kamailio_tls_cfg(&text, listen.port(), plain.port(), pki)?;
+    }
+    std::fs::write(&cfg, text)?;
     let mut cmd = Command::new(kamailio);
+    if tools.pki.is_some() {
+        // Shared memory for the TLS sessions (OpenSSL allocates them there); 64 MB, the
+        // default, runs out at about a thousand idle TLS connections.
+        cmd.args(["-m", "512"]);
+    }
     // -DD: the creator stays in the foreground (our child) and forks the workers; -E: log to
     // stderr; -x tlsf: the TLSF shared-memory manager, Kamailio's fastest.
     cmd.arg("-f")
@@ -539,9 +614,11 @@ fn kamailio_cfg(port: u16, mpath: &Path, list: &Path) -> String {
         .replace("@DSLIST@", &list.display().to_string())
 }
 
+/// siplb on `listen`; with certificates, `listen` is TLS and `plain` its TCP listener.
 fn start_siplb(
     lb: Lb,
     listen: SocketAddr,
+    plain: SocketAddr,
     ports: &[u16],
     tools: &Tools,
     dir: &TempDir,
@@ -549,9 +626,16 @@ fn start_siplb(
 ) -> Result<Tree> {
     let mut cmd = Command::new(tools.bin.join(lb.name()));
     cmd.args(extra_args)
-        .args(["--listen", &listen.to_string()])
-        .args(["--advertise", &listen.to_string()])
+        .args(["--listen", &plain.to_string()])
+        .args(["--advertise", &plain.to_string()])
         .args(["--algorithm", "round-robin", "--log-level", "info"]);
+    if let Some(pki) = &tools.pki {
+        cmd.args(["--listen-tls", &listen.to_string()])
+            .arg("--tls-cert")
+            .arg(&pki.cert)
+            .arg("--tls-key")
+            .arg(&pki.key);
+    }
     for p in ports {
         cmd.args(["--backend", &format!("127.0.0.1:{p},mode=plain")]);
     }
