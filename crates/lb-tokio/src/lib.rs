@@ -36,17 +36,20 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+mod conn_io;
+use conn_io::{read_loop, write_loop, Outbox, Write};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use lb_cli::{
     BackendTls, Command, Ops, ProxyHeaderReader, ProxyRead, ProxyReject, RunError, Settings,
     WakePacer, Worker, BATCH_MAX, CLOSE_LINGER_MAX, CONNECT_TIMEOUT, PROXY_HEADER_TIMEOUT,
-    PROXY_PENDING_MAX, READ_CHUNK_BYTES, SHUTDOWN_FLUSH_MAX,
+    PROXY_PENDING_MAX, SHUTDOWN_FLUSH_MAX,
 };
 use lb_core::{Balancer, CloseReason, ConnId, Input, ListenerId, Output, Stats};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
@@ -194,7 +197,7 @@ pub async fn serve(worker: Worker) -> Result<Stats, RunError> {
 }
 
 /// What the tasks tell the owner.
-enum Note {
+pub(crate) enum Note {
     Accepted {
         listener: ListenerId,
         stream: TcpStream,
@@ -241,13 +244,6 @@ enum Note {
     },
 }
 
-/// What the owner tells a writer task.
-enum Write {
-    Bytes(Bytes),
-    /// Flush what came before, shut the socket down, report `Closed { Requested }`.
-    Close,
-}
-
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Backend connect in progress; writes queue up in the channel meanwhile.
@@ -261,9 +257,8 @@ struct Conn {
     id: ConnId,
     frontend: bool,
     state: State,
-    writes: mpsc::UnboundedSender<Write>,
-    /// Bytes handed to the writer and not yet written.
-    queued: Arc<AtomicUsize>,
+    /// The writer's queue (and the count of bytes not yet written).
+    outbox: Arc<Outbox>,
     reader: Option<AbortHandle>,
     /// The writer task, or the connect task that becomes it.
     writer: AbortHandle,
@@ -342,7 +337,7 @@ impl Owner {
             }
             Note::LingerOver { conn } => {
                 if let Some(c) = self.get(conn).filter(|c| c.state == State::Closing) {
-                    let unsent = c.queued.load(Ordering::Relaxed);
+                    let unsent = c.outbox.queued();
                     tracing::debug!(conn = %conn, unsent, "peer not reading; closed unflushed");
                     self.finish(conn, CloseReason::Requested);
                 }
@@ -366,14 +361,13 @@ impl Owner {
                     return;
                 }
                 let len = bytes.len();
-                if c.queued.load(Ordering::Relaxed) + len > cap {
+                if c.outbox.queued() + len > cap {
                     self.ops.output_overflow(conn, cap, now());
                     self.finish(conn, CloseReason::OutputOverflow);
                     return;
                 }
-                c.queued.fetch_add(len, Ordering::Relaxed);
-                // A failed send means the writer already ended and its Closed note is on its way.
-                let _ = c.writes.send(Write::Bytes(bytes));
+                // If the writer already ended, its Closed note is on its way.
+                c.outbox.push(Write::Bytes(bytes));
             }
             Output::Connect { conn, backend, to } => {
                 tracing::debug!(conn = %conn, backend = %backend, %to, "connecting");
@@ -405,7 +399,7 @@ impl Owner {
                 if let Some(reader) = c.reader.take() {
                     reader.abort();
                 }
-                let _ = c.writes.send(Write::Close);
+                c.outbox.push(Write::Close);
                 let notes = self.notes.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(CLOSE_LINGER_MAX).await;
@@ -435,22 +429,14 @@ impl Owner {
             Some(proxy) => lb_cli::log_frontend_open_proxied(conn, peer, proxy),
             None => lb_cli::log_frontend_open(conn, peer),
         }
-        let (writes, rx) = mpsc::unbounded_channel();
-        let queued = Arc::new(AtomicUsize::new(0));
-        let writer = tokio::spawn(write_loop(
-            conn,
-            write,
-            rx,
-            queued.clone(),
-            self.notes.clone(),
-        ));
+        let outbox = Outbox::new();
+        let writer = tokio::spawn(write_loop(conn, write, outbox.clone(), self.notes.clone()));
         let reader = tokio::spawn(read_loop(conn, read, self.notes.clone()));
         self.insert(Conn {
             id: conn,
             frontend: true,
             state: State::Open,
-            writes,
-            queued,
+            outbox,
             reader: Some(reader.abort_handle()),
             writer: writer.abort_handle(),
         });
@@ -463,22 +449,19 @@ impl Owner {
 
     /// Starts connecting `conn` to `to` (a backend, or a frontend the core dials out to).
     fn connect(&mut self, conn: ConnId, to: SocketAddr, frontend: bool, tls: Option<BackendTls>) {
-        let (writes, rx) = mpsc::unbounded_channel();
-        let queued = Arc::new(AtomicUsize::new(0));
+        let outbox = Outbox::new();
         let task = tokio::spawn(connect_task(
             conn,
             to,
             tls,
-            rx,
-            queued.clone(),
+            outbox.clone(),
             self.notes.clone(),
         ));
         self.insert(Conn {
             id: conn,
             frontend,
             state: State::Connecting,
-            writes,
-            queued,
+            outbox,
             reader: None,
             writer: task.abort_handle(),
         });
@@ -493,6 +476,7 @@ impl Owner {
             reader.abort();
         }
         c.writer.abort();
+        c.outbox.forget();
         if c.frontend {
             lb_cli::log_frontend_closed(conn, reason);
         }
@@ -530,7 +514,7 @@ impl Owner {
             }
             match c.state {
                 State::Open => {
-                    let _ = c.writes.send(Write::Close);
+                    c.outbox.push(Write::Close);
                     c.state = State::Closing;
                     pending += 1;
                 }
@@ -709,82 +693,11 @@ async fn proxy_header(
     }
 }
 
-async fn read_loop(conn: ConnId, mut read: impl AsyncRead + Unpin, notes: mpsc::Sender<Note>) {
-    let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
-    let reason = loop {
-        // Reclaims the space of earlier chunks once the core has dropped them.
-        buf.reserve(READ_CHUNK_BYTES);
-        match read.read_buf(&mut buf).await {
-            Ok(0) => break CloseReason::PeerClosed,
-            Ok(_) => {
-                let bytes = buf.split();
-                if notes.send(Note::Received { conn, bytes }).await.is_err() {
-                    return;
-                }
-            }
-            Err(e) => {
-                tracing::debug!(conn = %conn, error = %e, "read failed");
-                break CloseReason::Error;
-            }
-        }
-    };
-    let _ = notes.send(Note::Closed { conn, reason }).await;
-}
-
-async fn write_loop(
-    conn: ConnId,
-    write: impl AsyncWrite + Unpin,
-    mut writes: mpsc::UnboundedReceiver<Write>,
-    queued: Arc<AtomicUsize>,
-    notes: mpsc::Sender<Note>,
-) {
-    // Several messages ready at once leave in one syscall; TCP_NODELAY then sends them at once.
-    let mut out = BufWriter::with_capacity(READ_CHUNK_BYTES, write);
-    let reason = 'outer: loop {
-        // `None`: the owner forgot the connection, having fed its Closed already.
-        let Some(mut next) = writes.recv().await else {
-            return;
-        };
-        let mut written = 0;
-        let mut close = false;
-        loop {
-            match next {
-                Write::Bytes(bytes) => {
-                    if let Err(e) = out.write_all(&bytes).await {
-                        tracing::debug!(conn = %conn, error = %e, "write failed");
-                        break 'outer CloseReason::Error;
-                    }
-                    written += bytes.len();
-                }
-                Write::Close => {
-                    close = true;
-                    break;
-                }
-            }
-            match writes.try_recv() {
-                Ok(w) => next = w,
-                Err(_) => break,
-            }
-        }
-        if let Err(e) = out.flush().await {
-            tracing::debug!(conn = %conn, error = %e, "write failed");
-            break CloseReason::Error;
-        }
-        queued.fetch_sub(written, Ordering::Relaxed);
-        if close {
-            let _ = out.shutdown().await;
-            break CloseReason::Requested;
-        }
-    };
-    let _ = notes.send(Note::Closed { conn, reason }).await;
-}
-
 async fn connect_task(
     conn: ConnId,
     to: SocketAddr,
     tls: Option<BackendTls>,
-    writes: mpsc::UnboundedReceiver<Write>,
-    queued: Arc<AtomicUsize>,
+    outbox: Arc<Outbox>,
     notes: mpsc::Sender<Note>,
 ) {
     let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(to)).await {
@@ -818,7 +731,7 @@ async fn connect_task(
         if notes.send(Note::Connected { conn, read }).await.is_err() {
             return;
         }
-        return write_loop(conn, write, writes, queued, notes).await;
+        return write_loop(conn, write, outbox, notes).await;
     };
     let connector = tokio_rustls::TlsConnector::from(config);
     let handshake = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, stream));
@@ -842,7 +755,7 @@ async fn connect_task(
     if notes.send(Note::Connected { conn, read }).await.is_err() {
         return;
     }
-    write_loop(conn, write, writes, queued, notes).await;
+    write_loop(conn, write, outbox, notes).await;
 }
 
 fn now() -> std::time::Instant {
