@@ -26,6 +26,7 @@ use bytes::{Bytes, BytesMut};
 use lb_cli::READ_CHUNK_BYTES;
 use lb_core::{CloseReason, ConnId};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
 
 use crate::Note;
@@ -234,6 +235,53 @@ pub(crate) async fn write_loop(
         }
     };
     tell_closed(&notes, conn, reason).await;
+}
+
+/// A TLS frontend's socket: the bytes that came after its PROXY header (the start of the
+/// ClientHello, read with the header) are given to rustls first, then the socket's own.
+/// Empty, and costing nothing, on a listener without PROXY headers.
+pub(crate) struct Prefixed {
+    prefix: BytesMut,
+    inner: TcpStream,
+}
+
+impl Prefixed {
+    pub(crate) fn new(prefix: BytesMut, inner: TcpStream) -> Prefixed {
+        Prefixed { prefix, inner }
+    }
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 #[cfg(test)]

@@ -38,7 +38,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 mod conn_io;
-use conn_io::{read_loop, write_loop, Outbox, Write};
+use conn_io::{read_loop, write_loop, Outbox, Prefixed, Write};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -116,8 +116,14 @@ pub async fn serve(worker: Worker) -> Result<Stats, RunError> {
             TcpListener::from_std(socket).map_err(|source| RunError::Bind { addr, source })?;
         let task = match ops.tls().filter(|_| lb.is_tls_listener(id)) {
             Some(tls) => {
-                tracing::info!(listener = %id, %addr, "listening (TLS)");
-                tokio::spawn(tls_accept_loop(id, socket, tls.clone(), notes_tx.clone()))
+                let proxied = settings.proxy_protocol_tls.contains(&addr);
+                if proxied {
+                    tracing::info!(listener = %id, %addr, "listening (PROXY header, then TLS)");
+                } else {
+                    tracing::info!(listener = %id, %addr, "listening (TLS)");
+                }
+                let accept = tls_accept_loop(id, socket, proxied, tls.clone(), notes_tx.clone());
+                tokio::spawn(accept)
             }
             None => {
                 tracing::info!(listener = %id, %addr, "listening");
@@ -216,8 +222,11 @@ pub(crate) enum Note {
     /// A TLS frontend whose handshake finished.
     AcceptedTls {
         listener: ListenerId,
-        stream: Box<tokio_rustls::server::TlsStream<TcpStream>>,
+        stream: Box<tokio_rustls::server::TlsStream<Prefixed>>,
+        /// The socket's peer, or the client its PROXY header announced.
         peer: SocketAddr,
+        /// The socket's peer when `peer` came from a PROXY header.
+        proxy: Option<SocketAddr>,
     },
     Received {
         conn: ConnId,
@@ -302,9 +311,10 @@ impl Owner {
                 listener,
                 stream,
                 peer,
+                proxy,
             } => {
                 let (read, write) = tokio::io::split(*stream);
-                self.start_frontend(listener, peer, None, BytesMut::new(), read, write);
+                self.start_frontend(listener, peer, proxy, BytesMut::new(), read, write);
             }
             Note::ProxyRejected { peer, cause } => self.ops.proxy_rejected(peer, cause, now()),
             Note::Received { conn, bytes } => {
@@ -610,10 +620,13 @@ async fn accept_loop(
 
 /// Accepts TLS frontends: each socket gets a handshake task, within the cap on handshakes in
 /// progress and the handshake timeout; only a finished handshake reaches the owner. Failures
-/// close that socket alone and are counted by reason.
+/// close that socket alone and are counted by reason. With `proxied` (`--listen-tls
+/// ADDR,proxy-protocol`) the task first reads the PROXY header (within its own timeout, under
+/// the same cap); the bytes after it go to rustls, and the client it names is the peer.
 async fn tls_accept_loop(
     listener: ListenerId,
     socket: TcpListener,
+    proxied: bool,
     tls: Arc<lb_cli::tls::Tls>,
     notes: mpsc::Sender<Note>,
 ) {
@@ -637,16 +650,31 @@ async fn tls_accept_loop(
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
         let (counters, notes) = (tls.counters.clone(), notes.clone());
         tokio::spawn(async move {
+            let (stream, client, proxy) = if proxied {
+                match proxy_header(stream).await {
+                    Ok((stream, client, rest)) => (
+                        Prefixed::new(rest, stream),
+                        client.unwrap_or(peer),
+                        Some(peer),
+                    ),
+                    Err(cause) => {
+                        let _ = notes.send(Note::ProxyRejected { peer, cause }).await;
+                        return;
+                    }
+                }
+            } else {
+                (Prefixed::new(BytesMut::new(), stream), peer, None)
+            };
             let handshake =
                 tokio::time::timeout(lb_cli::tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream));
             let stream = match handshake.await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    tracing::debug!(peer = %client, error = %e, "TLS handshake failed");
                     return counters.handshake_failed(&e);
                 }
                 Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
+                    tracing::debug!(peer = %client, "TLS handshake timed out");
                     counters
                         .failed_timeout
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -660,7 +688,8 @@ async fn tls_accept_loop(
                 .send(Note::AcceptedTls {
                     listener,
                     stream,
-                    peer,
+                    peer: client,
+                    proxy,
                 })
                 .await;
         });
