@@ -23,8 +23,17 @@
 //! `ratio_tokio=X ratio_mio=Y`, siplb's CPU per call over Kamailio's. Each run's detail (elapsed
 //! time, SIPp's own CPU, load average) goes to stderr.
 //!
+//! `--tls`: the callers' leg is TLS and the backend leg stays TCP. Debian's SIPp has no TLS, so
+//! the UAC talks plain TCP to stunnel (client mode, verifying the balancer's chain and name) and
+//! stunnel TLS to the balancer: siplb's `--listen-tls`, Kamailio's `tls` module (OpenSSL,
+//! TLS 1.2+) with a TCP listener for the backend leg. Only the balancer's process tree is
+//! counted, never stunnel's. After the CPU runs, each balancer is started once more and
+//! `--idle-connections` (1,000) idle TLS connections are opened to it (see `idle`), printed as
+//! `lb=NAME idle_tls_connections=N idle_tls_bytes_per_conn=B (pss P)`.
+//!
 //! Nothing is installed: without `sipp` or `kamailio` the task names the Debian packages and
-//! fails. Every process it starts is killed when the run ends, however it ends ([`Tree`]).
+//! fails. Every process it starts is killed when the run ends, however it ends ([`Tree`]). With `--tls` it also needs `openssl`, `stunnel4` and Kamailio's `tls.so`
+//! (`kamailio-tls-modules`), and names those packages when one is missing.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
