@@ -49,9 +49,9 @@ mod held;
 mod idle;
 mod tls;
 mod tree;
-use tree::Tree;
 pub(crate) use held::bench_held;
 pub(crate) use idle::{bench_burst, bench_idle};
+use tree::Tree;
 
 /// Kamailio's configuration: a stateless round-robin dispatcher (see the file's comments).
 const KAMAILIO_CFG: &str = include_str!("../kamailio/dispatcher.cfg");
@@ -758,8 +758,8 @@ fn loadavg() -> String {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use super::*;
     use super::tree::descendants;
+    use super::*;
     use crate::procs::{parse_stat, proc_kb, stat};
 
     #[test]

@@ -907,7 +907,10 @@ mod tests {
         t.expire(late);
         assert_eq!(t.len(), 1);
         let after = t.memory_bytes();
-        assert!(after * 20 < full, "{after} bytes after, {full} during the burst");
+        assert!(
+            after * 20 < full,
+            "{after} bytes after, {full} during the burst"
+        );
         assert!(alive_at(&mut t, late, key));
     }
 

@@ -139,4 +139,3 @@ pub(crate) fn descendants(root: u32) -> Vec<u32> {
     }
     seen.into_iter().collect()
 }
-
