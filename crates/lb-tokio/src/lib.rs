@@ -5,14 +5,17 @@
 //!
 //! - one accept task per listener sends each accepted socket to the owner, which calls
 //!   `Balancer::accept` to learn the connection's id;
-//! - per connection, a reader task reads 64 KiB chunks into a `BytesMut` and sends them through
-//!   the bounded note channel (a slow owner therefore slows the readers down), and a writer task
-//!   drains an unbounded channel of `Bytes` whose queued size is counted: past the output cap the
-//!   owner closes the connection and reports [`CloseReason::OutputOverflow`];
+//! - per connection, a reader task sends what each wake-up reads through the bounded note
+//!   channel (a slow owner therefore slows the readers down), and a writer task drains the
+//!   connection's `Outbox` (`conn_io.rs`), whose queued size is counted: past the output cap the
+//!   owner closes the connection and reports [`CloseReason::OutputOverflow`]. An idle
+//!   connection holds no read or write buffer (`conn_io.rs`: about 2 kB per idle connection);
 //! - `Output::Connect` spawns a task that connects with a timeout and then becomes the writer.
 //! - A TLS listener's accept task hands each socket to a handshake task (tokio-rustls, at most
 //!   [`lb_cli::tls::HANDSHAKES_MAX`] at once, each within [`lb_cli::tls::HANDSHAKE_TIMEOUT`]);
 //!   only a finished handshake reaches the owner, whose reader and writer then see plaintext.
+//!   On a `--listen-tls ADDR,proxy-protocol` listener the task reads the PROXY header first;
+//!   what followed it goes to rustls before the socket's own bytes (`conn_io::Prefixed`).
 //!
 //! The owner loop waits for a note, the core's deadline (one `Sleep`, reset only when the
 //! deadline moves) or the shutdown signal; it handles up to [`lb_cli::BATCH_MAX`] notes per
