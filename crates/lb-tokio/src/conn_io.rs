@@ -17,6 +17,7 @@ use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::future::Future as _;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -107,8 +108,10 @@ fn poll_read_chunk<R: AsyncRead + Unpin>(
     read: &mut R,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<Option<BytesMut>>> {
-    let mut stack = [0u8; STACK_READ_BYTES];
-    let mut first = ReadBuf::new(&mut stack);
+    // Uninitialised (safely: `ReadBuf` tracks what the read filled), so a wake-up does not
+    // first zero 4 KiB.
+    let mut stack = [MaybeUninit::<u8>::uninit(); STACK_READ_BYTES];
+    let mut first = ReadBuf::uninit(&mut stack);
     match Pin::new(&mut *read).poll_read(cx, &mut first) {
         Poll::Pending => return Poll::Pending,
         Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
