@@ -335,11 +335,32 @@ impl TlsLb {
     /// is the default) and `extra` flags (e.g. `--tls-client-ca`); waits until the TLS and
     /// metrics listeners are up too.
     pub fn start(dir: &RunDir, spec: LbSpec, certs: &[&CertFiles], extra: &[&str]) -> TlsLb {
+        TlsLb::start_listener(dir, spec, "", certs, extra)
+    }
+
+    /// [`TlsLb::start`] with `--listen-tls ADDR,proxy-protocol`: each connection opens with a
+    /// PROXY header before its ClientHello.
+    pub fn start_proxied(
+        dir: &RunDir,
+        spec: LbSpec,
+        certs: &[&CertFiles],
+        extra: &[&str],
+    ) -> TlsLb {
+        TlsLb::start_listener(dir, spec, ",proxy-protocol", certs, extra)
+    }
+
+    fn start_listener(
+        dir: &RunDir,
+        spec: LbSpec,
+        options: &str,
+        certs: &[&CertFiles],
+        extra: &[&str],
+    ) -> TlsLb {
         let tls = net::local(free_port());
         let metrics = net::local(free_port());
         let mut args = vec![
             "--listen-tls".to_string(),
-            tls.to_string(),
+            format!("{tls}{options}"),
             "--metrics".to_string(),
             metrics.to_string(),
         ];
@@ -521,6 +542,8 @@ pub struct StunnelSpec {
     pub client_cert: Option<CertFiles>,
     /// `sslVersionMax`, e.g. `TLSv1.2`.
     pub max_version: Option<String>,
+    /// The address its TLS connections leave from (`local`), e.g. another loopback address.
+    pub source: Option<std::net::IpAddr>,
 }
 
 /// A stunnel client: plain TCP in on 127.0.0.1, TLS out to the balancer.
@@ -561,6 +584,9 @@ impl Stunnel {
         }
         if let Some(v) = &spec.max_version {
             conf.push_str(&format!("sslVersionMax = {v}\n"));
+        }
+        if let Some(ip) = spec.source {
+            conf.push_str(&format!("local = {ip}\n"));
         }
         let path = dir.file(&format!("stunnel-{name}.conf"));
         std::fs::write(&path, conf).expect("writing the stunnel config");

@@ -9,7 +9,11 @@
 //!   worker dials to the caller's Contact, and every 200 reaches the backend;
 //! - HAProxy in front with `send-proxy-v2` (`--proxy-protocol`): calls pass, and the Via the
 //!   backend sees names the client's address in `received`/`rport`, not HAProxy's; a connection
-//!   without a PROXY header is closed and counted.
+//!   without a PROXY header is closed and counted;
+//! - the same before a TLS listener (`--listen-tls ADDR,proxy-protocol`): stunnel on
+//!   127.0.0.6 → HAProxy (`mode tcp`, `send-proxy-v2`) → the TLS listener; the header comes
+//!   before the ClientHello, the call passes, the backend's Via and the log name 127.0.0.6,
+//!   and a TLS client straight to the listener (no header) is closed and counted.
 
 #![allow(clippy::unwrap_used)]
 
@@ -24,6 +28,7 @@ use siplb_e2e::netsip::{NetsipOpts, NetsipUas};
 use siplb_e2e::ops::{self, header, headers, http_get, Metrics, SipBackend, SipClient, SipReader};
 use siplb_e2e::process::{find_program, Proc};
 use siplb_e2e::sipp::{Transport, Uac, UacSpec, Uas};
+use siplb_e2e::tls::{s_client, Pki, Stunnel, StunnelSpec, TlsLb};
 use siplb_e2e::trace::Dir;
 use siplb_e2e::RunDir;
 
@@ -378,8 +383,102 @@ fn haproxy_announces_the_client(rt: Runtime) {
     ]);
 }
 
+fn haproxy_before_a_tls_listener(rt: Runtime) {
+    let dir = RunDir::new(&format!("proxy-protocol-tls-{}", rt.name()));
+    let pki = Pki::new(&dir, "pp-tls");
+    let cert = pki.server("lb", "lb.pp.test", 2);
+    let backend = SipBackend::start();
+    let spec = LbSpec::new(rt, vec![BackendArg::plain(backend.addr)]);
+    let mut lb = TlsLb::start_proxied(&dir, spec, &[&cert], &[]);
+    let proxy_port = free_port();
+    let _haproxy = start_haproxy(&dir, proxy_port, lb.tls);
+    // The caller's TLS leaves from 127.0.0.6; HAProxy reaches the balancer from 127.0.0.1.
+    let client_ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 6));
+    let stunnel = Stunnel::start(
+        &dir,
+        "pp",
+        &StunnelSpec {
+            connect: net::local(proxy_port),
+            name: "lb.pp.test".to_string(),
+            ca: pki.ca().to_path_buf(),
+            client_cert: None,
+            max_version: None,
+            source: Some(client_ip),
+        },
+    );
+    let mut client = SipClient::connect(stunnel.addr());
+    let target = lb.advertised.clone();
+    let invite = format!(
+        "INVITE sip:service@{target};transport=tls SIP/2.0\r\n\
+         Via: SIP/2.0/TLS 192.0.2.1:5061;rport;branch=z9hG4bK-pptls-1\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:caller@192.0.2.1>;tag=c-pptls-1\r\n\
+         To: <sip:service@{target}>\r\n\
+         Call-ID: pptls-1\r\n\
+         CSeq: 1 INVITE\r\n\
+         Contact: <sip:caller@192.0.2.1:5061;transport=tls>\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    client.send_raw(invite.as_bytes());
+    let answer = client.final_response("pptls-1");
+    assert_eq!(ops::status(&answer), Some(200), "{answer}");
+    let seen = backend.received_messages("INVITE");
+    let seen = seen
+        .iter()
+        .find(|m| header(m, "Call-ID") == Some("pptls-1"))
+        .expect("the INVITE reached the backend");
+    let via = headers(seen, "Via")
+        .into_iter()
+        .find(|v| v.contains("z9hG4bK-pptls-1"))
+        .unwrap_or_else(|| panic!("the caller's Via is gone:\n{seen}"));
+    assert!(
+        via.contains(&format!("received={client_ip}")) && via.contains("rport="),
+        "the Via names HAProxy, not the client {client_ip}: {via}"
+    );
+    let opened = lb
+        .lb
+        .log()
+        .lines()
+        .filter(|l| l.contains("frontend connection open"))
+        .map(str::to_string)
+        .collect::<Vec<_>>();
+    assert!(
+        opened.len() == 1 && opened[0].contains(&format!("{client_ip}:")),
+        "the log should name the client {client_ip}: {opened:?}"
+    );
+
+    // A TLS client straight to the listener sends its ClientHello where the header belongs:
+    // closed and counted, no handshake.
+    let direct = s_client(lb.tls, &["-servername", "lb.pp.test"]);
+    direct.assert_refused();
+    let rejected = |cause: &str| {
+        lb.scrape()
+            .get(&format!(
+                "siplb_proxy_header_rejected_total{{cause=\"{cause}\"}}"
+            ))
+            .unwrap_or(0.0)
+    };
+    assert!(
+        poll_until(Duration::from_secs(3), || rejected("invalid") == 1.0),
+        "the headerless connection was not counted: invalid={}",
+        rejected("invalid")
+    );
+    lb.expect_tls_counters(&[("tls_handshakes", 1), ("tls_version_tls13", 1)]);
+    drop(client);
+    stunnel.stop();
+    lb.wait_no_tls_connections();
+    let stats = lb.lb.stop();
+    stats.expect(&[
+        ("new_calls", 1),
+        ("frontends_accepted", 1),
+        ("malformed", 0),
+        ("framing_errors", 0),
+    ]);
+}
+
 siplb_e2e::for_both_runtimes!(
     sipp_calls_on_both_workers,
     netsip_byes_reach_callers_across_workers,
     haproxy_announces_the_client,
+    haproxy_before_a_tls_listener,
 );

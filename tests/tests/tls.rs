@@ -111,6 +111,7 @@ fn setup_with(
             ca: pki.ca().to_path_buf(),
             client_cert: None,
             max_version: max_version.map(str::to_string),
+            source: None,
         },
     );
     Setup {

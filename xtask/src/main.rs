@@ -13,8 +13,13 @@
 //! - `bench memory --peer [--rate CPS] [--window SECS] [--only LIST]`: the same held calls
 //!   made by SIPp through Kamailio and both siplb binaries, their resident memory side by side
 //!   (see [`peer`]).
+//! - `bench memory --idle [--connections N]`, `bench memory --burst [--entries N]`: memory per
+//!   idle connection (plain and TLS) for each balancer, and the memory after a burst of new
+//!   calls (see `peer::idle`).
 //! - `bench peer [--rate CPS] [--calls N]`: siplb against Kamailio's dispatcher with SIPp
-//!   (see [`peer`]); prints one line per balancer, then `ratio_tokio=X ratio_mio=Y`.
+//!   (see [`peer`]); prints one line per balancer, then `ratio_tokio=X ratio_mio=Y`. With
+//!   `--tls` the callers' leg is TLS (SIPp through stunnel), and the memory per idle TLS
+//!   connection is printed too.
 //! - `bench scale [--workers 1,2] [--only LIST] [--step SECS]`: the highest call rate with no
 //!   failed call for each worker count, siplb and Kamailio's dispatcher through `lb-loadgen` with
 //!   plain backends, and the CPU per call there (see [`peer`]'s `scale` module).
@@ -69,6 +74,8 @@ fn run(args: &[String]) -> Result<()> {
         ["bench", "peer", rest @ ..] => peer::bench_peer(rest),
         ["bench", "memory", "--peer", rest @ ..] => peer::bench_held(rest),
         ["bench", "scale", rest @ ..] => peer::bench_scale(rest),
+        ["bench", "memory", "--idle", rest @ ..] => peer::bench_idle(rest),
+        ["bench", "memory", "--burst", rest @ ..] => peer::bench_burst(rest),
         ["bench", "memory", rest @ ..] => bench_memory(&Opts::parse(rest)?),
         ["bench", "core"] => pass_through(
             cargo().args(["bench", "-p", "lb-core", "--bench", "core"]),
@@ -122,7 +129,10 @@ const USAGE: &str = "usage: cargo xtask <task>
   bench overload [--runtime tokio|mio] [--rate N] [--duration SECS]
   bench memory --runtime tokio|mio [--rate N] [--window SECS]
   bench memory --peer [--rate CPS] [--window SECS] [--only kamailio,tokio,mio] [--no-build]
-  bench peer [--rate CPS] [--calls N] [--runs N] [--only kamailio,tokio,mio] [--no-build]
+  bench memory --idle [--connections N] [--only kamailio,tokio,mio] [--no-build]
+  bench memory --burst [--entries N] [--wait SECS] [--only tokio,mio] [--no-build]
+  bench peer [--rate CPS] [--calls N] [--runs N] [--only kamailio,tokio,mio] [--tls]
+             [--idle-connections N] [--no-build]
   bench scale [--workers 1,2] [--only kamailio,tokio,mio] [--step SECS] [--start CPS]
               [--bisect N] [--connections N] [--no-build]
   bench core | bench sim [--scale]

@@ -23,30 +23,44 @@
 //! `ratio_tokio=X ratio_mio=Y`, siplb's CPU per call over Kamailio's. Each run's detail (elapsed
 //! time, SIPp's own CPU, load average) goes to stderr.
 //!
+//! `--tls`: the callers' leg is TLS and the backend leg stays TCP. Debian's SIPp has no TLS, so
+//! the UAC talks plain TCP to stunnel (client mode, verifying the balancer's chain and name) and
+//! stunnel TLS to the balancer: siplb's `--listen-tls`, Kamailio's `tls` module (OpenSSL,
+//! TLS 1.2+) with a TCP listener for the backend leg. Only the balancer's process tree is
+//! counted, never stunnel's. After the CPU runs, each balancer is started once more and
+//! `--idle-connections` (1,000) idle TLS connections are opened to it (see `idle`), printed as
+//! `lb=NAME idle_tls_connections=N idle_tls_bytes_per_conn=B (pss P)`.
+//!
 //! Nothing is installed: without `sipp` or `kamailio` the task names the Debian packages and
-//! fails. Every process it starts is killed when the run ends, however it ends ([`Tree`]).
+//! fails. Every process it starts is killed when the run ends, however it ends ([`Tree`]). With `--tls` it also needs `openssl`, `stunnel4` and Kamailio's `tls.so`
+//! (`kamailio-tls-modules`), and names those packages when one is missing.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::procs::{clock_ticks, free_port, proc_kb, stat, TempDir};
+use crate::procs::{clock_ticks, free_port, TempDir};
 
 mod held;
+mod idle;
 mod scale;
+mod tls;
+mod tree;
 pub(crate) use held::bench_held;
+pub(crate) use idle::{bench_burst, bench_idle};
 pub(crate) use scale::bench_scale;
+use tree::Tree;
 
 /// Kamailio's configuration: a stateless round-robin dispatcher (see the file's comments).
 const KAMAILIO_CFG: &str = include_str!("../kamailio/dispatcher.cfg");
 
 const USAGE: &str = "usage: cargo xtask bench peer [--rate CPS] [--calls N] [--runs N] \
-                     [--only kamailio,tokio,mio] [--batch-window SECS] [--no-build]";
+                     [--only kamailio,tokio,mio] [--batch-window SECS] [--tls] \
+                     [--idle-connections N] [--no-build]";
 
 /// The balancers, in the order they run.
 const ALL: [Lb; 3] = [Lb::Kamailio, Lb::Tokio, Lb::Mio];
@@ -92,6 +106,10 @@ struct PeerOpts {
     no_build: bool,
     /// Passed to siplb as `--batch-window`; its default when `None`.
     batch_window: Option<String>,
+    /// `--tls`: the callers' leg on TLS (through stunnel), the backend leg TCP.
+    tls: bool,
+    /// With `--tls`: idle TLS connections opened for the memory figure.
+    idle_connections: usize,
 }
 
 impl PeerOpts {
@@ -103,14 +121,18 @@ impl PeerOpts {
             only: ALL.to_vec(),
             no_build: false,
             batch_window: None,
+            tls: words.contains(&"--tls"),
+            idle_connections: 1000,
         };
-        opts.no_build = parse_flags(words, USAGE, |flag, value| {
+        let words: Vec<&str> = words.iter().copied().filter(|w| *w != "--tls").collect();
+        opts.no_build = parse_flags(&words, USAGE, |flag, value| {
             match flag {
                 "--rate" => opts.rate = number(flag, value)?,
                 "--calls" => opts.calls = number(flag, value)?,
                 "--runs" => opts.runs = number(flag, value)?,
                 "--batch-window" => opts.batch_window = Some(value.to_owned()),
                 "--only" => opts.only = Lb::parse_list(value)?,
+                "--idle-connections" => opts.idle_connections = number(flag, value)?,
                 _ => return Ok(false),
             }
             Ok(true)
@@ -168,7 +190,10 @@ struct RunResult {
 /// The entry point of `bench peer`.
 pub(crate) fn bench_peer(words: &[&str]) -> Result<()> {
     let opts = PeerOpts::parse(words)?;
-    let (tools, _bin_copy) = Tools::prepare(&opts.only, opts.no_build)?;
+    let (mut tools, _bin_copy) = Tools::prepare(&opts.only, opts.no_build)?;
+    if opts.tls {
+        tools.enable_tls()?;
+    }
     let ticks = clock_ticks() as f64;
     let mut results: BTreeMap<&str, Vec<RunResult>> = BTreeMap::new();
     for run in 1..=opts.runs {
@@ -210,6 +235,20 @@ pub(crate) fn bench_peer(words: &[&str]) -> Result<()> {
             ratio(Lb::Mio)
         );
     }
+    if opts.tls {
+        for lb in &opts.only {
+            let idle = idle::measure(*lb, &tools, 0, opts.idle_connections)
+                .with_context(|| format!("{} idle TLS connections", lb.name()))?;
+            println!(
+                "lb={} idle_tls_connections={} idle_tls_bytes_per_conn={:.0} \
+                 (pss {:.0})",
+                lb.name(),
+                opts.idle_connections,
+                idle.tls_rss_bytes,
+                idle.tls_pss_bytes
+            );
+        }
+    }
     Ok(())
 }
 
@@ -232,6 +271,8 @@ struct Tools {
     kamailio_modules: Option<PathBuf>,
     scenarios: PathBuf,
     bin: PathBuf,
+    /// With `--tls` (or for idle TLS connections): the certificates the balancers serve.
+    pki: Option<tls::Pki>,
 }
 
 impl Tools {
@@ -290,7 +331,18 @@ impl Tools {
             kamailio_modules,
             scenarios: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios"),
             bin: crate::release_dir(),
+            pki: None,
         })
+    }
+
+    /// Makes the certificates and checks for Kamailio's tls module (when Kamailio runs):
+    /// from now on every farm's callers' listener is TLS.
+    fn enable_tls(&mut self) -> Result<()> {
+        if let Some(mpath) = &self.kamailio_modules {
+            tls::check_kamailio_tls(mpath)?;
+        }
+        self.pki = Some(tls::Pki::new()?);
+        Ok(())
     }
 }
 
@@ -357,13 +409,22 @@ fn run_once(lb: Lb, run: usize, opts: &PeerOpts, tools: &Tools, ticks: f64) -> R
         mut balancer,
         backends,
         listen,
+        ..
     } = Farm::start(lb, tools, &dir, &siplb_args)?;
+    // With TLS, SIPp calls through stunnel; its CPU is its own, not the balancer's.
+    let (_stunnel, uac_target) = match &tools.pki {
+        Some(pki) => {
+            let (proc, accept) = tls::start_stunnel(&dir, listen, pki)?;
+            (Some(proc), accept)
+        }
+        None => (None, listen),
+    };
 
     let load_before = loadavg();
     let cpu_before = balancer.cpu_ticks()?;
     let started = Instant::now();
     let csv = dir.path("uac_stats.csv");
-    let mut cmd = uac_command(tools, &tools.scenarios.join("uac_rr.xml"), listen, &csv)?;
+    let mut cmd = uac_command(tools, &tools.scenarios.join("uac_rr.xml"), uac_target, &csv)?;
     cmd.args(["-m", &opts.calls.to_string()])
         .args(["-r", &opts.rate.to_string(), "-rp", "1000"])
         .args(["-l", &opts.calls.to_string()])
@@ -446,7 +507,10 @@ fn run_once(lb: Lb, run: usize, opts: &PeerOpts, tools: &Tools, ticks: f64) -> R
 struct Farm {
     balancer: Tree,
     backends: Vec<Tree>,
+    /// The callers' listener: TLS when the tools have certificates, else TCP.
     listen: SocketAddr,
+    /// A plain TCP listener of the balancer (`listen` itself without TLS).
+    plain: SocketAddr,
 }
 
 impl Farm {
@@ -470,14 +534,19 @@ impl Farm {
             ports.push(port);
         }
         let listen = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let plain = match tools.pki {
+            Some(_) => SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+            None => listen,
+        };
         let balancer = match lb {
-            Lb::Kamailio => start_kamailio(listen, &ports, 2, tools, dir)?,
-            Lb::Tokio | Lb::Mio => start_siplb(lb, listen, &ports, tools, dir, siplb_args)?,
+            Lb::Kamailio => start_kamailio(listen, plain, &ports, 2, tools, dir)?,
+            Lb::Tokio | Lb::Mio => start_siplb(lb, listen, plain, &ports, tools, dir, siplb_args)?,
         };
         Ok(Farm {
             balancer,
             backends,
             listen,
+            plain,
         })
     }
 }
@@ -497,9 +566,11 @@ fn uac_command(tools: &Tools, scenario: &Path, listen: SocketAddr, csv: &Path) -
     Ok(cmd)
 }
 
-/// Kamailio with `children` SIP worker processes (and as many TCP workers).
+/// Kamailio with `children` SIP worker processes (and as many TCP workers) on `listen`; with
+/// certificates, `listen` is TLS and `plain` its TCP listener.
 fn start_kamailio(
     listen: SocketAddr,
+    plain: SocketAddr,
     ports: &[u16],
     children: usize,
     tools: &Tools,
@@ -515,8 +586,17 @@ fn start_kamailio(
     }
     std::fs::write(&list, text)?;
     let cfg = dir.path("kamailio.cfg");
-    std::fs::write(&cfg, kamailio_cfg(listen.port(), mpath, &list, children))?;
+    let mut text = kamailio_cfg(listen.port(), mpath, &list, children);
+    if let Some(pki) = &tools.pki {
+        text = tls::kamailio_tls_cfg(&text, listen.port(), plain.port(), pki)?;
+    }
+    std::fs::write(&cfg, text)?;
     let mut cmd = Command::new(kamailio);
+    if tools.pki.is_some() {
+        // Shared memory for the TLS sessions (OpenSSL allocates them there); 64 MB, the
+        // default, runs out at about a thousand idle TLS connections.
+        cmd.args(["-m", "512"]);
+    }
     // -DD: the creator stays in the foreground (our child) and forks the workers; -E: log to
     // stderr; -x tlsf: the TLSF shared-memory manager, Kamailio's fastest.
     cmd.arg("-f")
@@ -549,9 +629,11 @@ fn kamailio_cfg(port: u16, mpath: &Path, list: &Path, children: usize) -> String
         .replace("@CHILDREN@", &children.to_string())
 }
 
+/// siplb on `listen`; with certificates, `listen` is TLS and `plain` its TCP listener.
 fn start_siplb(
     lb: Lb,
     listen: SocketAddr,
+    plain: SocketAddr,
     ports: &[u16],
     tools: &Tools,
     dir: &TempDir,
@@ -559,9 +641,16 @@ fn start_siplb(
 ) -> Result<Tree> {
     let mut cmd = Command::new(tools.bin.join(lb.name()));
     cmd.args(extra_args)
-        .args(["--listen", &listen.to_string()])
-        .args(["--advertise", &listen.to_string()])
+        .args(["--listen", &plain.to_string()])
+        .args(["--advertise", &plain.to_string()])
         .args(["--algorithm", "round-robin", "--log-level", "info"]);
+    if let Some(pki) = &tools.pki {
+        cmd.args(["--listen-tls", &listen.to_string()])
+            .arg("--tls-cert")
+            .arg(&pki.cert)
+            .arg("--tls-key")
+            .arg(&pki.key);
+    }
     for p in ports {
         cmd.args(["--backend", &format!("127.0.0.1:{p},mode=plain")]);
     }
@@ -670,142 +759,13 @@ fn loadavg() -> String {
         .unwrap_or_else(|| "?".to_owned())
 }
 
-/// A started program and the processes it forks (Kamailio's workers). On drop, every process
-/// of the tree gets SIGTERM, and SIGKILL if it is still there a few seconds later. Its stdout
-/// and stderr go to `NAME.out` / `NAME.err` in the run's folder: SIPp redraws its screen on
-/// stdout every second, which would fill a pipe nobody reads.
-struct Tree {
-    name: String,
-    child: Child,
-}
-
-impl Tree {
-    fn spawn(name: &str, cmd: &mut Command, dir: &TempDir) -> Result<Tree> {
-        let out = File::create(dir.path(&format!("{name}.out")))?;
-        let err = File::create(dir.path(&format!("{name}.err")))?;
-        let child = cmd
-            .current_dir(&dir.0)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .with_context(|| format!("starting {name} ({cmd:?})"))?;
-        Ok(Tree {
-            name: name.to_owned(),
-            child,
-        })
-    }
-
-    fn check_running(&mut self) -> Result<()> {
-        if let Some(status) = self.child.try_wait()? {
-            bail!("{} exited early: {status}", self.name);
-        }
-        Ok(())
-    }
-
-    fn exit_status(&mut self) -> Result<Option<std::process::ExitStatus>> {
-        Ok(self.child.try_wait()?)
-    }
-
-    /// The root's pid and its descendants', from the parent links in /proc.
-    fn tree(&self) -> Vec<u32> {
-        descendants(self.child.id())
-    }
-
-    /// User+system clock ticks of the whole tree (every thread of every process).
-    fn cpu_ticks(&self) -> Result<u64> {
-        let mut total = 0;
-        for pid in self.tree() {
-            total += stat(pid)
-                .with_context(|| format!("/proc/{pid}/stat of {}", self.name))?
-                .1;
-        }
-        Ok(total)
-    }
-
-    fn try_cpu_ticks(&self) -> Option<u64> {
-        self.cpu_ticks().ok()
-    }
-
-    /// `VmHWM` summed over the tree's processes (shared pages count once in each process that
-    /// touched them, as in every per-process RSS figure).
-    fn peak_rss_kb(&self) -> u64 {
-        self.tree()
-            .into_iter()
-            .filter_map(|pid| proc_kb(pid, "status", "VmHWM:"))
-            .sum()
-    }
-}
-
-impl Drop for Tree {
-    fn drop(&mut self) {
-        let pids = self.tree();
-        if self.child.try_wait().ok().flatten().is_some() && pids.len() <= 1 {
-            return;
-        }
-        signal("-TERM", &pids);
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(5) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        // Whatever is left of the tree (a worker that ignored SIGTERM, or the root itself).
-        let alive: Vec<u32> = pids
-            .into_iter()
-            .filter(|p| Path::new(&format!("/proc/{p}")).exists())
-            .collect();
-        if !alive.is_empty() {
-            signal("-KILL", &alive);
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Sends a signal to these pids through kill(1) (the workspace forbids `unsafe`).
-fn signal(sig: &str, pids: &[u32]) {
-    if pids.is_empty() {
-        return;
-    }
-    let _ = Command::new("kill")
-        .arg(sig)
-        .args(pids.iter().map(u32::to_string))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-}
-
-/// `root` and every process below it.
-fn descendants(root: u32) -> Vec<u32> {
-    let mut children: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
-    if let Ok(entries) = std::fs::read_dir("/proc") {
-        for e in entries.flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
-            if let Some((ppid, _)) = stat(pid) {
-                children.entry(ppid).or_default().push(pid);
-            }
-        }
-    }
-    let mut seen = BTreeSet::new();
-    let mut todo = vec![root];
-    while let Some(pid) = todo.pop() {
-        if seen.insert(pid) {
-            todo.extend(children.get(&pid).into_iter().flatten().copied());
-        }
-    }
-    seen.into_iter().collect()
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 
+    use super::tree::descendants;
     use super::*;
-    use crate::procs::parse_stat;
+    use crate::procs::{parse_stat, proc_kb, stat};
 
     #[test]
     fn options() {

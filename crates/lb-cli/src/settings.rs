@@ -55,15 +55,18 @@ pub struct Settings {
     /// (`SO_REUSEPORT`), backend connections and new-call table; at least 1 (default: one per
     /// available core). Changes only at a restart.
     pub workers: usize,
-    /// `--proxy-protocol`: every frontend connection accepted on a listener must open with a
-    /// PROXY protocol v1 or v2 header, whose client address then stands for the peer's.
-    /// Changes only at a restart.
+    /// `--proxy-protocol`: every frontend connection accepted on a `--listen` (plain)
+    /// listener must open with a PROXY protocol v1 or v2 header, whose client address then
+    /// stands for the peer's. Changes only at a restart.
     pub proxy_protocol: bool,
     /// Backends configured by DNS name (`crate::named`), with what they resolved to; their
     /// addresses are among `core`'s backends.
     pub named: Vec<crate::named::NamedBackend>,
     /// `--resolve-interval`: how often backend names are resolved again.
     pub resolve_interval: Duration,
+    /// The `--listen-tls ADDR,proxy-protocol` listeners: their connections open with a PROXY
+    /// header, then the TLS ClientHello. Changes only at a restart.
+    pub proxy_protocol_tls: Vec<SocketAddr>,
     /// The command line as given, so [`Settings::reload`] can merge it with the file again.
     args: Args,
 }
@@ -199,8 +202,9 @@ struct Args {
     /// Log every message of this Call-ID with its route decision (repeatable)
     #[arg(long, value_name = "ID")]
     trace_call_id: Vec<String>,
-    /// Address to accept TLS frontend connections on (repeatable)
-    #[arg(long, value_name = "ADDR")]
+    /// Address to accept TLS frontend connections on (repeatable); `,proxy-protocol`: its
+    /// connections open with a PROXY v1/v2 header before the TLS ClientHello
+    #[arg(long, value_name = "ADDR[,proxy-protocol]")]
     listen_tls: Vec<String>,
     /// PEM certificate chain for TLS listeners; repeat with --tls-key in pairs, chosen by SNI
     #[arg(long, value_name = "FILE")]
@@ -521,10 +525,16 @@ fn merge(
     } else {
         &args.listen_tls
     };
-    core.tls_listeners = listen_tls
+    let listen_tls = listen_tls
         .iter()
-        .map(|a| parse_addr("listen-tls", a))
-        .collect::<Result<_, _>>()?;
+        .map(|a| parse_tls_listener(a))
+        .collect::<Result<Vec<_>, _>>()?;
+    core.tls_listeners = listen_tls.iter().map(|(addr, _)| *addr).collect();
+    let proxy_protocol_tls = listen_tls
+        .iter()
+        .filter(|(_, proxied)| *proxied)
+        .map(|(addr, _)| *addr)
+        .collect();
     core.advertise_tls = args.advertise_tls.clone().or(file.advertise_tls.clone());
     core.trace_call_ids = if args.trace_call_id.is_empty() {
         file.trace_call_id.clone()
@@ -815,16 +825,8 @@ fn merge(
             format!("{workers} is more than {WORKERS_MAX}"),
         ));
     }
+    // The plain listeners'; each TLS listener says for itself (`ADDR,proxy-protocol`).
     let proxy_protocol = args.proxy_protocol || file.proxy_protocol.unwrap_or(false);
-    if proxy_protocol && !core.tls_listeners.is_empty() {
-        // The PROXY header comes before the ClientHello; the drivers do not yet hand the
-        // bytes after the header to the TLS session, so the combination is refused, not half
-        // done.
-        return Err(CliError::invalid(
-            "proxy-protocol",
-            "not supported together with listen-tls yet",
-        ));
-    }
     // A frontend connection alone from its IP in one worker is not alone in the process.
     core.hop_by_unique_ip = workers == 1;
 
@@ -846,6 +848,7 @@ fn merge(
         proxy_protocol,
         named,
         resolve_interval,
+        proxy_protocol_tls,
         args: kept,
     })
 }
@@ -1141,6 +1144,25 @@ fn parse_backend(spec: &str) -> Result<PartialBackend, CliError> {
     })
 }
 
+/// `ADDR[,proxy-protocol]` of `--listen-tls` (and the file's `listen-tls` list).
+fn parse_tls_listener(text: &str) -> Result<(SocketAddr, bool), CliError> {
+    let mut parts = text.split(',');
+    let addr = parse_addr("listen-tls", parts.next().unwrap_or_default())?;
+    let mut proxied = false;
+    for option in parts {
+        match option.trim() {
+            "proxy-protocol" => proxied = true,
+            other => {
+                return Err(CliError::invalid(
+                    "listen-tls",
+                    format!("unknown option {other:?} (known: proxy-protocol)"),
+                ))
+            }
+        }
+    }
+    Ok((addr, proxied))
+}
+
 fn parse_addr(key: &'static str, text: &str) -> Result<SocketAddr, CliError> {
     text.trim()
         .parse()
@@ -1352,6 +1374,19 @@ mod tests {
             .write_all(text.as_bytes())
             .unwrap();
         path
+    }
+
+    #[test]
+    fn tls_listeners_say_whether_a_proxy_header_comes_first() {
+        let addr: SocketAddr = "127.0.0.1:5061".parse().unwrap();
+        assert_eq!(parse_tls_listener("127.0.0.1:5061").unwrap(), (addr, false));
+        assert_eq!(
+            parse_tls_listener("127.0.0.1:5061, proxy-protocol").unwrap(),
+            (addr, true)
+        );
+        let e = parse_tls_listener("127.0.0.1:5061,proxy").unwrap_err();
+        assert_eq!(e.key().as_deref(), Some("listen-tls"));
+        assert!(parse_tls_listener("proxy-protocol").is_err());
     }
 
     #[test]

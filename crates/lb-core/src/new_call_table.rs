@@ -379,6 +379,25 @@ impl NewCallTable {
     pub(crate) fn expire(&mut self, now: Instant) {
         let now_ms = self.advance(now);
         self.expire_until(now_ms);
+        self.shrink_if_sparse();
+    }
+
+    /// Gives a burst's memory back once its entries are gone: a container using under a
+    /// quarter of its capacity (past [`SHRINK_MIN`] slots) shrinks to twice its length. The
+    /// next shrink needs at least half of those entries gone, so the O(len) copy is amortised
+    /// over as many removals, and growth after a shrink starts with room to spare.
+    fn shrink_if_sparse(&mut self) {
+        fn sparse(len: usize, capacity: usize) -> bool {
+            capacity > SHRINK_MIN && len < capacity / 4
+        }
+        if sparse(self.entries.len(), self.entries.capacity()) {
+            self.entries.shrink_to(self.entries.len() * 2);
+        }
+        for fifo in [&mut self.window_fifo, &mut self.ringing_fifo] {
+            if sparse(fifo.len(), fifo.capacity()) {
+                fifo.shrink_to(fifo.len() * 2);
+            }
+        }
     }
 
     /// When the next entry may expire.
@@ -761,6 +780,9 @@ struct Item {
     deadline: u32,
     key: Fingerprint,
 }
+
+/// Containers at most this large are never shrunk: a quiet table keeps a little room.
+const SHRINK_MIN: usize = 1024;
 
 fn ceil_ms(d: Duration) -> u64 {
     u64::try_from(d.as_nanos().div_ceil(u128::from(NS_PER_MS))).unwrap_or(u64::MAX)
@@ -1164,6 +1186,29 @@ mod tests {
         assert_eq!(t.len(), 5);
         let total: u32 = (0..3).map(|i| t.assigned(b(i))).sum();
         assert_eq!(total, 5);
+    }
+
+    #[test]
+    fn storage_shrinks_after_a_burst_expires() {
+        let t0 = origin();
+        let mut t = table(100_000, t0);
+        for i in 0..20_000u32 {
+            let key = t.key(format!("burst-{i}").as_bytes());
+            assert!(t.insert(t0, key, b(0), false, C, S).is_ok());
+        }
+        let full = t.memory_bytes();
+        assert!(full > 20_000 * 40, "{full}");
+        let late = t0 + W + MS;
+        let key = t.key(b"after");
+        assert!(t.insert(late, key, b(0), false, C, S).is_ok());
+        t.expire(late);
+        assert_eq!(t.len(), 1);
+        let after = t.memory_bytes();
+        assert!(
+            after * 20 < full,
+            "{after} bytes after, {full} during the burst"
+        );
+        assert!(alive_at(&mut t, late, key));
     }
 
     #[test]

@@ -116,8 +116,9 @@ struct Driver {
     listeners: Vec<(ListenerId, TcpListener)>,
     /// Commands from the process (stop, reload), announced by the control waker.
     control: Control,
-    /// `--proxy-protocol`: accepted connections first wait here for their header.
-    proxy_protocol: bool,
+    /// Per listener (by index): accepted connections first wait for their PROXY header
+    /// (`--proxy-protocol` for plain listeners, `--listen-tls ADDR,proxy-protocol`).
+    proxied: Vec<bool>,
     /// Token `PENDING_TOKEN_BASE + key`.
     pending: slab::Slab<Pending>,
     /// Header deadlines in accept order (all have the same timeout).
@@ -173,6 +174,7 @@ impl Driver {
         })?;
         let lb = Balancer::new(settings.core.clone(), lb_cli::os_seed()?, Instant::now());
         let mut listeners = Vec::new();
+        let mut proxied = Vec::new();
         let ids: Vec<(ListenerId, SocketAddr)> = lb.listeners().collect();
         for ((id, addr), socket) in ids.into_iter().zip(sockets) {
             let mut socket = TcpListener::from_std(socket);
@@ -184,6 +186,12 @@ impl Driver {
                 )
                 .map_err(RunError::Runtime)?;
             tracing::info!(listener = %id, %addr, "listening");
+            // Plain listeners follow `--proxy-protocol`; a TLS one its own `,proxy-protocol`.
+            proxied.push(if lb.is_tls_listener(id) {
+                settings.proxy_protocol_tls.contains(&addr)
+            } else {
+                settings.proxy_protocol
+            });
             listeners.push((id, socket));
         }
         let mut driver = Driver {
@@ -193,7 +201,7 @@ impl Driver {
             conns: Vec::new(),
             listeners,
             control,
-            proxy_protocol: settings.proxy_protocol,
+            proxied,
             pending: slab::Slab::new(),
             pending_deadlines: VecDeque::new(),
             read_buf: lb_cli::ReadBuffer::default(),
@@ -310,7 +318,7 @@ impl Driver {
             let (listener, socket) = &self.listeners[index];
             let listener = *listener;
             match socket.accept() {
-                Ok((stream, peer)) if self.proxy_protocol => {
+                Ok((stream, peer)) if self.proxied.get(index).copied().unwrap_or(false) => {
                     self.await_proxy_header(listener, stream, peer)
                 }
                 Ok((stream, peer)) => {
@@ -365,7 +373,13 @@ impl Driver {
                     let deadline = Instant::now() + lb_cli::tls::HANDSHAKE_TIMEOUT;
                     self.handshakes.push_back((deadline, conn));
                 }
-                if !first.is_empty() {
+                if self.get(conn).is_some_and(|c| c.tls.is_some()) {
+                    // What followed the PROXY header is the start of the ClientHello: rustls'
+                    // to read, before the socket's own bytes.
+                    if !first.is_empty() {
+                        self.read_tls(conn, &first);
+                    }
+                } else if !first.is_empty() {
                     let bytes = first;
                     self.lb
                         .handle_input(Instant::now(), Input::Received { conn, bytes });
@@ -508,7 +522,7 @@ impl Driver {
                 return;
             }
             if c.tls.is_some() {
-                return self.read_tls(id);
+                return self.read_tls(id, &[]);
             }
             match self.read_buf.read_some(&mut c.stream) {
                 Ok(0) => {
@@ -567,8 +581,9 @@ impl Driver {
         }
     }
 
-    /// Reads a TLS frontend: every record the socket has, the plaintext to the core.
-    fn read_tls(&mut self, id: ConnId) {
+    /// Reads a TLS frontend: `prefix` (bytes read with its PROXY header), then every record
+    /// the socket has; the plaintext to the core.
+    fn read_tls(&mut self, id: ConnId, prefix: &[u8]) {
         let Some(c) = self.conns.get_mut(id.slot()).and_then(Option::as_mut) else {
             return;
         };
@@ -576,7 +591,7 @@ impl Driver {
             return;
         };
         let mut plain = BytesMut::new();
-        let result = session.read(&mut c.stream, &mut plain);
+        let result = session.read(&mut std::io::Read::chain(prefix, &mut c.stream), &mut plain);
         let (handshaking, wants_write, version) = (
             session.handshaking,
             session.wants_write(),

@@ -48,7 +48,7 @@ impl TlsConn {
     /// error wrapping the rustls error.
     pub(crate) fn read(
         &mut self,
-        sock: &mut TcpStream,
+        sock: &mut impl Read,
         out: &mut BytesMut,
     ) -> io::Result<ReadOutcome> {
         let mut eof = false;

@@ -5,14 +5,17 @@
 //!
 //! - one accept task per listener sends each accepted socket to the owner, which calls
 //!   `Balancer::accept` to learn the connection's id;
-//! - per connection, a reader task reads 64 KiB chunks into a `BytesMut` and sends them through
-//!   the bounded note channel (a slow owner therefore slows the readers down), and a writer task
-//!   drains an unbounded channel of `Bytes` whose queued size is counted: past the output cap the
-//!   owner closes the connection and reports [`CloseReason::OutputOverflow`];
+//! - per connection, a reader task sends what each wake-up reads through the bounded note
+//!   channel (a slow owner therefore slows the readers down), and a writer task drains the
+//!   connection's `Outbox` (`conn_io.rs`), whose queued size is counted: past the output cap the
+//!   owner closes the connection and reports [`CloseReason::OutputOverflow`]. An idle
+//!   connection holds no read or write buffer (`conn_io.rs`: about 2 kB per idle connection);
 //! - `Output::Connect` spawns a task that connects with a timeout and then becomes the writer.
 //! - A TLS listener's accept task hands each socket to a handshake task (tokio-rustls, at most
 //!   [`lb_cli::tls::HANDSHAKES_MAX`] at once, each within [`lb_cli::tls::HANDSHAKE_TIMEOUT`]);
 //!   only a finished handshake reaches the owner, whose reader and writer then see plaintext.
+//!   On a `--listen-tls ADDR,proxy-protocol` listener the task reads the PROXY header first;
+//!   what followed it goes to rustls before the socket's own bytes (`conn_io::Prefixed`).
 //!
 //! The owner loop waits for a note, the core's deadline (one `Sleep`, reset only when the
 //! deadline moves) or the shutdown signal; it handles up to [`lb_cli::BATCH_MAX`] notes per
@@ -36,25 +39,25 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+mod conn_io;
+use conn_io::{read_loop, write_loop, Outbox, Prefixed, Write};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use lb_cli::backpressure::{Admit, Watermarks};
 use lb_cli::{
     BackendTls, Command, Ops, ProxyHeaderReader, ProxyRead, ProxyReject, RunError, Settings,
     WakePacer, Worker, BATCH_MAX, CLOSE_LINGER_MAX, CONNECT_TIMEOUT, PROXY_HEADER_TIMEOUT,
-    PROXY_PENDING_MAX, READ_CHUNK_BYTES, SHUTDOWN_FLUSH_MAX,
+    PROXY_PENDING_MAX, SHUTDOWN_FLUSH_MAX,
 };
 use lb_core::{Balancer, CloseReason, ConnId, Input, ListenerId, Output, Stats};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio::time::Instant as TokioInstant;
-
-mod queue;
-use queue::Queue;
 
 /// Runs `--workers` balancers, each on a new current-thread runtime on a thread of its own,
 /// until SIGINT or SIGTERM, then flushes queued output (at most [`SHUTDOWN_FLUSH_MAX`]) and
@@ -117,8 +120,14 @@ pub async fn serve(worker: Worker) -> Result<Stats, RunError> {
             TcpListener::from_std(socket).map_err(|source| RunError::Bind { addr, source })?;
         let task = match ops.tls().filter(|_| lb.is_tls_listener(id)) {
             Some(tls) => {
-                tracing::info!(listener = %id, %addr, "listening (TLS)");
-                tokio::spawn(tls_accept_loop(id, socket, tls.clone(), notes_tx.clone()))
+                let proxied = settings.proxy_protocol_tls.contains(&addr);
+                if proxied {
+                    tracing::info!(listener = %id, %addr, "listening (PROXY header, then TLS)");
+                } else {
+                    tracing::info!(listener = %id, %addr, "listening (TLS)");
+                }
+                let accept = tls_accept_loop(id, socket, proxied, tls.clone(), notes_tx.clone());
+                tokio::spawn(accept)
             }
             None => {
                 tracing::info!(listener = %id, %addr, "listening");
@@ -198,7 +207,7 @@ pub async fn serve(worker: Worker) -> Result<Stats, RunError> {
 }
 
 /// What the tasks tell the owner.
-enum Note {
+pub(crate) enum Note {
     Accepted {
         listener: ListenerId,
         stream: TcpStream,
@@ -217,8 +226,11 @@ enum Note {
     /// A TLS frontend whose handshake finished.
     AcceptedTls {
         listener: ListenerId,
-        stream: Box<tokio_rustls::server::TlsStream<TcpStream>>,
+        stream: Box<tokio_rustls::server::TlsStream<Prefixed>>,
+        /// The socket's peer, or the client its PROXY header announced.
         peer: SocketAddr,
+        /// The socket's peer when `peer` came from a PROXY header.
+        proxy: Option<SocketAddr>,
     },
     Received {
         conn: ConnId,
@@ -249,13 +261,6 @@ enum Note {
     },
 }
 
-/// What the owner tells a writer task.
-enum Write {
-    Bytes(Bytes),
-    /// Flush what came before, shut the socket down, report `Closed { Requested }`.
-    Close,
-}
-
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Backend connect in progress; writes queue up in the channel meanwhile.
@@ -269,9 +274,8 @@ struct Conn {
     id: ConnId,
     frontend: bool,
     state: State,
-    writes: mpsc::UnboundedSender<Write>,
-    /// Bytes handed to the writer and not yet written, and their level.
-    queued: Arc<Queue>,
+    /// The writer's queue: the bytes not yet written, and their level.
+    outbox: Arc<Outbox>,
     reader: Option<AbortHandle>,
     /// The writer task, or the connect task that becomes it.
     writer: AbortHandle,
@@ -316,9 +320,10 @@ impl Owner {
                 listener,
                 stream,
                 peer,
+                proxy,
             } => {
                 let (read, write) = tokio::io::split(*stream);
-                self.start_frontend(listener, peer, None, BytesMut::new(), read, write);
+                self.start_frontend(listener, peer, proxy, BytesMut::new(), read, write);
             }
             Note::ProxyRejected { peer, cause } => self.ops.proxy_rejected(peer, cause, now()),
             Note::Received { conn, bytes } => {
@@ -332,7 +337,7 @@ impl Owner {
                 // While Closing the read half is dropped: the writer reports the close.
                 if c.state == State::Connecting {
                     c.state = State::Open;
-                    let pause = Watermarks::pauses_reading(c.frontend).then(|| c.queued.clone());
+                    let pause = Watermarks::pauses_reading(c.frontend).then(|| c.outbox.clone());
                     let reader = read_loop(conn, read, notes, pause);
                     c.reader = Some(tokio::spawn(reader).abort_handle());
                     self.lb.handle_input(now(), Input::Connected { conn });
@@ -360,7 +365,7 @@ impl Owner {
             }
             Note::LingerOver { conn } => {
                 if let Some(c) = self.get(conn).filter(|c| c.state == State::Closing) {
-                    let unsent = c.queued.bytes.load(Ordering::Relaxed);
+                    let unsent = c.outbox.queued();
                     tracing::debug!(conn = %conn, unsent, "peer not reading; closed unflushed");
                     self.finish(conn, CloseReason::Requested);
                 }
@@ -384,21 +389,19 @@ impl Owner {
                     return;
                 }
                 let len = bytes.len();
-                let queued = c.queued.bytes.load(Ordering::Relaxed);
-                match marks.admit(queued, len, c.queued.is_high(), c.frontend) {
+                let queued = c.outbox.queued();
+                match marks.admit(queued, len, c.outbox.is_high(), c.frontend) {
                     Admit::Close => {
                         self.ops.output_overflow(conn, marks.ceiling, now());
                         self.finish(conn, CloseReason::OutputOverflow);
                     }
                     Admit::Drop => self.ops.output_cap_drop(conn, marks.ceiling, now()),
                     Admit::Queue { report } => {
-                        c.queued.bytes.fetch_add(len, Ordering::Relaxed);
-                        // A failed send means the writer already ended and its Closed note is
-                        // on its way.
-                        let _ = c.writes.send(Write::Bytes(bytes));
+                        // If the writer already ended, its Closed note is on its way.
+                        c.outbox.push(Write::Bytes(bytes));
                         if let Some(level) = report {
                             // A frontend's reader waits from its next read on.
-                            c.queued.set_high();
+                            c.outbox.set_high();
                             self.lb
                                 .handle_input(now(), Input::OutputQueue { conn, level });
                         }
@@ -435,7 +438,7 @@ impl Owner {
                 if let Some(reader) = c.reader.take() {
                     reader.abort();
                 }
-                let _ = c.writes.send(Write::Close);
+                c.outbox.push(Write::Close);
                 let notes = self.notes.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(CLOSE_LINGER_MAX).await;
@@ -465,23 +468,15 @@ impl Owner {
             Some(proxy) => lb_cli::log_frontend_open_proxied(conn, peer, proxy),
             None => lb_cli::log_frontend_open(conn, peer),
         }
-        let (writes, rx) = mpsc::unbounded_channel();
-        let queued = Arc::new(Queue::new(self.marks));
-        let writer = tokio::spawn(write_loop(
-            conn,
-            write,
-            rx,
-            queued.clone(),
-            self.notes.clone(),
-        ));
-        let pause = Some(queued.clone());
+        let outbox = Outbox::new(self.marks);
+        let writer = tokio::spawn(write_loop(conn, write, outbox.clone(), self.notes.clone()));
+        let pause = Some(outbox.clone());
         let reader = tokio::spawn(read_loop(conn, read, self.notes.clone(), pause));
         self.insert(Conn {
             id: conn,
             frontend: true,
             state: State::Open,
-            writes,
-            queued,
+            outbox,
             reader: Some(reader.abort_handle()),
             writer: writer.abort_handle(),
         });
@@ -494,22 +489,19 @@ impl Owner {
 
     /// Starts connecting `conn` to `to` (a backend, or a frontend the core dials out to).
     fn connect(&mut self, conn: ConnId, to: SocketAddr, frontend: bool, tls: Option<BackendTls>) {
-        let (writes, rx) = mpsc::unbounded_channel();
-        let queued = Arc::new(Queue::new(self.marks));
+        let outbox = Outbox::new(self.marks);
         let task = tokio::spawn(connect_task(
             conn,
             to,
             tls,
-            rx,
-            queued.clone(),
+            outbox.clone(),
             self.notes.clone(),
         ));
         self.insert(Conn {
             id: conn,
             frontend,
             state: State::Connecting,
-            writes,
-            queued,
+            outbox,
             reader: None,
             writer: task.abort_handle(),
         });
@@ -524,6 +516,7 @@ impl Owner {
             reader.abort();
         }
         c.writer.abort();
+        c.outbox.forget();
         if c.frontend {
             lb_cli::log_frontend_closed(conn, reason);
         }
@@ -561,7 +554,7 @@ impl Owner {
             }
             match c.state {
                 State::Open => {
-                    let _ = c.writes.send(Write::Close);
+                    c.outbox.push(Write::Close);
                     c.state = State::Closing;
                     pending += 1;
                 }
@@ -658,10 +651,13 @@ async fn accept_loop(
 
 /// Accepts TLS frontends: each socket gets a handshake task, within the cap on handshakes in
 /// progress and the handshake timeout; only a finished handshake reaches the owner. Failures
-/// close that socket alone and are counted by reason.
+/// close that socket alone and are counted by reason. With `proxied` (`--listen-tls
+/// ADDR,proxy-protocol`) the task first reads the PROXY header (within its own timeout, under
+/// the same cap); the bytes after it go to rustls, and the client it names is the peer.
 async fn tls_accept_loop(
     listener: ListenerId,
     socket: TcpListener,
+    proxied: bool,
     tls: Arc<lb_cli::tls::Tls>,
     notes: mpsc::Sender<Note>,
 ) {
@@ -685,16 +681,31 @@ async fn tls_accept_loop(
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
         let (counters, notes) = (tls.counters.clone(), notes.clone());
         tokio::spawn(async move {
+            let (stream, client, proxy) = if proxied {
+                match proxy_header(stream).await {
+                    Ok((stream, client, rest)) => (
+                        Prefixed::new(rest, stream),
+                        client.unwrap_or(peer),
+                        Some(peer),
+                    ),
+                    Err(cause) => {
+                        let _ = notes.send(Note::ProxyRejected { peer, cause }).await;
+                        return;
+                    }
+                }
+            } else {
+                (Prefixed::new(BytesMut::new(), stream), peer, None)
+            };
             let handshake =
                 tokio::time::timeout(lb_cli::tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream));
             let stream = match handshake.await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    tracing::debug!(peer = %client, error = %e, "TLS handshake failed");
                     return counters.handshake_failed(&e);
                 }
                 Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
+                    tracing::debug!(peer = %client, "TLS handshake timed out");
                     counters
                         .failed_timeout
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -708,7 +719,8 @@ async fn tls_accept_loop(
                 .send(Note::AcceptedTls {
                     listener,
                     stream,
-                    peer,
+                    peer: client,
+                    proxy,
                 })
                 .await;
         });
@@ -741,94 +753,11 @@ async fn proxy_header(
     }
 }
 
-/// Reads `conn` until it ends. A frontend's reader (`pause`: its queue) waits before each read
-/// while its responses cannot be written, so it cannot pile up more work.
-async fn read_loop(
-    conn: ConnId,
-    mut read: impl AsyncRead + Unpin,
-    notes: mpsc::Sender<Note>,
-    pause: Option<Arc<Queue>>,
-) {
-    let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
-    let reason = loop {
-        if let Some(queue) = &pause {
-            queue.wait_until_writable().await;
-        }
-        // Reclaims the space of earlier chunks once the core has dropped them.
-        buf.reserve(READ_CHUNK_BYTES);
-        match read.read_buf(&mut buf).await {
-            Ok(0) => break CloseReason::PeerClosed,
-            Ok(_) => {
-                let bytes = buf.split();
-                if notes.send(Note::Received { conn, bytes }).await.is_err() {
-                    return;
-                }
-            }
-            Err(e) => {
-                tracing::debug!(conn = %conn, error = %e, "read failed");
-                break CloseReason::Error;
-            }
-        }
-    };
-    let _ = notes.send(Note::Closed { conn, reason }).await;
-}
-
-async fn write_loop(
-    conn: ConnId,
-    write: impl AsyncWrite + Unpin,
-    mut writes: mpsc::UnboundedReceiver<Write>,
-    queued: Arc<Queue>,
-    notes: mpsc::Sender<Note>,
-) {
-    // Several messages ready at once leave in one syscall; TCP_NODELAY then sends them at once.
-    let mut out = BufWriter::with_capacity(READ_CHUNK_BYTES, write);
-    let reason = 'outer: loop {
-        // `None`: the owner forgot the connection, having fed its Closed already.
-        let Some(mut next) = writes.recv().await else {
-            return;
-        };
-        let mut written = 0;
-        let mut close = false;
-        loop {
-            match next {
-                Write::Bytes(bytes) => {
-                    if let Err(e) = out.write_all(&bytes).await {
-                        tracing::debug!(conn = %conn, error = %e, "write failed");
-                        break 'outer CloseReason::Error;
-                    }
-                    written += bytes.len();
-                }
-                Write::Close => {
-                    close = true;
-                    break;
-                }
-            }
-            match writes.try_recv() {
-                Ok(w) => next = w,
-                Err(_) => break,
-            }
-        }
-        if let Err(e) = out.flush().await {
-            tracing::debug!(conn = %conn, error = %e, "write failed");
-            break CloseReason::Error;
-        }
-        if queued.written(written) && notes.send(Note::Drained { conn }).await.is_err() {
-            return;
-        }
-        if close {
-            let _ = out.shutdown().await;
-            break CloseReason::Requested;
-        }
-    };
-    let _ = notes.send(Note::Closed { conn, reason }).await;
-}
-
 async fn connect_task(
     conn: ConnId,
     to: SocketAddr,
     tls: Option<BackendTls>,
-    writes: mpsc::UnboundedReceiver<Write>,
-    queued: Arc<Queue>,
+    outbox: Arc<Outbox>,
     notes: mpsc::Sender<Note>,
 ) {
     let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(to)).await {
@@ -855,7 +784,7 @@ async fn connect_task(
         }
     };
     let _ = stream.set_nodelay(true);
-    queued.marks().bound_send_buffer(&stream);
+    outbox.marks().bound_send_buffer(&stream);
     let Some((config, name)) = tls else {
         let (read, write) = stream.into_split();
         // The owner spawns the reader, so no data can overtake this note.
@@ -863,7 +792,7 @@ async fn connect_task(
         if notes.send(Note::Connected { conn, read }).await.is_err() {
             return;
         }
-        return write_loop(conn, write, writes, queued, notes).await;
+        return write_loop(conn, write, outbox, notes).await;
     };
     let connector = tokio_rustls::TlsConnector::from(config);
     let handshake = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, stream));
@@ -887,7 +816,7 @@ async fn connect_task(
     if notes.send(Note::Connected { conn, read }).await.is_err() {
         return;
     }
-    write_loop(conn, write, writes, queued, notes).await;
+    write_loop(conn, write, outbox, notes).await;
 }
 
 fn now() -> std::time::Instant {

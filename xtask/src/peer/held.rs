@@ -73,9 +73,9 @@ pub(crate) fn bench_held(words: &[&str]) -> Result<()> {
 
 /// The resident memory of the balancer's processes at one moment.
 #[derive(Clone, Copy, Debug, Default)]
-struct Resident {
-    rss_kb: u64,
-    pss_kb: u64,
+pub(super) struct Resident {
+    pub(super) rss_kb: u64,
+    pub(super) pss_kb: u64,
 }
 
 fn held_run(lb: Lb, opts: &HeldOpts, tools: &Tools) -> Result<()> {
@@ -151,7 +151,7 @@ fn hold_scenario(base: &Path) -> Result<String> {
     Ok(text.replacen(bye, &format!("  <pause/>\n{bye}"), 1))
 }
 
-fn resident_now(tree: &Tree) -> Resident {
+pub(super) fn resident_now(tree: &Tree) -> Resident {
     let mut total = Resident::default();
     for pid in tree.tree() {
         total.rss_kb += proc_kb(pid, "status", "VmRSS:").unwrap_or(0);

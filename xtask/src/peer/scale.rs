@@ -531,7 +531,7 @@ impl ScaleFarm {
         }
         let listen = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let balancer = match lb {
-            Lb::Kamailio => start_kamailio(listen, &ports, workers, bench.tools, &dir)?,
+            Lb::Kamailio => start_kamailio(listen, listen, &ports, workers, bench.tools, &dir)?,
             Lb::Tokio | Lb::Mio => start_siplb(&bench.bin, lb, listen, &ports, workers, &dir)?,
         };
         Ok(ScaleFarm {
@@ -599,7 +599,7 @@ impl Sample {
             backends,
             children: children_ticks().context("reading /proc/self/stat")?,
             system: system_busy_ticks().context("reading /proc/stat")?,
-            workers: worker_threads(farm.balancer.child.id()),
+            workers: worker_threads(farm.balancer.pid()),
         })
     }
 }

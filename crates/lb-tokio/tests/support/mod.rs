@@ -360,17 +360,19 @@ pub fn slow_reader_is_paused_then_closed(exe: &str) {
         "{ok}Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    for _ in 0..600 {
+    // What is dropped while the client's queue is high never reaches the kernel, so how much
+    // must be offered before the socket buffers fill depends on how fast the writer drains:
+    // keep the flood going until the balancer gives up on the client (bounded in time).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut closed = false;
+    while !closed && std::time::Instant::now() < deadline {
         // The balancer keeps reading the backend: these writes never block for long.
         backend_conn.write_all(response.as_bytes()).unwrap();
         while let Ok(line) = lb.stderr.try_recv() {
+            closed |= line.contains("frontend connection closed");
             lb.seen.push(line);
         }
     }
-    let closed = lb
-        .seen
-        .iter()
-        .any(|l| l.contains("frontend connection closed"));
     assert!(
         closed || lb.wait_for_log("frontend connection closed"),
         "{:?}",
@@ -390,7 +392,14 @@ pub fn slow_reader_is_paused_then_closed(exe: &str) {
 
     let (code, stdout) = lb.terminate();
     assert_eq!(code, Some(0));
-    assert!(stdout.contains(" frontends_open=0 "), "{stdout}");
+    // Responses that were in flight when the client was closed go by dial-out to its Via
+    // (RFC 3261 §18.2.2): the only frontends left open are those dial-outs.
+    let figure = |name: &str| {
+        stdout
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse::<u64>().ok())
+    };
+    assert_eq!(figure("frontends_open"), figure("dial_outs_open"), "{stdout}");
     assert!(stdout.contains(" stall_closes=1 "), "{stdout}");
     assert!(stdout.contains(" backend_failures=0 "), "{stdout}");
     assert!(!stdout.contains(" frontend_stall_drops=0 "), "{stdout}");
