@@ -97,6 +97,7 @@ impl World {
                     k.backends,
                     k.window,
                     k.ringing_max,
+                    k.check_contract,
                 )
             })
             .collect();
@@ -405,7 +406,11 @@ impl World {
     }
 
     pub(crate) fn lb_input(&mut self, i: usize, input: Input) {
-        self.workers[i].handle_input(self.now, input);
+        if let Some(WorkerOut::Violation { kind, detail }) =
+            self.workers[i].handle_input(self.now, input)
+        {
+            self.violate(kind, format!("lb{i}: {detail}"));
+        }
         self.drain_worker(i);
     }
 
