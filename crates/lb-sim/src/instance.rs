@@ -26,6 +26,7 @@ use lb_testkit::Contract;
 
 use crate::invariants::{table_tolerance, Accounting, TableModel, ViolationKind};
 use crate::queue::Nanos;
+use crate::scenario::Knobs;
 use crate::sip::{self, Kind, Method, Summary};
 
 /// Who is at the other end of a balancer connection.
@@ -118,18 +119,20 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
+    /// Worker of `instance` with its own core; the backend count, the table's window and
+    /// ringing time and the contract check come from the run's knobs.
     pub(crate) fn new(
         config: ValidConfig,
         seed: u64,
         base: Instant,
         instance: u8,
-        backends: usize,
-        window: Duration,
-        ringing_max: Duration,
-        check_contract: bool,
+        k: &Knobs,
     ) -> Worker {
+        let (backends, window, ringing_max) = (k.backends, k.window, k.ringing_max);
         let table_capacity = config.config().limits.table_capacity as u64;
-        let contract = check_contract.then(|| Contract::new(&config).forget_sent());
+        let contract = k
+            .check_contract
+            .then(|| Contract::new(&config).forget_sent());
         let core = Balancer::new(config, seed, base);
         let listener = core
             .listeners()
@@ -199,7 +202,10 @@ impl Worker {
         let at = self.instant();
         let conn = self.core.accept(at, self.listener, peer);
         self.put_slot(conn, who);
-        let v = self.contract.as_mut().and_then(|c| c.accepted(conn, peer).err());
+        let v = self
+            .contract
+            .as_mut()
+            .and_then(|c| c.accepted(conn, peer).err());
         (conn, v.map(output_violation))
     }
 
