@@ -26,6 +26,9 @@
 //! [`sip`] holds a small SIP reader and writer for test peers (the example backend and the load
 //! generator): enough to answer like a simple UAS, not a general parser.
 
+#![warn(missing_docs)]
+#![warn(clippy::wildcard_enum_match_arm, clippy::print_stdout)]
+
 mod conn;
 pub mod sip;
 

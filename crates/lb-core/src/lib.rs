@@ -35,6 +35,7 @@
 //! Every [`ConnId`] ends with exactly one [`Input::Closed`]; the core reuses its slot after that.
 
 #![warn(missing_docs)]
+#![warn(clippy::wildcard_enum_match_arm, clippy::print_stdout)]
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 

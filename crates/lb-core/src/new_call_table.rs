@@ -1296,8 +1296,11 @@ mod tests {
                 worst = worst.max(t.memory_bytes() / t.len());
             }
         }
-        println!("table_bytes_per_entry worst={worst} entries={}", t.len());
-        assert!(worst <= 128, "{worst} bytes per entry");
+        assert!(
+            worst <= 128,
+            "{worst} bytes per entry at worst, {} entries at the end",
+            t.len()
+        );
     }
 
     /// One step of a random workload.

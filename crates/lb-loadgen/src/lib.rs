@@ -18,6 +18,9 @@
 //! so a single event loop keeps up with a few thousand calls per second and leaves the other
 //! core to the balancer and the backends.
 
+#![warn(missing_docs)]
+#![warn(clippy::wildcard_enum_match_arm, clippy::print_stdout)]
+
 mod engine;
 mod msg;
 

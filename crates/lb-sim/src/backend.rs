@@ -391,7 +391,10 @@ impl Farm {
                 let stage = match timer {
                     BackendTimer::Trying => Stage::Trying,
                     BackendTimer::Ringing => Stage::Ringing,
-                    _ => Stage::Answered,
+                    // Only the three stage timers reach this arm.
+                    BackendTimer::Answer | BackendTimer::OkRetransmit | BackendTimer::Hangup => {
+                        Stage::Answered
+                    }
                 };
                 if stage <= be.stage {
                     return;

@@ -9,6 +9,10 @@
 //! network has no DNS: a `Resolve` is answered at once with no address, after the outputs that
 //! came with it, as a driver would.
 //!
+//! Every output is checked against the core's output contract by lb-testkit's [`Contract`] (the
+//! same checks the scenario tests, the properties and the fuzz harness make): a breach is a
+//! [`ViolationKind::Output`]. The contract only observes, so it changes no digest.
+//!
 //! Instances are groups of `workers` such workers sharing one address (SO_REUSEPORT): they
 //! share nothing but the configuration and the tag key, exactly as `--workers N` runs them.
 
@@ -18,9 +22,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use lb_core::{Balancer, CloseReason, ConnId, Event, Input, ListenerId, Output, ValidConfig};
+use lb_testkit::Contract;
 
 use crate::invariants::{table_tolerance, Accounting, TableModel, ViolationKind};
 use crate::queue::Nanos;
+use crate::scenario::Knobs;
 use crate::sip::{self, Kind, Method, Summary};
 
 /// Who is at the other end of a balancer connection.
@@ -83,6 +89,9 @@ pub(crate) enum WorkerOut {
 /// One balancer worker. See the module docs.
 pub(crate) struct Worker {
     core: Balancer,
+    /// The driver's side of the output contract: every accept, input and output goes through
+    /// it. `None` when the run was asked not to check it.
+    contract: Option<Contract>,
     listener: ListenerId,
     base: Instant,
     now: Nanos,
@@ -110,16 +119,20 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
+    /// Worker of `instance` with its own core; the backend count, the table's window and
+    /// ringing time and the contract check come from the run's knobs.
     pub(crate) fn new(
         config: ValidConfig,
         seed: u64,
         base: Instant,
         instance: u8,
-        backends: usize,
-        window: Duration,
-        ringing_max: Duration,
+        k: &Knobs,
     ) -> Worker {
+        let (backends, window, ringing_max) = (k.backends, k.window, k.ringing_max);
         let table_capacity = config.config().limits.table_capacity as u64;
+        let contract = k
+            .check_contract
+            .then(|| Contract::new(&config).forget_sent());
         let core = Balancer::new(config, seed, base);
         let listener = core
             .listeners()
@@ -128,6 +141,7 @@ impl Worker {
             .expect("validated: one listener");
         Worker {
             core,
+            contract,
             listener,
             base,
             now: 0,
@@ -153,9 +167,26 @@ impl Worker {
         self.base + Duration::from_nanos(self.now)
     }
 
-    /// Feeds the core one input at `now`.
-    pub(crate) fn handle_input(&mut self, now: Nanos, input: Input) {
+    /// Feeds the core one input at `now`; returns a violation of the contract (a deadline that
+    /// did not move past a `Timeout`).
+    pub(crate) fn handle_input(&mut self, now: Nanos, input: Input) -> Option<WorkerOut> {
         self.now = now;
+        let at = self.instant();
+        let timeout = matches!(input, Input::Timeout);
+        self.feed(input);
+        if !timeout || self.contract.is_none() {
+            return None;
+        }
+        Contract::timed_out(at, self.core.poll_timeout())
+            .err()
+            .map(output_violation)
+    }
+
+    /// Hands the core `input` at the current instant, through the contract.
+    fn feed(&mut self, input: Input) {
+        if let Some(contract) = &mut self.contract {
+            contract.input(&input);
+        }
         let at = self.instant();
         self.core.handle_input(at, input);
     }
@@ -170,8 +201,12 @@ impl Worker {
         self.now = now;
         let at = self.instant();
         let conn = self.core.accept(at, self.listener, peer);
-        let v = self.put_slot(conn, who);
-        (conn, v)
+        self.put_slot(conn, who);
+        let v = self
+            .contract
+            .as_mut()
+            .and_then(|c| c.accepted(conn, peer).err());
+        (conn, v.map(output_violation))
     }
 
     /// Next thing the worker wants done, `None` once the core is drained.
@@ -189,56 +224,53 @@ impl Worker {
                 }
                 let conn = self.unresolved.pop_front()?;
                 let addrs = Vec::new();
-                let at = self.instant();
-                self.core.handle_input(at, Input::Resolved { conn, addrs });
+                self.feed(Input::Resolved { conn, addrs });
                 continue;
             };
-            match out {
-                Output::Send { conn, bytes } => self.sending = Some((bytes, 0, conn)),
+            let violation = self
+                .contract
+                .as_mut()
+                .and_then(|c| c.output(&out).err())
+                .map(output_violation);
+            let next = match out {
+                Output::Send { conn, bytes } => {
+                    self.sending = Some((bytes, 0, conn));
+                    None
+                }
                 Output::Connect { conn, backend, .. } => {
                     let backend = backend.index() as u16;
-                    let v = self.put_slot(
-                        conn,
-                        Peer::Backend {
-                            backend,
-                            connected: false,
-                        },
-                    );
-                    return Some(self.after_violation(v, WorkerOut::Connect { conn, backend }));
+                    let connected = false;
+                    self.put_slot(conn, Peer::Backend { backend, connected });
+                    Some(WorkerOut::Connect { conn, backend })
                 }
-                Output::Resolve { conn, .. } => self.round.push(conn),
+                Output::Resolve { conn, .. } => {
+                    self.round.push(conn);
+                    None
+                }
                 Output::Dial { conn, to } => {
-                    let v = self.put_slot(conn, Peer::Refused);
-                    return Some(self.after_violation(v, WorkerOut::Dial { conn, to }));
+                    self.put_slot(conn, Peer::Refused);
+                    Some(WorkerOut::Dial { conn, to })
                 }
-                Output::Close { conn } => return Some(WorkerOut::Close { conn }),
-                Output::Event(e) => return Some(self.event(e)),
+                Output::Close { conn } => Some(WorkerOut::Close { conn }),
+                Output::Event(e) => Some(self.event(e)),
+            };
+            // A breach is reported before the output that broke it, which still happens.
+            if let Some(v) = violation {
+                self.pending = next;
+                return Some(v);
+            }
+            if next.is_some() {
+                return next;
             }
         }
     }
 
-    /// `out`, or the violation `v` first and `out` on the next poll.
-    fn after_violation(&mut self, v: Option<WorkerOut>, out: WorkerOut) -> WorkerOut {
-        match v {
-            Some(v) => {
-                self.pending = Some(out);
-                v
-            }
-            None => out,
-        }
-    }
-
+    /// The next message of the `Send` being read. A `Send` on no current connection, or whose
+    /// bytes do not frame, breaks the output contract (reported by it); the world cannot carry
+    /// it, so it is dropped here.
     fn next_message(&mut self) -> Option<WorkerOut> {
         let (bytes, mut pos, conn) = self.sending.take()?;
-        let peer = match self.slot(conn) {
-            Some(s) => s.peer,
-            None => {
-                return Some(WorkerOut::Violation {
-                    kind: ViolationKind::Output,
-                    detail: format!("Send on unknown connection {conn:?}"),
-                })
-            }
-        };
+        let peer = self.slot(conn)?.peer;
         while pos < bytes.len() {
             let rest = &bytes[pos..];
             if rest.starts_with(b"\r\n") {
@@ -246,16 +278,13 @@ impl Worker {
                 continue;
             }
             let Some((n, summary)) = sip::frame_and_summarize(rest) else {
-                let detail = if sip::frame_len(rest).is_none() {
-                    format!("unframeable output on {conn:?}")
-                } else {
-                    let n = sip::frame_len(rest).unwrap_or(rest.len());
-                    self.sending = Some((bytes.clone(), pos + n, conn));
-                    format!("unparseable output on {conn:?}")
-                };
+                // The contract checked the framing; a message that frames but that the
+                // simulator's own reader cannot summarize is the simulator's to report.
+                let n = sip::frame_len(rest)?;
+                self.sending = Some((bytes.clone(), pos + n, conn));
                 return Some(WorkerOut::Violation {
                     kind: ViolationKind::Output,
-                    detail,
+                    detail: format!("unparseable output on {conn:?}"),
                 });
             };
             let msg = bytes.slice(pos..pos + n);
@@ -381,11 +410,11 @@ impl Worker {
         self.core.stats()
     }
 
-    fn put_slot(&mut self, conn: ConnId, peer: Peer) -> Option<WorkerOut> {
+    /// Files `conn` in its slot (the contract checks the core freed it first).
+    fn put_slot(&mut self, conn: ConnId, peer: Peer) {
         if self.slots.len() <= conn.slot() {
             self.slots.resize_with(conn.slot() + 1, || None);
         }
-        let reused = self.slots[conn.slot()].is_some();
         self.slots[conn.slot()] = Some(Slot {
             id: conn,
             peer,
@@ -393,10 +422,6 @@ impl Worker {
             to_lb_last: 0,
             from_lb_last: 0,
         });
-        reused.then(|| WorkerOut::Violation {
-            kind: ViolationKind::Output,
-            detail: format!("slot of {conn:?} reused before Closed"),
-        })
     }
 
     fn slot(&self, conn: ConnId) -> Option<&Slot> {
@@ -503,6 +528,14 @@ impl Worker {
             }
             None => now,
         }
+    }
+}
+
+/// A breach of the output contract, as the world reports it.
+fn output_violation(v: lb_testkit::Violation) -> WorkerOut {
+    WorkerOut::Violation {
+        kind: ViolationKind::Output,
+        detail: v.0,
     }
 }
 

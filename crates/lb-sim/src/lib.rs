@@ -66,6 +66,9 @@
 //! that returns, while its INVITE transaction lives on the backup: the cluster's replicated state
 //! hides this here; a real B2BUA would answer that CANCEL with 481.
 
+#![warn(missing_docs)]
+#![warn(clippy::wildcard_enum_match_arm, clippy::print_stdout)]
+
 pub mod invariants;
 pub mod plot;
 pub mod scenario;

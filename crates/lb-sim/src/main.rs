@@ -45,6 +45,10 @@ struct Args {
     /// Also print `sim_events_per_sec=N wall_s=W` (to stderr).
     #[arg(long)]
     bench: bool,
+    /// Do not check the balancers' outputs against the core's output contract (to measure
+    /// what the check costs; the digest is the same either way).
+    #[arg(long)]
+    no_contract: bool,
     /// Print each violation and per-instance counters to stderr.
     #[arg(long, short)]
     verbose: bool,
@@ -79,6 +83,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     if let Some(w) = args.workers {
         k.workers = w;
     }
+    k.check_contract = !args.no_contract;
     let k = k.with_default_outage();
     let out: Option<Box<dyn Write>> = match &args.trace {
         Some(p) => Some(Box::new(std::io::BufWriter::new(std::fs::File::create(p)?))),

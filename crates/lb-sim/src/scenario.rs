@@ -158,6 +158,9 @@ pub struct Knobs {
     pub ringing_max: Duration,
     /// The balancers' table capacity.
     pub table_capacity: usize,
+    /// Check every balancer output against the core's output contract (lb-testkit's
+    /// `Contract`): a breach is a [`crate::ViolationKind::Output`]. On in every preset.
+    pub check_contract: bool,
 }
 
 impl Knobs {
@@ -193,6 +196,7 @@ impl Knobs {
             window: lb_core::WINDOW_DEFAULT,
             ringing_max: lb_core::TIMER_C,
             table_capacity: 1_000_000,
+            check_contract: true,
         };
         match scenario {
             Scenario::Storm => Knobs {

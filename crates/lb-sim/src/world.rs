@@ -89,15 +89,7 @@ impl World {
             .map(|i| {
                 let seed = k.seed ^ (0x9e37_79b9_7f4a_7c15u64.wrapping_mul(i as u64 + 1));
                 let instance = (i / k.workers) as u8;
-                Worker::new(
-                    valid.clone(),
-                    seed,
-                    base,
-                    instance,
-                    k.backends,
-                    k.window,
-                    k.ringing_max,
-                )
+                Worker::new(valid.clone(), seed, base, instance, &k)
             })
             .collect();
         let trying = (0..k.backends)
@@ -405,7 +397,11 @@ impl World {
     }
 
     pub(crate) fn lb_input(&mut self, i: usize, input: Input) {
-        self.workers[i].handle_input(self.now, input);
+        if let Some(WorkerOut::Violation { kind, detail }) =
+            self.workers[i].handle_input(self.now, input)
+        {
+            self.violate(kind, format!("lb{i}: {detail}"));
+        }
         self.drain_worker(i);
     }
 
@@ -498,7 +494,7 @@ impl World {
                 bytes: msg,
                 summary: Brief::of(s),
             },
-            _ => Ev::TcpToProxy {
+            Peer::Frontend { .. } | Peer::Dialled { .. } | Peer::Refused => Ev::TcpToProxy {
                 lb,
                 conn,
                 bytes: msg,

@@ -9,7 +9,8 @@
 //!   whole SIP messages and CRLF pongs on a stream (pongs only to frontends), envelopes that
 //!   hold exactly one whole message each to an envelope backend;
 //! - `Connect`, `Dial` and `Resolve` with an id never seen before (a `Dial` may also take the
-//!   id of a `Resolve` whose answer was not empty); a `Connect` goes to a configured backend's
+//!   id of a `Resolve` whose answer was not empty), and never in the slot of an id that has not
+//!   reported `Closed` (drivers index their tables by [`ConnId::slot`]; `accept` too); a `Connect` goes to a configured backend's
 //!   address, always the same one for a backend id, and a backend has at most one connection
 //!   open or connecting (one it asked to close may still be flushing);
 //! - one `Close` per connection, only for a connection (not a name being resolved) that has not
@@ -19,7 +20,8 @@
 //!
 //! Inputs for unknown or dead ids are the driver racing the core: allowed, and ignored here;
 //! [`Contract::names_dead`] tells a harness to expect them counted as stale. What is sent stays recorded per connection
-//! ([`Link::sent`]), so a test can read the whole trace of one connection afterwards.
+//! ([`Link::sent`]), so a test can read the whole trace of one connection afterwards; a long
+//! run that only wants the checks turns that off with [`Contract::forget_sent`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -129,6 +131,10 @@ pub struct Contract {
     modes: HashMap<SocketAddr, BackendMode>,
     /// Where each backend id connects, once seen: it must never change.
     backend_addrs: BTreeMap<BackendId, SocketAddr>,
+    /// The id holding each slot until its `Closed`: a new id must not take a held slot.
+    held_slots: HashMap<usize, ConnId>,
+    /// Keep the bytes of every `Send` in [`Link::sent`].
+    keep_sent: bool,
 }
 
 impl Contract {
@@ -139,9 +145,19 @@ impl Contract {
             links: BTreeMap::new(),
             modes: HashMap::new(),
             backend_addrs: BTreeMap::new(),
+            held_slots: HashMap::new(),
+            keep_sent: true,
         };
         contract.configure(config);
         contract
+    }
+
+    /// The same checks, but [`Link::sent`] stays empty: a run of a million calls (lb-sim's
+    /// storms) would otherwise keep every byte the core ever sent.
+    #[must_use]
+    pub fn forget_sent(mut self) -> Contract {
+        self.keep_sent = false;
+        self
     }
 
     fn configure(&mut self, config: &ValidConfig) {
@@ -156,6 +172,7 @@ impl Contract {
             !self.links.contains_key(&conn),
             "accept returned {conn}, an id already used"
         );
+        self.hold_slot(conn, "accept")?;
         self.links.insert(
             conn,
             Link {
@@ -189,6 +206,7 @@ impl Contract {
                 if let Some(link) = self.links.get_mut(conn) {
                     if link.role != Role::Resolving {
                         link.state = State::Closed;
+                        release(&mut self.held_slots, *conn);
                     }
                 }
             }
@@ -197,6 +215,7 @@ impl Contract {
                     // An empty answer ends the id; otherwise a `Dial` for it follows.
                     if link.role == Role::Resolving && addrs.is_empty() {
                         link.state = State::Closed;
+                        release(&mut self.held_slots, *conn);
                     }
                 }
             }
@@ -238,7 +257,9 @@ impl Contract {
                         String::from_utf8_lossy(bytes)
                     ))
                 })?;
-                link.sent.push(bytes.clone());
+                if self.keep_sent {
+                    link.sent.push(bytes.clone());
+                }
                 Ok(messages)
             }
             Output::Connect { conn, backend, to } => {
@@ -261,6 +282,7 @@ impl Contract {
                         "Connect for {backend} while its {other} is open or connecting"
                     )));
                 }
+                self.hold_slot(*conn, "Connect")?;
                 self.insert(
                     *conn,
                     Role::Backend {
@@ -278,6 +300,7 @@ impl Contract {
                     .is_some_and(|l| l.role == Role::Resolving && l.state == State::Connecting);
                 if !resolved {
                     self.fresh(*conn, "Dial")?;
+                    self.hold_slot(*conn, "Dial")?;
                 }
                 self.insert(
                     *conn,
@@ -290,6 +313,7 @@ impl Contract {
             }
             Output::Resolve { conn, .. } => {
                 self.fresh(*conn, "Resolve")?;
+                self.hold_slot(*conn, "Resolve")?;
                 self.insert(*conn, Role::Resolving);
                 Ok(Vec::new())
             }
@@ -378,6 +402,16 @@ impl Contract {
         Ok(())
     }
 
+    /// `conn` takes its slot: no other id may hold it (the core frees a slot only at `Closed`).
+    fn hold_slot(&mut self, conn: ConnId, what: &str) -> Result<(), Violation> {
+        let holder = *self.held_slots.entry(conn.slot()).or_insert(conn);
+        require!(
+            holder == conn,
+            "{what} with {conn:?}, in the slot of {holder:?} before its Closed"
+        );
+        Ok(())
+    }
+
     fn insert(&mut self, conn: ConnId, role: Role) {
         self.links.insert(
             conn,
@@ -389,6 +423,13 @@ impl Contract {
                 queue_high: false,
             },
         );
+    }
+}
+
+/// `conn` ended: its slot is free for the next id.
+fn release(held_slots: &mut HashMap<usize, ConnId>, conn: ConnId) {
+    if held_slots.get(&conn.slot()) == Some(&conn) {
+        held_slots.remove(&conn.slot());
     }
 }
 

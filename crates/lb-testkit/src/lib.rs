@@ -9,9 +9,11 @@
 //! - the properties model (`crates/lb-core/tests/properties.rs`) drains through a [`Contract`];
 //! - [`fuzz`]: the fuzz harnesses behind the targets of `fuzz/` (the core-sequence run, the
 //!   envelope decoder), and the replays of `fuzz/regressions` (`tests/fuzz.rs`).
+//! - every worker of lb-sim (`crates/lb-sim/src/instance.rs`) feeds and drains its core through
+//!   a [`Contract`] that keeps no sent bytes ([`Contract::forget_sent`]).
 //!
 //! It is a crate rather than a feature of lb-core so that the core carries no harness in any
-//! build, and so that lb-core's integration tests, the fuzz crate and (later) lb-sim link one
+//! build, and so that lb-core's integration tests, the fuzz crate and lb-sim link one
 //! copy of it. It needs lb-core's `fuzzing` feature, which adds only pure functions (framer,
 //! parser, header walk) to the core.
 

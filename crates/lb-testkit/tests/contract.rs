@@ -117,6 +117,47 @@ fn connects_take_fresh_ids_and_the_configured_address() {
 }
 
 #[test]
+fn a_new_id_never_takes_a_slot_before_its_closed() {
+    // Two ids of one slot, as the core hands them out: the second only after the first's
+    // Closed.
+    let (mut h, fe, _) = setup();
+    h.input(Input::Closed {
+        conn: fe,
+        reason: CloseReason::PeerClosed,
+    });
+    let _ = h.drain();
+    let next = h.frontend("203.0.113.7:40000");
+    assert_eq!(next.slot(), fe.slot(), "the core reused the slot");
+    assert_ne!(next, fe);
+    // A contract that never saw that Closed must refuse the second id, in every way a new id
+    // can come.
+    let peer = "203.0.113.5:40000".parse().unwrap();
+    let fresh = || {
+        let mut c = Contract::new(&config(1, BackendMode::Plain).validate().unwrap());
+        c.accepted(fe, peer).unwrap();
+        c
+    };
+    assert!(fresh().accepted(next, peer).is_err(), "accept");
+    let dial = Output::Dial {
+        conn: next,
+        to: peer,
+    };
+    assert!(fresh().output(&dial).is_err(), "Dial");
+    let resolve = Output::Resolve {
+        conn: next,
+        host: "proxy.example".to_owned(),
+        port: Some(5060),
+    };
+    assert!(fresh().output(&resolve).is_err(), "Resolve");
+    let mut c = fresh();
+    c.input(&Input::Closed {
+        conn: fe,
+        reason: CloseReason::PeerClosed,
+    });
+    c.accepted(next, peer).unwrap();
+}
+
+#[test]
 fn a_deadline_left_due_after_a_timeout_is_a_violation() {
     let now = Instant::now();
     assert!(Contract::timed_out(now, None).is_ok());

@@ -233,7 +233,13 @@ impl Head {
                         _ => Err(FramingError::BadContentLength),
                     });
                 }
-                _ => {}
+                // A later Via, Route, Record-Route or Max-Forwards than the one the walk
+                // reads, or a header it does not read at all.
+                Known::Via
+                | Known::Route
+                | Known::RecordRoute
+                | Known::MaxForwards
+                | Known::Other => {}
             }
             pos = field.line_end;
         };
