@@ -395,11 +395,18 @@ pub fn slow_reader_is_paused_then_closed(exe: &str) {
     // Responses that were in flight when the client was closed go by dial-out to its Via
     // (RFC 3261 §18.2.2): the only frontends left open are those dial-outs.
     let figure = |name: &str| {
-        stdout
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse::<u64>().ok())
+        stdout.split_whitespace().find_map(|kv| {
+            kv.strip_prefix(name)?
+                .strip_prefix('=')?
+                .parse::<u64>()
+                .ok()
+        })
     };
-    assert_eq!(figure("frontends_open"), figure("dial_outs_open"), "{stdout}");
+    assert_eq!(
+        figure("frontends_open"),
+        figure("dial_outs_open"),
+        "{stdout}"
+    );
     assert!(stdout.contains(" stall_closes=1 "), "{stdout}");
     assert!(stdout.contains(" backend_failures=0 "), "{stdout}");
     assert!(!stdout.contains(" frontend_stall_drops=0 "), "{stdout}");
