@@ -6,7 +6,7 @@
 //!
 //! - [`scenario`]: the harness of lb-core's scenario tests (`crates/lb-core/tests/*.rs`), which
 //!   asserts the *whole* output of each input;
-//! - the properties model (`crates/lb-core/tests/properties.rs`) drains through a [`Contract`];
+//! - the properties model (`crates/lb-core/tests/properties/`) drains through a [`Contract`];
 //! - [`fuzz`]: the fuzz harnesses behind the targets of `fuzz/` (the core-sequence run, the
 //!   envelope decoder), and the replays of `fuzz/regressions` (`tests/fuzz.rs`).
 //! - every worker of lb-sim (`crates/lb-sim/src/instance.rs`) feeds and drains its core through
