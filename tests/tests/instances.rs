@@ -13,8 +13,10 @@
 //!   holds no connection to the edge proxy's address).
 //!
 //! What is lost, and checked: only calls in setup on the dead instance (ringing through it when
-//! it died: the backend's 200 went to a connection that is gone; the caller gets 408). Every
-//! call that had its 200 before the kill, on either instance, ends with a 200 to its BYE in both
+//! it died: the backend's 200 went to a connection that is gone; the caller gets 408; or whose
+//! 200 passed it just before it died while the ACK went to it as it died: no backend saw that
+//! ACK, and the caller's SIPp fails the call). Every call set up (ACKed) before the kill, on
+//! either instance, ends with a 200 to its BYE in both
 //! hang-up directions, and so does every call set up after the kill (new calls that Kamailio
 //! tried on the dead instance were refused and went to the live one).
 //!
@@ -117,7 +119,15 @@ fn instance_of(m: &SipMsg, instances: &[SocketAddr]) -> Option<SocketAddr> {
         .find(|a| rr.contains(&format!("sip:{a};")) && rr.contains(";lb="))
 }
 
-fn classify(uac: &UacOutcome, instances: &[SocketAddr]) -> Calls {
+/// `acked`: the Call-IDs whose ACK reached a backend. A call is set up once its ACK arrives:
+/// one whose 200 passed the killed instance just before it died, but whose ACK went to it as
+/// it died, is lost in setup like the calls still ringing there.
+fn classify(
+    uac: &UacOutcome,
+    instances: &[SocketAddr],
+    victim: SocketAddr,
+    acked: &BTreeSet<&str>,
+) -> Calls {
     let mut calls = Calls {
         name: uac.name.clone(),
         established: Vec::new(),
@@ -137,6 +147,10 @@ fn classify(uac: &UacOutcome, instances: &[SocketAddr]) -> Calls {
                         uac.name, m.raw
                     )
                 });
+                if at == victim && !acked.contains(id.as_str()) {
+                    calls.lost.push(id);
+                    continue;
+                }
                 calls.established.push((id, at));
             }
             None => calls.lost.push(id),
@@ -310,8 +324,12 @@ fn an_instance_dies_with_calls_up(rt: Runtime) {
     let logs: Vec<NetsipLog> = backends.into_iter().map(|b| b.stop().0).collect();
     drop(entry);
 
-    let a = classify(&caller_bye, &instances);
-    let b = classify(&callee_bye, &instances);
+    let acked: BTreeSet<&str> = logs
+        .iter()
+        .flat_map(|l| l.call_ids_with(Dir::Received, "ACK"))
+        .collect();
+    let a = classify(&caller_bye, &instances, victim, &acked);
+    let b = classify(&callee_bye, &instances, victim, &acked);
     eprintln!(
         "{}: caller hang-up: {} on {victim} (killed), {} on {survivor}, {} lost; \
          callee hang-up: {} / {} / {} lost\n{}",
@@ -415,7 +433,7 @@ fn an_instance_dies_with_calls_up(rt: Runtime) {
     );
 
     // 3. What is lost: only calls in setup through the dead instance (Kamailio sent their
-    //    INVITE there, and no 200 came back).
+    //    INVITE there, and no 200 came back, or its ACK died with the instance).
     let lost: BTreeSet<&String> = a.lost.iter().chain(&b.lost).collect();
     for id in &lost {
         assert!(
