@@ -28,7 +28,7 @@ pub struct Settings {
     /// Validate, print `config ok`, exit 0 without binding anything.
     pub check_config: bool,
     /// Bytes a connection may have queued for writing at most: a frontend past it is closed,
-    /// a message to a backend past it is dropped ([`crate::backpressure`]).
+    /// a message to a backend past it is dropped ([`lb_runtime::backpressure`]).
     pub output_cap_bytes: usize,
     /// `--output-high-water`: a connection's queue past this holds a backend (no new calls) or
     /// pauses a frontend (not read, sent nothing) until it is below the low-water mark.
@@ -41,12 +41,12 @@ pub struct Settings {
     /// `--metrics`: where to serve `/metrics` and `/health`.
     pub metrics: Option<SocketAddr>,
     /// `--batch-window`: under load, the least time between two wake-ups of the event loop
-    /// ([`crate::WakePacer`]); zero wakes for every message.
+    /// ([`lb_runtime::WakePacer`]); zero wakes for every message.
     pub batch_window: Duration,
     /// Certificates for the TLS listeners (`--listen-tls`), when there are any.
-    pub tls: Option<crate::tls::TlsSettings>,
+    pub tls: Option<lb_runtime::tls::TlsSettings>,
     /// What TLS backends (`--backend ADDR,tls`) are verified with, when there are any.
-    pub backend_tls: Option<crate::tls::BackendTlsSettings>,
+    pub backend_tls: Option<lb_runtime::tls::BackendTlsSettings>,
     /// `--log-format`: human text (default) or JSON lines.
     pub log_format: crate::LogFormat,
     /// `--admin` and `--admin-token-file`: the admin API ([`crate::admin`]).
@@ -59,9 +59,9 @@ pub struct Settings {
     /// listener must open with a PROXY protocol v1 or v2 header, whose client address then
     /// stands for the peer's. Changes only at a restart.
     pub proxy_protocol: bool,
-    /// Backends configured by DNS name (`crate::named`), with what they resolved to; their
+    /// Backends configured by DNS name (`lb_runtime::named`), with what they resolved to; their
     /// addresses are among `core`'s backends.
-    pub named: Vec<crate::named::NamedBackend>,
+    pub named: Vec<lb_runtime::named::NamedBackend>,
     /// `--resolve-interval`: how often backend names are resolved again.
     pub resolve_interval: Duration,
     /// The `--listen-tls ADDR,proxy-protocol` listeners: their connections open with a PROXY
@@ -122,6 +122,25 @@ pub enum CliError {
     /// The core's validation refused the merged configuration.
     #[error("{0}")]
     Config(#[from] ConfigError),
+}
+
+impl From<lb_runtime::InvalidSetting> for CliError {
+    fn from(e: lb_runtime::InvalidSetting) -> CliError {
+        CliError::Invalid {
+            key: e.key,
+            reason: e.reason,
+        }
+    }
+}
+
+impl From<&Settings> for lb_runtime::backpressure::Watermarks {
+    fn from(settings: &Settings) -> lb_runtime::backpressure::Watermarks {
+        lb_runtime::backpressure::Watermarks {
+            high: settings.output_high_water_bytes,
+            low: settings.output_low_water_bytes,
+            ceiling: settings.output_cap_bytes,
+        }
+    }
 }
 
 impl CliError {
@@ -463,9 +482,12 @@ struct PartialBackend {
 /// A backend's host name: (as written, host, port).
 type DnsName = (String, String, Option<u16>);
 
-/// A backend's `addr`: `IP:PORT`, or a DNS name (`crate::named`) with a placeholder address.
+/// A backend's `addr`: `IP:PORT`, or a DNS name (`lb_runtime::named`) with a placeholder address.
 fn backend_addr(text: &str) -> Result<(SocketAddr, Option<DnsName>), CliError> {
-    match (parse_addr("backend", text), crate::named::parse_name(text)) {
+    match (
+        parse_addr("backend", text),
+        lb_runtime::named::parse_name(text),
+    ) {
         (Ok(addr), _) => Ok((addr, None)),
         (Err(_), Some((host, port))) => Ok((
             SocketAddr::from(([0, 0, 0, 0], 0)),
@@ -578,22 +600,24 @@ fn merge(
             Some((name, host, port)) => {
                 if named
                     .iter()
-                    .any(|n: &crate::named::NamedBackend| n.name == name)
+                    .any(|n: &lb_runtime::named::NamedBackend| n.name == name)
                 {
                     return Err(CliError::invalid(
                         "backend",
                         format!("{name} is given twice"),
                     ));
                 }
-                named.push(crate::named::NamedBackend::new(name, host, port, config));
+                named.push(lb_runtime::named::NamedBackend::new(
+                    name, host, port, config,
+                ));
             }
             None => core.backends.push(config),
         }
     }
     if !named.is_empty() {
-        let resolver = crate::named::SystemResolver::new()
+        let resolver = lb_runtime::named::SystemResolver::new()
             .map_err(|e| CliError::invalid("backend", format!("no resolver: {e}")))?;
-        for b in crate::named::resolve_all(&mut named, &resolver) {
+        for b in lb_runtime::named::resolve_all(&mut named, &resolver) {
             // An address given both ways is one backend, configured as its address says.
             if !core.backends.iter().any(|c| c.addr == b.addr) {
                 core.backends.push(b);
@@ -605,7 +629,7 @@ fn merge(
         args.resolve_interval.as_deref(),
         file.resolve_interval,
     )?
-    .unwrap_or(crate::named::RESOLVE_INTERVAL);
+    .unwrap_or(lb_runtime::named::RESOLVE_INTERVAL);
     if resolve_interval < Duration::from_millis(100) {
         return Err(CliError::invalid(
             "resolve-interval",
@@ -861,7 +885,7 @@ fn merge_backend_tls(
     file: &FileConfig,
     file_path: Option<&Path>,
     wanted: bool,
-) -> Result<Option<crate::tls::BackendTlsSettings>, CliError> {
+) -> Result<Option<lb_runtime::tls::BackendTlsSettings>, CliError> {
     let relative = |p: &PathBuf| match file_path.and_then(Path::parent) {
         Some(dir) if p.is_relative() => dir.join(p),
         _ => p.clone(),
@@ -897,8 +921,8 @@ fn merge_backend_tls(
             "a backend with tls needs a CA to verify it against",
         ));
     };
-    let settings = crate::tls::BackendTlsSettings { ca, client_cert };
-    crate::tls::backend_client_config(&settings)?;
+    let settings = lb_runtime::tls::BackendTlsSettings { ca, client_cert };
+    lb_runtime::tls::backend_client_config(&settings)?;
     Ok(Some(settings))
 }
 
@@ -910,8 +934,8 @@ fn merge_tls(
     file: &FileConfig,
     file_path: Option<&Path>,
     listening: bool,
-) -> Result<Option<crate::tls::TlsSettings>, CliError> {
-    use crate::tls::{CertPair, ClientAuth, TlsSettings};
+) -> Result<Option<lb_runtime::tls::TlsSettings>, CliError> {
+    use lb_runtime::tls::{CertPair, ClientAuth, TlsSettings};
     let relative = |p: &PathBuf| match file_path.and_then(Path::parent) {
         Some(dir) if p.is_relative() => dir.join(p),
         _ => p.clone(),
@@ -979,7 +1003,7 @@ fn merge_tls(
         client_ca,
         client_auth,
     };
-    crate::tls::Tls::load(&settings)?;
+    lb_runtime::tls::Tls::load(&settings)?;
     Ok(Some(settings))
 }
 
