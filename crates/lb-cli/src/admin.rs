@@ -180,7 +180,7 @@ pub(crate) enum Request {
     Weight(BackendRef, u32),
     Add(BackendConfig),
     Remove(BackendRef),
-    /// Not from HTTP: a backend name resolved to new addresses (`crate::named`).
+    /// Not from HTTP: a backend name resolved to new addresses (`lb_runtime::named`).
     Resolved {
         name: String,
         backends: Vec<BackendConfig>,
@@ -719,7 +719,7 @@ fn path_backend(segment: &str) -> Result<BackendRef, Reply> {
         .ok_or_else(|| Reply::error(400, format!("bad percent-encoding in {segment:?}")))?;
     match parse_addr("backend address", &decoded) {
         Ok(addr) => Ok(BackendRef::Addr(addr)),
-        Err(reply) => match crate::named::parse_name(&decoded) {
+        Err(reply) => match lb_runtime::named::parse_name(&decoded) {
             Some(_) => Ok(BackendRef::Name(decoded.trim().to_ascii_lowercase())),
             None => Err(reply),
         },

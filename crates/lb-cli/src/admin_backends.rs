@@ -1,4 +1,4 @@
-//! The admin API's changes to backends named by address or by DNS name (`crate::named`), and
+//! The admin API's changes to backends named by address or by DNS name (`lb_runtime::named`), and
 //! the re-resolution of names, which arrives the same way (`Request::Resolved`).
 //!
 //! A name stands for every address it resolves to now. A drain, resume or weight given to a
@@ -150,8 +150,8 @@ pub(crate) fn remove(ops: &mut Ops, lb: &mut Balancer, now: Instant, which: &Bac
     Reply::ok(json!({ "removed": which.to_string(), "addrs": removed, "until": "reload" }))
 }
 
-/// A backend name resolved to `fresh` (`crate::named::start_refresh`): applied to the running
-/// backends of this worker, keeping runtime overrides (`crate::named::apply_resolution`).
+/// A backend name resolved to `fresh` (`lb_runtime::named::start_refresh`): applied to the running
+/// backends of this worker, keeping runtime overrides (`lb_runtime::named::apply_resolution`).
 pub(crate) fn resolved(
     ops: &mut Ops,
     lb: &mut Balancer,
@@ -166,7 +166,7 @@ pub(crate) fn resolved(
     };
     let mut changed = false;
     let result = rebuild(ops, lb, now, |backends| {
-        changed = crate::named::apply_resolution(backends, named, fresh);
+        changed = lb_runtime::named::apply_resolution(backends, named, fresh);
         if changed {
             Ok(())
         } else {

@@ -1,7 +1,8 @@
-//! # lb-cli: the command line, config file and operator output shared by siplb's binaries
+//! # lb-cli: the command line, config file and operator side shared by siplb's binaries
 //!
-//! Both drivers (`lb-tokio`, `lb-mio`) start the same way and report the same way; everything
-//! that does not depend on the I/O runtime lives here so the drivers stay a loop around the core:
+//! Both drivers (`lb-tokio`, `lb-mio`) start the same way and report the same way. What they
+//! use per connection (read buffer, write queue, wake pacer, output marks, PROXY headers, TLS,
+//! DNS) is `lb-runtime`'s; this crate builds on it with everything that reads the settings:
 //!
 //! - [`parse`] / [`settings_from_args`]: flags and a TOML file merged into [`Settings`] (flags
 //!   win), validated by `lb_core::Config::validate`. Errors are one line, `siplb: <key>: <reason>`,
@@ -13,20 +14,14 @@
 //!   Operators' guide: `docs/operations.md`.
 //! - [`Ops`]: what a driver owes the operator besides bytes: the core's events as log lines
 //!   (those a peer can provoke rate limited per kind by a [`RateLimiter`]), the `--metrics`
-//!   snapshot and HTTP server (module docs of [`Snapshot`]), and SIGHUP reloads.
-//! - [`log_frontend_open`], [`log_frontend_closed`]: one line per frontend connection.
+//!   snapshot and HTTP server (module docs of [`Snapshot`]), and SIGHUP reloads. It stays here,
+//!   not in `lb-runtime`, because it holds the [`Settings`] and rereads them, and starts the
+//!   metrics and admin servers: all of its dependencies are this crate's.
 //! - [`stats_line`]: the `siplb-stats …` line printed at exit.
-//! - [`ReadBuffer`], [`write_queue`]: socket reads and queued writes for readiness-based loops.
-//! - [`WakePacer`]: under load, at most one wake-up per `batch-window`.
 //! - [`main_with`]: the whole `main` of a binary around a driver's `run`.
 //! - [`run_workers`]: the process around a driver's per-worker loop (`--workers`): signals,
 //!   listeners bound with `SO_REUSEPORT`, one metrics server, reloads handed to every worker,
 //!   the workers' counters summed at exit.
-//! - [`ProxyHeaderReader`]: the PROXY protocol header of a connection's first bytes
-//!   (`--proxy-protocol`), read before anything reaches the core.
-//! - The driver knobs both binaries share: [`CONNECT_TIMEOUT`], [`CLOSE_LINGER_MAX`],
-//!   [`SHUTDOWN_FLUSH_MAX`],
-//!   [`READ_CHUNK_BYTES`], [`BATCH_MAX`].
 //!
 //! ## The config file
 //!
@@ -123,186 +118,27 @@
 pub mod admin;
 mod admin_backends;
 mod admin_hub;
-pub mod backpressure;
 pub mod ctl;
-pub mod dns;
 mod metrics;
-pub mod named;
 mod ops;
-mod pacer;
-mod proxy;
 mod settings;
-pub mod tls;
 mod workers;
 
-use std::collections::VecDeque;
 use std::fmt::Display;
-use std::io::{ErrorKind, IoSlice, IsTerminal, Write};
-use std::net::SocketAddr;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::OnceLock;
-use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
-use lb_core::{CloseReason, ConnId, Stats};
-use rand::TryRngCore;
+use lb_core::Stats;
+// Inside this crate `crate::RunError` names the runtime's; drivers import it from there.
+use lb_runtime::RunError;
 use tracing_subscriber::{EnvFilter, Registry};
 
 pub use metrics::{Snapshot, PUBLISH_EVERY};
 
-/// What a TLS backend connection needs: the client configuration and the name its
-/// certificate is checked for ([`Ops::backend_tls`]).
-pub type BackendTls = (
-    std::sync::Arc<rustls::ClientConfig>,
-    rustls::pki_types::ServerName<'static>,
-);
 pub use ops::{reload, Noise, Ops, RateLimiter, NOISE_LINES_MAX, NOISE_WINDOW};
-pub use pacer::WakePacer;
-pub use proxy::{
-    ProxyHeaderReader, ProxyRead, ProxyReject, PROXY_HEADER_BYTES_MAX, PROXY_HEADER_TIMEOUT,
-    PROXY_PENDING_MAX,
-};
 pub use settings::{command, parse, read_tag_keys, CliError, Settings};
 pub use workers::{bind_listener, run_workers, sum, Command, Commander, Control, Worker};
-
-/// How long a backend connect may take before the driver reports it closed; the core then
-/// retries with backoff.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// How long a connection the core asked to close may take to flush its queued output before the
-/// driver drops it: a peer that stops reading cannot hold the socket, and up to the output cap
-/// of memory, for longer.
-pub const CLOSE_LINGER_MAX: Duration = Duration::from_secs(5);
-
-/// How long a driver keeps flushing queued output after SIGINT/SIGTERM before it gives up.
-pub const SHUTDOWN_FLUSH_MAX: Duration = Duration::from_secs(2);
-
-/// Size of one read: large enough that a busy connection drains in a few reads, small enough
-/// that a thousand idle connections hold little.
-pub const READ_CHUNK_BYTES: usize = 64 * 1024;
-
-/// Inputs a driver handles per wake-up before it yields to its runtime, so one busy connection
-/// cannot starve the timer or the others.
-pub const BATCH_MAX: usize = 64;
-
-/// Queue entries per vectored write (Linux's IOV_MAX is 1024; a few dozen fill a segment train).
-const IOV_BATCH: usize = 64;
-
-/// The read side of a readiness loop. Reads land in a scratch area zeroed once at start; only
-/// the bytes read are then copied into the `BytesMut` whose pieces go to the core. Reading
-/// straight into a `BytesMut`'s spare room would need `unsafe` (the room is uninitialised) or a
-/// fresh zeroing of a whole chunk per read, which cost more than the copy of a few hundred bytes
-/// (a profile at 1,000 calls/s showed the memset at 4.7 % of the balancer's CPU).
-pub struct ReadBuffer {
-    scratch: Box<[u8]>,
-    pending: BytesMut,
-}
-
-impl Default for ReadBuffer {
-    fn default() -> ReadBuffer {
-        ReadBuffer {
-            scratch: vec![0; READ_CHUNK_BYTES].into_boxed_slice(),
-            pending: BytesMut::with_capacity(READ_CHUNK_BYTES),
-        }
-    }
-}
-
-impl ReadBuffer {
-    /// Reads once from `source`; `Ok(0)` is the end of the stream. Take the bytes with
-    /// [`ReadBuffer::take`].
-    pub fn read_some(&mut self, source: &mut impl std::io::Read) -> std::io::Result<usize> {
-        let n = source.read(&mut self.scratch)?;
-        if self.pending.capacity() - self.pending.len() < n {
-            self.pending.reserve(READ_CHUNK_BYTES.max(n));
-        }
-        self.pending.extend_from_slice(&self.scratch[..n]);
-        Ok(n)
-    }
-
-    /// The bytes read since the last call, as one piece for the core.
-    pub fn take(&mut self) -> BytesMut {
-        self.pending.split()
-    }
-
-    /// A read of `n` bytes left the socket empty at that moment: with edge-triggered
-    /// readiness, a new event comes when more arrives, so reading again now would only find
-    /// `WouldBlock` (one wasted syscall per wake-up).
-    pub fn was_short(&self, n: usize) -> bool {
-        n < self.scratch.len()
-    }
-}
-
-/// Writes `queue` front to back (vectored, up to 64 entries per call) until it is empty or
-/// the sink would block; returns the bytes written, also when it stopped at `WouldBlock`. Each
-/// `Bytes` is dropped as soon as it is written, so the core's buffers can reuse the space.
-pub fn write_queue(
-    queue: &mut VecDeque<Bytes>,
-    sink: &mut impl std::io::Write,
-) -> std::io::Result<usize> {
-    let mut total = 0;
-    while !queue.is_empty() {
-        let mut slices = [IoSlice::new(&[]); IOV_BATCH];
-        let mut count = 0;
-        for (slice, bytes) in slices.iter_mut().zip(queue.iter()) {
-            *slice = IoSlice::new(bytes);
-            count += 1;
-        }
-        match sink.write_vectored(&slices[..count]) {
-            Ok(0) => return Err(ErrorKind::WriteZero.into()),
-            Ok(mut n) => {
-                total += n;
-                while n > 0 {
-                    let Some(front) = queue.front_mut() else {
-                        break;
-                    };
-                    if front.len() <= n {
-                        n -= front.len();
-                        queue.pop_front();
-                    } else {
-                        front.advance(n);
-                        n = 0;
-                    }
-                }
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(total),
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(total)
-}
-
-/// Why a driver stopped with an error after start-up.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    /// A listen address could not be bound.
-    #[error("listen: {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// The OS's reason.
-        source: std::io::Error,
-    },
-    /// The metrics address could not be served.
-    #[error("metrics: {addr}: {reason}")]
-    Metrics {
-        /// The address.
-        addr: SocketAddr,
-        /// Why.
-        reason: String,
-    },
-    /// The admin API address could not be served.
-    #[error("admin: {addr}: {reason}")]
-    Admin {
-        /// The address.
-        addr: SocketAddr,
-        /// Why.
-        reason: String,
-    },
-    /// The runtime or the poller failed.
-    #[error("runtime: {0}")]
-    Runtime(#[source] std::io::Error),
-}
 
 /// Parses the process's arguments; on error prints `siplb: <key>: <reason>` (or clap's usage
 /// text) to stderr and exits with code 2 (`--help` and `--version` exit 0).
@@ -408,32 +244,9 @@ pub(crate) fn set_log_level(level: &str) -> Result<bool, String> {
     Ok(true)
 }
 
-/// A seed for `Balancer::new` from the OS's randomness, so two instances never share hash keys.
-pub fn os_seed() -> Result<u64, RunError> {
-    rand::rngs::OsRng
-        .try_next_u64()
-        .map_err(|e| RunError::Runtime(std::io::Error::other(e.to_string())))
-}
-
 /// The line printed to stdout at exit: `siplb-stats ` then the stats' `key=value` pairs.
 pub fn stats_line(stats: &Stats) -> String {
     format!("siplb-stats {stats}")
-}
-
-/// Logs a frontend connection the driver accepted.
-pub fn log_frontend_open(conn: ConnId, peer: SocketAddr) {
-    tracing::info!(conn = %conn, peer = %peer, "frontend connection open");
-}
-
-/// Logs a frontend connection accepted behind an L4 balancer: `peer` is the client its PROXY
-/// header announced, `proxy` the socket's own peer.
-pub fn log_frontend_open_proxied(conn: ConnId, peer: SocketAddr, proxy: SocketAddr) {
-    tracing::info!(conn = %conn, peer = %peer, proxy = %proxy, "frontend connection open");
-}
-
-/// Logs the end of a frontend connection.
-pub fn log_frontend_closed(conn: ConnId, reason: CloseReason) {
-    tracing::info!(conn = %conn, ?reason, "frontend connection closed");
 }
 
 /// A whole binary's `main`: settings from the arguments, `--check-config`, logging, then

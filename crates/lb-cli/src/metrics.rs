@@ -20,8 +20,8 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::proxy::ProxyReject;
 use crate::RunError;
+use lb_runtime::ProxyReject;
 
 /// Longest a published snapshot lags behind the balancer while it is busy.
 pub const PUBLISH_EVERY: Duration = Duration::from_millis(100);
@@ -38,7 +38,7 @@ pub struct Snapshot {
     /// The new-call table's capacity (fixed until a restart).
     pub table_capacity: u64,
     /// The TLS handshake counters, when TLS listeners exist (read live, not copied).
-    pub tls: Option<Arc<crate::tls::TlsCounters>>,
+    pub tls: Option<Arc<lb_runtime::tls::TlsCounters>>,
     /// Connections the driver closed before they reached the core, by [`ProxyReject`] cause
     /// (`--proxy-protocol`), in [`ProxyReject::ALL`] order.
     pub proxy_rejected: [u64; 3],

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use lb_core::{BackendId, Balancer, ConnId, Event, ValidConfig};
 
 use crate::metrics::{self, MetricsServer, Snapshot, PUBLISH_EVERY};
-use crate::proxy::ProxyReject;
 use crate::{RunError, Settings};
+use lb_runtime::ProxyReject;
 
 /// Lines of one [`Noise`] kind logged per [`NOISE_WINDOW`]; the rest are counted and summed up
 /// in one line when the window ends.
@@ -159,12 +159,12 @@ pub struct Ops {
     /// Made by [`Ops::new`] (a process of one balancer): [`Ops::start_admin`] starts the API.
     admin_standalone: bool,
     /// The TLS configuration of the TLS listeners, reloaded with the settings.
-    tls: Option<Arc<crate::tls::Tls>>,
+    tls: Option<Arc<lb_runtime::tls::Tls>>,
     /// The client configuration toward TLS backends (read at start).
     backend_tls: Option<Arc<rustls::ClientConfig>>,
     /// Connections closed before they reached the core, by [`ProxyReject`] cause.
     proxy_rejected: [u64; 3],
-    /// Messages to backends dropped at the output cap ([`crate::backpressure`]).
+    /// Messages to backends dropped at the output cap ([`lb_runtime::backpressure`]).
     output_cap_drops: u64,
     /// When the snapshot was last published.
     published: Option<Instant>,
@@ -195,7 +195,7 @@ impl Ops {
         let tls = settings
             .tls
             .as_ref()
-            .and_then(|t| match crate::tls::Tls::load(t) {
+            .and_then(|t| match lb_runtime::tls::Tls::load(t) {
                 Ok(tls) => Some(Arc::new(tls)),
                 Err(e) => {
                     tracing::error!("TLS certificates: {e}");
@@ -203,7 +203,7 @@ impl Ops {
                 }
             });
         let backend_tls = settings.backend_tls.as_ref().and_then(|t| {
-            crate::tls::backend_client_config(t)
+            lb_runtime::tls::backend_client_config(t)
                 .inspect_err(|e| tracing::error!("TLS toward backends: {e}"))
                 .ok()
         });
@@ -428,16 +428,16 @@ impl Ops {
     }
 
     /// The TLS configuration for new handshakes on TLS listeners, if there are any.
-    pub fn tls(&self) -> Option<&Arc<crate::tls::Tls>> {
+    pub fn tls(&self) -> Option<&Arc<lb_runtime::tls::Tls>> {
         self.tls.as_ref()
     }
 
     /// The TLS client configuration and server name for connecting to `backend`, when it is
     /// a TLS backend.
-    pub fn backend_tls(&self, lb: &Balancer, backend: BackendId) -> Option<crate::BackendTls> {
+    pub fn backend_tls(&self, lb: &Balancer, backend: BackendId) -> Option<lb_runtime::BackendTls> {
         let (_, config) = lb.backends().nth(backend.index())?;
         let name = config.tls.as_deref()?;
-        let Some(name) = crate::tls::backend_server_name(name) else {
+        let Some(name) = lb_runtime::tls::backend_server_name(name) else {
             tracing::warn!(backend = %backend, name, "not a name a certificate can be checked for");
             return None;
         };
@@ -471,8 +471,8 @@ impl Ops {
             .map(crate::admin::AdminServer::addr)
     }
 
-    /// Backends by DNS name: this worker's view of them (`crate::named`).
-    pub(crate) fn set_named(&mut self, named: Vec<crate::named::NamedBackend>) {
+    /// Backends by DNS name: this worker's view of them (`lb_runtime::named`).
+    pub(crate) fn set_named(&mut self, named: Vec<lb_runtime::named::NamedBackend>) {
         self.settings.named = named;
     }
 }
@@ -509,7 +509,7 @@ pub(crate) fn start_metrics(
     };
     let first = Snapshot {
         table_capacity: settings.core.config().limits.table_capacity as u64,
-        tls: settings.tls.as_ref().map(|_| crate::tls::counters()),
+        tls: settings.tls.as_ref().map(|_| lb_runtime::tls::counters()),
         ..Snapshot::default()
     };
     Ok(Some(Arc::new(MetricsServer::start(addr, first, workers)?)))

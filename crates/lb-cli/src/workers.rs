@@ -144,8 +144,8 @@ pub fn run_workers(
     let metrics = crate::ops::start_metrics(&settings, count)?;
     let admin = crate::ops::start_admin(&settings, count)?;
     if let Some(shared) = admin.as_ref().filter(|_| !settings.named.is_empty()) {
-        let resolver = crate::named::SystemResolver::new().map_err(RunError::Runtime)?;
-        crate::named::start_refresh(
+        let resolver = lb_runtime::named::SystemResolver::new().map_err(RunError::Runtime)?;
+        lb_runtime::named::start_refresh(
             settings.named.clone(),
             settings.resolve_interval,
             Arc::new(resolver),

@@ -5,7 +5,7 @@
 //! token space, which slots (below `u32::MAX`) never reach.
 //!
 //! Per wake-up the loop:
-//! 1. accepts on ready listeners, reads ready connections (at most [`lb_cli::BATCH_MAX`] reads
+//! 1. accepts on ready listeners, reads ready connections (at most [`lb_runtime::BATCH_MAX`] reads
 //!    each, then the connection is revisited on the next pass with a zero poll timeout), and
 //!    completes non-blocking connects (`take_error`, then `peer_addr`);
 //! 2. after every input, drains the core's outputs: `Send` appends to the connection's
@@ -13,22 +13,22 @@
 //!    [`CloseReason::OutputOverflow`]), `Close` flushes then closes;
 //! 3. writes every queue that grew, vectored, until `WouldBlock`; `WRITABLE` interest is on
 //!    only while a queue is non-empty; a connection closing with output still queued gets
-//!    [`lb_cli::CLOSE_LINGER_MAX`] to flush it, then is dropped;
+//!    [`lb_runtime::CLOSE_LINGER_MAX`] to flush it, then is dropped;
 //! 4. feeds `Input::Timeout` once the core's deadline has passed, expires connects older than
-//!    [`lb_cli::CONNECT_TIMEOUT`], and polls again with the nearest deadline as timeout; under
+//!    [`lb_runtime::CONNECT_TIMEOUT`], and polls again with the nearest deadline as timeout; under
 //!    load it first sleeps out what is left of `--batch-window` since the last wake-up
-//!    ([`lb_cli::WakePacer`]), so the next poll finds a batch.
+//!    ([`lb_runtime::WakePacer`]), so the next poll finds a batch.
 //!
 //! `--workers N` runs N such loops, each on a thread with its own `Poll` and listen sockets of
 //! its own on the same addresses ([`lb_cli::run_workers`]). The process takes the signals and
 //! sends each loop its [`lb_cli::Command`]s: on stop, accepting stops, queued output is flushed
-//! for at most [`lb_cli::SHUTDOWN_FLUSH_MAX`], and the final counters are returned; SIGHUP's
+//! for at most [`lb_runtime::SHUTDOWN_FLUSH_MAX`], and the final counters are returned; SIGHUP's
 //! reread configuration is fed as `Input::Reload`. Commands, resolver answers and `--admin`
 //! commands all wake the poll through its one `mio::Waker` (mio allows one per `Poll`); admin
 //! commands are applied with [`lb_cli::Ops::handle_admin`] between events.
 //!
 //! With `--proxy-protocol` an accepted socket first waits, under a token above the connection
-//! slots, until its PROXY header is whole ([`lb_cli::ProxyHeaderReader`]); only then does the
+//! slots, until its PROXY header is whole ([`lb_runtime::ProxyHeaderReader`]); only then does the
 //! core learn of it, with the announced client address and the bytes after the header.
 //!
 //! Logging, the `--metrics` snapshot (published at the end of a wake-up, at most every
@@ -43,13 +43,13 @@ use std::net::{Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use lb_cli::backpressure::{Admit, Watermarks};
-use lb_cli::{
-    Command, Control, Ops, ProxyHeaderReader, ProxyRead, ProxyReject, RunError, Settings,
-    WakePacer, Worker, BATCH_MAX, CLOSE_LINGER_MAX, CONNECT_TIMEOUT, PROXY_HEADER_TIMEOUT,
-    PROXY_PENDING_MAX, SHUTDOWN_FLUSH_MAX,
-};
+use lb_cli::{Command, Control, Ops, Settings, Worker};
 use lb_core::{Balancer, CloseReason, ConnId, Input, ListenerId, Output, Stats};
+use lb_runtime::backpressure::{Admit, Watermarks};
+use lb_runtime::{
+    ProxyHeaderReader, ProxyRead, ProxyReject, RunError, WakePacer, BATCH_MAX, CLOSE_LINGER_MAX,
+    CONNECT_TIMEOUT, PROXY_HEADER_TIMEOUT, PROXY_PENDING_MAX, SHUTDOWN_FLUSH_MAX,
+};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 
@@ -85,7 +85,7 @@ struct Conn {
     /// inside.
     tls: Option<Box<tls::TlsConn>>,
     /// A TLS backend still connecting: what its session will be made of once TCP is up.
-    backend_tls: Option<lb_cli::BackendTls>,
+    backend_tls: Option<lb_runtime::BackendTls>,
     state: State,
     out: VecDeque<Bytes>,
     /// Sum of `out`'s lengths, checked against the output cap.
@@ -123,8 +123,8 @@ struct Driver {
     pending: slab::Slab<Pending>,
     /// Header deadlines in accept order (all have the same timeout).
     pending_deadlines: VecDeque<(Instant, usize)>,
-    read_buf: lb_cli::ReadBuffer,
-    /// The output queues' marks and ceiling ([`lb_cli::backpressure`]).
+    read_buf: lb_runtime::ReadBuffer,
+    /// The output queues' marks and ceiling ([`lb_runtime::backpressure`]).
     marks: Watermarks,
     /// Connects in start order; all have the same timeout, so the front expires first.
     connect_deadlines: VecDeque<(Instant, ConnId)>,
@@ -142,9 +142,9 @@ struct Driver {
     /// `--admin` commands, applied between events.
     admin: lb_cli::admin::AdminQueue,
     /// Started at the first `Output::Resolve`: most runs never dial a host name.
-    dns: Option<lb_cli::dns::DnsThread>,
+    dns: Option<lb_runtime::dns::DnsThread>,
     /// TLS listeners' configuration, if any.
-    tls: Option<std::sync::Arc<lb_cli::tls::Tls>>,
+    tls: Option<std::sync::Arc<lb_runtime::tls::Tls>>,
     /// TLS handshakes in progress, each abandoned at its deadline.
     handshakes: VecDeque<(Instant, ConnId)>,
     /// How many of `handshakes` are still handshaking.
@@ -172,7 +172,11 @@ impl Driver {
         let admin = ops.start_admin(move || {
             let _ = admin_waker.wake();
         })?;
-        let lb = Balancer::new(settings.core.clone(), lb_cli::os_seed()?, Instant::now());
+        let lb = Balancer::new(
+            settings.core.clone(),
+            lb_runtime::os_seed()?,
+            Instant::now(),
+        );
         let mut listeners = Vec::new();
         let mut proxied = Vec::new();
         let ids: Vec<(ListenerId, SocketAddr)> = lb.listeners().collect();
@@ -204,7 +208,7 @@ impl Driver {
             proxied,
             pending: slab::Slab::new(),
             pending_deadlines: VecDeque::new(),
-            read_buf: lb_cli::ReadBuffer::default(),
+            read_buf: lb_runtime::ReadBuffer::default(),
             marks: Watermarks::of(&settings),
             connect_deadlines: VecDeque::new(),
             close_deadlines: VecDeque::new(),
@@ -353,8 +357,8 @@ impl Driver {
         };
         let conn = self.lb.accept(Instant::now(), listener, peer);
         match proxy {
-            Some(proxy) => lb_cli::log_frontend_open_proxied(conn, peer, proxy),
-            None => lb_cli::log_frontend_open(conn, peer),
+            Some(proxy) => lb_runtime::log_frontend_open_proxied(conn, peer, proxy),
+            None => lb_runtime::log_frontend_open(conn, peer),
         }
         let _ = stream.set_nodelay(true);
         let (registry, token) = (self.poll.registry(), Token(conn.slot()));
@@ -370,7 +374,7 @@ impl Driver {
                         c.tls = Some(tls);
                     }
                     self.handshaking += 1;
-                    let deadline = Instant::now() + lb_cli::tls::HANDSHAKE_TIMEOUT;
+                    let deadline = Instant::now() + lb_runtime::tls::HANDSHAKE_TIMEOUT;
                     self.handshakes.push_back((deadline, conn));
                 }
                 if self.get(conn).is_some_and(|c| c.tls.is_some()) {
@@ -387,7 +391,7 @@ impl Driver {
             }
             Err(e) => {
                 tracing::warn!(conn = %conn, error = %e, "register failed");
-                lb_cli::log_frontend_closed(conn, CloseReason::Error);
+                lb_runtime::log_frontend_closed(conn, CloseReason::Error);
                 let reason = CloseReason::Error;
                 self.lb
                     .handle_input(Instant::now(), Input::Closed { conn, reason });
@@ -563,7 +567,7 @@ impl Driver {
             return Ok(None);
         };
         let counters = &config.counters;
-        if self.handshaking >= lb_cli::tls::HANDSHAKES_MAX {
+        if self.handshaking >= lb_runtime::tls::HANDSHAKES_MAX {
             counters
                 .refused_busy
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -732,7 +736,7 @@ impl Driver {
                 tracing::debug!(conn = %conn, %host, ?port, "resolving");
                 if self.dns.is_none() {
                     let waker = self.dns_waker.clone();
-                    match lb_cli::dns::DnsThread::start(move || {
+                    match lb_runtime::dns::DnsThread::start(move || {
                         let _ = waker.wake();
                     }) {
                         Ok(dns) => self.dns = Some(dns),
@@ -860,7 +864,7 @@ impl Driver {
             }
         }
         if drained {
-            let level = lb_cli::backpressure::QueueLevel::Low;
+            let level = lb_runtime::backpressure::QueueLevel::Low;
             self.lb
                 .handle_input(Instant::now(), Input::OutputQueue { conn: id, level });
             // Bytes that arrived while it was paused raised no new edge: read them now.
@@ -944,7 +948,7 @@ impl Driver {
         };
         let _ = self.poll.registry().deregister(&mut c.stream);
         if c.frontend {
-            lb_cli::log_frontend_closed(id, reason);
+            lb_runtime::log_frontend_closed(id, reason);
             // However it ends, a handshake in progress frees its place in the cap here.
             if c.tls.as_ref().is_some_and(|t| t.handshaking) {
                 self.handshaking = self.handshaking.saturating_sub(1);
@@ -1045,7 +1049,7 @@ impl Driver {
 fn write_queue(c: &mut Conn) -> io::Result<()> {
     let written = match c.tls.as_mut() {
         Some(session) => session.write(&mut c.out, &mut c.stream, c.state == State::Closing)?,
-        None => lb_cli::write_queue(&mut c.out, &mut c.stream)?,
+        None => lb_runtime::write_queue(&mut c.out, &mut c.stream)?,
     };
     c.queued -= written;
     Ok(())

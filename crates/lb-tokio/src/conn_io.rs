@@ -24,9 +24,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use lb_cli::backpressure::Watermarks;
-use lb_cli::READ_CHUNK_BYTES;
 use lb_core::{CloseReason, ConnId};
+use lb_runtime::backpressure::Watermarks;
+use lb_runtime::READ_CHUNK_BYTES;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
@@ -49,7 +49,7 @@ pub(crate) struct Outbox {
     /// The owner forgot the connection: the writer ends once the queue is empty.
     gone: AtomicBool,
     /// Reported over the high-water mark, not yet back below the low-water mark
-    /// ([`lb_cli::backpressure`]): the owner raises it, the writer lowers it.
+    /// ([`lb_runtime::backpressure`]): the owner raises it, the writer lowers it.
     high: AtomicBool,
     /// Wakes the reader of a frontend paused while `high`.
     resume: Notify,

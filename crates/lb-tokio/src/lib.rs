@@ -12,13 +12,13 @@
 //!   connection holds no read or write buffer (`conn_io.rs`: about 2 kB per idle connection);
 //! - `Output::Connect` spawns a task that connects with a timeout and then becomes the writer.
 //! - A TLS listener's accept task hands each socket to a handshake task (tokio-rustls, at most
-//!   [`lb_cli::tls::HANDSHAKES_MAX`] at once, each within [`lb_cli::tls::HANDSHAKE_TIMEOUT`]);
+//!   [`lb_runtime::tls::HANDSHAKES_MAX`] at once, each within [`lb_runtime::tls::HANDSHAKE_TIMEOUT`]);
 //!   only a finished handshake reaches the owner, whose reader and writer then see plaintext.
 //!   On a `--listen-tls ADDR,proxy-protocol` listener the task reads the PROXY header first;
 //!   what followed it goes to rustls before the socket's own bytes (`conn_io::Prefixed`).
 //!
 //! The owner loop waits for a note, the core's deadline (one `Sleep`, reset only when the
-//! deadline moves) or the shutdown signal; it handles up to [`lb_cli::BATCH_MAX`] notes per
+//! deadline moves) or the shutdown signal; it handles up to [`lb_runtime::BATCH_MAX`] notes per
 //! wake-up and drains every output after each input. Time is read from `tokio::time::Instant`,
 //! so a paused test clock drives the core too.
 //!
@@ -28,7 +28,7 @@
 //! as `Input::Reload`, and the stop. `--admin` commands arrive on a channel the first owner
 //! awaits like the notes and applies with [`lb_cli::Ops::handle_admin`]. With
 //! `--proxy-protocol` each accepted socket is first read by a task of its own until its PROXY
-//! header is whole ([`lb_cli::ProxyHeaderReader`]); the owner learns of the connection only
+//! header is whole ([`lb_runtime::ProxyHeaderReader`]); the owner learns of the connection only
 //! then, with the client address the header announced and the bytes that followed it.
 //! Logging, the `--metrics` snapshot (published after a wake-up, at most every
 //! [`lb_cli::PUBLISH_EVERY`]; the owner's one `Sleep` also covers a pending publish) and
@@ -46,13 +46,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use lb_cli::backpressure::{Admit, Watermarks};
-use lb_cli::{
-    BackendTls, Command, Ops, ProxyHeaderReader, ProxyRead, ProxyReject, RunError, Settings,
-    WakePacer, Worker, BATCH_MAX, CLOSE_LINGER_MAX, CONNECT_TIMEOUT, PROXY_HEADER_TIMEOUT,
-    PROXY_PENDING_MAX, SHUTDOWN_FLUSH_MAX,
-};
+use lb_cli::{Command, Ops, Settings, Worker};
 use lb_core::{Balancer, CloseReason, ConnId, Input, ListenerId, Output, Stats};
+use lb_runtime::backpressure::{Admit, Watermarks};
+use lb_runtime::{
+    BackendTls, ProxyHeaderReader, ProxyRead, ProxyReject, RunError, WakePacer, BATCH_MAX,
+    CLOSE_LINGER_MAX, CONNECT_TIMEOUT, PROXY_HEADER_TIMEOUT, PROXY_PENDING_MAX, SHUTDOWN_FLUSH_MAX,
+};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -106,7 +106,7 @@ pub async fn serve(worker: Worker) -> Result<Stats, RunError> {
         mut control,
         ..
     } = worker;
-    let seed = lb_cli::os_seed()?;
+    let seed = lb_runtime::os_seed()?;
     let mut ops = ops;
     // The owner awaits the admin queue itself: no waker needed.
     let mut admin = ops.start_admin(|| {})?;
@@ -287,10 +287,10 @@ struct Owner {
     /// Indexed by `ConnId::slot`.
     conns: Vec<Option<Conn>>,
     notes: mpsc::Sender<Note>,
-    /// The output queues' marks and ceiling ([`lb_cli::backpressure`]).
+    /// The output queues' marks and ceiling ([`lb_runtime::backpressure`]).
     marks: Watermarks,
     /// Made at the first `Output::Resolve`: most runs never dial a host name.
-    dns: Option<lb_cli::dns::Dns>,
+    dns: Option<lb_runtime::dns::Dns>,
 }
 
 impl Owner {
@@ -421,7 +421,7 @@ impl Owner {
                 tracing::debug!(conn = %conn, %host, ?port, "resolving");
                 let dns = self
                     .dns
-                    .get_or_insert_with(lb_cli::dns::Dns::from_system)
+                    .get_or_insert_with(lb_runtime::dns::Dns::from_system)
                     .clone();
                 let notes = self.notes.clone();
                 tokio::spawn(async move {
@@ -465,8 +465,8 @@ impl Owner {
     {
         let conn = self.lb.accept(now(), listener, peer);
         match proxy {
-            Some(proxy) => lb_cli::log_frontend_open_proxied(conn, peer, proxy),
-            None => lb_cli::log_frontend_open(conn, peer),
+            Some(proxy) => lb_runtime::log_frontend_open_proxied(conn, peer, proxy),
+            None => lb_runtime::log_frontend_open(conn, peer),
         }
         let outbox = Outbox::new(self.marks);
         let writer = tokio::spawn(write_loop(conn, write, outbox.clone(), self.notes.clone()));
@@ -518,7 +518,7 @@ impl Owner {
         c.writer.abort();
         c.outbox.forget();
         if c.frontend {
-            lb_cli::log_frontend_closed(conn, reason);
+            lb_runtime::log_frontend_closed(conn, reason);
         }
         self.lb.handle_input(now(), Input::Closed { conn, reason });
     }
@@ -658,10 +658,10 @@ async fn tls_accept_loop(
     listener: ListenerId,
     socket: TcpListener,
     proxied: bool,
-    tls: Arc<lb_cli::tls::Tls>,
+    tls: Arc<lb_runtime::tls::Tls>,
     notes: mpsc::Sender<Note>,
 ) {
-    let handshakes = Arc::new(tokio::sync::Semaphore::new(lb_cli::tls::HANDSHAKES_MAX));
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(lb_runtime::tls::HANDSHAKES_MAX));
     loop {
         let (stream, peer) = match socket.accept().await {
             Ok(accepted) => accepted,
@@ -697,7 +697,7 @@ async fn tls_accept_loop(
                 (Prefixed::new(BytesMut::new(), stream), peer, None)
             };
             let handshake =
-                tokio::time::timeout(lb_cli::tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                tokio::time::timeout(lb_runtime::tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream));
             let stream = match handshake.await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {

@@ -28,8 +28,9 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use lb_cli::{Ops, RunError, Settings, CONNECT_TIMEOUT, SHUTDOWN_FLUSH_MAX};
+use lb_cli::{Ops, Settings};
 use lb_core::{Balancer, CloseReason, ConnId, Input, ListenerId, Output, Stats};
+use lb_runtime::{RunError, CONNECT_TIMEOUT, SHUTDOWN_FLUSH_MAX};
 
 fn main() -> std::process::ExitCode {
     lb_cli::main_with(run)
@@ -55,7 +56,7 @@ struct Driver {
     /// Results of connects running on helper threads: std has no non-blocking connect.
     connected_tx: mpsc::Sender<(ConnId, std::io::Result<TcpStream>)>,
     /// The resolver thread, started at the first `Output::Resolve`.
-    dns: Option<lb_cli::dns::DnsThread>,
+    dns: Option<lb_runtime::dns::DnsThread>,
 }
 
 fn run(settings: Settings) -> Result<Stats, RunError> {
@@ -69,7 +70,11 @@ fn run(settings: Settings) -> Result<Stats, RunError> {
         .map_err(RunError::Runtime)?;
     let ops = Ops::new(&settings)?;
 
-    let lb = Balancer::new(settings.core.clone(), lb_cli::os_seed()?, Instant::now());
+    let lb = Balancer::new(
+        settings.core.clone(),
+        lb_runtime::os_seed()?,
+        Instant::now(),
+    );
     let mut listeners: Vec<(ListenerId, TcpListener)> = Vec::new();
     for (id, addr) in lb.listeners() {
         let socket = TcpListener::bind(addr).map_err(|source| RunError::Bind { addr, source })?;
@@ -89,7 +94,7 @@ fn run(settings: Settings) -> Result<Stats, RunError> {
     // The core asks for its backend connections as soon as it exists.
     d.drain();
 
-    let mut buf = lb_cli::ReadBuffer::default();
+    let mut buf = lb_runtime::ReadBuffer::default();
     while !stop.load(Ordering::Relaxed) {
         let mut progress = false;
 
@@ -165,7 +170,7 @@ fn run(settings: Settings) -> Result<Stats, RunError> {
 impl Driver {
     fn accept(&mut self, listener: ListenerId, stream: TcpStream, peer: SocketAddr) {
         let conn = self.lb.accept(Instant::now(), listener, peer);
-        lb_cli::log_frontend_open(conn, peer);
+        lb_runtime::log_frontend_open(conn, peer);
         // Accepted sockets do not inherit the listener's non-blocking mode.
         if stream.set_nonblocking(true).is_err() {
             self.closed(conn, true, CloseReason::Error);
@@ -208,7 +213,7 @@ impl Driver {
     }
 
     /// One read from the connection at `slot`; true if anything happened.
-    fn read(&mut self, slot: usize, buf: &mut lb_cli::ReadBuffer) -> bool {
+    fn read(&mut self, slot: usize, buf: &mut lb_runtime::ReadBuffer) -> bool {
         let Some(Some(c)) = self.conns.get_mut(slot) else {
             return false;
         };
@@ -244,7 +249,7 @@ impl Driver {
         let Some(stream) = c.stream.as_mut() else {
             return false;
         };
-        match lb_cli::write_queue(&mut c.out, stream) {
+        match lb_runtime::write_queue(&mut c.out, stream) {
             Ok(written) => {
                 c.queued -= written;
                 if c.closing && c.out.is_empty() {
@@ -296,7 +301,7 @@ impl Driver {
                 }
                 Output::Resolve { conn, host, port } => {
                     if self.dns.is_none() {
-                        self.dns = lb_cli::dns::DnsThread::start(|| {}).ok();
+                        self.dns = lb_runtime::dns::DnsThread::start(|| {}).ok();
                     }
                     match &self.dns {
                         Some(dns) => dns.resolve(conn, host, port),
@@ -349,7 +354,7 @@ impl Driver {
     /// The one `Input::Closed` of `conn`.
     fn closed(&mut self, conn: ConnId, frontend: bool, reason: CloseReason) {
         if frontend {
-            lb_cli::log_frontend_closed(conn, reason);
+            lb_runtime::log_frontend_closed(conn, reason);
         }
         self.lb
             .handle_input(Instant::now(), Input::Closed { conn, reason });
@@ -379,7 +384,8 @@ impl Driver {
             for c in self.conns.iter_mut().flatten() {
                 if let Some(stream) = c.stream.as_mut() {
                     // A connection that failed is given up; one that would block is retried.
-                    pending |= lb_cli::write_queue(&mut c.out, stream).is_ok() && !c.out.is_empty();
+                    pending |=
+                        lb_runtime::write_queue(&mut c.out, stream).is_ok() && !c.out.is_empty();
                 }
             }
             if !pending {

@@ -15,7 +15,7 @@ use super::{probe, verifying, LB_A};
 //    timeout (10 s) and counted; at the cap of handshakes in progress (512) a further
 //    connection is refused at once.
 
-/// `HANDSHAKE_TIMEOUT` and `HANDSHAKES_MAX` of crates/lb-cli/src/tls.rs.
+/// `HANDSHAKE_TIMEOUT` and `HANDSHAKES_MAX` of crates/lb-runtime/src/tls.rs.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HANDSHAKES_MAX: usize = 512;
 

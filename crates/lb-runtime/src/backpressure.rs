@@ -45,13 +45,10 @@ pub enum Admit {
 }
 
 impl Watermarks {
-    /// The marks of the running settings.
-    pub fn of(settings: &crate::Settings) -> Watermarks {
-        Watermarks {
-            high: settings.output_high_water_bytes,
-            low: settings.output_low_water_bytes,
-            ceiling: settings.output_cap_bytes,
-        }
+    /// The marks of the running settings (lb-cli's `Settings` converts into them; this crate
+    /// sits below the settings, so it takes whatever knows its marks).
+    pub fn of(settings: impl Into<Watermarks>) -> Watermarks {
+        settings.into()
     }
 
     /// `len` more bytes for a connection with `queued` bytes waiting, `high` when it was last

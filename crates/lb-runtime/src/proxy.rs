@@ -76,7 +76,8 @@ impl ProxyReject {
         }
     }
 
-    pub(crate) fn index(self) -> usize {
+    /// Its slot in per-cause counters.
+    pub fn index(self) -> usize {
         self as usize
     }
 }

@@ -18,7 +18,7 @@ use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
 
-use crate::CliError;
+use crate::InvalidSetting;
 
 /// A handshake not finished within this is abandoned (a client that stalls holds a socket and
 /// a TLS state otherwise).
@@ -63,7 +63,7 @@ pub struct BackendTlsSettings {
 /// The rustls client configuration for TLS backends.
 pub fn backend_client_config(
     settings: &BackendTlsSettings,
-) -> Result<Arc<rustls::ClientConfig>, CliError> {
+) -> Result<Arc<rustls::ClientConfig>, InvalidSetting> {
     let provider = provider();
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(&settings.ca)
@@ -72,11 +72,11 @@ pub fn backend_client_config(
         let cert = cert.map_err(|e| file_error("tls-backend-ca", &settings.ca, e))?;
         roots
             .add(cert)
-            .map_err(|e| CliError::invalid("tls-backend-ca", e.to_string()))?;
+            .map_err(|e| InvalidSetting::new("tls-backend-ca", e.to_string()))?;
     }
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| CliError::invalid("tls", e.to_string()))?
+        .map_err(|e| InvalidSetting::new("tls", e.to_string()))?
         .with_root_certificates(roots);
     let config = match &settings.client_cert {
         None => builder.with_no_client_auth(),
@@ -88,7 +88,7 @@ pub fn backend_client_config(
                 .map_err(|e| file_error("tls-backend-key", key, e))?;
             builder
                 .with_client_auth_cert(chain, key)
-                .map_err(|e| CliError::invalid("tls-backend-key", e.to_string()))?
+                .map_err(|e| InvalidSetting::new("tls-backend-key", e.to_string()))?
         }
     };
     Ok(Arc::new(config))
@@ -228,7 +228,7 @@ pub struct Tls {
 
 impl Tls {
     /// Loads every certificate, key and CA named in `settings`.
-    pub fn load(settings: &TlsSettings) -> Result<Tls, CliError> {
+    pub fn load(settings: &TlsSettings) -> Result<Tls, InvalidSetting> {
         Ok(Tls {
             current: RwLock::new(server_config(settings)?),
             counters: counters(),
@@ -245,7 +245,7 @@ impl Tls {
 
     /// Rereads the files. On any error the running configuration stays and the error is
     /// returned (for the log line); established connections are never touched.
-    pub fn reload(&self, settings: &TlsSettings) -> Result<(), CliError> {
+    pub fn reload(&self, settings: &TlsSettings) -> Result<(), InvalidSetting> {
         let next = server_config(settings)?;
         match self.current.write() {
             Ok(mut c) => *c = next,
@@ -259,7 +259,7 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, CliError> {
+fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, InvalidSetting> {
     let provider = provider();
     let mut keys = Vec::new();
     for pair in &settings.certs {
@@ -267,7 +267,7 @@ fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, CliError> 
             .and_then(|certs| certs.collect())
             .map_err(|e| file_error("tls-cert", &pair.cert, e))?;
         if chain.is_empty() {
-            return Err(CliError::invalid(
+            return Err(InvalidSetting::new(
                 "tls-cert",
                 format!("{}: no certificate in it", pair.cert.display()),
             ));
@@ -275,7 +275,7 @@ fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, CliError> 
         let key = PrivateKeyDer::from_pem_file(&pair.key)
             .map_err(|e| file_error("tls-key", &pair.key, e))?;
         let certified = CertifiedKey::from_der(chain, key, &provider).map_err(|e| {
-            CliError::invalid(
+            InvalidSetting::new(
                 "tls-key",
                 format!(
                     "{}: does not fit {}: {e}",
@@ -287,14 +287,14 @@ fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, CliError> 
         keys.push((pair.names.clone(), Arc::new(certified)));
     }
     if keys.is_empty() {
-        return Err(CliError::invalid(
+        return Err(InvalidSetting::new(
             "tls-cert",
             "a TLS listener needs at least one certificate and key",
         ));
     }
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| CliError::invalid("tls", e.to_string()))?;
+        .map_err(|e| InvalidSetting::new("tls", e.to_string()))?;
     let builder = match &settings.client_ca {
         None => builder.with_no_client_auth(),
         Some(path) => {
@@ -305,7 +305,7 @@ fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, CliError> 
                 let cert = cert.map_err(|e| file_error("tls-client-ca", path, e))?;
                 roots
                     .add(cert)
-                    .map_err(|e| CliError::invalid("tls-client-ca", e.to_string()))?;
+                    .map_err(|e| InvalidSetting::new("tls-client-ca", e.to_string()))?;
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
             let verifier = match settings.client_auth {
@@ -314,7 +314,7 @@ fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, CliError> 
             };
             let verifier = verifier
                 .build()
-                .map_err(|e| CliError::invalid("tls-client-ca", e.to_string()))?;
+                .map_err(|e| InvalidSetting::new("tls-client-ca", e.to_string()))?;
             builder.with_client_cert_verifier(verifier)
         }
     };
@@ -325,8 +325,8 @@ fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, CliError> 
     Ok(Arc::new(config))
 }
 
-fn file_error(key: &'static str, path: &Path, e: impl std::fmt::Display) -> CliError {
-    CliError::invalid(key, format!("{}: {e}", path.display()))
+fn file_error(key: &'static str, path: &Path, e: impl std::fmt::Display) -> InvalidSetting {
+    InvalidSetting::new(key, format!("{}: {e}", path.display()))
 }
 
 /// Picks the certificate for the client's SNI name: the first whose configured names hold

@@ -74,18 +74,21 @@ impl BackendResolver for SystemResolver {
 pub struct NamedBackend {
     /// As configured (`host`, `host:port`): how the admin API and the metrics name it.
     pub name: String,
-    pub(crate) host: String,
-    pub(crate) port: Option<u16>,
+    /// The host name looked up.
+    pub host: String,
+    /// The port given with it; `None` looks up SRV records first.
+    pub port: Option<u16>,
     /// What each of its addresses is configured as (the address aside).
-    pub(crate) template: BackendConfig,
+    pub template: BackendConfig,
     /// Its addresses now, in the configuration.
-    pub(crate) addrs: Vec<SocketAddr>,
+    pub addrs: Vec<SocketAddr>,
     /// Those of `addrs` that DNS drained (they vanished from the answer).
-    pub(crate) drained_by_dns: BTreeSet<SocketAddr>,
+    pub drained_by_dns: BTreeSet<SocketAddr>,
 }
 
 impl NamedBackend {
-    pub(crate) fn new(
+    /// A backend named `name` (`host`, `host:port`), not yet resolved.
+    pub fn new(
         name: String,
         host: String,
         port: Option<u16>,
@@ -108,7 +111,7 @@ impl NamedBackend {
 }
 
 /// `host[:port]` when `text` is a host name (not an IP address): letters, digits, `-` and `.`.
-pub(crate) fn parse_name(text: &str) -> Option<(String, Option<u16>)> {
+pub fn parse_name(text: &str) -> Option<(String, Option<u16>)> {
     let text = text.trim();
     let (host, port) = match text.rsplit_once(':') {
         Some((host, port)) => (host, Some(port.parse::<u16>().ok()?)),
@@ -192,7 +195,7 @@ pub fn apply_resolution(
 
 /// Resolves every name again every `interval` and hands changed answers to `deliver` (the
 /// admin hub's workers) until `alive` is gone: the process's refresh thread.
-pub(crate) fn start_refresh<T: Send + Sync + 'static>(
+pub fn start_refresh<T: Send + Sync + 'static>(
     names: Vec<NamedBackend>,
     interval: Duration,
     resolver: Arc<dyn BackendResolver>,
@@ -230,7 +233,7 @@ pub(crate) fn start_refresh<T: Send + Sync + 'static>(
 }
 
 /// The start-up resolution of every name: fills `addrs` and returns the backends they make.
-pub(crate) fn resolve_all(
+pub fn resolve_all(
     names: &mut [NamedBackend],
     resolver: &dyn BackendResolver,
 ) -> Vec<BackendConfig> {
