@@ -126,6 +126,7 @@ mod admin_hub;
 pub mod backpressure;
 pub mod ctl;
 pub mod dns;
+mod heap_trim;
 mod metrics;
 pub mod named;
 mod ops;
