@@ -119,6 +119,7 @@ pub mod admin;
 mod admin_backends;
 mod admin_hub;
 pub mod ctl;
+mod heap_trim;
 mod metrics;
 mod ops;
 mod settings;

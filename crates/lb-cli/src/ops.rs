@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use lb_core::{BackendId, Balancer, ConnId, Event, ValidConfig};
 
+use crate::heap_trim::HeapTrim;
 use crate::metrics::{self, MetricsServer, Snapshot, PUBLISH_EVERY};
 use crate::{RunError, Settings};
 use lb_runtime::ProxyReject;
@@ -170,6 +171,8 @@ pub struct Ops {
     published: Option<Instant>,
     /// A loop turn happened since the last publish: publish when [`PUBLISH_EVERY`] has passed.
     publish_pending: bool,
+    /// Gives a burst's freed heap back once the new-call table shrinks (`heap_trim`).
+    heap_trim: HeapTrim,
 }
 
 impl Ops {
@@ -219,6 +222,7 @@ impl Ops {
             output_cap_drops: 0,
             published: None,
             publish_pending: false,
+            heap_trim: HeapTrim::default(),
         }
     }
 
@@ -240,9 +244,10 @@ impl Ops {
 
     /// Call once per loop turn, after the inputs of the turn: publishes the metrics snapshot
     /// if the last one is [`PUBLISH_EVERY`] old (else later, see [`Ops::poll_timeout`]) and
-    /// logs due rate-limit summaries.
+    /// logs due rate-limit summaries, and trims the heap once the new-call table has shrunk.
     pub fn turn(&mut self, lb: &Balancer, now: Instant) {
         self.limiter.flush(now);
+        self.heap_trim.turn(lb.table_bytes(), now);
         let Some((server, slot)) = &self.metrics else {
             return;
         };
@@ -265,17 +270,21 @@ impl Ops {
         self.publish_pending = false;
     }
 
-    /// When [`Ops::turn`] must run again even if nothing happens: a snapshot or a log summary
-    /// is pending. Wait no longer than this.
+    /// When [`Ops::turn`] must run again even if nothing happens: a snapshot, a log summary
+    /// or a heap trim is pending. Wait no longer than this.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let publish = self
             .published
             .filter(|_| self.publish_pending)
             .map(|t| t + PUBLISH_EVERY);
-        match (publish, self.limiter.next_deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            publish,
+            self.limiter.next_deadline(),
+            self.heap_trim.next_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Logs an [`Event`] of the core: backend state changes always, faults a peer can provoke

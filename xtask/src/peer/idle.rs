@@ -87,7 +87,23 @@ pub(crate) fn measure(lb: Lb, tools: &Tools, plain: usize, tls_count: usize) -> 
     let pki = tools.pki.as_ref().context("idle TLS needs certificates")?;
     let config = pki.client_config()?;
     let dir = TempDir::new(&format!("idle-{}", lb.name()))?;
-    let mut farm = Farm::start(lb, tools, &dir, &[])?;
+    // Every idle connection comes from 127.0.0.1: lift the per-address connection limit (1,000
+    // by default, docs/operations.md), or the balancer evicts the silent ones at the limit.
+    let limits = dir.path("idle.toml");
+    std::fs::write(
+        &limits,
+        format!(
+            "[limits]\nfrontends-per-ip-max = {}\n",
+            2 * (plain + tls_count) + 100
+        ),
+    )?;
+    let args = ["--config".to_string(), limits.display().to_string()];
+    let mut farm = Farm::start(
+        lb,
+        tools,
+        &dir,
+        if lb == Lb::Kamailio { &[] } else { &args },
+    )?;
     thread::sleep(Duration::from_secs(1));
     let before = settled(&farm)?;
     let plain_conns = tls::open_plain(farm.plain, plain)?;

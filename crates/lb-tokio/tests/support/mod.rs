@@ -402,9 +402,9 @@ pub fn slow_reader_is_paused_then_closed(exe: &str) {
                 .ok()
         })
     };
-    assert_eq!(
-        figure("frontends_open"),
-        figure("dial_outs_open"),
+    // (A dial-out still connecting is counted in `dial_outs_open` and not yet as a frontend.)
+    assert!(
+        figure("frontends_open") <= figure("dial_outs_open"),
         "{stdout}"
     );
     assert!(stdout.contains(" stall_closes=1 "), "{stdout}");
