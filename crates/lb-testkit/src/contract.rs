@@ -352,6 +352,27 @@ impl Contract {
         Ok(outputs)
     }
 
+    /// Feeds `input` to `lb` at `now` under the contract: records it, hands it over, then checks
+    /// that an input naming a dead connection was counted stale and that after a `Timeout` the
+    /// deadline moved past `now`. Every harness feeds the core through here.
+    pub fn feed(&mut self, lb: &mut Balancer, now: Instant, input: Input) -> Result<(), Violation> {
+        let dead = self.names_dead(&input);
+        let stale_before = lb.stats().stale_inputs;
+        self.input(&input);
+        let timeout = matches!(input, Input::Timeout);
+        lb.handle_input(now, input);
+        if let Some(conn) = dead {
+            require!(
+                lb.stats().stale_inputs == stale_before + 1,
+                "an input for dead {conn} was not counted stale"
+            );
+        }
+        if timeout {
+            Contract::timed_out(now, lb.poll_timeout())?;
+        }
+        Ok(())
+    }
+
     /// `Input::Timeout` was handled at `now`: the next deadline must have moved past it, or a
     /// driver that re-arms its timer would spin.
     pub fn timed_out(now: Instant, deadline: Option<Instant>) -> Result<(), Violation> {

@@ -55,9 +55,9 @@ impl<'a> Choices<'a> {
     }
 }
 
-/// Chunk sizes from a 16-bit seed (xorshift): short reads, long reads, single bytes. (The
-/// envelope target's harness in `lb-testkit` splits its input the same way.)
-fn chunker(seed: u16) -> impl FnMut() -> usize {
+/// Chunk sizes from a 16-bit seed (xorshift): short reads, long reads, single bytes. The
+/// envelope target's harness in `lb-testkit` splits its input with it too.
+pub fn chunker(seed: u16) -> impl FnMut() -> usize {
     let mut state = u32::from(seed) | 1 << 16;
     move || {
         state ^= state << 13;

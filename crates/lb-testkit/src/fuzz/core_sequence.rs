@@ -231,22 +231,8 @@ impl Harness {
         if self.trace {
             eprintln!("{:?} in: {input:?}", self.now);
         }
-        let dead = self.contract.names_dead(&input);
-        let stale_before = self.lb.stats().stale_inputs;
-        self.contract.input(&input);
-        let timeout = matches!(input, Input::Timeout);
-        self.lb.handle_input(self.now, input);
-        if let Some(conn) = dead {
-            assert_eq!(
-                self.lb.stats().stale_inputs,
-                stale_before + 1,
-                "an input for dead {conn} was not counted stale"
-            );
-        }
-        if timeout {
-            if let Err(v) = Contract::timed_out(self.now, self.lb.poll_timeout()) {
-                panic!("{v}");
-            }
+        if let Err(v) = self.contract.feed(&mut self.lb, self.now, input) {
+            panic!("{v}");
         }
         self.drain();
     }

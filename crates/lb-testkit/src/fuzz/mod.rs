@@ -14,6 +14,7 @@
 
 use bytes::{Bytes, BytesMut};
 use lb_core::envelope::{self, Envelope, EnvelopeDecoder, EnvelopeError, HEADER_LEN};
+use lb_core::fuzzing::chunker;
 
 mod answers;
 mod core_sequence;
@@ -78,22 +79,6 @@ impl<'a> Choices<'a> {
 
     pub(crate) fn is_empty(&self) -> bool {
         self.data.is_empty()
-    }
-}
-
-/// Chunk sizes from a 16-bit seed (xorshift): short reads, long reads, single bytes. (The same
-/// as `lb_core::fuzzing::stream` splits its input with.)
-fn chunker(seed: u16) -> impl FnMut() -> usize {
-    let mut state = u32::from(seed) | 1 << 16;
-    move || {
-        state ^= state << 13;
-        state ^= state >> 17;
-        state ^= state << 5;
-        match state % 4 {
-            0 => 1,
-            1 => (state >> 8) as usize % 8 + 1,
-            _ => (state >> 8) as usize % 200 + 1,
-        }
     }
 }
 
