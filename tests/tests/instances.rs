@@ -119,6 +119,13 @@ fn instance_of(m: &SipMsg, instances: &[SocketAddr]) -> Option<SocketAddr> {
         .find(|a| rr.contains(&format!("sip:{a};")) && rr.contains(";lb="))
 }
 
+/// The Call-ID in the prefix of a Kamailio log line (`log_prefix="{$mt $cs $ci} "`).
+fn kamailio_call_id(line: &str) -> Option<&str> {
+    let prefix = &line[line.find('{')? + 1..];
+    let prefix = &prefix[..prefix.find('}')?];
+    prefix.split(' ').nth(2)
+}
+
 /// `acked`: the Call-IDs whose ACK reached a backend. A call is set up once its ACK arrives:
 /// one whose 200 passed the killed instance just before it died, but whose ACK went to it as
 /// it died, is lost in setup like the calls still ringing there.
@@ -279,16 +286,26 @@ fn an_instance_dies_with_calls_up(rt: Runtime) {
     let callee_bye = caller("uac-callee-bye", "uac_recv_bye.xml", 0);
     let (victim, survivor) = (instances[0], instances[1]);
     // SIPp writes its trace when it exits; Kamailio logs each reply as it relays it, with the
-    // Call-ID (`N-PID@IP`: which caller) in the line's prefix.
+    // Call-ID (`N-PID@IP`: which caller) in the line's prefix (`{2 1 CALL-ID} `). A call is
+    // set up through the victim once a backend logged its ACK: killing it at the 200 alone
+    // races the ACK, which then dies with the instance (the call is lost in setup).
     let answered_by_victim = format!("<script>: reply 200 OK to 1 INVITE from {victim}");
     let ready = poll_until(Duration::from_secs(20), || {
         let log = proxy.log();
+        let acks: Vec<NetsipLog> = backends.iter().map(|b| b.log()).collect();
+        let acked: BTreeSet<&str> = acks
+            .iter()
+            .flat_map(|l| l.call_ids_with(Dir::Received, "ACK"))
+            .collect();
+        let on_victim: BTreeSet<&str> = log
+            .lines()
+            .filter(|l| l.contains(&answered_by_victim))
+            .filter_map(kamailio_call_id)
+            .filter(|id| acked.contains(id))
+            .collect();
         [&caller_bye, &callee_bye].iter().all(|u| {
             let caller = format!("-{}@", u.pid());
-            log.lines()
-                .filter(|l| l.contains(&caller) && l.contains(&answered_by_victim))
-                .count()
-                >= ESTABLISHED_ON_VICTIM
+            on_victim.iter().filter(|id| id.contains(&caller)).count() >= ESTABLISHED_ON_VICTIM
         })
     });
     assert!(
