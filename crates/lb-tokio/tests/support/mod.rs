@@ -135,6 +135,22 @@ pub fn start(exe: &str, backend: &TcpListener, extra: &[&str]) -> Balancer {
 }
 
 /// A port nobody listens on right now.
+/// The body of an HTTP/1.1 GET of `path` at `addr` (empty when it cannot be had).
+fn http_get_body(addr: &str, path: &str) -> String {
+    let Ok(mut conn) = TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let mut reply = String::new();
+    if conn.write_all(request.as_bytes()).is_err() || conn.read_to_string(&mut reply).is_err() {
+        return String::new();
+    }
+    reply
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default()
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -343,7 +359,15 @@ pub fn command_line(exe: &str) {
 /// client has read nothing for the stall timeout it is closed. The output cap is never reached.
 pub fn slow_reader_is_paused_then_closed(exe: &str) {
     let backend = TcpListener::bind("127.0.0.1:0").unwrap();
-    let flags = ["--output-cap", "1000000", "--stall-timeout", "1"];
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let flags = [
+        "--output-cap",
+        "1000000",
+        "--stall-timeout",
+        "1",
+        "--metrics",
+        &metrics,
+    ];
     let mut lb = start(exe, &backend, &flags);
     let mut backend_conn = accept(&backend);
     let mut client = TcpStream::connect(("127.0.0.1", lb.port)).unwrap();
@@ -389,6 +413,23 @@ pub fn slow_reader_is_paused_then_closed(exe: &str) {
         lb.seen
     );
     drop(client);
+    // The balancer decided the close, but its socket lingers (its FIN waits behind the bytes the
+    // client never read) until the client goes away: the core hears of the close a moment after
+    // `drop`, later still on a busy machine. Wait for that before reading the final figures.
+    let gauge = |body: &str, name: &str| {
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let heard = (0..200).any(|_| {
+        let body = http_get_body(&metrics, "/metrics");
+        let settled = gauge(&body, "siplb_frontends_open") <= gauge(&body, "siplb_dial_outs_open");
+        if !settled {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        settled
+    });
+    assert!(heard, "the stalled client's close never reached the core");
 
     let (code, stdout) = lb.terminate();
     assert_eq!(code, Some(0));
