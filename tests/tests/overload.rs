@@ -26,8 +26,17 @@ const FLOOD_MAX: usize = 3000;
 /// New calls offered once both backends are held: every one must get the balancer's 503.
 const WHILE_HELD: usize = 100;
 
-/// Marks small enough that a few dozen INVITEs fill them.
-const FLAGS: [&str; 4] = ["--output-high-water", "16384", "--output-low-water", "4096"];
+/// Marks small enough that a few dozen (padded) INVITEs fill a backend's queue, and large enough
+/// for the bursts toward the proxy: the 100 503s of the held phase, and the backends' answers
+/// to their backlog when they wake (up to ~80 at once). The marks hold for the proxy's
+/// connection too, and a frontend over its mark gets nothing more (by design): at 16 KiB those
+/// bursts alone crossed it on a busy machine and answers were dropped.
+const FLAGS: [&str; 4] = [
+    "--output-high-water",
+    "131072",
+    "--output-low-water",
+    "32768",
+];
 
 /// A SIP backend that answers INVITE and BYE with 200 and can be told to stop reading (a
 /// server whose CPU is saturated), with a small receive buffer so the backlog sits in the
@@ -117,7 +126,15 @@ struct Proxy {
 
 impl Proxy {
     fn connect(lb: SocketAddr) -> Proxy {
-        let out = TcpStream::connect(lb).unwrap();
+        // The test's high-water mark (16 KiB) holds for frontends too: a frontend whose queue
+        // passes it gets nothing more (dropped and counted, by design). When the backends wake
+        // they answer a few hundred INVITEs at once; a receive buffer that holds them all keeps
+        // this reader's pace (slow on a busy machine) out of the balancer's queue.
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.set_recv_buffer_size(4 << 20).unwrap();
+        socket.connect(&lb.into()).unwrap();
+        let out = TcpStream::from(socket);
         out.set_nodelay(true).unwrap();
         let me = out.local_addr().unwrap();
         let mut reader = SipReader::new(out.try_clone().unwrap());
