@@ -23,6 +23,8 @@
 //!   stunnel in client mode in front of SIPp, and `openssl s_client` probes;
 //! - [`RunDir`]: a scratch directory per test, kept when the test fails.
 
+#![warn(missing_docs)]
+#![warn(clippy::wildcard_enum_match_arm, clippy::print_stdout)]
 #![allow(clippy::unwrap_used)]
 
 pub mod bins;

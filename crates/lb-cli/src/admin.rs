@@ -484,6 +484,7 @@ pub(crate) fn backend_json(ops: &Ops, c: &BackendConfig, s: &BackendStatus) -> V
         "name": name.map(|n| n.name.as_str()),
         "state": state(s),
         "weight": c.weight,
+        "priority": c.priority,
         "mode": mode_name(c.mode),
         "backup": c.backup.map(|a| a.to_string()),
         "draining": s.draining,

@@ -146,7 +146,15 @@ pub(crate) fn merge(request: &Request, mut replies: Vec<Reply>) -> Reply {
                 merge_backend(&mut merged.body["backend"], &other.body["backend"]);
             }
         }
-        _ => {}
+        // These answer with the configuration, the traced Call-IDs or the names and addresses
+        // concerned, which every worker shares (one configuration): no per-worker figures to
+        // add up, so the first worker's answer is the process's.
+        Request::Remove(_)
+        | Request::Resolved { .. }
+        | Request::Config
+        | Request::Traced
+        | Request::Trace(_)
+        | Request::Untrace(_) => {}
     }
     merged
 }

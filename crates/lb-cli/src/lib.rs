@@ -115,6 +115,9 @@
 //! On the command line a backend is `ADDR[,weight=N][,mode=plain|envelope][,backup=ADDR]
 //! [,draining]`.
 
+#![warn(missing_docs)]
+#![warn(clippy::wildcard_enum_match_arm, clippy::print_stdout)]
+
 pub mod admin;
 mod admin_backends;
 mod admin_hub;

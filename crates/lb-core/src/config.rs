@@ -61,8 +61,17 @@ pub enum Algorithm {
 pub struct BackendConfig {
     /// Where the balancer connects.
     pub addr: SocketAddr,
-    /// Share of new calls under [`Algorithm::Weighted`]; 0 takes no new calls.
+    /// Share of new calls under [`Algorithm::Weighted`]; 0 takes no new calls (under every
+    /// algorithm).
     pub weight: u32,
+    /// Which backends new calls go to first, lowest first, as SRV priorities order targets
+    /// (RFC 2782): only those of the lowest priority among the backends that take new calls get
+    /// them, so one of a higher priority is a standby until every backend of each lower
+    /// priority is down, draining, held or of weight 0. Calls already set up keep their backend
+    /// (or its backup) whatever the priorities. 0 for a backend given by address; a backend
+    /// given by an SRV name has the rank of its record's priority in the answer
+    /// (`lb_runtime::named`).
+    pub priority: u16,
     /// Wire framing.
     pub mode: BackendMode,
     /// Where its tagged traffic goes while it is down; `None` picks one by rendezvous hashing.
@@ -80,6 +89,7 @@ impl BackendConfig {
         BackendConfig {
             addr,
             weight: 1,
+            priority: 0,
             mode: BackendMode::Plain,
             backup: None,
             draining: false,

@@ -207,6 +207,62 @@ fn configured_backup_takes_over_and_reconnect_restores() {
     assert_eq!(h.expect_to_backend().0, 0);
 }
 
+/// New calls go to the lowest priority that can take them (RFC 2782 standbys); weight 0 takes
+/// none under round robin too. When the primary returns, new calls return to it, while a call
+/// set up on a standby stays there.
+#[test]
+fn standbys_take_new_calls_only_while_no_lower_priority_can() {
+    let mut cfg = config(4, BackendMode::Plain);
+    for (backend, priority) in cfg.backends.iter_mut().zip([0, 0, 1, 1]) {
+        backend.priority = priority;
+    }
+    cfg.backends[1].weight = 0;
+    let mut h = Harness::new(cfg);
+    let fe = h.frontend(PROXY);
+    let mut call = 0;
+    let mut new_calls = |h: &mut Harness| -> Vec<usize> {
+        (0..4)
+            .map(|_| {
+                call += 1;
+                let id = format!("call-p{call}");
+                h.receive(fe, invite(&id, &format!("z9hG4bKp{call}")).as_bytes());
+                h.expect_to_backend().0
+            })
+            .collect()
+    };
+    assert_eq!(
+        new_calls(&mut h),
+        [0, 0, 0, 0],
+        "the weight-0 primary and the standbys wait"
+    );
+    h.kill_backend(0);
+    assert_eq!(
+        new_calls(&mut h),
+        [2, 3, 2, 3],
+        "no primary can: the standbys take them"
+    );
+    h.receive(fe, invite("call-on-standby", "z9hG4bKs").as_bytes());
+    let (standby, fwd, _) = h.expect_to_backend();
+    let tag = h.answer_tag(standby, &fwd);
+
+    let deadline = h.lb.poll_timeout().unwrap();
+    h.now = deadline;
+    h.input(Input::Timeout);
+    let outs = h.drain();
+    assert!(
+        matches!(outs.as_slice(), [Output::Connect { .. }]),
+        "{outs:?}"
+    );
+    h.connect_backend(0);
+    assert_eq!(new_calls(&mut h), [0, 0, 0, 0], "the primary is back");
+    h.receive(fe, in_dialog("BYE", "call-on-standby", &tag, 2).as_bytes());
+    assert_eq!(
+        h.expect_to_backend().0,
+        standby,
+        "a call stays on its standby"
+    );
+}
+
 #[test]
 fn no_backend_gives_503_and_ack_gets_nothing() {
     let mut h = Harness::new(config(1, BackendMode::Plain));

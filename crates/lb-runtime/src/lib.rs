@@ -21,6 +21,9 @@
 //! - The driver knobs both binaries share: [`CONNECT_TIMEOUT`], [`CLOSE_LINGER_MAX`],
 //!   [`SHUTDOWN_FLUSH_MAX`], [`READ_CHUNK_BYTES`], [`BATCH_MAX`].
 
+#![warn(missing_docs)]
+#![warn(clippy::wildcard_enum_match_arm, clippy::print_stdout)]
+
 pub mod backpressure;
 pub mod dns;
 pub mod named;

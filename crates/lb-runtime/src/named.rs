@@ -4,11 +4,17 @@
 //! A/AAAA with 5060. The core knows addresses only: each address a name resolves to is one
 //! backend of the configuration, built from the name's table (weight, mode, draining, tls).
 //!
-//! **SRV priority and weight.** The targets of the lowest priority take new calls with their
-//! record's weight (weight 0 in the record: 1, as RFC 2782 lets a weight-0 target be chosen
-//! rarely, not never). Targets of higher priorities are standbys: weight 0, so they take no
-//! new calls but serve the calls a lost backend hands over (its backup, else the rendezvous
-//! choice among those up).
+//! **SRV priority and weight.** Each target's backend has its record's weight (weight 0 in the
+//! record: 1, as RFC 2782 lets a weight-0 target be chosen rarely, not never) and, as
+//! `BackendConfig::priority`, the rank of its record's priority among the answer's: 0 for the
+//! lowest priority, 1 for the next, and so on. The core gives new calls to the backends of the
+//! lowest priority that can take them, so the targets of higher priorities are standbys: no new
+//! calls while a backend of a lower priority is up (and not draining, held or weighted 0), the
+//! next priority's as soon as none is (RFC 2782: a client uses the lowest-priority targets it
+//! can reach). Ranks rather than the records' numbers make a name's primaries peers of the
+//! backends given by address (priority 0) and of other names' primaries, as they were before
+//! priorities reached the core. Like any backend that is up, a standby also serves the calls a
+//! lost backend hands over (its backup, else the rendezvous choice among those up).
 //!
 //! **Re-resolution.** Every `resolve-interval` (30 s by default) a thread of the process
 //! resolves every name again ([`start_refresh`]); when a name's answer changed it hands the new
@@ -130,20 +136,32 @@ pub fn parse_name(text: &str) -> Option<(String, Option<u16>)> {
 /// The backends `targets` make for `named` (module docs: SRV priority and weight), at most
 /// [`ADDRS_PER_NAME_MAX`], one per address.
 pub fn backends_for(named: &NamedBackend, targets: &[Target]) -> Vec<BackendConfig> {
-    let best = targets.iter().filter_map(|t| t.srv.map(|(p, _)| p)).min();
+    // The records' priorities, lowest first: a backend's is the rank of its record's among
+    // them, so the name's primaries have 0, as every backend given by address does.
+    let priorities: BTreeSet<u16> = targets
+        .iter()
+        .filter_map(|t| t.srv)
+        .map(|(p, _)| p)
+        .collect();
     let mut out: Vec<BackendConfig> = Vec::new();
     for t in targets {
         if out.len() == ADDRS_PER_NAME_MAX || out.iter().any(|b| b.addr == t.addr) {
             continue;
         }
-        let weight = match t.srv {
-            None => named.template.weight,
-            Some((priority, _)) if Some(priority) != best => 0,
-            Some((_, weight)) => u32::from(weight.max(1)),
+        let (priority, weight) = match t.srv {
+            None => (named.template.priority, named.template.weight),
+            Some((priority, weight)) => {
+                let rank = priorities.range(..priority).count();
+                (
+                    u16::try_from(rank).unwrap_or(u16::MAX),
+                    u32::from(weight.max(1)),
+                )
+            }
         };
         out.push(BackendConfig {
             addr: t.addr,
             weight,
+            priority,
             ..named.template.clone()
         });
     }
@@ -164,6 +182,12 @@ pub fn apply_resolution(
                 // Back in the answer: undo DNS's drain, not the operator's.
                 if named.drained_by_dns.remove(&new.addr) {
                     running.draining = named.template.draining;
+                    changed = true;
+                }
+                // The priority is DNS's alone (no flag or admin call sets it): follow the
+                // answer, so a target moved between primaries and standbys moves here too.
+                if running.priority != new.priority {
+                    running.priority = new.priority;
                     changed = true;
                 }
             }
@@ -321,7 +345,7 @@ mod tests {
     }
 
     #[test]
-    fn srv_priority_and_weight_make_weights_and_standbys() {
+    fn srv_records_give_each_backend_their_priority_and_weight() {
         let resolver = FakeResolver::default();
         resolver.set(
             "farm.example.com",
@@ -330,24 +354,111 @@ mod tests {
                 srv("10.0.0.2:5070", 10, 20),
                 srv("10.0.0.3:5060", 10, 0),
                 srv("10.0.0.9:5060", 20, 100),
+                srv("10.0.0.8:5060", 500, 0),
             ],
         );
         let mut names = vec![farm()];
         let backends = resolve_all(&mut names, &resolver);
-        let got: Vec<(String, u32)> = backends
+        let got: Vec<(String, u16, u32)> = backends
             .iter()
-            .map(|b| (b.addr.to_string(), b.weight))
+            .map(|b| (b.addr.to_string(), b.priority, b.weight))
             .collect();
         assert_eq!(
             got,
             [
-                ("10.0.0.1:5060".to_string(), 60),
-                ("10.0.0.2:5070".to_string(), 20),
-                ("10.0.0.3:5060".to_string(), 1),
-                ("10.0.0.9:5060".to_string(), 0),
+                ("10.0.0.1:5060".to_string(), 0, 60),
+                ("10.0.0.2:5070".to_string(), 0, 20),
+                ("10.0.0.3:5060".to_string(), 0, 1),
+                ("10.0.0.9:5060".to_string(), 1, 100),
+                ("10.0.0.8:5060".to_string(), 2, 1),
             ]
         );
-        assert_eq!(names[0].addrs.len(), 4);
+        assert_eq!(names[0].addrs.len(), 5);
+    }
+
+    /// RFC 2782: a client uses the targets of the lowest priority it can reach. While a primary
+    /// is up no standby takes a new call; once every primary is down the next priority takes
+    /// them, and only when that one is down too the one after it. Under every algorithm.
+    #[test]
+    fn standbys_take_new_calls_once_every_lower_priority_is_down() {
+        use lb_core::{Algorithm, BackendMode, Config};
+        use lb_testkit::scenario::{config, invite, Harness};
+
+        let targets = [
+            srv("198.51.100.1:5060", 10, 1),
+            srv("198.51.100.2:5060", 10, 3),
+            srv("198.51.100.3:5060", 20, 1),
+            srv("198.51.100.4:5060", 30, 1),
+        ];
+        for algorithm in [
+            Algorithm::RoundRobin,
+            Algorithm::Weighted,
+            Algorithm::LeastLoaded,
+        ] {
+            let mut h = Harness::new(Config {
+                backends: backends_for(&farm(), &targets),
+                algorithm,
+                ..config(0, BackendMode::Plain)
+            });
+            let mut call = 0;
+            let mut new_calls_go_to = |h: &mut Harness, expected: &[usize]| {
+                for _ in 0..8 {
+                    call += 1;
+                    let frontend = h.frontend("203.0.113.5:40000");
+                    h.receive(
+                        frontend,
+                        invite(&format!("c{call}"), &format!("b{call}")).as_bytes(),
+                    );
+                    let (backend, _, _) = h.expect_to_backend();
+                    assert!(
+                        expected.contains(&backend),
+                        "{algorithm:?}: call {call} went to backend {backend}, not one of {expected:?}"
+                    );
+                }
+            };
+            new_calls_go_to(&mut h, &[0, 1]);
+            h.kill_backend(0);
+            new_calls_go_to(&mut h, &[1]);
+            h.kill_backend(1);
+            new_calls_go_to(&mut h, &[2]);
+            h.kill_backend(2);
+            new_calls_go_to(&mut h, &[3]);
+        }
+    }
+
+    /// A name's primaries are peers of a backend given by address: its SRV priority numbers do
+    /// not make the address's backend (priority 0) a primary above them, or them its standbys.
+    #[test]
+    fn a_names_primaries_share_new_calls_with_backends_given_by_address() {
+        use lb_core::{BackendMode, Config};
+        use lb_testkit::scenario::{config, invite, Harness};
+
+        let mut backends = vec![BackendConfig::plain("198.51.100.1:5060".parse().unwrap())];
+        backends.extend(backends_for(
+            &farm(),
+            &[
+                srv("198.51.100.2:5060", 10, 1),
+                srv("198.51.100.3:5060", 20, 1),
+            ],
+        ));
+        let mut h = Harness::new(Config {
+            backends,
+            ..config(0, BackendMode::Plain)
+        });
+        let mut went_to = Vec::new();
+        for call in 0..4 {
+            let frontend = h.frontend("203.0.113.5:40000");
+            h.receive(
+                frontend,
+                invite(&format!("c{call}"), &format!("b{call}")).as_bytes(),
+            );
+            went_to.push(h.expect_to_backend().0);
+        }
+        assert_eq!(
+            went_to,
+            [0, 1, 0, 1],
+            "round robin over the address and the primary"
+        );
     }
 
     #[test]
@@ -396,6 +507,27 @@ mod tests {
         assert!(running[1].draining, "the operator's drain stays");
         assert_eq!(running[0].weight, 7, "the operator's weight stays");
         assert!(!apply_resolution(&mut running, &mut named, &fresh));
+    }
+
+    #[test]
+    fn a_target_moved_to_another_priority_moves_with_the_answer() {
+        let mut named = farm();
+        let first = backends_for(
+            &named,
+            &[srv("10.0.0.1:5060", 10, 1), srv("10.0.0.2:5060", 20, 1)],
+        );
+        let mut running = first.clone();
+        named.addrs = first.iter().map(|b| b.addr).collect();
+        // The standby becomes a primary, and the primary a standby; weights stay the operator's.
+        running[1].weight = 5;
+        let swapped = backends_for(
+            &named,
+            &[srv("10.0.0.1:5060", 20, 1), srv("10.0.0.2:5060", 10, 1)],
+        );
+        assert!(apply_resolution(&mut running, &mut named, &swapped));
+        let state: Vec<(u16, u32)> = running.iter().map(|b| (b.priority, b.weight)).collect();
+        assert_eq!(state, [(1, 1), (0, 5)]);
+        assert!(!apply_resolution(&mut running, &mut named, &swapped));
     }
 
     #[test]

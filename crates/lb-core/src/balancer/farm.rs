@@ -160,15 +160,17 @@ impl Balancer {
         self.count_queue_held();
     }
 
-    /// Whether a new call may be given to `backend` now.
+    /// Whether a new call may be given to `backend` now (of those that may, `choose_backend`
+    /// considers the lowest priority only).
     pub(super) fn takes_new_calls(&mut self, backend: BackendId) -> bool {
         let now = self.now;
         let up = self.is_backend_up(backend) && !self.backend_queue_held(backend);
+        let weighted = self.config.config.backends[backend.index()].weight > 0;
         let b = &mut self.backends[backend.index()];
         if b.overloaded_until.is_some_and(|t| t <= now) {
             b.overloaded_until = None;
         }
-        up && !b.draining && b.overloaded_until.is_none()
+        up && weighted && !b.draining && b.overloaded_until.is_none()
     }
 
     pub(super) fn connect_backend(&mut self, backend: BackendId) {

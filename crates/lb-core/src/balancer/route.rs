@@ -527,17 +527,28 @@ impl Balancer {
         }
     }
 
-    /// A backend for a new call among those that take new calls (see `farm`).
+    /// A backend for a new call among those that take new calls (see `farm`) and, of those,
+    /// the ones of the lowest priority: RFC 2782's standbys wait until every backend of a
+    /// lower priority is out (`BackendConfig::priority`).
     pub(super) fn choose_backend(&mut self) -> Option<BackendId> {
         let mut candidates: SmallVec<[Candidate; 16]> = SmallVec::new();
+        let mut lowest = u16::MAX;
         for i in 0..self.backends.len() {
             let id = BackendId::new(i);
             if self.takes_new_calls(id) {
+                let config = &self.config.config.backends[i];
+                if config.priority > lowest {
+                    continue;
+                }
+                if config.priority < lowest {
+                    lowest = config.priority;
+                    candidates.clear();
+                }
                 let load = match self.backends[i].load {
                     Some(l) => u64::from(l),
                     None => u64::from(self.table.assigned(id)),
                 };
-                let weight = self.config.config.backends[i].weight;
+                let weight = config.weight;
                 candidates.push(Candidate { id, weight, load });
             }
         }
