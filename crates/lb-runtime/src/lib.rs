@@ -332,8 +332,7 @@ mod tests {
     fn long_entries_wait_as_they_are() {
         let long = Bytes::from(vec![7u8; DETACH_BELOW_BYTES]);
         let (small, _) = chunk_messages(&[100, 100]);
-        let mut queue: VecDeque<Bytes> =
-            [small[0].clone(), long.clone(), small[1].clone()].into();
+        let mut queue: VecDeque<Bytes> = [small[0].clone(), long.clone(), small[1].clone()].into();
         detach_backlog(&mut queue);
         assert_eq!(queue.len(), 3);
         assert_eq!(queue[1].as_ptr(), long.as_ptr(), "not copied");

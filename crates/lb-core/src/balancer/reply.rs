@@ -135,7 +135,8 @@ impl Balancer {
             load: None,
         };
         let framing = envelope_mode.then_some(&envelope);
-        let Some(bytes) = write_message(&mut self.out, framing, |out| write(out, request, reply)) else {
+        let Some(bytes) = write_message(&mut self.out, framing, |out| write(out, request, reply))
+        else {
             return false;
         };
         self.send(source.conn, bytes);
