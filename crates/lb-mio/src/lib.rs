@@ -1048,7 +1048,16 @@ impl Driver {
 /// TLS session, if it has one).
 fn write_queue(c: &mut Conn) -> io::Result<()> {
     let written = match c.tls.as_mut() {
-        Some(session) => session.write(&mut c.out, &mut c.stream, c.state == State::Closing)?,
+        Some(session) => {
+            let closing = c.state == State::Closing;
+            let written = session.write(&mut c.out, &mut c.stream, closing)?;
+            // What rustls could not take waits: out of the core's shared chunks, as
+            // `lb_runtime::write_queue` does for plain sockets.
+            if !c.out.is_empty() {
+                lb_runtime::detach_backlog(&mut c.out);
+            }
+            written
+        }
         None => lb_runtime::write_queue(&mut c.out, &mut c.stream)?,
     };
     c.queued -= written;

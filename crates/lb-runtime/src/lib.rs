@@ -151,12 +151,50 @@ pub fn write_queue(
                     }
                 }
             }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(total),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                detach_backlog(queue);
+                return Ok(total);
+            }
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
     Ok(total)
+}
+
+/// Queue entries shorter than this are copied out of the core's output chunks when they have to
+/// wait (the core's chunk size, `lb_core`'s `OUT_CHUNK_BYTES`).
+pub const DETACH_BELOW_BYTES: usize = 16 * 1024;
+
+/// Makes what waits in `queue` hold only its own bytes. The core splits each message off a
+/// shared 16 KiB chunk, and one small message left in a slow peer's queue would keep its whole
+/// chunk alive: a peer that reads nothing could make the balancer hold many times the output
+/// cap. So each run of entries shorter than [`DETACH_BELOW_BYTES`] becomes one copy of exactly
+/// its bytes; longer entries, which hold at most about twice their own length, stay as they
+/// are. A copy that is still short is copied again next time, with the entries after it, so a
+/// call copies at most [`DETACH_BELOW_BYTES`] besides the new entries: a long backlog is copied
+/// about once, not once per write.
+/// Called when a write would block; a connection that keeps up never pays for it.
+pub fn detach_backlog(queue: &mut VecDeque<Bytes>) {
+    if queue.iter().all(|b| b.len() >= DETACH_BELOW_BYTES) {
+        return;
+    }
+    let mut detached = VecDeque::with_capacity(queue.len());
+    let mut run: Vec<u8> = Vec::new();
+    for entry in queue.drain(..) {
+        if entry.len() < DETACH_BELOW_BYTES {
+            run.extend_from_slice(&entry);
+            continue;
+        }
+        if !run.is_empty() {
+            detached.push_back(Bytes::from(std::mem::take(&mut run)));
+        }
+        detached.push_back(entry);
+    }
+    if !run.is_empty() {
+        detached.push_back(Bytes::from(run));
+    }
+    *queue = detached;
 }
 
 /// Why a driver stopped with an error after start-up.
@@ -232,4 +270,89 @@ pub fn log_frontend_open_proxied(conn: ConnId, peer: SocketAddr, proxy: SocketAd
 /// Logs the end of a frontend connection.
 pub fn log_frontend_closed(conn: ConnId, reason: CloseReason) {
     tracing::info!(conn = %conn, ?reason, "frontend connection closed");
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// Takes `room` bytes, then would block.
+    struct Slow {
+        room: usize,
+        got: Vec<u8>,
+    }
+
+    impl std::io::Write for Slow {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.room == 0 {
+                return Err(ErrorKind::WouldBlock.into());
+            }
+            let n = buf.len().min(self.room);
+            self.room -= n;
+            self.got.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Messages split off one chunk, as the core makes them.
+    fn chunk_messages(sizes: &[usize]) -> (Vec<Bytes>, Vec<u8>) {
+        let mut chunk = BytesMut::with_capacity(DETACH_BELOW_BYTES);
+        let mut all = Vec::new();
+        let mut messages = Vec::new();
+        for (i, &size) in sizes.iter().enumerate() {
+            let bytes: Vec<u8> = (0..size).map(|j| (i * 7 + j) as u8).collect();
+            all.extend_from_slice(&bytes);
+            chunk.extend_from_slice(&bytes);
+            messages.push(chunk.split().freeze());
+        }
+        (messages, all)
+    }
+
+    #[test]
+    fn what_waits_after_a_blocked_write_holds_only_its_own_bytes() {
+        let (messages, all) = chunk_messages(&[300, 500, 200, 700]);
+        let mut queue: VecDeque<Bytes> = messages.into();
+        let mut sink = Slow {
+            room: 450,
+            got: Vec::new(),
+        };
+        assert_eq!(write_queue(&mut queue, &mut sink).unwrap(), 450);
+        assert_eq!(queue.len(), 1, "the rest is one copy");
+        assert!(queue[0].is_unique(), "it shares no chunk");
+        sink.room = usize::MAX;
+        assert_eq!(write_queue(&mut queue, &mut sink).unwrap(), all.len() - 450);
+        assert!(queue.is_empty());
+        assert_eq!(sink.got, all, "every byte once, in order");
+    }
+
+    #[test]
+    fn long_entries_wait_as_they_are() {
+        let long = Bytes::from(vec![7u8; DETACH_BELOW_BYTES]);
+        let (small, _) = chunk_messages(&[100, 100]);
+        let mut queue: VecDeque<Bytes> = [small[0].clone(), long.clone(), small[1].clone()].into();
+        detach_backlog(&mut queue);
+        assert_eq!(queue.len(), 3);
+        assert_eq!(queue[1].as_ptr(), long.as_ptr(), "not copied");
+        assert_ne!(queue[0].as_ptr(), small[0].as_ptr(), "copied");
+        assert_eq!(&queue[0][..], &small[0][..]);
+        assert_eq!(&queue[2][..], &small[1][..]);
+    }
+
+    #[test]
+    fn a_queue_that_empties_is_not_copied() {
+        let (messages, all) = chunk_messages(&[300, 500]);
+        let mut queue: VecDeque<Bytes> = messages.into();
+        let mut sink = Slow {
+            room: usize::MAX,
+            got: Vec::new(),
+        };
+        assert_eq!(write_queue(&mut queue, &mut sink).unwrap(), all.len());
+        assert_eq!(sink.got, all);
+    }
 }

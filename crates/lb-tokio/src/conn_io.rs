@@ -26,7 +26,7 @@ use std::task::{Context, Poll};
 use bytes::{Bytes, BytesMut};
 use lb_core::{CloseReason, ConnId};
 use lb_runtime::backpressure::Watermarks;
-use lb_runtime::READ_CHUNK_BYTES;
+use lb_runtime::{DETACH_BELOW_BYTES, READ_CHUNK_BYTES};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
@@ -110,6 +110,18 @@ impl Outbox {
 
     /// Queues `write` and wakes the writer.
     pub(crate) fn push(&self, write: Write) {
+        let write = match write {
+            // The core splits messages off shared 16 KiB chunks. Behind a writer that is not
+            // keeping up, a small message gets its own copy, so a slow peer holds its own bytes,
+            // not other connections' chunks ([`lb_runtime::detach_backlog`], lb-mio's way).
+            Write::Bytes(b)
+                if b.len() < DETACH_BELOW_BYTES
+                    && self.queued.load(Ordering::Relaxed) >= DETACH_BELOW_BYTES =>
+            {
+                Write::Bytes(Bytes::copy_from_slice(&b))
+            }
+            other => other,
+        };
         if let Write::Bytes(b) = &write {
             self.queued.fetch_add(b.len(), Ordering::Relaxed);
         }

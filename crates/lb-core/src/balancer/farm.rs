@@ -326,16 +326,16 @@ impl Balancer {
                 self.config.config.backends[backend.index()].mode == BackendMode::Envelope;
             let target = self.config.config.backends[backend.index()].addr;
             let advertise = &self.config.advertise;
-            let Some(c) = self.conns.get_mut(conn.slot()) else {
+            if self.conns.get(conn.slot()).is_none() {
                 return;
-            };
+            }
             let envelope = Envelope {
                 addr: None,
                 transport: Transport::Tcp,
                 load: None,
             };
             let framing = envelope_mode.then_some(&envelope);
-            let Some(bytes) = write_message(&mut c.out, framing, |out| {
+            let Some(bytes) = write_message(&mut self.out, framing, |out| {
                 write_probe(out, advertise, target, backend, seq);
                 true
             }) else {

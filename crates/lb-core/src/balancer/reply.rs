@@ -125,9 +125,9 @@ impl Balancer {
             Some(_) => false,
             None => return false,
         };
-        let Some(out) = self.conns.get_mut(source.conn.slot()).map(|c| &mut c.out) else {
+        if self.conns.get(source.conn.slot()).is_none() {
             return false;
-        };
+        }
         // Back to a backend, the envelope names no address: the answer is to its own request.
         let envelope = Envelope {
             addr: None,
@@ -135,7 +135,8 @@ impl Balancer {
             load: None,
         };
         let framing = envelope_mode.then_some(&envelope);
-        let Some(bytes) = write_message(out, framing, |out| write(out, request, reply)) else {
+        let Some(bytes) = write_message(&mut self.out, framing, |out| write(out, request, reply))
+        else {
             return false;
         };
         self.send(source.conn, bytes);
