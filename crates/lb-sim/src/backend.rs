@@ -250,6 +250,12 @@ impl Farm {
         self.retransmissions
     }
 
+    /// Reads the first word of the call's state, to bring it into the cache (see
+    /// `World::warm`).
+    pub(crate) fn warm(&self, call: u32) -> u32 {
+        self.calls.get(call).map_or(0, |c| c.gen)
+    }
+
     /// The backend that sent the callee side's BYE of `call`.
     pub(crate) fn origin(&self, call: u32) -> Option<u16> {
         self.calls.get(call)?.origin

@@ -686,6 +686,12 @@ impl Callers {
         self.uas.remove(call);
     }
 
+    /// Reads the first word of the call's state, to bring it into the cache (see
+    /// `World::warm`).
+    pub(crate) fn warm(&self, call: u32) -> u32 {
+        self.uas.get(call).map_or(0, |u| u.inv_gen)
+    }
+
     /// The instance the call's untagged requests go to.
     pub(crate) fn home(&self, call: u32) -> Option<u8> {
         self.calls.get(call as usize).map(|c| c.home)

@@ -156,6 +156,11 @@ impl Brief {
         }
     }
 
+    /// The call number, `u32::MAX` for none.
+    pub(crate) fn call(self) -> u32 {
+        self.call
+    }
+
     pub(crate) fn summary(self) -> Summary {
         Summary {
             kind: self.kind,

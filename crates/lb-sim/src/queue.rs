@@ -29,6 +29,8 @@ pub(crate) struct EventQueue<T> {
     /// Keys of the events of buckets up to `cursor`, which wait in `staged`.
     heap: BinaryHeap<Key>,
     staged: Vec<Option<T>>,
+    /// Staged events handed to [`EventQueue::warm`] already.
+    warmed: usize,
     wheel: Vec<Vec<Entry<T>>>,
     in_wheel: usize,
     /// Events at or beyond bucket `cursor + SLOTS`.
@@ -94,6 +96,7 @@ impl<T> EventQueue<T> {
         EventQueue {
             heap: BinaryHeap::new(),
             staged: Vec::new(),
+            warmed: 0,
             wheel: (0..SLOTS).map(|_| Vec::new()).collect(),
             in_wheel: 0,
             far: BinaryHeap::new(),
@@ -131,6 +134,7 @@ impl<T> EventQueue<T> {
             // Every staged event was popped (the heap is empty): start the area afresh, before
             // the overflow heap stages events due at the new cursor.
             self.staged.clear();
+            self.warmed = 0;
             self.cursor += 1;
             if self.in_wheel == 0 {
                 if let Some(e) = self.far.peek() {
@@ -162,6 +166,16 @@ impl<T> EventQueue<T> {
             seq: e.seq,
             idx,
         });
+    }
+
+    /// Hands `f` each event staged since the last call: the events of the current millisecond,
+    /// which the next pops return. The world reads the call state they will touch, all at once,
+    /// so the processor fetches those cache lines side by side instead of one stall per event.
+    pub(crate) fn warm(&mut self, mut f: impl FnMut(&T)) {
+        for ev in self.staged[self.warmed..].iter().flatten() {
+            f(ev);
+        }
+        self.warmed = self.staged.len();
     }
 
     /// Schedules `ev` at `at` in constant-delay lane `lane`; the caller guarantees that `at` is

@@ -172,6 +172,7 @@ impl World {
                     }
                 }
             }
+            self.warm();
             // An event strictly before the balancers' next deadline goes first; at a tie the
             // balancer's timer is served first.
             match self.queue.pop_before(lb_next.map(|(t, _)| t)) {
@@ -194,6 +195,23 @@ impl World {
             }
         }
         self
+    }
+
+    /// Touches the call state the newly staged events will read (see [`EventQueue::warm`]):
+    /// a storm's timers and messages reach tens of thousands of calls in random order, and one
+    /// cache miss after another was a tenth of its time. Reads only; changes nothing.
+    fn warm(&mut self) {
+        let (callers, farm) = (&self.callers, &self.farm);
+        let mut touched = 0u32;
+        self.queue.warm(|ev| {
+            touched ^= match ev {
+                Ev::UaTimer { call, .. } | Ev::UdpToUa { call, .. } => callers.warm(*call),
+                Ev::BackendTimer { call, .. } => farm.warm(*call),
+                Ev::TcpToBackend { summary, .. } => farm.warm(summary.call()),
+                _ => 0,
+            };
+        });
+        std::hint::black_box(touched);
     }
 
     fn handle(&mut self, ev: Ev) {
