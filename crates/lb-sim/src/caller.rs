@@ -172,8 +172,10 @@ struct Ua {
     initial_tx: u32,
     initial_cseq: u32,
     proxy: u16,
-    plan: Plan,
+    /// What the proxy reads for every request (the dialog for in-dialog ones), then the plan
+    /// (read when the call is placed and answered).
     dialog: DialogInfo,
+    plan: Plan,
 }
 
 impl Ua {
@@ -690,6 +692,15 @@ impl Callers {
     /// `World::warm`).
     pub(crate) fn warm(&self, call: u32) -> u32 {
         self.uas.get(call).map_or(0, |u| u.inv_gen)
+    }
+
+    /// Reads what the proxy reads of the call's state for a request (see `World::warm`).
+    pub(crate) fn warm_dialog(&self, call: u32) -> u32 {
+        self.uas.get(call).map_or(0, |u| {
+            let d = &u.dialog;
+            let first = |v: &[u8]| u32::from(v.first().copied().unwrap_or(0));
+            u32::from(u.proxy) ^ first(&d.to_tag) ^ first(&d.route) ^ first(&d.target)
+        })
     }
 
     /// The instance the call's untagged requests go to.

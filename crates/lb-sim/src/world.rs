@@ -206,6 +206,8 @@ impl World {
         self.queue.warm(|ev| {
             touched ^= match ev {
                 Ev::UaTimer { call, .. } | Ev::UdpToUa { call, .. } => callers.warm(*call),
+                Ev::UdpToProxy { call, .. } => callers.warm_dialog(*call),
+                Ev::Reap { call } => callers.warm(*call) ^ farm.warm(*call),
                 Ev::BackendTimer { call, .. } => farm.warm(*call),
                 Ev::TcpToBackend { summary, .. } => farm.warm(summary.call()),
                 _ => 0,
