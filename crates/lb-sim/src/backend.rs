@@ -21,6 +21,7 @@ use rand::Rng;
 
 use crate::caller::Plan;
 use crate::sip::{Kind, Method, Summary};
+use crate::slots::Slots;
 use crate::timers::{OK_GIVE_UP, T1, T2};
 use crate::wire::{self, Extras, Template, OUT_CHUNK};
 
@@ -70,10 +71,12 @@ pub(crate) enum FarmOut {
     },
 }
 
-/// The callee side of one call (replicated across the cluster). `repr(C)`: what every timer
-/// checks first, the stored messages and their template last (see `Ua` in `caller.rs`).
+/// The callee side of one call (replicated across the cluster), in a dense array of them.
+/// `repr(C)` and the alignment: what every timer and message checks first sits in the first
+/// cache line, the plan, the stored messages and their template after it (see `Ua` in
+/// `caller.rs`).
 #[derive(Debug)]
-#[repr(C)]
+#[repr(C, align(64))]
 struct Callee {
     gen: u32,
     ok_gen: u32,
@@ -83,8 +86,10 @@ struct Callee {
     ended: bool,
     /// Where the call's latest message came from: `(worker, conn, backend)`.
     last: Option<(u8, ConnId, u16)>,
-    ok_interval: Duration,
-    ok_elapsed: Duration,
+    /// The 2xx retransmission interval and the time spent retransmitting, in whole
+    /// milliseconds (T1 doubled up to T2), so `u32` holds them exactly.
+    ok_interval_ms: u32,
+    ok_elapsed_ms: u32,
     /// The backend that sent the callee side's BYE: its response belongs there.
     origin: Option<u16>,
     /// The backend that received the INVITE last: where its server transaction lives.
@@ -96,6 +101,13 @@ struct Callee {
     /// Where the lines its responses copy sit in `invite`.
     template: Template,
 }
+
+// What every timer and message reads fills the first cache line, no more.
+const _: () = assert!(std::mem::offset_of!(Callee, plan) <= 64);
+const T1_MS: u32 = T1.as_millis() as u32;
+const T2_MS: u32 = T2.as_millis() as u32;
+const OK_GIVE_UP_MS: u32 = OK_GIVE_UP.as_millis() as u32;
+const _: () = assert!(T1.as_nanos() == T1_MS as u128 * 1_000_000);
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 enum Stage {
@@ -111,7 +123,7 @@ enum Stage {
 #[derive(Debug)]
 pub(crate) struct Farm {
     backends: Vec<Backend>,
-    calls: Vec<Option<Box<Callee>>>,
+    calls: Slots<Callee>,
     spread: bool,
     tx: Tx,
     retransmissions: u64,
@@ -139,7 +151,7 @@ impl Farm {
                     silent: false,
                 })
                 .collect(),
-            calls: Vec::new(),
+            calls: Slots::new(),
             spread,
             tx: Tx {
                 out: VecDeque::new(),
@@ -156,33 +168,34 @@ impl Farm {
 
     /// A call was placed: the callee side learns its plan.
     pub(crate) fn handle_placed(&mut self, call: u32, plan: Plan) {
-        let c = call as usize;
-        if self.calls.len() <= c {
-            self.calls.resize_with(c + 1, || None);
-        }
-        self.calls[c] = Some(Box::new(Callee {
-            plan,
-            invite: None,
-            template: Template::default(),
-            stage: Stage::None,
-            last: None,
-            gen: 0,
-            ok: None,
-            ok_cseq: 0,
-            ok_interval: Duration::ZERO,
-            ok_elapsed: Duration::ZERO,
-            ok_gen: 0,
-            acked_initial: false,
-            ended: false,
-            origin: None,
-            invite_backend: None,
-        }));
+        self.calls.insert(
+            call,
+            Callee {
+                plan,
+                invite: None,
+                template: Template::default(),
+                stage: Stage::None,
+                last: None,
+                gen: 0,
+                ok: None,
+                ok_cseq: 0,
+                ok_interval_ms: 0,
+                ok_elapsed_ms: 0,
+                ok_gen: 0,
+                acked_initial: false,
+                ended: false,
+                origin: None,
+                invite_backend: None,
+            },
+        );
     }
 
     /// The call is over for good: its state goes.
     pub(crate) fn reap(&mut self, call: u32) {
-        if let Some(c) = self.calls.get_mut(call as usize) {
-            *c = None;
+        if let Some(c) = self.calls.remove(call) {
+            // The slot waits for the next call; the stored messages go now.
+            c.invite = None;
+            c.ok = None;
         }
     }
 
@@ -237,14 +250,20 @@ impl Farm {
         self.retransmissions
     }
 
+    /// Reads the first word of the call's state, to bring it into the cache (see
+    /// `World::warm`).
+    pub(crate) fn warm(&self, call: u32) -> u32 {
+        self.calls.get(call).map_or(0, |c| c.gen)
+    }
+
     /// The backend that sent the callee side's BYE of `call`.
     pub(crate) fn origin(&self, call: u32) -> Option<u16> {
-        self.calls.get(call as usize)?.as_ref()?.origin
+        self.calls.get(call)?.origin
     }
 
     /// The backend where `call`'s INVITE server transaction lives.
     pub(crate) fn invite_backend(&self, call: u32) -> Option<u16> {
-        self.calls.get(call as usize)?.as_ref()?.invite_backend
+        self.calls.get(call)?.invite_backend
     }
 
     /// Backend `b` received a message on worker `lb`'s connection `conn`.
@@ -258,7 +277,7 @@ impl Farm {
     ) {
         self.backends[usize::from(b)].load += 1;
         let call = s.call.and_then(|c| u32::try_from(c).ok());
-        let active = call.is_some_and(|c| self.calls.get(c as usize).is_some_and(Option::is_some));
+        let active = call.is_some_and(|c| self.calls.get(c).is_some());
         let Some(call) = call.filter(|_| active) else {
             // A straggler of a finished call: answer statelessly what needs an answer.
             if matches!(s.kind, Kind::Request(Method::Bye | Method::Cancel)) {
@@ -271,7 +290,7 @@ impl Farm {
         let trying = self.backends[usize::from(b)].trying;
         let receiving = self.is_receiving(b);
         let Farm { calls, tx, .. } = self;
-        let Some(be) = calls[call as usize].as_deref_mut() else {
+        let Some(be) = calls.get_mut(call) else {
             return;
         };
         let plan = be.plan;
@@ -380,7 +399,7 @@ impl Farm {
             spread,
             retransmissions,
         } = self;
-        let Some(be) = calls.get_mut(call as usize).and_then(|c| c.as_deref_mut()) else {
+        let Some(be) = calls.get_mut(call) else {
             return;
         };
         match timer {
@@ -409,13 +428,13 @@ impl Farm {
                 if be.ok.is_none() {
                     return;
                 }
-                be.ok_elapsed += be.ok_interval;
-                if be.ok_elapsed >= OK_GIVE_UP {
+                be.ok_elapsed_ms += be.ok_interval_ms;
+                if be.ok_elapsed_ms >= OK_GIVE_UP_MS {
                     be.ok = None;
                     return;
                 }
-                be.ok_interval = (be.ok_interval * 2).min(T2);
-                let next = be.ok_interval;
+                be.ok_interval_ms = (be.ok_interval_ms * 2).min(T2_MS);
+                let next = Duration::from_millis(u64::from(be.ok_interval_ms));
                 if let (Some((lb, conn, b)), Some(ok)) = (be.last, &be.ok) {
                     *retransmissions += 1;
                     let receiving = is_receiving(&backends[usize::from(b)]);
@@ -449,7 +468,7 @@ impl Farm {
             backends,
             ..
         } = self;
-        let Some(be) = calls.get_mut(call as usize).and_then(|c| c.as_deref_mut()) else {
+        let Some(be) = calls.get_mut(call) else {
             return;
         };
         let (Some(invite), Some((lb, conn, b))) = (&be.invite, be.last) else {
@@ -486,8 +505,8 @@ impl Callee {
     fn start_ok(&mut self, cseq: u32, ok: Bytes, call: u32, tx: &mut Tx) {
         self.ok = Some(ok);
         self.ok_cseq = cseq;
-        self.ok_interval = T1;
-        self.ok_elapsed = Duration::ZERO;
+        self.ok_interval_ms = T1_MS;
+        self.ok_elapsed_ms = 0;
         self.ok_gen += 1;
         tx.timer(call, BackendTimer::OkRetransmit, self.ok_gen, T1);
     }

@@ -18,6 +18,7 @@ use rand::Rng;
 
 use crate::scenario::{Knobs, Span};
 use crate::sip::Method;
+use crate::slots::Slots;
 use crate::timers::{chance, draw, Delay, Lane, T1, T2};
 use crate::wire::{DialogInfo, RequestSpec};
 
@@ -124,21 +125,39 @@ pub(crate) enum Phase {
     Done,
 }
 
+/// A client transaction. 16 bytes: two fit beside the generations in a call's first cache
+/// line. The retransmission interval is whole milliseconds (T1 doubled, or T2), so `u32` ms
+/// holds it exactly.
 #[derive(Clone, Copy, Debug)]
 struct Tx {
     method: Method,
-    tx: u32,
-    cseq: u32,
-    interval: Duration,
     proceeding: bool,
     reinvite: bool,
+    tx: u32,
+    cseq: u32,
+    interval_ms: u32,
 }
 
-/// The caller of one call. `repr(C)` keeps the fields every timer and response reads first,
-/// in the first cache line, and the dialog (written once, read by the proxy) last: a storm
-/// touches tens of thousands of these at random.
+impl Tx {
+    fn interval(&self) -> Duration {
+        Duration::from_millis(u64::from(self.interval_ms))
+    }
+}
+
+/// T1 and T2 in the unit of [`Tx::interval_ms`].
+const T1_MS: u32 = T1.as_millis() as u32;
+const T2_MS: u32 = T2.as_millis() as u32;
+const _: () = assert!(T1.as_nanos() == T1_MS as u128 * 1_000_000);
+// What every timer reads fills the first cache line, no more.
+const _: () = assert!(std::mem::offset_of!(Ua, proxy) == 64);
+
+/// The caller of one call, in a dense array of them (see [`Callers`]). `repr(C)` and the
+/// alignment keep the fields every timer and response reads first in one cache line of their
+/// own (64 bytes: the generations, the phase, both transactions, the counters), and the dialog
+/// (written once, read by the proxy) last: a storm touches tens of thousands of these at
+/// random.
 #[derive(Debug)]
-#[repr(C)]
+#[repr(C, align(64))]
 struct Ua {
     inv_gen: u32,
     ni_gen: u32,
@@ -146,15 +165,17 @@ struct Ua {
     phase: Phase,
     cancel_pending: bool,
     cancel_sent: bool,
-    proxy: u16,
     inv: Option<Tx>,
     ni: Option<Tx>,
     next_tx: u32,
     next_cseq: u32,
     initial_tx: u32,
     initial_cseq: u32,
-    plan: Plan,
+    proxy: u16,
+    /// What the proxy reads for every request (the dialog for in-dialog ones), then the plan
+    /// (read when the call is placed and answered).
     dialog: DialogInfo,
+    plan: Plan,
 }
 
 impl Ua {
@@ -169,12 +190,12 @@ impl Ua {
     }
 }
 
-/// Per call: the heavy state lives only while the call is active.
+/// Per call placed; the heavy state ([`Ua`]) lives in [`Callers::uas`] only while the call
+/// is active.
 #[derive(Debug)]
 struct Record {
     home: u8,
     outcome: u8,
-    ua: Option<Box<Ua>>,
 }
 
 /// The knobs that shape the arrival process and the plans.
@@ -201,6 +222,8 @@ struct PlanKnobs {
 pub(crate) struct Callers {
     k: PlanKnobs,
     calls: Vec<Record>,
+    /// The active calls' state, dense (see [`Slots`]).
+    uas: Slots<Ua>,
     out: VecDeque<CallerOut>,
     /// Instances new calls are not sent to (the edge has marked them down).
     down: Vec<bool>,
@@ -229,6 +252,7 @@ impl Callers {
                 reinvite_every: k.reinvite_every,
             },
             calls: Vec::new(),
+            uas: Slots::new(),
             out: VecDeque::new(),
             down: vec![false; k.instances],
             active: 0,
@@ -261,26 +285,27 @@ impl Callers {
                 .unwrap_or(home);
         }
         let home = home as u8;
+        let ua = Ua {
+            plan,
+            proxy,
+            phase: Phase::Calling,
+            next_tx: 1,
+            next_cseq: 1,
+            inv: None,
+            ni: None,
+            inv_gen: 0,
+            ni_gen: 0,
+            dlg_gen: 0,
+            initial_tx: 0,
+            initial_cseq: 0,
+            cancel_pending: false,
+            cancel_sent: false,
+            dialog: DialogInfo::default(),
+        };
+        self.uas.insert(idx, ua);
         self.calls.push(Record {
             home,
             outcome: outcome::NONE,
-            ua: Some(Box::new(Ua {
-                plan,
-                proxy,
-                phase: Phase::Calling,
-                next_tx: 1,
-                next_cseq: 1,
-                inv: None,
-                ni: None,
-                inv_gen: 0,
-                ni_gen: 0,
-                dlg_gen: 0,
-                initial_tx: 0,
-                initial_cseq: 0,
-                cancel_pending: false,
-                cancel_sent: false,
-                dialog: DialogInfo::default(),
-            })),
         });
         self.active += 1;
         self.out.push_back(CallerOut::Placed {
@@ -349,7 +374,11 @@ impl Callers {
     }
 
     fn ua(&mut self, call: u32) -> Option<&mut Ua> {
-        self.calls.get_mut(call as usize)?.ua.as_deref_mut()
+        self.uas.get_mut(call)
+    }
+
+    fn ua_ref(&self, call: u32) -> Option<&Ua> {
+        self.uas.get(call)
     }
 
     fn timer(&mut self, call: u32, timer: UaTimer, gen: u32, delay: Delay) {
@@ -377,7 +406,7 @@ impl Callers {
             method: Method::Invite,
             tx,
             cseq,
-            interval: T1,
+            interval_ms: T1_MS,
             proceeding: false,
             reinvite,
         });
@@ -406,7 +435,7 @@ impl Callers {
             method,
             tx,
             cseq,
-            interval: T1,
+            interval_ms: T1_MS,
             proceeding: false,
             reinvite: false,
         });
@@ -430,8 +459,8 @@ impl Callers {
                 else {
                     return;
                 };
-                tx.interval *= 2;
-                let (t, next) = (*tx, tx.interval);
+                tx.interval_ms *= 2;
+                let (t, next) = (*tx, tx.interval());
                 self.retransmissions += 1;
                 self.send(call, invite_spec(t.tx, t.cseq, t.reinvite));
                 self.timer(call, UaTimer::A, gen, Delay::After(next));
@@ -452,12 +481,12 @@ impl Callers {
                 let Some(tx) = ua.ni.as_mut().filter(|_| gen == ua.ni_gen) else {
                     return;
                 };
-                tx.interval = if tx.proceeding {
-                    T2
+                tx.interval_ms = if tx.proceeding {
+                    T2_MS
                 } else {
-                    (tx.interval * 2).min(T2)
+                    (tx.interval_ms * 2).min(T2_MS)
                 };
-                let (t, next) = (*tx, tx.interval);
+                let (t, next) = (*tx, tx.interval());
                 self.retransmissions += 1;
                 self.send(call, non_invite_spec(t.method, t.tx, t.cseq));
                 self.timer(call, UaTimer::E, gen, Delay::After(next));
@@ -638,7 +667,9 @@ impl Callers {
         let Some(c) = self.calls.get_mut(call as usize) else {
             return;
         };
-        let Some(ua) = c.ua.as_mut() else { return };
+        let Some(ua) = self.uas.get_mut(call) else {
+            return;
+        };
         if ua.phase == Phase::Done {
             return;
         }
@@ -654,9 +685,22 @@ impl Callers {
     /// Frees a finished call's state (kept a while for stragglers: late retransmissions, the
     /// backend's 2xx retransmissions).
     pub(crate) fn reap(&mut self, call: u32) {
-        if let Some(c) = self.calls.get_mut(call as usize) {
-            c.ua = None;
-        }
+        self.uas.remove(call);
+    }
+
+    /// Reads the first word of the call's state, to bring it into the cache (see
+    /// `World::warm`).
+    pub(crate) fn warm(&self, call: u32) -> u32 {
+        self.uas.get(call).map_or(0, |u| u.inv_gen)
+    }
+
+    /// Reads what the proxy reads of the call's state for a request (see `World::warm`).
+    pub(crate) fn warm_dialog(&self, call: u32) -> u32 {
+        self.uas.get(call).map_or(0, |u| {
+            let d = &u.dialog;
+            let first = |v: &[u8]| u32::from(v.first().copied().unwrap_or(0));
+            u32::from(u.proxy) ^ first(&d.to_tag) ^ first(&d.route) ^ first(&d.target)
+        })
     }
 
     /// The instance the call's untagged requests go to.
@@ -666,23 +710,18 @@ impl Callers {
 
     /// The proxy and dialog of a call still going (or not yet reaped).
     pub(crate) fn proxy_and_dialog(&self, call: u32) -> Option<(u16, &DialogInfo)> {
-        let ua = self.calls.get(call as usize)?.ua.as_deref()?;
+        let ua = self.ua_ref(call)?;
         Some((ua.proxy, &ua.dialog))
     }
 
     /// The backend named by the tag in the caller's route, once established.
     pub(crate) fn tag_backend(&self, call: u32) -> Option<u16> {
-        self.calls
-            .get(call as usize)?
-            .ua
-            .as_ref()?
-            .dialog
-            .tag_backend()
+        self.ua_ref(call)?.dialog.tag_backend()
     }
 
     /// The call's phase while its state lives.
     pub(crate) fn phase(&self, call: u32) -> Option<Phase> {
-        Some(self.calls.get(call as usize)?.ua.as_ref()?.phase)
+        Some(self.ua_ref(call)?.phase)
     }
 
     /// The call's outcome, [`outcome::NONE`] while it goes on.

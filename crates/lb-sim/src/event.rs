@@ -3,7 +3,7 @@
 use bytes::{Bytes, BytesMut};
 use lb_core::{CloseReason, ConnId};
 
-use crate::backend::BackendTimer;
+use crate::backend::{BackendTimer, Farm};
 use crate::caller::{outcome, Callers, Phase, ToUa, UaOut, UaTimer};
 use crate::queue::Nanos;
 use crate::sip::{Kind, Method, Summary};
@@ -86,6 +86,33 @@ pub(crate) enum Ev {
         call: u32,
     },
     Sample,
+}
+
+impl Ev {
+    /// Reads the call state handling this event will read first, and returns a word of it: the
+    /// world does this for a millisecond's events at once before handling them. A storm's
+    /// timers and messages reach tens of thousands of calls in random order, and one cache
+    /// miss after another was a tenth of its time; reads side by side overlap.
+    pub(crate) fn warm(&self, callers: &Callers, farm: &Farm) -> u32 {
+        match self {
+            Ev::UaTimer { call, .. } | Ev::UdpToUa { call, .. } => callers.warm(*call),
+            Ev::UdpToProxy { call, .. } => callers.warm_dialog(*call),
+            Ev::Reap { call } => callers.warm(*call) ^ farm.warm(*call),
+            Ev::BackendTimer { call, .. } => farm.warm(*call),
+            Ev::TcpToBackend { summary, .. } => farm.warm(summary.call),
+            // The core's state is its own; the rest touch no call.
+            Ev::TcpToLb { .. }
+            | Ev::TcpToProxy { .. }
+            | Ev::CallArrival
+            | Ev::ConnectResult { .. }
+            | Ev::DialAnswered { .. }
+            | Ev::FeedClosed { .. }
+            | Ev::Outage { .. }
+            | Ev::InstanceDeath { .. }
+            | Ev::ProxyReconnect { .. }
+            | Ev::Sample => 0,
+        }
+    }
 }
 
 /// What the world counts itself (the components count the rest).

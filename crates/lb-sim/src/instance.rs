@@ -9,9 +9,11 @@
 //! network has no DNS: a `Resolve` is answered at once with no address, after the outputs that
 //! came with it, as a driver would.
 //!
-//! Every output is checked against the core's output contract by lb-testkit's [`Contract`] (the
-//! same checks the scenario tests, the properties and the fuzz harness make): a breach is a
-//! [`ViolationKind::Output`]. The contract only observes, so it changes no digest.
+//! Every input goes to the core through lb-testkit's [`Contract::feed`] and every output is
+//! checked against the core's output contract (the same checks the scenario tests, the
+//! properties and the fuzz harness make, among them that an input for a dead connection is
+//! counted stale): a breach is a [`ViolationKind::Output`]. The contract only observes, so it
+//! changes no digest.
 //!
 //! Instances are groups of `workers` such workers sharing one address (SO_REUSEPORT): they
 //! share nothing but the configuration and the tag key, exactly as `--workers N` runs them.
@@ -167,28 +169,27 @@ impl Worker {
         self.base + Duration::from_nanos(self.now)
     }
 
-    /// Feeds the core one input at `now`; returns a violation of the contract (a deadline that
-    /// did not move past a `Timeout`).
+    /// Feeds the core one input at `now`; returns a violation of the contract (an input for a
+    /// dead connection not counted stale, a deadline that did not move past a `Timeout`).
     pub(crate) fn handle_input(&mut self, now: Nanos, input: Input) -> Option<WorkerOut> {
         self.now = now;
-        let at = self.instant();
-        let timeout = matches!(input, Input::Timeout);
-        self.feed(input);
-        if !timeout || self.contract.is_none() {
-            return None;
-        }
-        Contract::timed_out(at, self.core.poll_timeout())
-            .err()
-            .map(output_violation)
+        self.feed(input)
     }
 
-    /// Hands the core `input` at the current instant, through the contract.
-    fn feed(&mut self, input: Input) {
-        if let Some(contract) = &mut self.contract {
-            contract.input(&input);
-        }
+    /// Hands the core `input` at the current instant, through the contract's `feed` (which
+    /// records it and checks what the core must do with it); returns its violation.
+    fn feed(&mut self, input: Input) -> Option<WorkerOut> {
         let at = self.instant();
-        self.core.handle_input(at, input);
+        match &mut self.contract {
+            Some(contract) => contract
+                .feed(&mut self.core, at, input)
+                .err()
+                .map(output_violation),
+            None => {
+                self.core.handle_input(at, input);
+                None
+            }
+        }
     }
 
     /// A frontend connection from `peer` arrives.
@@ -224,7 +225,9 @@ impl Worker {
                 }
                 let conn = self.unresolved.pop_front()?;
                 let addrs = Vec::new();
-                self.feed(Input::Resolved { conn, addrs });
+                if let Some(v) = self.feed(Input::Resolved { conn, addrs }) {
+                    return Some(v);
+                }
                 continue;
             };
             let violation = self

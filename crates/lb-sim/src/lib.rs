@@ -27,7 +27,7 @@
 //! | `proxy` | the edge: stateless proxies, and the edge's choice of instance |
 //! | `backend` | the B2BUA farm |
 //! | `wire`, [`sip`] | the one set of SIP writers the peers use; the minimal SIP reader |
-//! | `timers`, `queue`, `addr` | RFC 3261 constants and draws; the event queue; addresses |
+//! | `timers`, `queue`, `slots`, `addr` | RFC 3261 constants and draws; the event queue; per-call state in dense slots; addresses |
 //! | [`scenario`], [`invariants`], `report`, [`trace`], [`plot`] | knobs; checks; the end of a run; the digest; the plot |
 //!
 //! Imports go one way: world → components → wire, sip, timers, queue.
@@ -83,6 +83,7 @@ mod instance;
 mod proxy;
 mod queue;
 mod report;
+mod slots;
 mod timers;
 mod wire;
 mod world;

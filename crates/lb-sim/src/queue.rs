@@ -29,12 +29,16 @@ pub(crate) struct EventQueue<T> {
     /// Keys of the events of buckets up to `cursor`, which wait in `staged`.
     heap: BinaryHeap<Key>,
     staged: Vec<Option<T>>,
+    /// Staged events handed to [`EventQueue::warm`] already.
+    warmed: usize,
     wheel: Vec<Vec<Entry<T>>>,
     in_wheel: usize,
     /// Events at or beyond bucket `cursor + SLOTS`.
     far: BinaryHeap<Entry<T>>,
     cursor: u64,
     fifos: Vec<VecDeque<(Nanos, u64, T)>>,
+    /// Per lane: how many of its first events [`EventQueue::warm`] handed out already.
+    fifo_warmed: Vec<usize>,
     seq: u64,
 }
 
@@ -94,11 +98,13 @@ impl<T> EventQueue<T> {
         EventQueue {
             heap: BinaryHeap::new(),
             staged: Vec::new(),
+            warmed: 0,
             wheel: (0..SLOTS).map(|_| Vec::new()).collect(),
             in_wheel: 0,
             far: BinaryHeap::new(),
             cursor: 0,
             fifos: (0..fifos).map(|_| VecDeque::new()).collect(),
+            fifo_warmed: vec![0; fifos],
             seq: 0,
         }
     }
@@ -131,6 +137,7 @@ impl<T> EventQueue<T> {
             // Every staged event was popped (the heap is empty): start the area afresh, before
             // the overflow heap stages events due at the new cursor.
             self.staged.clear();
+            self.warmed = 0;
             self.cursor += 1;
             if self.in_wheel == 0 {
                 if let Some(e) = self.far.peek() {
@@ -162,6 +169,26 @@ impl<T> EventQueue<T> {
             seq: e.seq,
             idx,
         });
+    }
+
+    /// Hands `f` each event staged since the last call, and each lane event due in the same
+    /// millisecond not handed out yet: the events the next pops return. The world reads the
+    /// call state they will touch, all at once, so the processor fetches those cache lines side
+    /// by side instead of one stall per event.
+    pub(crate) fn warm(&mut self, mut f: impl FnMut(&T)) {
+        for ev in self.staged[self.warmed..].iter().flatten() {
+            f(ev);
+        }
+        self.warmed = self.staged.len();
+        for (lane, warmed) in self.fifos.iter().zip(&mut self.fifo_warmed) {
+            while let Some((at, _, ev)) = lane.get(*warmed) {
+                if (at >> SHIFT) > self.cursor {
+                    break;
+                }
+                f(ev);
+                *warmed += 1;
+            }
+        }
     }
 
     /// Schedules `ev` at `at` in constant-delay lane `lane`; the caller guarantees that `at` is
@@ -197,7 +224,10 @@ impl<T> EventQueue<T> {
                 .heap
                 .pop()
                 .and_then(|k| self.staged[k.idx as usize].take().map(|ev| (k.at, ev))),
-            Some(l) => self.fifos[l].pop_front().map(|(at, _, ev)| (at, ev)),
+            Some(l) => {
+                self.fifo_warmed[l] = self.fifo_warmed[l].saturating_sub(1);
+                self.fifos[l].pop_front().map(|(at, _, ev)| (at, ev))
+            }
         };
         popped.ok_or(Some(at))
     }

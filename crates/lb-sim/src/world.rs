@@ -172,6 +172,7 @@ impl World {
                     }
                 }
             }
+            self.warm();
             // An event strictly before the balancers' next deadline goes first; at a tie the
             // balancer's timer is served first.
             match self.queue.pop_before(lb_next.map(|(t, _)| t)) {
@@ -194,6 +195,14 @@ impl World {
             }
         }
         self
+    }
+
+    /// Reads the call state the newly staged events will read (`EventQueue::warm`, `Ev::warm`).
+    fn warm(&mut self) {
+        let (callers, farm) = (&self.callers, &self.farm);
+        let mut touched = 0u32;
+        self.queue.warm(|ev| touched ^= ev.warm(callers, farm));
+        std::hint::black_box(touched);
     }
 
     fn handle(&mut self, ev: Ev) {
