@@ -12,10 +12,10 @@
 //!    `VecDeque<Bytes>` (past the output cap the connection is closed and reported as
 //!    [`CloseReason::OutputOverflow`]), `Close` flushes then closes;
 //! 3. writes every queue that grew, vectored, until `WouldBlock`; `WRITABLE` interest is on
-//!    only while a queue is non-empty; a connection closing with output still queued gets
-//!    [`lb_runtime::CLOSE_LINGER_MAX`] to flush it, then is dropped;
-//! 4. feeds `Input::Timeout` once the core's deadline has passed, expires connects older than
-//!    [`lb_runtime::CONNECT_TIMEOUT`], and polls again with the nearest deadline as timeout; under
+//!    only while a queue is non-empty; a connection closing with output still queued flushes
+//!    until it is written or the core gives up on it with `Abort` (as it does on a connect);
+//! 4. feeds `Input::Timeout` once the core's deadline has passed, and polls again with the
+//!    nearest deadline as timeout; under
 //!    load it first sleeps out what is left of `--batch-window` since the last wake-up
 //!    ([`lb_runtime::WakePacer`]), so the next poll finds a batch.
 //!
@@ -47,8 +47,8 @@ use lb_cli::{Command, Control, Ops, Settings, Worker};
 use lb_core::{Balancer, CloseReason, ConnId, Input, ListenerId, Output, Stats};
 use lb_runtime::backpressure::{Admit, Watermarks};
 use lb_runtime::{
-    ProxyHeaderReader, ProxyRead, ProxyReject, RunError, WakePacer, BATCH_MAX, CLOSE_LINGER_MAX,
-    CONNECT_TIMEOUT, PROXY_HEADER_TIMEOUT, PROXY_PENDING_MAX, SHUTDOWN_FLUSH_MAX,
+    ProxyHeaderReader, ProxyRead, ProxyReject, RunError, WakePacer, BATCH_MAX,
+    PROXY_HEADER_TIMEOUT, PROXY_PENDING_MAX, SHUTDOWN_FLUSH_MAX,
 };
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
@@ -126,10 +126,6 @@ struct Driver {
     read_buf: lb_runtime::ReadBuffer,
     /// The output queues' marks and ceiling ([`lb_runtime::backpressure`]).
     marks: Watermarks,
-    /// Connects in start order; all have the same timeout, so the front expires first.
-    connect_deadlines: VecDeque<(Instant, ConnId)>,
-    /// Requested closes in order, each dropped [`CLOSE_LINGER_MAX`] later if still flushing.
-    close_deadlines: VecDeque<(Instant, ConnId)>,
     /// Connections whose queue grew since they were last written.
     dirty: Vec<ConnId>,
     /// Connections that hit the per-wake-up read bound and may have more to read.
@@ -210,8 +206,6 @@ impl Driver {
             pending_deadlines: VecDeque::new(),
             read_buf: lb_runtime::ReadBuffer::default(),
             marks: Watermarks::of(&settings),
-            connect_deadlines: VecDeque::new(),
-            close_deadlines: VecDeque::new(),
             dirty: Vec::new(),
             readable_again: Vec::new(),
             pacer: WakePacer::new(settings.batch_window),
@@ -287,16 +281,12 @@ impl Driver {
         if !self.readable_again.is_empty() {
             return Some(Duration::ZERO);
         }
-        let connect = self.connect_deadlines.front().map(|(d, _)| *d);
-        let close = self.close_deadlines.front().map(|(d, _)| *d);
         let header = self.pending_deadlines.front().map(|(d, _)| *d);
         // A stalled handshake must time out even when nothing else wakes the loop (found by
         // the TLS end-to-end tests).
         let handshake = self.handshakes.front().map(|(d, _)| *d);
         [
             self.lb.poll_timeout(),
-            connect,
-            close,
             header,
             handshake,
             self.ops.poll_timeout(),
@@ -759,25 +749,32 @@ impl Driver {
                     State::Connecting => self.finish(conn, CloseReason::Requested),
                     State::Open => {
                         c.state = State::Closing;
-                        self.close_deadlines
-                            .push_back((Instant::now() + CLOSE_LINGER_MAX, conn));
                         self.mark_dirty(conn);
                     }
                     State::Closing => {}
                 }
             }
+            Output::Abort { conn } => {
+                let Some(c) = self.get(conn) else { return };
+                let reason = match c.state {
+                    State::Connecting => CloseReason::Error,
+                    State::Open | State::Closing => CloseReason::Requested,
+                };
+                if c.state == State::Closing {
+                    tracing::debug!(conn = %conn, unsent = c.queued, "peer not reading; closed unflushed");
+                }
+                self.finish(conn, reason);
+            }
             Output::Event(event) => self.ops.event(&self.lb, &event, Instant::now()),
         }
     }
 
-    /// Starts connecting `conn` to `to` (a backend, or a frontend the core dials out to), with
-    /// the connect timeout; a connect that fails at once is reported closed at once.
+    /// Starts connecting `conn` to `to` (a backend, or a frontend the core dials out to); a
+    /// connect that fails at once is reported closed at once. The core gives up on a slow one
+    /// with `Output::Abort`.
     fn start_connect(&mut self, conn: ConnId, to: SocketAddr, frontend: bool) {
         match self.connect(conn, to, frontend) {
-            Ok(()) => {
-                self.connect_deadlines
-                    .push_back((Instant::now() + CONNECT_TIMEOUT, conn));
-            }
+            Ok(()) => {}
             Err(e) => {
                 tracing::debug!(conn = %conn, error = %e, "connect failed");
                 let reason = CloseReason::Error;
@@ -890,17 +887,6 @@ impl Driver {
                 self.ops.proxy_rejected(p.peer, ProxyReject::TimedOut, now);
             }
         }
-        while let Some(&(deadline, id)) = self.connect_deadlines.front() {
-            if deadline > now {
-                break;
-            }
-            self.connect_deadlines.pop_front();
-            if self.get(id).is_some_and(|c| c.state == State::Connecting) {
-                tracing::debug!(conn = %id, "connect timed out");
-                self.finish(id, CloseReason::Error);
-                self.drain();
-            }
-        }
         while let Some(&(deadline, id)) = self.handshakes.front() {
             if deadline > now {
                 break;
@@ -918,17 +904,6 @@ impl Driver {
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 self.finish(id, CloseReason::Error);
-                self.drain();
-            }
-        }
-        while let Some(&(deadline, id)) = self.close_deadlines.front() {
-            if deadline > now {
-                break;
-            }
-            self.close_deadlines.pop_front();
-            if let Some(c) = self.get(id).filter(|c| c.state == State::Closing) {
-                tracing::debug!(conn = %id, unsent = c.queued, "peer not reading; closed unflushed");
-                self.finish(id, CloseReason::Requested);
                 self.drain();
             }
         }

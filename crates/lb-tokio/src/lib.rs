@@ -10,7 +10,8 @@
 //!   connection's `Outbox` (`conn_io.rs`), whose queued size is counted: past the output cap the
 //!   owner closes the connection and reports [`CloseReason::OutputOverflow`]. An idle
 //!   connection holds no read or write buffer (`conn_io.rs`: about 2 kB per idle connection);
-//! - `Output::Connect` spawns a task that connects with a timeout and then becomes the writer.
+//! - `Output::Connect` spawns a task that connects and then becomes the writer; the core gives
+//!   up on a slow connect, or a close's slow flush, with `Output::Abort`, which ends its tasks.
 //! - A TLS listener's accept task hands each socket to a handshake task (tokio-rustls, at most
 //!   [`lb_runtime::tls::HANDSHAKES_MAX`] at once, each within [`lb_runtime::tls::HANDSHAKE_TIMEOUT`]);
 //!   only a finished handshake reaches the owner, whose reader and writer then see plaintext.
@@ -51,7 +52,7 @@ use lb_core::{Balancer, CloseReason, ConnId, Input, ListenerId, Output, Stats};
 use lb_runtime::backpressure::{Admit, Watermarks};
 use lb_runtime::{
     BackendTls, ProxyHeaderReader, ProxyRead, ProxyReject, RunError, WakePacer, BATCH_MAX,
-    CLOSE_LINGER_MAX, CONNECT_TIMEOUT, PROXY_HEADER_TIMEOUT, PROXY_PENDING_MAX, SHUTDOWN_FLUSH_MAX,
+    PROXY_HEADER_TIMEOUT, PROXY_PENDING_MAX, SHUTDOWN_FLUSH_MAX,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -245,11 +246,6 @@ pub(crate) enum Note {
         conn: ConnId,
         reason: CloseReason,
     },
-    /// [`CLOSE_LINGER_MAX`] has passed since `Output::Close`: drop the connection if its writer
-    /// is still flushing.
-    LingerOver {
-        conn: ConnId,
-    },
     /// The answer to an `Output::Resolve`.
     Resolved {
         conn: ConnId,
@@ -363,13 +359,6 @@ impl Owner {
                         .handle_input(now(), Input::OutputQueue { conn, level });
                 }
             }
-            Note::LingerOver { conn } => {
-                if let Some(c) = self.get(conn).filter(|c| c.state == State::Closing) {
-                    let unsent = c.outbox.queued();
-                    tracing::debug!(conn = %conn, unsent, "peer not reading; closed unflushed");
-                    self.finish(conn, CloseReason::Requested);
-                }
-            }
         }
         self.drain();
     }
@@ -439,11 +428,18 @@ impl Owner {
                     reader.abort();
                 }
                 c.outbox.push(Write::Close);
-                let notes = self.notes.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(CLOSE_LINGER_MAX).await;
-                    let _ = notes.send(Note::LingerOver { conn }).await;
-                });
+            }
+            Output::Abort { conn } => {
+                let Some(c) = self.get(conn) else { return };
+                let reason = match c.state {
+                    State::Connecting => CloseReason::Error,
+                    State::Open | State::Closing => CloseReason::Requested,
+                };
+                if c.state == State::Closing {
+                    let unsent = c.outbox.queued();
+                    tracing::debug!(conn = %conn, unsent, "peer not reading; closed unflushed");
+                }
+                self.finish(conn, reason);
             }
             Output::Event(event) => self.ops.event(&self.lb, &event, now()),
         }
@@ -580,7 +576,6 @@ impl Owner {
                     | Note::ProxyRejected { .. }
                     | Note::Received { .. }
                     | Note::Connected { .. }
-                    | Note::LingerOver { .. }
                     | Note::Resolved { .. }
                     | Note::Drained { .. },
                 )) => {}
@@ -760,20 +755,12 @@ async fn connect_task(
     outbox: Arc<Outbox>,
     notes: mpsc::Sender<Note>,
 ) {
-    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(to)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => {
+    // No timeout here: the core gives up on a connect (TLS handshake included) with
+    // `Output::Abort`, which ends this task.
+    let stream = match TcpStream::connect(to).await {
+        Ok(stream) => stream,
+        Err(e) => {
             tracing::debug!(conn = %conn, %to, error = %e, "connect failed");
-            let _ = notes
-                .send(Note::Closed {
-                    conn,
-                    reason: CloseReason::Error,
-                })
-                .await;
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(conn = %conn, %to, "connect timed out");
             let _ = notes
                 .send(Note::Closed {
                     conn,
@@ -795,17 +782,10 @@ async fn connect_task(
         return write_loop(conn, write, outbox, notes).await;
     };
     let connector = tokio_rustls::TlsConnector::from(config);
-    let handshake = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, stream));
-    let stream = match handshake.await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => {
+    let stream = match connector.connect(name, stream).await {
+        Ok(stream) => stream,
+        Err(e) => {
             tracing::warn!(conn = %conn, %to, error = %e, "TLS to the backend failed");
-            let reason = CloseReason::Error;
-            let _ = notes.send(Note::Closed { conn, reason }).await;
-            return;
-        }
-        Err(_) => {
-            tracing::warn!(conn = %conn, %to, "TLS handshake with the backend timed out");
             let reason = CloseReason::Error;
             let _ = notes.send(Note::Closed { conn, reason }).await;
             return;

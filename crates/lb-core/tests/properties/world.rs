@@ -269,6 +269,7 @@ impl World {
         let mut outs = Outs::default();
         let mut closes = Vec::new();
         let mut dials: Vec<ConnId> = Vec::new();
+        let mut aborts: Vec<ConnId> = Vec::new();
         while let Some(o) = self.lb.poll_output() {
             self.contract.output(&o)?;
             match o {
@@ -301,8 +302,25 @@ impl World {
                     dials.push(conn);
                 }
                 Output::Close { conn } => closes.push(conn),
+                Output::Abort { conn } => aborts.push(conn),
                 Output::Event(e) => outs.events.push(e),
             }
+        }
+        // The model performs every Close at once, so only a backend connect left unanswered
+        // for the connect timeout is ever given up; the driver reports it failed.
+        for conn in aborts {
+            let Some(j) = self.backend_of(conn).filter(|j| !self.be[*j].up) else {
+                return Err(format!("the core aborted {conn:?}, no backend connect"));
+            };
+            self.be[j].conn = None;
+            self.input(Input::Closed {
+                conn,
+                reason: CloseReason::Error,
+            });
+            self.dead.push(conn);
+            let more = self.collect()?;
+            outs.sends.extend(more.sends);
+            outs.events.extend(more.events);
         }
         // The model's network reaches no host but its own peers: every dial-out is refused.
         for conn in dials {
