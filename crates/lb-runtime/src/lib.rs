@@ -22,6 +22,7 @@
 //!   [`SHUTDOWN_FLUSH_MAX`], [`READ_CHUNK_BYTES`], [`BATCH_MAX`].
 
 pub mod backpressure;
+mod conn_table;
 pub mod dns;
 pub mod named;
 mod pacer;
@@ -43,6 +44,9 @@ pub type BackendTls = (
     std::sync::Arc<rustls::ClientConfig>,
     rustls::pki_types::ServerName<'static>,
 );
+pub use conn_table::{
+    log_frontend_opened, Admission, Conn, ConnState, ConnTable, OutputGauge, QueueGauge,
+};
 pub use pacer::WakePacer;
 pub use proxy::{
     ProxyHeaderReader, ProxyRead, ProxyReject, PROXY_HEADER_BYTES_MAX, PROXY_HEADER_TIMEOUT,
