@@ -108,11 +108,14 @@ impl Outbox {
         }
     }
 
-    /// Queues `write` and wakes the writer.
+    /// `len` more bytes are about to be pushed (the connection table's output-cap budget counts
+    /// them before the writer can take them, so `written` never counts below zero).
+    pub(crate) fn add(&self, len: usize) {
+        self.queued.fetch_add(len, Ordering::Relaxed);
+    }
+
+    /// Queues `write` and wakes the writer. Its bytes are counted already ([`Outbox::add`]).
     pub(crate) fn push(&self, write: Write) {
-        if let Write::Bytes(b) = &write {
-            self.queued.fetch_add(b.len(), Ordering::Relaxed);
-        }
         self.queue
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
