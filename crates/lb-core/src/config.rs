@@ -768,6 +768,15 @@ mod tests {
         let mut c = minimal();
         c.advertise = Some("[::1]:5060".into());
         assert!(c.validate().is_ok());
+        // The core's deadlines on the driver: never zero, never past a year.
+        let mut c = minimal();
+        c.connect_timeout = Duration::ZERO;
+        let zero = ConfigError::ZeroDuration("connect-timeout");
+        assert_eq!(c.validate().unwrap_err(), zero);
+        let mut c = minimal();
+        c.close_linger = DURATION_MAX + Duration::from_secs(1);
+        let long = ConfigError::TooLong("close-linger");
+        assert_eq!(c.validate().unwrap_err(), long);
     }
 
     #[test]

@@ -161,3 +161,25 @@ fn a_close_reported_in_time_is_not_dropped() {
         "a closed connection was aborted: {outs:?}"
     );
 }
+
+#[test]
+fn a_reload_keeps_the_connect_timeout_the_queue_is_ordered_by() {
+    let mut h = Harness::new(config(1, BackendMode::Plain));
+    // A reload asking for a shorter timeout: it takes effect at a restart only, since a
+    // shorter deadline would jump the queue of those already armed.
+    let reloaded = lb_core::Config {
+        connect_timeout: CONNECT_TIMEOUT_DEFAULT / 3,
+        ..config(1, BackendMode::Plain)
+    };
+    h.input(Input::Reload(Box::new(reloaded.validate().unwrap())));
+    h.drain();
+    h.kill_backend(0);
+    let conn = until_reconnect(&mut h);
+    let asked = h.now;
+    let before = run_until(&mut h, asked + CONNECT_TIMEOUT_DEFAULT);
+    assert!(
+        !before.contains(&Output::Abort { conn }),
+        "aborted at the reloaded timeout: {before:?}"
+    );
+    h.expect(Input::Timeout, &[Output::Abort { conn }]);
+}
