@@ -67,8 +67,8 @@ use accept::Pending;
 use conns::Io;
 
 /// Runs `--workers` balancers, each on a thread with its own `Poll`, until SIGINT or SIGTERM,
-/// then flushes queued output (at most [`lb_runtime::SHUTDOWN_FLUSH_MAX`]) and returns the sum of their
-/// final counters.
+/// then flushes queued output (at most [`lb_runtime::SHUTDOWN_FLUSH_MAX`]) and returns the sum
+/// of their final counters.
 pub fn run(settings: Settings) -> Result<Stats, RunError> {
     lb_cli::run_workers(settings, run_worker)
 }

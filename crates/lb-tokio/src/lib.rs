@@ -13,9 +13,9 @@
 //!   no read or write buffer (`conn_io.rs`: about 2 kB per idle connection);
 //! - `Output::Connect` spawns a task that connects and then becomes the writer; the core gives
 //!   up on a slow connect, or a close's slow flush, with `Output::Abort`, which ends its tasks.
-//! - A TLS listener's accept task hands each socket to a handshake task (tokio-rustls, at most
-//!   [`lb_runtime::tls::HANDSHAKES_MAX`] at once, each within [`lb_runtime::tls::HANDSHAKE_TIMEOUT`]);
-//!   only a finished handshake reaches the owner, whose reader and writer then see plaintext.
+//! - A TLS listener's accept task (`accept.rs`) hands each socket to a handshake task
+//!   (tokio-rustls, at most [`lb_runtime::tls::HANDSHAKES_MAX`] at once, each within
+//!   [`lb_runtime::tls::HANDSHAKE_TIMEOUT`]); only a finished handshake reaches the owner, whose reader and writer then see plaintext.
 //!   On a `--listen-tls ADDR,proxy-protocol` listener the task reads the PROXY header first;
 //!   what followed it goes to rustls before the socket's own bytes (`conn_io::Prefixed`).
 //!
@@ -71,8 +71,8 @@ use conn_io::{read_loop, Prefixed};
 use conns::Tasks;
 
 /// Runs `--workers` balancers, each on a new current-thread runtime on a thread of its own,
-/// until SIGINT or SIGTERM, then flushes queued output (at most [`lb_runtime::SHUTDOWN_FLUSH_MAX`]) and
-/// returns the sum of their final counters.
+/// until SIGINT or SIGTERM, then flushes queued output (at most
+/// [`lb_runtime::SHUTDOWN_FLUSH_MAX`]) and returns the sum of their final counters.
 pub fn run(settings: Settings) -> Result<Stats, RunError> {
     lb_cli::run_workers(settings, run_worker)
 }
@@ -105,7 +105,8 @@ fn lock(pacer: &Mutex<WakePacer>) -> std::sync::MutexGuard<'_, WakePacer> {
 }
 
 /// Runs one worker's balancer inside the caller's runtime until its control says stop, then
-/// flushes queued output (at most [`lb_runtime::SHUTDOWN_FLUSH_MAX`]) and returns the final counters.
+/// flushes queued output (at most [`lb_runtime::SHUTDOWN_FLUSH_MAX`]) and returns the final
+/// counters.
 /// Spawns tasks with `tokio::spawn`; meant for a current-thread runtime (one balancer per
 /// thread). Pacing belongs to the runtime, not to this function: an embedder who wants it
 /// installs a [`WakePacer`] in its own runtime's park hooks, as [`run_worker`] does.
@@ -258,8 +259,6 @@ struct Owner {
 }
 
 impl Owner {
-    /// SIGHUP: the process's reread configuration goes to the core; the output cap applies to
-    /// the next sends.
     /// SIGHUP: the process's reread configuration goes to the core; the output cap applies to
     /// the next sends.
     fn reload(&mut self, settings: Settings) {
