@@ -145,6 +145,11 @@ fn config(script: &Script, options: Options) -> Config {
         // The scripts model routing, not idle connections: frontends here may stay silent for
         // days of virtual time. Idle closing has its own scenario tests.
         idle_timeout: std::time::Duration::from_secs(365 * 24 * 3600),
+        // Likewise a backend connect the model leaves unanswered may wait for days of virtual
+        // time: given up every few seconds, it would be retried (and given up) hundreds of
+        // thousands of times in one `Advance`. Giving up has its own scenario tests
+        // (`tests/give_up.rs`); an `Abort` here is still handled and checked.
+        connect_timeout: std::time::Duration::from_secs(365 * 24 * 3600),
         // The model's backends leave INVITEs unanswered at will, and it judges "up" by
         // connection and probes; passive health has its own tests.
         passive: lb_core::PassiveHealth {
