@@ -401,7 +401,7 @@ fn overloaded_backend_sheds_load_to_the_others(rt: Runtime) {
 }
 
 // (f) A connection the balancer closes while its peer reads nothing is dropped once the close
-// linger (`lb_runtime::CLOSE_LINGER_MAX`, 5 s) has passed, instead of holding its socket and queued
+// linger (`lb_core::Config::close_linger`, 5 s by default) has passed, instead of holding its socket and queued
 // output for ever.
 fn a_closing_connection_whose_peer_never_reads_is_dropped(rt: Runtime) {
     // About 40 MB of responses: well over the kernel buffers between the balancer and a peer

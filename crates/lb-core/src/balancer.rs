@@ -85,6 +85,12 @@ pub struct Balancer {
     /// Connections whose queue went over the high-water mark, by the instant their stall
     /// timeout is due (one constant, so a FIFO is in deadline order).
     stalls: VecDeque<(Instant, ConnId)>,
+    /// Connects and dials asked for, by the instant the core gives up on them
+    /// (`Config::connect_timeout`, one value kept across reloads: a FIFO is in deadline order).
+    connects: VecDeque<(Instant, ConnId)>,
+    /// Closes asked for, by the instant the core stops waiting for the flush
+    /// (`Config::close_linger`, likewise).
+    lingers: VecDeque<(Instant, ConnId)>,
     outputs: VecDeque<Output>,
     /// Outgoing messages, to every connection, are written here and split off, one
     /// `Output::Send` each (see [`OUT_CHUNK_BYTES`]).
@@ -100,6 +106,8 @@ struct Conn {
     generation: u32,
     /// The core asked the driver to close it; bytes still arriving are ignored.
     closing: bool,
+    /// Asked for with `Output::Connect` or `Output::Dial`; `Input::Connected` has not come.
+    connecting: bool,
     side: Side,
     /// Since when the driver reports its output queue over the high-water mark
     /// (`Input::OutputQueue`); `None` below the low-water mark.
@@ -183,6 +191,8 @@ impl Balancer {
             backend_timers: BinaryHeap::new(),
             conn_timers: BinaryHeap::new(),
             stalls: VecDeque::new(),
+            connects: VecDeque::new(),
+            lingers: VecDeque::new(),
             outputs: VecDeque::new(),
             out: BytesMut::new(),
             stats: Stats::default(),
@@ -259,7 +269,7 @@ impl Balancer {
         self.advance(now);
         match input {
             Input::Received { conn, bytes } => self.handle_received(conn, bytes),
-            Input::Connected { conn } => match self.conn(conn).map(|c| &c.side) {
+            Input::Connected { conn } => match self.connected(conn).map(|c| &c.side) {
                 Some(Side::Frontend { .. }) => self.dial_connected(conn),
                 _ => self.handle_connected(conn),
             },
@@ -309,6 +319,7 @@ impl Balancer {
         let slot = self.conns.insert(Conn {
             generation,
             closing: false,
+            connecting: false,
             side,
             queue_high_since: None,
         });
@@ -347,6 +358,7 @@ impl Balancer {
             Side::Frontend { .. } => None,
         };
         self.outputs.push_back(Output::Close { conn: id });
+        self.arm_linger(id);
         // A backend is down from the moment its connection is closing: nothing more may be
         // sent on it (found by fuzzing), and its reconnect starts now.
         if let Some(backend) = backend {

@@ -21,6 +21,15 @@ pub const WINDOW_DEFAULT: Duration = Duration::from_secs(32);
 /// so a peer that has read nothing for it is not coming back for the queue.
 pub const STALL_TIMEOUT_DEFAULT: Duration = Duration::from_secs(32);
 
+/// `connect_timeout` when not set: long enough for a loopback or LAN connect and TLS handshake
+/// under load, short enough that calls waiting on a dead backend's or frontend's address are
+/// failed over or answered 503 within a few seconds.
+pub const CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(3);
+
+/// `close_linger` when not set: a peer that has read nothing for five seconds after the
+/// balancer decided to close it is not coming back for the rest of its queue.
+pub const CLOSE_LINGER_DEFAULT: Duration = Duration::from_secs(5);
+
 /// RFC 3261 §16.6 Timer C: a proxy gives up on an INVITE that rang this long (> 3 min).
 pub const TIMER_C: Duration = Duration::from_secs(180);
 
@@ -363,6 +372,17 @@ pub struct Config {
     /// without falling below the low-water mark is closed: its peer has stopped reading
     /// ([`crate::Input::OutputQueue`]). A burst the peer reads in time never closes one.
     pub stall_timeout: Duration,
+    /// How long a connect or dial may take, from [`crate::Output::Connect`] or
+    /// [`crate::Output::Dial`] until [`crate::Input::Connected`] (a TLS handshake included),
+    /// before the core gives up on it with [`crate::Output::Abort`]: a backend then reconnects
+    /// with backoff, a dial answers what waited for it with 503. Kept across a reload (its
+    /// deadline queue is ordered by it); takes effect at a restart.
+    pub connect_timeout: Duration,
+    /// How long a connection the core asked to close ([`crate::Output::Close`]) may take to
+    /// flush its queued output before the core asks for [`crate::Output::Abort`]: a peer that
+    /// stops reading cannot hold the socket, and up to the driver's output cap of memory, for
+    /// longer. Kept across a reload, as `connect_timeout` is.
+    pub close_linger: Duration,
     /// Call-IDs whose every message is logged with its route decision (`--trace-call-id`).
     pub trace_call_ids: Vec<String>,
     /// A next hop that names no connection exactly nor by alias may take the only frontend
@@ -400,6 +420,8 @@ impl Default for Config {
             overload_hold: Duration::from_secs(5),
             overload_hold_max: Duration::from_secs(300),
             stall_timeout: STALL_TIMEOUT_DEFAULT,
+            connect_timeout: CONNECT_TIMEOUT_DEFAULT,
+            close_linger: CLOSE_LINGER_DEFAULT,
             trace_call_ids: Vec::new(),
             passive: PassiveHealth::default(),
         }
@@ -555,6 +577,8 @@ impl Config {
             ("partial-timeout", self.partial_timeout),
             ("overload-hold", self.overload_hold),
             ("stall-timeout", self.stall_timeout),
+            ("connect-timeout", self.connect_timeout),
+            ("close-linger", self.close_linger),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::ZeroDuration(name));
@@ -566,6 +590,8 @@ impl Config {
             ("overload-hold-max", self.overload_hold_max),
             ("reconnect-max", self.reconnect_max),
             ("stall-timeout", self.stall_timeout),
+            ("connect-timeout", self.connect_timeout),
+            ("close-linger", self.close_linger),
         ] {
             if d > DURATION_MAX {
                 return Err(ConfigError::TooLong(name));
@@ -752,6 +778,15 @@ mod tests {
         let mut c = minimal();
         c.advertise = Some("[::1]:5060".into());
         assert!(c.validate().is_ok());
+        // The core's deadlines on the driver: never zero, never past a year.
+        let mut c = minimal();
+        c.connect_timeout = Duration::ZERO;
+        let zero = ConfigError::ZeroDuration("connect-timeout");
+        assert_eq!(c.validate().unwrap_err(), zero);
+        let mut c = minimal();
+        c.close_linger = DURATION_MAX + Duration::from_secs(1);
+        let long = ConfigError::TooLong("close-linger");
+        assert_eq!(c.validate().unwrap_err(), long);
     }
 
     #[test]

@@ -149,6 +149,17 @@ pub enum Output {
         /// The connection.
         conn: ConnId,
     },
+    /// Drop the connection now, without flushing: give up a connect or dial still in progress,
+    /// or discard what a [`Output::Close`] is still flushing. Then report [`Input::Closed`]:
+    /// [`CloseReason::Error`] for a connect given up (as for one refused),
+    /// [`CloseReason::Requested`] for a close. The core asks for it when
+    /// [`Config::connect_timeout`](crate::Config::connect_timeout) has passed without
+    /// [`Input::Connected`], or [`Config::close_linger`](crate::Config::close_linger) without
+    /// [`Input::Closed`]; nothing follows it for `conn`.
+    Abort {
+        /// The connection.
+        conn: ConnId,
+    },
     /// Something worth a log line or a metric.
     Event(Event),
 }

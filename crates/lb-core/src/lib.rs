@@ -67,8 +67,8 @@ mod tag;
 pub use balancer::{BackendStatus, Balancer};
 pub use config::{
     Algorithm, BackendConfig, BackendMode, Config, ConfigError, Limits, PassiveHealth, ProbeConfig,
-    SanityLimits, TagKey, ValidConfig, BACKENDS_MAX, STALL_TIMEOUT_DEFAULT, T1, TABLE_SHARE_MIN,
-    TIMER_C, WINDOW_DEFAULT,
+    SanityLimits, TagKey, ValidConfig, BACKENDS_MAX, CLOSE_LINGER_DEFAULT, CONNECT_TIMEOUT_DEFAULT,
+    STALL_TIMEOUT_DEFAULT, T1, TABLE_SHARE_MIN, TIMER_C, WINDOW_DEFAULT,
 };
 pub use ids::{BackendId, ConnId, ListenerId};
 pub use io::{BackendChange, CloseReason, Event, Input, Output, QueueLevel};

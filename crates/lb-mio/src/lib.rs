@@ -5,27 +5,31 @@
 //! token space, which slots (below `u32::MAX`) never reach.
 //!
 //! Per wake-up the loop:
-//! 1. accepts on ready listeners, reads ready connections (at most [`lb_runtime::BATCH_MAX`] reads
-//!    each, then the connection is revisited on the next pass with a zero poll timeout), and
-//!    completes non-blocking connects (`take_error`, then `peer_addr`);
-//! 2. after every input, drains the core's outputs: `Send` appends to the connection's
-//!    `VecDeque<Bytes>` (past the output cap the connection is closed and reported as
-//!    [`CloseReason::OutputOverflow`]), `Close` flushes then closes;
+//! 1. accepts on ready listeners (`accept.rs`), reads ready connections (`conns.rs`: at most
+//!    [`lb_runtime::BATCH_MAX`] reads each, then the connection is revisited on the next pass
+//!    with a zero poll timeout), and completes non-blocking connects (`take_error`, then
+//!    `peer_addr`);
+//! 2. after every input, drains the core's outputs (`outputs.rs`): `Send` appends to the
+//!    connection's `VecDeque<Bytes>` within the output-cap budget of the shared
+//!    [`lb_runtime::ConnTable`] (past the cap a frontend is closed and reported as
+//!    [`CloseReason::OutputOverflow`]), `Close` flushes then closes, `Abort` drops at once;
 //! 3. writes every queue that grew, vectored, until `WouldBlock`; `WRITABLE` interest is on
-//!    only while a queue is non-empty; a connection closing with output still queued gets
-//!    [`lb_runtime::CLOSE_LINGER_MAX`] to flush it, then is dropped;
-//! 4. feeds `Input::Timeout` once the core's deadline has passed, expires connects older than
-//!    [`lb_runtime::CONNECT_TIMEOUT`], and polls again with the nearest deadline as timeout; under
-//!    load it first sleeps out what is left of `--batch-window` since the last wake-up
-//!    ([`lb_runtime::WakePacer`]), so the next poll finds a batch.
+//!    only while a queue is non-empty; a connection closing with output still queued flushes
+//!    until it is written or the core gives up on it with `Abort` (as it does on a connect:
+//!    the driver keeps no connect or linger timer of its own);
+//! 4. feeds `Input::Timeout` once the core's deadline has passed, and polls again with the
+//!    nearest deadline as timeout; under load it first sleeps out what is left of
+//!    `--batch-window` since the last wake-up ([`lb_runtime::WakePacer`]), so the next poll
+//!    finds a batch.
 //!
 //! `--workers N` runs N such loops, each on a thread with its own `Poll` and listen sockets of
 //! its own on the same addresses ([`lb_cli::run_workers`]). The process takes the signals and
 //! sends each loop its [`lb_cli::Command`]s: on stop, accepting stops, queued output is flushed
-//! for at most [`lb_runtime::SHUTDOWN_FLUSH_MAX`], and the final counters are returned; SIGHUP's
-//! reread configuration is fed as `Input::Reload`. Commands, resolver answers and `--admin`
-//! commands all wake the poll through its one `mio::Waker` (mio allows one per `Poll`); admin
-//! commands are applied with [`lb_cli::Ops::handle_admin`] between events.
+//! for at most [`lb_runtime::SHUTDOWN_FLUSH_MAX`] (`shutdown.rs`), and the final counters are
+//! returned; SIGHUP's reread configuration is fed as `Input::Reload`. Commands, resolver
+//! answers and `--admin` commands all wake the poll through its one `mio::Waker` (mio allows
+//! one per `Poll`); admin commands are applied with [`lb_cli::Ops::handle_admin`] between
+//! events.
 //!
 //! With `--proxy-protocol` an accepted socket first waits, under a token above the connection
 //! slots, until its PROXY header is whole ([`lb_runtime::ProxyHeaderReader`]); only then does the
@@ -34,28 +38,37 @@
 //! Logging, the `--metrics` snapshot (published at the end of a wake-up, at most every
 //! [`lb_cli::PUBLISH_EVERY`]; the poll timeout includes the pending publish) and rate-limit
 //! summaries go through one [`lb_cli::Ops`].
+//!
+//! The files follow lb-tokio's: `accept.rs` (listeners, PROXY headers, TLS sessions),
+//! `conns.rs` (the connection table's I/O half: reads, connects, writes, the one `Closed`),
+//! `outputs.rs` (the core's outputs carried out), `shutdown.rs` (the final flush).
+#![warn(missing_docs)]
+#![warn(clippy::wildcard_enum_match_arm, clippy::print_stdout)]
 
+mod accept;
+mod conns;
+mod outputs;
+mod shutdown;
 mod tls;
 
 use std::collections::VecDeque;
-use std::io::{self, ErrorKind};
-use std::net::{Shutdown, SocketAddr};
+use std::io::ErrorKind;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
 use lb_cli::{Command, Control, Ops, Settings, Worker};
-use lb_core::{Balancer, CloseReason, ConnId, Input, ListenerId, Output, Stats};
-use lb_runtime::backpressure::{Admit, Watermarks};
-use lb_runtime::{
-    ProxyHeaderReader, ProxyRead, ProxyReject, RunError, WakePacer, BATCH_MAX, CLOSE_LINGER_MAX,
-    CONNECT_TIMEOUT, PROXY_HEADER_TIMEOUT, PROXY_PENDING_MAX, SHUTDOWN_FLUSH_MAX,
-};
-use mio::net::{TcpListener, TcpStream};
+use lb_core::{Balancer, CloseReason, ConnId, Input, ListenerId, Stats};
+use lb_runtime::backpressure::Watermarks;
+use lb_runtime::{ConnTable, ProxyReject, RunError, WakePacer};
+use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 
+use accept::Pending;
+use conns::Io;
+
 /// Runs `--workers` balancers, each on a thread with its own `Poll`, until SIGINT or SIGTERM,
-/// then flushes queued output (at most [`SHUTDOWN_FLUSH_MAX`]) and returns the sum of their
-/// final counters.
+/// then flushes queued output (at most [`lb_runtime::SHUTDOWN_FLUSH_MAX`]) and returns the sum
+/// of their final counters.
 pub fn run(settings: Settings) -> Result<Stats, RunError> {
     lb_cli::run_workers(settings, run_worker)
 }
@@ -68,51 +81,13 @@ pub fn run_worker(worker: Worker) -> Result<Stats, RunError> {
     Ok(driver.lb.stats().clone())
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum State {
-    /// Non-blocking connect in progress; sends queue up meanwhile.
-    Connecting,
-    Open,
-    /// `Output::Close` performed: no more reading; closes once the queue is written.
-    Closing,
-}
-
-struct Conn {
-    id: ConnId,
-    stream: TcpStream,
-    frontend: bool,
-    /// A TLS frontend or backend: its rustls state; the core reads and writes the plaintext
-    /// inside.
-    tls: Option<Box<tls::TlsConn>>,
-    /// A TLS backend still connecting: what its session will be made of once TCP is up.
-    backend_tls: Option<lb_runtime::BackendTls>,
-    state: State,
-    out: VecDeque<Bytes>,
-    /// Sum of `out`'s lengths, checked against the output cap.
-    queued: usize,
-    /// Reported to the core over the high-water mark (and not yet back below the low one):
-    /// a frontend is not read meanwhile.
-    above_high: bool,
-    interest: Interest,
-    /// Listed in `Driver::dirty`.
-    dirty: bool,
-}
-
-/// An accepted connection waiting for its PROXY header (`--proxy-protocol`).
-struct Pending {
-    stream: TcpStream,
-    listener: ListenerId,
-    peer: SocketAddr,
-    reader: ProxyHeaderReader,
-    deadline: Instant,
-}
-
+/// One worker's loop: the core, its connections and everything the poll watches.
 struct Driver {
     lb: Balancer,
     ops: Ops,
     poll: Poll,
-    /// Indexed by `ConnId::slot`, which is also the connection's token.
-    conns: Vec<Option<Conn>>,
+    /// The connections the core knows of, by `ConnId::slot`, which is also each one's token.
+    conns: ConnTable<Io>,
     listeners: Vec<(ListenerId, TcpListener)>,
     /// Commands from the process (stop, reload), announced by the control waker.
     control: Control,
@@ -126,10 +101,6 @@ struct Driver {
     read_buf: lb_runtime::ReadBuffer,
     /// The output queues' marks and ceiling ([`lb_runtime::backpressure`]).
     marks: Watermarks,
-    /// Connects in start order; all have the same timeout, so the front expires first.
-    connect_deadlines: VecDeque<(Instant, ConnId)>,
-    /// Requested closes in order, each dropped [`CLOSE_LINGER_MAX`] later if still flushing.
-    close_deadlines: VecDeque<(Instant, ConnId)>,
     /// Connections whose queue grew since they were last written.
     dirty: Vec<ConnId>,
     /// Connections that hit the per-wake-up read bound and may have more to read.
@@ -202,7 +173,7 @@ impl Driver {
             lb,
             ops,
             poll,
-            conns: Vec::new(),
+            conns: ConnTable::new(),
             listeners,
             control,
             proxied,
@@ -210,8 +181,6 @@ impl Driver {
             pending_deadlines: VecDeque::new(),
             read_buf: lb_runtime::ReadBuffer::default(),
             marks: Watermarks::of(&settings),
-            connect_deadlines: VecDeque::new(),
-            close_deadlines: VecDeque::new(),
             dirty: Vec::new(),
             readable_again: Vec::new(),
             pacer: WakePacer::new(settings.batch_window),
@@ -287,16 +256,12 @@ impl Driver {
         if !self.readable_again.is_empty() {
             return Some(Duration::ZERO);
         }
-        let connect = self.connect_deadlines.front().map(|(d, _)| *d);
-        let close = self.close_deadlines.front().map(|(d, _)| *d);
         let header = self.pending_deadlines.front().map(|(d, _)| *d);
         // A stalled handshake must time out even when nothing else wakes the loop (found by
         // the TLS end-to-end tests).
         let handshake = self.handshakes.front().map(|(d, _)| *d);
         [
             self.lb.poll_timeout(),
-            connect,
-            close,
             header,
             handshake,
             self.ops.poll_timeout(),
@@ -315,352 +280,6 @@ impl Driver {
         self.lb
             .handle_input(Instant::now(), Input::Reload(Box::new(config)));
         self.drain();
-    }
-
-    fn accept(&mut self, index: usize) {
-        loop {
-            let (listener, socket) = &self.listeners[index];
-            let listener = *listener;
-            match socket.accept() {
-                Ok((stream, peer)) if self.proxied.get(index).copied().unwrap_or(false) => {
-                    self.await_proxy_header(listener, stream, peer)
-                }
-                Ok((stream, peer)) => {
-                    self.open_frontend(listener, stream, peer, None, BytesMut::new());
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => {
-                    // Usually out of file descriptors; the next connection's event retries.
-                    self.ops.accept_failed(&e, Instant::now());
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Hands an accepted connection to the core as `peer` and registers it under its slot;
-    /// `proxy` is the socket's peer when it was waiting for its PROXY header (registered under
-    /// a pending token), `first` what followed the header.
-    fn open_frontend(
-        &mut self,
-        listener: ListenerId,
-        mut stream: TcpStream,
-        peer: SocketAddr,
-        proxy: Option<SocketAddr>,
-        first: BytesMut,
-    ) {
-        let tls = match self.tls_session(listener) {
-            Ok(tls) => tls,
-            // Refused before the core knew of it: dropping the socket closes it.
-            Err(()) => return,
-        };
-        let conn = self.lb.accept(Instant::now(), listener, peer);
-        match proxy {
-            Some(proxy) => lb_runtime::log_frontend_open_proxied(conn, peer, proxy),
-            None => lb_runtime::log_frontend_open(conn, peer),
-        }
-        let _ = stream.set_nodelay(true);
-        let (registry, token) = (self.poll.registry(), Token(conn.slot()));
-        let registered = match proxy {
-            Some(_) => registry.reregister(&mut stream, token, Interest::READABLE),
-            None => registry.register(&mut stream, token, Interest::READABLE),
-        };
-        match registered {
-            Ok(()) => {
-                self.insert(conn, stream, true, State::Open, Interest::READABLE);
-                if let Some(tls) = tls {
-                    if let Some(c) = self.get(conn) {
-                        c.tls = Some(tls);
-                    }
-                    self.handshaking += 1;
-                    let deadline = Instant::now() + lb_runtime::tls::HANDSHAKE_TIMEOUT;
-                    self.handshakes.push_back((deadline, conn));
-                }
-                if self.get(conn).is_some_and(|c| c.tls.is_some()) {
-                    // What followed the PROXY header is the start of the ClientHello: rustls'
-                    // to read, before the socket's own bytes.
-                    if !first.is_empty() {
-                        self.read_tls(conn, &first);
-                    }
-                } else if !first.is_empty() {
-                    let bytes = first;
-                    self.lb
-                        .handle_input(Instant::now(), Input::Received { conn, bytes });
-                }
-            }
-            Err(e) => {
-                tracing::warn!(conn = %conn, error = %e, "register failed");
-                lb_runtime::log_frontend_closed(conn, CloseReason::Error);
-                let reason = CloseReason::Error;
-                self.lb
-                    .handle_input(Instant::now(), Input::Closed { conn, reason });
-            }
-        }
-        self.drain();
-    }
-
-    /// `--proxy-protocol`: parks an accepted connection until its header is whole.
-    fn await_proxy_header(
-        &mut self,
-        listener: ListenerId,
-        mut stream: TcpStream,
-        peer: SocketAddr,
-    ) {
-        let now = Instant::now();
-        if self.pending.len() >= PROXY_PENDING_MAX {
-            self.ops.proxy_rejected(peer, ProxyReject::TooMany, now);
-            return;
-        }
-        let entry = self.pending.vacant_entry();
-        let token = Token(PENDING_TOKEN_BASE + entry.key());
-        if let Err(e) = self
-            .poll
-            .registry()
-            .register(&mut stream, token, Interest::READABLE)
-        {
-            tracing::warn!(%peer, error = %e, "register failed");
-            return;
-        }
-        let deadline = now + PROXY_HEADER_TIMEOUT;
-        self.pending_deadlines.push_back((deadline, entry.key()));
-        entry.insert(Pending {
-            stream,
-            listener,
-            peer,
-            reader: ProxyHeaderReader::new(),
-            deadline,
-        });
-    }
-
-    /// Reads a parked connection until its PROXY header is whole (then it goes to the core), a
-    /// fault (then it is closed and counted), or `WouldBlock`.
-    fn read_proxy_header(&mut self, key: usize) {
-        let mut buf = [0u8; 512];
-        let outcome = loop {
-            let Some(p) = self.pending.get_mut(key) else {
-                return;
-            };
-            match std::io::Read::read(&mut p.stream, &mut buf) {
-                Ok(0) => break ProxyRead::Rejected(ProxyReject::TimedOut),
-                Ok(n) => match p.reader.push(&buf[..n]) {
-                    ProxyRead::Incomplete => {}
-                    done => break done,
-                },
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => break ProxyRead::Rejected(ProxyReject::TimedOut),
-            }
-        };
-        let mut p = self.pending.remove(key);
-        match outcome {
-            ProxyRead::Header { client, rest } => {
-                let peer = client.unwrap_or(p.peer);
-                self.open_frontend(p.listener, p.stream, peer, Some(p.peer), rest);
-            }
-            ProxyRead::Rejected(cause) => {
-                let _ = self.poll.registry().deregister(&mut p.stream);
-                self.ops.proxy_rejected(p.peer, cause, Instant::now());
-            }
-            ProxyRead::Incomplete => {}
-        }
-    }
-
-    fn ready(&mut self, slot: usize, event: &mio::event::Event) {
-        let Some(c) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
-            return;
-        };
-        let id = c.id;
-        if c.state == State::Connecting {
-            match connect_result(&c.stream) {
-                Ok(false) => return,
-                Ok(true) => {
-                    c.state = State::Open;
-                    let _ = c.stream.set_nodelay(true);
-                    c.tls = c.backend_tls.take().and_then(|(config, name)| {
-                        // The ClientHello goes out with the first flush; the core's messages
-                        // wait in rustls until the handshake is done.
-                        match rustls::ClientConnection::new(config, name) {
-                            Ok(session) => Some(Box::new(tls::TlsConn::new(session))),
-                            Err(e) => {
-                                tracing::warn!(conn = %id, error = %e, "TLS to the backend refused");
-                                None
-                            }
-                        }
-                    });
-                    self.mark_dirty(id);
-                    self.lb
-                        .handle_input(Instant::now(), Input::Connected { conn: id });
-                    self.drain();
-                }
-                Err(e) => {
-                    tracing::debug!(conn = %id, error = %e, "connect failed");
-                    self.finish(id, CloseReason::Error);
-                    self.drain();
-                    return;
-                }
-            }
-        }
-        if event.is_readable() || event.is_read_closed() || event.is_error() {
-            // After the peer's FIN no further edge comes: read on to the end of the stream.
-            self.read(id, event.is_read_closed() || event.is_error());
-        }
-        if event.is_writable() {
-            self.mark_dirty(id);
-        }
-    }
-
-    /// Reads until `WouldBlock`, a short read (unless `to_end`), or [`BATCH_MAX`] times and then
-    /// again on the next pass.
-    fn read(&mut self, id: ConnId, to_end: bool) {
-        for _ in 0..BATCH_MAX {
-            let Some(c) = self.conns.get_mut(id.slot()).and_then(Option::as_mut) else {
-                return;
-            };
-            if c.id != id || c.state != State::Open {
-                return;
-            }
-            if c.above_high && Watermarks::pauses_reading(c.frontend) {
-                // Its responses cannot be written: reading more would only grow the queue.
-                // Resumed by `flush` below the low-water mark.
-                return;
-            }
-            if c.tls.is_some() {
-                return self.read_tls(id, &[]);
-            }
-            match self.read_buf.read_some(&mut c.stream) {
-                Ok(0) => {
-                    self.finish(id, CloseReason::PeerClosed);
-                    self.drain();
-                    return;
-                }
-                Ok(n) => {
-                    let bytes = self.read_buf.take();
-                    self.lb
-                        .handle_input(Instant::now(), Input::Received { conn: id, bytes });
-                    self.drain();
-                    if !to_end && self.read_buf.was_short(n) {
-                        return;
-                    }
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => {
-                    tracing::debug!(conn = %id, error = %e, "read failed");
-                    self.finish(id, CloseReason::Error);
-                    self.drain();
-                    return;
-                }
-            }
-        }
-        self.readable_again.push(id);
-    }
-
-    /// A new TLS session for a connection accepted on `listener`, `None` for a TCP listener;
-    /// `Err` when the socket is refused (too many handshakes in progress).
-    fn tls_session(&mut self, listener: ListenerId) -> Result<Option<Box<tls::TlsConn>>, ()> {
-        let Some(config) = self
-            .tls
-            .as_ref()
-            .filter(|_| self.lb.is_tls_listener(listener))
-        else {
-            return Ok(None);
-        };
-        let counters = &config.counters;
-        if self.handshaking >= lb_runtime::tls::HANDSHAKES_MAX {
-            counters
-                .refused_busy
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return Err(());
-        }
-        match rustls::ServerConnection::new(config.config()) {
-            Ok(session) => Ok(Some(Box::new(tls::TlsConn::new(session)))),
-            Err(e) => {
-                tracing::warn!(error = %e, "TLS session refused");
-                counters
-                    .failed_other
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                Err(())
-            }
-        }
-    }
-
-    /// Reads a TLS frontend: `prefix` (bytes read with its PROXY header), then every record
-    /// the socket has; the plaintext to the core.
-    fn read_tls(&mut self, id: ConnId, prefix: &[u8]) {
-        let Some(c) = self.conns.get_mut(id.slot()).and_then(Option::as_mut) else {
-            return;
-        };
-        let Some(session) = c.tls.as_mut() else {
-            return;
-        };
-        let mut plain = BytesMut::new();
-        let result = session.read(&mut std::io::Read::chain(prefix, &mut c.stream), &mut plain);
-        let (handshaking, wants_write, version) = (
-            session.handshaking,
-            session.wants_write(),
-            session.version(),
-        );
-        // A TLS backend's handshake is not one of the listeners': neither counted nor capped.
-        let frontend = c.frontend;
-        let counters = self
-            .tls
-            .as_ref()
-            .filter(|_| frontend)
-            .map(|t| t.counters.clone());
-        match result {
-            Ok(read) => {
-                if read.handshake_done && frontend {
-                    self.handshaking = self.handshaking.saturating_sub(1);
-                    if let Some(counters) = &counters {
-                        counters.handshake_done(version);
-                    }
-                }
-                if wants_write {
-                    self.mark_dirty(id);
-                }
-                if !plain.is_empty() {
-                    self.lb.handle_input(
-                        Instant::now(),
-                        Input::Received {
-                            conn: id,
-                            bytes: plain,
-                        },
-                    );
-                    self.drain();
-                }
-                if read.eof {
-                    // A hang-up mid-handshake is a failed handshake: its place in the cap is
-                    // freed now, not left for a timeout that finds the connection gone (found
-                    // by the TLS end-to-end tests).
-                    if handshaking && frontend {
-                        if let Some(counters) = &counters {
-                            counters
-                                .failed_other
-                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        }
-                    }
-                    self.finish(id, CloseReason::PeerClosed);
-                    self.drain();
-                }
-            }
-            Err(e) => {
-                tracing::debug!(conn = %id, error = %e, "TLS read failed");
-                if handshaking && frontend {
-                    if let Some(counters) = &counters {
-                        counters.handshake_failed(&e);
-                    }
-                }
-                // A TLS error leaves an alert to send; the connection is done either way.
-                if let Some(Some(c)) = self.conns.get_mut(id.slot()) {
-                    if let Some(session) = c.tls.as_mut() {
-                        let _ = session.write(&mut VecDeque::new(), &mut c.stream, false);
-                    }
-                }
-                self.finish(id, CloseReason::Error);
-                self.drain();
-            }
-        }
     }
 
     /// Applies the admin commands waiting since the last wake-up.
@@ -683,195 +302,14 @@ impl Driver {
         }
     }
 
+    /// Carries out every output the core has queued.
     fn drain(&mut self) {
         while let Some(output) = self.lb.poll_output() {
             self.perform(output);
         }
     }
 
-    /// Carries out one output. Never drains itself: `drain` loops until the queue is empty.
-    fn perform(&mut self, output: Output) {
-        match output {
-            Output::Send { conn, bytes } => {
-                let marks = self.marks;
-                let Some(c) = self.get(conn) else { return };
-                if c.state == State::Closing {
-                    return;
-                }
-                match marks.admit(c.queued, bytes.len(), c.above_high, c.frontend) {
-                    Admit::Close => {
-                        self.ops
-                            .output_overflow(conn, marks.ceiling, Instant::now());
-                        self.finish(conn, CloseReason::OutputOverflow);
-                    }
-                    Admit::Drop => self
-                        .ops
-                        .output_cap_drop(conn, marks.ceiling, Instant::now()),
-                    Admit::Queue { report } => {
-                        c.queued += bytes.len();
-                        c.out.push_back(bytes);
-                        if let Some(level) = report {
-                            // A frontend stops being read from here (see `read`).
-                            c.above_high = true;
-                            let input = Input::OutputQueue { conn, level };
-                            self.lb.handle_input(Instant::now(), input);
-                        }
-                        self.mark_dirty(conn);
-                    }
-                }
-            }
-            Output::Connect { conn, backend, to } => {
-                tracing::debug!(conn = %conn, backend = %backend, %to, "connecting");
-                let tls = self.ops.backend_tls(&self.lb, backend);
-                self.start_connect(conn, to, false);
-                if let Some(c) = self.get(conn) {
-                    c.backend_tls = tls;
-                }
-            }
-            Output::Dial { conn, to } => {
-                tracing::debug!(conn = %conn, %to, "dialling a frontend");
-                self.start_connect(conn, to, true);
-            }
-            Output::Resolve { conn, host, port } => {
-                tracing::debug!(conn = %conn, %host, ?port, "resolving");
-                if self.dns.is_none() {
-                    let waker = self.dns_waker.clone();
-                    match lb_runtime::dns::DnsThread::start(move || {
-                        let _ = waker.wake();
-                    }) {
-                        Ok(dns) => self.dns = Some(dns),
-                        Err(e) => tracing::warn!(error = %e, "cannot start the resolver thread"),
-                    }
-                }
-                match &self.dns {
-                    Some(dns) => dns.resolve(conn, host, port),
-                    None => {
-                        let addrs = Vec::new();
-                        self.lb
-                            .handle_input(Instant::now(), Input::Resolved { conn, addrs });
-                    }
-                }
-            }
-            Output::Close { conn } => {
-                let Some(c) = self.get(conn) else { return };
-                match c.state {
-                    // Nothing was written yet, so there is nothing to flush.
-                    State::Connecting => self.finish(conn, CloseReason::Requested),
-                    State::Open => {
-                        c.state = State::Closing;
-                        self.close_deadlines
-                            .push_back((Instant::now() + CLOSE_LINGER_MAX, conn));
-                        self.mark_dirty(conn);
-                    }
-                    State::Closing => {}
-                }
-            }
-            Output::Event(event) => self.ops.event(&self.lb, &event, Instant::now()),
-        }
-    }
-
-    /// Starts connecting `conn` to `to` (a backend, or a frontend the core dials out to), with
-    /// the connect timeout; a connect that fails at once is reported closed at once.
-    fn start_connect(&mut self, conn: ConnId, to: SocketAddr, frontend: bool) {
-        match self.connect(conn, to, frontend) {
-            Ok(()) => {
-                self.connect_deadlines
-                    .push_back((Instant::now() + CONNECT_TIMEOUT, conn));
-            }
-            Err(e) => {
-                tracing::debug!(conn = %conn, error = %e, "connect failed");
-                let reason = CloseReason::Error;
-                self.lb
-                    .handle_input(Instant::now(), Input::Closed { conn, reason });
-            }
-        }
-    }
-
-    fn connect(&mut self, conn: ConnId, to: SocketAddr, frontend: bool) -> io::Result<()> {
-        let mut stream = TcpStream::connect(to)?;
-        self.marks.bound_send_buffer(&stream);
-        let interest = Interest::READABLE | Interest::WRITABLE;
-        self.poll
-            .registry()
-            .register(&mut stream, Token(conn.slot()), interest)?;
-        self.insert(conn, stream, frontend, State::Connecting, interest);
-        Ok(())
-    }
-
-    fn mark_dirty(&mut self, id: ConnId) {
-        if let Some(c) = self.get(id) {
-            if !c.dirty {
-                c.dirty = true;
-                self.dirty.push(id);
-            }
-        }
-    }
-
-    /// Writes every queue that grew; closes connections whose `Close` is now flushed.
-    fn flush_dirty(&mut self) {
-        while !self.dirty.is_empty() {
-            for id in std::mem::take(&mut self.dirty) {
-                self.flush(id);
-            }
-            self.drain();
-        }
-    }
-
-    fn flush(&mut self, id: ConnId) {
-        let slot = self.conns.get_mut(id.slot()).and_then(Option::as_mut);
-        let Some(c) = slot.filter(|c| c.id == id) else {
-            return;
-        };
-        c.dirty = false;
-        if c.state == State::Connecting {
-            return;
-        }
-        if let Err(e) = write_queue(c) {
-            tracing::debug!(conn = %id, error = %e, "write failed");
-            let reason = if c.state == State::Closing {
-                CloseReason::Requested
-            } else {
-                CloseReason::Error
-            };
-            self.finish(id, reason);
-            return;
-        }
-        if c.state == State::Closing && c.out.is_empty() && !tls_wants_write(c) {
-            let _ = c.stream.shutdown(Shutdown::Both);
-            self.finish(id, CloseReason::Requested);
-            return;
-        }
-        let drained = self.marks.drained(c.queued, c.above_high);
-        if drained {
-            c.above_high = false;
-        }
-        let paused = c.above_high && Watermarks::pauses_reading(c.frontend);
-        let want = match (c.state, c.out.is_empty() && !tls_wants_write(c), paused) {
-            (State::Closing, ..) | (_, false, true) => Interest::WRITABLE,
-            (_, true, _) => Interest::READABLE,
-            (_, false, false) => Interest::READABLE | Interest::WRITABLE,
-        };
-        if want != c.interest {
-            c.interest = want;
-            if let Err(e) = self
-                .poll
-                .registry()
-                .reregister(&mut c.stream, Token(id.slot()), want)
-            {
-                tracing::warn!(conn = %id, error = %e, "reregister failed");
-                self.finish(id, CloseReason::Error);
-                return;
-            }
-        }
-        if drained {
-            let level = lb_runtime::backpressure::QueueLevel::Low;
-            self.lb
-                .handle_input(Instant::now(), Input::OutputQueue { conn: id, level });
-            // Bytes that arrived while it was paused raised no new edge: read them now.
-            self.readable_again.push(id);
-        }
-    }
-
+    /// The driver's own deadlines (PROXY headers, TLS handshakes), then the core's.
     fn handle_deadlines(&mut self) {
         let now = Instant::now();
         while let Some(&(deadline, key)) = self.pending_deadlines.front() {
@@ -890,25 +328,15 @@ impl Driver {
                 self.ops.proxy_rejected(p.peer, ProxyReject::TimedOut, now);
             }
         }
-        while let Some(&(deadline, id)) = self.connect_deadlines.front() {
-            if deadline > now {
-                break;
-            }
-            self.connect_deadlines.pop_front();
-            if self.get(id).is_some_and(|c| c.state == State::Connecting) {
-                tracing::debug!(conn = %id, "connect timed out");
-                self.finish(id, CloseReason::Error);
-                self.drain();
-            }
-        }
         while let Some(&(deadline, id)) = self.handshakes.front() {
             if deadline > now {
                 break;
             }
             self.handshakes.pop_front();
             let stalled = self
+                .conns
                 .get(id)
-                .and_then(|c| c.tls.as_ref())
+                .and_then(|c| c.io.tls.as_ref())
                 .is_some_and(|t| t.handshaking);
             if stalled {
                 tracing::debug!(conn = %id, "TLS handshake timed out");
@@ -921,176 +349,11 @@ impl Driver {
                 self.drain();
             }
         }
-        while let Some(&(deadline, id)) = self.close_deadlines.front() {
-            if deadline > now {
-                break;
-            }
-            self.close_deadlines.pop_front();
-            if let Some(c) = self.get(id).filter(|c| c.state == State::Closing) {
-                tracing::debug!(conn = %id, unsent = c.queued, "peer not reading; closed unflushed");
-                self.finish(id, CloseReason::Requested);
-                self.drain();
-            }
-        }
         if self.lb.poll_timeout().is_some_and(|d| d <= now) {
             self.lb.handle_input(now, Input::Timeout);
             self.drain();
         }
     }
-
-    /// Feeds the one `Closed` of `id` and forgets its socket. The caller drains.
-    fn finish(&mut self, id: ConnId, reason: CloseReason) {
-        let Some(slot) = self.conns.get_mut(id.slot()) else {
-            return;
-        };
-        let Some(mut c) = slot.take_if(|c| c.id == id) else {
-            return;
-        };
-        let _ = self.poll.registry().deregister(&mut c.stream);
-        if c.frontend {
-            lb_runtime::log_frontend_closed(id, reason);
-            // However it ends, a handshake in progress frees its place in the cap here.
-            if c.tls.as_ref().is_some_and(|t| t.handshaking) {
-                self.handshaking = self.handshaking.saturating_sub(1);
-            }
-        }
-        self.lb
-            .handle_input(Instant::now(), Input::Closed { conn: id, reason });
-    }
-
-    fn get(&mut self, id: ConnId) -> Option<&mut Conn> {
-        self.conns
-            .get_mut(id.slot())?
-            .as_mut()
-            .filter(|c| c.id == id)
-    }
-
-    fn insert(
-        &mut self,
-        id: ConnId,
-        stream: TcpStream,
-        frontend: bool,
-        state: State,
-        interest: Interest,
-    ) {
-        let slot = id.slot();
-        if slot >= self.conns.len() {
-            self.conns.resize_with(slot + 1, || None);
-        }
-        debug_assert!(
-            self.conns[slot].is_none(),
-            "the core reuses a slot only after Closed"
-        );
-        self.conns[slot] = Some(Conn {
-            id,
-            stream,
-            frontend,
-            state,
-            out: VecDeque::new(),
-            queued: 0,
-            above_high: false,
-            interest,
-            dirty: false,
-            tls: None,
-            backend_tls: None,
-        });
-    }
-
-    /// Shutdown: stop accepting and reading, write what is queued for at most
-    /// [`SHUTDOWN_FLUSH_MAX`]. The core is not fed any more: the counters stay as they were.
-    fn flush_all(&mut self) {
-        tracing::info!("shutting down: no more accepts, flushing queued output");
-        for (_, mut socket) in self.listeners.drain(..) {
-            let _ = self.poll.registry().deregister(&mut socket);
-        }
-        let deadline = Instant::now() + SHUTDOWN_FLUSH_MAX;
-        let mut events = Events::with_capacity(EVENTS_CAPACITY);
-        loop {
-            let mut pending = 0;
-            for slot in &mut self.conns {
-                let Some(c) = slot else { continue };
-                let done =
-                    c.state == State::Connecting || write_queue(c).is_err() || c.out.is_empty();
-                if done {
-                    let _ = c.stream.shutdown(Shutdown::Both);
-                    let _ = self.poll.registry().deregister(&mut c.stream);
-                    *slot = None;
-                } else {
-                    if c.interest != Interest::WRITABLE {
-                        c.interest = Interest::WRITABLE;
-                        let token = Token(c.id.slot());
-                        let _ = self
-                            .poll
-                            .registry()
-                            .reregister(&mut c.stream, token, c.interest);
-                    }
-                    pending += 1;
-                }
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if pending == 0 {
-                return;
-            }
-            if left.is_zero() {
-                tracing::warn!(pending, "shutdown: gave up flushing some connections");
-                return;
-            }
-            if let Err(e) = self.poll.poll(&mut events, Some(left)) {
-                if e.kind() != ErrorKind::Interrupted {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-/// Writes the connection's queue until it is empty or the socket would block (through its
-/// TLS session, if it has one).
-fn write_queue(c: &mut Conn) -> io::Result<()> {
-    let written = match c.tls.as_mut() {
-        Some(session) => {
-            let closing = c.state == State::Closing;
-            let written = session.write(&mut c.out, &mut c.stream, closing)?;
-            // What rustls could not take waits: out of the core's shared chunks, as
-            // `lb_runtime::write_queue` does for plain sockets.
-            if !c.out.is_empty() {
-                lb_runtime::detach_backlog(&mut c.out);
-            }
-            written
-        }
-        None => lb_runtime::write_queue(&mut c.out, &mut c.stream)?,
-    };
-    c.queued -= written;
-    Ok(())
-}
-
-/// TLS records (a handshake message, an alert, data) wait for the socket.
-fn tls_wants_write(c: &Conn) -> bool {
-    c.tls.as_ref().is_some_and(|t| t.wants_write())
-}
-
-/// Whether a non-blocking connect finished: `Ok(true)` connected, `Ok(false)` still in progress,
-/// `Err` failed (mio's documented recipe: `take_error`, then `peer_addr`).
-fn connect_result(stream: &TcpStream) -> io::Result<bool> {
-    if let Some(e) = stream.take_error()? {
-        return Err(e);
-    }
-    match stream.peer_addr() {
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == ErrorKind::NotConnected || is_in_progress(&e) => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
-#[cfg(unix)]
-fn is_in_progress(e: &io::Error) -> bool {
-    // `ErrorKind::InProgress` is not stable yet.
-    e.raw_os_error() == Some(libc::EINPROGRESS)
-}
-
-#[cfg(not(unix))]
-fn is_in_progress(_: &io::Error) -> bool {
-    false
 }
 
 fn listener_token(index: usize) -> Token {
@@ -1107,7 +370,7 @@ fn listener_index(token: Token, count: usize) -> Option<usize> {
 const WAKE_TOKEN: Token = Token(u32::MAX as usize);
 
 /// Connections waiting for their PROXY header: `PENDING_TOKEN_BASE + key`, above the DNS
-/// token, far below the listeners' (at most [`PROXY_PENDING_MAX`] keys).
+/// token, far below the listeners' (at most [`lb_runtime::PROXY_PENDING_MAX`] keys).
 const PENDING_TOKEN_BASE: usize = u32::MAX as usize + 1;
 
 /// Listener `i` has token `LISTENER_TOKEN_TOP - i`; connection slots stay below `u32::MAX`.

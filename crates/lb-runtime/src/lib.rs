@@ -18,13 +18,17 @@
 //!   backends configured by host name, resolved at start and again every `resolve-interval`.
 //! - [`log_frontend_open`], [`log_frontend_closed`]: one line per frontend connection.
 //! - [`os_seed`]: the balancer's seed; [`RunError`]: why a driver stopped.
-//! - The driver knobs both binaries share: [`CONNECT_TIMEOUT`], [`CLOSE_LINGER_MAX`],
-//!   [`SHUTDOWN_FLUSH_MAX`], [`READ_CHUNK_BYTES`], [`BATCH_MAX`].
+//! - [`ConnTable`]: the drivers' one connection table, indexed by the core's connection ids, with
+//!   the output-cap budget every `Send` is admitted against.
+//! - The driver knobs both binaries share: [`SHUTDOWN_FLUSH_MAX`], [`READ_CHUNK_BYTES`],
+//!   [`BATCH_MAX`]. (How long a connect or a lingering close may take is the core's decision:
+//!   `Config::connect_timeout`, `Config::close_linger`.)
 
 #![warn(missing_docs)]
 #![warn(clippy::wildcard_enum_match_arm, clippy::print_stdout)]
 
 pub mod backpressure;
+mod conn_table;
 pub mod dns;
 pub mod named;
 mod pacer;
@@ -46,20 +50,14 @@ pub type BackendTls = (
     std::sync::Arc<rustls::ClientConfig>,
     rustls::pki_types::ServerName<'static>,
 );
+pub use conn_table::{
+    log_frontend_opened, Admission, Conn, ConnState, ConnTable, OutputGauge, QueueGauge,
+};
 pub use pacer::WakePacer;
 pub use proxy::{
     ProxyHeaderReader, ProxyRead, ProxyReject, PROXY_HEADER_BYTES_MAX, PROXY_HEADER_TIMEOUT,
     PROXY_PENDING_MAX,
 };
-
-/// How long a backend connect may take before the driver reports it closed; the core then
-/// retries with backoff.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// How long a connection the core asked to close may take to flush its queued output before the
-/// driver drops it: a peer that stops reading cannot hold the socket, and up to the output cap
-/// of memory, for longer.
-pub const CLOSE_LINGER_MAX: Duration = Duration::from_secs(5);
 
 /// How long a driver keeps flushing queued output after SIGINT/SIGTERM before it gives up.
 pub const SHUTDOWN_FLUSH_MAX: Duration = Duration::from_secs(2);

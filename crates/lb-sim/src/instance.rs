@@ -77,6 +77,8 @@ pub(crate) enum WorkerOut {
     Dial { conn: ConnId, to: SocketAddr },
     /// Close a connection.
     Close { conn: ConnId },
+    /// Drop a connection unflushed: the core gave up its connect, or its close's flush.
+    Abort { conn: ConnId },
     /// A balancer event, with its trace code; `expected` is false for the ones no healthy run
     /// may show.
     Event {
@@ -255,6 +257,7 @@ impl Worker {
                     Some(WorkerOut::Dial { conn, to })
                 }
                 Output::Close { conn } => Some(WorkerOut::Close { conn }),
+                Output::Abort { conn } => Some(WorkerOut::Abort { conn }),
                 Output::Event(e) => Some(self.event(e)),
             };
             // A breach is reported before the output that broke it, which still happens.

@@ -440,6 +440,24 @@ impl World {
                     }
                 }
                 WorkerOut::Close { conn } => self.close_conn(i, conn, CloseReason::Requested),
+                WorkerOut::Abort { conn } => {
+                    // A connect given up is reported as a failed one, as a driver does.
+                    let reason = match self.workers[i].peer(conn) {
+                        Some(Peer::Backend {
+                            connected: false, ..
+                        })
+                        | Some(Peer::Refused) => CloseReason::Error,
+                        Some(
+                            Peer::Backend {
+                                connected: true, ..
+                            }
+                            | Peer::Dialled { .. }
+                            | Peer::Frontend { .. },
+                        )
+                        | None => CloseReason::Requested,
+                    };
+                    self.close_conn(i, conn, reason);
+                }
                 WorkerOut::Event {
                     code,
                     expected,
@@ -620,7 +638,8 @@ impl World {
     }
 
     fn connect_result(&mut self, i: usize, conn: ConnId) {
-        if !self.workers[i].alive {
+        // A connect the core gave up on (`Output::Abort`) is no longer open: its answer is lost.
+        if !self.workers[i].alive || !self.workers[i].is_open(conn) {
             return;
         }
         let Some(Peer::Backend { backend, .. }) = self.workers[i].peer(conn) else {

@@ -66,6 +66,9 @@ pub enum State {
     Open,
     /// The core asked for `Close`; `Closed` not reported yet.
     Closing,
+    /// The core asked for `Abort` (of a connect, or of a close's flush); `Closed` not reported
+    /// yet. Nothing more may be asked for it.
+    Aborted,
     /// `Input::Closed` was reported (or an empty `Resolved`): the id is dead.
     Closed,
 }
@@ -242,6 +245,7 @@ impl Contract {
                     "Send to {conn} after its Closed"
                 );
                 require!(link.state != State::Closing, "Send to {conn} after Close");
+                require!(link.state != State::Aborted, "Send to {conn} after Abort");
                 require!(link.state == State::Open, "Send to {conn} before Connected");
                 require!(link.role != Role::Resolving, "Send to {conn}, a name");
                 require!(!bytes.is_empty(), "empty Send to {conn}");
@@ -326,8 +330,28 @@ impl Contract {
                     "Close of {conn} after its Closed"
                 );
                 require!(link.state != State::Closing, "Close of {conn} twice");
+                require!(link.state != State::Aborted, "Close of {conn} after Abort");
                 require!(link.role != Role::Resolving, "Close of {conn}, a name");
                 link.state = State::Closing;
+                Ok(Vec::new())
+            }
+            Output::Abort { conn } => {
+                let Some(link) = self.links.get_mut(conn) else {
+                    return Err(Violation(format!("Abort of {conn}, never opened")));
+                };
+                require!(
+                    link.state != State::Closed,
+                    "Abort of {conn} after its Closed"
+                );
+                require!(link.state != State::Aborted, "Abort of {conn} twice");
+                require!(link.role != Role::Resolving, "Abort of {conn}, a name");
+                // The core gives up a connect, or a close's flush; an open connection it
+                // closes with `Close`.
+                require!(
+                    matches!(link.state, State::Connecting | State::Closing),
+                    "Abort of {conn}, open and not closing"
+                );
+                link.state = State::Aborted;
                 Ok(Vec::new())
             }
             Output::Event(Event::FrontendRefused(conn)) => {

@@ -102,6 +102,7 @@ impl Harness {
                 | Output::Dial { .. }
                 | Output::Resolve { .. }
                 | Output::Close { .. }
+                | Output::Abort { .. }
                 | Output::Event(_)) => panic!("unexpected {other:?}"),
             }
         }
@@ -172,7 +173,8 @@ impl Harness {
                 Output::Send { .. }
                 | Output::Connect { .. }
                 | Output::Dial { .. }
-                | Output::Resolve { .. } => {}
+                | Output::Resolve { .. }
+                | Output::Abort { .. } => {}
             }
             outs.push(o);
         }
@@ -236,7 +238,10 @@ impl Harness {
                     self.backends[backend.index()] = Some(conn);
                     outs.push(o);
                 }
-                other @ (Output::Send { .. } | Output::Dial { .. } | Output::Resolve { .. }) => {
+                other @ (Output::Send { .. }
+                | Output::Dial { .. }
+                | Output::Resolve { .. }
+                | Output::Abort { .. }) => {
                     outs.push(other);
                 }
             }

@@ -108,23 +108,28 @@ impl Outbox {
         }
     }
 
-    /// Queues `write` and wakes the writer.
+    /// `len` more bytes are about to be pushed (the connection table's output-cap budget counts
+    /// them before the writer can take them, so `written` never counts below zero).
+    pub(crate) fn add(&self, len: usize) {
+        self.queued.fetch_add(len, Ordering::Relaxed);
+    }
+
+    /// Queues `write` and wakes the writer. Its bytes are counted already ([`Outbox::add`]).
     pub(crate) fn push(&self, write: Write) {
         let write = match write {
             // The core splits messages off shared 16 KiB chunks. Behind a writer that is not
             // keeping up, a small message gets its own copy, so a slow peer holds its own bytes,
             // not other connections' chunks ([`lb_runtime::detach_backlog`], lb-mio's way).
+            // (`queued` counts this message already: `Outbox::add` came first.)
             Write::Bytes(b)
                 if b.len() < DETACH_BELOW_BYTES
-                    && self.queued.load(Ordering::Relaxed) >= DETACH_BELOW_BYTES =>
+                    && self.queued.load(Ordering::Relaxed).saturating_sub(b.len())
+                        >= DETACH_BELOW_BYTES =>
             {
                 Write::Bytes(Bytes::copy_from_slice(&b))
             }
             other => other,
         };
-        if let Write::Bytes(b) = &write {
-            self.queued.fetch_add(b.len(), Ordering::Relaxed);
-        }
         self.queue
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use lb_cli::{Ops, Settings};
 use lb_core::{Balancer, CloseReason, ConnId, Input, ListenerId, Output, Stats};
-use lb_runtime::{RunError, CONNECT_TIMEOUT, SHUTDOWN_FLUSH_MAX};
+use lb_runtime::{RunError, SHUTDOWN_FLUSH_MAX};
 
 fn main() -> std::process::ExitCode {
     lb_cli::main_with(run)
@@ -320,6 +320,16 @@ impl Driver {
                         c.closing = true;
                     }
                 }
+                Output::Abort { conn } => {
+                    // The core gave up its connect (a failed one, as if refused) or its flush.
+                    let Some(c) = self.get(conn) else { continue };
+                    let reason = if c.stream.is_none() {
+                        CloseReason::Error
+                    } else {
+                        CloseReason::Requested
+                    };
+                    self.finish(conn, reason);
+                }
                 Output::Event(event) => self.ops.event(&self.lb, &event, Instant::now()),
             }
         }
@@ -336,8 +346,10 @@ impl Driver {
             closing: false,
         });
         let tx = self.connected_tx.clone();
+        // The core gives up sooner (`Output::Abort`); this bound only frees the thread.
+        let bound = self.ops.settings().core.config().connect_timeout * 2;
         std::thread::spawn(move || {
-            let _ = tx.send((conn, TcpStream::connect_timeout(&to, CONNECT_TIMEOUT)));
+            let _ = tx.send((conn, TcpStream::connect_timeout(&to, bound)));
         });
     }
 

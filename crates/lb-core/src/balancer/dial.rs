@@ -38,6 +38,7 @@ impl Balancer {
         self.hops.add_peer(conn, to);
         tracing::debug!(%conn, %to, "dialling a frontend");
         self.outputs.push_back(Output::Dial { conn, to });
+        self.arm_connect(conn);
         Some(conn)
     }
 
@@ -118,6 +119,7 @@ impl Balancer {
         *peer = to;
         self.hops.add_peer(id, to);
         self.outputs.push_back(Output::Dial { conn: id, to });
+        self.arm_connect(id);
     }
 
     /// Whether `id` is a dial still resolving its name (the driver knows nothing of it).

@@ -190,6 +190,7 @@ impl Balancer {
         }
         self.outputs
             .push_back(Output::Connect { conn, backend, to });
+        self.arm_connect(conn);
     }
 
     pub(super) fn handle_connected(&mut self, id: ConnId) {
@@ -491,6 +492,9 @@ impl Balancer {
         config.window = old.window;
         config.ringing_max = old.ringing_max;
         config.limits.table_capacity = old.limits.table_capacity;
+        // Likewise the connect and linger deadline queues (FIFOs: one timeout each).
+        config.connect_timeout = old.connect_timeout;
+        config.close_linger = old.close_linger;
         config.backends = backends;
         self.table.set_share(config.limits.table_share());
         self.table

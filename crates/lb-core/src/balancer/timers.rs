@@ -1,6 +1,9 @@
 //! Every deadline of the balancer and [`Balancer::poll_timeout`]: the new-call table's expiry,
 //! the backends' reconnects and probes ([`BackendTimer`], acted on by `farm`), and the frontend
-//! connection timeouts.
+//! connection timeouts, and the two deadlines on the driver's side of a connection: giving up a
+//! connect (`Config::connect_timeout`) and a close's flush (`Config::close_linger`), both answered with
+//! [`Output::Abort`]. The drivers keep no timers of their own for these: the decision is here,
+//! where `lb-sim` and the scenario tests exercise it.
 //!
 //! Frontend timeouts: idle (nothing received) and partial message (part of a message held too
 //! long: the slowloris defence). Each connection has at most one pending timer of each kind in
@@ -27,6 +30,10 @@ pub(super) enum Wake {
     /// A connection's queue has been over the high-water mark for the stall timeout
     /// (`backpressure`).
     Stall(ConnId),
+    /// A connect or dial has had `Config::connect_timeout` to report `Input::Connected`.
+    Connect(ConnId),
+    /// A close has had `Config::close_linger` to flush and report `Input::Closed`.
+    Linger(ConnId),
 }
 
 /// A backend's irregular deadlines, kept in one min-heap.
@@ -82,15 +89,25 @@ impl Balancer {
         let backend = self.backend_timers.peek().map(|Reverse((at, ..))| *at);
         let conn = self.conn_timers.peek().map(|Reverse((at, ..))| *at);
         let stall = self.stalls.front().map(|(at, _)| *at);
-        [self.table.next_deadline(), backend, conn, stall]
-            .into_iter()
-            .flatten()
-            .min()
+        let connect = self.connects.front().map(|(at, _)| *at);
+        let linger = self.lingers.front().map(|(at, _)| *at);
+        [
+            self.table.next_deadline(),
+            backend,
+            conn,
+            stall,
+            connect,
+            linger,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// The earliest deadline and why: what an [`Input::Timeout`](crate::Input::Timeout) at that
     /// instant will act on first. Agrees with [`Balancer::poll_timeout`]; ties go to the table,
-    /// then backends, then frontends, then stalls (the order `handle_timeout` serves them).
+    /// then backends, then frontends, then stalls, connects and lingers (the order
+    /// `handle_timeout` serves them).
     pub(super) fn next_wake(&self) -> Option<(Instant, Wake)> {
         let table = self.table.next_deadline().map(|at| (at, Wake::CallTable));
         let backend = self
@@ -102,7 +119,12 @@ impl Balancer {
             .peek()
             .map(|Reverse((at, c, timer))| (*at, Wake::Frontend(*c, *timer)));
         let stall = self.stalls.front().map(|(at, c)| (*at, Wake::Stall(*c)));
-        [table, backend, conn, stall]
+        let connect = self
+            .connects
+            .front()
+            .map(|(at, c)| (*at, Wake::Connect(*c)));
+        let linger = self.lingers.front().map(|(at, c)| (*at, Wake::Linger(*c)));
+        [table, backend, conn, stall, connect, linger]
             .into_iter()
             .flatten()
             .min_by_key(|(at, _)| *at)
@@ -115,6 +137,74 @@ impl Balancer {
         self.handle_backend_timers();
         self.handle_conn_timers();
         self.handle_stalls();
+        self.handle_connect_timeouts();
+        self.handle_lingers();
+    }
+
+    /// After an `Output::Connect` or `Output::Dial` for `conn`: give up on it at
+    /// `Config::connect_timeout` unless `Input::Connected` comes first.
+    pub(super) fn arm_connect(&mut self, conn: ConnId) {
+        if let Some(c) = self.conn_mut(conn) {
+            c.connecting = true;
+        }
+        let at = self.now + self.config.config.connect_timeout;
+        self.connects.push_back((at, conn));
+    }
+
+    /// After an `Output::Close` for `conn`: drop it unflushed at `Config::close_linger` unless
+    /// `Input::Closed` comes first.
+    pub(super) fn arm_linger(&mut self, conn: ConnId) {
+        let at = self.now + self.config.config.close_linger;
+        self.lingers.push_back((at, conn));
+    }
+
+    /// `Input::Connected` for `conn`: its connect deadline no longer applies. The connection,
+    /// if it is still the one the id names.
+    pub(super) fn connected(&mut self, conn: ConnId) -> Option<&super::Conn> {
+        let c = self.conn_mut(conn)?;
+        if !c.closing {
+            c.connecting = false;
+        }
+        Some(c)
+    }
+
+    /// Connects that did not report `Connected` in time: the driver drops the attempt and
+    /// reports `Closed`, which fails the connection as a refused connect does (a backend
+    /// reconnects with backoff, a dial's waiting requests get 503). Until then the id is
+    /// closing, so a late `Connected` is stale.
+    fn handle_connect_timeouts(&mut self) {
+        let now = self.now;
+        while let Some(&(at, conn)) = self.connects.front() {
+            if at > now {
+                break;
+            }
+            self.connects.pop_front();
+            let Some(c) = self.conn_mut(conn) else {
+                continue;
+            };
+            if !c.connecting || c.closing {
+                continue;
+            }
+            c.connecting = false;
+            c.closing = true;
+            tracing::debug!(%conn, "connect timed out");
+            self.outputs.push_back(Output::Abort { conn });
+        }
+    }
+
+    /// Closes whose flush did not finish in time: the driver drops what is still queued.
+    fn handle_lingers(&mut self) {
+        let now = self.now;
+        while let Some(&(at, conn)) = self.lingers.front() {
+            if at > now {
+                break;
+            }
+            self.lingers.pop_front();
+            if self.conn(conn).is_some_and(|c| c.closing) {
+                tracing::debug!(%conn, "close did not finish flushing; dropping it");
+                self.outputs.push_back(Output::Abort { conn });
+            }
+        }
     }
 
     pub(super) fn schedule(&mut self, backend: BackendId, timer: BackendTimer, after: Duration) {
@@ -254,11 +344,23 @@ mod tests {
     fn the_wake_reason_names_the_earliest_deadline() {
         let now = Instant::now();
         let mut b = balancer(now);
-        assert_eq!(b.next_wake(), None);
-        assert_eq!(b.poll_timeout(), None);
+        let Some(Output::Connect { conn: backend, .. }) = b.poll_output() else {
+            panic!("no Connect for the backend");
+        };
+        assert_eq!(b.poll_output(), None);
+        let give_up = now + b.config.config.connect_timeout;
+        assert_eq!(b.next_wake(), Some((give_up, Wake::Connect(backend))));
+        assert_eq!(b.poll_timeout(), Some(give_up));
+        // A frontend's idle timeout comes later than the connect's: the connect still wakes.
         let listener = b.listeners().next().unwrap().0;
         let conn = b.accept(now, listener, "127.0.0.1:40000".parse().unwrap());
         let idle = now + b.config.config.idle_timeout;
+        assert!(idle > give_up);
+        assert_eq!(b.next_wake(), Some((give_up, Wake::Connect(backend))));
+        // Given up: the driver is told to drop it, and the frontend's idle timeout is next.
+        b.handle_input(give_up, crate::Input::Timeout);
+        assert_eq!(b.poll_output(), Some(Output::Abort { conn: backend }));
+        assert_eq!(b.poll_output(), None);
         assert_eq!(
             b.next_wake(),
             Some((idle, Wake::Frontend(conn, ConnTimer::Idle)))

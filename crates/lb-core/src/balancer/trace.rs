@@ -29,6 +29,7 @@ impl Balancer {
                 Output::Resolve { host, port, .. } => format!("resolving {host} (port {port:?})"),
                 Output::Connect { backend, .. } => format!("connecting backend {backend}"),
                 Output::Close { conn } => format!("closing {}", self.describe(*conn)),
+                Output::Abort { conn } => format!("dropping {}", self.describe(*conn)),
                 Output::Event(Event::Dropped { cause, .. }) => format!("dropped: {cause}"),
                 Output::Event(e) => format!("{e:?}"),
             });

@@ -145,6 +145,11 @@ fn config(script: &Script, options: Options) -> Config {
         // The scripts model routing, not idle connections: frontends here may stay silent for
         // days of virtual time. Idle closing has its own scenario tests.
         idle_timeout: std::time::Duration::from_secs(365 * 24 * 3600),
+        // Likewise a backend connect the model leaves unanswered may wait for days of virtual
+        // time: given up every few seconds, it would be retried (and given up) hundreds of
+        // thousands of times in one `Advance`. Giving up has its own scenario tests
+        // (`tests/give_up.rs`); an `Abort` here is still handled and checked.
+        connect_timeout: std::time::Duration::from_secs(365 * 24 * 3600),
         // The model's backends leave INVITEs unanswered at will, and it judges "up" by
         // connection and probes; passive health has its own tests.
         passive: lb_core::PassiveHealth {
@@ -269,6 +274,7 @@ impl World {
         let mut outs = Outs::default();
         let mut closes = Vec::new();
         let mut dials: Vec<ConnId> = Vec::new();
+        let mut aborts: Vec<ConnId> = Vec::new();
         while let Some(o) = self.lb.poll_output() {
             self.contract.output(&o)?;
             match o {
@@ -301,8 +307,25 @@ impl World {
                     dials.push(conn);
                 }
                 Output::Close { conn } => closes.push(conn),
+                Output::Abort { conn } => aborts.push(conn),
                 Output::Event(e) => outs.events.push(e),
             }
+        }
+        // The model performs every Close at once, so only a backend connect left unanswered
+        // for the connect timeout is ever given up; the driver reports it failed.
+        for conn in aborts {
+            let Some(j) = self.backend_of(conn).filter(|j| !self.be[*j].up) else {
+                return Err(format!("the core aborted {conn:?}, no backend connect"));
+            };
+            self.be[j].conn = None;
+            self.input(Input::Closed {
+                conn,
+                reason: CloseReason::Error,
+            });
+            self.dead.push(conn);
+            let more = self.collect()?;
+            outs.sends.extend(more.sends);
+            outs.events.extend(more.events);
         }
         // The model's network reaches no host but its own peers: every dial-out is refused.
         for conn in dials {

@@ -103,6 +103,8 @@ pub(super) fn fuzz_config(flags: u8, variant: u8, small: bool) -> ValidConfig {
         overload_hold: Duration::from_secs(2),
         overload_hold_max: Duration::from_secs(5),
         stall_timeout: Duration::from_secs(4),
+        connect_timeout: lb_core::CONNECT_TIMEOUT_DEFAULT,
+        close_linger: lb_core::CLOSE_LINGER_DEFAULT,
         hop_by_unique_ip: true,
         // Off: the model's backends leave INVITEs unanswered at will and it tracks "up" by
         // connection and probes alone (passive health has its own tests).
@@ -331,7 +333,7 @@ impl Harness {
                 let Some(i) = self.pick(c, |i| self.state(i) != State::Closed) else {
                     return;
                 };
-                let reason = if self.state(i) == State::Closing {
+                let reason = if matches!(self.state(i), State::Closing | State::Aborted) {
                     CloseReason::Requested
                 } else {
                     [
@@ -344,8 +346,9 @@ impl Harness {
                 self.input(Input::Closed { conn, reason });
             }
             9 => {
-                // The driver carries out the closes it was asked for.
-                while let Some(i) = (0..self.links.len()).find(|&i| self.state(i) == State::Closing)
+                // The driver carries out the closes and aborts it was asked for.
+                while let Some(i) = (0..self.links.len())
+                    .find(|&i| matches!(self.state(i), State::Closing | State::Aborted))
                 {
                     let conn = self.links[i];
                     self.input(Input::Closed {
@@ -632,7 +635,7 @@ impl Harness {
                     self.resolving.retain(|r| *r != conn);
                     self.links.push(conn);
                 }
-                Output::Close { .. } | Output::Event(_) => {}
+                Output::Close { .. } | Output::Abort { .. } | Output::Event(_) => {}
             }
         }
     }
