@@ -128,7 +128,7 @@ impl Outbox {
             {
                 Write::Bytes(Bytes::copy_from_slice(&b))
             }
-            other => other,
+            other @ (Write::Bytes(_) | Write::Close) => other,
         };
         self.queue
             .lock()
