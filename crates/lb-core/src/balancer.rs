@@ -132,6 +132,41 @@ enum BackendReader {
     Envelope(EnvelopeDecoder),
 }
 
+impl Side {
+    /// The bytes its reader holds toward the next message; when there are none, the reader
+    /// starts afresh. A drained framer or decoder keeps an empty `BytesMut` that still shares
+    /// the allocation its last bytes arrived in (the driver's 64 KiB read chunk, whose messages
+    /// have long been handled): with one such chunk pinned per connection, a burst's reads
+    /// stayed resident after it (docs/performance.md, "After a burst"). An empty reader holds
+    /// no other state (no partial head, no scan position, and a failed one has closed the
+    /// connection), so a fresh one reads the next bytes the same way; it costs no allocation.
+    fn release_drained_reader(&mut self) -> usize {
+        match self {
+            Side::Frontend { framer, .. }
+            | Side::Backend {
+                reader: BackendReader::Plain(framer),
+                ..
+            } => {
+                let held = framer.buffered_len();
+                if held == 0 {
+                    *framer = StreamFramer::default();
+                }
+                held
+            }
+            Side::Backend {
+                reader: BackendReader::Envelope(decoder),
+                ..
+            } => {
+                let held = decoder.buffered_len();
+                if held == 0 {
+                    *decoder = EnvelopeDecoder::default();
+                }
+                held
+            }
+        }
+    }
+}
+
 /// Where a message came from, as routing needs it.
 #[derive(Clone, Copy)]
 struct Source {
@@ -473,22 +508,14 @@ impl Balancer {
                 }
             }
         }
-        let buffered = match self.conn(id).map(|c| &c.side) {
-            Some(Side::Frontend { framer, .. }) => {
-                let held = framer.buffered_len();
-                self.note_frontend_progress(id, completed, held > 0);
-                held
-            }
-            Some(Side::Backend {
-                reader: BackendReader::Plain(framer),
-                ..
-            }) => framer.buffered_len(),
-            Some(Side::Backend {
-                reader: BackendReader::Envelope(d),
-                ..
-            }) => d.buffered_len(),
-            None => 0,
+        let Some(conn) = self.conn_mut(id) else {
+            return;
         };
+        let buffered = conn.side.release_drained_reader();
+        let frontend = matches!(conn.side, Side::Frontend { .. });
+        if frontend {
+            self.note_frontend_progress(id, completed, buffered > 0);
+        }
         if buffered > buffered_max {
             self.framing_lost(id, FramingFault::BufferedBytesOverLimit);
         }
