@@ -769,3 +769,36 @@ fn context<'a>(
         tag_header: config.config.tag_header.as_deref(),
     }
 }
+
+#[cfg(test)]
+mod reader_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_drained_reader_lets_go_of_its_read_chunk() {
+        // The driver's read chunk, one whole message read into it and handed to the core.
+        let mut chunk = BytesMut::with_capacity(4096);
+        chunk.extend_from_slice(b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: 0\r\n\r\n");
+        let mut side = Side::Backend {
+            backend: BackendId::new(0),
+            reader: BackendReader::Plain(StreamFramer::default()),
+        };
+        let Side::Backend {
+            reader: BackendReader::Plain(framer),
+            ..
+        } = &mut side
+        else {
+            unreachable!()
+        };
+        framer.push(chunk.split());
+        let frame = framer.next_frame(usize::MAX);
+        assert!(matches!(frame, Some(Ok(Frame::Message(_)))), "{frame:?}");
+        drop(frame);
+        // The message is gone, but the empty framer still shares the chunk.
+        assert!(!chunk.try_reclaim(4096));
+        assert_eq!(side.release_drained_reader(), 0);
+        assert!(chunk.try_reclaim(4096), "the chunk is still shared");
+    }
+}

@@ -245,3 +245,34 @@ pub fn log_frontend_open_proxied(conn: ConnId, peer: SocketAddr, proxy: SocketAd
 pub fn log_frontend_closed(conn: ConnId, reason: CloseReason) {
     tracing::info!(conn = %conn, ?reason, "frontend connection closed");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_drained_queue_gives_back_its_burst_room_and_keeps_a_steady_loads() {
+        // A burst: 4,096 messages queued, then all written.
+        let mut queue: VecDeque<Bytes> = (0..4096).map(|_| Bytes::from_static(b"x")).collect();
+        assert!(queue.capacity() >= 4096);
+        let mut sink = Vec::new();
+        assert_eq!(write_queue(&mut queue, &mut sink).ok(), Some(4096));
+        assert!(queue.is_empty());
+        assert!(
+            queue.capacity() <= QUEUE_KEPT_CAPACITY,
+            "{}",
+            queue.capacity()
+        );
+        // A steady load's room stays: no reallocation per wake-up.
+        let mut steady: VecDeque<Bytes> = VecDeque::with_capacity(16);
+        let room = steady.capacity();
+        steady.push_back(Bytes::from_static(b"y"));
+        assert_eq!(write_queue(&mut steady, &mut sink).ok(), Some(1));
+        assert_eq!(steady.capacity(), room);
+        // A queue that still holds bytes keeps its room.
+        let mut pending: VecDeque<Bytes> = (0..200).map(|_| Bytes::from_static(b"z")).collect();
+        let before = pending.capacity();
+        release_drained(&mut pending);
+        assert_eq!(pending.capacity(), before);
+    }
+}
