@@ -61,6 +61,32 @@ impl HeapTrim {
     }
 }
 
+/// Pins glibc's mmap and trim thresholds at their defaults (128 KiB); call once at start,
+/// before the workers' threads exist.
+///
+/// Left alone, glibc moves both up when a block it had mmap'd is freed: freeing the new-call
+/// table's grown map after a burst (about 1.2 MB at 20,000 entries) raised the mmap threshold
+/// to that size and the trim threshold to twice it. From then on a worker thread's arena kept
+/// up to 2.4 MB of free memory at its top resident, and `malloc_trim` does not help there: it
+/// returns free pages inside an arena, but trims the top only of the main one. Measured in
+/// `docs/performance.md` ("After a burst"). Pinned, a block of 128 KiB or more has a mapping
+/// of its own (given back when freed), and a thread arena's top is trimmed past 128 KiB.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+pub(crate) fn pin_malloc_thresholds() {
+    /// glibc's default for both thresholds, pinned.
+    const MALLOC_THRESHOLD_BYTES: i32 = 128 * 1024;
+    // SAFETY: `mallopt` takes two integers and changes only glibc's allocator settings, under
+    // its own lock. Its result (1 on success) is of no use: on failure the defaults stand.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MALLOC_THRESHOLD_BYTES);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, MALLOC_THRESHOLD_BYTES);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub(crate) fn pin_malloc_thresholds() {}
+
 /// Returns the free pages of every `malloc` arena to the kernel.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]

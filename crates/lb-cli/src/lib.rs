@@ -262,6 +262,7 @@ pub fn main_with<E: Display>(run: impl FnOnce(Settings) -> Result<Stats, E>) -> 
         let _ = writeln!(std::io::stdout().lock(), "config ok");
         return ExitCode::SUCCESS;
     }
+    heap_trim::pin_malloc_thresholds();
     init_logging(&settings);
     match run(settings) {
         Ok(stats) => {

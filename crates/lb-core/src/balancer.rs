@@ -141,6 +141,41 @@ enum BackendReader {
     Envelope(EnvelopeDecoder),
 }
 
+impl Side {
+    /// The bytes its reader holds toward the next message; when there are none, the reader
+    /// starts afresh. A drained framer or decoder keeps an empty `BytesMut` that still shares
+    /// the allocation its last bytes arrived in (the driver's 64 KiB read chunk, whose messages
+    /// have long been handled): with one such chunk pinned per connection, a burst's reads
+    /// stayed resident after it (docs/performance.md, "After a burst"). An empty reader holds
+    /// no other state (no partial head, no scan position, and a failed one has closed the
+    /// connection), so a fresh one reads the next bytes the same way; it costs no allocation.
+    fn release_drained_reader(&mut self) -> usize {
+        match self {
+            Side::Frontend { framer, .. }
+            | Side::Backend {
+                reader: BackendReader::Plain(framer),
+                ..
+            } => {
+                let held = framer.buffered_len();
+                if held == 0 {
+                    *framer = StreamFramer::default();
+                }
+                held
+            }
+            Side::Backend {
+                reader: BackendReader::Envelope(decoder),
+                ..
+            } => {
+                let held = decoder.buffered_len();
+                if held == 0 {
+                    *decoder = EnvelopeDecoder::default();
+                }
+                held
+            }
+        }
+    }
+}
+
 /// Where a message came from, as routing needs it.
 #[derive(Clone, Copy)]
 struct Source {
@@ -486,22 +521,14 @@ impl Balancer {
                 }
             }
         }
-        let buffered = match self.conn(id).map(|c| &c.side) {
-            Some(Side::Frontend { framer, .. }) => {
-                let held = framer.buffered_len();
-                self.note_frontend_progress(id, completed, held > 0);
-                held
-            }
-            Some(Side::Backend {
-                reader: BackendReader::Plain(framer),
-                ..
-            }) => framer.buffered_len(),
-            Some(Side::Backend {
-                reader: BackendReader::Envelope(d),
-                ..
-            }) => d.buffered_len(),
-            None => 0,
+        let Some(conn) = self.conn_mut(id) else {
+            return;
         };
+        let buffered = conn.side.release_drained_reader();
+        let frontend = matches!(conn.side, Side::Frontend { .. });
+        if frontend {
+            self.note_frontend_progress(id, completed, buffered > 0);
+        }
         if buffered > buffered_max {
             self.framing_lost(id, FramingFault::BufferedBytesOverLimit);
         }
@@ -767,5 +794,38 @@ fn context<'a>(
         backend,
         call_id,
         tag_header: config.config.tag_header.as_deref(),
+    }
+}
+
+#[cfg(test)]
+mod reader_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_drained_reader_lets_go_of_its_read_chunk() {
+        // The driver's read chunk, one whole message read into it and handed to the core.
+        let mut chunk = BytesMut::with_capacity(4096);
+        chunk.extend_from_slice(b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: 0\r\n\r\n");
+        let mut side = Side::Backend {
+            backend: BackendId::new(0),
+            reader: BackendReader::Plain(StreamFramer::default()),
+        };
+        let Side::Backend {
+            reader: BackendReader::Plain(framer),
+            ..
+        } = &mut side
+        else {
+            unreachable!()
+        };
+        framer.push(chunk.split());
+        let frame = framer.next_frame(usize::MAX);
+        assert!(matches!(frame, Some(Ok(Frame::Message(_)))), "{frame:?}");
+        drop(frame);
+        // The message is gone, but the empty framer still shares the chunk.
+        assert!(!chunk.try_reclaim(4096));
+        assert_eq!(side.release_drained_reader(), 0);
+        assert!(chunk.try_reclaim(4096), "the chunk is still shared");
     }
 }

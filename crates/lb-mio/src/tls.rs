@@ -138,6 +138,7 @@ impl TlsConn {
             // rustls' buffer took what it could; once the records are out it takes more. While
             // the handshake runs it only buffers: no progress, so wait for the next event.
             if blocked || queue.is_empty() || (taken == before && !sent) {
+                lb_runtime::release_drained(queue);
                 return Ok(taken);
             }
         }

@@ -73,6 +73,10 @@ pub const BATCH_MAX: usize = 64;
 /// Queue entries per vectored write (Linux's IOV_MAX is 1024; a few dozen fill a segment train).
 const IOV_BATCH: usize = 64;
 
+/// Entries a drained output queue keeps room for (2 KiB of `Bytes` handles): what one wake-up
+/// of a steady load queues, so such a load never reallocates its queue.
+pub const QUEUE_KEPT_CAPACITY: usize = 64;
+
 /// The read side of a readiness loop. Reads land in a scratch area zeroed once at start; only
 /// the bytes read are then copied into the `BytesMut` whose pieces go to the core. Reading
 /// straight into a `BytesMut`'s spare room would need `unsafe` (the room is uninitialised) or a
@@ -157,6 +161,7 @@ pub fn write_queue(
             Err(e) => return Err(e),
         }
     }
+    release_drained(queue);
     Ok(total)
 }
 
@@ -193,6 +198,16 @@ pub fn detach_backlog(queue: &mut VecDeque<Bytes>) {
         detached.push_back(Bytes::from(run));
     }
     *queue = detached;
+}
+
+/// Gives back the room a burst made in an output queue once the queue is empty. A `VecDeque`
+/// never shrinks on its own: 20,000 answers queued on four connections left each with room
+/// for 4,096 entries (128 KiB, a mapping of its own) for as long as it stayed open
+/// (docs/performance.md, "After a burst"). Keeps [`QUEUE_KEPT_CAPACITY`].
+pub fn release_drained(queue: &mut VecDeque<Bytes>) {
+    if queue.is_empty() && queue.capacity() > QUEUE_KEPT_CAPACITY {
+        queue.shrink_to(QUEUE_KEPT_CAPACITY);
+    }
 }
 
 /// Why a driver stopped with an error after start-up.
@@ -352,5 +367,31 @@ mod tests {
         };
         assert_eq!(write_queue(&mut queue, &mut sink).unwrap(), all.len());
         assert_eq!(sink.got, all);
+    }
+
+    #[test]
+    fn a_drained_queue_gives_back_its_burst_room_and_keeps_a_steady_loads() {
+        // A burst: 4,096 messages queued, then all written.
+        let mut queue: VecDeque<Bytes> = (0..4096).map(|_| Bytes::from_static(b"x")).collect();
+        assert!(queue.capacity() >= 4096);
+        let mut sink = Vec::new();
+        assert_eq!(write_queue(&mut queue, &mut sink).ok(), Some(4096));
+        assert!(queue.is_empty());
+        assert!(
+            queue.capacity() <= QUEUE_KEPT_CAPACITY,
+            "{}",
+            queue.capacity()
+        );
+        // A steady load's room stays: no reallocation per wake-up.
+        let mut steady: VecDeque<Bytes> = VecDeque::with_capacity(16);
+        let room = steady.capacity();
+        steady.push_back(Bytes::from_static(b"y"));
+        assert_eq!(write_queue(&mut steady, &mut sink).ok(), Some(1));
+        assert_eq!(steady.capacity(), room);
+        // A queue that still holds bytes keeps its room.
+        let mut pending: VecDeque<Bytes> = (0..200).map(|_| Bytes::from_static(b"z")).collect();
+        let before = pending.capacity();
+        release_drained(&mut pending);
+        assert_eq!(pending.capacity(), before);
     }
 }
