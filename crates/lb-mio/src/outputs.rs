@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use lb_core::{CloseReason, Input, Output};
-use lb_runtime::{Admission, ConnState, OutputGauge};
+use lb_runtime::{Admission, ConnState};
 
 use crate::Driver;
 
@@ -86,15 +86,9 @@ impl Driver {
                 }
             }
             Output::Abort { conn } => {
-                let Some(c) = self.conns.get(conn) else {
-                    return;
-                };
-                if c.state == ConnState::Closing {
-                    let unsent = c.io.gauge.queued();
-                    tracing::debug!(conn = %conn, unsent, "peer not reading; closed unflushed");
+                if let Some(reason) = self.conns.abort_reason(conn) {
+                    self.finish(conn, reason);
                 }
-                let reason = c.state.abort_reason();
-                self.finish(conn, reason);
             }
             Output::Event(event) => self.ops.event(&self.lb, &event, Instant::now()),
         }

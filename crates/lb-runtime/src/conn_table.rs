@@ -301,6 +301,18 @@ impl<T: OutputGauge> ConnTable<T> {
             }
         }
     }
+
+    /// The reason an `Output::Abort` of `id` closes it with (the core gave up its connect or
+    /// its lingering close), logging what a lingering close leaves unsent; `None` when `id` is
+    /// gone. The caller then [`ConnTable::finish`]es it with that reason.
+    pub fn abort_reason(&self, id: ConnId) -> Option<CloseReason> {
+        let c = self.get(id)?;
+        if c.state == ConnState::Closing {
+            let unsent = c.io.queued();
+            tracing::debug!(conn = %id, unsent, "peer not reading; closed unflushed");
+        }
+        Some(c.state.abort_reason())
+    }
 }
 
 /// Logs the opening of frontend `conn` from `peer`: `proxy` is the socket's own peer when

@@ -69,15 +69,9 @@ impl Owner {
                 c.io.outbox.push(Write::Close);
             }
             Output::Abort { conn } => {
-                let Some(c) = self.conns.get(conn) else {
-                    return;
-                };
-                if c.state == ConnState::Closing {
-                    let unsent = c.io.outbox.queued();
-                    tracing::debug!(conn = %conn, unsent, "peer not reading; closed unflushed");
+                if let Some(reason) = self.conns.abort_reason(conn) {
+                    self.finish(conn, reason);
                 }
-                let reason = c.state.abort_reason();
-                self.finish(conn, reason);
             }
             Output::Event(event) => self.ops.event(&self.lb, &event, now()),
         }
