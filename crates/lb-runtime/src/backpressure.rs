@@ -67,7 +67,13 @@ impl Watermarks {
     /// After a write left `queued` bytes waiting on a connection reported `high`: whether it is
     /// now below the low-water mark (report `Low`, read again).
     pub fn drained(&self, queued: usize, high: bool) -> bool {
-        high && (queued < self.low || queued == 0)
+        Watermarks::drained_below(self.low, queued, high)
+    }
+
+    /// [`Watermarks::drained`] against the low-water mark alone: for a queue that keeps only
+    /// that mark (lb-tokio's outbox, one per connection, where every byte counts).
+    pub fn drained_below(low: usize, queued: usize, high: bool) -> bool {
+        high && (queued < low || queued == 0)
     }
 
     /// The kernel send buffer for a connection the balancer opens (to a backend, or a dial-out):

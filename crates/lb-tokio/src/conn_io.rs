@@ -53,8 +53,9 @@ pub(crate) struct Outbox {
     high: AtomicBool,
     /// Wakes the reader of a frontend paused while `high`.
     resume: Notify,
-    /// The marks in force when the connection opened.
-    marks: Watermarks,
+    /// The low-water mark in force when the connection opened (all the writer needs of the
+    /// marks; kept alone, as every idle connection holds one outbox).
+    low: usize,
 }
 
 impl Outbox {
@@ -66,13 +67,8 @@ impl Outbox {
             gone: AtomicBool::new(false),
             high: AtomicBool::new(false),
             resume: Notify::new(),
-            marks,
+            low: marks.low,
         })
-    }
-
-    /// The marks the connection opened with.
-    pub(crate) fn marks(&self) -> &Watermarks {
-        &self.marks
     }
 
     pub(crate) fn is_high(&self) -> bool {
@@ -91,7 +87,7 @@ impl Outbox {
             .queued
             .fetch_sub(written, Ordering::Relaxed)
             .saturating_sub(written);
-        if self.marks.drained(left, self.is_high()) {
+        if Watermarks::drained_below(self.low, left, self.is_high()) {
             self.high.store(false, Ordering::Relaxed);
             self.resume.notify_one();
             return true;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use lb_core::{CloseReason, ConnId, Input, ListenerId};
+use lb_runtime::backpressure::Watermarks;
 use lb_runtime::{BackendTls, ConnState, OutputGauge};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -93,6 +94,7 @@ impl Owner {
             conn,
             to,
             tls,
+            self.marks,
             outbox.clone(),
             self.notes.clone(),
         ));
@@ -124,6 +126,7 @@ async fn connect_task(
     conn: ConnId,
     to: SocketAddr,
     tls: Option<BackendTls>,
+    marks: Watermarks,
     outbox: Arc<Outbox>,
     notes: mpsc::Sender<Note>,
 ) {
@@ -143,7 +146,7 @@ async fn connect_task(
         }
     };
     let _ = stream.set_nodelay(true);
-    outbox.marks().bound_send_buffer(&stream);
+    marks.bound_send_buffer(&stream);
     let Some((config, name)) = tls else {
         let (read, write) = stream.into_split();
         // The owner spawns the reader, so no data can overtake this note.
