@@ -29,6 +29,9 @@ use crate::timers::{draw, Delay, Lane, LANES};
 use crate::trace::{hash_bytes, Trace, TraceEvent, TraceKind};
 use crate::Sample;
 
+mod observe;
+use observe::SAMPLE_EVERY;
+
 pub(crate) struct World {
     pub(crate) k: Knobs,
     pub(crate) now: Nanos,
@@ -762,58 +765,7 @@ impl World {
         let lat = draw(&mut self.rng, self.k.udp_latency);
         self.after(lat, ev);
     }
-
-    fn trace_simple(&mut self, kind: TraceKind, lb: u8, conn: u32, code: u16) {
-        self.trace.record(TraceEvent {
-            t_us: self.now / 1000,
-            kind,
-            lb,
-            conn,
-            call: u64::MAX,
-            code,
-            len: 0,
-            bytes_hash: 0,
-        });
-    }
-
-    pub(crate) fn violate(&mut self, kind: ViolationKind, detail: String) {
-        self.violation_count += 1;
-        self.trace_simple(TraceKind::Violation, 0, 0, kind as u16);
-        if self.violations.len() < 50 {
-            self.violations.push(Violation {
-                t_us: self.now / 1000,
-                kind,
-                detail,
-            });
-        }
-    }
-
-    /// Caller and backend retransmissions so far.
-    pub(crate) fn retransmissions(&self) -> u64 {
-        self.callers.retransmissions() + self.farm.retransmissions()
-    }
-
-    fn sample(&mut self) {
-        let table: u64 = self.workers.iter().map(|l| l.stats().table_len).sum();
-        let model: u64 = self.workers.iter().map(|l| l.model.len()).sum();
-        let retx = self.retransmissions() - self.sample_retx;
-        self.sample_retx = self.retransmissions();
-        self.samples.push(Sample {
-            t_s: self.now as f64 / 1e9,
-            table,
-            model,
-            retransmissions: retx,
-            load: self.farm.take_load(),
-            active_calls: self.callers.active(),
-        });
-        let arrivals_done = self.callers.placed() >= self.k.calls;
-        if !(arrivals_done && self.callers.active() == 0) {
-            self.after(Duration::from_nanos(SAMPLE_EVERY), Ev::Sample);
-        }
-    }
 }
 
 /// The tag key every instance shares (DESIGN.md: scale-out needs the same key everywhere).
 const TAG_SECRET: &[u8; 32] = b"siplb-sim-shared-tag-key-000001!";
-/// Plot sampling period, ns of virtual time.
-const SAMPLE_EVERY: Nanos = 1_000_000_000;
