@@ -353,6 +353,40 @@ pub fn command_line(exe: &str) {
     assert_eq!(usage.status.code(), Some(2));
 }
 
+/// A client that sent one INVITE and reads nothing, and the large answer its backend will flood
+/// it with: far more than loopback socket buffers plus the cap can hold.
+struct Flood {
+    lb: Balancer,
+    backend_conn: TcpStream,
+    client: TcpStream,
+    response: String,
+}
+
+impl Flood {
+    fn start(exe: &str, backend: &TcpListener, flags: &[&str]) -> Flood {
+        let lb = start(exe, backend, flags);
+        let mut backend_conn = accept(backend);
+        let mut client = TcpStream::connect(("127.0.0.1", lb.port)).unwrap();
+        client
+            .write_all(invite(lb.port, "flood@test").as_bytes())
+            .unwrap();
+        let mut at_backend = Vec::new();
+        let request = read_message(&mut backend_conn, &mut at_backend);
+        let ok = ok_for(&request).replace("Content-Length: 0\r\n\r\n", "");
+        let body = "x".repeat(60_000);
+        let response = format!(
+            "{ok}Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        Flood {
+            lb,
+            backend_conn,
+            client,
+            response,
+        }
+    }
+}
+
 /// A client that sends but never reads, while its backend answers with a flood: past the
 /// high-water mark the balancer sends that client nothing more (what the backend has for it is
 /// dropped and counted; the backend connection, read all along, is never closed), and once the
@@ -368,22 +402,12 @@ pub fn slow_reader_is_paused_then_closed(exe: &str) {
         "--metrics",
         &metrics,
     ];
-    let mut lb = start(exe, &backend, &flags);
-    let mut backend_conn = accept(&backend);
-    let mut client = TcpStream::connect(("127.0.0.1", lb.port)).unwrap();
-    client
-        .write_all(invite(lb.port, "flood@test").as_bytes())
-        .unwrap();
-    let mut at_backend = Vec::new();
-    let request = read_message(&mut backend_conn, &mut at_backend);
-
-    // Far more than loopback socket buffers plus the cap can hold.
-    let ok = ok_for(&request).replace("Content-Length: 0\r\n\r\n", "");
-    let body = "x".repeat(60_000);
-    let response = format!(
-        "{ok}Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
+    let Flood {
+        mut lb,
+        mut backend_conn,
+        client,
+        response,
+    } = Flood::start(exe, &backend, &flags);
     // What is dropped while the client's queue is high never reaches the kernel, so how much
     // must be offered before the socket buffers fill depends on how fast the writer drains:
     // keep the flood going until the balancer gives up on the client (bounded in time).
@@ -459,22 +483,12 @@ pub fn slow_reader_is_paused_then_closed(exe: &str) {
 /// instead: [`slow_reader_is_paused_then_closed`]).
 pub fn slow_reader_hits_the_output_cap(exe: &str) {
     let backend = TcpListener::bind("127.0.0.1:0").unwrap();
-    let mut lb = start(exe, &backend, &["--output-cap", "1000000"]);
-    let mut backend_conn = accept(&backend);
-    let mut client = TcpStream::connect(("127.0.0.1", lb.port)).unwrap();
-    client
-        .write_all(invite(lb.port, "flood@test").as_bytes())
-        .unwrap();
-    let mut at_backend = Vec::new();
-    let request = read_message(&mut backend_conn, &mut at_backend);
-
-    // Far more than loopback socket buffers plus the cap can hold.
-    let ok = ok_for(&request).replace("Content-Length: 0\r\n\r\n", "");
-    let body = "x".repeat(60_000);
-    let response = format!(
-        "{ok}Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
+    let Flood {
+        mut lb,
+        mut backend_conn,
+        client,
+        response,
+    } = Flood::start(exe, &backend, &["--output-cap", "1000000"]);
     for _ in 0..600 {
         if backend_conn.write_all(response.as_bytes()).is_err() {
             break;
