@@ -30,6 +30,7 @@
 pub mod bins;
 pub mod envelope;
 pub mod flows;
+pub mod haproxy;
 pub mod kamailio;
 pub mod lb;
 pub mod net;

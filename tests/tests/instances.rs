@@ -28,14 +28,14 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::process::Command;
 use std::time::Duration;
 
+use siplb_e2e::haproxy;
 use siplb_e2e::kamailio::EdgeProxy;
 use siplb_e2e::lb::{BackendArg, Balancer, LbSpec, LbStats, Runtime};
 use siplb_e2e::net::{self, free_port, poll_until};
 use siplb_e2e::netsip::{NetsipLog, NetsipOpts, NetsipUas};
-use siplb_e2e::process::{find_program, Proc};
+use siplb_e2e::process::Proc;
 use siplb_e2e::sipp::{Uac, UacOutcome, UacSpec};
 use siplb_e2e::trace::{Dir, SipMsg};
 use siplb_e2e::RunDir;
@@ -58,9 +58,6 @@ const TAG_KEY: &str = "7:5ca1ab1e5ca1ab1e0ddba11c0ffee0005ca1ab1e5ca1ab1e0ddba11
 
 const CONFIG: &str = include_str!("../peers/kamailio-instances.cfg");
 
-const HAPROXY_MISSING: &str =
-    "HAProxy missing: run `cargo xtask test`, which installs it (Debian package haproxy)";
-
 fn loopback(n: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, n))
 }
@@ -69,36 +66,19 @@ fn loopback(n: u8) -> IpAddr {
 /// connection to a dead one is refused and redispatched to the next. What a VIP (keepalived)
 /// or an internal L4 service does for the backends in a real deployment.
 fn start_entry(dir: &RunDir, port: u16, instances: &[SocketAddr]) -> Proc {
-    let bin = find_program("haproxy", "HAPROXY").unwrap_or_else(|| panic!("{HAPROXY_MISSING}"));
-    let cfg = dir.file("entry.cfg");
     let servers: String = instances
         .iter()
         .enumerate()
         .map(|(i, a)| format!("    server instance{i} {a}\n"))
         .collect();
-    std::fs::write(
-        &cfg,
-        format!(
-            "global\n    maxconn 256\n\
-             defaults\n    mode tcp\n    timeout connect 1s\n    timeout client 60s\n    \
-             timeout server 60s\n    retries 2\n    option redispatch 1\n\
-             frontend entry\n    bind 127.0.0.1:{port}\n    default_backend instances\n\
-             backend instances\n    balance roundrobin\n{servers}"
-        ),
-    )
-    .unwrap();
-    let mut cmd = Command::new(bin);
-    cmd.arg("-f").arg(&cfg).arg("-db").current_dir(dir.path());
-    let mut proc = Proc::spawn(&format!("entry-{port}"), cmd, dir.path());
-    net::wait_until("the entry to listen", Duration::from_secs(10), || {
-        assert!(
-            proc.is_running(),
-            "haproxy exited at start\n{}",
-            proc.output_tail(20)
-        );
-        net::is_listening(port)
-    });
-    proc
+    let config = format!(
+        "global\n    maxconn 256\n\
+         defaults\n    mode tcp\n    timeout connect 1s\n    timeout client 60s\n    \
+         timeout server 60s\n    retries 2\n    option redispatch 1\n\
+         frontend entry\n    bind 127.0.0.1:{port}\n    default_backend instances\n\
+         backend instances\n    balance roundrobin\n{servers}"
+    );
+    haproxy::start(dir, "entry", port, &config)
 }
 
 /// One caller's calls, each classified by what the caller saw.

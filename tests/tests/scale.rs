@@ -19,14 +19,14 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use siplb_e2e::haproxy;
 use siplb_e2e::lb::{BackendArg, Balancer, LbSpec, Runtime, CLEAN};
 use siplb_e2e::net::{self, free_port, poll_until};
 use siplb_e2e::netsip::{NetsipOpts, NetsipUas};
 use siplb_e2e::ops::{self, header, headers, http_get, Metrics, SipBackend, SipClient, SipReader};
-use siplb_e2e::process::{find_program, Proc};
+use siplb_e2e::process::Proc;
 use siplb_e2e::sipp::{Transport, Uac, UacSpec, Uas};
 use siplb_e2e::tls::{s_client, Pki, Stunnel, StunnelSpec, TlsLb};
 use siplb_e2e::trace::Dir;
@@ -248,38 +248,17 @@ fn netsip_byes_reach_callers_across_workers(rt: Runtime) {
 // ---------------------------------------------------------------------------------------------
 // c. HAProxy in front, PROXY protocol v2.
 
-/// The message a test fails with when HAProxy is not installed: the tests never skip.
-const HAPROXY_MISSING: &str =
-    "HAProxy missing: run `cargo xtask test`, which installs it (Debian package haproxy)";
-
 /// HAProxy in TCP mode on 127.0.0.1:`port` in front of `to`, announcing each client with a
 /// PROXY v2 header; in the foreground (`-db`), its config in the run dir.
 fn start_haproxy(dir: &RunDir, port: u16, to: SocketAddr) -> Proc {
-    let bin = find_program("haproxy", "HAPROXY").unwrap_or_else(|| panic!("{HAPROXY_MISSING}"));
-    let cfg = dir.file("haproxy.cfg");
-    std::fs::write(
-        &cfg,
-        format!(
-            "global\n    maxconn 256\n\
-             defaults\n    mode tcp\n    timeout connect 2s\n    timeout client 30s\n    \
-             timeout server 30s\n\
-             frontend sip\n    bind 127.0.0.1:{port}\n    default_backend balancer\n\
-             backend balancer\n    server lb0 {to} send-proxy-v2\n"
-        ),
-    )
-    .unwrap();
-    let mut cmd = Command::new(bin);
-    cmd.arg("-f").arg(&cfg).arg("-db").current_dir(dir.path());
-    let mut proc = Proc::spawn(&format!("haproxy-{port}"), cmd, dir.path());
-    net::wait_until("haproxy to listen", Duration::from_secs(10), || {
-        assert!(
-            proc.is_running(),
-            "haproxy exited at start\n{}",
-            proc.output_tail(20)
-        );
-        net::is_listening(port)
-    });
-    proc
+    let config = format!(
+        "global\n    maxconn 256\n\
+         defaults\n    mode tcp\n    timeout connect 2s\n    timeout client 30s\n    \
+         timeout server 30s\n\
+         frontend sip\n    bind 127.0.0.1:{port}\n    default_backend balancer\n\
+         backend balancer\n    server lb0 {to} send-proxy-v2\n"
+    );
+    haproxy::start(dir, "haproxy", port, &config)
 }
 
 /// Reads until the peer closes (`true`) or `wait` passes (`false`).
